@@ -1,0 +1,549 @@
+"""The gvtsim message catalogue: every message that crosses a socket, as a declarative schema.
+
+Each message is a msgspec ``Struct`` encoded as a MessagePack *map*; the key ``"type"`` names the message
+(its tag). Field types and ``Meta`` bounds are the schema: the codec validates every incoming frame
+against them in one generic place (protocol/codec.py); there is no hand-written check per message.
+Unknown keys are refused (``forbid_unknown_fields``). docs/PROTOCOL.md is the prose form of this file
+and a test keeps the two in step.
+
+Addressing conventions:
+* request/response pairs carry ``req``, a u64 chosen by the requester and echoed by the answer
+  (OK, DATA, ERROR or a specific reply), so calls can be pipelined;
+* ioreqs are keyed by ``(vm, vcpu, seq)`` instead, echoed by IOREQ_DONE / ERROR;
+* sessions start with HELLO {role, id, epoch, wire}; ``epoch`` is the sender's incarnation.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta
+
+from .constants import MAX_BATCH, MAX_BLOB, MAX_VCPUS, MAX_VM_ID
+
+# ---------------------------------------------------------------------------------------------- field types
+U8 = Annotated[int, Meta(ge=0, le=0xFF)]
+U16 = Annotated[int, Meta(ge=0, le=0xFFFF)]
+U32 = Annotated[int, Meta(ge=0, le=0xFFFF_FFFF)]
+U64 = Annotated[int, Meta(ge=0)]  # msgpack ints are at most 64-bit; msgspec bounds must fit int64
+VmId = Annotated[int, Meta(ge=0, le=MAX_VM_ID)]
+VcpuId = Annotated[int, Meta(ge=0, lt=MAX_VCPUS)]
+ReqId = U64
+Name = Annotated[str, Meta(min_length=1, max_length=64)]
+Text = Annotated[str, Meta(max_length=1024)]
+Blob = Annotated[bytes, Meta(max_length=MAX_BLOB)]
+Frames = Annotated[int, Meta(ge=1, le=1 << 20)]  # a count of 4 KiB frames (<= 4 GiB)
+IoreqKind = Annotated[int, Meta(ge=0, le=3)]  # IoreqType: PIO 0, MMIO 1, PCI 2, WP 3
+Direction = Annotated[int, Meta(ge=0, le=1)]  # IoreqDir: READ 0, WRITE 1
+AccessSize = Literal[1, 2, 4, 8]
+Role = Literal["guest", "vhm", "gvt", "pgpu", "ctl", "probe"]
+Engine = Literal["rcs", "bcs", "vcs", "vecs"]
+ErrorCodeName = Literal[
+    "decode", "wire_version", "not_hello", "unexpected", "forged_id", "no_such_vm", "slot_busy",
+    "bad_address", "bad_request", "no_space", "no_device_model", "client_lost", "peer_lost", "failsafe",
+    "gpu_reset", "timeout", "internal",
+]
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True,
+              omit_defaults=True):
+    """Base of every message. Subclasses set ``tag`` to their wire name."""
+
+
+class Extent(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A run of guest frames backed by a run of machine frames: ``[gfn, mfn, count]``."""
+
+    gfn: U64
+    mfn: U64
+    count: Frames
+
+
+class Run(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A run of machine frames: ``[mfn, count]``."""
+
+    mfn: U64
+    count: Frames
+
+
+# ================================================================================ session (every connection)
+class Hello(Message, tag="HELLO"):
+    """First message on every connection (client -> server). ``epoch`` changes each time the sender restarts."""
+
+    role: Role
+    id: Name
+    epoch: U64
+    wire: U16
+
+
+class HelloAck(Message, tag="HELLO_ACK"):
+    """The server's answer to HELLO: its own role, id and epoch. A changed epoch means the server restarted."""
+
+    role: Role
+    id: Name
+    epoch: U64
+    wire: U16
+
+
+class Heartbeat(Message, tag="HEARTBEAT"):
+    """Liveness, both ways, sent when a direction has been idle for one heartbeat interval."""
+
+    epoch: U64
+
+
+class Bye(Message, tag="BYE"):
+    """The sender is closing the session on purpose (clean shutdown); the peer may forget it at once."""
+
+    reason: Text = ""
+
+
+class Error(Message, tag="ERROR"):
+    """A request failed or a message was refused. Echoes whichever keys identified the request."""
+
+    code: ErrorCodeName
+    reason: Text
+    req: ReqId | None = None
+    vm: VmId | None = None
+    vcpu: VcpuId | None = None
+    seq: U64 | None = None
+
+
+class Ok(Message, tag="OK"):
+    """Generic success answer to a request; ``value`` carries a scalar result where the call has one."""
+
+    req: ReqId
+    value: U64 = 0
+
+
+class Data(Message, tag="DATA"):
+    """Answer carrying bytes (READ_GPA, PGPU_MEM_READ)."""
+
+    req: ReqId
+    data: Blob
+
+
+class StatusRequest(Message, tag="STATUS"):
+    """Ask any service for its health and figures (the health probe and ``gvtsim status`` use it)."""
+
+    req: ReqId
+
+
+class StatusReply(Message, tag="STATUS_REPLY"):
+    """Health and figures of a service."""
+
+    req: ReqId
+    role: Role
+    id: Name
+    epoch: U64
+    ready: bool
+    counters: dict[str, int] = {}
+    info: dict[str, Any] = {}
+
+
+# ============================================================================================ guest <-> vhm
+class VmCreate(Message, tag="VM_CREATE"):
+    """guest -> vhm: create a VM. ``vgpu_type`` is a type name (``GVTg_V5_8``), an AcrnGT spec
+    ``"low_gm_MB,high_gm_MB,fence"``, or empty for no vGPU."""
+
+    req: ReqId
+    name: Name
+    vcpus: Annotated[int, Meta(ge=1, le=MAX_VCPUS)]
+    ram_mb: Annotated[int, Meta(ge=1, le=4096)]
+    vgpu_type: Annotated[str, Meta(max_length=64)] = ""
+
+
+class VmCreated(Message, tag="VM_CREATED"):
+    """vhm -> guest: the VM exists. ``ram`` is the gfn->mfn map (deliberately not identity);
+    ``ept_root`` is the machine frame of the VM's simulated EPT root (services/common/ept.py)."""
+
+    req: ReqId
+    vm: VmId
+    ram: list[Extent]
+    ept_root: U64
+    vgpu_id: U16 = 0
+
+
+class VmDestroy(Message, tag="VM_DESTROY"):
+    """guest -> vhm: destroy a VM this connection created. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+
+
+class VmReset(Message, tag="VM_RESET"):
+    """guest -> vhm: reset a VM (in-flight ioreqs are cleared, its vGPU gets a device-model-level reset)."""
+
+    req: ReqId
+    vm: VmId
+
+
+class Ioreq(Message, tag="IOREQ"):
+    """An I/O request of one vCPU. guest -> vhm with kind PIO/MMIO/WP; vhm -> client (inside
+    IOREQ_DISPATCH) with kind rewritten to PCI and ``bus/dev/func/reg`` set for 0xCFC-0xCFF accesses."""
+
+    vm: VmId
+    vcpu: VcpuId
+    seq: U64
+    kind: IoreqKind
+    dir: Direction
+    addr: U64
+    size: AccessSize
+    value: U64 = 0
+    bus: U8 = 0
+    dev: Annotated[int, Meta(ge=0, le=31)] = 0
+    func: Annotated[int, Meta(ge=0, le=7)] = 0
+    reg: Annotated[int, Meta(ge=0, le=0xFFF)] = 0
+
+
+class IoreqDone(Message, tag="IOREQ_DONE"):
+    """vhm -> guest: the vCPU's request completed; ``value`` is the read result (0 for writes)."""
+
+    vm: VmId
+    vcpu: VcpuId
+    seq: U64
+    value: U64 = 0
+
+
+class Msi(Message, tag="MSI"):
+    """vhm -> guest: an MSI for the VM (addr[19:12] = destination APIC id, data[7:0] = vector).
+    ``seq`` counts MSIs per VM so the guest can see a gap."""
+
+    vm: VmId
+    addr: U32
+    data: U32
+    seq: U64
+
+
+class EptChanged(Message, tag="EPT_CHANGED"):
+    """vhm -> guest: the VM's EPT mappings changed (map_gfn_to_mfn); the guest drops cached leaf lookups.
+    Write-protect changes need no message: the guest reads the EPT entry before every write."""
+
+    vm: VmId
+
+
+# ==================================================================================== client (gvt) <-> vhm
+class IoreqDispatch(Message, tag="IOREQ_DISPATCH"):
+    """vhm -> client: a batch of requests now PROCESSING for that client (pipelined across VMs and vCPUs)."""
+
+    reqs: Annotated[list[Ioreq], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class IoreqResult(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One completion inside IOREQ_COMPLETE: ``[vm, vcpu, seq, value]``."""
+
+    vm: VmId
+    vcpu: VcpuId
+    seq: U64
+    value: U64
+
+
+class IoreqComplete(Message, tag="IOREQ_COMPLETE"):
+    """client -> vhm: a batch of completions (``acrn_ioreq_complete_request``)."""
+
+    reqs: Annotated[list[IoreqResult], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class IoRange(Message, tag="IO_RANGE"):
+    """client -> vhm: add or delete a trapped range of ``kind`` PIO/MMIO/WP, inclusive ``[start, end]``
+    (``acrn_ioreq_add_iorange`` / ``del_iorange``; set_trap_area is an MMIO range). Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    kind: IoreqKind
+    start: U64
+    end: U64
+    add: bool
+
+
+class InterceptBdf(Message, tag="INTERCEPT_BDF"):
+    """client -> vhm: claim (or release) PCI config requests for bus:dev.func. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    bus: U8
+    dev: Annotated[int, Meta(ge=0, le=31)]
+    func: Annotated[int, Meta(ge=0, le=7)]
+    add: bool
+
+
+class GfnToMfn(Message, tag="GFN_TO_MFN"):
+    """client -> vhm: translate a guest frame. Answer: OK{value = mfn} or ERROR bad_address."""
+
+    req: ReqId
+    vm: VmId
+    gfn: U64
+
+
+class DmaMapGuestPage(Message, tag="DMA_MAP_GUEST_PAGE"):
+    """client -> vhm: pin a guest page for device DMA. Answer: OK{value = mfn} (the DMA address >> 12)."""
+
+    req: ReqId
+    vm: VmId
+    gfn: U64
+
+
+class DmaUnmapGuestPage(Message, tag="DMA_UNMAP_GUEST_PAGE"):
+    """client -> vhm: drop one pin taken by DMA_MAP_GUEST_PAGE on machine frame ``mfn``. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    mfn: U64
+
+
+class MapGfnToMfn(Message, tag="MAP_GFN_TO_MFN"):
+    """client -> vhm: map (``map``=true) or unmap ``nr`` guest frames at ``gfn`` onto machine frames at
+    ``mfn`` in the VM's EPT (the aperture pass-through). Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    gfn: U64
+    mfn: U64
+    nr: Frames
+    map: bool
+
+
+class PageTrack(Message, tag="PAGE_TRACK"):
+    """client -> vhm: enable (write-protect; writes become WP ioreqs to this client) or disable tracking
+    of guest frame ``gfn``. Visible to the guest before its next write. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    gfn: U64
+    enable: bool
+
+
+class ReadGpa(Message, tag="READ_GPA"):
+    """client -> vhm: read guest-physical memory (must lie inside the VM's RAM). Answer: DATA."""
+
+    req: ReqId
+    vm: VmId
+    gpa: U64
+    length: Annotated[int, Meta(ge=1, le=MAX_BLOB)]
+
+
+class WriteGpa(Message, tag="WRITE_GPA"):
+    """client -> vhm: write guest-physical memory (must lie inside the VM's RAM). Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    gpa: U64
+    data: Annotated[bytes, Meta(min_length=1, max_length=MAX_BLOB)]
+
+
+class InjectMsi(Message, tag="INJECT_MSI"):
+    """client -> vhm: deliver an MSI to the VM's guest over the guest's own connection. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    addr: U32
+    data: U32
+
+
+class AllocFrames(Message, tag="ALLOC_FRAMES"):
+    """client -> vhm: allocate machine frames for the device model (shadow tables, scratch, contexts).
+    Answer: FRAMES. Frames are released by FREE_FRAMES or when the client's session ends."""
+
+    req: ReqId
+    count: Frames
+    contiguous: bool = False
+
+
+class FramesReply(Message, tag="FRAMES"):
+    """vhm -> client: the runs of machine frames allocated."""
+
+    req: ReqId
+    runs: list[Run]
+
+
+class FreeFrames(Message, tag="FREE_FRAMES"):
+    """client -> vhm: release machine frames this client allocated. Answer: OK."""
+
+    req: ReqId
+    runs: Annotated[list[Run], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class AttachVgpu(Message, tag="ATTACH_VGPU"):
+    """client -> vhm: bind (``attach``) or unbind vGPU ``vgpu_id`` to the VM (MPT attach/detach_vgpu). Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+    vgpu_id: U16
+    attach: bool
+
+
+class Dom0Ready(Message, tag="DOM0_READY"):
+    """client -> vhm: the device model is ready to serve (MPT dom0_ready, uevent GVT_DOM0_READY=1). Answer: OK."""
+
+    req: ReqId
+
+
+# ======================================================================= vhm / ctl -> gvt (management API)
+class VgpuCreate(Message, tag="VGPU_CREATE"):
+    """vhm or ctl -> gvt: create the VM's vGPU (acrn-dm writing ``create_gvt_instance``). ``spec`` is a
+    type name or ``"low_gm_MB,high_gm_MB,fence"``. Answer: VGPU_CREATED or ERROR no_space/bad_request."""
+
+    req: ReqId
+    vm: VmId
+    spec: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class VgpuCreated(Message, tag="VGPU_CREATED"):
+    """gvt -> requester: the vGPU exists (ids 1..7, as GVT's idr range [1, 8))."""
+
+    req: ReqId
+    vm: VmId
+    vgpu_id: U16
+
+
+class VgpuDestroy(Message, tag="VGPU_DESTROY"):
+    """vhm or ctl -> gvt: destroy the VM's vGPU (``create_gvt_instance`` with ``-vmid``). Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+
+
+class VgpuReset(Message, tag="VGPU_RESET"):
+    """vhm or ctl -> gvt: device-model-level reset (DMLR) of the VM's vGPU. Answer: OK."""
+
+    req: ReqId
+    vm: VmId
+
+
+class VgpuTypeInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One vGPU type as the management API lists it."""
+
+    name: Name
+    low_gm_mb: U32
+    high_gm_mb: U32
+    fence: U16
+    weight: U16
+    avail: U16
+    description: Text = ""
+
+
+class VgpuInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One vGPU as the management API lists it (the sysfs ``vmN/vgpu_id`` view)."""
+
+    vgpu_id: U16
+    vm: VmId
+    type: Name
+    low_gm_mb: U32
+    high_gm_mb: U32
+    fence: U16
+    weight: U16
+    active: bool
+    failsafe: bool = False
+
+
+class MgmtTypes(Message, tag="MGMT_TYPES"):
+    """ctl -> gvt: list vGPU types with available instances. Answer: MGMT_TYPES_REPLY."""
+
+    req: ReqId
+
+
+class MgmtTypesReply(Message, tag="MGMT_TYPES_REPLY"):
+    req: ReqId
+    types: list[VgpuTypeInfo]
+
+
+class MgmtList(Message, tag="MGMT_LIST"):
+    """ctl -> gvt: list vGPUs (VM id -> vGPU id). Answer: MGMT_LIST_REPLY."""
+
+    req: ReqId
+
+
+class MgmtListReply(Message, tag="MGMT_LIST_REPLY"):
+    req: ReqId
+    vgpus: list[VgpuInfo]
+
+
+# ============================================================================================ gvt <-> pgpu
+class GgttWrite(Message, tag="GGTT_WRITE"):
+    """gvt -> pgpu: write physical GGTT entries ``[index, pte]`` (gen8 PTE: bit0 present, bits 45:12 the
+    machine address). Answer: OK. The GGTT TLB is flushed after the batch (GFX_FLSH_CNTL)."""
+
+    req: ReqId
+    entries: Annotated[list[tuple[U32, U64]], Meta(min_length=1, max_length=MAX_BATCH * 64)]
+
+
+class GgttRead(Message, tag="GGTT_READ"):
+    """gvt -> pgpu: read ``count`` physical GGTT entries from ``index``. Answer: GGTT_ENTRIES."""
+
+    req: ReqId
+    index: U32
+    count: Annotated[int, Meta(ge=1, le=MAX_BATCH * 64)]
+
+
+class GgttEntries(Message, tag="GGTT_ENTRIES"):
+    req: ReqId
+    ptes: list[U64]
+
+
+class PgpuMmioRead(Message, tag="PGPU_MMIO_READ"):
+    """gvt -> pgpu: read a physical MMIO register. Answer: OK{value}."""
+
+    req: ReqId
+    offset: Annotated[int, Meta(ge=0, lt=0x200000)]
+    size: Literal[4, 8]
+
+
+class PgpuMmioWrite(Message, tag="PGPU_MMIO_WRITE"):
+    """gvt -> pgpu: write a physical MMIO register. Answer: OK."""
+
+    req: ReqId
+    offset: Annotated[int, Meta(ge=0, lt=0x200000)]
+    size: Literal[4, 8]
+    value: U64
+
+
+class ElspSubmit(Message, tag="ELSP_SUBMIT"):
+    """gvt -> pgpu: submit one or two context descriptors (element 0 first) to an engine's execlist port,
+    as the four ELSP dword writes would. ``tag`` is echoed in the GPU_EVENTs of this submission.
+    Answer: OK (accepted) or ERROR (port busy / bad descriptor)."""
+
+    req: ReqId
+    engine: Engine
+    descs: Annotated[list[U64], Meta(min_length=1, max_length=2)]
+    tag: U64 = 0
+
+
+GpuEventKind = Literal["ctx_complete", "user_interrupt", "page_fault", "hang", "error"]
+
+
+class GpuEvent(Message, tag="GPU_EVENT"):
+    """pgpu -> gvt: an engine event. ``status`` 0 = success; for page_fault ``detail`` holds the faulting
+    graphics address; ``busy_ns`` is the simulated GPU time the context ran."""
+
+    engine: Engine
+    kind: GpuEventKind
+    ctx_id: U32
+    tag: U64 = 0
+    status: U32 = 0
+    detail: U64 = 0
+    busy_ns: U64 = 0
+    seq: U64 = 0
+    reason: Text = ""
+
+
+class EngineReset(Message, tag="ENGINE_RESET"):
+    """gvt -> pgpu: reset an engine (drops its running and pending contexts). Answer: OK."""
+
+    req: ReqId
+    engine: Engine
+
+
+#: Every message type, in catalogue order (the codec's tagged union and the docs test use this).
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    Hello, HelloAck, Heartbeat, Bye, Error, Ok, Data, StatusRequest, StatusReply,
+    VmCreate, VmCreated, VmDestroy, VmReset, Ioreq, IoreqDone, Msi, EptChanged,
+    IoreqDispatch, IoreqComplete, IoRange, InterceptBdf, GfnToMfn, DmaMapGuestPage, DmaUnmapGuestPage,
+    MapGfnToMfn, PageTrack, ReadGpa, WriteGpa, InjectMsi, AllocFrames, FramesReply, FreeFrames,
+    AttachVgpu, Dom0Ready,
+    VgpuCreate, VgpuCreated, VgpuDestroy, VgpuReset, MgmtTypes, MgmtTypesReply, MgmtList, MgmtListReply,
+    GgttWrite, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
+)
+
+AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]
+
+#: wire name -> class
+BY_TAG: dict[str, type[Message]] = {m.__struct_config__.tag: m for m in ALL_MESSAGES}  # type: ignore[misc]
