@@ -385,6 +385,8 @@ class VgpuCreate(Message, tag="VGPU_CREATE"):
     req: ReqId
     vm: VmId
     spec: Annotated[str, Meta(min_length=1, max_length=64)]
+    ept_root: U64 = 0  # the VM's EPT root frame (0: unknown, e.g. a ctl-created vGPU for a VM vhm does not host)
+    ram_mb: Annotated[int, Meta(ge=0, le=4096)] = 0  # the VM's RAM size (guest frames >= this are invalid gfns)
 
 
 class VgpuCreated(Message, tag="VGPU_CREATED"):
