@@ -545,6 +545,12 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     GgttWrite, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
 )
 
+#: Messages that answer a request (matched to the pending call by ``req``); every other message that carries
+#: ``req`` is itself a request, whose ``req`` lives in the *sender's* id space.
+REPLY_TYPES: tuple[type[Message], ...] = (
+    Error, Ok, Data, StatusReply, VmCreated, FramesReply, VgpuCreated, MgmtTypesReply, MgmtListReply, GgttEntries,
+)
+
 AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]
 
 #: wire name -> class

@@ -252,7 +252,7 @@ class Connection:
             raise ConnectionResetError("server said BYE")
         if isinstance(msg, m.Error) and msg.code == ErrorCode.NOT_HELLO.value and msg.req is None:
             raise ConnectionResetError("server forgot our session")  # server restarted: re-HELLO
-        req = getattr(msg, "req", None)
+        req = getattr(msg, "req", None) if isinstance(msg, m.REPLY_TYPES) else None
         if req is not None:
             fut = self._pending.get(req)
             if fut is not None and not fut.done():
