@@ -7,6 +7,7 @@ gets an ERROR reply and a counter, a handler exception gets an ERROR ``internal`
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class RouterServer:
         self.sock: zmq.asyncio.Socket | None = None
         self.endpoint = ""
         self._tasks: list[asyncio.Task[None]] = []
+        self._pending: dict[tuple[bytes, int], asyncio.Future[m.Message]] = {}
+        self._req = itertools.count(1)
 
     async def start(self) -> str:
         """Bind and start serving. Returns the real endpoint (port resolved for ``tcp://host:*``)."""
@@ -110,6 +113,33 @@ class RouterServer:
                 return False
             raise
 
+    async def request(self, session: Session, cls: type[m.Message], /, timeout: float | None = None,
+                      **fields: Any) -> m.Message:
+        """Send ``cls(req=<fresh id>, **fields)`` to a session and await its answer (server-initiated call,
+        e.g. vhm asking gvt to create a vGPU).
+
+        Raises:
+            RemoteError: the answer was ERROR.
+            PeerLost: the session was lost first.
+            TimeoutError: no answer within ``timeout`` (default: 4 heartbeat timeouts).
+        """
+        from .client import PeerLost, RemoteError
+
+        req = next(self._req)
+        key = (session.ident, req)
+        fut: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        try:
+            if not await self.send(session, cls(req=req, **fields)):
+                raise PeerLost(f"{session.role} {session.id} unreachable")
+            async with asyncio.timeout(timeout if timeout is not None else self.hb.timeout * 4):
+                reply = await fut
+        finally:
+            self._pending.pop(key, None)
+        if isinstance(reply, m.Error):
+            raise RemoteError(reply)
+        return reply
+
     async def reply_error(self, ident: bytes, code: ErrorCode, reason: str, **keys: Any) -> None:
         """Send an ERROR to a routing id (known session or not)."""
         self.counters[f"error_sent_{code.value}"] += 1
@@ -123,6 +153,11 @@ class RouterServer:
         session.alive = False
         if self.sessions.get(session.ident) is session:
             del self.sessions[session.ident]
+        from .client import PeerLost
+
+        for (ident, req), fut in list(self._pending.items()):
+            if ident == session.ident and not fut.done():
+                fut.set_exception(PeerLost(f"{session.role} {session.id} lost: {reason}"))
         self.counters["sessions_lost"] += 1
         self.log.info("peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
         try:
@@ -197,6 +232,11 @@ class RouterServer:
         if isinstance(msg, m.StatusRequest):
             await self.send(session, self._status(msg.req))
             return
+        if isinstance(msg, m.REPLY_TYPES):
+            fut = self._pending.get((ident, msg.req))  # type: ignore[attr-defined]
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+                return
         await self.handler.on_message(session, msg)
 
     def _status(self, req: int) -> m.StatusReply:
