@@ -48,8 +48,10 @@ class Liveness:
         return now - self.last_sent >= self.cfg.interval
 
     def expired(self, now: float) -> bool:
-        """True when the peer has been silent for ``liveness`` intervals."""
-        return now - self.last_heard > self.cfg.timeout
+        """True when the peer has been silent for ``liveness`` intervals, less one poll tick, so that a shell
+        polling every :attr:`HeartbeatConfig.tick` declares a dead peer within ``liveness`` intervals of the
+        last thing it heard (hence within ``liveness`` intervals of the peer's death)."""
+        return now - self.last_heard >= self.cfg.timeout - self.cfg.tick
 
     def silence(self, now: float) -> float:
         return now - self.last_heard

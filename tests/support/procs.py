@@ -25,8 +25,10 @@ Event = dict[str, Any]
 class ServiceProc:
     """One service process. ``argv`` are the gvtsim arguments, e.g. ``["vhm", "--bind", "tcp://127.0.0.1:*"]``."""
 
-    def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, name: str = "",
+                 module: str = "gvtsim.orchestration") -> None:
         self.argv = argv
+        self.module = module
         self.name = name or argv[0]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
@@ -38,7 +40,7 @@ class ServiceProc:
     def start(self, timeout: float = 20.0) -> Event:
         """Start and wait for the ``ready`` line. Returns it."""
         self._err = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gvtsim.orchestration", *self.argv],
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv],
                                      stdout=subprocess.PIPE, stderr=self._err, text=True, env=self.env,
                                      start_new_session=True)
         threading.Thread(target=self._reader, args=(self.proc,), daemon=True).start()

@@ -1,0 +1,194 @@
+"""Generate docs/PROTOCOL.md from the message catalogue, so the document cannot drift from the code.
+
+    python -m gvtsim.protocol.doc > docs/PROTOCOL.md
+
+A test checks that the committed file equals this output.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import msgspec.inspect as mi
+
+from . import messages as m
+from .constants import MAX_BATCH, MAX_BLOB, MAX_MESSAGE, WIRE_VERSION
+
+INTRO = f"""# gvtsim wire protocol (wire version {WIRE_VERSION})
+
+This is the complete message catalogue. It is generated from `protocol/messages.py`
+(`python -m gvtsim.protocol.doc > docs/PROTOCOL.md`) and a test keeps the two identical.
+
+## Transport
+
+* ZeroMQ over `tcp://` (or `ipc://`). Servers (vhm, gvt's management endpoint, pgpu) bind a **ROUTER**;
+  clients connect a **DEALER**. One ZeroMQ message = one gvtsim message = one frame (a ROUTER additionally sees
+  the peer's routing-id frame, which it strips when answering).
+* Sockets refuse frames over **{MAX_MESSAGE} bytes** (`ZMQ_MAXMSGSIZE`); byte payloads inside a message are at
+  most **{MAX_BLOB} bytes**; batches carry at most **{MAX_BATCH}** ioreqs.
+* ROUTERs set `ROUTER_MANDATORY` (an unreachable peer is an error, not a silent drop); request senders set
+  `IMMEDIATE` (no queueing for a peer that is not connected); every socket has `LINGER 0`.
+
+## Encoding
+
+Every message is a **MessagePack map**. The key `"type"` holds the message name (the headings below); the other
+keys are the fields listed for that message. Integers are MessagePack integers (u64 fields use the unsigned
+64-bit range), `bool` is MessagePack true/false, `str` is UTF-8 text, `bytes` is MessagePack bin.
+Fields with a default may be omitted (senders omit them when they equal the default). A receiver refuses a map
+with an unknown key, a missing required key, a value of the wrong type or out of its range, an unknown
+`"type"`, or anything that is not a single map: it answers with `ERROR` `code: "decode"` whose `reason` names
+the message type, the field and what was wrong, counts it, and carries on.
+
+Two small structures travel as MessagePack **arrays** inside messages: `Extent` = `[gfn, mfn, count]` and
+`Run` = `[mfn, count]`; `IoreqResult` = `[vm, vcpu, seq, value]`.
+
+## Sessions
+
+1. A client's first message is `HELLO {{role, id, epoch, wire}}`. `epoch` is the sender's incarnation: it
+   changes every time the process restarts. The server answers `HELLO_ACK` with its own role, id and epoch;
+   a client that sees a different server epoch after a reconnect knows the server restarted. A `wire` the
+   server does not speak is answered with `ERROR wire_version`.
+2. Anything but `HELLO` (and `STATUS`, which health probes may send directly) from a peer without a session
+   is answered with `ERROR not_hello`.
+3. Heartbeats: each side sends `HEARTBEAT` when it has sent nothing for one interval (default 0.5 s); any
+   message counts as a sign of life; a peer silent for `liveness` intervals (default 3) is declared lost: the
+   server drops the session (and, e.g., vhm destroys the VMs it owned), the client fails every pending call
+   and reconnects with a fresh socket and a new `HELLO` (same epoch: it did not restart).
+4. `BYE` ends a session on purpose.
+
+## Calls and replies
+
+A request carries `req`, a u64 the **requester** chooses (unique among its outstanding calls); the answer
+echoes it. Answers are `OK`, `DATA`, `ERROR` or the specific reply named for the request. Many calls may be
+in flight on one connection (pipelining). Messages that answer a request are: {", ".join(f"`{c.__struct_config__.tag}`" for c in m.REPLY_TYPES)}.
+A request that arrives from the other side carries a `req` in the *sender's* id space.
+
+ioreqs are keyed by `(vm, vcpu, seq)` instead: one outstanding ioreq per vCPU (ACRN: one slot per vCPU,
+states FREE 3 -> PENDING 0 -> PROCESSING 2 -> COMPLETE 1 -> FREE; kinds PIO 0, MMIO 1, PCI 2, WP 3; dir READ 0,
+WRITE 1). The answer is `IOREQ_DONE` or `ERROR` with the same three keys.
+
+## Error codes
+
+| code | meaning |
+|---|---|
+""" 
+
+ERROR_MEANINGS = {
+    "decode": "the message did not decode (bad MessagePack, unknown type, wrong/missing/extra field, range, size)",
+    "wire_version": "HELLO with a wire version this peer does not speak",
+    "not_hello": "a message other than HELLO/STATUS from a peer that has no session (e.g. the server restarted)",
+    "unexpected": "a valid message this role does not accept",
+    "forged_id": "the message names a VM (or vGPU) that the sending connection does not own",
+    "no_such_vm": "no VM with that id",
+    "slot_busy": "an ioreq from a vCPU whose slot is not FREE",
+    "bad_address": "gfn, gpa, mfn, GGTT index or offset out of range",
+    "bad_request": "well-formed but semantically invalid arguments",
+    "no_space": "out of machine frames, graphics memory, fences or vGPU ids",
+    "no_device_model": "a vGPU was asked for but no device model is connected",
+    "client_lost": "the ioreq client died while the request was PROCESSING (the guest treats it as a GPU reset)",
+    "peer_lost": "a peer the request depends on went away",
+    "failsafe": "the vGPU is in failsafe mode",
+    "gpu_reset": "the (virtual) GPU was reset under the request",
+    "timeout": "the request could not be served in time",
+    "internal": "a bug in the answering service: it was logged and counted, and the service stays up",
+}
+
+
+def _type_str(t: mi.Type) -> tuple[str, str]:
+    """(type, range/constraints) of a field type."""
+    if isinstance(t, mi.IntType):
+        lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else None)
+        hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else None)
+        if lo == 0 and hi is None:
+            return "int", "0 .. 2^64-1"
+        return "int", f"{lo if lo is not None else '-2^63'} .. {hi if hi is not None else '2^64-1'}"
+    if isinstance(t, mi.BoolType):
+        return "bool", ""
+    if isinstance(t, mi.StrType):
+        return "str", f"length {t.min_length or 0} .. {t.max_length}" if t.max_length else ""
+    if isinstance(t, mi.BytesType):
+        return "bytes", f"length {t.min_length or 0} .. {t.max_length}" if t.max_length else ""
+    if isinstance(t, mi.LiteralType):
+        return "one of", ", ".join(repr(v) if isinstance(v, str) else str(v) for v in t.values)
+    if isinstance(t, mi.ListType):
+        inner, rng = _type_str(t.item_type)
+        n = f"{t.min_length or 0} .. {t.max_length} items" if t.max_length else "any length"
+        return f"array of {inner}", "; ".join(x for x in (n, rng) if x)
+    if isinstance(t, mi.TupleType):
+        parts = [_type_str(x) for x in t.item_types]
+        return "[" + ", ".join(p[0] for p in parts) + "]", "; ".join(p[1] for p in parts if p[1])
+    if isinstance(t, mi.DictType):
+        return f"map of {_type_str(t.key_type)[0]} to {_type_str(t.value_type)[0]}", ""
+    if isinstance(t, mi.UnionType):
+        parts = [_type_str(x) for x in t.types if not isinstance(x, mi.NoneType)]
+        nil = any(isinstance(x, mi.NoneType) for x in t.types)
+        return " or ".join(p[0] for p in parts) + (" or nil" if nil else ""), "; ".join(p[1] for p in parts if p[1])
+    if isinstance(t, mi.NoneType):
+        return "nil", ""
+    if isinstance(t, mi.AnyType):
+        return "any", ""
+    if isinstance(t, mi.StructType):
+        return t.cls.__name__, ""
+    return type(t).__name__, ""
+
+
+def _fields_table(cls: type) -> list[str]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    rows = ["| field | type | range | required / default |", "|---|---|---|---|"]
+    if issubclass(cls, m.Message):
+        rows.append(f"| `type` | str | `\"{info.tag}\"` | required |")
+    for f in info.fields:
+        typ, rng = _type_str(f.type)
+        if f.required:
+            req = "required"
+        elif f.default_factory is not mi.NODEFAULT:
+            req = f"default `{f.default_factory()!r}`"
+        else:
+            req = f"default `{f.default!r}`"
+        rows.append(f"| `{f.encode_name}` | {typ} | {rng} | {req} |")
+    return rows
+
+
+def _section(title: str, classes: list[type]) -> list[str]:
+    out = [f"## {title}", ""]
+    for cls in classes:
+        name = cls.__struct_config__.tag if issubclass(cls, m.Message) else cls.__name__
+        doc = inspect.cleandoc(cls.__doc__ or "").replace("\n", " ")
+        out += [f"### `{name}`", "", doc, ""] if doc else [f"### `{name}`", ""]
+        out += _fields_table(cls) + [""]
+    return out
+
+
+GROUPS = [
+    ("Session messages (every connection)", [m.Hello, m.HelloAck, m.Heartbeat, m.Bye, m.Error, m.Ok, m.Data,
+                                             m.StatusRequest, m.StatusReply]),
+    ("Guest <-> vhm", [m.VmCreate, m.VmCreated, m.VmDestroy, m.VmReset, m.Ioreq, m.IoreqDone, m.Msi, m.EptChanged]),
+    ("ioreq client / device model (gvt) <-> vhm: dispatch and MPT services",
+     [m.IoreqDispatch, m.IoreqComplete, m.IoRange, m.InterceptBdf, m.GfnToMfn, m.DmaMapGuestPage,
+      m.DmaUnmapGuestPage, m.MapGfnToMfn, m.PageTrack, m.ReadGpa, m.WriteGpa, m.InjectMsi, m.AllocFrames,
+      m.FramesReply, m.FreeFrames, m.AttachVgpu, m.Dom0Ready]),
+    ("vhm / ctl -> gvt: vGPU management", [m.VgpuCreate, m.VgpuCreated, m.VgpuDestroy, m.VgpuReset, m.MgmtTypes,
+                                          m.MgmtTypesReply, m.MgmtList, m.MgmtListReply]),
+    ("gvt <-> pgpu", [m.GgttWrite, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
+                      m.GpuEvent, m.EngineReset]),
+]
+STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuTypeInfo, m.VgpuInfo]
+
+
+def render() -> str:
+    """The full text of docs/PROTOCOL.md."""
+    out = [INTRO.rstrip("\n")]
+    out += [f"| `{code}` | {text} |" for code, text in ERROR_MEANINGS.items()] + [""]
+    grouped = [c for _, cs in GROUPS for c in cs]
+    rest = [c for c in m.ALL_MESSAGES if c not in grouped]
+    groups = GROUPS + ([("Other messages", rest)] if rest else [])
+    for title, classes in groups:
+        out += _section(title, classes)
+    out += _section("Embedded structures", STRUCTS)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
