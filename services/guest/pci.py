@@ -1,0 +1,141 @@
+"""Guest boot: PCI enumeration through 0xCF8/0xCFC (CONF1), BAR sizing and programming, MSI.
+
+The order is the firmware/kernel one: find the device by vendor/class, size each BAR by writing all ones
+and reading back ~(size-1) (PCI spec; GVT cfg_space.c answers it), program the BARs, turn on memory decode
+and bus mastering in COMMAND (GVT traps BAR0 from then on), then program and enable the MSI capability
+(32-bit, single message: the only format GVT supports, gvt-facts 6 and 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cpu import GuestMachine
+
+CONF_ADDR = 0xCF8
+CONF_DATA = 0xCFC
+CONF1_ENABLE = 1 << 31
+
+PCI_VENDOR_ID = 0x00
+PCI_COMMAND = 0x04
+PCI_CLASS_REVISION = 0x08
+PCI_BAR0 = 0x10
+PCI_BAR2 = 0x18
+PCI_CAPABILITY_LIST = 0x34
+PCI_CAP_ID_MSI = 0x05
+PCI_COMMAND_MEMORY = 1 << 1
+PCI_COMMAND_MASTER = 1 << 2
+PCI_STATUS_CAP_LIST = 1 << 4
+MSI_FLAGS_ENABLE = 1 << 0
+
+#: Where this guest's firmware places the GPU's BARs (32-bit MMIO hole below 4 GiB).
+BAR0_GPA = 0xF000_0000  # 16 MB GTTMMADR: MMIO at +0, GGTT at +8 MB
+BAR2_GPA = 0xC000_0000  # aperture (GMADR)
+#: MSI address: the LAPIC window, destination APIC id in bits 19:12 (gvt-facts 9).
+MSI_ADDR_BASE = 0xFEE0_0000
+
+
+@dataclass
+class PciDevice:
+    """What enumeration found and programmed."""
+
+    bus: int
+    dev: int
+    func: int
+    vendor: int
+    device: int
+    revision: int
+    class_code: int
+    bar0: int = 0
+    bar0_size: int = 0
+    bar2: int = 0
+    bar2_size: int = 0
+    msi_cap: int = 0
+    msi_vector: int = 0
+
+
+def conf_addr(bus: int, dev: int, func: int, reg: int) -> int:
+    """The CONF1 address latched in 0xCF8."""
+    return CONF1_ENABLE | bus << 16 | dev << 11 | func << 8 | (reg & 0xFC)
+
+
+class PciConfig:
+    """Config-space accessors over port I/O, as a guest kernel's pci_conf1_read/write."""
+
+    def __init__(self, machine: GuestMachine, vcpu: int = 0) -> None:
+        self.machine = machine
+        self.vcpu = vcpu
+
+    async def read(self, bus: int, dev: int, func: int, reg: int, size: int = 4) -> int:
+        await self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
+        return await self.machine.inl(CONF_DATA + (reg & 3), size, self.vcpu)
+
+    async def write(self, bus: int, dev: int, func: int, reg: int, value: int, size: int = 4) -> None:
+        await self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
+        await self.machine.outl(CONF_DATA + (reg & 3), value, size, self.vcpu)
+
+
+async def size_bar(cfg: PciConfig, bdf: tuple[int, int, int], reg: int) -> int:
+    """Size a 64-bit memory BAR: write all ones to both halves, read back, restore. Returns the size."""
+    lo0 = await cfg.read(*bdf, reg)
+    hi0 = await cfg.read(*bdf, reg + 4)
+    await cfg.write(*bdf, reg, 0xFFFF_FFFF)
+    await cfg.write(*bdf, reg + 4, 0xFFFF_FFFF)
+    lo = await cfg.read(*bdf, reg)
+    hi = await cfg.read(*bdf, reg + 4)
+    await cfg.write(*bdf, reg, lo0)
+    await cfg.write(*bdf, reg + 4, hi0)
+    mask = (hi << 32 | (lo & ~0xF)) & (2**64 - 1)
+    return ((~mask) + 1) & (2**64 - 1) if mask else 0
+
+
+async def find_display(cfg: PciConfig, bus: int = 0) -> PciDevice | None:
+    """Scan bus 0 for an Intel display controller (class 0x03), the way i915's PCI probe would match it."""
+    for dev in range(32):
+        vid = await cfg.read(bus, dev, 0, PCI_VENDOR_ID)
+        if vid & 0xFFFF == 0xFFFF:  # nothing there: the fallback answers all ones
+            continue
+        cls_rev = await cfg.read(bus, dev, 0, PCI_CLASS_REVISION)
+        if vid & 0xFFFF == 0x8086 and cls_rev >> 24 == 0x03:
+            return PciDevice(bus, dev, 0, vid & 0xFFFF, vid >> 16, cls_rev & 0xFF, cls_rev >> 8)
+    return None
+
+
+async def probe_gpu(machine: GuestMachine, msi_vector: int = 0x40, dest_apic: int = 0) -> PciDevice:
+    """Enumerate, size and program the vGPU's BARs, enable decode, and program MSI. Raises RuntimeError."""
+    cfg = PciConfig(machine)
+    gpu = await find_display(cfg)
+    if gpu is None:
+        raise RuntimeError("no Intel display device on bus 0")
+    bdf = (gpu.bus, gpu.dev, gpu.func)
+    gpu.bar0_size = await size_bar(cfg, bdf, PCI_BAR0)
+    gpu.bar2_size = await size_bar(cfg, bdf, PCI_BAR2)
+    if gpu.bar0_size != 16 << 20:
+        raise RuntimeError(f"unexpected BAR0 size {gpu.bar0_size:#x}")
+    await cfg.write(*bdf, PCI_BAR0, BAR0_GPA)
+    await cfg.write(*bdf, PCI_BAR0 + 4, 0)
+    await cfg.write(*bdf, PCI_BAR2, BAR2_GPA)
+    await cfg.write(*bdf, PCI_BAR2 + 4, 0)
+    gpu.bar0, gpu.bar2 = BAR0_GPA, BAR2_GPA
+    cmd = await cfg.read(*bdf, PCI_COMMAND, 2)
+    await cfg.write(*bdf, PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 2)
+    # walk the capability list for MSI
+    status = await cfg.read(*bdf, PCI_COMMAND + 2, 2)
+    if status & PCI_STATUS_CAP_LIST:
+        pos = await cfg.read(*bdf, PCI_CAPABILITY_LIST, 1) & 0xFC
+        for _ in range(48):
+            if not pos:
+                break
+            header = await cfg.read(*bdf, pos, 2)
+            if header & 0xFF == PCI_CAP_ID_MSI:
+                gpu.msi_cap = pos
+                break
+            pos = (header >> 8) & 0xFC
+    if not gpu.msi_cap:
+        raise RuntimeError("vGPU has no MSI capability")
+    await cfg.write(*bdf, gpu.msi_cap + 4, MSI_ADDR_BASE | (dest_apic << 12))
+    await cfg.write(*bdf, gpu.msi_cap + 8, msi_vector, 2)
+    ctrl = await cfg.read(*bdf, gpu.msi_cap + 2, 2)
+    await cfg.write(*bdf, gpu.msi_cap + 2, (ctrl & ~0x70) | MSI_FLAGS_ENABLE, 2)  # one message, enabled
+    gpu.msi_vector = msi_vector
+    return gpu
