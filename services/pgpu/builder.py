@@ -1,0 +1,243 @@
+"""Driver-side toolkit: encode GEN commands and lay out GGTT mappings, PPGTT tables, contexts and rings in
+machine memory. Tests, the benchmark and other services' tests use it to feed the emulator real encodings
+(i915 intel_gpu_commands.h; see commands.py for the decoding side).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..common.memory import MachineMemory
+from . import commands as c
+from .context import MODE_LEGACY_32, MODE_LEGACY_64, RING_CTX, make_descriptor, write_ring_context
+from .ggtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, pte_encode
+from .mmio import ENGINE_BASES
+from .ppgtt import ENTRY_PRESENT, ENTRY_RW, pd_index, pdp_index, pml4_index, pt_index
+
+
+# ------------------------------------------------------------------------------------------- encoders
+def _lo_hi(addr: int) -> tuple[int, int]:
+    return addr & 0xFFFF_FFFF, addr >> 32 & 0xFFFF
+
+
+def mi_noop() -> list[int]:
+    return [c.MI_NOOP]
+
+
+def mi_user_interrupt() -> list[int]:
+    return [c.MI_USER_INTERRUPT]
+
+
+def mi_bb_end() -> list[int]:
+    return [c.MI_BATCH_BUFFER_END]
+
+
+def mi_bb_start(addr: int, ppgtt: bool = False, second_level: bool = False) -> list[int]:
+    """MI_BATCH_BUFFER_START_GEN8 (length 1 => 3 dwords)."""
+    hdr = c.MI_BATCH_BUFFER_START | 1 | (c.MI_BATCH_PPGTT if ppgtt else 0)
+    return [hdr | (c.MI_BATCH_SECOND_LEVEL if second_level else 0), *_lo_hi(addr)]
+
+
+def mi_store_dword(addr: int, value: int, ggtt: bool = True) -> list[int]:
+    """MI_STORE_DWORD_IMM_GEN4 (= MI_INSTR(0x20, 2)): 4 dwords."""
+    return [c.MI_STORE_DATA_IMM | 2 | (c.MI_USE_GGTT if ggtt else 0), *_lo_hi(addr), value & 0xFFFF_FFFF]
+
+
+def mi_store_qword(addr: int, value: int, ggtt: bool = True) -> list[int]:
+    """MI_STORE_QWORD_IMM_GEN8 (= MI_INSTR(0x20, 3) | bit 21): 5 dwords."""
+    return [c.MI_STORE_DATA_IMM | 3 | (1 << 21) | (c.MI_USE_GGTT if ggtt else 0), *_lo_hi(addr),
+            value & 0xFFFF_FFFF, value >> 32 & 0xFFFF_FFFF]
+
+
+def mi_lri(pairs: list[tuple[int, int]]) -> list[int]:
+    """MI_LOAD_REGISTER_IMM(n) = MI_INSTR(0x22, 2n - 1), then n (offset, value) pairs."""
+    out = [c.MI_LOAD_REGISTER_IMM | (2 * len(pairs) - 1)]
+    for reg, value in pairs:
+        out += [reg, value]
+    return out
+
+
+def mi_flush_dw(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
+    """MI_FLUSH_DW (gen8: 4 dwords = MI_FLUSH_DW + 1), with a post-sync dword store when ``value`` is given."""
+    hdr = c.MI_FLUSH_DW | 2 | (c.MI_FLUSH_DW_NOTIFY if notify else 0)
+    if value is None:
+        return [hdr, 0, 0, 0]
+    lo, hi = _lo_hi(addr)
+    return [hdr | (1 << c.MI_FLUSH_DW_OP_SHIFT), lo | (c.MI_FLUSH_DW_USE_GTT if ggtt else 0), hi, value]
+
+
+def pipe_control(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
+    """GFX_OP_PIPE_CONTROL(6) with an optional post-sync QW immediate write."""
+    flags = (c.PIPE_CONTROL_NOTIFY if notify else 0)
+    if value is not None:
+        flags |= (1 << c.PIPE_CONTROL_POST_SYNC_SHIFT) | (c.PIPE_CONTROL_GLOBAL_GTT_IVB if ggtt else 0)
+    lo, hi = _lo_hi(addr)
+    v = value or 0
+    return [c.PIPE_CONTROL | (6 - 2), flags, lo, hi, v & 0xFFFF_FFFF, v >> 32 & 0xFFFF_FFFF]
+
+
+def xy_color_blt(dst: int, pitch: int, x1: int, y1: int, x2: int, y2: int, color: int, depth: int = 3,
+                 rop: int = 0xF0, write: int = 3) -> list[int]:
+    """XY_COLOR_BLT gen8 (7 dwords): BR13, BR22, BR23, dst address (2), colour."""
+    hdr = c.XY_COLOR_BLT | (write << 20) | (7 - 2)
+    br13 = (depth << 24) | (rop << 16) | (pitch & 0xFFFF)
+    return [hdr, br13, y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), color & 0xFFFF_FFFF]
+
+
+def xy_src_copy_blt(dst: int, dst_pitch: int, x1: int, y1: int, x2: int, y2: int, src: int, src_pitch: int,
+                    sx: int, sy: int, depth: int = 3, rop: int = 0xCC, write: int = 3) -> list[int]:
+    """XY_SRC_COPY_BLT gen8 (10 dwords): BR13, dst top-left, dst bottom-right, dst (2), src top-left,
+    src pitch, src (2)."""
+    hdr = c.XY_SRC_COPY_BLT | (write << 20) | (10 - 2)
+    br13 = (depth << 24) | (rop << 16) | (dst_pitch & 0xFFFF)
+    return [hdr, br13, y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), sy << 16 | sx, src_pitch & 0xFFFF,
+            *_lo_hi(src)]
+
+
+# --------------------------------------------------------------------------------------------- layout
+@dataclass
+class Context:
+    """A context laid out by :class:`Layout`."""
+
+    engine: str
+    lrca: int  # GGTT address of the LRC (PPHWSP); the ring context is the next page
+    ring: int  # GGTT address of the ring
+    ring_size: int
+    ctx_id: int
+    mode: int
+    tail: int = 0
+
+    @property
+    def desc(self) -> int:
+        return make_descriptor(self.lrca, self.ctx_id, self.mode)
+
+
+@dataclass
+class Layout:
+    """Hands out machine frames (top-down, so GM-contiguous pages are not machine-contiguous) and GM pages,
+    records the GGTT entries to write (``pending``), and writes through its own mapping."""
+
+    mem: MachineMemory
+    next_mfn: int
+    next_gm_page: int = 16
+    pending: list[tuple[int, int]] = field(default_factory=list)
+    gm_map: dict[int, int] = field(default_factory=dict)  # gm page -> machine address
+
+    def frame(self) -> int:
+        """A fresh zeroed machine frame (its machine address)."""
+        self.next_mfn -= 1
+        maddr = self.next_mfn << PAGE_SHIFT
+        self.mem.write(maddr, bytes(PAGE_SIZE))
+        return maddr
+
+    def gm(self, pages: int) -> int:
+        """Map ``pages`` fresh frames at the next free GM pages; returns the GGTT address."""
+        gma = self.next_gm_page << PAGE_SHIFT
+        for i in range(pages):
+            maddr = self.frame()
+            self.gm_map[self.next_gm_page + i] = maddr
+            self.pending.append((self.next_gm_page + i, pte_encode(maddr)))
+        self.next_gm_page += pages
+        return gma
+
+    def take_pending(self) -> list[tuple[int, int]]:
+        """The GGTT entries recorded since the last call."""
+        out, self.pending = self.pending, []
+        return out
+
+    def maddr(self, gma: int) -> int:
+        return self.gm_map[gma >> PAGE_SHIFT] | (gma & PAGE_MASK)
+
+    def write(self, gma: int, data: bytes) -> None:
+        """Write through the layout's GGTT mapping (page by page)."""
+        off = 0
+        while off < len(data):
+            n = min(len(data) - off, PAGE_SIZE - ((gma + off) & PAGE_MASK))
+            self.mem.write(self.maddr(gma + off), data[off:off + n])
+            off += n
+
+    def read(self, gma: int, length: int) -> bytes:
+        out = bytearray()
+        while len(out) < length:
+            n = min(length - len(out), PAGE_SIZE - ((gma + len(out)) & PAGE_MASK))
+            out += self.mem.read(self.maddr(gma + len(out)), n)
+        return bytes(out)
+
+    def write_dwords(self, gma: int, dws: list[int]) -> None:
+        self.write(gma, b"".join((d & 0xFFFF_FFFF).to_bytes(4, "little") for d in dws))
+
+    def context(self, engine: str, ctx_id: int, ring_pages: int = 1, mode: int = MODE_LEGACY_64,
+                pdps: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Context:
+        """An LRC (PPHWSP + ring context) and an empty ring."""
+        lrca = self.gm(2)
+        ring = self.gm(ring_pages)
+        ctx = Context(engine, lrca, ring, ring_pages * PAGE_SIZE, ctx_id, mode)
+        write_ring_context(self.mem, self.maddr(lrca + PAGE_SIZE), ENGINE_BASES[engine], start=ring,
+                           size=ctx.ring_size, pdps=pdps, rcs=engine == "rcs")
+        return ctx
+
+    def emit(self, ctx: Context, dws: list[int]) -> None:
+        """Append commands to the ring (wrapping) and move the ring tail in the context image. Pads with
+        MI_NOOP to a qword, as i915 does: the tail register ignores bits 2:0."""
+        if len(dws) % 2:
+            dws = [*dws, c.MI_NOOP]
+        for d in dws:
+            self.write_dwords(ctx.ring + ctx.tail, [d])
+            ctx.tail = (ctx.tail + 4) % ctx.ring_size
+        self.mem.write_u32(self.maddr(ctx.lrca + PAGE_SIZE) + RING_CTX["ring_tail"][1], ctx.tail)
+
+    def ring_value(self, ctx: Context, name: str) -> int:
+        """A value dword of the context's ring context (e.g. ``ring_header``)."""
+        return self.mem.read_u32(self.maddr(ctx.lrca + PAGE_SIZE) + RING_CTX[name][1])
+
+
+class PpgttBuilder:
+    """Builds 3-level (legacy 32-bit) or 4-level page tables in machine memory, gvt-shadow style (every
+    entry holds a machine address)."""
+
+    def __init__(self, layout: Layout, levels: int = 4) -> None:
+        self.layout = layout
+        self.levels = levels
+        self.pml4 = layout.frame() if levels == 4 else 0
+        self.l3_pdps = [0, 0, 0, 0]
+
+    @property
+    def mode(self) -> int:
+        return MODE_LEGACY_64 if self.levels == 4 else MODE_LEGACY_32
+
+    @property
+    def roots(self) -> tuple[int, int, int, int]:
+        """Root pointers for the context image (pdp0 first); i915 writes them without the present bit."""
+        if self.levels == 4:
+            return (self.pml4, 0, 0, 0)
+        return tuple(self.l3_pdps)  # type: ignore[return-value]
+
+    def _child(self, table: int, index: int) -> int:
+        entry = self.layout.mem.read_u64(table + index * 8)
+        if entry & ENTRY_PRESENT:
+            return entry & ~PAGE_MASK & ((1 << 46) - 1)
+        child = self.layout.frame()
+        self.layout.mem.write_u64(table + index * 8, child | ENTRY_PRESENT | ENTRY_RW)
+        return child
+
+    def map(self, gma: int, maddr: int) -> None:
+        """Map the 4 KiB page at ``gma`` to machine address ``maddr``."""
+        if self.levels == 4:
+            pdp = self._child(self.pml4, pml4_index(gma))
+            pd = self._child(pdp, pdp_index(gma, 4))
+        else:
+            i = pdp_index(gma, 3)
+            if not self.l3_pdps[i]:
+                self.l3_pdps[i] = self.layout.frame()
+            pd = self.l3_pdps[i]
+        pt = self._child(pd, pd_index(gma))
+        self.layout.mem.write_u64(pt + pt_index(gma) * 8, (maddr & ~PAGE_MASK) | ENTRY_PRESENT | ENTRY_RW)
+
+    def map_new(self, gma: int, pages: int) -> list[int]:
+        """Map ``pages`` fresh frames at ``gma``; returns their machine addresses."""
+        out = []
+        for i in range(pages):
+            maddr = self.layout.frame()
+            self.map(gma + i * PAGE_SIZE, maddr)
+            out.append(maddr)
+        return out

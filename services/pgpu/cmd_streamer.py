@@ -1,0 +1,180 @@
+"""The command streamer: executes a context's ring [head, tail) and the batch buffers it starts.
+
+* The ring lives in the GGTT at RING_START; offsets wrap at the ring size (gvt-facts 5.1).
+* MI_BATCH_BUFFER_START from the ring starts a first-level batch; from a first-level batch with bit 22 it
+  calls a second-level batch (whose BB_END returns to the first level); without bit 22 it chains (jumps, no
+  return). A second-level start from the ring, or from a second-level batch, is refused (gvt-facts 5.3).
+  Bit 8 puts the batch in the PPGTT, else in the GGTT.
+* Every command costs simulated time (timing.py). The watchdog stops a context whose simulated time or
+  command count passes its limit (an endless batch loop): status HANG.
+* Execution is resumable: :meth:`Streamer.run` executes at most ``budget`` commands, so the shell can
+  interleave other work with a long context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..common.memory import MachineMemory, MemoryRangeError
+from .commands import COMMANDS, CommandError, lookup
+from .context import TIMESTAMP_NS_PER_TICK, RingContext
+from .dma import Dma
+from .events import CtxStatus
+from .ggtt import Ggtt, PageFault
+from .ppgtt import Ppgtt
+from .timing import TimingModel
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Watchdog limits of one context run."""
+
+    watchdog_ns: float = 100e6
+    watchdog_cmds: int = 200_000
+
+
+@dataclass
+class Frame:
+    """A batch buffer being executed: its address space, the next dword, its level (1 or 2)."""
+
+    dma: Dma
+    gma: int
+    level: int
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """How a context run ended."""
+
+    status: CtxStatus
+    detail: int = 0
+    reason: str = ""
+
+
+class Streamer:
+    """Runs one context. Implements the ``commands.Exec`` protocol for the handlers.
+
+    Args:
+        engine: engine name (selects the command table rows).
+        ring: the ring state read from the context image.
+        ppgtt: the context's PPGTT, or None (all roots zero: PPGTT accesses go through the GGTT).
+        load_register: where MI_LOAD_REGISTER_IMM writes go.
+        clock_ns: the engine's GPU clock at the start of the run (for timestamps).
+    """
+
+    def __init__(self, engine: str, mem: MachineMemory, ggtt: Ggtt, ppgtt: Ppgtt | None, ring: RingContext,
+                 timing: TimingModel, limits: Limits, load_register: Callable[[int, int], None],
+                 clock_ns: float = 0.0) -> None:
+        self.engine = engine
+        self.ggtt_dma = Dma(mem, ggtt, "GGTT")
+        self.ppgtt_dma = Dma(mem, ppgtt, "PPGTT") if ppgtt is not None else self.ggtt_dma
+        self.ring_start = ring.start
+        self.ring_size = ring.size
+        self.head = ring.head
+        self.tail = ring.tail
+        self.timing = timing
+        self.limits = limits
+        self._load_register = load_register
+        self.clock_ns = clock_ns
+        self.stack: list[Frame] = []
+        self.cost_ns = timing.ctx_switch()
+        self.commands = 0
+        self.notifies: list[tuple[float, str]] = []  # (simulated ns into the run, why)
+        self.counts: dict[str, int] = {}
+        self.result: StreamResult | None = None
+        self._cost = {c.name: timing.command(c.name) for c in COMMANDS}
+
+    # --------------------------------------------------------------------------------- Exec protocol
+    def space(self, ggtt: bool) -> Dma:
+        """The GGTT, or the context's PPGTT."""
+        return self.ggtt_dma if ggtt else self.ppgtt_dma
+
+    def batch_start(self, gma: int, ppgtt: bool, second_level: bool) -> None:
+        dma = self.ppgtt_dma if ppgtt else self.ggtt_dma
+        level = len(self.stack)
+        if second_level and level != 1:
+            where = "the ring" if level == 0 else "a second-level batch"
+            raise CommandError(CtxStatus.BAD_COMMAND, f"second-level MI_BATCH_BUFFER_START from {where}")
+        if level == 0 or second_level:
+            self.stack.append(Frame(dma, gma, level + 1))
+        else:  # chained: jump, keep the level (and the return point of the level below)
+            self.stack[-1] = Frame(dma, gma, level)
+
+    def batch_end(self) -> None:
+        if not self.stack:
+            raise CommandError(CtxStatus.BAD_COMMAND, "MI_BATCH_BUFFER_END in the ring")
+        self.stack.pop()
+
+    def notify(self, why: str) -> None:
+        self.notifies.append((self.cost_ns, why))
+
+    def load_register(self, offset: int, value: int) -> None:
+        self._load_register(offset, value)
+
+    def timestamp(self) -> int:
+        return int((self.clock_ns + self.cost_ns) / TIMESTAMP_NS_PER_TICK)
+
+    def charge_regs(self, nregs: int) -> None:
+        self.cost_ns += self.timing.lri(nregs)
+
+    def charge_bytes(self, nbytes: int) -> None:
+        self.cost_ns += self.timing.blit(nbytes)
+
+    # ------------------------------------------------------------------------------------- fetching
+    def _ring_dwords(self, count: int) -> list[int]:
+        avail = (self.tail - self.head) % self.ring_size
+        if count * 4 > avail:
+            raise CommandError(CtxStatus.BAD_COMMAND,
+                               f"command of {count} dwords at ring offset {self.head:#x} runs past the tail")
+        first = min(count, (self.ring_size - self.head) // 4)
+        out = self.ggtt_dma.dwords(self.ring_start + self.head, first)
+        if first < count:  # wraps to the ring start
+            out += self.ggtt_dma.dwords(self.ring_start, count - first)
+        return out
+
+    # ---------------------------------------------------------------------------------------- running
+    def run(self, budget: int) -> StreamResult | None:
+        """Execute up to ``budget`` commands. Returns the result once the context ended, else None."""
+        if self.result is not None:
+            return self.result
+        try:
+            self.result = self._run(budget)
+        except PageFault as fault:
+            self.result = StreamResult(CtxStatus.PAGE_FAULT, fault.gma, fault.reason)
+        except CommandError as err:
+            self.result = StreamResult(CtxStatus(err.status), err.detail, err.reason)
+        except MemoryRangeError as err:
+            self.result = StreamResult(CtxStatus.PAGE_FAULT, 0, str(err))
+        return self.result
+
+    def _run(self, budget: int) -> StreamResult | None:
+        engine, stack, cost, counts = self.engine, self.stack, self._cost, self.counts
+        limits = self.limits
+        for _ in range(budget):
+            if stack:
+                frame = stack[-1]
+                hdr = frame.dma.dwords(frame.gma, 1)[0]
+            elif self.head == self.tail:
+                return StreamResult(CtxStatus.OK)
+            else:
+                frame = None
+                hdr = self.ggtt_dma.dwords(self.ring_start + self.head, 1)[0]
+            spec = lookup(engine, hdr)
+            if spec is None:
+                raise CommandError(CtxStatus.UNKNOWN_COMMAND, f"unknown command {hdr:#010x} on {engine}", hdr)
+            n = spec.length(hdr)
+            if frame is not None:
+                dws = [hdr] + frame.dma.dwords(frame.gma + 4, n - 1) if n > 1 else [hdr]
+                frame.gma += 4 * n
+            else:
+                dws = self._ring_dwords(n)
+                self.head = (self.head + 4 * n) % self.ring_size
+            self.cost_ns += cost[spec.name]
+            spec.handler(self, dws)
+            self.commands += 1
+            counts[spec.name] = counts.get(spec.name, 0) + 1
+            if self.cost_ns > limits.watchdog_ns or self.commands >= limits.watchdog_cmds:
+                return StreamResult(CtxStatus.HANG, self.commands,
+                                    f"watchdog: {self.commands} commands, {self.cost_ns / 1e6:.3f} ms simulated")
+        return None

@@ -1,0 +1,207 @@
+"""PgpuCore: the physical GPU as a sans-I/O object (GGTT + MMIO + four engines over machine memory).
+
+Every entry point takes the clock time ``now`` (seconds, any monotonic clock) and never raises anything but
+:class:`GpuError` (a refused request, with the ERROR code the shell replies with). The shell drives it:
+
+    core.submit("rcs", [desc], tag, now, owner)      # ELSP_SUBMIT
+    events = core.advance(now, "rcs")                # run a chunk, collect the events now due
+    core.next_deadline("rcs")                        # when to call advance again if not runnable()
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ...protocol.errors import ErrorCode
+from ..common.memory import MachineMemory
+from .cmd_streamer import Limits
+from .context import ContextDescriptor
+from .engine import Engine, PortBusy
+from .events import EVENT_KINDS, EngineEvent
+from .ggtt import Ggtt, GgttRangeError, PageFault
+from .mmio import ENGINE_BASES, NUM_FENCES, Mmio, MmioError
+from .ppgtt import LEVELS_BY_MODE
+from .timing import TimingModel
+
+ENGINES = ("rcs", "bcs", "vcs", "vecs")
+#: the device gvt sees through STATUS (SKL GT2 0x1912 rev 6; gvt-facts 3: msi_cap 0xAC on SKL)
+GPU_IDENTITY = {"vendor": 0x8086, "device": 0x1912, "revision": 6, "msi_cap": 0xAC, "fences": NUM_FENCES}
+
+
+@dataclass(frozen=True)
+class PgpuConfig:
+    """Configuration (flags of ``gvtsim pgpu``)."""
+
+    gm_mb: int = 4096
+    aperture_mb: int = 512
+    time_scale: float = 1.0  # clock seconds per simulated second (0: deliver as fast as possible)
+    gpu_speed: float = 1.0  # cost divisor
+    watchdog_ms: float = 100.0  # simulated time a context may run
+    watchdog_cmds: int = 200_000  # commands a context may execute
+    budget: int = 20_000  # commands per advance() chunk
+
+
+class GpuError(Exception):
+    """A request the GPU refuses; ``code`` is the ERROR code for the reply."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code.value}: {reason}")
+
+
+class PgpuCore:
+    """The physical GPU."""
+
+    def __init__(self, mem: MachineMemory, config: PgpuConfig | None = None) -> None:
+        self.config = cfg = config or PgpuConfig()
+        if cfg.aperture_mb > cfg.gm_mb:
+            raise ValueError("aperture larger than GM")
+        self.mem = mem
+        self.ggtt = Ggtt(cfg.gm_mb << 20)
+        self.mmio = Mmio(on_flush=self.ggtt.flush, on_reset=self._gdrst_reset)
+        self.timing = TimingModel(speed=cfg.gpu_speed)
+        self.limits = Limits(watchdog_ns=cfg.watchdog_ms * 1e6, watchdog_cmds=cfg.watchdog_cmds)
+        self.engines = {name: Engine(name, mem, self.ggtt, self.mmio, self.timing, self.limits, cfg.time_scale)
+                        for name in ENGINES}
+        self.counters: Counter[str] = Counter()
+        self._now = 0.0
+
+    # ----------------------------------------------------------------------------------------- GGTT
+    def ggtt_write(self, entries: Iterable[tuple[int, int]]) -> int:
+        """Write ``[index, pte]`` pairs (all or nothing) and flush the GGTT TLB."""
+        try:
+            return self.ggtt.write_batch(entries)
+        except GgttRangeError as err:
+            self.counters["ggtt_write_refused"] += 1
+            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+
+    def ggtt_read(self, index: int, count: int) -> list[int]:
+        """Entries ``[index, index + count)``."""
+        try:
+            return self.ggtt.read(index, count)
+        except GgttRangeError as err:
+            self.counters["ggtt_read_refused"] += 1
+            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+
+    # ----------------------------------------------------------------------------------------- MMIO
+    def mmio_read(self, offset: int, size: int, now: float) -> int:
+        """Read a physical register."""
+        self._now = now
+        try:
+            return self.mmio.read(offset, size)
+        except MmioError as err:
+            self.counters["mmio_refused"] += 1
+            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+
+    def mmio_write(self, offset: int, size: int, value: int, now: float) -> None:
+        """Write a physical register (GFX_FLSH_CNTL flushes the GGTT TLB, GDRST resets engines)."""
+        self._now = now
+        try:
+            self.mmio.write(offset, size, value)
+        except MmioError as err:
+            self.counters["mmio_refused"] += 1
+            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+
+    def _gdrst_reset(self, engine: str) -> None:
+        self.counters["gdrst_resets"] += 1
+        self.engines[engine].reset(self._now)
+
+    # ------------------------------------------------------------------------------------- execlists
+    def submit(self, engine: str, descs: list[int], tag: int, now: float, owner: Any = None) -> None:
+        """ELSP submission of one or two descriptors (element 0 first). An invalid element 1 means "no
+        element 1", as on the hardware; element 0 must be valid.
+
+        Raises:
+            GpuError: bad_request (unknown engine, element 0 not valid, unsupported addressing mode),
+                bad_address (LRCA not mapped in the GGTT), no_space (port busy).
+        """
+        self._now = now
+        eng = self.engines.get(engine)
+        if eng is None or not 1 <= len(descs) <= 2:
+            self.counters["submit_refused"] += 1
+            raise GpuError(ErrorCode.BAD_REQUEST, f"engine {engine!r} with {len(descs)} descriptors")
+        elements = [ContextDescriptor(d & 0xFFFF_FFFF_FFFF_FFFF) for d in descs]
+        if len(elements) == 2 and not elements[1].valid:
+            elements.pop()
+        try:
+            for i, desc in enumerate(elements):
+                self._check_descriptor(i, desc)
+            eng.accept(elements, tag, owner, now)
+        except GpuError:
+            self.counters["submit_refused"] += 1
+            raise
+        except PortBusy as err:
+            self.counters["submit_port_busy"] += 1
+            raise GpuError(ErrorCode.NO_SPACE, str(err)) from None
+        self.counters["submits"] += 1
+
+    def _check_descriptor(self, i: int, desc: ContextDescriptor) -> None:
+        if not desc.valid:
+            raise GpuError(ErrorCode.BAD_REQUEST, f"element {i} descriptor {desc.raw:#x} not valid")
+        if desc.addressing_mode not in LEVELS_BY_MODE:
+            raise GpuError(ErrorCode.BAD_REQUEST,
+                           f"element {i}: addressing mode {desc.addressing_mode} not supported (1 or 3)")
+        for gma in (desc.lrca, desc.ring_context):
+            try:
+                self.ggtt.translate(gma)
+            except PageFault as fault:
+                raise GpuError(ErrorCode.BAD_ADDRESS, f"element {i}: LRC not mapped: {fault.reason}") from None
+
+    def reset_engine(self, engine: str, now: float) -> int:
+        """ENGINE_RESET: drop the engine's running and pending contexts. Returns how many were dropped."""
+        self._now = now
+        eng = self.engines.get(engine)
+        if eng is None:
+            raise GpuError(ErrorCode.BAD_REQUEST, f"no engine {engine!r}")
+        self.counters["engine_resets"] += 1
+        return eng.reset(now)
+
+    # ------------------------------------------------------------------------------------------- time
+    def advance(self, now: float, engine: str | None = None) -> list[EngineEvent]:
+        """Run one chunk (``config.budget`` commands) on ``engine`` (or every engine) and return the events
+        due at ``now``, oldest first."""
+        self._now = now
+        events: list[EngineEvent] = []
+        for eng in ([self.engines[engine]] if engine else self.engines.values()):
+            if eng.runnable(now):
+                eng.step(now, self.config.budget)
+            events.extend(eng.pop_due(now))
+        for ev in events:
+            self.counters[f"events_{ev.kind}"] += 1
+        return events
+
+    def runnable(self, engine: str, now: float) -> bool:
+        """True when ``advance`` has work to do on ``engine`` right now."""
+        eng = self.engines[engine]
+        return eng.runnable(now) or bool(eng.events and eng.events[0].due <= now)
+
+    def next_deadline(self, engine: str) -> float | None:
+        """When ``engine`` next needs an ``advance`` by itself (None: only a submit can wake it)."""
+        return self.engines[engine].next_deadline()
+
+    def idle(self) -> bool:
+        """No engine has queued work or undelivered events."""
+        return all(not e.port and e.running is None and not e.events for e in self.engines.values())
+
+    # ----------------------------------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """STATUS info: the device identity gvt relies on, per-engine figures, events by kind."""
+        cfg = self.config
+        engines = {}
+        for name, eng in self.engines.items():
+            s = eng.stats
+            engines[name] = {"busy_ns": s["busy_ns"], "contexts": s["contexts"], "commands": s["commands"],
+                             "resets": s["resets"], "submissions": s["submissions"],
+                             "queued": sum(len(x.elements) for x in eng.port) + (eng.running is not None),
+                             "mmio_base": ENGINE_BASES[name]}
+        return {
+            "gpu": {**GPU_IDENTITY, "gm_mb": cfg.gm_mb, "aperture_mb": cfg.aperture_mb},
+            "engines": engines,
+            "events": {kind: sum(e.stats[f"events_{kind}"] for e in self.engines.values()) for kind in EVENT_KINDS},
+            "ggtt": {"entries": self.ggtt.num_entries, "writes": self.ggtt.writes, "flushes": self.ggtt.flushes},
+            "time_scale": cfg.time_scale, "gpu_speed": cfg.gpu_speed,
+        }

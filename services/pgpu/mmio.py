@@ -1,0 +1,132 @@
+"""The physical MMIO register file (BAR0's first 2 MiB) with the side effects the device model relies on.
+
+Plain registers are stored as written. A declarative table gives the special ones their behaviour:
+* GFX_FLSH_CNTL 0x101008 bit 0: invalidate the GGTT TLB (gvt-facts 3, step 5); reads back 0;
+* GDRST 0x941C: engine reset by domain bit (i915 GEN6_GRDOM_FULL 0, RENDER 1, MEDIA 2, BLT 3, VECS 4);
+  self-clearing, so it reads back 0 once the reset is done;
+* forcewake (gen9, gvt-facts 10): render 0xA278 -> ack 0x0D84, GT 0xA188 -> ack 0x130044, media 0xA270 -> ack
+  0x0D88; masked registers (bits 31:16 select bits 15:0), the ack follows the new low 16 bits;
+* per-engine RING_MODE (+0x29C) is masked too; RING_TAIL/HEAD/START/CTL (+0x30..0x3C) and EXECLIST_STATUS
+  (+0x234) are kept up to date by the engines; fences 0x100000 + 8i (i < 32) are plain 64-bit registers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .ggtt import GFX_FLSH_CNTL, GFX_FLSH_CNTL_EN
+
+#: gvt-facts 5.1 ring bases
+ENGINE_BASES: dict[str, int] = {"rcs": 0x2000, "vcs": 0x12000, "vecs": 0x1A000, "bcs": 0x22000}
+RING_TAIL, RING_HEAD, RING_START, RING_CTL = 0x30, 0x34, 0x38, 0x3C
+EXECLIST_STATUS = 0x234
+RING_MODE = 0x29C
+GDRST = 0x941C
+#: GDRST domain bit -> engines it resets
+GDRST_DOMAINS: dict[int, tuple[str, ...]] = {
+    1 << 0: ("rcs", "bcs", "vcs", "vecs"),  # GEN6_GRDOM_FULL
+    1 << 1: ("rcs",),  # GEN6_GRDOM_RENDER
+    1 << 2: ("vcs",),  # GEN6_GRDOM_MEDIA
+    1 << 3: ("bcs",),  # GEN6_GRDOM_BLT
+    1 << 4: ("vecs",),  # GEN6_GRDOM_VECS
+}
+#: forcewake request register -> its ack register
+FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
+FENCE_BASE = 0x100000
+NUM_FENCES = 32
+MMIO_SIZE = 0x200000
+
+
+class MmioError(ValueError):
+    """An access the register file refuses (misaligned or outside the 2 MiB)."""
+
+
+class Mmio:
+    """The register file.
+
+    Args:
+        on_flush: called when GFX_FLSH_CNTL is written with bit 0.
+        on_reset: called with an engine name for each engine a GDRST write resets.
+    """
+
+    def __init__(self, on_flush: Callable[[], None], on_reset: Callable[[str], None]) -> None:
+        self.regs: dict[int, int] = {}
+        self._on_flush = on_flush
+        self._on_reset = on_reset
+        self.masked = set(FORCEWAKE_ACKS) | {base + RING_MODE for base in ENGINE_BASES.values()}
+        #: offset -> write handler (offset, value); everything else is stored as written
+        self.write_handlers: dict[int, Callable[[int, int], None]] = {
+            GFX_FLSH_CNTL: self._write_flush,
+            GDRST: self._write_gdrst,
+            **{reg: self._write_forcewake for reg in FORCEWAKE_ACKS},
+        }
+        #: offsets that always read 0 (self-clearing / write-only)
+        self.read_zero = {GFX_FLSH_CNTL, GDRST}
+
+    @staticmethod
+    def _check(offset: int, size: int) -> None:
+        if size not in (4, 8) or offset % 4 or offset < 0 or offset + size > MMIO_SIZE:
+            raise MmioError(f"MMIO access of {size} bytes at {offset:#x}")
+
+    def read(self, offset: int, size: int = 4) -> int:
+        """Read a 4- or 8-byte register (8 bytes = the dword at ``offset`` and the next one as high half)."""
+        self._check(offset, size)
+        value = self._read32(offset)
+        if size == 8:
+            value |= self._read32(offset + 4) << 32
+        return value
+
+    def _read32(self, offset: int) -> int:
+        return 0 if offset in self.read_zero else self.regs.get(offset, 0)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        """Write a 4- or 8-byte register, with its side effects."""
+        self._check(offset, size)
+        self._write32(offset, value & 0xFFFF_FFFF)
+        if size == 8:
+            self._write32(offset + 4, value >> 32 & 0xFFFF_FFFF)
+
+    def _write32(self, offset: int, value: int) -> None:
+        handler = self.write_handlers.get(offset)
+        if handler is not None:
+            handler(offset, value)
+        elif offset in self.masked:
+            self.regs[offset] = self._masked(offset, value)
+        else:
+            self.regs[offset] = value
+
+    def load(self, offset: int, value: int) -> None:
+        """MI_LOAD_REGISTER_IMM: store the value (no side effects from the command stream)."""
+        self.regs[offset] = value & 0xFFFF_FFFF
+
+    def set(self, offset: int, value: int) -> None:
+        """Hardware-side update (engine state mirrored into its registers)."""
+        self.regs[offset] = value & 0xFFFF_FFFF
+
+    # -------------------------------------------------------------------------------------- handlers
+    def _masked(self, offset: int, value: int) -> int:
+        mask = value >> 16
+        return (self.regs.get(offset, 0) & ~mask | value & mask) & 0xFFFF
+
+    def _write_flush(self, offset: int, value: int) -> None:
+        if value & GFX_FLSH_CNTL_EN:
+            self._on_flush()
+
+    def _write_gdrst(self, offset: int, value: int) -> None:
+        done: set[str] = set()
+        for bit, engines in GDRST_DOMAINS.items():
+            if value & bit:
+                for engine in engines:
+                    if engine not in done:
+                        done.add(engine)
+                        self._on_reset(engine)
+
+    def _write_forcewake(self, offset: int, value: int) -> None:
+        self.regs[offset] = self._masked(offset, value)
+        self.regs[FORCEWAKE_ACKS[offset]] = self.regs[offset]
+
+    def fence(self, index: int) -> int:
+        """Fence register ``index`` (64-bit)."""
+        if not 0 <= index < NUM_FENCES:
+            raise MmioError(f"no fence {index}")
+        return self.read(FENCE_BASE + 8 * index, 8)
