@@ -1,7 +1,7 @@
 """``gvtsim bench``: measure and print figures (never pass/fail thresholds).
 
-Sections: the wire codec, machine memory access, the frame allocator, and the pgpu emulator (commands/s,
-blit MB/s). Each figure is the median of several repetitions; ``--json`` prints one JSON object.
+Sections: the wire codec, machine memory access, the frame allocator, the vhm core (ioreq path), and the
+pgpu emulator (commands/s, blit MB/s). Each figure is the median of several repetitions; ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -89,11 +89,9 @@ def bench_allocator(n: int) -> dict[str, Any]:
     return {"alloc16_free": per_op(cycle, n)}
 
 
-def bench_pgpu() -> dict[str, Any]:
-    try:
-        mod = importlib.import_module("gvtsim.services.pgpu.bench")
-    except ImportError as err:
-        return {"skipped": f"pgpu bench unavailable: {err}"}
+def bench_service(name: str) -> dict[str, Any]:
+    """A service's own core benchmark (``gvtsim.services.<name>.bench.run()``)."""
+    mod = importlib.import_module(f"gvtsim.services.{name}.bench")
     return mod.run()
 
 
@@ -101,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__)
     p.add_argument("--json", action="store_true")
     p.add_argument("-n", type=int, default=20000, help="operations per repetition")
-    p.add_argument("--only", choices=["codec", "memory", "allocator", "pgpu"], action="append")
+    p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu"], action="append")
     args = p.parse_args(argv)
     sections = {"codec": lambda: bench_codec(args.n), "memory": lambda: bench_memory(args.n),
-                "allocator": lambda: bench_allocator(args.n // 10), "pgpu": bench_pgpu}
+                "allocator": lambda: bench_allocator(args.n // 10), "vhm": lambda: bench_service("vhm"),
+                "pgpu": lambda: bench_service("pgpu")}
     results = {name: fn() for name, fn in sections.items() if not args.only or name in args.only}
     if args.json:
         print(json.dumps(results))

@@ -236,9 +236,10 @@ class FrameAllocator:
     def free(self, runs: list[FrameRun], owner: str) -> None:
         """Return runs that ``owner`` holds. Raises ValueError for a run the owner does not hold."""
         held = self._owned.get(owner, [])
-        for run in runs:
-            if run not in held:
+        for run in runs:  # all or nothing: check every run before releasing any
+            if runs.count(run) > held.count(run):
                 raise ValueError(f"{owner} does not hold frames {run.mfn:#x}+{run.count}")
+        for run in runs:
             held.remove(run)
             self._release(run)
         if not held:

@@ -79,6 +79,18 @@ class ServiceProc:
             if ev.get("event") == "_exit":
                 raise RuntimeError(f"{self.name} exited ({self.proc.poll() if self.proc else None}); log: {self.tail()}")
 
+    async def astart(self, timeout: float = 20.0) -> Event:
+        """:meth:`start` for async tests: waits in a thread so the test's event loop keeps running."""
+        import asyncio
+
+        return await asyncio.to_thread(self.start, timeout)
+
+    async def await_event(self, match: str | Callable[[Event], bool], timeout: float = 10.0) -> Event:
+        """:meth:`wait_event` for async tests (does not block the event loop)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.wait_event, match, timeout)
+
     def tail(self, n: int = 15) -> str:
         try:
             with open(self.stderr_path) as f:

@@ -101,6 +101,10 @@ def test_allocator_refuses_what_it_cannot_give():
     assert a.owned_count("y") == 0 and a.free_frames == 3
     with pytest.raises(ValueError):
         a.free([FrameRun(1, 1)], "y")  # not y's frames
+    held = a.owned("x")
+    with pytest.raises(ValueError):
+        a.free([held[0], FrameRun(500, 1)], "x")  # one bad run: nothing is freed
+    assert a.owned_count("x") == 60 and a.free_frames == 3
 
 
 @settings(max_examples=150, deadline=None)

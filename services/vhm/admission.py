@@ -1,0 +1,58 @@
+"""What a guest may send as an ioreq, by type: a declarative table of admission checks.
+
+A guest sends PIO, MMIO and WP; PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF (gvt-facts 8.3). A
+WP request is what the hypervisor raises for a write to a page whose EPT entry is readable but not writable
+(gvt-facts 8.2), so vhm accepts one only where that is true and a client tracks the page. Each check raises
+:class:`VhmError` (bad_request) or returns None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ...protocol import ErrorCode, IoreqDir, IoreqType
+from ...protocol import messages as m
+from ..common.memory import PAGE_SHIFT
+from .outcomes import VhmError
+from .routing import PIO_LIMIT
+from .vm import Vm
+
+
+def _check_pio(vm: Vm, req: m.Ioreq) -> None:
+    if req.addr + req.size - 1 > PIO_LIMIT:
+        raise VhmError(ErrorCode.BAD_REQUEST, f"port {req.addr:#x}+{req.size} outside the 64 KiB port space",
+                       vm=req.vm, vcpu=req.vcpu, seq=req.seq)
+
+
+def _check_mmio(vm: Vm, req: m.Ioreq) -> None:
+    """Any guest-physical address may be MMIO (the guest runtime traps whatever its EPT does not map)."""
+
+
+def _check_pci(vm: Vm, req: m.Ioreq) -> None:
+    # gvt-facts 8.3: PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF; a guest uses the ports
+    raise VhmError(ErrorCode.BAD_REQUEST, "guests do not send PCI requests: use PIO 0xCF8 / 0xCFC-0xCFF",
+                   vm=req.vm, vcpu=req.vcpu, seq=req.seq)
+
+
+def _check_wp(vm: Vm, req: m.Ioreq) -> None:
+    # gvt-facts 8.2: a WP exit is a write to a page whose EPT entry is readable but not writable
+    gfn = req.addr >> PAGE_SHIFT
+    why = None
+    if req.dir != IoreqDir.WRITE:
+        why = "a WP request is a write"
+    elif (req.addr + req.size - 1) >> PAGE_SHIFT != gfn:
+        why = "a WP write must not straddle a page"
+    elif not vm.memory.is_ram(gfn) or not vm.memory.is_write_protected(gfn):
+        why = f"gfn {gfn:#x} is not write-protected"
+    elif vm.ranges.lookup(IoreqType.WP, req.addr, req.size) is None:
+        why = f"no client tracks gfn {gfn:#x}"
+    if why:
+        raise VhmError(ErrorCode.BAD_REQUEST, why, vm=req.vm, vcpu=req.vcpu, seq=req.seq)
+
+
+GUEST_KIND_CHECKS: dict[IoreqType, Callable[[Vm, m.Ioreq], None]] = {
+    IoreqType.PIO: _check_pio,
+    IoreqType.MMIO: _check_mmio,
+    IoreqType.PCI: _check_pci,
+    IoreqType.WP: _check_wp,
+}

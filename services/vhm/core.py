@@ -1,0 +1,390 @@
+"""The vhm core (sans-I/O): the VM table, ioreq clients, the ioreq path and the VM lifecycle.
+
+Driven by method calls with time passed in (``now``), h11/aioquic style; every public method is an entry
+point that returns plain data (outcomes.py) and never raises into the shell. The MPT services device
+models call live in mpt.py (mixed in here), routing rules in routing.py, guest RAM and EPT in
+guest_memory.py.
+
+The ioreq path (DESIGN section 3, gvt-facts 8.1-8.3), per vCPU slot:
+
+    insert_ioreq   FREE -> PENDING            the hypervisor queued the vCPU's request (acrn_insert_request)
+    distribute     PENDING -> COMPLETE        0xCF8 latch, CONF1 disabled, fallback: done inside vhm
+                   PENDING -> PROCESSING      handed to the ioreq client that claims it
+    complete       PROCESSING -> COMPLETE     the client answered (acrn_ioreq_complete_request)
+    resume         COMPLETE -> FREE           the vCPU got IOREQ_DONE (dm_emulate_io_complete)
+
+A request PROCESSING at a client that vanishes, or that outlives ``ioreq_timeout``, or whose VM is destroyed
+or reset, is force-completed and freed (acrn_ioreq_clear_request) and reported as :class:`IoreqFailed`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ...protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
+from ...protocol import messages as m
+from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
+from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
+from .guest_memory import GuestMemory
+from .mpt import MptServices
+from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Rejected, Teardown,
+                       VgpuRequest, VhmError, VmPlan, entry_point)
+from .admission import GUEST_KIND_CHECKS
+from .routing import all_ones, fallback_value, handle_cf8cfc, route
+from .vm import Vm, VmState
+
+MAX_CLIENT_ID = 1023  # VHM client ids are 1..1023 (idr_alloc_cyclic), gvt-facts 8.3
+
+
+@dataclass(eq=False)
+class Client:
+    """An ioreq client (a device model session, role gvt): the Service VM, privileged for MPT calls."""
+
+    id: int
+    peer: Peer
+    name: str
+    ready: bool = False  # sent DOM0_READY
+
+    @property
+    def owner(self) -> str:
+        """Frame-allocator owner key of the frames this client allocated (freed when it is lost)."""
+        return f"client:{self.id}"
+
+
+class VhmCore(MptServices):
+    """All of vhm's state and rules, with no sockets.
+
+    Args:
+        mem: the machine memory (vhm created it).
+        ram_max_run: longest contiguous machine run in a VM's RAM map (fragmented on purpose).
+        ioreq_timeout: seconds a request may stay PROCESSING at a live client before it is failed.
+        counters: where error and traffic counters go (the service shares its own).
+    """
+
+    def __init__(self, mem: MachineMemory, *, ram_max_run: int = 16, ioreq_timeout: float = 30.0,
+                 counters: Counter[str] | None = None) -> None:
+        self.mem = mem
+        self.frames = FrameAllocator(mem.frames)
+        self.ram_max_run = ram_max_run
+        self.ioreq_timeout = ioreq_timeout
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.ioreq_counts: Counter[str] = Counter()  # by final type: pio, mmio, pci, wp
+        self.vms: dict[int, Vm] = {}
+        self.clients: dict[int, Client] = {}
+        self._client_by_peer: dict[Peer, int] = {}
+        self._last_vm = 0
+        self._last_client = 0
+        self._serials = itertools.count(1)
+
+    # ================================================================================== ioreq clients
+    def add_client(self, peer: Peer, name: str) -> int:
+        """A device model said HELLO: register it as an ioreq client. Returns its client id."""
+        old = self._client_by_peer.get(peer)
+        if old is not None:
+            return old
+        cid = self._cyclic_id(self._last_client, MAX_CLIENT_ID, self.clients)
+        self._last_client = cid
+        self.clients[cid] = Client(cid, peer, name)
+        self._client_by_peer[peer] = cid
+        self.counters["clients_added"] += 1
+        return cid
+
+    def client_of(self, peer: Peer) -> int | None:
+        """The client id of a peer, None if it is not a client."""
+        return self._client_by_peer.get(peer)
+
+    def device_model(self) -> int | None:
+        """The client that should create vGPUs: the newest that said DOM0_READY, else the newest."""
+        if not self.clients:
+            return None
+        ready = [c.id for c in self.clients.values() if c.ready]
+        return (ready or list(self.clients))[-1]
+
+    def client_lost(self, client: int) -> ClientLoss:
+        """A client's session ended: fail what was PROCESSING at it (ERROR client_lost, slots FREE), drop its
+        ranges/BDFs/page tracks (later accesses go to the fallback), unmap what it mapped into guests, free
+        the frames it allocated."""
+        c = self.clients.pop(client, None)
+        if c is None:
+            return ClientLoss([], [], 0)
+        self._client_by_peer.pop(c.peer, None)
+        self.counters["clients_lost"] += 1
+        failed: list[IoreqFailed] = []
+        notices: list[Notice] = []
+        why = f"ioreq client {c.name} (#{c.id}) lost while the request was PROCESSING"
+        for vm in self.vms.values():
+            for slot in vm.slots:
+                if slot.state is IoreqState.PROCESSING and slot.client == client:
+                    failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, why))
+            mapped = vm.forget_client(client)
+            for gfn in mapped:  # its frames are about to be freed: the guest must not keep them
+                vm.memory.unmap_extra(gfn, 1)
+                del vm.extra_maps[gfn]
+            if mapped and vm.state is not VmState.DYING:
+                notices.append(Notice(vm.owner, m.EptChanged(vm=vm.id)))
+        return ClientLoss(failed, notices, self.frames.free_owner(c.owner))
+
+    # ======================================================================================= ioreqs
+    @entry_point
+    def submit_ioreq(self, peer: Peer, req: m.Ioreq, now: float) -> Completed | Dispatched:
+        """A guest vCPU's request: insert it in the vCPU's slot and distribute it.
+
+        Returns:
+            Completed (answered inside vhm: 0xCF8, CONF1 disabled, fallback), Dispatched (PROCESSING at a
+            client) or Rejected (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
+        """
+        vm = self._insert(peer, req)
+        return self._distribute(vm, req.vcpu, now)
+
+    @entry_point
+    def insert_ioreq(self, peer: Peer, req: m.Ioreq) -> None:
+        """The hypervisor half alone: FREE -> PENDING (:meth:`distribute` does the VHM half)."""
+        self._insert(peer, req)
+
+    @entry_point
+    def distribute(self, vm_id: int, vcpu: int, now: float) -> Completed | Dispatched:
+        """The VHM half alone: route the PENDING request of ``vm_id``/``vcpu``."""
+        vm = self.vms.get(vm_id)
+        if vm is None or not 0 <= vcpu < vm.vcpus or vm.slots[vcpu].state is not IoreqState.PENDING:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"no PENDING request on VM {vm_id} vCPU {vcpu}")
+        return self._distribute(vm, vcpu, now)
+
+    def _insert(self, peer: Peer, req: m.Ioreq) -> Vm:
+        keys = {"vm": req.vm, "vcpu": req.vcpu, "seq": req.seq}
+        self.counters["ioreqs_in"] += 1
+        vm = self._guest_vm(peer, req.vm, **keys)
+        if vm.state is not VmState.RUNNING:
+            raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm.id} is {vm.state.value}", **keys)
+        if req.vcpu >= vm.vcpus:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {req.vcpu}", **keys)
+        GUEST_KIND_CHECKS[IoreqType(req.kind)](vm, req)
+        slot = vm.slots[req.vcpu]
+        if slot.busy:  # gvt-facts 8.1: a vCPU cannot issue a new request until its slot is FREE again
+            raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {req.vcpu} of VM {vm.id} already has request "
+                           f"seq {vm.request_of(slot).seq} {slot.state.name}", **keys)
+        if req.dir == IoreqDir.WRITE and req.value > all_ones(req.size):
+            req = _with(req, value=req.value & all_ones(req.size))
+        slot.insert(req)
+        return vm
+
+    def _distribute(self, vm: Vm, vcpu: int, now: float) -> Completed | Dispatched:
+        slot = vm.slots[vcpu]
+        req = vm.request_of(slot)
+        cf = handle_cf8cfc(vm.pci_conf_addr, req)  # gvt-facts 8.3: CONF1 first, before client lookup
+        if cf is not None:
+            vm.pci_conf_addr = cf.latch
+            if cf.request is None:
+                self.ioreq_counts["pio"] += 1
+                self.counters["ioreq_in_vhm"] += 1
+                return self._complete_in_vhm(vm, vcpu, cf.value or 0)
+            req = cf.request
+            slot.request = req  # rewritten in place to REQ_PCICFG, as VHM does
+        self.ioreq_counts[IoreqType(req.kind).name.lower()] += 1
+        client = route(vm.ranges, vm.bdfs, req)
+        if client is None or client not in self.clients:
+            self.counters["ioreq_fallback"] += 1  # nobody claims it: the fallback client answers
+            return self._complete_in_vhm(vm, vcpu, fallback_value(req))
+        slot.dispatch(client)
+        vm.dispatched_at[vcpu] = now
+        self.counters["ioreq_dispatched"] += 1
+        return Dispatched(client, req)
+
+    def _complete_in_vhm(self, vm: Vm, vcpu: int, value: int) -> Completed:
+        slot = vm.slots[vcpu]
+        slot.complete(value)  # PENDING -> COMPLETE, the in-kernel fast path
+        return Completed(vm.owner, vm.id, vcpu, vm.request_of(slot).seq, value)
+
+    def complete(self, client: int, results: list[m.IoreqResult]) -> list[Completed | Rejected]:
+        """A client's completions (IOREQ_COMPLETE). Each valid one moves its slot PROCESSING -> COMPLETE
+        and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Rejected`
+        for the client (the slot it names is not touched)."""
+        out: list[Completed | Rejected] = []
+        for r in results:
+            try:
+                out.append(self._complete_one(client, r))
+            except VhmError as err:
+                self.counters["stale_completions"] += 1
+                out.append(Rejected(err.code, err.reason, **err.keys))
+            except Exception as err:  # a bug: counted, the other completions still go through
+                self.counters["internal_errors"] += 1
+                out.append(Rejected(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
+        return out
+
+    def _complete_one(self, client: int, r: m.IoreqResult) -> Completed:
+        keys = {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
+        vm = self.vms.get(r.vm)
+        if vm is None or r.vcpu >= vm.vcpus:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"no VM {r.vm} vCPU {r.vcpu} (destroyed?)", **keys)
+        slot = vm.slots[r.vcpu]
+        if slot.state is not IoreqState.PROCESSING or slot.client != client or vm.request_of(slot).seq != r.seq:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {r.vm} vCPU {r.vcpu} seq {r.seq} is not PROCESSING at "
+                           f"client {client} (completed, failed or timed out before)", **keys)
+        req = vm.request_of(slot)
+        value = r.value & all_ones(req.size) if req.dir == IoreqDir.READ else 0
+        slot.complete(value)
+        self.counters["ioreq_completed"] += 1
+        return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
+
+    def resume(self, vm_id: int, vcpu: int, seq: int) -> bool:
+        """The guest was sent IOREQ_DONE: COMPLETE -> FREE. Returns False if that request is not COMPLETE
+        there (the VM was destroyed in between)."""
+        vm = self.vms.get(vm_id)
+        if vm is None or not 0 <= vcpu < vm.vcpus:
+            return False
+        slot = vm.slots[vcpu]
+        if slot.state is not IoreqState.COMPLETE or vm.request_of(slot).seq != seq:
+            return False
+        slot.free()
+        return True
+
+    def tick(self, now: float) -> list[IoreqFailed]:
+        """Fail requests PROCESSING for longer than ``ioreq_timeout`` (a live but stuck client): nothing
+        waits forever. Call it periodically."""
+        failed = []
+        for vm in self.vms.values():
+            for slot in vm.slots:
+                if slot.state is IoreqState.PROCESSING and now - vm.dispatched_at[slot.vcpu] > self.ioreq_timeout:
+                    self.counters["ioreq_timeouts"] += 1
+                    failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.TIMEOUT,
+                                                  f"client #{slot.client} did not complete within "
+                                                  f"{self.ioreq_timeout:g}s"))
+        return failed
+
+    def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed:
+        """Force-complete and free a busy slot (acrn_ioreq_clear_request)."""
+        slot = vm.slots[vcpu]
+        req = vm.request_of(slot)
+        if slot.state is not IoreqState.COMPLETE:
+            slot.complete(0)
+        slot.free()
+        self.counters[f"ioreq_failed_{code.value}"] += 1
+        return IoreqFailed(vm.owner, vm.id, vcpu, req.seq, code, reason)
+
+    # ================================================================================ VM lifecycle
+    @entry_point
+    def create_vm(self, peer: Peer, name: str, vcpus: int, ram_mb: int, vgpu_type: str = "") -> VmPlan:
+        """VM_CREATE: allocate non-identity RAM and the EPT. With a vGPU type the VM stays CREATING and the
+        plan asks the device model for the vGPU (no device model: no_device_model); no frames: no_space."""
+        if not 1 <= vcpus <= MAX_VCPUS or ram_mb < 1:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"vcpus must be 1..{MAX_VCPUS} and ram_mb >= 1")
+        dm = None
+        if vgpu_type:
+            dm = self.device_model()
+            if dm is None:
+                raise VhmError(ErrorCode.NO_DEVICE_MODEL, f"vGPU {vgpu_type!r} asked and no device model connected")
+        vm_id = self._cyclic_id(self._last_vm, MAX_VM_ID, self.vms)
+        try:
+            memory = GuestMemory(self.mem, self.frames, f"vm{vm_id}", ram_mb, self.ram_max_run)
+        except OutOfFrames as err:
+            raise VhmError(ErrorCode.NO_SPACE, f"{ram_mb} MB of RAM: {err}") from None
+        self._last_vm = vm_id
+        vm = Vm(vm_id, next(self._serials), name, vcpus, ram_mb, peer, memory,
+                state=VmState.CREATING if vgpu_type else VmState.RUNNING, vgpu_spec=vgpu_type)
+        self.vms[vm_id] = vm
+        self.counters["vms_created"] += 1
+        vgpu = VgpuRequest(dm, vgpu_type, memory.ept_root, ram_mb) if dm is not None else None
+        return VmPlan(vm_id, vm.serial, list(memory.extents), memory.ept_root, vgpu)
+
+    def vgpu_created(self, vm_id: int, serial: int, client: int, vgpu_id: int) -> bool:
+        """The device model created the vGPU: the VM is RUNNING. False if the VM went away meanwhile (the
+        shell then destroys the orphan vGPU)."""
+        vm = self.vms.get(vm_id)
+        if vm is None or vm.serial != serial or vm.state is not VmState.CREATING:
+            return False
+        vm.state, vm.vgpu_id, vm.dm = VmState.RUNNING, vgpu_id, client
+        return True
+
+    def vgpu_failed(self, vm_id: int, serial: int) -> int:
+        """The vGPU could not be created: the VM creation fails and its frames go. Returns frames freed."""
+        vm = self.vms.get(vm_id)
+        if vm is None or vm.serial != serial:
+            return 0
+        self._teardown(vm, ErrorCode.NO_SUCH_VM, "VM creation failed")
+        return self.reap_vm(vm_id, serial)
+
+    @entry_point
+    def destroy_vm(self, peer: Peer, vm_id: int) -> Teardown:
+        """VM_DESTROY: the VM goes DYING (no new ioreqs, in-flight ones fail with no_such_vm, its ranges go).
+        The shell asks the device model to destroy the vGPU, then calls :meth:`reap_vm`."""
+        vm = self._guest_vm(peer, vm_id)
+        if vm.state is VmState.DYING:
+            raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm_id} is already being destroyed")
+        return self._teardown(vm, ErrorCode.NO_SUCH_VM, f"VM {vm_id} destroyed")
+
+    def guest_lost(self, peer: Peer) -> list[Teardown]:
+        """A guest connection died: every VM it created is destroyed."""
+        return [self._teardown(vm, ErrorCode.PEER_LOST, "guest connection lost")
+                for vm in list(self.vms.values()) if vm.owner == peer and vm.state is not VmState.DYING]
+
+    def _teardown(self, vm: Vm, code: ErrorCode, reason: str) -> Teardown:
+        failed = [self._fail_slot(vm, s.vcpu, code, reason) for s in vm.busy_slots()]
+        for s in vm.slots:
+            if s.state is IoreqState.COMPLETE:
+                s.free()
+        vgpu_client = vm.dm if vm.vgpu_id and vm.dm in self.clients else None
+        vm.state = VmState.DYING
+        vm.ranges.clear()
+        vm.bdfs.clear()
+        vm.page_tracks.clear()
+        vm.dma_pins.clear()
+        self.counters["vms_destroyed"] += 1
+        return Teardown(vm.id, vm.serial, failed, vgpu_client)
+
+    def reap_vm(self, vm_id: int, serial: int) -> int:
+        """Forget a DYING VM and free all its frames (RAM, EPT root and tables). Returns frames freed."""
+        vm = self.vms.get(vm_id)
+        if vm is None or vm.serial != serial:
+            return 0
+        del self.vms[vm_id]
+        return vm.memory.release()
+
+    @entry_point
+    def reset_vm(self, peer: Peer, vm_id: int) -> Teardown:
+        """VM_RESET: in-flight ioreqs are cleared (ERROR gpu_reset: the vGPU is reset under them), the CONF1
+        latch is cleared; RAM, ranges and page tracks stay. The shell sends VGPU_RESET to ``vgpu_client``."""
+        vm = self._guest_vm(peer, vm_id)
+        if vm.state is not VmState.RUNNING:
+            raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm_id} is {vm.state.value}")
+        failed = [self._fail_slot(vm, s.vcpu, ErrorCode.GPU_RESET, f"VM {vm_id} reset") for s in vm.busy_slots()]
+        vm.pci_conf_addr = 0
+        self.counters["vms_reset"] += 1
+        return Teardown(vm.id, vm.serial, failed, vm.dm if vm.vgpu_id and vm.dm in self.clients else None)
+
+    # ==================================================================================== helpers
+    def _guest_vm(self, peer: Peer, vm_id: int, **keys: int) -> Vm:
+        """A VM named by a guest: it must exist and belong to that guest's connection (DESIGN 4)."""
+        vm = self.vms.get(vm_id)
+        if vm is None:
+            raise VhmError(ErrorCode.NO_SUCH_VM, f"no VM {vm_id}", **keys)
+        if vm.owner != peer:
+            raise VhmError(ErrorCode.FORGED_ID, f"VM {vm_id} was not created by this connection", **keys)
+        return vm
+
+    @staticmethod
+    def _cyclic_id(last: int, limit: int, used: dict[int, Any]) -> int:
+        """The next free id after ``last`` in 1..limit, wrapping (ids are not reused at once, so a late
+        message about a dead VM or client does not hit its successor)."""
+        for i in range(limit):
+            cand = (last + i) % limit + 1
+            if cand not in used:
+                return cand
+        raise VhmError(ErrorCode.NO_SPACE, f"all ids 1..{limit} in use")
+
+    def status_info(self) -> dict[str, Any]:
+        """The STATUS ``info`` of vhm."""
+        return {
+            "vms": {"count": len(self.vms), "list": [vm.info() for vm in self.vms.values()]},
+            "free_frames": self.frames.free_frames,
+            "total_frames": self.frames.total,
+            "clients": [{"client": c.id, "name": c.name, "ready": c.ready} for c in self.clients.values()],
+            "ioreqs": dict(self.ioreq_counts),
+        }
+
+
+def _with(req: m.Ioreq, **changes: Any) -> m.Ioreq:
+    return msgspec.structs.replace(req, **changes)

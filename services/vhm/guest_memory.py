@@ -1,0 +1,149 @@
+"""One VM's guest-physical memory: RAM frames, the gfn->mfn map, the simulated EPT, extra mappings.
+
+DESIGN section 2: guest RAM is machine memory. vhm allocates it deliberately non-identity (from the top of
+machine memory, in short runs) so that code confusing a gfn with an mfn breaks at once. The EPT
+(services/common/ept.py) lives in machine memory too: the guest process walks it before every RAM access,
+so a write-protect change is visible to the guest's very next write (HC 0x43 VM_WRITE_PROTECT_PAGE clears
+the entry's W bit, gvt-facts 8.2).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from ..common.ept import EPT_RWX, MAX_GFN, ROOT_FRAMES, Ept
+from ..common.memory import PAGE_SHIFT, PAGE_SIZE, FrameAllocator, MachineMemory
+
+FRAMES_PER_MB = (1 << 20) >> PAGE_SHIFT
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical address or frame outside what the VM may touch (answered with bad_address)."""
+
+
+class GuestMemory:
+    """RAM of one VM at gpa 0, mapped RWX in a fresh EPT.
+
+    Args:
+        mem: the machine memory.
+        frames: the host's frame allocator; every frame (RAM, EPT root and leaf tables) is taken for
+            ``owner`` so one ``free_owner`` returns them all.
+        owner: allocator owner key (``vm{id}``).
+        ram_mb: RAM size.
+        max_run: longest run of contiguous machine frames in the RAM map (fragmentation on purpose).
+
+    Raises:
+        OutOfFrames: (services/common/memory.py) not enough machine frames (everything taken so far is released first).
+    """
+
+    def __init__(self, mem: MachineMemory, frames: FrameAllocator, owner: str, ram_mb: int,
+                 max_run: int = 16) -> None:
+        self.mem = mem
+        self.frames = frames
+        self.owner = owner
+        self.ram_frames = ram_mb * FRAMES_PER_MB
+        self.extents: list[tuple[int, int, int]] = []  # (gfn, mfn, count), gfn ascending
+        self._ram_mfn = array("Q")  # gfn -> mfn for RAM gfns 0..ram_frames-1
+        self.extra: dict[int, int] = {}  # gfn -> mfn mapped by map_gfn_to_mfn (outside RAM)
+        try:
+            root = frames.alloc(ROOT_FRAMES, owner, contiguous=True, from_top=True)[0]
+            mem.zero_frames(root.mfn, root.count)
+            self.ept_root = root.mfn
+            self.ept = Ept(mem, root.mfn, alloc_table=self._alloc_table)
+            gfn = 0
+            for run in frames.alloc(self.ram_frames, owner, max_run=max_run, from_top=True):
+                mem.zero_frames(run.mfn, run.count)  # a previous owner's data must not leak
+                self.extents.append((gfn, run.mfn, run.count))
+                self._ram_mfn.extend(range(run.mfn, run.mfn + run.count))
+                self.ept.map(gfn, run.mfn, run.count, EPT_RWX)
+                gfn += run.count
+        except BaseException:
+            frames.free_owner(owner)
+            raise
+
+    def _alloc_table(self) -> int:
+        run = self.frames.alloc(1, self.owner, from_top=True)[0]
+        self.mem.zero_frames(run.mfn)
+        return run.mfn
+
+    # ------------------------------------------------------------------------------------ lookups
+    def is_ram(self, gfn: int) -> bool:
+        """``gfn`` is one of the VM's RAM frames."""
+        return 0 <= gfn < self.ram_frames
+
+    def translate(self, gfn: int) -> int | None:
+        """The machine frame behind ``gfn`` (RAM or an extra mapping), None if unmapped (an MMIO hole)."""
+        if 0 <= gfn < self.ram_frames:
+            return self._ram_mfn[gfn]
+        return self.extra.get(gfn)
+
+    def is_write_protected(self, gfn: int) -> bool:
+        """The EPT entry of ``gfn`` is present without W (writes exit as WP ioreqs)."""
+        t = self.ept.translate(gfn)
+        return t is not None and not t[1]
+
+    def write_protect(self, gfn: int, protect: bool) -> None:
+        """Clear (``protect``) or set the W bit of a RAM page (HC 0x43 semantics: the gpa must be mapped)."""
+        if not self.is_ram(gfn):
+            raise GuestMemoryError(f"gfn {gfn:#x} is not guest RAM (RAM is gfn 0..{self.ram_frames - 1:#x})")
+        self.ept.set_write_protect(gfn, protect)
+
+    # ------------------------------------------------------------------------------ gpa read/write
+    def _check_ram(self, gpa: int, length: int) -> None:
+        if gpa < 0 or length <= 0 or gpa + length > self.ram_frames << PAGE_SHIFT:
+            raise GuestMemoryError(f"gpa range [{gpa:#x}, +{length:#x}) outside guest RAM "
+                                   f"[0, {self.ram_frames << PAGE_SHIFT:#x})")
+
+    def _pieces(self, gpa: int, length: int) -> list[tuple[int, int, int]]:
+        """(machine address, offset in buffer, length) pieces of a RAM range, split at page boundaries."""
+        out = []
+        off = 0
+        while off < length:
+            addr = gpa + off
+            n = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), length - off)
+            out.append(((self._ram_mfn[addr >> PAGE_SHIFT] << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1)), off, n))
+            off += n
+        return out
+
+    def read(self, gpa: int, length: int) -> bytes:
+        """Read guest RAM (read_gpa: the Service VM's mapping of guest memory, no EPT permissions apply)."""
+        self._check_ram(gpa, length)
+        return b"".join(self.mem.read(maddr, n) for maddr, _, n in self._pieces(gpa, length))
+
+    def write(self, gpa: int, data: bytes) -> None:
+        """Write guest RAM (write_gpa: bypasses write protection, as the Service VM's mapping does)."""
+        self._check_ram(gpa, len(data))
+        view = memoryview(data)
+        for maddr, off, n in self._pieces(gpa, len(data)):
+            self.mem.write(maddr, view[off:off + n])
+
+    # ------------------------------------------------------------------------- extra (aperture) maps
+    def map_extra(self, gfn: int, mfn: int, nr: int) -> None:
+        """Map ``nr`` gfns outside RAM onto existing machine frames (map_gfn_to_mfn, HC 0x42 MR_ADD)."""
+        if gfn < self.ram_frames or gfn + nr > MAX_GFN:
+            raise GuestMemoryError(f"gfn range {gfn:#x}+{nr} must lie above RAM (gfn >= {self.ram_frames:#x}) "
+                                   f"and below {MAX_GFN:#x}")
+        if mfn < self.frames.reserved or mfn + nr > self.mem.frames:
+            raise GuestMemoryError(f"machine frames {mfn:#x}+{nr} do not exist")
+        taken = [g for g in range(gfn, gfn + nr) if g in self.extra]
+        if taken:
+            raise GuestMemoryError(f"gfn {taken[0]:#x} is already mapped (unmap first)")
+        self.ept.map(gfn, mfn, nr, EPT_RWX)
+        for i in range(nr):
+            self.extra[gfn + i] = mfn + i
+
+    def unmap_extra(self, gfn: int, nr: int) -> None:
+        """Remove extra mappings (HC 0x42 MR_DEL); every gfn must have been mapped by ``map_extra``."""
+        missing = [g for g in range(gfn, gfn + nr) if g not in self.extra]
+        if missing:
+            raise GuestMemoryError(f"gfn {missing[0]:#x} is not an extra mapping")
+        self.ept.unmap(gfn, nr)
+        for i in range(nr):
+            del self.extra[gfn + i]
+
+    # ---------------------------------------------------------------------------------- lifetime
+    def release(self) -> int:
+        """Free every frame of the VM (RAM, EPT root, EPT leaf tables). Returns the frame count."""
+        self.extra.clear()
+        return self.frames.free_owner(self.owner)
+

@@ -1,0 +1,42 @@
+"""``gvtsim vhm``: run the hypervisor service module (VM table, guest memory, ioreq routing, MPT services).
+
+    gvtsim vhm --bind tcp://127.0.0.1:5555 --mem-path /dev/shm/gvtsim-machine.mem --mem-size-mb 2048
+
+vhm creates the machine memory file (every other process of the host stack maps it) and owns the host's
+only frame allocator. Prints one JSON ready line with the bound ``endpoint``; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..common.service import common_args, env, mem_args, run_service
+from .service import VhmService
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """vhm's flags: the common ones, machine memory, the bind endpoint and a few limits."""
+    p = argparse.ArgumentParser(prog="gvtsim vhm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    common_args(p, "vhm")
+    mem_args(p)
+    p.add_argument("--bind", default=env("VHM_BIND", "tcp://127.0.0.1:5555"),
+                   help="ROUTER endpoint for guests, device models and probes [GVTSIM_VHM_BIND]")
+    p.add_argument("--ram-max-run", type=int, default=int(env("VHM_RAM_MAX_RUN", "16")),
+                   help="longest contiguous machine run in a VM's RAM map (non-identity, fragmented) "
+                        "[GVTSIM_VHM_RAM_MAX_RUN]")
+    p.add_argument("--ioreq-timeout", type=float, default=float(env("VHM_IOREQ_TIMEOUT", "30")),
+                   help="seconds a request may stay PROCESSING at a live client before it fails with "
+                        "ERROR timeout [GVTSIM_VHM_IOREQ_TIMEOUT]")
+    p.add_argument("--vgpu-timeout", type=float, default=float(env("VHM_VGPU_TIMEOUT", "5")),
+                   help="seconds to wait for the device model to create/destroy/reset a vGPU "
+                        "[GVTSIM_VHM_VGPU_TIMEOUT]")
+    args = p.parse_args(argv)
+    if args.ram_max_run < 1:
+        p.error("--ram-max-run must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``gvtsim vhm``."""
+    return run_service(VhmService, parse_args(argv))
