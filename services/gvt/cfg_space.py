@@ -1,0 +1,246 @@
+"""The vGPU's PCI configuration space (i915/gvt cfg_space.c; gvt-facts 6).
+
+Content is a sanitised copy of the host GPU's header: the host's vendor/device/revision, no stolen memory,
+COMMAND cleared, BAR0 (GTTMMADR, 16 MB, 64-bit) unassigned, BAR2 preset to the host aperture address,
+an MSI capability (32-bit, single message) at the host's ``msi_cap``. Writes follow the writable-bit
+bitmap of the standard header; the COMMAND memory-enable bit traps and untraps BAR0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .effects import Effect, SetTrapArea
+from .errors import EmulationError
+from .types import MB, PhysicalGpu
+
+CFG_SPACE_SIZE = 4096  # PCI_CFG_SPACE_EXP_SIZE (gvt-facts 3: device info cfg_space_size)
+
+PCI_VENDOR_ID = 0x00
+PCI_DEVICE_ID = 0x02
+PCI_COMMAND = 0x04
+PCI_STATUS = 0x06
+PCI_REVISION_ID = 0x08
+PCI_CLASS_PROG = 0x09
+PCI_CLASS_DEVICE = 0x0A
+PCI_HEADER_TYPE = 0x0E
+PCI_BASE_ADDRESS_0 = 0x10
+PCI_BASE_ADDRESS_1 = 0x14
+PCI_BASE_ADDRESS_2 = 0x18
+PCI_BASE_ADDRESS_3 = 0x1C
+PCI_BASE_ADDRESS_4 = 0x20
+PCI_BASE_ADDRESS_5 = 0x24
+PCI_SUBSYSTEM_VENDOR_ID = 0x2C
+PCI_SUBSYSTEM_ID = 0x2E
+PCI_ROM_ADDRESS = 0x30
+PCI_CAPABILITY_LIST = 0x34
+PCI_INTERRUPT_LINE = 0x3C
+PCI_INTERRUPT_PIN = 0x3D
+INTEL_GVT_PCI_GMCH_CONTROL = 0x50
+INTEL_GVT_PCI_SWSCI = 0xE8
+INTEL_GVT_PCI_OPREGION = 0xFC
+
+PCI_COMMAND_IO = 0x1
+PCI_COMMAND_MEMORY = 0x2
+PCI_COMMAND_MASTER = 0x4
+PCI_STATUS_CAP_LIST = 0x10
+PCI_BASE_ADDRESS_MEM_TYPE_64 = 0x4
+PCI_BASE_ADDRESS_MEM_PREFETCH = 0x8
+PCI_ROM_ADDRESS_MASK = 0xFFFF_F800
+PCI_CAP_ID_MSI = 0x05
+MSI_CAP_EN = 0x1
+
+BAR0_SIZE = 16 * MB  # gvt-facts 3: 2 MB MMIO, 6 MB reserved, 8 MB GGTT
+
+#: gvt-facts 6: writable bits of the standard header (pci_cfg_space_rw_bmp); offsets >= 0x40 are stored verbatim.
+_RW_TABLE: tuple[tuple[int, bytes], ...] = (
+    (PCI_COMMAND, b"\xff\x07"),
+    (PCI_STATUS, b"\x00\xf9"),  # the high byte holds the RW1C bits
+    (0x0C, b"\xff"),  # PCI_CACHE_LINE_SIZE
+    (PCI_BASE_ADDRESS_0, b"\xff" * 24),  # BAR0..BAR5
+    (PCI_ROM_ADDRESS, b"\x01\xf8\xff\xff"),
+    (PCI_INTERRUPT_LINE, b"\xff"),
+)
+RW_BITMAP = bytearray(0x40)
+for _off, _bits in _RW_TABLE:
+    RW_BITMAP[_off:_off + len(_bits)] = _bits
+RW_BITMAP = bytes(RW_BITMAP)
+
+
+class CfgSpace:
+    """One vGPU's configuration space. ``emit`` receives the effects (trap / untrap of BAR0)."""
+
+    def __init__(self, gpu: PhysicalGpu, vm: int, emit: Callable[[Effect], None]) -> None:
+        self.gpu = gpu
+        self.vm = vm
+        self.emit = emit
+        self.data = bytearray(CFG_SPACE_SIZE)
+        self.bar_size = {0: BAR0_SIZE, 2: gpu.aperture_size}
+        self.trapped: tuple[int, int] | None = None  # the BAR0 range vhm traps for us, inclusive
+        self.init()
+
+    # ------------------------------------------------------------------------------------ init / reset
+    def init(self, primary: bool = True) -> None:
+        """intel_vgpu_init_cfg_space: the host snapshot, sanitised (gvt-facts 6)."""
+        d = self.data
+        d[:] = bytes(CFG_SPACE_SIZE)
+        self._put(PCI_VENDOR_ID, 2, self.gpu.vendor)
+        self._put(PCI_DEVICE_ID, 2, self.gpu.device)
+        self._put(PCI_STATUS, 2, PCI_STATUS_CAP_LIST)
+        self._put(PCI_REVISION_ID, 1, self.gpu.revision)
+        # class 0x03 display: 0x0300 VGA when primary, INTEL_GVT_PCI_CLASS_VGA_OTHER 0x80 otherwise
+        self._put(PCI_CLASS_DEVICE, 2, 0x0300 if primary else 0x0380)
+        self._put(PCI_BASE_ADDRESS_0, 4, PCI_BASE_ADDRESS_MEM_TYPE_64)
+        # BAR2 preset to the host aperture PA; BAR1/BAR3 upper halves and BAR4 cleared (gvt-facts 6)
+        self._put(PCI_BASE_ADDRESS_2, 4, (self.gpu.aperture_base & 0xFFFF_FFF0)
+                  | PCI_BASE_ADDRESS_MEM_TYPE_64 | PCI_BASE_ADDRESS_MEM_PREFETCH)
+        self._put(PCI_SUBSYSTEM_VENDOR_ID, 2, self.gpu.vendor)
+        self._put(PCI_SUBSYSTEM_ID, 2, self.gpu.device)
+        self._put(PCI_CAPABILITY_LIST, 1, self.gpu.msi_cap)
+        self._put(PCI_INTERRUPT_PIN, 1, 1)
+        self._put(INTEL_GVT_PCI_GMCH_CONTROL, 2, 0x00C0)  # GGMS = 8 MB GGTT; GMS (stolen) field cleared
+        # MSI capability: id 5, end of list, control 0 = 32-bit address, one message, disabled (gvt-facts 6)
+        self._put(self.gpu.msi_cap, 1, PCI_CAP_ID_MSI)
+        self._put(self.gpu.msi_cap + 1, 1, 0)
+        self.trapped = None
+
+    def reset(self) -> None:
+        """intel_vgpu_reset_cfg_space (DMLR): untrap BAR0 if memory decode was on, then re-init."""
+        primary = self.data[PCI_CLASS_DEVICE] != 0x80
+        self.trap_bar0(False)
+        self.init(primary)
+
+    def clean(self) -> None:
+        """vGPU destroy: remove the trap range."""
+        self.trap_bar0(False)
+
+    # -------------------------------------------------------------------------------------- helpers
+    def _put(self, off: int, size: int, value: int) -> None:
+        self.data[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def get(self, off: int, size: int) -> int:
+        """Little-endian read of the raw space (no checks)."""
+        return int.from_bytes(self.data[off:off + size], "little")
+
+    @property
+    def memory_enabled(self) -> bool:
+        return bool(self.data[PCI_COMMAND] & PCI_COMMAND_MEMORY)
+
+    def bar0_base(self) -> int:
+        """The guest-physical base of BAR0 (64-bit when the type bits say so), flag bits masked."""
+        if self.data[PCI_BASE_ADDRESS_0] & PCI_BASE_ADDRESS_MEM_TYPE_64:
+            raw = self.get(PCI_BASE_ADDRESS_0, 8)
+        else:
+            raw = self.get(PCI_BASE_ADDRESS_0, 4)
+        return raw & ~0xF
+
+    def msi(self) -> tuple[int, int, int]:
+        """(control, address, data) of the MSI capability: control @+2, address @+4, data @+8 (u16)."""
+        cap = self.gpu.msi_cap
+        return self.get(cap + 2, 2), self.get(cap + 4, 4), self.get(cap + 8, 2)
+
+    def trap_bar0(self, trap: bool) -> None:
+        """trap_gttmmio: ask the hypervisor to trap (or stop trapping) the whole 16 MB BAR0.
+
+        Unlike i915 (which recomputes the range from the BAR, possibly after a sizing write), the range
+        untrapped is exactly the one trapped before, so vhm never sees a range it does not know.
+        """
+        if trap == (self.trapped is not None):
+            return
+        if trap:
+            start = self.bar0_base()
+            self.trapped = (start, start + BAR0_SIZE - 1)
+            self.emit(SetTrapArea(self.vm, start, start + BAR0_SIZE - 1, True))
+        else:
+            assert self.trapped is not None
+            start, end = self.trapped
+            self.trapped = None
+            self.emit(SetTrapArea(self.vm, start, end, False))
+
+    # ----------------------------------------------------------------------------------- emulation
+    def read(self, offset: int, size: int) -> int:
+        """intel_vgpu_emulate_cfg_read: plain copy. Raises EmulationError for size > 4 or past the end."""
+        self._check(offset, size)
+        return self.get(offset, size)
+
+    def write(self, offset: int, data: int, size: int) -> None:
+        """intel_vgpu_emulate_cfg_write. Raises EmulationError for bad size, range or BAR alignment."""
+        self._check(offset, size)
+        data &= (1 << (8 * size)) - 1
+        if offset == PCI_COMMAND:
+            # i915 takes COMMAND as a 16-bit access; a dword write also carries STATUS: split it
+            self._command_write(data & 0xFFFF, min(size, 2))
+            if size == 4:
+                self._mem_write(PCI_STATUS, data >> 16, 2)
+            return
+        base = offset & ~3
+        if base == PCI_ROM_ADDRESS:
+            if offset % 4:
+                raise EmulationError(f"unaligned ROM BAR write at {offset:#x}")
+            if size == 4 and (data & PCI_ROM_ADDRESS_MASK) == PCI_ROM_ADDRESS_MASK:
+                self._put(offset, 4, 0)  # we have no ROM: sizing answers 0
+            else:
+                self._mem_write(offset, data, size)
+        elif PCI_BASE_ADDRESS_0 <= base <= PCI_BASE_ADDRESS_5:
+            if offset % 4 or size != 4:
+                raise EmulationError(f"BAR write must be an aligned dword (offset {offset:#x}, size {size})")
+            self._bar_write(offset, data)
+        else:  # SWSCI 0xE8 and OpRegion ASLS 0xFC are stored: no OpRegion is emulated
+            self._mem_write(offset, data, size)
+
+    def _check(self, offset: int, size: int) -> None:
+        if size < 1 or size > 4:
+            raise EmulationError(f"config access of {size} bytes (at most 4)")
+        if offset < 0 or offset + size > CFG_SPACE_SIZE:
+            raise EmulationError(f"config access [{offset:#x}, +{size}) beyond {CFG_SPACE_SIZE:#x}")
+
+    def _mem_write(self, offset: int, data: int, size: int) -> None:
+        """vgpu_pci_cfg_mem_write: masked by the rw bitmap below 0x40, RW1C status byte, verbatim above."""
+        src = data.to_bytes(size, "little")
+        for i in range(size):
+            off = offset + i
+            if off >= len(RW_BITMAP):
+                self.data[off] = src[i]
+                continue
+            mask = RW_BITMAP[off]
+            old = self.data[off] & mask
+            new = src[i] & mask
+            if off == PCI_STATUS + 1:
+                new = (~new & old) & mask  # write-1-to-clear
+            self.data[off] = (self.data[off] & ~mask & 0xFF) | new
+
+    def _command_write(self, data: int, size: int) -> None:
+        """emulate_pci_command_write: a MEMORY-enable toggle traps / untraps BAR0 (gvt-facts 6)."""
+        old = self.data[PCI_COMMAND]
+        changed = old ^ (data & 0xFF)
+        self._mem_write(PCI_COMMAND, data, size)
+        if changed & PCI_COMMAND_MEMORY:
+            # map_aperture is not modelled: the simulated aperture has no machine frames behind it
+            self.trap_bar0(not old & PCI_COMMAND_MEMORY)
+
+    def _write_bar(self, offset: int, value: int, low: bool) -> None:
+        """intel_vgpu_write_pci_bar: a low half keeps its flag bits 3:0."""
+        if low:
+            value = (value & 0xFFFF_FFF0) | (self.get(offset, 4) & 0xF)
+        self._put(offset, 4, value)
+
+    def _bar_write(self, offset: int, value: int) -> None:
+        """emulate_pci_bar_write: all ones = sizing (answer ~(size-1)), else move the BAR (re-trap)."""
+        low = offset % 8 == 0
+        bar = (offset - PCI_BASE_ADDRESS_0) // 8 * 2  # 0 for BAR0/1, 2 for BAR2/3, 4 for BAR4/5
+        size = self.bar_size.get(bar)
+        if value == 0xFFFF_FFFF:
+            if size is None:
+                self._write_bar(offset, 0, False)  # unimplemented BAR: size 0
+                return
+            mask = ~(size - 1) & 0xFFFF_FFFF_FFFF_FFFF
+            self._write_bar(offset, (mask if low else mask >> 32) & 0xFFFF_FFFF, low)
+            if bar == 0:
+                self.trap_bar0(False)  # the guest has not configured a valid GPA yet
+            return
+        if bar == 0:
+            self.trap_bar0(False)
+            self._write_bar(offset, value, low)
+            self.trap_bar0(self.memory_enabled)
+        else:
+            self._write_bar(offset, value, low)

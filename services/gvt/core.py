@@ -1,0 +1,290 @@
+"""The GVT device model core: device-global state and the intel_gvt_ops-like entry points.
+
+Sans-I/O and synchronous: the shell calls an entry point, then drains :attr:`Gvt.effects` and sends
+them in order. No entry point lets an exception escape: a management request that cannot be met
+returns a :class:`Refusal`; a bad guest access is counted, logged, completed (reads of a refused
+access return all ones, as an access nobody claims does under ACRN) and puts that vGPU alone in
+failsafe (gvt-facts 8.4: AcrnGT enters failsafe on any emulation error).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from ...protocol import messages as m
+from ...protocol.constants import IoreqDir, IoreqType
+from ...protocol.errors import ErrorCode
+from . import interrupt, mmio
+from .effects import Effect
+from .engines import ALL_ENGINES
+from .errors import EmulationError, GvtError
+from .handlers import MmioTable, default_blocks, default_regs
+from .mpt import Mpt, NullMpt
+from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec
+from .vgpu import FailsafeReason, Vgpu
+
+MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A management request that was not carried out: the ERROR code and reason to answer with."""
+
+    code: ErrorCode
+    reason: str
+
+
+@dataclass(frozen=True)
+class TypeStatus:
+    """A vGPU type with its available instances. ``registered`` is i915's rule for listing the type
+    at all ((aperture - 128 MB) / low_gm >= 1)."""
+
+    type: VgpuType
+    avail: int
+    registered: bool
+
+
+def _null_mpt(vm: int, ept_root: int, ram_mb: int) -> Mpt:
+    return NullMpt()
+
+
+class Gvt:
+    """The device (struct intel_gvt): vGPUs, GM partition, register table, effects outbox.
+
+    Args:
+        gpu: the physical GPU's identity and sizes (pgpu STATUS; defaults until it answers).
+        mpt_factory: builds the MPT adapter of a VM from VGPU_CREATE's ept_root and ram_mb.
+        scratch_mfn: machine frame of the scratch page (the shell gets one from vhm).
+    """
+
+    def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
+                 counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0) -> None:
+        self.gpu = gpu or PhysicalGpu()
+        self.mpt_factory = mpt_factory or _null_mpt
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
+        self.scratch_mfn = scratch_mfn
+        self.effects: list[Effect] = []
+        self.table = MmioTable(default_regs(), default_blocks())
+        self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
+        self.gm = GmPartition(self.gpu)
+        self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
+        self.by_vm: dict[int, Vgpu] = {}
+
+    @property
+    def ggtt_mmio_size(self) -> int:
+        return mmio.ggtt_mmio_size(self.gpu.gm_size)
+
+    # --------------------------------------------------------------------------- device-global
+    def drain_effects(self) -> list[Effect]:
+        """Take every queued effect (in order)."""
+        out, self.effects = self.effects, []
+        return out
+
+    def set_physical_gpu(self, gpu: PhysicalGpu) -> bool:
+        """Adopt pgpu's identity and sizes. Only while no vGPU exists (their slices were carved from the
+        old sizes); returns whether it was adopted."""
+        if gpu == self.gpu:
+            return True
+        if self.vgpus:
+            self.counters["pgpu_info_ignored"] += 1
+            self.log.warning("pgpu_info_ignored", reason="vGPUs exist", gpu=gpu.__dict__)
+            return False
+        self.gpu = gpu
+        self.gm = GmPartition(gpu)
+        return True
+
+    def set_scratch_mfn(self, mfn: int) -> None:
+        """Use a new scratch page and rewrite every vGPU's host GGTT against it."""
+        if mfn == self.scratch_mfn:
+            return
+        self.scratch_mfn = mfn
+        self.resync_host_ggtt()
+
+    def resync_host_ggtt(self) -> None:
+        """Queue the physical GGTT content of every vGPU again (pgpu restarted or scratch changed)."""
+        for v in sorted(self.vgpus.values(), key=lambda v: v.id):
+            try:
+                v.gtt.resync_host()
+            except Exception as err:
+                self._internal("ggtt_resync", err, vgpu=v.id)
+
+    # ---------------------------------------------------------------------------- management
+    def types(self) -> list[TypeStatus]:
+        """The type table with available instances (intel_gvt_update_vgpu_types)."""
+        return [TypeStatus(t, self.gm.avail_instances(t), self.gm.registered(t)) for t in TYPES]
+
+    def vgpu_for_vm(self, vm: int) -> Vgpu | None:
+        return self.by_vm.get(vm)
+
+    def create_vgpu(self, vm: int, spec: str, *, ept_root: int = 0, ram_mb: int = 0, owner: str = "",
+                    now: float = 0.0) -> Vgpu | Refusal:
+        """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt-facts 3, 7).
+
+        ``owner`` says who asked ("vhm" or "ctl"). The same VM asking again for the same type gets its
+        existing vGPU (a retried request).
+        """
+        try:
+            spec_vm, vtype = parse_spec(spec, vm)
+            existing = self.by_vm.get(vm)
+            if existing is not None:
+                if existing.type == vtype:
+                    self.counters["vgpu_create_repeat"] += 1
+                    return existing
+                raise GvtError(ErrorCode.BAD_REQUEST, f"vm {vm} already has vGPU {existing.id} ({existing.type.name})")
+            vgpu_id = next((i for i in range(1, GVT_MAX_VGPU) if i not in self.vgpus), None)
+            if vgpu_id is None:
+                raise GvtError(ErrorCode.NO_SPACE, f"all {GVT_MAX_VGPU - 1} vGPU ids are in use")
+            resource = self.gm.alloc(vtype)
+            try:
+                mpt = self.mpt_factory(vm, ept_root, ram_mb) if ept_root else NullMpt()
+            except Exception as err:  # guest memory not reachable: the vGPU still works, every gfn is scratch
+                self.counters["mpt_unavailable"] += 1
+                self.log.warning("mpt_unavailable", vm=vm, error=f"{type(err).__name__}: {err}")
+                mpt = NullMpt()
+            vgpu = Vgpu(self, vgpu_id, vm, vtype, resource, mpt, now)
+            vgpu.owner = owner
+            self.vgpus[vgpu_id] = vgpu
+            self.by_vm[vm] = vgpu
+            vgpu.create()
+            vgpu.activate()
+        except GvtError as err:
+            return self._refuse("vgpu_create", err.code, err.reason, vm=vm, spec=spec)
+        except Exception as err:
+            return self._internal("vgpu_create", err, vm=vm)
+        self.counters["vgpus_created"] += 1
+        self.log.info("vgpu_created", vm=vm, vgpu=vgpu.id, type=vtype.name, low_gm=hex(resource.low_base),
+                      high_gm=hex(resource.high_base), fences=list(resource.fences))
+        return vgpu
+
+    def destroy_vgpu(self, vm: int) -> None | Refusal:
+        """Destroy the VM's vGPU and give its resources back (types' avail_instance recomputed)."""
+        vgpu = self.by_vm.get(vm)
+        if vgpu is None:
+            return self._refuse("vgpu_destroy", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
+        try:
+            vgpu.destroy()
+        except Exception as err:
+            self._internal("vgpu_destroy", err, vm=vm)
+        finally:
+            self.gm.free(vgpu.resource)
+            self.vgpus.pop(vgpu.id, None)
+            self.by_vm.pop(vm, None)
+        self.counters["vgpus_destroyed"] += 1
+        self.log.info("vgpu_destroyed", vm=vm, vgpu=vgpu.id)
+        return None
+
+    def reset_vgpu(self, vm: int, dmlr: bool = True, engine_mask: int = ALL_ENGINES) -> None | Refusal:
+        """Device-model-level reset (VM reset / FLR) or a GT reset of some engines."""
+        vgpu = self.by_vm.get(vm)
+        if vgpu is None:
+            return self._refuse("vgpu_reset", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
+        try:
+            vgpu.reset(dmlr, engine_mask)
+        except Exception as err:
+            return self._internal("vgpu_reset", err, vm=vm)
+        return None
+
+    def activate_vgpu(self, vm: int, active: bool = True) -> None | Refusal:
+        """Activate (dispatch allowed) or deactivate the VM's vGPU."""
+        vgpu = self.by_vm.get(vm)
+        if vgpu is None:
+            return self._refuse("vgpu_activate", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
+        vgpu.activate() if active else vgpu.deactivate()
+        return None
+
+    def _refuse(self, what: str, code: ErrorCode, reason: str, **kw: Any) -> Refusal:
+        self.counters[f"{what}_refused_{code.value}"] += 1
+        self.log.info(f"{what}_refused", code=code.value, reason=reason, **kw)
+        return Refusal(code, reason)
+
+    def _internal(self, what: str, err: Exception, **kw: Any) -> Refusal:
+        self.counters["internal_errors"] += 1
+        self.log.error(f"{what}_failed", error=f"{type(err).__name__}: {err}", exc_info=True, **kw)
+        return Refusal(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
+
+    # ----------------------------------------------------------------------------- emulation
+    def _guard(self, vgpu: Vgpu, what: str, fn: Callable[[], int], offset: int, size: int) -> int:
+        """Run one emulation; a refused access is counted and puts only this vGPU in failsafe."""
+        try:
+            return fn()
+        except EmulationError as err:
+            self.counters[f"{what}_errors"] += 1
+            self.log.warning(f"{what}_error", vgpu=vgpu.id, vm=vgpu.vm, offset=hex(offset), size=size, why=str(err))
+            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, str(err))
+        except Exception as err:
+            self.counters["internal_errors"] += 1
+            self.log.error(f"{what}_failed", vgpu=vgpu.id, offset=hex(offset), error=repr(err), exc_info=True)
+            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"internal error: {err!r}")
+        return (1 << (8 * max(1, min(size, 8)))) - 1
+
+    def emulate_cfg_read(self, vgpu: Vgpu, offset: int, size: int) -> int:
+        """intel_gvt_ops.emulate_cfg_read: the value read (all ones if refused)."""
+        return self._guard(vgpu, "cfg_read", lambda: vgpu.cfg.read(offset, size), offset, size)
+
+    def emulate_cfg_write(self, vgpu: Vgpu, offset: int, data: int, size: int) -> None:
+        """intel_gvt_ops.emulate_cfg_write."""
+        self._guard(vgpu, "cfg_write", lambda: vgpu.cfg.write(offset, data, size) or 0, offset, size)
+
+    def emulate_mmio_read(self, vgpu: Vgpu, gpa: int, size: int) -> int:
+        """intel_gvt_ops.emulate_mmio_read of guest-physical ``gpa`` in BAR0."""
+        return self._guard(vgpu, "mmio_read", lambda: mmio.emulate_mmio_read(vgpu, gpa, size), gpa, size)
+
+    def emulate_mmio_write(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> None:
+        """intel_gvt_ops.emulate_mmio_write of guest-physical ``gpa`` in BAR0."""
+        self._guard(vgpu, "mmio_write", lambda: mmio.emulate_mmio_write(vgpu, gpa, data, size) or 0, gpa, size)
+
+    def write_protect_handler(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> bool:
+        """intel_gvt_ops.write_protect_handler: True if a tracked page claimed the write. No page is
+        tracked before PPGTT shadowing (a later issue)."""
+        return False
+
+    def trigger_event(self, vgpu: Vgpu, event: str) -> bool:
+        """Raise a named virtual interrupt event (interrupt.EVENTS). Returns whether IIR was set."""
+        try:
+            return interrupt.trigger_event(vgpu, event)
+        except KeyError:
+            self.counters["irq_unknown_event"] += 1
+            self.log.warning("irq_unknown_event", vgpu=vgpu.id, irq_event=event)
+        except Exception as err:
+            self._internal("trigger_event", err, vgpu=vgpu.id)
+        return False
+
+    def handle_ioreq(self, req: m.Ioreq, now: float = 0.0) -> int:
+        """One ioreq as AcrnGT's emulation thread handles it (gvt-facts 8.4). Returns the value to
+        complete it with (the read result, 0 for writes); always completes."""
+        full = (1 << (8 * req.size)) - 1
+        vgpu = self.by_vm.get(req.vm)
+        if vgpu is None:
+            self.counters["ioreq_no_vgpu"] += 1
+            return full if req.dir == IoreqDir.READ else 0
+        self.counters["ioreqs"] += 1
+        read = req.dir == IoreqDir.READ
+        if req.kind == IoreqType.PCI:
+            if (req.bus, req.dev, req.func) != (0, 2, 0):
+                self.counters["ioreq_foreign_bdf"] += 1
+                return full if read else 0
+            if read:
+                return self.emulate_cfg_read(vgpu, req.reg, req.size) & full
+            self.emulate_cfg_write(vgpu, req.reg, req.value & full, req.size)
+            return 0
+        if req.kind in (IoreqType.MMIO, IoreqType.WP):
+            if read:
+                return self.emulate_mmio_read(vgpu, req.addr, req.size) & full
+            if not (req.kind == IoreqType.WP and self.write_protect_handler(vgpu, req.addr, req.value & full, req.size)):
+                self.emulate_mmio_write(vgpu, req.addr, req.value & full, req.size)
+            return 0
+        self.counters["ioreq_unexpected_kind"] += 1
+        return full if read else 0
+
+    # ------------------------------------------------------------------------------------ views
+    def status_info(self) -> dict[str, Any]:
+        """What STATUS reports: vGPUs, types with availability, the GPU."""
+        return {"vgpus": [v.info() for v in sorted(self.vgpus.values(), key=lambda v: v.id)],
+                "types": [{"name": s.type.name, "avail": s.avail, "registered": s.registered} for s in self.types()],
+                "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn}

@@ -1,0 +1,99 @@
+"""The core's outbox: what must leave the process, as small frozen records.
+
+The core is sans-I/O: instead of calling the hypervisor (MPT) or the physical GPU, it appends an effect
+to ``Gvt.effects``. The shell drains the list after every call and sends the effects IN ORDER, before it
+answers the ioreq that caused them (one ZeroMQ connection keeps order, so vhm sees a new trap range
+before the completion that follows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SetTrapArea:
+    """MPT set_trap_area: trap (``add``) or untrap the MMIO range [start, end] of the VM (AcrnGT: an
+    ioreq range of type MMIO, gvt-facts 8.4)."""
+
+    vm: int
+    start: int
+    end: int
+    add: bool
+
+
+@dataclass(frozen=True)
+class InterceptBdf:
+    """Claim (``add``) or release PCI config requests of bus:dev.func for the VM (AcrnGT: 00:02.0)."""
+
+    vm: int
+    bus: int
+    dev: int
+    func: int
+    add: bool
+
+
+@dataclass(frozen=True)
+class AttachVgpu:
+    """MPT attach_vgpu / detach_vgpu."""
+
+    vm: int
+    vgpu_id: int
+    attach: bool
+
+
+@dataclass(frozen=True)
+class InjectMsi:
+    """MPT inject_msi(addr, data): vhm delivers it to the guest (gvt-facts 9)."""
+
+    vm: int
+    addr: int
+    data: int
+
+
+@dataclass(frozen=True)
+class PageTrack:
+    """MPT enable/disable_page_track of one guest frame (PPGTT shadowing, a later issue)."""
+
+    vm: int
+    gfn: int
+    enable: bool
+
+
+@dataclass(frozen=True)
+class PgpuGgttWrite:
+    """Write physical GGTT entries ``(index, pte)``; the GGTT TLB is flushed after the batch."""
+
+    entries: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class PgpuGgttFill:
+    """Write ``count`` physical GGTT entries from ``index`` with the same ``pte`` (scratch fills of a
+    vGPU's whole GM range at create, destroy and DMLR). The shell splits it into GGTT_WRITE batches."""
+
+    index: int
+    count: int
+    pte: int
+
+
+@dataclass(frozen=True)
+class PgpuMmioWrite:
+    """Write a physical MMIO register (e.g. a host fence register the vGPU owns)."""
+
+    offset: int
+    size: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Uevent:
+    """A host notification (i915 sends a uevent, e.g. ``GVT_DISPLAY_READY=1`` with ``VMID``): logged."""
+
+    vm: int
+    name: str
+    value: int
+
+
+Effect = (SetTrapArea | InterceptBdf | AttachVgpu | InjectMsi | PageTrack | PgpuGgttWrite | PgpuGgttFill
+          | PgpuMmioWrite | Uevent)

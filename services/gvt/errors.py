@@ -1,0 +1,22 @@
+"""Errors inside the GVT core. They never leave a core entry point: core.py turns them into a refusal
+(management ops), a failsafe vGPU (emulation) or a counter, and the service stays up."""
+
+from __future__ import annotations
+
+from ...protocol.errors import ErrorCode
+
+
+class GvtError(Exception):
+    """A management request that cannot be satisfied (no_space, bad_request, ...)."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code.value}: {reason}")
+
+
+class EmulationError(Exception):
+    """An access the emulation refuses (-EINVAL in i915/gvt: bad size, bad alignment, out of range).
+
+    gvt-facts 8.4: AcrnGT completes the ioreq anyway and puts the vGPU in failsafe on any emulation error.
+    """

@@ -1,0 +1,283 @@
+"""The declarative register table (i915/gvt handlers.c): which MMIO offsets are tracked, their flags,
+read-only bits and handlers. Untracked offsets read back whatever was written (plain vreg).
+
+The table is a list of :class:`Reg` rows (each covering ``size`` bytes, one entry per dword as in
+``setup_mmio_info``) and :class:`Block` ranges (the PVINFO page), built once into a dict. A later
+issue adds the execlist rows (ELSP +0x230, EXECLIST_STATUS +0x234, CSB +0x370, CSB pointer +0x3A0) with
+:meth:`MmioTable.extend`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import engines as eng
+from . import interrupt as irq
+from . import pvinfo
+from .effects import PgpuMmioWrite
+from .errors import EmulationError
+
+if TYPE_CHECKING:
+    from .vgpu import Vgpu
+
+ReadFn = Callable[["Vgpu", int, int], int]
+WriteFn = Callable[["Vgpu", int, int, int], None]
+
+
+class F(enum.IntFlag):
+    """Register attributes (handlers.c F_*)."""
+
+    NONE = 0
+    RO = 1 << 0  # every bit read-only: guest writes are dropped (ro_mask = all ones)
+    MODE_MASK = 1 << 1  # masked register: bits 31:16 select which of bits 15:0 a write changes
+    CMD_ACCESS = 1 << 2  # a guest command buffer may touch it (LRI/SRM), checked by the command scanner
+    UNALIGN = 1 << 3  # unaligned accesses allowed
+
+
+@dataclass(frozen=True)
+class Reg:
+    """One tracked register (or ``size`` bytes of them), with its attributes and handlers."""
+
+    offset: int
+    size: int = 4
+    flags: F = F.NONE
+    ro_mask: int = 0
+    read: ReadFn | None = None
+    write: WriteFn | None = None
+    default: int = 0  # its value in the device snapshot the vregs start from
+
+    @property
+    def effective_ro_mask(self) -> int:
+        return (1 << 64) - 1 if self.flags & F.RO else self.ro_mask
+
+
+@dataclass(frozen=True)
+class Block:
+    """A range handled as a whole (gvt_mmio_block), e.g. the PVINFO page."""
+
+    start: int
+    size: int
+    read: ReadFn | None = None
+    write: WriteFn | None = None
+
+    def __contains__(self, offset: int) -> bool:
+        return self.start <= offset < self.start + self.size
+
+
+# ------------------------------------------------------------------------------------ handlers
+def default_read(vgpu: "Vgpu", offset: int, size: int) -> int:
+    """intel_vgpu_default_mmio_read: the vreg."""
+    return vgpu.mmio.read(offset, size)
+
+
+def default_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """intel_vgpu_default_mmio_write: store into the vreg."""
+    vgpu.mmio.write(offset, data, size)
+
+
+def _masked_enabled(data: int, bits: int) -> bool:
+    """IS_MASKED_BITS_ENABLED: the bits are selected by the mask half AND set."""
+    return (data >> 16) & bits == bits and data & bits == bits
+
+
+def calc_mode_mask_reg(old: int, new: int) -> int:
+    """CALC_MODE_MASK_REG: apply a masked write to the low 16 bits, keep the written mask half."""
+    return (new & 0xFFFF_0000) | ((old & 0xFFFF) & ~(new >> 16)) | (new & (new >> 16) & 0xFFFF)
+
+
+def gdrst_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """GEN6_GDRST 0x941C: reset the named engines (FULL => all), not a DMLR; then ack (vreg := 0)."""
+    vgpu.mmio.write(offset, data, size)
+    value = vgpu.mmio.read32(offset)
+    if not value & eng.GDRST_FULL and value & eng.GDRST_GUC:
+        vgpu.mmio.write32(eng.GUC_STATUS, vgpu.mmio.read32(eng.GUC_STATUS) | eng.GS_MIA_IN_RESET)
+    vgpu.reset(dmlr=False, engine_mask=eng.gdrst_to_mask(value))
+    vgpu.mmio.write32(offset, 0)
+
+
+def ring_mode_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """RING_MODE (GFX_MODE): enabling PPGTT or execlists before reading PVINFO => failsafe
+    UNSUPPORTED_GUEST (gvt-facts 2.6); enabling execlists selects execlist submission for the engine."""
+    from .vgpu import FailsafeReason
+
+    vgpu.mmio.write(offset, data, size)
+    d = data & 0xFFFF_FFFF
+    if ((_masked_enabled(d, eng.GFX_PPGTT_ENABLE) or _masked_enabled(d, eng.GFX_RUN_LIST_ENABLE))
+            and not vgpu.pv_notified):
+        vgpu.enter_failsafe(FailsafeReason.UNSUPPORTED_GUEST, "PPGTT/execlist enabled before reading PVINFO")
+        return
+    engine = eng.engine_of(offset)
+    if engine is not None and _masked_enabled(d, eng.GFX_RUN_LIST_ENABLE):
+        vgpu.submission.execlist_enabled.add(engine.name)
+
+
+def ring_reset_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """RING_RESET_CTL: READY_TO_RESET follows REQUEST_RESET at once (the engine is always ready)."""
+    vgpu.mmio.write(offset, data, size)
+    value = vgpu.mmio.read32(offset)
+    if _masked_enabled(value, eng.RESET_CTL_REQUEST_RESET):
+        value |= eng.RESET_CTL_READY_TO_RESET
+    elif (value >> 16) & eng.RESET_CTL_REQUEST_RESET:
+        value &= ~eng.RESET_CTL_READY_TO_RESET
+    vgpu.mmio.write32(offset, value)
+
+
+#: gvt-facts 10: forcewake request -> ack register (gen9); the ack is the new value's low 16 bits.
+FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
+
+
+def forcewake_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """mul_force_wake_write: apply the masked write, ack it immediately."""
+    new = calc_mode_mask_reg(vgpu.mmio.read32(offset), data & 0xFFFF_FFFF)
+    vgpu.mmio.write32(offset, new)
+    vgpu.mmio.write32(FORCEWAKE_ACKS[offset], new & 0xFFFF)
+
+
+def write_zero(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """TLB invalidate registers: the invalidation completes at once, the vreg reads back 0."""
+    vgpu.mmio.write(offset, 0, size)
+
+
+FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4 (gvt-facts 10)
+MAX_FENCES = 32
+
+
+def _fence_check(vgpu: "Vgpu", offset: int) -> int:
+    """sanitize_fence_mmio_access: an out-of-range fence is an error; before PVINFO it also marks the
+    guest as not GVT-aware (failsafe UNSUPPORTED_GUEST)."""
+    from .vgpu import FailsafeReason
+
+    num = (offset - FENCE_REG_GEN6_LO) >> 3
+    if num >= len(vgpu.resource.fences):
+        if not vgpu.pv_notified:
+            vgpu.enter_failsafe(FailsafeReason.UNSUPPORTED_GUEST, f"fence {num} accessed before reading PVINFO")
+        raise EmulationError(f"fence register {num} beyond the vGPU's {len(vgpu.resource.fences)} fences")
+    return num
+
+
+def fence_read(vgpu: "Vgpu", offset: int, size: int) -> int:
+    _fence_check(vgpu, offset)
+    return vgpu.mmio.read(offset, size)
+
+
+def fence_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """Store, then program the host fence the vGPU owns (vGPU fence i -> host fence fences[i])."""
+    num = _fence_check(vgpu, offset)
+    vgpu.mmio.write(offset, data, size)
+    host = FENCE_REG_GEN6_LO + 8 * vgpu.resource.fences[num]
+    vgpu.emit(PgpuMmioWrite(host, 8, vgpu.mmio.read(FENCE_REG_GEN6_LO + 8 * num, 8)))
+
+
+# --------------------------------------------------------------------------------------- table
+def _interrupt_regs() -> list[Reg]:
+    regs = [Reg(irq.GEN8_MASTER_IRQ, write=irq.master_write)]
+    for g in irq.GROUPS:
+        regs += [Reg(g.base + irq.ISR), Reg(g.base + irq.IMR, write=irq.imr_write),
+                 Reg(g.base + irq.IIR, write=irq.iir_write), Reg(g.base + irq.IER, write=irq.ier_write)]
+    return regs
+
+
+def _engine_regs() -> list[Reg]:
+    regs = []
+    for e in eng.ENGINES:
+        b = e.base
+        regs += [
+            Reg(b + eng.RING_TAIL, flags=F.CMD_ACCESS), Reg(b + eng.RING_HEAD, flags=F.CMD_ACCESS),
+            Reg(b + eng.RING_START, flags=F.CMD_ACCESS), Reg(b + eng.RING_CTL, flags=F.CMD_ACCESS),
+            Reg(b + eng.RING_HWS_PGA, flags=F.CMD_ACCESS),
+            Reg(b + eng.RING_RESET_CTL, flags=F.CMD_ACCESS, write=ring_reset_ctl_write),
+            Reg(b + eng.RING_CTX_SR_CTL, flags=F.CMD_ACCESS),
+            Reg(b + eng.RING_PDP_BASE, size=32, flags=F.CMD_ACCESS),
+            Reg(b + eng.RING_MODE, flags=F.MODE_MASK | F.CMD_ACCESS, write=ring_mode_write),
+        ]
+    return regs
+
+
+def _misc_regs() -> list[Reg]:
+    regs = [
+        Reg(eng.GDRST, write=gdrst_write),
+        Reg(eng.GUC_STATUS, flags=F.RO),
+        Reg(0x101008),  # GFX_FLSH_CNTL_GEN6: the guest's GGTT flush; the physical flush follows GGTT_WRITE
+    ]
+    regs += [Reg(req, write=forcewake_write) for req in FORCEWAKE_ACKS]  # masked by its handler
+    regs += [Reg(ack, flags=F.RO) for ack in FORCEWAKE_ACKS.values()]
+    regs += [Reg(off, write=write_zero) for off in (0x4260, 0x4264, 0x4268, 0x426C, 0x4270)]
+    regs += [Reg(FENCE_REG_GEN6_LO + 8 * i, size=8, read=fence_read, write=fence_write) for i in range(MAX_FENCES)]
+    return regs
+
+
+def default_regs() -> list[Reg]:
+    """Every tracked register of this issue, grouped by hardware concern."""
+    return _interrupt_regs() + _engine_regs() + _misc_regs()
+
+
+def default_blocks() -> list[Block]:
+    return [Block(pvinfo.VGT_PVINFO_PAGE, pvinfo.VGT_PVINFO_SIZE, pvinfo.pvinfo_read, pvinfo.pvinfo_write)]
+
+
+class MmioTable:
+    """The tracked-register dict (one entry per dword) plus blocks: intel_vgpu_mmio_reg_rw."""
+
+    def __init__(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
+        self.info: dict[int, Reg] = {}
+        self.blocks: list[Block] = []
+        self.extend(regs, blocks)
+
+    def extend(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
+        """Add rows (a later row for the same dword replaces the earlier one)."""
+        for r in regs:
+            for off in range(r.offset, r.offset + r.size, 4):
+                self.info[off] = r
+        self.blocks.extend(blocks)
+
+    def find_block(self, offset: int) -> Block | None:
+        return next((b for b in self.blocks if offset in b), None)
+
+    def allows_unaligned(self, offset: int) -> bool:
+        r = self.info.get(offset & ~3)
+        return bool(r and r.flags & F.UNALIGN)
+
+    def snapshot(self, size: int) -> bytes:
+        """The device's register snapshot (gvt->firmware.mmio) the vregs start from and DMLR restores."""
+        buf = bytearray(size)
+        for off, r in self.info.items():
+            if r.default and off == r.offset:
+                buf[off:off + r.size] = r.default.to_bytes(r.size, "little")
+        return bytes(buf)
+
+    def read(self, vgpu: "Vgpu", offset: int, size: int) -> int:
+        """Read through the block, the tracked handler, or the plain vreg."""
+        block = self.find_block(offset)
+        if block is not None:
+            return (block.read or default_read)(vgpu, offset, size)
+        r = self.info.get(offset)
+        return ((r.read if r else None) or default_read)(vgpu, offset, size)
+
+    def write(self, vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+        """Write with read-only bits kept and masked-register semantics applied after the handler."""
+        block = self.find_block(offset)
+        if block is not None:
+            (block.write or default_write)(vgpu, offset, data, size)
+            return
+        r = self.info.get(offset)
+        if r is None:
+            default_write(vgpu, offset, data, size)
+            return
+        full = (1 << (8 * size)) - 1
+        ro = r.effective_ro_mask & full
+        if ro == full:
+            vgpu.count("mmio_ro_write")
+            vgpu.log.warning("mmio_ro_write", vgpu=vgpu.id, offset=hex(offset), data=hex(data))
+            return
+        if ro:
+            data = (data & ~ro) | (vgpu.mmio.read(offset, size) & ro)
+        old = vgpu.mmio.read32(offset)
+        (r.write or default_write)(vgpu, offset, data, size)
+        if r.flags & F.MODE_MASK:
+            # bits 31:16 of a masked register choose which low bits change; they are not stored
+            cur = vgpu.mmio.read32(offset)
+            mask = cur >> 16
+            vgpu.mmio.write32(offset, (old & ~mask) | (cur & mask))

@@ -1,0 +1,31 @@
+"""``gvtsim gvt``: run the GVT device model (vGPUs, MMIO/GGTT emulation, management API)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..common.service import common_args, env, mem_args, run_service
+from .service import GvtService
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags; every default comes from a GVTSIM_* environment variable."""
+    p = argparse.ArgumentParser(prog="gvtsim gvt", description=__doc__)
+    common_args(p, "gvt")
+    mem_args(p)
+    p.add_argument("--bind", default=env("GVT_BIND", "tcp://127.0.0.1:5556"),
+                   help="management endpoint (gvtsim ctl, health probes) [GVTSIM_GVT_BIND]")
+    p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"), help="vhm endpoint [GVTSIM_VHM_ENDPOINT]")
+    p.add_argument("--pgpu", default=env("PGPU_ENDPOINT", "tcp://127.0.0.1:5557"),
+                   help="pgpu endpoint [GVTSIM_PGPU_ENDPOINT]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``gvtsim gvt``."""
+    return run_service(GvtService, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The PVINFO page (``struct vgt_if``) at BAR0 + 0x78000 (i915_pvinfo.h, handlers.c; gvt-facts 1).
+
+Top half (0x000-0x7FF) is host -> guest info, bottom half (0x800-0xFFF) guest -> host. GVT fills it at
+create and on every DMLR / full GT reset; any guest read of it sets ``pv_notified`` (the guest is GVT
+aware); writes to ``g2v_notify`` create and destroy PPGTT mm objects; a write to ``rsv5`` puts the vGPU
+in failsafe (INSUFFICIENT_RESOURCE).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from .effects import Uevent
+
+if TYPE_CHECKING:
+    from .vgpu import Vgpu
+
+VGT_PVINFO_PAGE = 0x78000
+VGT_PVINFO_SIZE = 0x1000
+VGT_MAGIC = 0x4776544776544776  # "vGTvGTvG" little-endian
+VGT_VERSION_MAJOR = 1
+VGT_VERSION_MINOR = 0
+
+
+def vgtif_reg(off_in_page: int) -> int:
+    """vgtif_reg(x) = VGT_PVINFO_PAGE + offsetof(struct vgt_if, x)."""
+    return VGT_PVINFO_PAGE + off_in_page
+
+
+# Field offsets, absolute in BAR0 (gvt-facts 1, mainline 5.x/6.x layout).
+MAGIC = vgtif_reg(0x000)  # u64
+VERSION_MAJOR = vgtif_reg(0x008)  # u16
+VERSION_MINOR = vgtif_reg(0x00A)  # u16
+VGT_ID = vgtif_reg(0x00C)
+VGT_CAPS = vgtif_reg(0x010)
+MAPPABLE_BASE = vgtif_reg(0x040)
+MAPPABLE_SIZE = vgtif_reg(0x044)
+NONMAPPABLE_BASE = vgtif_reg(0x048)
+NONMAPPABLE_SIZE = vgtif_reg(0x04C)
+FENCE_NUM = vgtif_reg(0x050)
+DISPLAY_READY = vgtif_reg(0x804)
+RSV5 = vgtif_reg(0x808)  # rsv5[4]: 0x808..0x817
+G2V_NOTIFY = vgtif_reg(0x818)
+CURSOR_X_HOT = vgtif_reg(0x830)
+CURSOR_Y_HOT = vgtif_reg(0x834)
+PDP0_LO = vgtif_reg(0x838)  # pdp[i].lo = 0x838 + 8i, .hi = +4
+EXECLIST_CTX_DESC_LO = vgtif_reg(0x858)
+EXECLIST_CTX_DESC_HI = vgtif_reg(0x85C)
+
+
+class VgtCaps(enum.IntFlag):
+    """VGT_CAPS_* bits."""
+
+    FULL_PPGTT = 1 << 2
+    HWSP_EMULATION = 1 << 3
+    HUGE_GTT = 1 << 4
+
+
+#: populate_pvinfo_page: FULL_PPGTT | HWSP_EMULATION | HUGE_GTT.
+CAPS = VgtCaps.FULL_PPGTT | VgtCaps.HWSP_EMULATION | VgtCaps.HUGE_GTT  # 0x1C
+
+
+class G2vNotify(enum.IntEnum):
+    """enum vgt_g2v_type (mainline values)."""
+
+    PPGTT_L3_PAGE_TABLE_CREATE = 2
+    PPGTT_L3_PAGE_TABLE_DESTROY = 3
+    PPGTT_L4_PAGE_TABLE_CREATE = 4
+    PPGTT_L4_PAGE_TABLE_DESTROY = 5
+    EXECLIST_CONTEXT_CREATE = 6
+    EXECLIST_CONTEXT_DESTROY = 7
+    MAX = 8
+
+
+class DisplayReady(enum.IntEnum):
+    NOT_READY = 0
+    READY = 1
+
+
+#: Reads inside these [start, end) windows are valid (pvinfo_mmio_read); others are logged but served.
+_VALID_READS: tuple[tuple[int, int], ...] = (
+    (MAGIC, VGT_ID + 4), (MAPPABLE_BASE, FENCE_NUM + 4), (VGT_CAPS, VGT_CAPS + 4), (0x7881C, 0x78820),
+)
+#: Writes that are stored (pvinfo_mmio_write's handled list); display_ready and g2v_notify also act.
+_STORED_WRITES: frozenset[int] = frozenset(
+    [DISPLAY_READY, G2V_NOTIFY, CURSOR_X_HOT, CURSOR_Y_HOT, EXECLIST_CTX_DESC_LO, EXECLIST_CTX_DESC_HI]
+    + [PDP0_LO + 4 * i for i in range(8)])
+_RSV5 = frozenset(range(RSV5, RSV5 + 16, 4))
+
+
+def populate(vgpu: "Vgpu") -> None:
+    """populate_pvinfo_page: magic, version 1.0, display_ready 0, vgt_id, caps, ballooning info,
+    fence_num, cursor hot spots UINT_MAX."""
+    res = vgpu.resource
+    w = vgpu.mmio.write
+    w(MAGIC, VGT_MAGIC, 8)
+    w(VERSION_MAJOR, VGT_VERSION_MAJOR, 2)
+    w(VERSION_MINOR, VGT_VERSION_MINOR, 2)
+    w(DISPLAY_READY, DisplayReady.NOT_READY, 4)
+    w(VGT_ID, vgpu.id, 4)
+    w(VGT_CAPS, int(CAPS), 4)
+    w(MAPPABLE_BASE, res.low_base, 4)
+    w(MAPPABLE_SIZE, res.low_size, 4)
+    w(NONMAPPABLE_BASE, res.high_base, 4)
+    w(NONMAPPABLE_SIZE, res.high_size, 4)
+    w(FENCE_NUM, len(res.fences), 4)
+    w(CURSOR_X_HOT, 0xFFFF_FFFF, 4)
+    w(CURSOR_Y_HOT, 0xFFFF_FFFF, 4)
+
+
+def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:
+    """pvinfo_mmio_read: return the vreg; an unexpected window is logged; ANY read sets pv_notified."""
+    value = vgpu.mmio.read(offset, size)
+    if not any(lo <= offset and offset + size <= hi for lo, hi in _VALID_READS):
+        vgpu.count("pvinfo_invalid_read")
+        vgpu.log.warning("pvinfo_invalid_read", vgpu=vgpu.id, offset=hex(offset), size=size)
+    vgpu.pv_notified = True
+    return value
+
+
+def pvinfo_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """pvinfo_mmio_write: act on display_ready / g2v_notify, store the handled fields, rsv5 => failsafe."""
+    from .vgpu import FailsafeReason
+
+    if offset == DISPLAY_READY:
+        vgpu.emit(Uevent(vgpu.vm, "GVT_DISPLAY_READY", 1 if data else 0))
+    elif offset == G2V_NOTIFY:
+        handle_g2v_notification(vgpu, data & 0xFFFF_FFFF)
+    elif offset in _RSV5:
+        vgpu.count("pvinfo_rsv5_write")
+        vgpu.enter_failsafe(FailsafeReason.INSUFFICIENT_RESOURCE, f"write to PVINFO rsv5 at {offset:#x}")
+        return
+    elif offset not in _STORED_WRITES:
+        vgpu.count("pvinfo_invalid_write")
+        vgpu.log.warning("pvinfo_invalid_write", vgpu=vgpu.id, offset=hex(offset), size=size, data=hex(data))
+        return
+    vgpu.mmio.write(offset, data, size)
+
+
+def guest_pdps(vgpu: "Vgpu") -> tuple[int, int, int, int]:
+    """pdp[0..3] as 4 x u64, read from the vregs (the guest writes them before g2v_notify)."""
+    return tuple(vgpu.mmio.read(PDP0_LO + 8 * i, 8) for i in range(4))  # type: ignore[return-value]
+
+
+def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
+    """L3/L4 CREATE => get (or create) the PPGTT mm with these root pointers; DESTROY => put it;
+    EXECLIST_CONTEXT_CREATE/DESTROY and the legacy value 1 are ignored (gvt-facts 1)."""
+    from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
+
+    pdps = guest_pdps(vgpu)
+    if notification in (G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE, G2vNotify.PPGTT_L4_PAGE_TABLE_CREATE):
+        root = PPGTT_ROOT_L3 if notification == G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE else PPGTT_ROOT_L4
+        vgpu.ppgtt.get(root, pdps)
+        vgpu.count("g2v_ppgtt_create")
+    elif notification in (G2vNotify.PPGTT_L3_PAGE_TABLE_DESTROY, G2vNotify.PPGTT_L4_PAGE_TABLE_DESTROY):
+        if not vgpu.ppgtt.put(pdps):
+            vgpu.count("g2v_ppgtt_destroy_unknown")
+            vgpu.log.warning("ppgtt_put_unknown", vgpu=vgpu.id, pdps=[hex(p) for p in pdps])
+        else:
+            vgpu.count("g2v_ppgtt_destroy")
+    elif notification in (G2vNotify.EXECLIST_CONTEXT_CREATE, G2vNotify.EXECLIST_CONTEXT_DESTROY, 1):
+        pass
+    else:
+        vgpu.count("g2v_invalid")
+        vgpu.log.warning("g2v_invalid", vgpu=vgpu.id, notification=notification)

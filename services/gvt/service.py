@@ -1,0 +1,284 @@
+"""The thin asyncio shell of the GVT device model: moves messages in and out, calls the core.
+
+Three connections: a DEALER to vhm (ioreq dispatches, vGPU lifecycle from VM creation, MPT services),
+a DEALER to pgpu (physical GGTT and registers), and the management ROUTER (``gvtsim ctl``, probes).
+After every core call the effects outbox is drained and sent in order before the answer that follows
+it. Callbacks run inside a connection's receive loop, so they never await a request on that connection:
+setup calls (scratch frame, pgpu identity) run as tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import zmq.asyncio
+
+from ...protocol import messages as m
+from ...protocol.constants import IoreqType
+from ...protocol.errors import ErrorCode
+from ..common.client import Connection, PeerLost, RemoteError
+from ..common.memory import MachineMemory
+from ..common.server import RouterServer, Session
+from ..common.service import BaseService
+from . import effects as fx
+from .core import Gvt, Refusal
+from .mpt import EptMpt, Mpt
+from .types import PhysicalGpu
+
+#: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
+GGTT_BATCH = 32768
+
+Outgoing = tuple[str, type[m.Message], dict[str, Any]]  # (peer, message class, fields without req)
+
+#: effect type -> (peer, message class, fields). PgpuGgttWrite / PgpuGgttFill / Uevent are special-cased.
+EFFECT_ROUTES: dict[type, tuple[str, type[m.Message], Any]] = {
+    fx.SetTrapArea: ("vhm", m.IoRange,
+                     lambda e: dict(vm=e.vm, kind=int(IoreqType.MMIO), start=e.start, end=e.end, add=e.add)),
+    fx.InterceptBdf: ("vhm", m.InterceptBdf, lambda e: dict(vm=e.vm, bus=e.bus, dev=e.dev, func=e.func, add=e.add)),
+    fx.AttachVgpu: ("vhm", m.AttachVgpu, lambda e: dict(vm=e.vm, vgpu_id=e.vgpu_id, attach=e.attach)),
+    fx.InjectMsi: ("vhm", m.InjectMsi, lambda e: dict(vm=e.vm, addr=e.addr, data=e.data)),
+    fx.PageTrack: ("vhm", m.PageTrack, lambda e: dict(vm=e.vm, gfn=e.gfn, enable=e.enable)),
+    fx.PgpuMmioWrite: ("pgpu", m.PgpuMmioWrite, lambda e: dict(offset=e.offset, size=e.size, value=e.value)),
+}
+
+
+PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
+
+
+def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
+    """Map effects to messages, in order. Consecutive GGTT writes are merged and fills expanded into
+    batches of at most GGTT_BATCH entries. Uevents produce no message (the shell logs them)."""
+    out: list[Outgoing] = []
+    pending: list[tuple[int, int]] = []
+
+    def flush_ggtt() -> None:
+        for i in range(0, len(pending), GGTT_BATCH):
+            out.append(("pgpu", m.GgttWrite, {"entries": pending[i:i + GGTT_BATCH]}))
+        pending.clear()
+
+    for e in effects:
+        if isinstance(e, fx.PgpuGgttWrite):
+            pending.extend(e.entries)
+            continue
+        if isinstance(e, fx.PgpuGgttFill):
+            for start in range(e.index, e.index + e.count, GGTT_BATCH):
+                n = min(GGTT_BATCH, e.index + e.count - start)
+                pending.extend((i, e.pte) for i in range(start, start + n))
+                if len(pending) >= GGTT_BATCH:
+                    flush_ggtt()
+            continue
+        flush_ggtt()
+        route = EFFECT_ROUTES.get(type(e))
+        if route is not None:
+            peer, cls, build = route
+            out.append((peer, cls, build(e)))
+    flush_ggtt()
+    return out
+
+
+class GvtService(BaseService):
+    """``gvtsim gvt``: the device model process."""
+
+    role = "gvt"
+
+    def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
+        super().__init__(ctx, args)
+        self.core = Gvt(counters=self.counters, log=self.log, mpt_factory=self._mpt)
+        self._mem: MachineMemory | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
+        self.conns: dict[str, Connection] = {}
+
+    # ------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> dict[str, Any]:
+        self.mgmt = RouterServer(self.ctx, self.args.bind, role=self.role, ident=self.ident, epoch=self.epoch,
+                                 hb=self.hb, handler=self, log=self.log, counters=self.counters)
+        endpoint = await self.mgmt.start()
+        for name, endpoint_arg, on_message, on_up in (("vhm", self.args.vhm, self._on_vhm, self._vhm_up),
+                                                      ("pgpu", self.args.pgpu, self._on_pgpu, self._pgpu_up)):
+            conn = Connection(self.ctx, endpoint_arg, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
+                              log=self.log, counters=self.counters, on_message=on_message, on_up=on_up,
+                              on_down=self._down_cb(name), name=name)
+            self.conns[name] = conn
+            conn.start()
+        return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu}
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in self.conns.values():
+            await conn.close()
+        await self.mgmt.stop()
+        if self._mem is not None:
+            self._mem.close()
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        """Ready only with both vhm and pgpu connected; info lists vGPUs and types."""
+        up = {name: conn.up.is_set() for name, conn in self.conns.items()}
+        return all(up.values()) and bool(up), {**self.core.status_info(), "connected": up}
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _mpt(self, vm: int, ept_root: int, ram_mb: int) -> Mpt:
+        """The MPT of a VM: its EPT in machine memory (mapped on first use; vhm creates the file)."""
+        if self._mem is None:
+            self._mem = MachineMemory(self.args.mem_path)
+        return EptMpt(self._mem, ept_root, ram_mb)
+
+    # -------------------------------------------------------------------------------------- output
+    async def _flush(self) -> None:
+        """Send the core's effects in order (fire-and-forget requests; refusals are logged on reply)."""
+        effects = self.core.drain_effects()
+        for e in effects:
+            if isinstance(e, fx.Uevent):
+                self.log.info("uevent", vm=e.vm, name=e.name, value=e.value)
+        for peer, cls, fields in effects_to_messages(effects):
+            conn = self.conns.get(peer)
+            if conn is None or not conn.up.is_set():
+                self.counters[f"effects_dropped_{peer}"] += 1
+                continue
+            req = conn.next_req()
+            try:
+                await conn.send(cls(req=req, **fields))
+            except PeerLost:
+                self.counters[f"effects_dropped_{peer}"] += 1
+                continue
+            self.counters[f"effects_sent_{peer}"] += 1
+            if len(self._sent) > 10_000:
+                self._sent.clear()
+            self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
+
+    def _effect_reply(self, peer: str, msg: m.Message) -> None:
+        what = self._sent.pop((peer, getattr(msg, "req", -1)), None)
+        if isinstance(msg, m.Error):
+            self.counters[f"effects_refused_{peer}"] += 1
+            self.log.warning("effect_refused", peer=peer, what=what, code=msg.code, reason=msg.reason)
+
+    # ---------------------------------------------------------------------------------- management
+    def manage(self, msg: m.Message, owner: str) -> m.Message:
+        """Answer a lifecycle / management request (pure: the caller flushes effects, then replies)."""
+        req = getattr(msg, "req", None)
+        if isinstance(msg, m.VgpuCreate):
+            r = self.core.create_vgpu(msg.vm, msg.spec, ept_root=msg.ept_root, ram_mb=msg.ram_mb, owner=owner,
+                                      now=time.monotonic())
+            if isinstance(r, Refusal):
+                return m.Error(code=r.code.value, reason=r.reason, req=req, vm=msg.vm)
+            return m.VgpuCreated(req=msg.req, vm=msg.vm, vgpu_id=r.id)
+        if isinstance(msg, (m.VgpuDestroy, m.VgpuReset)):
+            r2 = self.core.destroy_vgpu(msg.vm) if isinstance(msg, m.VgpuDestroy) else self.core.reset_vgpu(msg.vm)
+            if isinstance(r2, Refusal):
+                return m.Error(code=r2.code.value, reason=r2.reason, req=req, vm=msg.vm)
+            return m.Ok(req=msg.req)
+        if isinstance(msg, m.MgmtTypes):
+            return m.MgmtTypesReply(req=msg.req, types=[
+                m.VgpuTypeInfo(name=s.type.name, low_gm_mb=s.type.low_gm_mb, high_gm_mb=s.type.high_gm_mb,
+                               fence=s.type.fence, weight=s.type.weight, avail=min(s.avail, 0xFFFF),
+                               description=s.type.description + ("" if s.registered else
+                                                                 "; aperture too small: i915 would not register it"))
+                for s in self.core.types()])
+        if isinstance(msg, m.MgmtList):
+            return m.MgmtListReply(req=msg.req, vgpus=[m.VgpuInfo(**v.info()) for v in
+                                                       sorted(self.core.vgpus.values(), key=lambda v: v.id)])
+        self.counters["unexpected_messages"] += 1
+        return m.Error(code=ErrorCode.UNEXPECTED.value, reason=f"gvt does not serve {type(msg).__name__}", req=req)
+
+    # RouterServer handler (management endpoint)
+    async def on_hello(self, session: Session) -> None:
+        pass
+
+    async def on_message(self, session: Session, msg: m.Message) -> None:
+        reply = self.manage(msg, owner="ctl")
+        await self._flush()
+        await self.mgmt.send(session, reply)
+
+    async def on_lost(self, session: Session, reason: str) -> None:
+        pass
+
+    # ------------------------------------------------------------------------------------------ vhm
+    async def _on_vhm(self, msg: m.Message) -> None:
+        if isinstance(msg, m.IoreqDispatch):
+            now = time.monotonic()
+            results = [m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=self.core.handle_ioreq(r, now))
+                       for r in msg.reqs]
+            await self._flush()  # trap ranges, MSIs, GGTT writes go out before the completion
+            await self._send("vhm", m.IoreqComplete(reqs=results))
+        elif isinstance(msg, (m.Ok, m.Error)):
+            self._effect_reply("vhm", msg)
+        elif isinstance(msg, (m.VgpuCreate, m.VgpuDestroy, m.VgpuReset)):
+            reply = self.manage(msg, owner="vhm")
+            await self._flush()
+            await self._send("vhm", reply)
+        else:
+            self.counters["unexpected_messages"] += 1
+            if getattr(msg, "req", None) is not None:
+                await self._send("vhm", m.Error(code=ErrorCode.UNEXPECTED.value, req=msg.req,  # type: ignore[attr-defined]
+                                                reason=f"gvt does not serve {type(msg).__name__}"))
+
+    async def _send(self, peer: str, msg: m.Message) -> None:
+        try:
+            await self.conns[peer].send(msg)
+        except PeerLost:
+            self.counters[f"replies_dropped_{peer}"] += 1
+
+    async def _vhm_up(self, server_epoch: int, restarted: bool) -> None:
+        if restarted:
+            # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay)
+            for vgpu in [v for v in self.core.vgpus.values() if v.owner == "vhm"]:
+                self.core.destroy_vgpu(vgpu.vm)
+            # the new vhm never knew those VMs: only the physical GGTT clean-up is worth sending
+            self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
+            self.log.warning("vhm_restarted", server_epoch=server_epoch)
+        self._spawn(self._vhm_setup())
+
+    async def _vhm_setup(self) -> None:
+        """Get a scratch frame (ALLOC_FRAMES 1) and announce DOM0_READY."""
+        conn = self.conns["vhm"]
+        try:
+            reply = await conn.request(m.AllocFrames, count=1)
+            assert isinstance(reply, m.FramesReply) and reply.runs
+            self.core.set_scratch_mfn(reply.runs[0].mfn)
+            await self._flush()
+            await conn.request(m.Dom0Ready)
+            self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn)
+        except (PeerLost, RemoteError, TimeoutError, AssertionError) as err:
+            self.counters["vhm_setup_failed"] += 1
+            self.log.warning("vhm_setup_failed", error=f"{type(err).__name__}: {err}")
+
+    # ----------------------------------------------------------------------------------------- pgpu
+    async def _on_pgpu(self, msg: m.Message) -> None:
+        if isinstance(msg, (m.Ok, m.Error)):
+            self._effect_reply("pgpu", msg)
+        elif isinstance(msg, m.GpuEvent):
+            self.counters["gpu_events"] += 1  # workload completion handling comes with execlists
+        else:
+            self.counters["unexpected_messages"] += 1
+
+    async def _pgpu_up(self, server_epoch: int, restarted: bool) -> None:
+        self._spawn(self._pgpu_setup())
+
+    async def _pgpu_setup(self) -> None:
+        """Learn the GPU's identity and sizes, then (re)write every vGPU's slice of the physical GGTT."""
+        conn = self.conns["pgpu"]
+        try:
+            reply = await conn.request(m.StatusRequest)
+            gpu_info = reply.info.get("gpu") if isinstance(reply, m.StatusReply) else None
+            if isinstance(gpu_info, dict):
+                self.core.set_physical_gpu(PhysicalGpu.from_info(gpu_info))
+        except (PeerLost, RemoteError, TimeoutError, ValueError) as err:
+            self.counters["pgpu_setup_failed"] += 1
+            self.log.warning("pgpu_setup_failed", error=f"{type(err).__name__}: {err}")
+        self.core.resync_host_ggtt()
+        await self._flush()
+
+    def _down_cb(self, name: str) -> Any:
+        async def down(reason: str) -> None:
+            self.counters[f"{name}_lost"] += 1
+            self.log.warning("peer_down", peer=name, reason=reason)
+        return down

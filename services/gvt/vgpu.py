@@ -1,0 +1,166 @@
+"""A vGPU and its lifecycle (i915/gvt vgpu.c; gvt-facts 7).
+
+A :class:`Vgpu` is composed of per-concern parts, each with init / reset / clean: config space
+(cfg_space), virtual registers (mmio), GGTT (gtt), PPGTT mm records (gtt), submission state. The
+device-global side (GM allocation, ids, the register table, the effects outbox) lives in core.Gvt.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import pvinfo
+from .cfg_space import CfgSpace
+from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
+from .engines import ALL_ENGINES, mask_names
+from .gtt import Ggtt, PpgttMmTable
+from .handlers import FENCE_REG_GEN6_LO
+from .mmio import MmioState
+from .mpt import Mpt
+from .types import GmResource, VgpuType
+
+if TYPE_CHECKING:
+    from .core import Gvt
+
+GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt-facts 6)
+
+
+class FailsafeReason(enum.IntEnum):
+    """enum GVT_FAILSAFE_* (gvt-facts 7)."""
+
+    UNSUPPORTED_GUEST = 0
+    INSUFFICIENT_RESOURCE = 1
+    GUEST_ERR = 2
+
+
+@dataclass
+class Submission:
+    """Per-engine submission state (the execlist emulation of the next issue plugs in here)."""
+
+    execlist_enabled: set[str] = field(default_factory=set)
+    resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
+
+    def reset(self, engine_mask: int) -> None:
+        """intel_vgpu_reset_submission: drop queued work of the engines (none is queued yet)."""
+        for name in mask_names(engine_mask):
+            self.resets[name] = self.resets.get(name, 0) + 1
+
+    def disable(self) -> None:
+        """intel_vgpu_select_submission_ops(ALL, 0): execlists off until the guest re-enables them."""
+        self.execlist_enabled.clear()
+
+
+class Vgpu:
+    """One vGPU. Created by :meth:`core.Gvt.create_vgpu`, never directly."""
+
+    def __init__(self, gvt: "Gvt", vgpu_id: int, vm: int, vtype: VgpuType, resource: GmResource,
+                 mpt: Mpt, now: float = 0.0) -> None:
+        self.gvt = gvt
+        self.id = vgpu_id
+        self.vm = vm
+        self.type = vtype
+        self.resource = resource
+        self.mpt = mpt
+        self.created_at = now
+        self.owner = ""  # who asked for it: "vhm" (a VM's device model) or "ctl" (management)
+        self.log = gvt.log
+        self.active = False
+        self.failsafe = False
+        self.failsafe_reason: FailsafeReason | None = None
+        self.pv_notified = False
+        self.cfg = CfgSpace(gvt.gpu, vm, self.emit)
+        self.mmio = MmioState(gvt.mmio_snapshot)
+        self.gtt = Ggtt(self)
+        self.ppgtt = PpgttMmTable()
+        self.submission = Submission()
+
+    # ------------------------------------------------------------------------------------ plumbing
+    def emit(self, effect: Effect) -> None:
+        """Queue an effect in the device's outbox."""
+        self.gvt.effects.append(effect)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.gvt.counters[name] += n
+
+    # ----------------------------------------------------------------------------------- lifecycle
+    def create(self) -> None:
+        """intel_gvt_create_vgpu after the resources are allocated: pvinfo, GGTT to scratch, fences
+        cleared, then the MPT glue (AcrnGT: intercept BDF 00:02.0; attach)."""
+        pvinfo.populate(self)
+        self.gtt.reset_host()
+        self._clear_fences()
+        bus, dev, func = GVT_BDF
+        self.emit(InterceptBdf(self.vm, bus, dev, func, True))
+        self.emit(AttachVgpu(self.vm, self.id, True))
+
+    def destroy(self) -> None:
+        """intel_gvt_destroy_vgpu: deactivate, untrap, GGTT slices to scratch, drop PPGTT mms, detach,
+        release BDF, clear the fences (the GM itself is returned by the caller)."""
+        self.deactivate()
+        self.cfg.clean()
+        self.gtt.clean()
+        self.ppgtt.clear()
+        self._clear_fences()
+        bus, dev, func = GVT_BDF
+        self.emit(AttachVgpu(self.vm, self.id, False))
+        self.emit(InterceptBdf(self.vm, bus, dev, func, False))
+
+    def activate(self) -> None:
+        """intel_gvt_activate_vgpu: dispatch allowed."""
+        self.active = True
+
+    def deactivate(self) -> None:
+        """intel_gvt_deactivate_vgpu: no more dispatch (no workload runs yet to wait for)."""
+        self.active = False
+
+    def reset(self, dmlr: bool, engine_mask: int = ALL_ENGINES) -> None:
+        """intel_gvt_reset_vgpu_locked (gvt-facts 7).
+
+        * always: reset the submission of the engines being reset;
+        * full GT reset (all engines) or DMLR: execlists off, PPGTT shadows invalidated, MMIO restored
+          (DMLR: all of it; GT: [0, 0x44200)), PVINFO repopulated;
+        * DMLR only: PPGTT mms destroyed, GGTT to scratch, fences cleared, config space reset (BAR0
+          untrapped), failsafe and pv_notified cleared.
+        """
+        resetting = ALL_ENGINES if dmlr else engine_mask
+        self.count("vgpu_dmlr" if dmlr else "vgpu_gt_reset")
+        self.log.info("vgpu_reset", vgpu=self.id, vm=self.vm, dmlr=dmlr, engines=mask_names(resetting))
+        self.submission.reset(resetting)
+        if engine_mask != ALL_ENGINES and not dmlr:
+            return
+        self.submission.disable()
+        if dmlr:
+            self.ppgtt.clear()
+            self.gtt.reset()
+            self._clear_fences()
+        self.mmio.reset(dmlr)
+        pvinfo.populate(self)
+        if dmlr:
+            self.cfg.reset()
+            self.failsafe = False
+            self.failsafe_reason = None
+            self.pv_notified = False
+
+    def enter_failsafe(self, reason: FailsafeReason, why: str) -> None:
+        """enter_failsafe_mode: MMIO and GGTT become plain memory for this vGPU only, until a DMLR."""
+        if self.failsafe:
+            return
+        self.failsafe = True
+        self.failsafe_reason = reason
+        self.count(f"failsafe_{reason.name.lower()}")
+        self.log.warning("vgpu_failsafe", vgpu=self.id, vm=self.vm, reason=reason.name, why=why)
+
+    def _clear_fences(self) -> None:
+        """_clear_vgpu_fence: zero the host fences the vGPU owns (and its fence vregs)."""
+        for i, host in enumerate(self.resource.fences):
+            self.mmio.write(FENCE_REG_GEN6_LO + 8 * i, 0, 8)
+            self.emit(PgpuMmioWrite(FENCE_REG_GEN6_LO + 8 * host, 8, 0))
+
+    # ------------------------------------------------------------------------------------- views
+    def info(self) -> dict[str, Any]:
+        """The management view (sysfs vmN/vgpu_id and the type's sizes)."""
+        return {"vgpu_id": self.id, "vm": self.vm, "type": self.type.name, "low_gm_mb": self.type.low_gm_mb,
+                "high_gm_mb": self.type.high_gm_mb, "fence": self.type.fence, "weight": self.type.weight,
+                "active": self.active, "failsafe": self.failsafe}

@@ -1,0 +1,89 @@
+"""The core's ioreq entry point, its robustness, and the shell's pure effect -> message mapping."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_gvt_fixtures import create, make_gvt, program_bar0
+
+from gvtsim.protocol import messages as m
+from gvtsim.protocol.codec import decode, encode
+from gvtsim.protocol.constants import MAX_MESSAGE, IoreqDir, IoreqType
+from gvtsim.services.gvt import effects as fx
+from gvtsim.services.gvt.service import GGTT_BATCH, effects_to_messages
+
+
+def ioreq(**kw: object) -> m.Ioreq:
+    base = dict(vm=1, vcpu=0, seq=1, kind=IoreqType.MMIO, dir=IoreqDir.READ, addr=0, size=4)
+    return m.Ioreq(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_ioreq_for_a_vm_without_vgpu_completes_with_all_ones() -> None:
+    gvt = make_gvt()
+    assert gvt.handle_ioreq(ioreq(vm=42, size=2)) == 0xFFFF
+    assert gvt.handle_ioreq(ioreq(vm=42, dir=IoreqDir.WRITE)) == 0
+    assert gvt.counters["ioreq_no_vgpu"] == 2
+
+
+def test_pci_ioreq_for_another_bdf_is_not_ours() -> None:
+    gvt = make_gvt()
+    create(gvt, 1)
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=3, reg=0)) == 0xFFFF_FFFF
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=2, reg=0)) == 0x1912_8086
+
+
+def test_wp_ioreq_without_tracked_page_falls_to_mmio_emulation() -> None:
+    gvt = make_gvt()
+    v = create(gvt, 1)
+    program_bar0(gvt, v)
+    gvt.handle_ioreq(ioreq(kind=IoreqType.WP, dir=IoreqDir.WRITE, addr=0x5000, value=1))
+    assert not v.failsafe and gvt.counters["mmio_hole_write"] == 1
+
+
+access = st.builds(
+    ioreq, vm=st.sampled_from([1, 2, 3]), kind=st.sampled_from([0, 1, 2, 3]), dir=st.sampled_from([0, 1]),
+    addr=st.one_of(st.integers(0, 2**64 - 1), st.integers(0xE000_0000, 0xE100_0000 + 64)),
+    size=st.sampled_from([1, 2, 4, 8]), value=st.integers(0, 2**64 - 1), dev=st.sampled_from([2, 2, 5]),
+    reg=st.integers(0, 0xFFF))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reqs=st.lists(access, max_size=40))
+def test_no_ioreq_raises_and_every_value_fits_its_size(reqs: list[m.Ioreq]) -> None:
+    gvt = make_gvt()
+    a, b = create(gvt, 1, "1,8,8,1"), create(gvt, 2, "2,8,8,1")  # small slices keep the fills cheap
+    program_bar0(gvt, a)
+    program_bar0(gvt, b)
+    for r in reqs:
+        value = gvt.handle_ioreq(r)
+        assert 0 <= value < 1 << (8 * r.size)
+    # whatever vm 1/2 did, each effect the core produced maps onto a valid wire message
+    for _, cls, fields in effects_to_messages(gvt.drain_effects()):
+        raw = encode(cls(req=1, **fields))
+        assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), cls)
+    assert gvt.counters["internal_errors"] == 0
+
+
+def test_effects_map_to_messages_in_order() -> None:
+    out = effects_to_messages([
+        fx.InterceptBdf(1, 0, 2, 0, True), fx.AttachVgpu(1, 3, True),
+        fx.PgpuGgttWrite(((5, 0x1001),)), fx.PgpuGgttWrite(((6, 0x2001),)),
+        fx.SetTrapArea(1, 0x1000, 0x1FFF, True), fx.InjectMsi(1, 0xFEE00000, 0x31), fx.Uevent(1, "X", 1),
+        fx.PgpuMmioWrite(0x100020, 8, 0),
+    ])
+    assert [(peer, cls) for peer, cls, _ in out] == [
+        ("vhm", m.InterceptBdf), ("vhm", m.AttachVgpu), ("pgpu", m.GgttWrite), ("vhm", m.IoRange),
+        ("vhm", m.InjectMsi), ("pgpu", m.PgpuMmioWrite)]
+    assert out[2][2] == {"entries": [(5, 0x1001), (6, 0x2001)]}  # consecutive writes merged
+    assert out[3][2] == {"vm": 1, "kind": IoreqType.MMIO, "start": 0x1000, "end": 0x1FFF, "add": True}
+
+
+def test_scratch_fill_is_split_into_batches_that_fit_a_message() -> None:
+    count = 2 * GGTT_BATCH + 10
+    out = effects_to_messages([fx.PgpuGgttFill(1 << 19, count, (0xFFFFF << 12) | 1)])
+    sizes = [len(f["entries"]) for _, _, f in out]
+    assert sizes == [GGTT_BATCH, GGTT_BATCH, 10]
+    assert out[0][2]["entries"][0] == (1 << 19, (0xFFFFF << 12) | 1)
+    assert out[-1][2]["entries"][-1][0] == (1 << 19) + count - 1
+    raw = encode(m.GgttWrite(req=1, entries=out[0][2]["entries"]))
+    assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), m.GgttWrite)
