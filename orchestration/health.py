@@ -42,6 +42,15 @@ async def probe(endpoint: str, timeout: float = 2.0) -> m.StatusReply:
         ctx.destroy(linger=0)
 
 
+def probe_sync(endpoint: str, timeout: float = 2.0, want_reply: bool = False) -> Any:
+    """Blocking probe for synchronous callers: True/False for readiness, or the reply (None on failure)."""
+    try:
+        reply = asyncio.run(probe(endpoint, timeout))
+    except Exception:
+        return None if want_reply else False
+    return reply if want_reply else reply.ready
+
+
 def status_dict(reply: m.StatusReply) -> dict[str, Any]:
     return {"role": reply.role, "id": reply.id, "epoch": reply.epoch, "ready": reply.ready,
             "counters": reply.counters, "info": reply.info}

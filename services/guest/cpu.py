@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,10 +59,9 @@ class Vcpu:
         req = m.Ioreq(vm=self.vm.vm_id, vcpu=self.index, seq=next(self._seq), kind=int(kind), dir=int(direction),
                       addr=addr, size=size, value=value & ((1 << (8 * size)) - 1))
         async with self._lock:
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
+            t0 = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond resolution
             result = await self.vm.send_ioreq(req)
-            self.vm.rtt.samples[kind].append(loop.time() - t0)
+            self.vm.rtt.samples[kind].append(time.perf_counter() - t0)
         self.vm.ioreqs[kind.name] += 1
         return result
 

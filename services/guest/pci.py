@@ -30,7 +30,7 @@ MSI_FLAGS_ENABLE = 1 << 0
 
 #: Where this guest's firmware places the GPU's BARs (32-bit MMIO hole below 4 GiB).
 BAR0_GPA = 0xF000_0000  # 16 MB GTTMMADR: MMIO at +0, GGTT at +8 MB
-BAR2_GPA = 0xC000_0000  # aperture (GMADR)
+BAR2_GPA = 0x8000_0000  # aperture (GMADR), up to 1 GiB below BAR0
 #: MSI address: the LAPIC window, destination APIC id in bits 19:12 (gvt-facts 9).
 MSI_ADDR_BASE = 0xFEE0_0000
 

@@ -40,6 +40,7 @@ class GuestVm:
     failures: list[str] = field(default_factory=list)
     by_kind: Counter[str] = field(default_factory=Counter)
     state: str = "new"
+    runner: WorkloadRunner | None = None
 
 
 class GuestService(BaseService):
@@ -153,19 +154,23 @@ class GuestService(BaseService):
             gpu = await probe_gpu(vm.machine)
             vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
             await vm.driver.init()
-            surfaces = await allocate(vm.driver)
+            surfaces, fence = await allocate(vm.driver)
             vm.state = "running"
             emit(event="vm_ready", vm=vm.vm_id, name=vm.name, vgpu_id=reply.vgpu_id, vgt_id=vm.driver.vgt_id,
-                 caps=vm.driver.caps, balloon=list(vm.driver.balloon))
-            runner = WorkloadRunner(vm.driver, surfaces, seed=vm.vm_id)
+                 caps=vm.driver.caps, balloon=list(vm.driver.balloon), ept_root=reply.ept_root,
+                 ram_mb=self.args.ram_mb)
+            runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
+            vm.runner = runner
             engines = list(vm.driver.engines)
             await asyncio.gather(*(self._vcpu_loop(vm, runner, v, engines[v % len(engines)])
                                    for v in range(self.args.vcpus)))
             vm.state = "done"
-        except (RemoteError, IoreqFailed, DriverError, PeerLost, TimeoutError, RuntimeError) as err:
+        except Exception as err:  # every way a VM can fail is reported with its reason, none is hidden
             vm.state = "failed"
             vm.failures.append(f"{type(err).__name__}: {err}")
-            self.log.warning("vm_failed", vm=vm.vm_id, name=vm.name, error=str(err))
+            self.log.warning("vm_failed", vm=vm.vm_id, name=vm.name, error=f"{type(err).__name__}: {err}",
+                             exc_info=not isinstance(err, (RemoteError, IoreqFailed, DriverError, PeerLost,
+                                                           TimeoutError)))
         emit(event="vm_done", **self._vm_summary(vm))
 
     async def _vcpu_loop(self, vm: GuestVm, runner: WorkloadRunner, vcpu: int, engine: str) -> None:
@@ -181,9 +186,9 @@ class GuestService(BaseService):
             except VerifyError as err:
                 vm.failed += 1
                 vm.failures.append(str(err))
-            except (DriverError, IoreqFailed) as err:
+            except Exception as err:  # a hang, a failed ioreq, or a bug: the workload failed, with its reason
                 vm.failed += 1
-                vm.failures.append(f"{kind}: {err}")
+                vm.failures.append(f"{kind}: {type(err).__name__}: {err}")
                 break
 
     # ---------------------------------------------------------------------------------------- figures
@@ -196,6 +201,8 @@ class GuestService(BaseService):
         if vm.driver is not None:
             out["msis"] = vm.driver.msis
             out["user_irqs"] = {e.name: e.user_irqs for e in vm.driver.engines.values()}
+            if vm.runner is not None:
+                out["user_irqs_asked"] = dict(vm.runner.asked_user_irq)
             out["completions"] = {e.name: e.completions for e in vm.driver.engines.values()}
         return out
 

@@ -28,29 +28,31 @@ class VerifyError(AssertionError):
 
 @dataclass
 class Surfaces:
-    """Long-lived buffers a VM's workloads use (allocated once, after driver init)."""
+    """Long-lived buffers one engine's workloads use (allocated once, after driver init): each engine has
+    its own, so workloads running at the same time on two engines never share a target."""
 
     src: Bo
     dst: Bo
-    fence: Bo
-    batch: dict[str, Bo]
+    batch: Bo
     aperture_src: Bo
 
 
-async def allocate(drv: VgpuDriver) -> Surfaces:
+async def allocate(drv: VgpuDriver) -> tuple[dict[str, Surfaces], Bo]:
+    """Per-engine surfaces and the shared fence page (one 64-byte slot per engine)."""
     assert drv.gem is not None
     g = drv.gem
-    return Surfaces(src=await g.create(SURFACE), dst=await g.create(SURFACE), fence=await g.create(4096),
-                    batch={e: await g.create(4096) for e in drv.engines},
-                    aperture_src=await g.create(SURFACE, mappable=True))
+    surfaces = {e: Surfaces(src=await g.create(SURFACE), dst=await g.create(SURFACE), batch=await g.create(4096),
+                            aperture_src=await g.create(SURFACE, mappable=True)) for e in drv.engines}
+    return surfaces, await g.create(4096)
 
 
 class WorkloadRunner:
     """Runs numbered workloads on a VM and verifies each one."""
 
-    def __init__(self, drv: VgpuDriver, surf: Surfaces, seed: int) -> None:
+    def __init__(self, drv: VgpuDriver, surfaces: dict[str, Surfaces], fence: Bo, seed: int) -> None:
         self.drv = drv
-        self.s = surf
+        self.surfaces = surfaces
+        self.fence = fence
         self.rng = random.Random(seed)
         self.seqno = 0
         self.asked_user_irq: dict[str, int] = {e: 0 for e in drv.engines}
@@ -60,44 +62,45 @@ class WorkloadRunner:
         self.seqno += 1
         seq = self.seqno
         m = self.drv.machine
+        s = self.surfaces[engine]
         if kind == "fill":
             color = self.rng.getrandbits(32)
-            body = cmds.color_blt(self.s.dst.gm, PITCH, WIDTH, HEIGHT, color)
+            body = cmds.color_blt(s.dst.gm, PITCH, WIDTH, HEIGHT, color)
             expect = color.to_bytes(4, "little") * (WIDTH * HEIGHT)
         elif kind in ("copy", "aperture_copy"):
             pattern = self.rng.randbytes(SURFACE)
-            src = self.s.src if kind == "copy" else self.s.aperture_src
+            src = s.src if kind == "copy" else s.aperture_src
             if kind == "copy":
                 await m.write_mem(src.gpa, pattern, vcpu)
             else:
                 await self._write_through_aperture(src, pattern, vcpu)
-            body = cmds.src_copy_blt(self.s.dst.gm, PITCH, src.gm, PITCH, WIDTH, HEIGHT)
+            body = cmds.src_copy_blt(s.dst.gm, PITCH, src.gm, PITCH, WIDTH, HEIGHT)
             expect = pattern
         elif kind == "store":
             values = [self.rng.getrandbits(32) for _ in range(16)]
             body = []
             for i, v in enumerate(values):
-                body += cmds.store_dword(self.s.dst.gm + 256 * i, v)
+                body += cmds.store_dword(s.dst.gm + 256 * i, v)
             expect = b""
         else:
             raise ValueError(kind)
-        batch = self.s.batch[engine]
+        batch = s.batch
         await m.write_mem(batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
-        ring = cmds.batch_buffer_start(batch.gm) + cmds.store_dword(self.s.fence.gm + 64 * _slot(engine), seq)
+        ring = cmds.batch_buffer_start(batch.gm) + cmds.store_dword(self.fence.gm + 64 * _slot(engine), seq)
         if user_irq:
             ring.append(cmds.MI_USER_INTERRUPT)
             self.asked_user_irq[engine] += 1
         await self.drv.submit(engine, ring, vcpu=vcpu)
-        fence = m.read_u32(self.s.fence.gpa + 64 * _slot(engine))
+        fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
         if fence != seq:
             raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
         if kind == "store":
             for i, v in enumerate(values):
-                got = m.read_u32(self.s.dst.gpa + 256 * i)
+                got = m.read_u32(s.dst.gpa + 256 * i)
                 if got != v:
                     raise VerifyError(f"store#{seq}: dword {i} = {got:#x}, expected {v:#x}")
         else:
-            got = m.read_mem(self.s.dst.gpa, SURFACE)
+            got = m.read_mem(s.dst.gpa, SURFACE)
             if got != expect:
                 bad = next(i for i in range(SURFACE) if got[i] != expect[i])
                 raise VerifyError(f"{kind}#{seq} on {engine}: first wrong byte at {bad}")

@@ -78,6 +78,7 @@ class CfgSpace:
         self.bar_size = {0: BAR0_SIZE, 2: gpu.aperture_size}
         self.trapped: tuple[int, int] | None = None  # the BAR0 range vhm traps for us, inclusive
         self.init()
+        self.on_memory_decode: Callable[[bool], None] | None = None  # set by the vGPU (aperture mapping)
 
     # ------------------------------------------------------------------------------------ init / reset
     def init(self, primary: bool = True) -> None:
@@ -215,8 +216,9 @@ class CfgSpace:
         changed = old ^ (data & 0xFF)
         self._mem_write(PCI_COMMAND, data, size)
         if changed & PCI_COMMAND_MEMORY:
-            # map_aperture is not modelled: the simulated aperture has no machine frames behind it
             self.trap_bar0(not old & PCI_COMMAND_MEMORY)
+            if self.on_memory_decode is not None:  # map_aperture / unmap (aperture.py)
+                self.on_memory_decode(bool(not old & PCI_COMMAND_MEMORY))
 
     def _write_bar(self, offset: int, value: int, low: bool) -> None:
         """intel_vgpu_write_pci_bar: a low half keeps its flag bits 3:0."""
@@ -244,3 +246,5 @@ class CfgSpace:
             self.trap_bar0(self.memory_enabled)
         else:
             self._write_bar(offset, value, low)
+            if bar == 2 and self.memory_enabled and self.on_memory_decode is not None:
+                self.on_memory_decode(True)  # the aperture window moved: map it again

@@ -23,7 +23,9 @@ from . import interrupt, mmio
 from .effects import Effect
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
+from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs
+from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec
 from .vgpu import FailsafeReason, Vgpu
@@ -70,7 +72,8 @@ class Gvt:
         self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
-        self.table = MmioTable(default_regs(), default_blocks())
+        self.table = MmioTable(default_regs() + execlist_regs(), default_blocks())
+        self.scheduler = Scheduler(self)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
         self.gm = GmPartition(self.gpu)
         self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
@@ -108,6 +111,7 @@ class Gvt:
 
     def resync_host_ggtt(self) -> None:
         """Queue the physical GGTT content of every vGPU again (pgpu restarted or scratch changed)."""
+        self.scheduler.resync_host_ggtt()
         for v in sorted(self.vgpus.values(), key=lambda v: v.id):
             try:
                 v.gtt.resync_host()
@@ -169,6 +173,7 @@ class Gvt:
             return self._refuse("vgpu_destroy", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
         try:
             vgpu.destroy()
+            self.scheduler.forget_vgpu(vgpu)
         except Exception as err:
             self._internal("vgpu_destroy", err, vm=vm)
         finally:
@@ -287,4 +292,8 @@ class Gvt:
         """What STATUS reports: vGPUs, types with availability, the GPU."""
         return {"vgpus": [v.info() for v in sorted(self.vgpus.values(), key=lambda v: v.id)],
                 "types": [{"name": s.type.name, "avail": s.avail, "registered": s.registered} for s in self.types()],
-                "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn}
+                "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn,
+                "msis_by_vm": {str(v.vm): v.msis_injected for v in self.vgpus.values()},
+                "scheduler": {"queued": sum(len(q) for q in self.scheduler.queues.values()),
+                              "running": {e: (w.id if w else None) for e, w in self.scheduler.current.items()},
+                              "frame_pool": len(self.scheduler.frame_pool)}}

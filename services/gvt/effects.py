@@ -87,6 +87,28 @@ class PgpuMmioWrite:
 
 
 @dataclass(frozen=True)
+class PgpuSubmit:
+    """Submit a shadow context to a physical engine's execlist port (ELSP_SUBMIT). ``tag`` names the
+    workload in the GPU_EVENTs that follow."""
+
+    engine: str
+    descs: tuple[int, ...]
+    tag: int
+
+
+@dataclass(frozen=True)
+class MapGfnToMfn:
+    """MPT map_gfn_to_mfn: map (or unmap) guest frames onto machine frames in the VM's EPT, with no trap
+    (the aperture pass-through, gvt-facts 3 "CPU aperture access")."""
+
+    vm: int
+    gfn: int
+    mfn: int
+    nr: int
+    map: bool
+
+
+@dataclass(frozen=True)
 class Uevent:
     """A host notification (i915 sends a uevent, e.g. ``GVT_DISPLAY_READY=1`` with ``VMID``): logged."""
 
@@ -96,4 +118,4 @@ class Uevent:
 
 
 Effect = (SetTrapArea | InterceptBdf | AttachVgpu | InjectMsi | PageTrack | PgpuGgttWrite | PgpuGgttFill
-          | PgpuMmioWrite | Uevent)
+          | PgpuMmioWrite | PgpuSubmit | MapGfnToMfn | Uevent)

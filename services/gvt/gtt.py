@@ -191,6 +191,7 @@ class Ggtt:
         host = self._host_entry(e)
         self.host[index] = host
         self.vgpu.emit(PgpuGgttWrite(((index, host),)))
+        self.vgpu.aperture.on_host_entry(index, host)
 
     def _host_entry(self, e: int) -> int:
         """Present: gfn -> mfn through the MPT (invalid gfn => scratch). Not present: scratch, cleared."""

@@ -114,6 +114,7 @@ def inject_msi(vgpu: "Vgpu") -> bool:
         vgpu.log.warning("msi_format_unsupported", vgpu=vgpu.id, control=hex(control))
         return False
     vgpu.count("irq_msi_injected")
+    vgpu.msis_injected += 1
     vgpu.emit(InjectMsi(vgpu.vm, addr, data))
     return True
 

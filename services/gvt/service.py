@@ -42,7 +42,12 @@ EFFECT_ROUTES: dict[type, tuple[str, type[m.Message], Any]] = {
     fx.InjectMsi: ("vhm", m.InjectMsi, lambda e: dict(vm=e.vm, addr=e.addr, data=e.data)),
     fx.PageTrack: ("vhm", m.PageTrack, lambda e: dict(vm=e.vm, gfn=e.gfn, enable=e.enable)),
     fx.PgpuMmioWrite: ("pgpu", m.PgpuMmioWrite, lambda e: dict(offset=e.offset, size=e.size, value=e.value)),
+    fx.PgpuSubmit: ("pgpu", m.ElspSubmit, lambda e: dict(engine=e.engine, descs=list(e.descs), tag=e.tag)),
+    fx.MapGfnToMfn: ("vhm", m.MapGfnToMfn, lambda e: dict(vm=e.vm, gfn=e.gfn, mfn=e.mfn, nr=e.nr, map=e.map)),
 }
+
+#: Frames gvt asks vhm for, for shadow contexts and rings (7 vGPUs x 4 engines x 10 pages, rounded up).
+SHADOW_POOL_FRAMES = 320
 
 
 PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
@@ -90,6 +95,7 @@ class GvtService(BaseService):
         self._mem: MachineMemory | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
+        self._submits: dict[int, int] = {}  # ELSP_SUBMIT req -> workload tag
         self.conns: dict[str, Connection] = {}
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -151,12 +157,18 @@ class GvtService(BaseService):
                 self.counters[f"effects_dropped_{peer}"] += 1
                 continue
             self.counters[f"effects_sent_{peer}"] += 1
+            if cls is m.ElspSubmit:
+                self._submits[req] = fields["tag"]
             if len(self._sent) > 10_000:
                 self._sent.clear()
             self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
 
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
-        what = self._sent.pop((peer, getattr(msg, "req", -1)), None)
+        req = getattr(msg, "req", -1)
+        what = self._sent.pop((peer, req), None)
+        tag = self._submits.pop(req, None) if peer == "pgpu" else None
+        if tag is not None and isinstance(msg, m.Error):
+            self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}")
         if isinstance(msg, m.Error):
             self.counters[f"effects_refused_{peer}"] += 1
             self.log.warning("effect_refused", peer=peer, what=what, code=msg.code, reason=msg.reason)
@@ -234,16 +246,28 @@ class GvtService(BaseService):
                 self.core.destroy_vgpu(vgpu.vm)
             # the new vhm never knew those VMs: only the physical GGTT clean-up is worth sending
             self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
+            self.core.scheduler.forget_frames()  # the old vhm's frames are not ours any more
             self.log.warning("vhm_restarted", server_epoch=server_epoch)
         self._spawn(self._vhm_setup())
 
     async def _vhm_setup(self) -> None:
-        """Get a scratch frame (ALLOC_FRAMES 1) and announce DOM0_READY."""
+        """Get a scratch frame (ALLOC_FRAMES 1) and the shadow-context pool, map the machine memory, and
+        announce DOM0_READY."""
         conn = self.conns["vhm"]
         try:
             reply = await conn.request(m.AllocFrames, count=1)
             assert isinstance(reply, m.FramesReply) and reply.runs
             self.core.set_scratch_mfn(reply.runs[0].mfn)
+            pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES)
+            assert isinstance(pool, m.FramesReply)
+            try:
+                if self._mem is None:
+                    self._mem = MachineMemory(self.args.mem_path)
+                self.core.scheduler.mem = self._mem
+            except OSError as err:  # workloads will fail with a clear reason until it can be mapped
+                self.counters["machine_memory_unavailable"] += 1
+                self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
+            self.core.scheduler.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
             await self._flush()
             await conn.request(m.Dom0Ready)
             self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn)
@@ -255,8 +279,11 @@ class GvtService(BaseService):
     async def _on_pgpu(self, msg: m.Message) -> None:
         if isinstance(msg, (m.Ok, m.Error)):
             self._effect_reply("pgpu", msg)
+            await self._flush()
         elif isinstance(msg, m.GpuEvent):
-            self.counters["gpu_events"] += 1  # workload completion handling comes with execlists
+            self.counters[f"gpu_events_{msg.kind}"] += 1
+            self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason)
+            await self._flush()  # guest context written back; MSIs and the next submission go out
         else:
             self.counters["unexpected_messages"] += 1
 
@@ -281,4 +308,8 @@ class GvtService(BaseService):
         async def down(reason: str) -> None:
             self.counters[f"{name}_lost"] += 1
             self.log.warning("peer_down", peer=name, reason=reason)
+            if name == "pgpu":  # workloads on the GPU are lost: their guests see a hang
+                self._submits.clear()
+                self.core.scheduler.engine_lost(f"pgpu lost: {reason}")
+                await self._flush()
         return down

@@ -38,7 +38,7 @@ class PhysicalGpu:
     device: int = 0x1912
     revision: int = 0x06
     gm_mb: int = 4096
-    aperture_mb: int = 512
+    aperture_mb: int = 1024
     msi_cap: int = 0xAC
     fences: int = 32
     aperture_base: int = 0xC000_0000  # host BAR2 physical address (the vGPU's BAR2 is preset to it)

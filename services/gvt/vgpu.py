@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import pvinfo
+from .aperture import Aperture
 from .cfg_space import CfgSpace
 from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
-from .engines import ALL_ENGINES, mask_names
+from .engines import ALL_ENGINES, ENGINES, mask_names
+from .execlist import VirtualExeclist
 from .gtt import Ggtt, PpgttMmTable
 from .handlers import FENCE_REG_GEN6_LO
 from .mmio import MmioState
@@ -41,11 +43,15 @@ class Submission:
 
     execlist_enabled: set[str] = field(default_factory=set)
     resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
+    execlists: dict[str, VirtualExeclist] = field(default_factory=dict)
 
     def reset(self, engine_mask: int) -> None:
-        """intel_vgpu_reset_submission: drop queued work of the engines (none is queued yet)."""
+        """intel_vgpu_reset_submission: re-init the engines' virtual execlists (CSB wp 7, slots empty);
+        the caller drops their queued workloads from the scheduler."""
         for name in mask_names(engine_mask):
             self.resets[name] = self.resets.get(name, 0) + 1
+            if name in self.execlists:
+                self.execlists[name].reset()
 
     def disable(self) -> None:
         """intel_vgpu_select_submission_ops(ALL, 0): execlists off until the guest re-enables them."""
@@ -70,11 +76,15 @@ class Vgpu:
         self.failsafe = False
         self.failsafe_reason: FailsafeReason | None = None
         self.pv_notified = False
+        self.msis_injected = 0
         self.cfg = CfgSpace(gvt.gpu, vm, self.emit)
         self.mmio = MmioState(gvt.mmio_snapshot)
         self.gtt = Ggtt(self)
         self.ppgtt = PpgttMmTable()
         self.submission = Submission()
+        self.submission.execlists = {e.name: VirtualExeclist(self, e) for e in ENGINES}
+        self.aperture = Aperture(self)
+        self.cfg.on_memory_decode = self.aperture.set_enabled
 
     # ------------------------------------------------------------------------------------ plumbing
     def emit(self, effect: Effect) -> None:
@@ -99,6 +109,7 @@ class Vgpu:
         """intel_gvt_destroy_vgpu: deactivate, untrap, GGTT slices to scratch, drop PPGTT mms, detach,
         release BDF, clear the fences (the GM itself is returned by the caller)."""
         self.deactivate()
+        self.aperture.clean()
         self.cfg.clean()
         self.gtt.clean()
         self.ppgtt.clear()
@@ -128,10 +139,12 @@ class Vgpu:
         self.count("vgpu_dmlr" if dmlr else "vgpu_gt_reset")
         self.log.info("vgpu_reset", vgpu=self.id, vm=self.vm, dmlr=dmlr, engines=mask_names(resetting))
         self.submission.reset(resetting)
+        self.gvt.scheduler.drop(self, mask_names(resetting))
         if engine_mask != ALL_ENGINES and not dmlr:
             return
         self.submission.disable()
         if dmlr:
+            self.aperture.clean()
             self.ppgtt.clear()
             self.gtt.reset()
             self._clear_fences()

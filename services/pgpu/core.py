@@ -36,7 +36,7 @@ class PgpuConfig:
     """Configuration (flags of ``gvtsim pgpu``)."""
 
     gm_mb: int = 4096
-    aperture_mb: int = 512
+    aperture_mb: int = 1024
     time_scale: float = 1.0  # clock seconds per simulated second (0: deliver as fast as possible)
     gpu_speed: float = 1.0  # cost divisor
     watchdog_ms: float = 100.0  # simulated time a context may run

@@ -24,7 +24,7 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds to wait for vhm to create the machine memory [GVTSIM_PGPU_MEM_WAIT]")
     p.add_argument("--gm-mb", type=int, default=int(env("PGPU_GM_MB", "4096")),
                    help="graphics memory size; the GGTT has gm >> 12 entries [GVTSIM_PGPU_GM_MB]")
-    p.add_argument("--aperture-mb", type=int, default=int(env("PGPU_APERTURE_MB", "512")),
+    p.add_argument("--aperture-mb", type=int, default=int(env("PGPU_APERTURE_MB", "1024")),
                    help="mappable (aperture) part of the GM [GVTSIM_PGPU_APERTURE_MB]")
     p.add_argument("--time-scale", type=float, default=float(env("PGPU_TIME_SCALE", "1.0")),
                    help="wall seconds per simulated GPU second; 0 = as fast as possible [GVTSIM_PGPU_TIME_SCALE]")

@@ -49,7 +49,8 @@ def test_bar_sizing_answers() -> None:
         answers[off] = gvt.emulate_cfg_read(v, off, 4)
     assert answers[cfg.PCI_BASE_ADDRESS_0] == 0xFF00_0004  # ~(16 MB - 1), 64-bit memory BAR
     assert answers[cfg.PCI_BASE_ADDRESS_1] == 0xFFFF_FFFF
-    assert answers[cfg.PCI_BASE_ADDRESS_2] == 0xE000_000C  # ~(512 MB aperture - 1), 64-bit prefetchable
+    # ~(aperture - 1), 64-bit prefetchable (1 GB aperture by default: 0xC000000C)
+    assert answers[cfg.PCI_BASE_ADDRESS_2] == (~(gvt.gpu.aperture_size - 1) & 0xFFFF_FFF0) | 0xC
     assert answers[cfg.PCI_BASE_ADDRESS_3] == 0xFFFF_FFFF
     assert answers[cfg.PCI_BASE_ADDRESS_4] == 0  # not emulated
     assert answers[cfg.PCI_ROM_ADDRESS] == 0  # no ROM

@@ -72,7 +72,7 @@ def test_i915_sequence() -> None:
     # intel_vgt_balloon: four reads, validated like the guest does
     mappable_base, mappable_size, unmappable_base, unmappable_size = (
         g.readl(o) for o in (pv.MAPPABLE_BASE, pv.MAPPABLE_SIZE, pv.NONMAPPABLE_BASE, pv.NONMAPPABLE_SIZE))
-    ggtt_mappable_end, ggtt_total = 512 << 20, 4096 << 20
+    ggtt_mappable_end, ggtt_total = gvt.gpu.aperture_size, gvt.gpu.gm_size
     assert mappable_base + mappable_size <= ggtt_mappable_end
     assert unmappable_base >= ggtt_mappable_end and unmappable_base + unmappable_size <= ggtt_total
     assert g.readl(pv.FENCE_NUM) == 4

@@ -32,8 +32,8 @@ def test_host_reserve_constants() -> None:
 
 
 def test_available_instances_on_default_gpu() -> None:
-    # SKL default: 4 GB GM, 512 MB aperture, 32 fences -> low 384 MB, high 3200 MB, fences 28 available
-    gm = GmPartition(PhysicalGpu())
+    # SKL with 4 GB GM, a 512 MB aperture, 32 fences -> low 384 MB, high 3200 MB, fences 28 available
+    gm = GmPartition(PhysicalGpu(aperture_mb=512))
     assert gm.avail() == (384 * MB, 3200 * MB, 28)
     got = {t.name: gm.avail_instances(t) for t in TYPES}
     assert got == {"GVTg_V5_8": min(384 // 64, 3200 // 384, 28 // 4),  # 6
@@ -65,7 +65,7 @@ def test_low_gm_bottom_up_in_aperture_high_gm_top_down() -> None:
 
 
 def test_creating_beyond_capacity_is_no_space_and_takes_nothing() -> None:
-    gm = GmPartition(PhysicalGpu())
+    gm = GmPartition(PhysicalGpu(aperture_mb=512))  # room for one GVTg_V5_2
     t = TYPES_BY_NAME["GVTg_V5_2"]
     gm.alloc(t)
     before = gm.avail()
@@ -91,7 +91,7 @@ def test_vgpu_ids_are_1_to_7_and_the_eighth_is_no_space() -> None:
 
 
 def test_types_avail_drop_on_create_and_return_on_destroy() -> None:
-    gvt = Gvt()
+    gvt = Gvt(PhysicalGpu(aperture_mb=512))
     before = {s.type.name: s.avail for s in gvt.types()}
     assert not isinstance(gvt.create_vgpu(1, "GVTg_V5_4"), Refusal)
     during = {s.type.name: s.avail for s in gvt.types()}
@@ -151,7 +151,9 @@ def test_partition_invariants(aperture: int, fences: int, ops: list[tuple[bool, 
                 held.append(gm.alloc(t))
                 assert expect_ok
             except GvtError as err:
-                assert err.code == ErrorCode.NO_SPACE and not expect_ok
+                # the facts' arithmetic counts free GM, drm_mm needs a contiguous hole: after frees the
+                # count may allow an instance that fragmentation refuses (real GVT fails the same way)
+                assert err.code == ErrorCode.NO_SPACE and (not expect_ok or "fragmented" in err.reason)
         elif held:
             gm.free(held.pop(which % len(held)))
         lows = sorted((r.low_base, r.low_base + r.low_size) for r in held)
