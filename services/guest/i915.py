@@ -46,6 +46,7 @@ class EngineState:
     csb_head: int = 5  # i915 starts at the last entry so the first event lands in entry 0 (wp reset 7)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: asyncio.Future[None] | None = None
+    user_wait: asyncio.Future[None] | None = None
     user_irqs: int = 0
     csb_events: list[int] = field(default_factory=list)
     completions: int = 0
@@ -147,8 +148,11 @@ class VgpuDriver:
         ldw = r.DESC_VALID | r.DESC_ADDRESSING_LEGACY32 | r.DESC_PRIVILEGE | (e.context.gm & ~0xFFF)
         return e.ctx_id << 32 | ldw
 
-    async def submit(self, engine: str, commands: list[int], timeout: float = 10.0, vcpu: int = 0) -> None:
-        """Append commands to the engine's ring, submit through ELSP, wait for context_complete.
+    async def submit(self, engine: str, commands: list[int], timeout: float = 10.0, vcpu: int = 0,
+                     wait_user_irq: bool = False) -> None:
+        """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
+        commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
+        breadcrumb interrupt), so one request's interrupt is never merged with the next one's in IIR.
 
         Raises DriverError on a GPU hang (no completion in time, or the vGPU failed the request)."""
         e = self.engines[engine]
@@ -162,16 +166,22 @@ class VgpuDriver:
             await self.machine.write_mem(e.ring.gpa + e.tail, data, vcpu)
             e.tail += len(data)
             await self.machine.write_u32(e.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, e.tail, vcpu)
-            e.pending = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            e.pending = loop.create_future()
+            e.user_wait = loop.create_future() if wait_user_irq else None
             desc = self.descriptor(e)
             for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid) then element 0
                 await self.wr(e.base + r.ELSP, value)
             try:
                 await asyncio.wait_for(e.pending, timeout)
+                if e.user_wait is not None:
+                    await asyncio.wait_for(e.user_wait, timeout)
             except TimeoutError:
-                raise DriverError(f"{engine}: GPU hang (no context_complete in {timeout}s)") from None
+                what = "context_complete" if not e.pending.done() else "user interrupt"
+                raise DriverError(f"{engine}: GPU hang (no {what} in {timeout}s)") from None
             finally:
                 e.pending = None
+                e.user_wait = None
 
     async def _set_ring(self, e: EngineState, head: int, tail: int, vcpu: int) -> None:
         assert e.context is not None
@@ -200,6 +210,8 @@ class VgpuDriver:
                         continue
                     if iir & (1 << e.user_bit):
                         e.user_irqs += 1
+                        if e.user_wait is not None and not e.user_wait.done():
+                            e.user_wait.set_result(None)
                     if iir & (1 << e.ctx_bit):
                         await self._process_csb(e)
             await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)

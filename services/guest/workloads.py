@@ -90,7 +90,7 @@ class WorkloadRunner:
         if user_irq:
             ring.append(cmds.MI_USER_INTERRUPT)
             self.asked_user_irq[engine] += 1
-        await self.drv.submit(engine, ring, vcpu=vcpu)
+        await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq)
         fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
         if fence != seq:
             raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
