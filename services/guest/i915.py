@@ -74,6 +74,8 @@ class VgpuDriver:
         self.msis = 0
         self.irq_lock = asyncio.Lock()
         self.ready = False
+        self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
+        self.hangcheck_period = 0.5
 
     # ----------------------------------------------------------------------------------------- helpers
     async def rd(self, off: int, size: int = 4) -> int:
@@ -148,7 +150,7 @@ class VgpuDriver:
         ldw = r.DESC_VALID | r.DESC_ADDRESSING_LEGACY32 | r.DESC_PRIVILEGE | (e.context.gm & ~0xFFF)
         return e.ctx_id << 32 | ldw
 
-    async def submit(self, engine: str, commands: list[int], timeout: float = 10.0, vcpu: int = 0,
+    async def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
                      wait_user_irq: bool = False) -> None:
         """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
         commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
@@ -173,15 +175,29 @@ class VgpuDriver:
             for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid) then element 0
                 await self.wr(e.base + r.ELSP, value)
             try:
-                await asyncio.wait_for(e.pending, timeout)
-                if e.user_wait is not None:
-                    await asyncio.wait_for(e.user_wait, timeout)
-            except TimeoutError:
-                what = "context_complete" if not e.pending.done() else "user interrupt"
-                raise DriverError(f"{engine}: GPU hang (no {what} in {timeout}s)") from None
+                await self._hangcheck_wait(e, timeout if timeout is not None else self.hang_timeout)
             finally:
                 e.pending = None
                 e.user_wait = None
+
+    async def _hangcheck_wait(self, e: EngineState, timeout: float) -> None:
+        """Wait for the request's completion (and its user interrupt), checking the engine once a
+        hangcheck period like i915's hangcheck: a device that reads all ones is gone (its device model
+        or GPU died: reset at once); no completion within ``timeout`` is a hang."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waits = [f for f in (e.pending, e.user_wait) if f is not None]
+        while True:
+            left = deadline - loop.time()
+            done, _ = await asyncio.wait(waits, timeout=max(0.0, min(self.hangcheck_period, left)))
+            if len(done) == len(waits):
+                return
+            if loop.time() >= deadline:
+                what = "context_complete" if not e.pending or not e.pending.done() else "user interrupt"
+                raise DriverError(f"{e.name}: GPU hang (no {what} in {timeout}s)")
+            status = await self.rd(e.base + r.EXECLIST_STATUS)
+            if status == 0xFFFF_FFFF:
+                raise DriverError(f"{e.name}: GPU gone (EXECLIST_STATUS reads all ones)")
 
     async def _set_ring(self, e: EngineState, head: int, tail: int, vcpu: int) -> None:
         assert e.context is not None

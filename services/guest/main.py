@@ -22,6 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", type=int, default=int(env("WORKLOADS", "50")),
                    help="verified workloads per VM [GVTSIM_WORKLOADS]")
     p.add_argument("--name-prefix", default=env("NAME_PREFIX", "vm"), help="[GVTSIM_NAME_PREFIX]")
+    p.add_argument("--mix", default=env("MIX", "store,fill,copy,aperture_copy"),
+                   help="workload kinds, cycled per vCPU (each runs on the engines that support it) [GVTSIM_MIX]")
+    p.add_argument("--duration", type=float, default=float(env("DURATION", "0")),
+                   help="run workloads for this many seconds instead of --workloads per VM [GVTSIM_DURATION]")
+    p.add_argument("--recover", action="store_true", default=env("RECOVER", "") in ("1", "true", "yes"),
+                   help="on a GPU reset (hang, device model or GPU gone) re-create the VM and go on [GVTSIM_RECOVER]")
+    p.add_argument("--stats-interval", type=float, default=float(env("STATS_INTERVAL", "0")),
+                   help="emit a 'stats' JSON event every this many seconds (0: never) [GVTSIM_STATS_INTERVAL]")
+    p.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "3")),
+                   help="seconds without a completion before a request is declared hung [GVTSIM_HANG_TIMEOUT]")
     p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "10")),
                    help="seconds before a trapped access is declared hung [GVTSIM_IOREQ_TIMEOUT]")
     return run_service(GuestService, p.parse_args(argv))

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...protocol import IoreqType
 from ...protocol import messages as m
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
@@ -21,8 +22,12 @@ from ..common.service import BaseService
 from .cpu import GuestMachine, IoreqFailed
 from .i915 import DriverError, VgpuDriver
 from .pci import probe_gpu
-from .workloads import KINDS, VerifyError, WorkloadRunner, allocate
+from .workloads import VerifyError, WorkloadRunner, allocate, kinds_for
 from .events import emit
+
+
+class WorkloadAborted(RuntimeError):
+    """A workload ended without a result (hang, failed ioreq): the VM needs a reset."""
 
 
 @dataclass
@@ -41,6 +46,39 @@ class GuestVm:
     by_kind: Counter[str] = field(default_factory=Counter)
     state: str = "new"
     runner: WorkloadRunner | None = None
+    reset_started: float | None = None
+    recoveries: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds per verified workload (since last stats)
+    # figures of earlier incarnations of this VM (before a reset), folded in at teardown
+    past_ioreqs: Counter[str] = field(default_factory=Counter)
+    past_rtt: dict[str, list[float]] = field(default_factory=dict)
+    past_msis: int = 0
+    resets: int = 0
+
+    def ioreqs(self) -> Counter[str]:
+        out = Counter(self.past_ioreqs)
+        if self.machine is not None:
+            out.update(self.machine.ioreqs)
+        return out
+
+    def rtt(self) -> dict[str, list[float]]:
+        out = {k: list(v) for k, v in self.past_rtt.items()}
+        if self.machine is not None:
+            for kind, samples in self.machine.rtt.samples.items():
+                out.setdefault(IoreqType(kind).name, []).extend(samples)
+        return out
+
+    def msis(self) -> int:
+        return self.past_msis + (self.driver.msis if self.driver is not None else 0)
+
+    def fold(self) -> None:
+        """Keep this incarnation's figures before the machine and driver are dropped."""
+        if self.machine is not None:
+            self.past_ioreqs.update(self.machine.ioreqs)
+            for kind, samples in self.machine.rtt.samples.items():
+                self.past_rtt.setdefault(IoreqType(kind).name, []).extend(samples)
+        if self.driver is not None:
+            self.past_msis += self.driver.msis
 
 
 class GuestService(BaseService):
@@ -54,6 +92,7 @@ class GuestService(BaseService):
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mem: MachineMemory | None = None
         self.t_start = 0.0
+        self.deadline: float | None = None
 
     # ------------------------------------------------------------------------------------------ shell
     async def start(self) -> dict[str, Any]:
@@ -133,6 +172,9 @@ class GuestService(BaseService):
         await self.conn.wait_up(timeout=60)
         types = [t for t in self.args.vgpu_types.split(",") if t]
         self.t_start = time.monotonic()
+        self.deadline = self.t_start + self.args.duration if self.args.duration > 0 else None
+        if self.args.stats_interval > 0:
+            self._spawn(self._stats_loop())
         runs = []
         for i in range(self.args.vms):
             vm = GuestVm(name=f"{self.args.name_prefix}{i}", vgpu_type=types[i % len(types)] if types else "")
@@ -141,92 +183,181 @@ class GuestService(BaseService):
         await asyncio.gather(*runs, return_exceptions=True)
         emit(event="done", **self.summary())
 
+    def _time_left(self) -> bool:
+        return self.deadline is None or time.monotonic() < self.deadline
+
     async def _run_vm(self, vm: GuestVm) -> None:
-        try:
-            reply = await self.conn.request(m.VmCreate, name=vm.name, vcpus=self.args.vcpus, ram_mb=self.args.ram_mb,
-                                            vgpu_type=vm.vgpu_type, timeout=30)
-            assert isinstance(reply, m.VmCreated) and self.mem is not None
-            vm.vm_id = reply.vm
-            self.by_id[vm.vm_id] = vm
-            vm.machine = GuestMachine(vm.vm_id, self.args.vcpus, self.mem, reply.ept_root,
-                                      self.args.ram_mb << 20, self.send_ioreq)
-            vm.state = "booting"
-            gpu = await probe_gpu(vm.machine)
-            vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
-            await vm.driver.init()
-            surfaces, fence = await allocate(vm.driver)
-            vm.state = "running"
-            emit(event="vm_ready", vm=vm.vm_id, name=vm.name, vgpu_id=reply.vgpu_id, vgt_id=vm.driver.vgt_id,
-                 caps=vm.driver.caps, balloon=list(vm.driver.balloon), ept_root=reply.ept_root,
-                 ram_mb=self.args.ram_mb)
-            runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
-            vm.runner = runner
-            engines = list(vm.driver.engines)
-            await asyncio.gather(*(self._vcpu_loop(vm, runner, v, engines[v % len(engines)])
-                                   for v in range(self.args.vcpus)))
-            vm.state = "done"
-        except Exception as err:  # every way a VM can fail is reported with its reason, none is hidden
-            vm.state = "failed"
-            vm.failures.append(f"{type(err).__name__}: {err}")
-            self.log.warning("vm_failed", vm=vm.vm_id, name=vm.name, error=f"{type(err).__name__}: {err}",
-                             exc_info=not isinstance(err, (RemoteError, IoreqFailed, DriverError, PeerLost,
-                                                           TimeoutError)))
+        """Create, boot and run the VM. With ``--recover``, a GPU reset (a failed ioreq, a hang, the device
+        model or GPU gone) tears the VM down and brings it up again, as a guest re-initialising its driver
+        after a reset; every reset and recovery is an event with its reason and timing."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._boot_and_run(vm)
+                vm.state = "done"
+                break
+            except Exception as err:  # every way a VM can fail is reported with its reason, none is hidden
+                if isinstance(err, ExceptionGroup):  # from the vCPU task group: the first real cause
+                    err = err.exceptions[0]
+                reason = f"{type(err).__name__}: {err}"
+                vm.failures.append(reason)
+                self.log.warning("vm_failed", vm=vm.vm_id, name=vm.name, error=reason,
+                                 exc_info=not isinstance(err, (RemoteError, IoreqFailed, DriverError, PeerLost,
+                                                               TimeoutError, WorkloadAborted)))
+                if not (self.args.recover and self._time_left()):
+                    vm.state = "failed"
+                    break
+                vm.state = "resetting"
+                t_reset = time.monotonic()
+                emit(event="vm_reset", vm=vm.vm_id, name=vm.name, reason=reason, attempt=attempt)
+                await self._teardown_vm(vm)
+                await asyncio.sleep(min(0.2 * attempt, 1.0))  # back off before re-creating (not a sync)
+                vm.reset_started = t_reset
         emit(event="vm_done", **self._vm_summary(vm))
 
+    async def _teardown_vm(self, vm: GuestVm) -> None:
+        """Best effort: destroy the VM in vhm (it may already be gone with a restarted vhm)."""
+        vm.fold()
+        vm.resets += 1
+        if vm.vm_id:
+            self.by_id.pop(vm.vm_id, None)
+            try:
+                await self.conn.request(m.VmDestroy, vm=vm.vm_id, timeout=5)
+            except (RemoteError, PeerLost, TimeoutError):
+                pass
+        vm.machine = vm.driver = vm.runner = None
+        vm.vm_id = 0
+
+    async def _boot_and_run(self, vm: GuestVm) -> None:
+        await self.conn.wait_up(timeout=30)
+        reply = await self.conn.request(m.VmCreate, name=vm.name, vcpus=self.args.vcpus, ram_mb=self.args.ram_mb,
+                                        vgpu_type=vm.vgpu_type, timeout=30)
+        assert isinstance(reply, m.VmCreated) and self.mem is not None
+        vm.vm_id = reply.vm
+        self.by_id[vm.vm_id] = vm
+        vm.machine = GuestMachine(vm.vm_id, self.args.vcpus, self.mem, reply.ept_root,
+                                  self.args.ram_mb << 20, self.send_ioreq)
+        vm.state = "booting"
+        gpu = await probe_gpu(vm.machine)
+        vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
+        await vm.driver.init()
+        surfaces, fence = await allocate(vm.driver)
+        vm.state = "running"
+        emit(event="vm_ready", vm=vm.vm_id, name=vm.name, vgpu_id=reply.vgpu_id, vgt_id=vm.driver.vgt_id,
+             caps=vm.driver.caps, balloon=list(vm.driver.balloon), ept_root=reply.ept_root, ram_mb=self.args.ram_mb)
+        if vm.reset_started is not None:
+            emit(event="vm_recovered", vm=vm.vm_id, name=vm.name,
+                 recovery_s=round(time.monotonic() - vm.reset_started, 3))
+            vm.recoveries += 1
+            vm.reset_started = None
+        vm.runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
+        vm.driver.hang_timeout = self.args.hang_timeout
+        engines = list(vm.driver.engines)
+        async with asyncio.TaskGroup() as tg:  # one vCPU failing stops its siblings: the VM resets as a whole
+            for v in range(self.args.vcpus):
+                tg.create_task(self._vcpu_loop(vm, vm.runner, v, engines[v % len(engines)]))
+
     async def _vcpu_loop(self, vm: GuestVm, runner: WorkloadRunner, vcpu: int, engine: str) -> None:
-        per_vcpu = self.args.workloads // self.args.vcpus + (1 if vcpu < self.args.workloads % self.args.vcpus else 0)
-        kinds = [k for k in KINDS if engine == "bcs" or k == "store"]
-        for i in range(per_vcpu):
+        """Run this vCPU's share of the workloads (or run until the deadline with ``--duration``). A
+        verification failure counts and goes on; a hang or a failed ioreq ends the loop with its reason
+        (the VM then resets if ``--recover``)."""
+        kinds = kinds_for(engine, self.args.mix.split(","))
+        if not kinds:
+            return
+        share = self.args.workloads // self.args.vcpus + (1 if vcpu < self.args.workloads % self.args.vcpus else 0)
+        i = 0
+        while (i < share) if self.deadline is None else self._time_left():
             kind = kinds[i % len(kinds)]
             vm.submitted += 1
+            t0 = time.perf_counter()
             try:
                 await runner.run(kind, engine, vcpu=vcpu, user_irq=(i % 3 != 2))
-                vm.verified += 1
-                vm.by_kind[kind] += 1
             except VerifyError as err:
                 vm.failed += 1
                 vm.failures.append(str(err))
-            except Exception as err:  # a hang, a failed ioreq, or a bug: the workload failed, with its reason
+            except asyncio.CancelledError:
+                vm.failed += 1  # a sibling vCPU hit a reset: this request never completes
+                vm.failures.append(f"{kind} on {engine}: aborted by the VM reset")
+                raise
+            except Exception as err:
                 vm.failed += 1
-                vm.failures.append(f"{kind}: {type(err).__name__}: {err}")
-                break
+                raise WorkloadAborted(f"{kind} on {engine}: {type(err).__name__}: {err}") from err
+            else:
+                vm.verified += 1
+                vm.by_kind[kind] += 1
+                vm.latencies.append(time.perf_counter() - t0)
+            i += 1
+
+    async def _stats_loop(self) -> None:
+        """A ``stats`` event every interval: cumulative counts and recent latencies (load reports use it)."""
+        while True:
+            await asyncio.sleep(self.args.stats_interval)
+            emit(event="stats", **self.stats())
 
     # ---------------------------------------------------------------------------------------- figures
     def _vm_summary(self, vm: GuestVm) -> dict[str, Any]:
         out: dict[str, Any] = {"vm": vm.vm_id, "name": vm.name, "state": vm.state, "vgpu_type": vm.vgpu_type,
                                "submitted": vm.submitted, "verified": vm.verified, "failed": vm.failed,
-                               "by_kind": dict(vm.by_kind), "failures": vm.failures[:5]}
-        if vm.machine is not None:
-            out["ioreqs"] = dict(vm.machine.ioreqs)
+                               "by_kind": dict(vm.by_kind), "failures": vm.failures[:5], "resets": vm.resets,
+                               "recoveries": vm.recoveries, "ioreqs": dict(vm.ioreqs()), "msis": vm.msis()}
         if vm.driver is not None:
-            out["msis"] = vm.driver.msis
             out["user_irqs"] = {e.name: e.user_irqs for e in vm.driver.engines.values()}
-            if vm.runner is not None:
-                out["user_irqs_asked"] = dict(vm.runner.asked_user_irq)
             out["completions"] = {e.name: e.completions for e in vm.driver.engines.values()}
+        if vm.runner is not None:
+            out["user_irqs_asked"] = dict(vm.runner.asked_user_irq)
+        return out
+
+    def _rtt(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for vm in self.vms:
+            for kind, samples in vm.rtt().items():
+                out.setdefault(kind, []).extend(samples)
         return out
 
     def summary(self) -> dict[str, Any]:
         """Totals across this process's VMs (the demo's JSON is built from these)."""
-        rtts: list[float] = []
+        rtt = self._rtt()
         ioreqs: Counter[str] = Counter()
         for vm in self.vms:
-            if vm.machine is not None:
-                ioreqs.update(vm.machine.ioreqs)
-                for kind, samples in vm.machine.rtt.samples.items():
-                    if kind in (1,):  # MMIO round trips
-                        rtts.extend(samples)
-        rtts.sort()
-
-        def pct(p: float) -> float:
-            return round(rtts[min(len(rtts) - 1, int(p * len(rtts)))] * 1e6, 1) if rtts else 0.0
-
+            ioreqs.update(vm.ioreqs())
         elapsed = time.monotonic() - self.t_start if self.t_start else 0.0
         verified = sum(v.verified for v in self.vms)
+        mmio = percentiles(rtt.get("MMIO", []))
         return {"vms": len(self.vms), "workloads_submitted": sum(v.submitted for v in self.vms),
                 "workloads_verified": verified, "workloads_failed": sum(v.failed for v in self.vms),
-                "ioreqs_by_type": dict(ioreqs), "msis": sum(v.driver.msis for v in self.vms if v.driver),
-                "mmio_rtt_us": {"p50": pct(0.50), "p99": pct(0.99),
-                                "mean": round(statistics.fmean(rtts) * 1e6, 1) if rtts else 0.0},
+                "ioreqs_by_type": dict(ioreqs), "msis": sum(v.msis() for v in self.vms),
+                "mmio_rtt_us": {"p50": mmio["p50"], "p99": mmio["p99"], "mean": mmio["mean"]},
+                "rtt_us_by_type": {k: percentiles(v) for k, v in rtt.items()},
+                "resets": sum(v.resets for v in self.vms), "recoveries": sum(v.recoveries for v in self.vms),
                 "seconds": round(elapsed, 3), "workloads_per_s": round(verified / elapsed, 1) if elapsed else 0.0,
                 "per_vm": [self._vm_summary(v) for v in self.vms]}
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative counts plus this interval's workload latencies (the load report plots these)."""
+        lat: list[float] = []
+        for vm in self.vms:
+            lat.extend(vm.latencies)
+            vm.latencies.clear()
+        ioreqs: Counter[str] = Counter()
+        for vm in self.vms:
+            ioreqs.update(vm.ioreqs())
+        return {"elapsed_s": round(time.monotonic() - self.t_start, 3), "vms": len(self.vms),
+                "vms_running": sum(v.state == "running" for v in self.vms),
+                "submitted": sum(v.submitted for v in self.vms), "verified": sum(v.verified for v in self.vms),
+                "failed": sum(v.failed for v in self.vms), "resets": sum(v.resets for v in self.vms),
+                "recoveries": sum(v.recoveries for v in self.vms), "ioreqs_by_type": dict(ioreqs),
+                "rtt_us_by_type": {k: percentiles(v) for k, v in self._rtt().items()},
+                "workload_latency_ms": {k: (v / 1000 if k != "n" else v) for k, v in percentiles(lat).items()}}
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    """p50/p90/p99/mean of seconds, in microseconds (and the count)."""
+    if not samples:
+        return {"n": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0}
+    s = sorted(samples)
+
+    def at(p: float) -> float:
+        return round(s[min(len(s) - 1, int(p * len(s)))] * 1e6, 1)
+
+    return {"n": len(s), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "mean": round(statistics.fmean(s) * 1e6, 1)}

@@ -20,6 +20,15 @@ WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
 SURFACE = PITCH * HEIGHT
 KINDS = ("fill", "copy", "store", "aperture_copy")
+#: which engines can run a kind (real hardware: the XY_* blits are blitter-engine commands)
+ENGINES_FOR: dict[str, tuple[str, ...]] = {
+    "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": ("rcs", "bcs", "vcs", "vecs"),
+}
+
+
+def kinds_for(engine: str, mix: list[str]) -> list[str]:
+    """The kinds of ``mix`` an engine runs, in mix order (a vCPU cycles through them)."""
+    return [k for k in mix if engine in ENGINES_FOR.get(k, ())]
 
 
 class VerifyError(AssertionError):
