@@ -8,26 +8,66 @@ submit(): commands go into the engine's ring (guest RAM, no trap), the new tail 
 RAM, no trap), then four ELSP dword writes (element 1 high, element 1 low, element 0 high, element 0 low; the
 4th submits). Completion arrives as an MSI; the handler reads the master IRQ, the GT IIR (and acks it), then
 the CSB pointer and entries: a context_complete entry for our context id completes the request.
+
+PPGTT (gvt-facts 2.4, 4): an engine may also get a second context with its own PPGTT
+(:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
+gen8_ppgtt_notify_vgt (pdp[i].lo/hi then g2v_notify = L3/L4 CREATE), the context image's PDP values =
+the guest-physical roots, and the descriptor's addressing mode 1 (3-level) or 3 (4-level). Batches it
+runs are non-privileged PPGTT batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import cmds
 from .cpu import GuestMachine
 from .gem import Bo, Gem
 from .pci import PciDevice
+from .ppgtt import GuestPpgtt
 from . import regs as r
 
 RING_SIZE = 4 * 4096
 MSI_VECTOR = 0x40
+PPGTT_CTX_ID_BASE = 0x200
+PV_PDP0_LO = r.PVINFO + 0x838  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4 (gvt-facts 1)
+#: PVINFO g2v_notify values (enum vgt_g2v_type) by (levels, create)
+G2V_PPGTT = {(3, True): 2, (3, False): 3, (4, True): 4, (4, False): 5}
+#: the ring-context register of pdp n's UDW / LDW value (engine base + 0x274 + 8n / 0x270 + 8n)
+PDP_REG = {n: (0x274 + 8 * n, 0x270 + 8 * n) for n in range(4)}
 
 
 class DriverError(RuntimeError):
     """The vGPU misbehaved (wrong magic, bad balloon, a hang): the guest would reset the GPU."""
+
+
+async def ppgtt_notify_vgt(write: Callable[[int, int], Awaitable[None]], ppgtt: GuestPpgtt, create: bool) -> None:
+    """gen8_ppgtt_notify_vgt (gvt-facts 2.4): 4-level => pdp[0] = the PML4; 3-level => pdp[0..3] = the
+    page directories; then g2v_notify = L3/L4 CREATE or DESTROY. ``write(offset, value)`` is a 32-bit
+    MMIO write at BAR0 + offset (the caller serialises notifications, as i915 does under vgpu.lock)."""
+    roots = ppgtt.roots[:1] if ppgtt.levels == 4 else ppgtt.roots
+    for i, root in enumerate(roots):
+        await write(PV_PDP0_LO + 8 * i, root & 0xFFFF_FFFF)
+        await write(PV_PDP0_LO + 8 * i + 4, root >> 32)
+    await write(r.PV_G2V_NOTIFY, G2V_PPGTT[(ppgtt.levels, create)])
+
+
+@dataclass
+class PpgttContext:
+    """An engine's second context: its own LRC and ring, addressing through a guest PPGTT."""
+
+    ppgtt: GuestPpgtt
+    context: Bo
+    ring: Bo
+    ctx_id: int
+    tail: int = 0
+
+    @property
+    def addressing(self) -> int:
+        return r.DESC_ADDRESSING_LEGACY32 if self.ppgtt.levels == 3 else r.DESC_ADDRESSING_LEGACY64
 
 
 @dataclass
@@ -44,6 +84,8 @@ class EngineState:
     ring: Bo | None = None
     tail: int = 0
     csb_head: int = 5  # i915 starts at the last entry so the first event lands in entry 0 (wp reset 7)
+    ppgtt_ctx: PpgttContext | None = None
+    inflight_ctx: int = 0  # context id of the request in flight (the default or the PPGTT context)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: asyncio.Future[None] | None = None
     user_wait: asyncio.Future[None] | None = None
@@ -76,6 +118,7 @@ class VgpuDriver:
         self.ready = False
         self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
         self.hangcheck_period = 0.5
+        self.pv_lock = asyncio.Lock()  # i915 vgpu.lock: one PVINFO notification at a time
 
     # ----------------------------------------------------------------------------------------- helpers
     async def rd(self, off: int, size: int = 4) -> int:
@@ -124,11 +167,16 @@ class VgpuDriver:
         self.ready = True
 
     async def _create_context(self, e: EngineState) -> None:
-        """An LRC: page 0 PPHWSP, page 1 the ring-context register state (LRI format), plus a ring buffer."""
+        """The engine's default context (no PPGTT: its PDPs are zero)."""
+        e.context, e.ring = await self._new_lrc(e, (0, 0, 0, 0))
+
+    async def _new_lrc(self, e: EngineState, pdps: tuple[int, int, int, int]) -> tuple[Bo, Bo]:
+        """An LRC: page 0 PPHWSP, page 1 the ring-context register state (LRI format) with these PDP
+        values, plus a ring buffer."""
         assert self.gem is not None
-        e.ring = await self.gem.create(RING_SIZE)
-        e.context = await self.gem.create(2 * 4096)
-        state = e.context.gpa + 4096
+        ring = await self.gem.create(RING_SIZE)
+        context = await self.gem.create(2 * 4096)
+        state = context.gpa + 4096
         image = bytearray(4096)
 
         def put(off: int, val: int) -> None:
@@ -139,39 +187,85 @@ class VgpuDriver:
                              (r.CTX_RING_TAIL_VAL, r.RING_TAIL), (r.CTX_RB_START_VAL, r.RING_START),
                              (r.CTX_RB_CTRL_VAL, r.RING_CTL)):
             put(val_off - 4, e.base + reg)
-        put(r.CTX_RB_START_VAL, e.ring.gm)
+        put(r.CTX_RB_START_VAL, ring.gm)
         put(r.CTX_RB_CTRL_VAL, (RING_SIZE - 4096) | r.RING_VALID)
+        put(0x84, cmds.MI_INSTR(0x22, 2 * 9 - 1))  # the second LRI block: timestamp and the PDPs
+        for n, (udw_off, ldw_off) in r.CTX_PDP_VAL.items():
+            udw_reg, ldw_reg = PDP_REG[n]
+            put(udw_off - 4, e.base + udw_reg)
+            put(ldw_off - 4, e.base + ldw_reg)
+            put(udw_off, pdps[n] >> 32)
+            put(ldw_off, pdps[n])
         await self.machine.write_mem(state, bytes(image))
+        return context, ring
+
+    async def alloc_table_page(self) -> int:
+        """A page of guest RAM for a page table (not bound in the GGTT: only the GPU's PPGTT walk and
+        GVT's shadowing read it)."""
+        assert self.gem is not None
+        return self.gem.ram.alloc(4096)
+
+    async def create_ppgtt_context(self, engine: str, levels: int = 3, vcpu: int = 0) -> PpgttContext:
+        """Give ``engine`` a PPGTT context: the page tables (top level), the g2v CREATE notification,
+        then the LRC whose PDP values are the guest-physical roots. Idempotent."""
+        e = self.engines[engine]
+        if e.ppgtt_ctx is not None:
+            return e.ppgtt_ctx
+        ppgtt = GuestPpgtt(self.machine, self.alloc_table_page, levels)
+        await ppgtt.create(vcpu)
+        async with self.pv_lock:
+            await ppgtt_notify_vgt(self.wr, ppgtt, create=True)
+        context, ring = await self._new_lrc(e, ppgtt.roots)
+        e.ppgtt_ctx = PpgttContext(ppgtt, context, ring, PPGTT_CTX_ID_BASE + list(self.engines).index(engine))
+        return e.ppgtt_ctx
+
+    async def destroy_ppgtt_contexts(self) -> None:
+        """Teardown: g2v DESTROY for every PPGTT context (GVT drops its reference and, with it, the
+        shadow tables and their write protection)."""
+        for e in self.engines.values():
+            if e.ppgtt_ctx is None:
+                continue
+            async with e.lock, self.pv_lock:
+                await ppgtt_notify_vgt(self.wr, e.ppgtt_ctx.ppgtt, create=False)
+            e.ppgtt_ctx = None
 
     # ------------------------------------------------------------------------------------------ submit
-    def descriptor(self, e: EngineState) -> int:
-        """The 64-bit context descriptor: valid, legacy 32-bit addressing, privileged, LRCA, context id."""
-        assert e.context is not None
-        ldw = r.DESC_VALID | r.DESC_ADDRESSING_LEGACY32 | r.DESC_PRIVILEGE | (e.context.gm & ~0xFFF)
-        return e.ctx_id << 32 | ldw
+    def descriptor(self, e: EngineState, ppgtt: bool = False) -> int:
+        """The 64-bit context descriptor: valid, addressing mode (legacy 32-bit for the default context;
+        1 or 3 for a PPGTT context), privileged, LRCA, context id."""
+        c = e.ppgtt_ctx if ppgtt else e
+        assert c is not None and c.context is not None
+        mode = c.addressing if isinstance(c, PpgttContext) else r.DESC_ADDRESSING_LEGACY32
+        ldw = r.DESC_VALID | mode | r.DESC_PRIVILEGE | (c.context.gm & ~0xFFF)
+        return c.ctx_id << 32 | ldw
 
     async def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
-                     wait_user_irq: bool = False) -> None:
+                     wait_user_irq: bool = False, ppgtt: bool = False) -> None:
         """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
         commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
         breadcrumb interrupt), so one request's interrupt is never merged with the next one's in IIR.
+        ``ppgtt`` submits on the engine's PPGTT context (create_ppgtt_context first).
 
         Raises DriverError on a GPU hang (no completion in time, or the vGPU failed the request)."""
         e = self.engines[engine]
-        assert e.ring is not None and e.context is not None
+        c = e.ppgtt_ctx if ppgtt else e
+        if c is None:
+            raise DriverError(f"{engine}: no PPGTT context")
+        assert c.ring is not None and c.context is not None
         async with e.lock:
             data = cmds.to_bytes(commands + ([cmds.MI_NOOP] if len(commands) % 2 else []))  # qword-aligned tail
-            if e.tail + len(data) > RING_SIZE:  # wrap: pad with NOOPs to the end, start over at 0
-                await self.machine.write_mem(e.ring.gpa + e.tail, bytes(RING_SIZE - e.tail), vcpu)
-                await self._set_ring(e, head=0, tail=0, vcpu=vcpu)
-                e.tail = 0
-            await self.machine.write_mem(e.ring.gpa + e.tail, data, vcpu)
-            e.tail += len(data)
-            await self.machine.write_u32(e.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, e.tail, vcpu)
+            if c.tail + len(data) > RING_SIZE:  # wrap: pad with NOOPs to the end, start over at 0
+                await self.machine.write_mem(c.ring.gpa + c.tail, bytes(RING_SIZE - c.tail), vcpu)
+                await self._set_ring(c.context, head=0, tail=0, vcpu=vcpu)
+                c.tail = 0
+            await self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
+            c.tail += len(data)
+            await self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
             loop = asyncio.get_running_loop()
             e.pending = loop.create_future()
             e.user_wait = loop.create_future() if wait_user_irq else None
-            desc = self.descriptor(e)
+            e.inflight_ctx = c.ctx_id
+            desc = self.descriptor(e, ppgtt)
             for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid) then element 0
                 await self.wr(e.base + r.ELSP, value)
             try:
@@ -199,9 +293,8 @@ class VgpuDriver:
             if status == 0xFFFF_FFFF:
                 raise DriverError(f"{e.name}: GPU gone (EXECLIST_STATUS reads all ones)")
 
-    async def _set_ring(self, e: EngineState, head: int, tail: int, vcpu: int) -> None:
-        assert e.context is not None
-        state = e.context.gpa + 4096
+    async def _set_ring(self, context: Bo, head: int, tail: int, vcpu: int) -> None:
+        state = context.gpa + 4096
         await self.machine.write_u32(state + r.CTX_RING_HEAD_VAL, head, vcpu)
         await self.machine.write_u32(state + r.CTX_RING_TAIL_VAL, tail, vcpu)
 
@@ -243,7 +336,7 @@ class VgpuDriver:
             status = await self.rd(e.base + r.CSB_BUF + head * 8)
             ctx = await self.rd(e.base + r.CSB_BUF + head * 8 + 4)
             e.csb_events.append(status)
-            if status & r.CSB_CTX_COMPLETE and ctx == e.ctx_id:
+            if status & r.CSB_CTX_COMPLETE and ctx == e.inflight_ctx:
                 e.completions += 1
                 if e.pending is not None and not e.pending.done():
                     e.pending.set_result(None)

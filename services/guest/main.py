@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..common.service import common_args, env, mem_args, run_service
+from .hostile import ATTACKS
 from .service import GuestService
 
 
@@ -23,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="verified workloads per VM [GVTSIM_WORKLOADS]")
     p.add_argument("--name-prefix", default=env("NAME_PREFIX", "vm"), help="[GVTSIM_NAME_PREFIX]")
     p.add_argument("--mix", default=env("MIX", "store,fill,copy,aperture_copy"),
-                   help="workload kinds, cycled per vCPU (each runs on the engines that support it) [GVTSIM_MIX]")
+                   help="workload kinds, cycled per vCPU (each runs on the engines that support it): store, fill, "
+                        "copy, aperture_copy, ppgtt_store, ppgtt_fill, ppgtt_remap [GVTSIM_MIX]")
     p.add_argument("--duration", type=float, default=float(env("DURATION", "0")),
                    help="run workloads for this many seconds instead of --workloads per VM [GVTSIM_DURATION]")
+    p.add_argument("--hostile", default=env("HOSTILE", ""), choices=["", *sorted(ATTACKS)],
+                   help="after boot, try one attack on GVT (hostile.py) and report it as a 'hostile' event "
+                        "[GVTSIM_HOSTILE]")
     p.add_argument("--recover", action="store_true", default=env("RECOVER", "") in ("1", "true", "yes"),
                    help="on a GPU reset (hang, device model or GPU gone) re-create the VM and go on [GVTSIM_RECOVER]")
     p.add_argument("--stats-interval", type=float, default=float(env("STATS_INTERVAL", "0")),

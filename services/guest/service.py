@@ -19,6 +19,7 @@ from ...protocol import messages as m
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.service import BaseService
+from . import hostile
 from .cpu import GuestMachine, IoreqFailed
 from .i915 import DriverError, VgpuDriver
 from .pci import probe_gpu
@@ -253,6 +254,8 @@ class GuestService(BaseService):
             vm.reset_started = None
         vm.runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
         vm.driver.hang_timeout = self.args.hang_timeout
+        if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
+            emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
         engines = list(vm.driver.engines)
         async with asyncio.TaskGroup() as tg:  # one vCPU failing stops its siblings: the VM resets as a whole
             for v in range(self.args.vcpus):

@@ -5,25 +5,59 @@ MI_BATCH_BUFFER_END); the ring gets MI_BATCH_BUFFER_START(GGTT), a store-dword f
 seqno, and (if asked) MI_USER_INTERRUPT. After context_complete the guest checks the target bytes and the
 fence in its own RAM. ``aperture_copy`` writes its input through the BAR2 aperture window, which the
 hypervisor maps straight onto the buffer's machine frames (map_gfn_to_mfn): no trap, the pass-through half.
+
+The ``ppgtt_*`` kinds run on the engine's PPGTT context (created on first use: 3-level on rcs/vcs, 4-level
+on bcs/vecs): their batch is a non-privileged PPGTT batch (MI_BATCH_BUFFER_START bit 8) at a GPU virtual
+address, and it writes a window of GPU virtual pages that the guest's page tables map onto a pool of guest
+pages. Before each one the guest edits its page tables (map, unmap, remap: ``ppgtt_remap`` moves every
+window page), each edit a trapped write GVT must shadow before the batch runs; afterwards every pool page
+must hold exactly what the mapping at submission time says (written where mapped, untouched elsewhere).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..common.memory import PAGE_SIZE
 from . import cmds
 from .gem import Bo
-from .i915 import VgpuDriver
+from .i915 import PpgttContext, VgpuDriver
 
 WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
 SURFACE = PITCH * HEIGHT
-KINDS = ("fill", "copy", "store", "aperture_copy")
+KINDS = ("fill", "copy", "store", "aperture_copy", "ppgtt_store", "ppgtt_fill", "ppgtt_remap")
+ALL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 #: which engines can run a kind (real hardware: the XY_* blits are blitter-engine commands)
 ENGINES_FOR: dict[str, tuple[str, ...]] = {
-    "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": ("rcs", "bcs", "vcs", "vecs"),
+    "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": ALL_ENGINES,
+    "ppgtt_store": ALL_ENGINES, "ppgtt_fill": ("bcs",), "ppgtt_remap": ALL_ENGINES,
 }
+#: PPGTT shape of each engine's PPGTT context (both i915 shapes get exercised)
+PPGTT_LEVELS = {"rcs": 3, "bcs": 4, "vcs": 3, "vecs": 4}
+VA_BATCH = 0x0010_0000  # GPU virtual address of the PPGTT batch
+VA_WINDOW = 0x4020_0000  # the window of GPU virtual pages the batches write (another PDP, another PD)
+WINDOW_PAGES = 4
+POOL_PAGES = 6  # guest pages the window pages are mapped onto (some always unmapped)
+STORES_PER_PAGE = 4
+
+
+@dataclass
+class PpgttWindow:
+    """One engine's PPGTT workload state: its context, batch page, page pool and the current mapping of
+    the window (window page -> pool index, None = unmapped)."""
+
+    ctx: PpgttContext
+    batch_gpa: int
+    pool: list[int]
+    mapping: list[int | None]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    edits: int = 0
+
+    def free_pool(self) -> list[int]:
+        return [i for i in range(len(self.pool)) if i not in self.mapping]
 
 
 def kinds_for(engine: str, mix: list[str]) -> list[str]:
@@ -65,9 +99,14 @@ class WorkloadRunner:
         self.rng = random.Random(seed)
         self.seqno = 0
         self.asked_user_irq: dict[str, int] = {e: 0 for e in drv.engines}
+        self.windows: dict[str, PpgttWindow] = {}
+        self._window_lock = asyncio.Lock()
 
     async def run(self, kind: str, engine: str, vcpu: int = 0, user_irq: bool = True) -> None:
         """Submit one workload of ``kind`` on ``engine`` and verify it. Raises VerifyError / DriverError."""
+        if kind.startswith("ppgtt_"):
+            await self._run_ppgtt(kind, engine, vcpu, user_irq)
+            return
         self.seqno += 1
         seq = self.seqno
         m = self.drv.machine
@@ -113,6 +152,95 @@ class WorkloadRunner:
             if got != expect:
                 bad = next(i for i in range(SURFACE) if got[i] != expect[i])
                 raise VerifyError(f"{kind}#{seq} on {engine}: first wrong byte at {bad}")
+
+    # ------------------------------------------------------------------------------------------ PPGTT
+    async def _window(self, engine: str, vcpu: int) -> PpgttWindow:
+        """The engine's PPGTT context and window, set up on first use: g2v CREATE, then the batch page
+        and the window mapped (trapped writes from then on)."""
+        async with self._window_lock:
+            w = self.windows.get(engine)
+            if w is not None:
+                return w
+            ctx = await self.drv.create_ppgtt_context(engine, PPGTT_LEVELS.get(engine, 3), vcpu)
+            alloc = self.drv.alloc_table_page
+            batch_gpa = await alloc()
+            pool = [await alloc() for _ in range(POOL_PAGES)]
+            await ctx.ppgtt.map(VA_BATCH, batch_gpa, vcpu)
+            for i in range(WINDOW_PAGES):
+                await ctx.ppgtt.map(VA_WINDOW + i * PAGE_SIZE, pool[i], vcpu)
+            w = PpgttWindow(ctx, batch_gpa, pool, list(range(WINDOW_PAGES)))
+            self.windows[engine] = w
+            return w
+
+    async def _edit(self, w: PpgttWindow, kind: str, vcpu: int) -> None:
+        """Page-table edits between workloads: ``ppgtt_remap`` maps every window page onto a new pool
+        page; the other kinds make one random map, unmap or remap."""
+        ppgtt = w.ctx.ppgtt
+        if kind == "ppgtt_remap":
+            order = self.rng.sample(range(len(w.pool)), WINDOW_PAGES)
+            if order == w.mapping:
+                order = order[1:] + order[:1]
+            for i, p in enumerate(order):
+                await ppgtt.map(VA_WINDOW + i * PAGE_SIZE, w.pool[p], vcpu)
+            w.mapping = list(order)
+            w.edits += WINDOW_PAGES
+            return
+        mapped = [i for i, p in enumerate(w.mapping) if p is not None]
+        unmapped = [i for i, p in enumerate(w.mapping) if p is None]
+        op = self.rng.choice(["map", "unmap", "remap"])
+        if op == "unmap" and len(mapped) > 1:
+            slot = self.rng.choice(mapped)
+            await ppgtt.unmap(VA_WINDOW + slot * PAGE_SIZE, vcpu)
+            w.mapping[slot] = None
+        else:
+            slot = self.rng.choice(unmapped) if op == "map" and unmapped else self.rng.choice(mapped)
+            p = self.rng.choice(w.free_pool())
+            await ppgtt.map(VA_WINDOW + slot * PAGE_SIZE, w.pool[p], vcpu)
+            w.mapping[slot] = p
+        w.edits += 1
+
+    async def _run_ppgtt(self, kind: str, engine: str, vcpu: int, user_irq: bool) -> None:
+        """A non-privileged PPGTT batch writing the window, checked page by page in the pool."""
+        m = self.drv.machine
+        w = await self._window(engine, vcpu)
+        async with w.lock:
+            await self._edit(w, kind, vcpu)
+            self.seqno += 1
+            seq = self.seqno
+            sentinel = self.rng.getrandbits(32).to_bytes(4, "little") * (PAGE_SIZE // 4)
+            expect = {p: bytearray(sentinel) for p in range(len(w.pool))}
+            for gpa in w.pool:
+                await m.write_mem(gpa, sentinel, vcpu)
+            body: list[int] = []
+            for slot, p in enumerate(w.mapping):
+                if p is None:
+                    continue
+                va = VA_WINDOW + slot * PAGE_SIZE
+                if kind == "ppgtt_fill":
+                    color = self.rng.getrandbits(32)
+                    body += cmds.color_blt(va, PITCH, WIDTH, HEIGHT, color)
+                    expect[p][:] = color.to_bytes(4, "little") * (PAGE_SIZE // 4)
+                else:
+                    for k in range(STORES_PER_PAGE):
+                        off, value = 1024 * k + 8 * slot, self.rng.getrandbits(32)
+                        body += cmds.store_dword(va + off, value, ggtt=False)  # PPGTT address
+                        expect[p][off:off + 4] = value.to_bytes(4, "little")
+            await m.write_mem(w.batch_gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
+            ring = (cmds.batch_buffer_start(VA_BATCH, ppgtt=True)  # non-privileged: not scanned by GVT
+                    + cmds.store_dword(self.fence.gm + 64 * _slot(engine), seq))
+            if user_irq:
+                ring.append(cmds.MI_USER_INTERRUPT)
+                self.asked_user_irq[engine] += 1
+            await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, ppgtt=True)
+            fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
+            if fence != seq:
+                raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
+            for p, gpa in enumerate(w.pool):
+                got = m.read_mem(gpa, PAGE_SIZE)
+                if got != bytes(expect[p]):
+                    bad = next(i for i in range(PAGE_SIZE) if got[i] != expect[p][i])
+                    where = "mapped" if p in w.mapping else "unmapped"
+                    raise VerifyError(f"{kind}#{seq} on {engine}: pool page {p} ({where}) wrong at byte {bad}")
 
     async def _write_through_aperture(self, bo: Bo, data: bytes, vcpu: int) -> None:
         """CPU writes through the BAR2 window at the buffer's GM offset: memory accesses, never ioreqs."""

@@ -23,10 +23,12 @@ from . import interrupt, mmio
 from .effects import Effect
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
+from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs
 from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
+from .ppgtt import PpgttGlobal
 from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec
 from .vgpu import FailsafeReason, Vgpu
 
@@ -62,18 +64,21 @@ class Gvt:
         gpu: the physical GPU's identity and sizes (pgpu STATUS; defaults until it answers).
         mpt_factory: builds the MPT adapter of a VM from VGPU_CREATE's ept_root and ram_mb.
         scratch_mfn: machine frame of the scratch page (the shell gets one from vhm).
+        enable_out_of_sync: PPGTT out-of-sync pages (gvt-facts 4; off by default, as upstream).
     """
 
     def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
-                 counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0) -> None:
+                 counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0,
+                 enable_out_of_sync: bool = False) -> None:
         self.gpu = gpu or PhysicalGpu()
         self.mpt_factory = mpt_factory or _null_mpt
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
-        self.table = MmioTable(default_regs() + execlist_regs(), default_blocks())
+        self.table = MmioTable(default_regs() + execlist_regs() + cmd_access_regs(), default_blocks())
         self.scheduler = Scheduler(self)
+        self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
         self.gm = GmPartition(self.gpu)
         self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
@@ -245,9 +250,10 @@ class Gvt:
         self._guard(vgpu, "mmio_write", lambda: mmio.emulate_mmio_write(vgpu, gpa, data, size) or 0, gpa, size)
 
     def write_protect_handler(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> bool:
-        """intel_gvt_ops.write_protect_handler: True if a tracked page claimed the write. No page is
-        tracked before PPGTT shadowing (a later issue)."""
-        return False
+        """intel_gvt_ops.write_protect_handler: the page-track handler of the written gfn (page_track.py)
+        applies the guest's write and updates the shadow. True if claimed; a refused write is claimed,
+        counted, and puts this vGPU alone in failsafe."""
+        return bool(self._guard(vgpu, "wp", lambda: int(vgpu.page_track.handle(gpa, data, size)), gpa, size))
 
     def trigger_event(self, vgpu: Vgpu, event: str) -> bool:
         """Raise a named virtual interrupt event (interrupt.EVENTS). Returns whether IIR was set."""
@@ -263,6 +269,7 @@ class Gvt:
     def handle_ioreq(self, req: m.Ioreq, now: float = 0.0) -> int:
         """One ioreq as AcrnGT's emulation thread handles it (gvt-facts 8.4). Returns the value to
         complete it with (the read result, 0 for writes); always completes."""
+        self.scheduler.now = max(self.scheduler.now, now)  # the scheduling policy's clock (ELSP writes)
         full = (1 << (8 * req.size)) - 1
         vgpu = self.by_vm.get(req.vm)
         if vgpu is None:
@@ -296,4 +303,10 @@ class Gvt:
                 "msis_by_vm": {str(v.vm): v.msis_injected for v in self.vgpus.values()},
                 "scheduler": {"queued": sum(len(q) for q in self.scheduler.queues.values()),
                               "running": {e: (w.id if w else None) for e, w in self.scheduler.current.items()},
-                              "frame_pool": len(self.scheduler.frame_pool)}}
+                              "frame_pool": len(self.scheduler.frame_pool),
+                              "shadow_bbs": len(self.scheduler.shadow_bbs),
+                              "policy": self.scheduler.policy.info()},
+                "failsafe": {str(v.vm): v.failsafe_reason.name for v in self.vgpus.values()
+                             if v.failsafe and v.failsafe_reason is not None},
+                "ppgtt": {"enable_out_of_sync": self.ppgtt.enable_out_of_sync,
+                          "by_vm": {str(v.vm): v.ppgtt.info() for v in self.vgpus.values()}}}

@@ -1,4 +1,4 @@
-"""Virtual GGTT and the PPGTT mm records (i915/gvt gtt.c; gvt-facts 3 and 1).
+"""Virtual GGTT and the gen8 entry helpers (i915/gvt gtt.c; gvt-facts 3). PPGTT shadowing is ppgtt.py.
 
 The guest writes GGTT entries through BAR0 + 8 MB, 8 bytes per entry (gen8 PTE: bit 0 present, bits
 45:12 the page address). GVT keeps the guest's value (``virtual``), builds the host entry (the gfn
@@ -8,7 +8,6 @@ the guest's ballooning makes guest and host GM addresses identical.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .effects import PgpuGgttFill, PgpuGgttWrite
@@ -25,8 +24,8 @@ GTT_HAW = 46
 ADDR_4K_MASK = ((1 << GTT_HAW) - 1) & ~((1 << GTT_PAGE_SHIFT) - 1)  # GENMASK_ULL(45, 12)
 U64 = (1 << 64) - 1
 
-PPGTT_ROOT_L3 = "L3"
-PPGTT_ROOT_L4 = "L4"
+PPGTT_ROOT_L3 = "L3"  # GTT_TYPE_PPGTT_ROOT_L3_ENTRY: 4 PDP root pointers
+PPGTT_ROOT_L4 = "L4"  # GTT_TYPE_PPGTT_ROOT_L4_ENTRY: pdp0 = the PML4
 
 
 # ------------------------------------------------------------------------------- gen8 PTE helpers
@@ -53,52 +52,6 @@ def pte_encode(addr: int) -> int:
 def scratch_pte(scratch_mfn: int) -> int:
     """A present entry pointing at the scratch page (intel_vgpu_reset_ggtt)."""
     return pte_set_pfn(GEN8_PAGE_PRESENT, scratch_mfn)
-
-
-# ----------------------------------------------------------------------------------- PPGTT mms
-@dataclass
-class PpgttMm:
-    """A guest PPGTT known by its root pointers (shadowing comes with page tracking, a later issue)."""
-
-    root: str
-    pdps: tuple[int, int, int, int]
-    refcount: int = 1
-
-
-class PpgttMmTable:
-    """intel_vgpu_get_ppgtt_mm / put_ppgtt_mm: find by root pointers, refcounted."""
-
-    def __init__(self) -> None:
-        self.mms: list[PpgttMm] = []
-
-    def find(self, pdps: tuple[int, int, int, int]) -> PpgttMm | None:
-        """intel_vgpu_find_ppgtt_mm: all four root pointers must match."""
-        return next((mm for mm in self.mms if mm.pdps == pdps), None)
-
-    def get(self, root: str, pdps: tuple[int, int, int, int]) -> PpgttMm:
-        """Take a reference on the mm with these roots, creating it if needed (an L4 mm keeps pdp[0] only)."""
-        mm = self.find(pdps)
-        if mm is not None:
-            mm.refcount += 1
-            return mm
-        key = (pdps[0], 0, 0, 0) if root == PPGTT_ROOT_L4 else pdps
-        mm = PpgttMm(root, key)
-        self.mms.append(mm)
-        return mm
-
-    def put(self, pdps: tuple[int, int, int, int]) -> bool:
-        """Drop a reference (the mm goes at 0). False when no mm has these roots (-EINVAL in i915)."""
-        mm = self.find(pdps)
-        if mm is None:
-            return False
-        mm.refcount -= 1
-        if mm.refcount <= 0:
-            self.mms.remove(mm)
-        return True
-
-    def clear(self) -> None:
-        """intel_vgpu_destroy_all_ppgtt_mm."""
-        self.mms.clear()
 
 
 # ----------------------------------------------------------------------------------- the GGTT

@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"), help="vhm endpoint [GVTSIM_VHM_ENDPOINT]")
     p.add_argument("--pgpu", default=env("PGPU_ENDPOINT", "tcp://127.0.0.1:5557"),
                    help="pgpu endpoint [GVTSIM_PGPU_ENDPOINT]")
+    p.add_argument("--enable-oos", action="store_true", default=env("ENABLE_OOS", "") in ("1", "true", "yes"),
+                   help="PPGTT out-of-sync pages: PTE tables written twice lose write protection until the "
+                        "next submission (off by default, as upstream) [GVTSIM_ENABLE_OOS]")
     return p
 
 

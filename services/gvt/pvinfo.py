@@ -151,10 +151,11 @@ def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
     pdps = guest_pdps(vgpu)
     if notification in (G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE, G2vNotify.PPGTT_L4_PAGE_TABLE_CREATE):
         root = PPGTT_ROOT_L3 if notification == G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE else PPGTT_ROOT_L4
-        vgpu.ppgtt.get(root, pdps)
+        vgpu.ppgtt.get(root, pdps)  # find + ref, or create and shadow now (ppgtt.py)
         vgpu.count("g2v_ppgtt_create")
     elif notification in (G2vNotify.PPGTT_L3_PAGE_TABLE_DESTROY, G2vNotify.PPGTT_L4_PAGE_TABLE_DESTROY):
-        if not vgpu.ppgtt.put(pdps):
+        root = PPGTT_ROOT_L3 if notification == G2vNotify.PPGTT_L3_PAGE_TABLE_DESTROY else PPGTT_ROOT_L4
+        if not vgpu.ppgtt.put(root, pdps):
             vgpu.count("g2v_ppgtt_destroy_unknown")
             vgpu.log.warning("ppgtt_put_unknown", vgpu=vgpu.id, pdps=[hex(p) for p in pdps])
         else:

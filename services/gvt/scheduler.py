@@ -10,7 +10,9 @@ written back (ring head := the workload's tail, timestamp), the pending user int
 then the execlist schedule-out raises the context-switch event. A failed workload (page fault, hang,
 error) is a vGPU hang: no schedule-out, no interrupt, and that engine's queued workloads are dropped.
 
-The pick between vGPUs is round robin here; the weighted time-slice policy plugs in at ``_pick``.
+Creating a workload also scans its commands (cmd_parser.py: a violation puts the vGPU in failsafe) and
+copies its privileged batches into shadow batch buffers. Which vGPU's workloads the engines take is the
+weighted time-slice policy's choice (sched_policy.py), run at every 1 ms ``tick`` and on events.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
+from . import cmd_parser
 from . import engines as eng
+from .cmd_parser import ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, same_context
 from .gtt import pte_encode, pte_pfn, pte_present
+from .sched_policy import TimeSlicePolicy
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -87,6 +92,15 @@ class ShadowContext:
         return self.mfns[page] << PAGE_SHIFT
 
 
+#: pgpu's user_interrupt reason -> the event's name after the engine (interrupt.EVENTS)
+NOTIFY_EVENTS: dict[str, str] = {"PIPE_CONTROL notify": "PIPE_CONTROL", "MI_FLUSH_DW notify": "MI_FLUSH_DW"}
+
+
+def notify_event(engine: str, reason: str) -> str:
+    """The virtual interrupt event of a notify pgpu reported (MI_USER_INTERRUPT unless named)."""
+    return f"{engine.upper()}_{NOTIFY_EVENTS.get(reason, 'MI_USER_INTERRUPT')}"
+
+
 class Scheduler:
     """Per-engine queues of workloads, dispatch to pgpu, completion back to the guest."""
 
@@ -100,6 +114,10 @@ class Scheduler:
         self.frame_pool: list[int] = []
         self.host_ptes: dict[int, int] = {}  # GGTT index -> pte of gvt's own (shadow) pages
         self._ids = itertools.count(1)
+        self.policy = TimeSlicePolicy()  # sched_policy.py: which vGPU owns the engines
+        self.now = 0.0  # the latest time an entry point was given: the policy's clock
+        self.shadow_bbs: dict[int, ShadowBb] = {}  # workload id -> its shadow batch buffers
+        self.bb_window = ShadowBbWindow()
         self.mem: MachineMemory | None = None
 
     # ----------------------------------------------------------------------------------- resources
@@ -212,24 +230,123 @@ class Scheduler:
         if len(ring) > (SHADOW_RING_PAGES - 1) * PAGE_SIZE:
             raise WorkloadError(f"{len(ring)} bytes of ring: larger than the shadow ring")
         pdps = tuple(self._u32(vgpu, ctx_gpa + off) for off in CTX_PDP_VALUES)
-        return Workload(next(self._ids), vgpu, engine, desc, pair, emulate_schedule_in, ctx_gpa, head, tail,
-                        ring, pdps)
+        w = Workload(next(self._ids), vgpu, engine, desc, pair, emulate_schedule_in, ctx_gpa, head, tail,
+                     ring, pdps)
+        self._scan(w)  # scanned and shadowed at creation: the GPU runs the bytes that were checked
+        return w
+
+    # -------------------------------------------------------------------------------- command scan
+    def _scan(self, w: Workload) -> None:
+        """intel_gvt_scan_and_shadow_workload (gvt-facts 5.3): scan the ring and the privileged batches,
+        copy the batches into shadow batch buffers mapped in host GM, patch the ring to them, record the
+        user interrupts. A ScanError puts this vGPU alone in failsafe; the workload is not queued."""
+        from .vgpu import FailsafeReason  # vgpu -> ppgtt -> scheduler: imported late
+
+        vgpu = w.vgpu
+
+        def read_gm(gm: int, n: int) -> bytes:
+            try:
+                return self._read_gm(vgpu, gm, n)
+            except WorkloadError as err:
+                raise cmd_parser.ScanError(cmd_parser.Errno.EFAULT, f"batch buffer: {err}") from None
+
+        p = cmd_parser.Parser(w.engine, vgpu.resource.contains, cmd_parser.whitelist(self.gvt.table),
+                              any(w.guest_pdps), read_gm)
+        try:
+            p.scan(w.ring)
+        except cmd_parser.ScanError as err:
+            self.gvt.counters["cmd_scan_errors"] += 1
+            self.gvt.counters[f"cmd_scan_{err.errno.value.lower()}"] += 1
+            self.gvt.log.warning("cmd_scan_error", vgpu=vgpu.id, vm=vgpu.vm, engine=w.engine, errno=err.errno.value,
+                                 reason=err.reason)
+            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
+            raise WorkloadError(f"command scan: {err}") from None
+        size = p.shadow_size()
+        base = self._alloc_shadow_bb(w, size) if size else 0
+        ring, image = p.layout(base)
+        if size:
+            assert self.mem is not None  # _alloc_shadow_bb checked it
+            for i, mfn in enumerate(self.shadow_bbs[w.id].mfns):
+                self.mem.write(mfn << PAGE_SHIFT, image[i * PAGE_SIZE:(i + 1) * PAGE_SIZE].ljust(PAGE_SIZE, b"\0"))
+            self.gvt.counters["shadow_bb_bytes"] += size
+        w.ring = ring
+        w.pending_events.extend(p.events)
+        self.gvt.counters["workloads_scanned"] += 1
+
+    def _alloc_shadow_bb(self, w: Workload, size: int) -> int:
+        """Frames from the pool mapped at a free run of the shadow-batch window of host GM. Returns the
+        graphics address of the first byte."""
+        pages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if self.mem is None:
+            raise WorkloadError("machine memory is not mapped in gvt")
+        if len(self.frame_pool) < pages:
+            raise WorkloadError("no frames for a shadow batch buffer (vhm ALLOC_FRAMES pending or exhausted)")
+        first = self.bb_window.alloc(pages)
+        if first is None:
+            raise WorkloadError("the shadow batch buffer window of host GM is full")
+        mfns = [self.frame_pool.pop() for _ in range(pages)]
+        gm = self.bb_window.gm(self.gvt.gpu.aperture_size, first)
+        entries = []
+        for i, mfn in enumerate(mfns):
+            pte = pte_encode(mfn << PAGE_SHIFT)
+            self.host_ptes[(gm >> PAGE_SHIFT) + i] = pte
+            entries.append(((gm >> PAGE_SHIFT) + i, pte))
+        self.gvt.effects.append(PgpuGgttWrite(tuple(entries)))
+        self.shadow_bbs[w.id] = ShadowBb(gm, first, mfns)
+        return gm
+
+    def _reclaim_shadow_bbs(self) -> None:
+        """Give back the shadow batches of workloads that ended (completed, failed, dropped, abandoned).
+        Frames whose host mapping was forgotten (vhm restarted: they are not ours any more) stay out."""
+        if not self.shadow_bbs:
+            return
+        live = {w.id for q in self.queues.values() for w in q} | set(self.inflight)
+        for wid in [i for i in self.shadow_bbs if i not in live]:
+            bb = self.shadow_bbs.pop(wid)
+            self.bb_window.free(bb.first, len(bb.mfns))
+            index = bb.gm >> PAGE_SHIFT
+            mapped = [self.host_ptes.pop(index + i, None) is not None for i in range(len(bb.mfns))]
+            if all(mapped):
+                self.frame_pool.extend(bb.mfns)
 
     # ------------------------------------------------------------------------------------ dispatch
-    def _pick(self, engine: str) -> Workload | None:
-        """The next workload for an idle engine: round robin over vGPUs with queued work."""
-        for _ in range(len(self.order)):
-            vid = self.order.pop(0)
-            self.order.append(vid)
-            vgpu = self.gvt.vgpus.get(vid)
-            q = self.queues.get((vid, engine))
-            if vgpu is None or not q or not vgpu.active or vgpu.failsafe:
-                continue
-            return q.popleft()
-        return None
+    def tick(self, now: float) -> None:
+        """The 1 ms timer of the time-slice policy (INTEL_GVT_REQUEST_SCHED): a pass, then dispatch."""
+        self.now = max(self.now, now)
+        self._schedule(timer=True)
+        self.kick(schedule=False)
 
-    def kick(self) -> None:
-        """Dispatch to every idle physical engine (intel_gvt_kick_schedule)."""
+    def _has_work(self, vgpu_id: int) -> bool:
+        """vgpu_has_pending_workload: a queued workload on any engine."""
+        return any(self.queues.get((vgpu_id, e)) for e in PHYSICAL_ENGINES)
+
+    def _schedule(self, timer: bool) -> None:
+        """intel_gvt_schedule: the run queue is the vGPUs with execlists on, active and not in failsafe
+        (start/stop_schedule), then the policy's pass."""
+        runnable = {v.id: v.type.weight for v in self.gvt.vgpus.values()
+                    if v.active and not v.failsafe and v.submission.execlist_enabled}
+        self.policy.sync(runnable, self.now)
+        self.policy.schedule(self.now, timer=timer, has_work=self._has_work,
+                             engines_idle=all(w is None for w in self.current.values()))
+
+    def _pick(self, engine: str) -> Workload | None:
+        """pick_next_workload: the current vGPU's next workload for this engine, unless a switch is
+        pending (need_reschedule) or there is no current vGPU (the idle vGPU)."""
+        vid = self.policy.dispatchable()
+        if vid is None:
+            return None
+        vgpu = self.gvt.vgpus.get(vid)
+        q = self.queues.get((vid, engine))
+        if vgpu is None or not q or not vgpu.active or vgpu.failsafe:
+            return None
+        return q.popleft()
+
+    def kick(self, schedule: bool = True) -> None:
+        """intel_gvt_kick_schedule: a policy pass (``schedule``), then dispatch the current vGPU's
+        workloads to every idle physical engine."""
+        self._reclaim_shadow_bbs()
+        if schedule:
+            self._schedule(timer=False)
         for engine in PHYSICAL_ENGINES:
             while self.current[engine] is None:
                 w = self._pick(engine)
@@ -242,10 +359,13 @@ class Scheduler:
         """Prepare the shadow context and submit it. Returns False if the workload failed instead."""
         vgpu = w.vgpu
         try:
+            shadow_pdps = (0, 0, 0, 0)
             if any(w.guest_pdps):
-                raise WorkloadError("PPGTT contexts need shadow page tables (not supported yet)")
+                # gvt-facts 4 / 5.2 prepare_workload: the mm of the context's roots (lazily created),
+                # shadowed, OOS pages synced, post-shadow flushed; its SHADOW roots go in the context
+                shadow_pdps = vgpu.ppgtt.prepare_workload(w.desc, w.guest_pdps, w.id)
             sh = self._shadow_for(vgpu, w.engine)
-            self._populate_shadow(w, sh)
+            self._populate_shadow(w, sh, shadow_pdps)
         except WorkloadError as err:
             self._fail(w, str(err))
             return False
@@ -261,9 +381,11 @@ class Scheduler:
         self.gvt.counters["workloads_dispatched"] += 1
         return True
 
-    def _populate_shadow(self, w: Workload, sh: ShadowContext) -> None:
+    def _populate_shadow(self, w: Workload, sh: ShadowContext,
+                         shadow_pdps: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
         """populate_shadow_context: copy the guest's PPHWSP and ring-context pages, point the ring at the
-        shadow ring holding the copied commands (head 0, tail = their length)."""
+        shadow ring holding the copied commands (head 0, tail = their length), and put the shadow PPGTT
+        root pointers in place of the guest's (update_shadow_pdps; all zero: no PPGTT)."""
         if self.mem is None:
             raise WorkloadError("machine memory is not mapped in gvt")
         vgpu = w.vgpu
@@ -278,8 +400,10 @@ class Scheduler:
         for off, val in ((CTX_RING_HEAD, 0), (CTX_RING_TAIL, tail), (CTX_RB_START, sh.gm + 2 * PAGE_SIZE),
                          (CTX_RB_CTRL, ((SHADOW_RING_PAGES - 1) * PAGE_SIZE) | RB_VALID)):
             image[off:off + 4] = val.to_bytes(4, "little")
-        for off in CTX_PDP_VALUES:
-            image[off:off + 4] = bytes(4)
+        from .ppgtt import pdps_to_context  # here: ppgtt imports this module
+
+        for off, val in zip(CTX_PDP_VALUES, pdps_to_context(shadow_pdps)):
+            image[off:off + 4] = val.to_bytes(4, "little")
         self.mem.write(sh.maddr(1), bytes(image))
         ring = w.ring + bytes(tail - len(w.ring))
         for i in range(0, len(ring), PAGE_SIZE):
@@ -287,15 +411,19 @@ class Scheduler:
 
     # ---------------------------------------------------------------------------------- completion
     def on_gpu_event(self, engine: str, kind: str, tag: int, status: int = 0, busy_ns: int = 0,
-                     reason: str = "") -> None:
+                     reason: str = "", now: float | None = None) -> None:
         """A GPU_EVENT from pgpu for workload ``tag``."""
+        if now is not None:
+            self.now = max(self.now, now)
         w = self.inflight.get(tag)
         if w is None:
             self.gvt.counters["gpu_event_unknown_tag"] += 1
             return
         if kind == "user_interrupt":
-            # the scanner of the real GVT records MI_USER_INTERRUPT as a pending event; here pgpu reports it
-            w.pending_events.append(f"{w.engine.upper()}_MI_USER_INTERRUPT")
+            # The scanner records (and NOOPs) the MI_USER_INTERRUPTs of the ring and privileged batches;
+            # what pgpu still reports comes from unscanned PPGTT batches or a PIPE_CONTROL / MI_FLUSH_DW
+            # notify: recorded as the matching event (gvt-facts 5.5 bits)
+            w.pending_events.append(notify_event(w.engine, reason))
             return
         del self.inflight[tag]
         if self.current.get(w.engine) is w:
@@ -307,7 +435,10 @@ class Scheduler:
             self._complete(w)
         else:
             self._fail(w, reason or f"{kind} (status {status:#x})")
-        self.kick()
+        # complete_current_workload asks for a pass when a switch waits; so does a current vGPU that ran
+        # out of work (sim: the GPU does not sit idle until the next tick)
+        cur = self.policy.current
+        self.kick(schedule=self.policy.need_reschedule or cur is None or not self._has_work(cur))
 
     def submit_failed(self, tag: int, reason: str) -> None:
         """pgpu refused the ELSP_SUBMIT (or is gone): the workload fails like a hang."""

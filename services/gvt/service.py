@@ -26,6 +26,7 @@ from ..common.service import BaseService
 from . import effects as fx
 from .core import Gvt, Refusal
 from .mpt import EptMpt, Mpt
+from .sched_policy import GVT_DEFAULT_TIME_SLICE
 from .types import PhysicalGpu
 
 #: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
@@ -46,8 +47,13 @@ EFFECT_ROUTES: dict[type, tuple[str, type[m.Message], Any]] = {
     fx.MapGfnToMfn: ("vhm", m.MapGfnToMfn, lambda e: dict(vm=e.vm, gfn=e.gfn, mfn=e.mfn, nr=e.nr, map=e.map)),
 }
 
-#: Frames gvt asks vhm for, for shadow contexts and rings (7 vGPUs x 4 engines x 10 pages, rounded up).
-SHADOW_POOL_FRAMES = 320
+#: Frames gvt asks vhm for, for shadow contexts and rings (7 vGPUs x 4 engines x 10 pages, rounded up)
+#: plus shadow batch buffers (cmd_parser.py: a few pages per queued workload).
+SHADOW_POOL_FRAMES = 320 + 256
+#: The time-slice policy's timer period (sched_policy.py, gvt-facts 5.4: GVT_DEFAULT_TIME_SLICE 1 ms).
+SCHED_TICK = GVT_DEFAULT_TIME_SLICE
+#: More frames for PPGTT shadow page tables (per vGPU: 3 scratch tables + one SPT per guest table page).
+PPGTT_POOL_FRAMES = 1024
 
 
 PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
@@ -91,7 +97,8 @@ class GvtService(BaseService):
 
     def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
         super().__init__(ctx, args)
-        self.core = Gvt(counters=self.counters, log=self.log, mpt_factory=self._mpt)
+        self.core = Gvt(counters=self.counters, log=self.log, mpt_factory=self._mpt,
+                        enable_out_of_sync=bool(getattr(args, "enable_oos", False)))
         self._mem: MachineMemory | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
@@ -110,7 +117,22 @@ class GvtService(BaseService):
                               on_down=self._down_cb(name), name=name)
             self.conns[name] = conn
             conn.start()
+        self._spawn(self._sched_timer())
         return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu}
+
+    async def _sched_timer(self) -> None:
+        """The scheduler's 1 ms hrtimer: a policy pass (balance every 100 ms), then dispatch."""
+        while True:
+            await asyncio.sleep(SCHED_TICK)
+            if not self.core.vgpus:
+                continue
+            try:
+                self.core.scheduler.tick(time.monotonic())
+            except Exception as err:  # a bug must not stop the timer: counted and logged
+                self.counters["internal_errors"] += 1
+                self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+            if self.core.effects:
+                await self._flush()
 
     async def stop(self) -> None:
         for t in list(self._tasks):
@@ -258,7 +280,9 @@ class GvtService(BaseService):
             reply = await conn.request(m.AllocFrames, count=1)
             assert isinstance(reply, m.FramesReply) and reply.runs
             self.core.set_scratch_mfn(reply.runs[0].mfn)
-            pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES)
+            if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
+                self.core.ppgtt.forget()
+            pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES)
             assert isinstance(pool, m.FramesReply)
             try:
                 if self._mem is None:
@@ -282,7 +306,8 @@ class GvtService(BaseService):
             await self._flush()
         elif isinstance(msg, m.GpuEvent):
             self.counters[f"gpu_events_{msg.kind}"] += 1
-            self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason)
+            self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason,
+                                             now=time.monotonic())
             await self._flush()  # guest context written back; MSIs and the next submission go out
         else:
             self.counters["unexpected_messages"] += 1

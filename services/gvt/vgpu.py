@@ -1,7 +1,8 @@
 """A vGPU and its lifecycle (i915/gvt vgpu.c; gvt-facts 7).
 
 A :class:`Vgpu` is composed of per-concern parts, each with init / reset / clean: config space
-(cfg_space), virtual registers (mmio), GGTT (gtt), PPGTT mm records (gtt), submission state. The
+(cfg_space), virtual registers (mmio), GGTT (gtt), page tracking (page_track), PPGTT shadows (ppgtt),
+submission state. The
 device-global side (GM allocation, ids, the register table, the effects outbox) lives in core.Gvt.
 """
 
@@ -17,10 +18,12 @@ from .cfg_space import CfgSpace
 from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
 from .engines import ALL_ENGINES, ENGINES, mask_names
 from .execlist import VirtualExeclist
-from .gtt import Ggtt, PpgttMmTable
+from .gtt import Ggtt
 from .handlers import FENCE_REG_GEN6_LO
 from .mmio import MmioState
 from .mpt import Mpt
+from .page_track import PageTrackTable
+from .ppgtt import VgpuPpgtt
 from .types import GmResource, VgpuType
 
 if TYPE_CHECKING:
@@ -80,7 +83,8 @@ class Vgpu:
         self.cfg = CfgSpace(gvt.gpu, vm, self.emit)
         self.mmio = MmioState(gvt.mmio_snapshot)
         self.gtt = Ggtt(self)
-        self.ppgtt = PpgttMmTable()
+        self.page_track = PageTrackTable(self)
+        self.ppgtt = VgpuPpgtt(self)
         self.submission = Submission()
         self.submission.execlists = {e.name: VirtualExeclist(self, e) for e in ENGINES}
         self.aperture = Aperture(self)
@@ -113,6 +117,7 @@ class Vgpu:
         self.cfg.clean()
         self.gtt.clean()
         self.ppgtt.clear()
+        self.page_track.clean()
         self._clear_fences()
         bus, dev, func = GVT_BDF
         self.emit(AttachVgpu(self.vm, self.id, False))
@@ -143,6 +148,7 @@ class Vgpu:
         if engine_mask != ALL_ENGINES and not dmlr:
             return
         self.submission.disable()
+        self.ppgtt.invalidate()  # gvt-facts 7: full GT reset or DMLR invalidates the PPGTT shadows
         if dmlr:
             self.aperture.clean()
             self.ppgtt.clear()

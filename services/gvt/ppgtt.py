@@ -1,0 +1,287 @@
+"""PPGTT mms: guest address spaces known by their root pointers, and their shadows (i915/gvt gtt.c, the
+ppgtt mm half; gvt-facts 4 and 5.2). The shadow page tables themselves are spt.py.
+
+* A **ppgtt mm** is named by its roots (L3: the 4 PDPs of a legacy 32-bit context; L4: pdp0 = the PML4).
+  g2v CREATE takes a reference (creating and shadowing it), DESTROY drops one; a workload whose context
+  names roots nobody announced gets one lazily, alive while a workload on the GPU walks it.
+* Before each dispatch (``prepare_workload``): the mm of the context's roots is shadowed if it is not,
+  out-of-sync pages are synced and half-written entries flushed; the SHADOW roots go into the shadow
+  context.
+* Device-wide (``PpgttGlobal``, struct intel_gvt_gtt): the frames shadow tables live in, the OOS snapshot
+  pool and the ``enable_out_of_sync`` switch (off by default, as upstream).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..common.memory import PAGE_SHIFT
+from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4, pte_pfn
+from .spt import LEVEL_PD, LEVEL_PML4, NoFrames, PpgttError, Spt, SptTable
+
+if TYPE_CHECKING:
+    from .core import Gvt
+    from .vgpu import Vgpu
+
+__all__ = ["PpgttError", "NoFrames", "PpgttGlobal", "PpgttMm", "VgpuPpgtt", "pdps_from_context",
+           "pdps_to_context", "root_key", "ROOT_BY_MODE"]
+
+#: root type -> (root entries, level of the table a root entry points at) (gvt-facts 4: L3 = 4 PDPs -> PD,
+#: L4 = pdp0 -> PML4)
+ROOTS: dict[str, tuple[int, int]] = {PPGTT_ROOT_L3: (4, LEVEL_PD), PPGTT_ROOT_L4: (1, LEVEL_PML4)}
+#: context descriptor addressing mode -> root type (gvt-facts 4, prepare_mm; others "not supported")
+ROOT_BY_MODE = {1: PPGTT_ROOT_L3, 3: PPGTT_ROOT_L4}
+#: value offsets of pdp3_UDW, pdp3_LDW ... pdp0_UDW, pdp0_LDW in the ring context (gvt-facts 5.1)
+CTX_PDP_ORDER = ((3, 32), (3, 0), (2, 32), (2, 0), (1, 32), (1, 0), (0, 32), (0, 0))
+#: gvt-facts 4: preallocated_oos_pages
+PREALLOCATED_OOS_PAGES = 8192
+
+
+def pdps_from_context(values: Sequence[int]) -> tuple[int, int, int, int]:
+    """The 4 root pointers (pdp0 first) from the 8 dwords of the ring context, in context order."""
+    pdps = [0, 0, 0, 0]
+    for (n, shift), v in zip(CTX_PDP_ORDER, values):
+        pdps[n] |= (v & 0xFFFF_FFFF) << shift
+    return pdps[0], pdps[1], pdps[2], pdps[3]
+
+
+def pdps_to_context(pdps: Sequence[int]) -> tuple[int, ...]:
+    """The inverse: 8 dwords in context order (update_shadow_pdps writes them reversed, pdp3_UDW first)."""
+    return tuple((pdps[n] >> shift) & 0xFFFF_FFFF for n, shift in CTX_PDP_ORDER)
+
+
+def root_key(root: str, pdps: Sequence[int]) -> tuple[int, int, int, int]:
+    """What identifies an mm: all 4 PDPs for L3, pdp0 only for L4 (the guest leaves pdp1..3 stale)."""
+    return (pdps[0], 0, 0, 0) if root == PPGTT_ROOT_L4 else (pdps[0], pdps[1], pdps[2], pdps[3])
+
+
+# ------------------------------------------------------------------------------------ device-global
+class PpgttGlobal:
+    """Device-wide PPGTT resources (struct intel_gvt_gtt): shadow frames, the OOS page pool, the
+    ``enable_out_of_sync`` switch. Frames come from the scheduler's pool (ALLOC_FRAMES from vhm); a freed
+    frame is held back until every workload that was on the GPU when it was freed has finished, so a
+    stale walk never reads a frame already reused for someone else's table."""
+
+    def __init__(self, gvt: "Gvt", enable_out_of_sync: bool = False,
+                 oos_pages: int = PREALLOCATED_OOS_PAGES) -> None:
+        self.gvt = gvt
+        self.enable_out_of_sync = enable_out_of_sync
+        self.oos_free = oos_pages
+        self.oos_in_use: list["Spt"] = []  # attach order: the oldest is detached first when none is free
+        self.quarantine: list[tuple[frozenset[int], list[int]]] = []
+
+    def take_frame(self) -> int:
+        """A zeroed machine frame for a shadow table. Raises NoFrames / PpgttError."""
+        sched = self.gvt.scheduler
+        if sched.mem is None:
+            raise PpgttError("machine memory is not mapped in gvt")
+        self.reap()
+        if not sched.frame_pool:
+            self.gvt.counters["ppgtt_no_frames"] += 1
+            raise NoFrames("no frames for shadow page tables (vhm ALLOC_FRAMES pending or exhausted)")
+        mfn = sched.frame_pool.pop()
+        sched.mem.zero_frames(mfn)
+        return mfn
+
+    def give_frames(self, mfns: list[int]) -> None:
+        """Return frames; they go back to the pool once the workloads running now are done."""
+        if not mfns:
+            return
+        busy = frozenset(self.gvt.scheduler.inflight)
+        if busy:
+            self.quarantine.append((busy, mfns))
+        else:
+            self.gvt.scheduler.frame_pool.extend(mfns)
+
+    def reap(self) -> None:
+        """Release quarantined frames whose workloads have all left the GPU."""
+        if not self.quarantine:
+            return
+        inflight = self.gvt.scheduler.inflight
+        keep = []
+        for busy, mfns in self.quarantine:
+            if any(w in inflight for w in busy):
+                keep.append((busy, mfns))
+            else:
+                self.gvt.scheduler.frame_pool.extend(mfns)
+        self.quarantine = keep
+
+    def forget(self) -> None:
+        """vhm restarted: its frames are gone. Every shadow is dropped without returning frames."""
+        self.quarantine.clear()
+        for v in self.gvt.vgpus.values():
+            v.ppgtt.forget()
+        self.oos_in_use.clear()
+
+
+# ------------------------------------------------------------------------------------------- mms
+@dataclass(eq=False)
+class PpgttMm:
+    """struct intel_vgpu_mm of type PPGTT: root pointers, their shadows, the references."""
+
+    root: str
+    pdps: tuple[int, int, int, int]
+    refcount: int = 1
+    shadow_pdps: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    roots: list[Spt | None] = field(default_factory=lambda: [None, None, None, None])
+    shadowed: bool = False
+
+
+class VgpuPpgtt:
+    """One vGPU's ppgtt mms, SPTs, post-shadow and OOS lists. Every entry point keeps its state
+    consistent when it fails: a shadow it cannot finish is torn down and rebuilt at the next submission."""
+
+    def __init__(self, vgpu: "Vgpu") -> None:
+        self.vgpu = vgpu
+        self.mms: list[PpgttMm] = []
+        self.users: dict[int, PpgttMm] = {}  # workload id -> the mm it was dispatched with
+        self.stats: Counter[str] = Counter()
+        self.spt = SptTable(vgpu, self.stats, on_no_frames=self._reclaim)
+
+    @property
+    def spts(self) -> dict[int, Spt]:
+        """The vGPU's shadow page tables by guest gfn."""
+        return self.spt.spts
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.spt._count(name, n)
+
+    # -------------------------------------------------------------------------------------- mms
+    def find(self, root: str, pdps: Sequence[int]) -> PpgttMm | None:
+        """intel_vgpu_find_ppgtt_mm: L4 compares pdp0, L3 all four."""
+        key = root_key(root, pdps)
+        return next((mm for mm in self.mms if mm.root == root and mm.pdps == key), None)
+
+    def get(self, root: str, pdps: Sequence[int]) -> PpgttMm:
+        """intel_vgpu_get_ppgtt_mm (g2v CREATE): take a reference, or create the mm and shadow it now.
+        A shadow that cannot be built yet (no frames, memory not mapped) is built at the next dispatch."""
+        mm = self.find(root, pdps)
+        if mm is not None:
+            mm.refcount += 1
+            return mm
+        mm = PpgttMm(root, root_key(root, pdps))
+        self.mms.append(mm)
+        self._try_shadow(mm)
+        return mm
+
+    def put(self, root: str, pdps: Sequence[int]) -> bool:
+        """intel_vgpu_put_ppgtt_mm (g2v DESTROY). False if no mm has these roots. The mm goes when the
+        last reference does and no workload on the GPU still walks it."""
+        mm = self.find(root, pdps)
+        if mm is None or mm.refcount <= 0:  # unknown, or only a workload's (lazy) use: not the guest's to drop
+            return False
+        mm.refcount -= 1
+        self.reap()
+        return True
+
+    def reap(self) -> None:
+        """Forget workloads that left the GPU; destroy unreferenced mms nobody walks any more."""
+        inflight = self.vgpu.gvt.scheduler.inflight
+        self.users = {w: mm for w, mm in self.users.items() if w in inflight}
+        in_use = {id(mm) for mm in self.users.values()}
+        for mm in [mm for mm in self.mms if mm.refcount <= 0 and id(mm) not in in_use]:
+            self._destroy_mm(mm)
+
+    def _destroy_mm(self, mm: PpgttMm) -> None:
+        self._unshadow(mm)
+        self.mms.remove(mm)
+        self._count("mms_destroyed")
+
+    def _try_shadow(self, mm: PpgttMm) -> None:
+        try:
+            self._shadow(mm)
+        except PpgttError as err:
+            self._count("shadow_deferred")
+            self.vgpu.log.info("ppgtt_shadow_deferred", vgpu=self.vgpu.id, why=str(err))
+
+    def _shadow(self, mm: PpgttMm) -> None:
+        """shadow_ppgtt_mm: populate an SPT tree for every present root entry ("present" = non-zero)."""
+        if mm.shadowed:
+            return
+        self.spt.scratch_tables()
+        n, level = ROOTS[mm.root]
+        try:
+            for i in range(n):
+                ge = mm.pdps[i]
+                if ge == 0:
+                    continue
+                spt = self.spt.get(pte_pfn(ge), level)
+                mm.roots[i] = spt
+                mm.shadow_pdps[i] = (spt.mfn << PAGE_SHIFT) if spt is not None else 0
+        except PpgttError:
+            self._unshadow(mm)
+            raise
+        mm.shadowed = True
+        self._count("mms_shadowed")
+
+    def _unshadow(self, mm: PpgttMm) -> None:
+        """invalidate_ppgtt_mm: drop the root SPTs (the mm stays, re-shadowed when next pinned)."""
+        for i, spt in enumerate(mm.roots):
+            mm.roots[i] = None
+            mm.shadow_pdps[i] = 0
+            if spt is not None:
+                self.spt.put(spt)
+        mm.shadowed = False
+
+    # ---------------------------------------------------------------------------- before dispatch
+    def prepare_workload(self, desc: int, ctx_pdps: Sequence[int], workload_id: int) -> tuple[int, int, int, int]:
+        """prepare_mm + the PPGTT steps of prepare_workload (gvt-facts 4, 5.2): the mm of the context's
+        roots (lazily created), shadowed, OOS pages synced, post-shadow flushed. Returns the SHADOW root
+        pointers for the shadow context (pdp0 first). Raises PpgttError."""
+        mode = (desc >> 3) & 0x3
+        root = ROOT_BY_MODE.get(mode)
+        if root is None:
+            raise PpgttError(f"addressing mode {mode} not supported (only 1 = L3, 3 = L4)")
+        pdps = pdps_from_context(ctx_pdps)
+        self.reap()
+        mm = self.find(root, pdps)
+        if mm is None:  # no g2v CREATE: the workload's reference is the only one
+            mm = PpgttMm(root, root_key(root, pdps), refcount=0)
+            self.mms.append(mm)
+            self._count("mms_lazy")
+        self.users[workload_id] = mm
+        try:
+            self._shadow(mm)
+            self.spt.sync_oos()
+            self.spt.flush_post_shadow()
+        except NoFrames as err:
+            self.spt.reclaim()
+            raise PpgttError(str(err)) from None
+        s = mm.shadow_pdps
+        return s[0], s[1], s[2], s[3]
+
+    def _reclaim(self) -> None:
+        """reclaim_one_ppgtt_mm, bluntly: tear every shadow of this vGPU down (rebuilt at the next
+        dispatch) so a half-built tree never stays around."""
+        for mm in self.mms:
+            self._unshadow(mm)
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def invalidate(self) -> None:
+        """intel_vgpu_invalidate_ppgtt (full GT reset): tear every shadow down, keep the mms."""
+        for mm in self.mms:
+            self._unshadow(mm)
+
+    def clear(self) -> None:
+        """intel_vgpu_destroy_all_ppgtt_mm (DMLR, destroy): every mm, SPT and tracked page goes."""
+        for mm in list(self.mms):
+            self._unshadow(mm)
+        self.mms.clear()
+        self.users.clear()
+        self.spt.clear()
+
+    def forget(self) -> None:
+        """The frames are gone with vhm: drop all shadow state without returning or writing anything."""
+        self.spt.forget()
+        for mm in self.mms:
+            mm.roots = [None, None, None, None]
+            mm.shadow_pdps = [0, 0, 0, 0]
+            mm.shadowed = False
+
+    def info(self) -> dict[str, int]:
+        """Counts for STATUS and tests."""
+        return {"mms": len(self.mms), "spts": len(self.spt.spts), "oos": len(self.spt.oos_list),
+                "post_shadow": len(self.spt.post_shadow_list), **self.stats}

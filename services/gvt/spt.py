@@ -1,0 +1,353 @@
+"""Shadow page tables (SPTs): one per guest page-table page, in a frame gvt owns, kept equal to the guest
+table with every guest frame replaced by a machine frame (i915/gvt gtt.c "ppgtt_spt"; gvt-facts 4).
+
+* populate: a table entry -> the child SPT's frame (shared, refcounted, keyed by the guest gfn); a PTE ->
+  ``gfn_to_mfn``; what the guest may not name -> scratch (the per-level scratch tables for a non-present
+  entry or a bad table, the scratch page for a PTE naming a frame that is not the VM's);
+* every guest table page is write-protected (page_track.py); a trapped write is applied to guest RAM (ACRN
+  does not commit it) then shadowed, the new entry added before the old one is removed;
+* a 4-byte (half-entry) write goes to scratch and is queued for the post-shadow flush before the next
+  submission;
+* out-of-sync (``enable_out_of_sync``): a PTE-level table trapped twice gets a snapshot and loses its
+  write protection; before the next submission it is protected again and every entry that differs from the
+  snapshot is shadowed again.
+
+The mms that own the roots of these trees are ppgtt.py.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..common.memory import PAGE_SHIFT, PAGE_SIZE
+from .errors import EmulationError
+from .gtt import pte_pfn, pte_set_pfn
+from .scheduler import WorkloadError
+
+if TYPE_CHECKING:
+    from .ppgtt import PpgttGlobal
+    from .vgpu import Vgpu
+
+ENTRY_PRESENT = 1 << 0
+ENTRY_RW = 1 << 1
+ENTRY_PS = 1 << 7  # PDE: 2 MiB page, PDPE: 1 GiB page (gvt-facts 3)
+ENTRY_IPS = 1 << 11  # PDE: 64 KiB pages in the PT below
+ENTRIES = PAGE_SIZE // 8
+_TABLE = struct.Struct(f"<{ENTRIES}Q")
+
+#: table levels: 1 = PT (PTEs), 2 = PD, 3 = PDP (4-level only), 4 = PML4
+LEVEL_PT, LEVEL_PD, LEVEL_PDP, LEVEL_PML4 = 1, 2, 3, 4
+LEVEL_NAMES = {LEVEL_PT: "PTE_PT", LEVEL_PD: "PDE_PT", LEVEL_PDP: "PDP_PT", LEVEL_PML4: "PML4_PT"}
+#: gvt-facts 4: a PTE-level table goes out of sync after 2 trapped writes
+OOS_WRITE_THRESHOLD = 2
+
+
+class PpgttError(WorkloadError):
+    """The PPGTT of a workload cannot be shadowed (unsupported mode, no frames, no machine memory): the
+    workload fails like any other it cannot be built (a vGPU hang for the guest)."""
+
+
+class NoFrames(PpgttError):
+    """The shadow frame pool is empty."""
+
+
+@dataclass(eq=False)
+class Spt:
+    """struct intel_vgpu_ppgtt_spt: one guest table page and its shadow."""
+
+    owner: "SptTable"
+    gfn: int
+    level: int
+    mfn: int
+    refcount: int = 1
+    children: dict[int, "Spt"] = field(default_factory=dict)  # index -> child SPT its shadow entry names
+    post_shadow: set[int] = field(default_factory=set)  # post_shadow_bitmap
+    write_cnt: int = 0
+    snapshot: bytearray | None = None  # the attached OOS page
+    out_of_sync: bool = False  # on the vGPU's oos list (write protection removed)
+    alive: bool = True
+
+
+class SptTable:
+    """One vGPU's SPTs, post-shadow list and OOS list. ``on_no_frames`` tears the vGPU's shadows down when
+    the frame pool runs dry (they are rebuilt at the next dispatch), so a half-built tree never stays."""
+
+    def __init__(self, vgpu: "Vgpu", stats: Counter[str], on_no_frames: Callable[[], None]) -> None:
+        self.vgpu = vgpu
+        self.stats = stats
+        self.on_no_frames = on_no_frames
+        self.spts: dict[int, Spt] = {}  # guest gfn -> SPT (intel_vgpu_find_spt_by_gfn)
+        self.post_shadow_list: list[Spt] = []
+        self.oos_list: list[Spt] = []
+        self.scratch: dict[int, int] = {}  # level -> mfn of the scratch table (scratch_pt[type])
+
+    @property
+    def glob(self) -> "PpgttGlobal":
+        return self.vgpu.gvt.ppgtt
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.stats[name] += n
+        self.vgpu.count(f"ppgtt_{name}", n)
+
+    def reclaim(self) -> None:
+        """Out of frames: the owner drops every shadow of this vGPU."""
+        self._count("reclaims")
+        self.on_no_frames()
+
+    def flush_post_shadow(self) -> None:
+        """intel_vgpu_flush_post_shadow: every half-written entry is re-read and shadowed in full."""
+        for spt in list(self.post_shadow_list):
+            if not spt.alive:
+                continue
+            guest = self._read_table(spt.gfn)
+            for index in sorted(spt.post_shadow):
+                self._write_entry(spt, index, guest[index])
+                self._count("post_shadow_entries")
+            spt.post_shadow.clear()
+        self.post_shadow_list.clear()
+
+    def sync_oos(self) -> None:
+        """intel_vgpu_sync_oos_pages: write-protect each OOS page again, then re-shadow every entry that
+        differs from the snapshot (or has a pending half write)."""
+        for spt in list(self.oos_list):
+            if spt.alive and spt.out_of_sync:
+                self._sync_spt(spt)
+        self.oos_list.clear()
+
+    def _sync_spt(self, spt: Spt) -> None:
+        self.vgpu.page_track.enable(spt.gfn)
+        spt.out_of_sync = False
+        if spt in self.oos_list:
+            self.oos_list.remove(spt)
+        guest = self._read_table(spt.gfn)
+        assert spt.snapshot is not None
+        old = _TABLE.unpack(bytes(spt.snapshot))
+        for index in range(ENTRIES):
+            if old[index] == guest[index] and index not in spt.post_shadow:
+                continue
+            self._write_entry(spt, index, guest[index])
+            if not spt.alive:
+                return
+            spt.snapshot[index * 8:index * 8 + 8] = guest[index].to_bytes(8, "little")
+        spt.write_cnt = 0
+        self._count("oos_syncs")
+
+    # ------------------------------------------------------------------------------------ SPTs
+    def scratch_tables(self) -> None:
+        """alloc_scratch_pages: a zero PT, and above it tables whose every entry names the one below
+        (present | RW), as i915's own scratch tree."""
+        if self.scratch:
+            return
+        mem = self.vgpu.gvt.scheduler.mem
+        made: dict[int, int] = {}
+        try:
+            for level in (LEVEL_PT, LEVEL_PD, LEVEL_PDP):
+                made[level] = self.glob.take_frame()
+                if level > LEVEL_PT:
+                    e = (made[level - 1] << PAGE_SHIFT) | ENTRY_PRESENT | ENTRY_RW
+                    assert mem is not None
+                    mem.write(made[level] << PAGE_SHIFT, _TABLE.pack(*([e] * ENTRIES)))
+        except PpgttError:
+            self.glob.give_frames(list(made.values()))
+            raise
+        self.scratch = made
+
+    def _scratch_entry(self, level: int) -> int:
+        """The shadow of a non-present guest entry at ``level``: the scratch table one level down, or
+        for a PTE a non-present entry naming the scratch page."""
+        if level == LEVEL_PT:
+            return pte_set_pfn(0, self.vgpu.gvt.scratch_mfn)
+        return (self.scratch[level - 1] << PAGE_SHIFT) | ENTRY_PRESENT | ENTRY_RW
+
+    def _read_table(self, gfn: int) -> tuple[int, ...]:
+        data = self.vgpu.mpt.read_gpa(gfn << PAGE_SHIFT, PAGE_SIZE)
+        if data is None:
+            return (0,) * ENTRIES
+        return _TABLE.unpack(data)
+
+    def get(self, gfn: int, level: int) -> Spt | None:
+        """ppgtt_populate_spt_by_guest_entry: share the SPT of this guest table (taking a reference) or
+        build one: a frame, page tracking, every entry populated. None if the guest may not name it."""
+        spt = self.spts.get(gfn)
+        if spt is not None:
+            if spt.level != level:  # one page used as two levels: only a hostile guest does this
+                self._count("level_mismatch")
+                return None
+            spt.refcount += 1
+            return spt
+        if not self.vgpu.mpt.is_valid_gfn(gfn):
+            self._count("invalid_gfn")
+            return None
+        spt = Spt(self, gfn, level, self.glob.take_frame())
+        self.spts[gfn] = spt
+        self.vgpu.page_track.register(gfn, lambda gpa, data, size, s=spt: self._on_write(s, gpa, data, size))
+        self.vgpu.page_track.enable(gfn)
+        self._count("spts_created")
+        try:
+            shadow = [self._shadow_entry(spt, i, ge) for i, ge in enumerate(self._read_table(gfn))]
+        except PpgttError:
+            self.put(spt)
+            raise
+        self._mem_write(spt.mfn, _TABLE.pack(*shadow))
+        return spt
+
+    def put(self, spt: Spt) -> None:
+        """ppgtt_invalidate_spt: drop a reference; the last one frees the subtree, the tracking, the
+        frame."""
+        spt.refcount -= 1
+        if spt.refcount > 0:
+            return
+        spt.alive = False
+        children, spt.children = list(spt.children.values()), {}
+        for child in children:
+            self.put(child)
+        self.spts.pop(spt.gfn, None)
+        self.vgpu.page_track.unregister(spt.gfn)
+        if spt.out_of_sync and spt in self.oos_list:
+            self.oos_list.remove(spt)
+        if spt in self.post_shadow_list:
+            self.post_shadow_list.remove(spt)
+        self._detach_oos(spt)
+        self.glob.give_frames([spt.mfn])
+        self._count("spts_destroyed")
+
+    def _shadow_entry(self, spt: Spt, index: int, ge: int) -> int:
+        """The shadow of guest entry ``ge`` at ``index`` (recording a child SPT in ``spt.children``)."""
+        if not ge & ENTRY_PRESENT:
+            return self._scratch_entry(spt.level)
+        if spt.level == LEVEL_PT:
+            mfn = self.vgpu.mpt.dma_map_guest_page(pte_pfn(ge))
+            if mfn is None:  # another VM's frame, or no RAM at all: the GPU gets the scratch page
+                self._count("invalid_gfn")
+                return pte_set_pfn(ge, self.vgpu.gvt.scratch_mfn)
+            return pte_set_pfn(ge, mfn)
+        if ge & ENTRY_PS:  # 2M / 1G pages: not supported here (i915 splits 2M, refuses 1G)
+            self._count("huge_page_unsupported")
+            return self._scratch_entry(spt.level)
+        child = self.get(pte_pfn(ge), spt.level - 1)
+        if child is None:
+            return self._scratch_entry(spt.level)
+        spt.children[index] = child
+        return pte_set_pfn(ge & ~ENTRY_IPS, child.mfn)
+
+    def _write_entry(self, spt: Spt, index: int, ge: int) -> None:
+        """ppgtt_handle_guest_write_page_table for a whole entry: add the new shadow first, then remove
+        the old one, so a table named by both stays alive in between."""
+        spt.post_shadow.discard(index)
+        old = spt.children.pop(index, None)
+        try:
+            se = self._shadow_entry(spt, index, ge)
+        except PpgttError:
+            if old is not None:
+                spt.children[index] = old
+            raise
+        self._set_shadow(spt, index, se)
+        if old is not None:
+            self.put(old)
+
+    def _set_shadow(self, spt: Spt, index: int, se: int) -> None:
+        mem = self.vgpu.gvt.scheduler.mem
+        if mem is None:
+            raise PpgttError("machine memory is not mapped in gvt")
+        mem.write_u64((spt.mfn << PAGE_SHIFT) + index * 8, se)
+
+    def _mem_write(self, mfn: int, data: bytes) -> None:
+        mem = self.vgpu.gvt.scheduler.mem
+        if mem is None:
+            raise PpgttError("machine memory is not mapped in gvt")
+        mem.write(mfn << PAGE_SHIFT, data)
+
+    # ----------------------------------------------------------------------------- WP handler
+    def _on_write(self, spt: Spt, gpa: int, data: int, size: int) -> None:
+        """ppgtt_write_protection_handler (gvt-facts 4, WP fault path): apply the guest's write (ACRN
+        does not), then shadow it: a full entry at once, a half entry after the next flush."""
+        if size not in (4, 8) or gpa % size:
+            raise EmulationError(f"page-table write of {size} bytes at {gpa:#x} (must be an aligned 4 or 8)")
+        self.vgpu.page_track.commit(gpa, data, size)
+        self._count("wp_traps")
+        index = (gpa & (PAGE_SIZE - 1)) >> 3
+        try:
+            if size == 8:
+                self._write_entry(spt, index, data)
+            elif index not in spt.post_shadow:
+                old = spt.children.pop(index, None)
+                self._set_shadow(spt, index, self._scratch_entry(spt.level))
+                if old is not None:
+                    self.put(old)
+                spt.post_shadow.add(index)
+                if spt not in self.post_shadow_list:
+                    self.post_shadow_list.append(spt)
+        except NoFrames:
+            self.reclaim()  # the guest's write is in its RAM: the next dispatch re-shadows from it
+            return
+        if not spt.alive:
+            return
+        spt.write_cnt += 1
+        if spt.snapshot is not None:  # keep an attached snapshot equal to what the shadow reflects
+            off = gpa & (PAGE_SIZE - 1)
+            spt.snapshot[off:off + size] = (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        if self._can_do_oos(spt):
+            self._set_oos(spt)
+
+    def _can_do_oos(self, spt: Spt) -> bool:
+        return (self.glob.enable_out_of_sync and spt.level == LEVEL_PT and not spt.out_of_sync
+                and spt.write_cnt >= OOS_WRITE_THRESHOLD)
+
+    def _set_oos(self, spt: Spt) -> None:
+        """ppgtt_set_guest_page_oos: attach a snapshot (copy of the guest page) if none, un-protect."""
+        if spt.snapshot is None:
+            g = self.glob
+            if g.oos_free <= 0 and g.oos_in_use:
+                victim = g.oos_in_use[0]
+                try:
+                    if victim.out_of_sync:
+                        victim.owner._sync_spt(victim)
+                except PpgttError:
+                    victim.owner.reclaim()
+                victim.owner._detach_oos(victim)
+            if g.oos_free <= 0:
+                return
+            g.oos_free -= 1
+            g.oos_in_use.append(spt)
+            data = self.vgpu.mpt.read_gpa(spt.gfn << PAGE_SHIFT, PAGE_SIZE)
+            spt.snapshot = bytearray(data if data is not None else bytes(PAGE_SIZE))
+        spt.out_of_sync = True
+        self.oos_list.append(spt)
+        self.vgpu.page_track.disable(spt.gfn)
+        self._count("oos_pages")
+
+    def _detach_oos(self, spt: Spt) -> None:
+        if spt.snapshot is None:
+            return
+        spt.snapshot = None
+        g = self.glob
+        if spt in g.oos_in_use:
+            g.oos_in_use.remove(spt)
+        g.oos_free += 1
+
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def clear(self) -> None:
+        """After every mm let go: free whatever is left (only a bug leaves an SPT behind; never leak
+        tracking) and the scratch tables."""
+        for spt in list(self.spts.values()):
+            spt.refcount = 1
+            self.put(spt)
+        if self.scratch:
+            self.glob.give_frames(list(self.scratch.values()))
+            self.scratch = {}
+
+    def forget(self) -> None:
+        """The frames are gone with vhm: drop all state without returning or writing anything."""
+        for spt in self.spts.values():
+            spt.alive = False
+            self._detach_oos(spt)
+        self.spts.clear()
+        self.post_shadow_list.clear()
+        self.oos_list.clear()
+        self.scratch = {}
+        self.vgpu.page_track.pages.clear()
