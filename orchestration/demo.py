@@ -21,8 +21,11 @@ from .procs import ServiceProc
 
 
 def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int = 16,
-             heartbeat: float = 0.5, extra_guest_args: list[str] | None = None) -> dict[str, Any]:
-    """Bring the topology up, run the guests to completion, tear down. Returns the summary."""
+             heartbeat: float = 0.5, pv: str = "off", mix: str = "") -> dict[str, Any]:
+    """Bring the topology up, run the guests to completion, tear down. Returns the summary.
+
+    ``pv``: ``off`` (trap path), ``on`` (every VM asks for the PV shared page) or ``mixed`` (two guest
+    processes side by side, half the VMs on each path)."""
     run_dir = tempfile.mkdtemp(prefix="gvtsim-demo-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     mem = os.path.join(run_dir, "machine.mem")
     common = ["--heartbeat-ivl", str(heartbeat), "--mem-path", mem]
@@ -43,17 +46,24 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
         while not probe_sync(gvt.endpoint, timeout=1.0):  # ready = both peers connected and set up
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gvt not ready: {gvt.tail()}")
-        guest = ServiceProc(["guest", "--vhm", vhm.endpoint, "--vms", str(vms), "--vcpus", str(vcpus),
-                             "--ram-mb", str(ram_mb), "--vgpu-types", types, "--workloads", str(workloads),
-                             *common, *(extra_guest_args or [])], name="guest")
-        procs.append(guest)
-        guest.start()
-        done = guest.wait_event("done", timeout=60 + workloads * vms * 0.5)
+        groups = [(vms, pv == "on")] if pv != "mixed" else [(vms - vms // 2, True), (vms // 2, False)]
+        guests = []
+        for n, (count, use_pv) in enumerate(g for g in groups if g[0]):
+            argv = ["guest", "--vhm", vhm.endpoint, "--vms", str(count), "--vcpus", str(vcpus), "--ram-mb", str(ram_mb),
+                    "--vgpu-types", types, "--workloads", str(workloads), "--name-prefix", f"{'pv' if use_pv else 'vm'}{n}-",
+                    *(["--pv"] if use_pv else []), *(["--mix", mix] if mix else []), *common]
+            guest = ServiceProc(argv, name=f"guest{n}")
+            procs.append(guest)
+            guest.start()
+            guests.append(guest)
+        dones = [g.wait_event("done", timeout=60 + workloads * vms * 0.5) for g in guests]
         gvt_status = probe_sync(gvt.endpoint, timeout=2.0, want_reply=True)
-        summary = {k: v for k, v in done.items() if k not in ("event", "t", "_t")}
+        summary = merge([{k: v for k, v in d.items() if k not in ("event", "t", "_t")} for d in dones])
+        info = gvt_status.info if gvt_status else {}
+        summary["traps_by_vm"] = info.get("traps_by_vm", {})
         summary["gvt"] = {k: v for k, v in (gvt_status.counters if gvt_status else {}).items()
-                          if k.startswith(("workloads_", "irq_msi", "csb", "aperture", "gpu_events"))}
-        summary["startup_s"] = round(guest.ready["_t"] - t0, 3)
+                          if k.startswith(("workloads_", "irq_msi", "csb", "aperture", "gpu_events", "pv_"))}
+        summary["startup_s"] = round(guests[0].ready["_t"] - t0, 3)
         return summary
     finally:
         for p in reversed(procs):
@@ -63,6 +73,27 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
             os.rmdir(run_dir)
         except OSError:
             pass
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from several guest processes' ``done`` events."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, Any] = {"per_vm": [vm for p in parts for vm in p["per_vm"]]}
+    for key in ("vms", "workloads_submitted", "workloads_verified", "workloads_failed", "msis", "resets",
+                "recoveries"):
+        out[key] = sum(p.get(key, 0) for p in parts)
+    ioreqs: dict[str, int] = {}
+    for p in parts:
+        for k, v in p["ioreqs_by_type"].items():
+            ioreqs[k] = ioreqs.get(k, 0) + v
+    out["ioreqs_by_type"] = ioreqs
+    out["seconds"] = max(p["seconds"] for p in parts)
+    out["workloads_per_s"] = round(sum(p["workloads_per_s"] for p in parts), 1)
+    out["mmio_rtt_us"] = {k: max(p["mmio_rtt_us"][k] for p in parts) for k in ("p50", "p99", "mean")}
+    out["by_process"] = [{k: p[k] for k in ("vms", "workloads_verified", "workloads_per_s", "mmio_rtt_us")}
+                         for p in parts]
+    return out
 
 
 def render(summary: dict[str, Any]) -> str:
@@ -75,6 +106,8 @@ def render(summary: dict[str, Any]) -> str:
     for vm in summary.get("per_vm", []):
         lines.append(f"  vm {vm['vm']} ({vm['name']}, {vm['vgpu_type']}): {vm['state']}, {vm['verified']}/"
                      f"{vm['submitted']} verified {dict(vm.get('by_kind', {}))}"
+                     + (f" pv={vm['pv']['status']}" if vm.get("pv") else "")
+                     + f" traps/submission={vm.get('submission_traps')} {vm.get('workloads_per_s', '')}/s"
                      + (f" failures: {vm['failures']}" if vm.get("failures") else ""))
     return "\n".join(lines)
 
@@ -85,10 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", type=int, default=50, help="verified workloads per VM")
     p.add_argument("--types", default="GVTg_V5_8,GVTg_V5_4", help="vGPU types, cycled over the VMs")
     p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--pv", nargs="?", const="on", default="off", choices=["off", "on", "mixed"],
+                   help="the paravirtualized path: every VM (--pv), or half of them side by side (--pv mixed)")
+    p.add_argument("--mix", default="", help="workload kinds (default: the guest's default mix)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     args = p.parse_args(argv)
     try:
-        summary = run_demo(args.vms, args.workloads, args.types, vcpus=args.vcpus)
+        summary = run_demo(args.vms, args.workloads, args.types, vcpus=args.vcpus, pv=args.pv, mix=args.mix)
     except (RuntimeError, TimeoutError) as err:
         print(f"gvtsim demo failed: {err}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ runs are non-privileged PPGTT batches.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,8 @@ from . import cmds
 from .cpu import GuestMachine
 from .gem import Bo, Gem
 from .pci import PciDevice
+from .pv import PvChannel, PvResult
+from .pv import setup as pv_setup
 from .ppgtt import GuestPpgtt
 from . import regs as r
 
@@ -89,6 +92,7 @@ class EngineState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pending: asyncio.Future[None] | None = None
     user_wait: asyncio.Future[None] | None = None
+    pv_wait_seq: int = 0  # PV submission in flight: the slot seq whose done_seq completes it
     user_irqs: int = 0
     csb_events: list[int] = field(default_factory=list)
     completions: int = 0
@@ -117,15 +121,23 @@ class VgpuDriver:
         self.irq_lock = asyncio.Lock()
         self.ready = False
         self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
+        self.pv: PvChannel | None = None  # the PV shared page, when the host accepted one (pv.py)
+        self.pv_result: PvResult | None = None
+        self.submission_traps: Counter[int] = Counter()  # traps taken per submission -> how many times
         self.hangcheck_period = 0.5
         self.pv_lock = asyncio.Lock()  # i915 vgpu.lock: one PVINFO notification at a time
 
     # ----------------------------------------------------------------------------------------- helpers
-    async def rd(self, off: int, size: int = 4) -> int:
-        return await self.machine.mmio_read(self.bar0 + off, size)
+    async def rd(self, off: int, size: int = 4, vcpu: int = 0) -> int:
+        return await self.machine.mmio_read(self.bar0 + off, size, vcpu)
 
-    async def wr(self, off: int, value: int, size: int = 4) -> None:
-        await self.machine.mmio_write(self.bar0 + off, size, value)
+    async def wr(self, off: int, value: int, size: int = 4, vcpu: int = 0) -> None:
+        await self.machine.mmio_write(self.bar0 + off, size, value, vcpu)
+
+    async def enable_pv(self, version: int = 1, corrupt: bool = False) -> PvResult:
+        """Try the PV shared page (after init); on any refusal the driver stays on the trap path."""
+        self.pv, self.pv_result = await pv_setup(self, version=version, corrupt=corrupt)
+        return self.pv_result
 
     # -------------------------------------------------------------------------------------------- init
     async def init(self) -> None:
@@ -266,8 +278,20 @@ class VgpuDriver:
             e.user_wait = loop.create_future() if wait_user_irq else None
             e.inflight_ctx = c.ctx_id
             desc = self.descriptor(e, ppgtt)
-            for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid) then element 0
-                await self.wr(e.base + r.ELSP, value)
+            if ppgtt and self.pv is not None and self.pv.ppgtt:
+                for lo, hi in c.ppgtt.dirty:  # PV PPGTT: one update per edited range, no WP fault per entry
+                    await self.pv.ppgtt_update(c.ppgtt.roots[0], lo, hi - lo, vcpu)
+            if ppgtt:
+                c.ppgtt.dirty.clear()
+            vc = self.machine.vcpus[vcpu]
+            async with vc.irqs_off():  # the submission's traps, with nothing interleaved on this vCPU
+                before = vc.traps
+                if self.pv is not None and self.pv.submission:
+                    e.pv_wait_seq = await self.pv.submit(engine, desc, 0, vcpu)
+                else:
+                    for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid), element 0
+                        await self.wr(e.base + r.ELSP, value, vcpu=vcpu)
+                self.submission_traps[vc.traps - before] += 1
             try:
                 await self._hangcheck_wait(e, timeout if timeout is not None else self.hang_timeout)
             finally:
@@ -321,6 +345,11 @@ class VgpuDriver:
                         e.user_irqs += 1
                         if e.user_wait is not None and not e.user_wait.done():
                             e.user_wait.set_result(None)
+                        if self.pv is not None and e.pv_wait_seq:  # PV: completion is in the shared page
+                            done_seq, _status = self.pv.done(e.name)
+                            if done_seq == e.pv_wait_seq and e.pending is not None and not e.pending.done():
+                                e.completions += 1
+                                e.pending.set_result(None)
                     if iir & (1 << e.ctx_bit):
                         await self._process_csb(e)
             await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)

@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="on a GPU reset (hang, device model or GPU gone) re-create the VM and go on [GVTSIM_RECOVER]")
     p.add_argument("--stats-interval", type=float, default=float(env("STATS_INTERVAL", "0")),
                    help="emit a 'stats' JSON event every this many seconds (0: never) [GVTSIM_STATS_INTERVAL]")
+    p.add_argument("--pv", action="store_true", default=env("PV", "") in ("1", "true", "yes"),
+                   help="use the paravirtualized path when the host accepts the shared page [GVTSIM_PV]")
+    p.add_argument("--pv-version", type=int, default=int(env("PV_VERSION", "1")),
+                   help="shared-page format version this guest speaks (a newer one than the host's falls back)")
+    p.add_argument("--pv-corrupt", action="store_true", help="write a corrupt shared-page header (tests)")
     p.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "3")),
                    help="seconds without a completion before a request is declared hung [GVTSIM_HANG_TIMEOUT]")
     p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "10")),

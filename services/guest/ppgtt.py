@@ -57,6 +57,7 @@ class GuestPpgtt:
         self.machine = machine
         self.alloc_page = alloc_page
         self.levels = levels
+        self.dirty: list[tuple[int, int]] = []  # [lo, hi) GPU VA ranges edited since the last PV update
         self.top: list[int] = []  # L3: the 4 PD gpas; L4: [PML4 gpa]
         self.pt_users: dict[int, int] = {}  # PT gpa -> how many PDEs name it
         self.free_pts: list[int] = []
@@ -107,8 +108,19 @@ class GuestPpgtt:
             table = e & ADDR_MASK
         return table
 
+    def _touch(self, va: int, size: int) -> None:
+        """Remember the edited range, merged with an adjacent or overlapping one (a PV guest posts each
+        range in one PV_PPGTT_UPDATE before it submits)."""
+        lo, hi = va & ~0xFFF, (va & ~0xFFF) + size
+        for i, (a, b) in enumerate(self.dirty):
+            if lo <= b and a <= hi:
+                self.dirty[i] = (min(a, lo), max(b, hi))
+                return
+        self.dirty.append((lo, hi))
+
     async def map(self, va: int, gpa: int, vcpu: int = 0) -> None:
         """Map the GPU virtual page of ``va`` onto the guest page ``gpa`` (a remap if already mapped)."""
+        self._touch(va, 4096)
         pd = await self._pd_for(va, True, vcpu)
         assert pd is not None
         pde_i, pte_i = indices(va, self.levels)[-2:]
@@ -122,6 +134,7 @@ class GuestPpgtt:
 
     async def unmap(self, va: int, vcpu: int = 0) -> bool:
         """Clear the PTE of ``va``. Returns whether it was mapped."""
+        self._touch(va, 4096)
         pt = await self._pt_of(va)
         if pt is None:
             return False
@@ -141,6 +154,7 @@ class GuestPpgtt:
     async def unlink_table(self, va: int, vcpu: int = 0) -> bool:
         """Clear the PDE covering ``va`` (a 2 MiB range goes at once); its PT is freed when no other PDE
         names it. Returns whether a PT was linked."""
+        self._touch(va & ~((1 << 21) - 1), 1 << 21)
         pd = await self._pd_for(va, False, vcpu)
         if pd is None:
             return False

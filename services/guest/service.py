@@ -48,6 +48,7 @@ class GuestVm:
     state: str = "new"
     runner: WorkloadRunner | None = None
     reset_started: float | None = None
+    run_s: float = 0.0  # seconds spent running workloads (for per-VM rates)
     recoveries: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds per verified workload (since last stats)
     # figures of earlier incarnations of this VM (before a reset), folded in at teardown
@@ -243,6 +244,10 @@ class GuestService(BaseService):
         gpu = await probe_gpu(vm.machine)
         vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
         await vm.driver.init()
+        if self.args.pv:  # negotiate the PV shared page; any refusal keeps the trap path
+            res = await vm.driver.enable_pv(self.args.pv_version, corrupt=self.args.pv_corrupt)
+            emit(event="pv", vm=vm.vm_id, name=vm.name, status=res.status, enabled=res.enabled,
+                 host_caps=res.host_caps, host_versions=res.host_versions, reason=res.reason)
         surfaces, fence = await allocate(vm.driver)
         vm.state = "running"
         emit(event="vm_ready", vm=vm.vm_id, name=vm.name, vgpu_id=reply.vgpu_id, vgt_id=vm.driver.vgt_id,
@@ -257,9 +262,13 @@ class GuestService(BaseService):
         if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
             emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
         engines = list(vm.driver.engines)
-        async with asyncio.TaskGroup() as tg:  # one vCPU failing stops its siblings: the VM resets as a whole
-            for v in range(self.args.vcpus):
-                tg.create_task(self._vcpu_loop(vm, vm.runner, v, engines[v % len(engines)]))
+        t_run = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as tg:  # one vCPU failing stops its siblings: the VM resets as a whole
+                for v in range(self.args.vcpus):
+                    tg.create_task(self._vcpu_loop(vm, vm.runner, v, engines[v % len(engines)]))
+        finally:
+            vm.run_s += time.monotonic() - t_run
 
     async def _vcpu_loop(self, vm: GuestVm, runner: WorkloadRunner, vcpu: int, engine: str) -> None:
         """Run this vCPU's share of the workloads (or run until the deadline with ``--duration``). A
@@ -303,8 +312,12 @@ class GuestService(BaseService):
         out: dict[str, Any] = {"vm": vm.vm_id, "name": vm.name, "state": vm.state, "vgpu_type": vm.vgpu_type,
                                "submitted": vm.submitted, "verified": vm.verified, "failed": vm.failed,
                                "by_kind": dict(vm.by_kind), "failures": vm.failures[:5], "resets": vm.resets,
-                               "recoveries": vm.recoveries, "ioreqs": dict(vm.ioreqs()), "msis": vm.msis()}
+                               "recoveries": vm.recoveries, "ioreqs": dict(vm.ioreqs()), "msis": vm.msis(),
+                               "workloads_per_s": round(vm.verified / vm.run_s, 1) if vm.run_s else 0.0}
         if vm.driver is not None:
+            out["submission_traps"] = {str(k): v for k, v in sorted(vm.driver.submission_traps.items())}
+            res = vm.driver.pv_result
+            out["pv"] = {"status": res.status, "enabled": res.enabled, "reason": res.reason} if res else None
             out["user_irqs"] = {e.name: e.user_irqs for e in vm.driver.engines.values()}
             out["completions"] = {e.name: e.completions for e in vm.driver.engines.values()}
         if vm.runner is not None:

@@ -19,7 +19,7 @@ import structlog
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode
-from . import interrupt, mmio
+from . import interrupt, mmio, pvinfo
 from .effects import Effect
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
@@ -55,6 +55,21 @@ class TypeStatus:
 
 def _null_mpt(vm: int, ept_root: int, ram_mb: int) -> Mpt:
     return NullMpt()
+
+
+def trap_kind(vgpu: Vgpu, req: m.Ioreq) -> str:
+    """The kind of a trapped access, for the per-VM trap counters: pci_cfg, wp, g2v_notify, ggtt,
+    mmio_read, mmio_write."""
+    if req.kind == IoreqType.PCI:
+        return "pci_cfg"
+    if req.kind == IoreqType.WP:
+        return "wp"
+    offset = req.addr - vgpu.cfg.bar0_base()
+    if offset >= mmio.GTT_START:
+        return "ggtt"
+    if req.dir == IoreqDir.READ:
+        return "mmio_read"
+    return "g2v_notify" if offset == pvinfo.G2V_NOTIFY else "mmio_write"
 
 
 class Gvt:
@@ -277,6 +292,7 @@ class Gvt:
             return full if req.dir == IoreqDir.READ else 0
         self.counters["ioreqs"] += 1
         read = req.dir == IoreqDir.READ
+        vgpu.traps[trap_kind(vgpu, req)] += 1
         if req.kind == IoreqType.PCI:
             if (req.bus, req.dev, req.func) != (0, 2, 0):
                 self.counters["ioreq_foreign_bdf"] += 1
@@ -301,6 +317,9 @@ class Gvt:
                 "types": [{"name": s.type.name, "avail": s.avail, "registered": s.registered} for s in self.types()],
                 "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn,
                 "msis_by_vm": {str(v.vm): v.msis_injected for v in self.vgpus.values()},
+                "traps_by_vm": {str(v.vm): dict(v.traps) for v in self.vgpus.values()},
+                "pv_by_vm": {str(v.vm): {"enabled": int(v.pv.enabled), "version": v.pv.version}
+                             for v in self.vgpus.values() if v.pv.active},
                 "scheduler": {"queued": sum(len(q) for q in self.scheduler.queues.values()),
                               "running": {e: (w.id if w else None) for e, w in self.scheduler.current.items()},
                               "frame_pool": len(self.scheduler.frame_pool),

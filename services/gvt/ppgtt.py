@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..common.memory import PAGE_SHIFT
+from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4, pte_pfn
-from .spt import LEVEL_PD, LEVEL_PML4, NoFrames, PpgttError, Spt, SptTable
+from .spt import LEVEL_PD, LEVEL_PML4, LEVEL_PT, NoFrames, PpgttError, Spt, SptTable
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -258,6 +258,38 @@ class VgpuPpgtt:
         dispatch) so a half-built tree never stays around."""
         for mm in self.mms:
             self._unshadow(mm)
+
+    # ---------------------------------------------------------------------------------- PV PPGTT
+    def set_pv(self, enabled: bool) -> None:
+        """Switch between write-protected tables and PV updates: every shadow is rebuilt in the new mode
+        at the next dispatch."""
+        if self.spt.pv == enabled:
+            return
+        for mm in self.mms:
+            self._unshadow(mm)
+        self.spt.pv = enabled
+
+    def pv_update(self, pdp: int, start: int, length: int) -> None:
+        """PV_PPGTT_UPDATE (pdp, start, length): walk the shadowed tree of the mm rooted at ``pdp`` over the
+        range and shadow again every entry the guest changed. An mm not shadowed yet is built from the
+        guest tables at its next dispatch anyway."""
+        mm = next((mm for mm in self.mms if pdp and pdp in mm.pdps), None)
+        if mm is None:
+            self._count("pv_update_unknown_root")
+            return
+        if not mm.shadowed:
+            return
+        pages: dict[int, tuple[int, ...]] = {}
+        va = start & ~(PAGE_SIZE - 1)
+        limit = 1 << 32 if mm.root == PPGTT_ROOT_L3 else 1 << 48
+        while va < start + length and va < limit:
+            spt = mm.roots[(va >> 30) & 3] if mm.root == PPGTT_ROOT_L3 else mm.roots[0]
+            while spt is not None:
+                index = (va >> (PAGE_SHIFT + 9 * (spt.level - 1))) & 511
+                self.spt.pv_sync(spt, index, pages)
+                spt = spt.children.get(index) if spt.level > LEVEL_PT else None
+            va += PAGE_SIZE
+        self._count("pv_updates")
 
     # ------------------------------------------------------------------------------ lifecycle
     def invalidate(self) -> None:

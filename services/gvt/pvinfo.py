@@ -47,6 +47,13 @@ CURSOR_Y_HOT = vgtif_reg(0x834)
 PDP0_LO = vgtif_reg(0x838)  # pdp[i].lo = 0x838 + 8i, .hi = +4
 EXECLIST_CTX_DESC_LO = vgtif_reg(0x858)
 EXECLIST_CTX_DESC_HI = vgtif_reg(0x85C)
+# PV patchset (lts2019): pv_caps (GVT) and shared_page_gpa (guest, u64)
+PV_CAPS = vgtif_reg(0x860)
+SHARED_PAGE_GPA = vgtif_reg(0x864)
+# gvtsim's answer to the PV review (docs/PV.md): formats the host knows, its verdict, what it enabled
+PV_VERSIONS = vgtif_reg(0x86C)
+PV_STATUS = vgtif_reg(0x870)
+PV_ENABLED = vgtif_reg(0x874)
 
 
 class VgtCaps(enum.IntFlag):
@@ -73,6 +80,15 @@ class G2vNotify(enum.IntEnum):
     MAX = 8
 
 
+class PvG2vNotify(enum.IntEnum):
+    """The PV patchset inserts SHARED_PAGE_SETUP 8 and PV_SEND_TRIGGER 9 before VGT_G2V_MAX (gvt-facts 1);
+    PV_PPGTT_UPDATE 10 is gvtsim's (docs/PV.md)."""
+
+    SHARED_PAGE_SETUP = 8
+    PV_SEND_TRIGGER = 9
+    PV_PPGTT_UPDATE = 10
+
+
 class DisplayReady(enum.IntEnum):
     NOT_READY = 0
     READY = 1
@@ -81,10 +97,12 @@ class DisplayReady(enum.IntEnum):
 #: Reads inside these [start, end) windows are valid (pvinfo_mmio_read); others are logged but served.
 _VALID_READS: tuple[tuple[int, int], ...] = (
     (MAGIC, VGT_ID + 4), (MAPPABLE_BASE, FENCE_NUM + 4), (VGT_CAPS, VGT_CAPS + 4), (0x7881C, 0x78820),
+    (PV_CAPS, PV_ENABLED + 4),
 )
 #: Writes that are stored (pvinfo_mmio_write's handled list); display_ready and g2v_notify also act.
 _STORED_WRITES: frozenset[int] = frozenset(
-    [DISPLAY_READY, G2V_NOTIFY, CURSOR_X_HOT, CURSOR_Y_HOT, EXECLIST_CTX_DESC_LO, EXECLIST_CTX_DESC_HI]
+    [DISPLAY_READY, G2V_NOTIFY, CURSOR_X_HOT, CURSOR_Y_HOT, EXECLIST_CTX_DESC_LO, EXECLIST_CTX_DESC_HI,
+     SHARED_PAGE_GPA, SHARED_PAGE_GPA + 4]
     + [PDP0_LO + 4 * i for i in range(8)])
 _RSV5 = frozenset(range(RSV5, RSV5 + 16, 4))
 
@@ -107,6 +125,15 @@ def populate(vgpu: "Vgpu") -> None:
     w(FENCE_NUM, len(res.fences), 4)
     w(CURSOR_X_HOT, 0xFFFF_FFFF, 4)
     w(CURSOR_Y_HOT, 0xFFFF_FFFF, 4)
+    from . import pv  # PV: caps and known formats; no shared page until the guest sets one up
+
+    state = getattr(vgpu, "pv", None)
+    active = state is not None and state.active  # a GT reset keeps an accepted page; a DMLR drops it first
+    w(PV_CAPS, int(pv.HOST_CAPS), 4)
+    w(PV_VERSIONS, pv.versions_mask(), 4)
+    w(PV_STATUS, int(pv.PvStatus.ACCEPTED if active else pv.PvStatus.NONE), 4)
+    w(PV_ENABLED, int(state.enabled) if active else 0, 4)
+    w(SHARED_PAGE_GPA, state.gpa if active else 0, 8)
 
 
 def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:
@@ -160,6 +187,20 @@ def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
             vgpu.log.warning("ppgtt_put_unknown", vgpu=vgpu.id, pdps=[hex(p) for p in pdps])
         else:
             vgpu.count("g2v_ppgtt_destroy")
+    elif notification == PvG2vNotify.SHARED_PAGE_SETUP:
+        from . import pv
+
+        status = pv.setup(vgpu, vgpu.mmio.read(SHARED_PAGE_GPA, 8))
+        vgpu.mmio.write(PV_STATUS, int(status), 4)
+        vgpu.mmio.write(PV_ENABLED, int(vgpu.pv.enabled), 4)
+    elif notification == PvG2vNotify.PV_SEND_TRIGGER:
+        from . import pv
+
+        pv.send_trigger(vgpu)
+    elif notification == PvG2vNotify.PV_PPGTT_UPDATE:
+        from . import pv
+
+        pv.ppgtt_update(vgpu)
     elif notification in (G2vNotify.EXECLIST_CONTEXT_CREATE, G2vNotify.EXECLIST_CONTEXT_DESTROY, 1):
         pass
     else:

@@ -75,6 +75,8 @@ class Workload:
     pending_events: list[str] = field(default_factory=list)
     busy_ns: int = 0
     status: str = "queued"
+    pv: bool = False  # submitted through the PV shared page (no execlist emulation)
+    pv_seq: int | None = None  # the slot's submit_seq, on the last element of a PV submission
 
     @property
     def ctx_id(self) -> int:
@@ -202,6 +204,31 @@ class Scheduler:
             except WorkloadError as err:
                 self.gvt.counters["workload_create_failed"] += 1
                 raise EmulationError(f"workload creation failed: {err}") from None
+            self.queues.setdefault((vgpu.id, engine), deque()).append(w)
+            self.gvt.counters["workloads_queued"] += 1
+        if vgpu.id not in self.order:
+            self.order.append(vgpu.id)
+        self.kick()
+
+    def submit_pv(self, vgpu: "Vgpu", engine: str, pair: tuple[int, int], seq: int) -> None:
+        """PV submission (pv.py): the descriptors came from the shared page with one trap. The same checks
+        and workload creation as an ELSP write, but no execlist emulation: no CSB, no context-switch
+        interrupt (the PV patchset skips them); completion is published in the slot, then an MSI."""
+        from .errors import EmulationError
+
+        if engine not in PHYSICAL_ENGINES:
+            raise EmulationError(f"no physical engine for {engine}")
+        descs = [d for d in pair if desc_valid(d)]
+        if not descs or any(not d & DESC_PRIVILEGE for d in descs):
+            raise EmulationError("PV submission: element 0 invalid or not privileged")
+        for d in descs:
+            try:
+                w = self._create(vgpu, engine, d, pair, emulate_schedule_in=False)
+            except WorkloadError as err:
+                self.gvt.counters["workload_create_failed"] += 1
+                raise EmulationError(f"workload creation failed: {err}") from None
+            w.pv = True
+            w.pv_seq = seq if d == descs[-1] else None  # the slot completes with its last element
             self.queues.setdefault((vgpu.id, engine), deque()).append(w)
             self.gvt.counters["workloads_queued"] += 1
         if vgpu.id not in self.order:
@@ -461,12 +488,28 @@ class Scheduler:
         vgpu.mpt.write_gpa(ctx + CTX_RING_HEAD, w.tail.to_bytes(4, "little"))
         ticks = (ts + int(w.busy_ns / TIMESTAMP_NS_PER_TICK)) & 0xFFFF_FFFF
         vgpu.mpt.write_gpa(ctx + CTX_TIMESTAMP, ticks.to_bytes(4, "little"))
+        if w.pv:
+            self._complete_pv(w)
+            return
         for ev in w.pending_events:
             self.gvt.trigger_event(vgpu, ev)
         q = self.queues.get((vgpu.id, w.engine))
         nxt_same = bool(q) and same_context(q[0].desc, w.desc)
         vgpu.submission.execlists[w.engine].schedule_out(w.desc, nxt_same)
         self.gvt.counters["workloads_completed"] += 1
+
+    def _complete_pv(self, w: Workload) -> None:
+        """PV completion: done_seq in the slot, then the engine's user interrupt (always: it is how the
+        guest learns of a PV completion), the scanner's recorded ones merged into it."""
+        from . import pv
+
+        self.gvt.counters["workloads_completed"] += 1
+        if w.pv_seq is None:
+            return  # element 0 of a two-element submission: the slot completes with element 1
+        pv.complete(w.vgpu, w.engine, w.pv_seq, ok=True)
+        for ev in dict.fromkeys(w.pending_events + [f"{w.engine.upper()}_MI_USER_INTERRUPT"]):
+            self.gvt.trigger_event(w.vgpu, ev)
+        self.gvt.counters["workloads_completed_pv"] += 1
 
     def _fail(self, w: Workload, reason: str) -> None:
         """A failed workload emulates a vGPU hang: no schedule-out, no interrupt, the engine's queue of

@@ -70,6 +70,7 @@ class Spt:
     snapshot: bytearray | None = None  # the attached OOS page
     out_of_sync: bool = False  # on the vGPU's oos list (write protection removed)
     alive: bool = True
+    pv_snapshot: bytearray | None = None  # PV PPGTT: the guest table as last shadowed (no write protection)
 
 
 class SptTable:
@@ -84,6 +85,7 @@ class SptTable:
         self.post_shadow_list: list[Spt] = []
         self.oos_list: list[Spt] = []
         self.scratch: dict[int, int] = {}  # level -> mfn of the scratch table (scratch_pt[type])
+        self.pv = False  # PV PPGTT (pv.py): tables are not write-protected, the guest posts updates
 
     @property
     def glob(self) -> "PpgttGlobal":
@@ -185,10 +187,14 @@ class SptTable:
         spt = Spt(self, gfn, level, self.glob.take_frame())
         self.spts[gfn] = spt
         self.vgpu.page_track.register(gfn, lambda gpa, data, size, s=spt: self._on_write(s, gpa, data, size))
-        self.vgpu.page_track.enable(gfn)
+        if not self.pv:
+            self.vgpu.page_track.enable(gfn)
         self._count("spts_created")
         try:
-            shadow = [self._shadow_entry(spt, i, ge) for i, ge in enumerate(self._read_table(gfn))]
+            guest = self._read_table(gfn)
+            shadow = [self._shadow_entry(spt, i, ge) for i, ge in enumerate(guest)]
+            if self.pv:
+                spt.pv_snapshot = bytearray(_TABLE.pack(*guest))
         except PpgttError:
             self.put(spt)
             raise
@@ -292,6 +298,21 @@ class SptTable:
             spt.snapshot[off:off + size] = (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         if self._can_do_oos(spt):
             self._set_oos(spt)
+
+    def pv_sync(self, spt: Spt, index: int, pages: dict[int, tuple[int, ...]]) -> None:
+        """PV PPGTT: shadow entry ``index`` again if the guest changed it since it was shadowed (the guest
+        said so with a PV_PPGTT_UPDATE instead of faulting). ``pages`` caches guest tables read."""
+        if spt.pv_snapshot is None or not spt.alive:
+            return
+        guest = pages.get(spt.gfn)
+        if guest is None:
+            guest = pages[spt.gfn] = self._read_table(spt.gfn)
+        ge = guest[index]
+        if ge == int.from_bytes(spt.pv_snapshot[index * 8:index * 8 + 8], "little"):
+            return
+        self._write_entry(spt, index, ge)
+        spt.pv_snapshot[index * 8:index * 8 + 8] = ge.to_bytes(8, "little")
+        self._count("pv_entries_synced")
 
     def _can_do_oos(self, spt: Spt) -> bool:
         return (self.glob.enable_out_of_sync and spt.level == LEVEL_PT and not spt.out_of_sync

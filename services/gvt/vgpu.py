@@ -9,6 +9,7 @@ device-global side (GM allocation, ids, the register table, the effects outbox) 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,9 @@ from .handlers import FENCE_REG_GEN6_LO
 from .mmio import MmioState
 from .mpt import Mpt
 from .page_track import PageTrackTable
+from . import pv
 from .ppgtt import VgpuPpgtt
+from .pv import PvState
 from .types import GmResource, VgpuType
 
 if TYPE_CHECKING:
@@ -79,6 +82,8 @@ class Vgpu:
         self.failsafe = False
         self.failsafe_reason: FailsafeReason | None = None
         self.pv_notified = False
+        self.pv = PvState()  # the PV shared page, once the guest sets one up (pv.py)
+        self.traps: Counter[str] = Counter()  # trapped accesses of this VM by kind (STATUS, the PV figures)
         self.msis_injected = 0
         self.cfg = CfgSpace(gvt.gpu, vm, self.emit)
         self.mmio = MmioState(gvt.mmio_snapshot)
@@ -150,6 +155,7 @@ class Vgpu:
         self.submission.disable()
         self.ppgtt.invalidate()  # gvt-facts 7: full GT reset or DMLR invalidates the PPGTT shadows
         if dmlr:
+            pv.reset(self)
             self.aperture.clean()
             self.ppgtt.clear()
             self.gtt.reset()
