@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from typing import Any
 
-from .health import probe_sync
-from .procs import ServiceProc
+from .hoststack import HostStack
 
 
 def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int = 16,
@@ -26,38 +23,20 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
 
     ``pv``: ``off`` (trap path), ``on`` (every VM asks for the PV shared page) or ``mixed`` (two guest
     processes side by side, half the VMs on each path)."""
-    run_dir = tempfile.mkdtemp(prefix="gvtsim-demo-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    mem = os.path.join(run_dir, "machine.mem")
-    common = ["--heartbeat-ivl", str(heartbeat), "--mem-path", mem]
-    procs: list[ServiceProc] = []
+    stack = HostStack(mem_size_mb=1024, heartbeat=heartbeat, prefix="gvtsim-demo-")
     t0 = time.monotonic()
     try:
-        vhm = ServiceProc(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", "1024", *common], name="vhm")
-        procs.append(vhm)
-        vhm.start()
-        pgpu = ServiceProc(["pgpu", "--bind", "tcp://127.0.0.1:*", *common], name="pgpu")
-        procs.append(pgpu)
-        pgpu.start()
-        gvt = ServiceProc(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
-                           *common], name="gvt")
-        procs.append(gvt)
-        gvt.start()
-        deadline = time.monotonic() + 20
-        while not probe_sync(gvt.endpoint, timeout=1.0):  # ready = both peers connected and set up
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gvt not ready: {gvt.tail()}")
+        stack.start()
         groups = [(vms, pv == "on")] if pv != "mixed" else [(vms - vms // 2, True), (vms // 2, False)]
         guests = []
         for n, (count, use_pv) in enumerate(g for g in groups if g[0]):
-            argv = ["guest", "--vhm", vhm.endpoint, "--vms", str(count), "--vcpus", str(vcpus), "--ram-mb", str(ram_mb),
-                    "--vgpu-types", types, "--workloads", str(workloads), "--name-prefix", f"{'pv' if use_pv else 'vm'}{n}-",
-                    *(["--pv"] if use_pv else []), *(["--mix", mix] if mix else []), *common]
-            guest = ServiceProc(argv, name=f"guest{n}")
-            procs.append(guest)
-            guest.start()
-            guests.append(guest)
+            guests.append(stack.guest("--vms", str(count), "--vcpus", str(vcpus), "--ram-mb", str(ram_mb),
+                                      "--vgpu-types", types, "--workloads", str(workloads),
+                                      "--name-prefix", f"{'pv' if use_pv else 'vm'}{n}-",
+                                      *(["--pv"] if use_pv else []), *(["--mix", mix] if mix else []),
+                                      name=f"guest{n}"))
         dones = [g.wait_event("done", timeout=60 + workloads * vms * 0.5) for g in guests]
-        gvt_status = probe_sync(gvt.endpoint, timeout=2.0, want_reply=True)
+        gvt_status = stack.gvt_status()
         summary = merge([{k: v for k, v in d.items() if k not in ("event", "t", "_t")} for d in dones])
         info = gvt_status.info if gvt_status else {}
         summary["traps_by_vm"] = info.get("traps_by_vm", {})
@@ -66,13 +45,7 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
         summary["startup_s"] = round(guests[0].ready["_t"] - t0, 3)
         return summary
     finally:
-        for p in reversed(procs):
-            p.terminate(timeout=3)
-        try:
-            os.unlink(mem)
-            os.rmdir(run_dir)
-        except OSError:
-            pass
+        stack.stop(graceful=True)
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,8 +8,6 @@ writes, its GPU DMA, its aperture writes) leave VM B's memory byte-for-byte unch
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from gvtsim.orchestration.health import probe_sync
 from gvtsim.services.common.ept import Ept
 from gvtsim.services.common.memory import PAGE_SHIFT, MachineMemory
+from gvtsim.orchestration.hoststack import HostStack
 from support.procs import ServiceProc
 
 pytestmark = pytest.mark.service
@@ -25,40 +24,12 @@ WORKLOADS = 24
 
 @pytest.fixture
 def stack() -> Iterator[dict]:
-    run_dir = tempfile.mkdtemp(prefix="gvtsim-e2e-", dir="/dev/shm")
-    mem = os.path.join(run_dir, "machine.mem")
-    common = ["--heartbeat-ivl", "0.5", "--mem-path", mem]
-    procs: list[ServiceProc] = []
-
-    def start(argv: list[str], name: str) -> ServiceProc:
-        p = ServiceProc(argv, name=name)
-        procs.append(p)
-        p.start()
-        return p
-
-    try:
-        vhm = start(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", "512", *common], "vhm")
-        pgpu = start(["pgpu", "--bind", "tcp://127.0.0.1:*", *common], "pgpu")
-        gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint, *common],
-                    "gvt")
-        for _ in range(40):
-            if probe_sync(gvt.endpoint, timeout=0.5):
-                break
-        else:
-            pytest.fail(f"gvt never became ready: {gvt.tail()}")
-
+    with HostStack() as hs:
         def guest(name: str, vgpu_type: str) -> ServiceProc:
-            return start(["guest", "--vhm", vhm.endpoint, "--vms", "1", "--vcpus", "2", "--ram-mb", "16",
-                          "--vgpu-types", vgpu_type, "--workloads", str(WORKLOADS), "--name-prefix", name, *common],
-                         name)
+            return hs.guest("--vms", "1", "--vcpus", "2", "--ram-mb", "16", "--vgpu-types", vgpu_type,
+                            "--workloads", str(WORKLOADS), "--name-prefix", name, name=name)
 
-        yield {"mem": mem, "gvt": gvt, "guest": guest}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for f in os.listdir(run_dir):
-            os.unlink(os.path.join(run_dir, f))
-        os.rmdir(run_dir)
+        yield {"mem": hs.mem, "gvt": hs.gvt, "guest": guest}
 
 
 def ram_digest(mem: MachineMemory, ept_root: int, ram_mb: int) -> str:

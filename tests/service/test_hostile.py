@@ -8,8 +8,6 @@ hang; the PTE attack's write lands in the scratch page. Meanwhile the normal VM'
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from gvtsim.orchestration.health import probe_sync
 from gvtsim.services.common.memory import PAGE_SHIFT, MachineMemory
 from gvtsim.services.guest.hostile import MARK
+from gvtsim.orchestration.hoststack import HostStack
 from support.procs import ServiceProc
 
 pytestmark = pytest.mark.service
@@ -26,39 +25,12 @@ FAILSAFE_ATTACKS = ("lri", "update_gtt", "ggtt_oob")
 
 @pytest.fixture
 def stack() -> Iterator[dict]:
-    run_dir = tempfile.mkdtemp(prefix="gvtsim-hostile-", dir="/dev/shm")
-    mem = os.path.join(run_dir, "machine.mem")
-    common = ["--heartbeat-ivl", "0.5", "--mem-path", mem]
-    procs: list[ServiceProc] = []
-
-    def start(argv: list[str], name: str) -> ServiceProc:
-        p = ServiceProc(argv, name=name)
-        procs.append(p)
-        p.start()
-        return p
-
-    try:
-        vhm = start(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", "512", *common], "vhm")
-        pgpu = start(["pgpu", "--bind", "tcp://127.0.0.1:*", *common], "pgpu")
-        gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint, *common],
-                    "gvt")
-        for _ in range(40):
-            if probe_sync(gvt.endpoint, timeout=0.5):
-                break
-        else:
-            pytest.fail(f"gvt never became ready: {gvt.tail()}")
-
+    with HostStack() as hs:
         def guest(name: str, vgpu_type: str, *extra: str) -> ServiceProc:
-            return start(["guest", "--vhm", vhm.endpoint, "--vms", "1", "--vcpus", "2", "--ram-mb", "16",
-                          "--vgpu-types", vgpu_type, "--name-prefix", name, *extra, *common], name)
+            return hs.guest("--vms", "1", "--vcpus", "2", "--ram-mb", "16", "--vgpu-types", vgpu_type,
+                            "--name-prefix", name, *extra, name=name)
 
-        yield {"mem": mem, "gvt": gvt, "guest": guest}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for f in os.listdir(run_dir):
-            os.unlink(os.path.join(run_dir, f))
-        os.rmdir(run_dir)
+        yield {"mem": hs.mem, "gvt": hs.gvt, "guest": guest}
 
 
 def test_hostile_vgpus_go_failsafe_or_hit_scratch_and_the_normal_vm_verifies(stack):

@@ -9,14 +9,12 @@ reported.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from gvtsim.orchestration.health import probe_sync
-from support.procs import ServiceProc
+from gvtsim.orchestration.hoststack import HostStack
 
 pytestmark = pytest.mark.service
 WORKLOADS = 24
@@ -25,37 +23,10 @@ MIX = "ppgtt_store,ppgtt_remap,store,ppgtt_fill,fill"
 
 @pytest.fixture(params=[False, True], ids=["oos_off", "oos_on"])
 def stack(request: pytest.FixtureRequest) -> Iterator[dict]:
-    run_dir = tempfile.mkdtemp(prefix="gvtsim-ppgtt-", dir="/dev/shm")
-    mem = os.path.join(run_dir, "machine.mem")
-    common = ["--heartbeat-ivl", "0.5", "--mem-path", mem]
-    procs: list[ServiceProc] = []
-
-    def start(argv: list[str], name: str) -> ServiceProc:
-        p = ServiceProc(argv, name=name)
-        procs.append(p)
-        p.start()
-        return p
-
-    try:
-        vhm = start(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", "256", *common], "vhm")
-        pgpu = start(["pgpu", "--bind", "tcp://127.0.0.1:*", *common], "pgpu")
-        gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
-                     *(["--enable-oos"] if request.param else []), *common], "gvt")
-        for _ in range(40):
-            if probe_sync(gvt.endpoint, timeout=0.5):
-                break
-        else:
-            pytest.fail(f"gvt never became ready: {gvt.tail()}")
-        guest = start(["guest", "--vhm", vhm.endpoint, "--vms", "2", "--vcpus", "2", "--ram-mb", "16",
-                       "--vgpu-types", "GVTg_V5_4,GVTg_V5_8", "--workloads", str(WORKLOADS), "--mix", MIX,
-                       *common], "guest")
-        yield {"gvt": gvt, "guest": guest, "oos": request.param}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for f in os.listdir(run_dir):
-            os.unlink(os.path.join(run_dir, f))
-        os.rmdir(run_dir)
+    with HostStack(mem_size_mb=256, gvt_args=["--enable-oos"] if request.param else []) as hs:
+        guest = hs.guest("--vms", "2", "--vcpus", "2", "--ram-mb", "16", "--vgpu-types", "GVTg_V5_4,GVTg_V5_8",
+                         "--workloads", str(WORKLOADS), "--mix", MIX, name="guest")
+        yield {"gvt": hs.gvt, "guest": guest, "oos": request.param}
 
 
 def test_ppgtt_workloads_through_shadow_tables_all_verified(stack: dict) -> None:

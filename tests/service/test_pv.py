@@ -4,13 +4,12 @@ side, and compatibility: a newer guest format or a corrupt header falls back to 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from gvtsim.orchestration.health import probe_sync
+from gvtsim.orchestration.hoststack import HostStack
 from support.procs import ServiceProc
 
 pytestmark = pytest.mark.service
@@ -20,37 +19,12 @@ PPGTT_MIX = "ppgtt_store,ppgtt_remap"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[dict]:
-    run_dir = tempfile.mkdtemp(prefix="gvtsim-pv-", dir="/dev/shm")
-    mem = os.path.join(run_dir, "machine.mem")
-    common = ["--mem-path", mem]
-    procs: list[ServiceProc] = []
-
-    def start(argv: list[str], name: str) -> ServiceProc:
-        p = ServiceProc(argv, name=name)
-        procs.append(p)
-        p.start()
-        return p
-
-    try:
-        vhm = start(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", "512", *common], "vhm")
-        pgpu = start(["pgpu", "--bind", "tcp://127.0.0.1:*", *common], "pgpu")
-        gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint, *common],
-                    "gvt")
-        for _ in range(40):
-            if probe_sync(gvt.endpoint, timeout=0.5):
-                break
-
+    with HostStack() as hs:
         def guest(name: str, *extra: str, mix: str = "store,fill,copy,aperture_copy") -> ServiceProc:
-            return start(["guest", "--vhm", vhm.endpoint, "--vms", "1", "--vcpus", "2", "--workloads", str(WORKLOADS),
-                          "--mix", mix, "--name-prefix", name, *extra, *common], name)
+            return hs.guest("--vms", "1", "--vcpus", "2", "--workloads", str(WORKLOADS), "--mix", mix,
+                            "--name-prefix", name, *extra, name=name)
 
-        yield {"gvt": gvt, "guest": guest}
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        for f in os.listdir(run_dir):
-            os.unlink(os.path.join(run_dir, f))
-        os.rmdir(run_dir)
+        yield {"gvt": hs.gvt, "guest": guest}
 
 
 def run(stack: dict, name: str, *extra: str, mix: str = "store,fill,copy,aperture_copy") -> tuple[dict, dict, dict]:
