@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-service bench install clean
+.PHONY: demo test test-unit test-service bench install clean wheels compose-tier up down load
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ test-service: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/gvtsim bench
+
+wheels: $(STAMP)  # the project and its dependencies as wheels, for the offline image build (Dockerfile)
+	rm -rf wheels && $(BIN)/python -m pip wheel --quiet --disable-pip-version-check . -w wheels/
+
+compose-tier: $(STAMP)  # the real docker-compose.yml on a real Docker engine (root; installs what it needs)
+	bash .ci/compose-tier
+
+up: $(STAMP)
+	$(BIN)/gvtsim up
+
+down: $(STAMP)
+	$(BIN)/gvtsim down
+
+load: $(STAMP)  # the acceptance load: 64 VMs for 30 s, report in reports/load
+	$(BIN)/gvtsim load --vms 64 --duration 30 --report reports/load
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("gvtsim.orchestration.health", "probe a service endpoint; exit 0 when it is ready (compose healthcheck)"),
     "demo": ("gvtsim.orchestration.demo", "bring the topology up natively, run verified workloads, print a summary"),
     "bench": ("gvtsim.orchestration.bench", "run benchmarks and print figures"),
+    "up": ("gvtsim.orchestration.up", "bring the docker-compose.yml topology up as local processes (--stacks N)"),
+    "down": ("gvtsim.orchestration.down", "stop every process `gvtsim up` started (no process left behind)"),
+    "status": ("gvtsim.orchestration.status", "services, processes or containers, health, VMs, vGPUs [--json]"),
+    "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
+    "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
 }
 
 

@@ -1,0 +1,289 @@
+"""Fault injection: ``gvtsim chaos kill SERVICE [--restart-after S]`` and ``gvtsim chaos schedule``.
+
+DESIGN section 7: any service may be SIGKILLed and restarted at any moment, and the topology serves again.
+A kill picks one live process (or container) of SERVICE, SIGKILLs its process group, optionally restarts it
+after S seconds, and measures the recovery: seconds from the restart to the new incarnation's ready line and
+healthcheck (``ready_s``), and to the whole host stack answering healthy again (``serving_s``, the brief's
+"serves again within 5 s"). A schedule spreads ``SERVICE:COUNT`` kills at seeded random times over a run,
+each in its own window (restart delay + recovery budget), so kills never overlap.
+
+The plan is pure (:func:`plan_schedule`); two backends carry it out: :class:`NativeChaos` on the launcher's
+processes and :class:`ComposeChaos` on a compose project's containers (``docker kill`` / ``docker start``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from .launcher import LaunchError, ProcState, RunState, alive, default_run_dir, group_members, healthy, signal_group, \
+    spawn, update_proc, wait_ready
+from .status import compose_cmd
+
+RECOVERY_BUDGET = 5.0  # seconds the topology has to serve again after a restart (the brief's bound)
+
+
+class ChaosError(ValueError):
+    """A schedule that cannot fit, an unknown service, nothing to kill."""
+
+
+@dataclass(frozen=True)
+class PlannedKill:
+    """Kill one process of ``service`` at ``at`` seconds into the run; restart it ``restart_after`` later."""
+
+    at: float
+    service: str
+    restart_after: float | None
+
+
+@dataclass
+class KillRecord:
+    """What one kill did and how long recovery took (seconds; None = did not happen)."""
+
+    service: str
+    target: str = ""
+    at: float = 0.0  # seconds into the run
+    old_pid: int | str = 0
+    new_pid: int | str = 0
+    restart_after: float | None = None
+    ready_s: float | None = None  # restart -> restarted service ready and healthy
+    serving_s: float | None = None  # restart -> every service of its stack healthy again
+    recovered: bool = False
+    error: str = ""
+    vms_reset: int = 0  # filled by gvtsim load from guests' vm_reset / vm_recovered events
+    vms_recovered_s: float | None = None
+
+
+def parse_kills(spec: str) -> dict[str, int]:
+    """``"gvt:2,pgpu:2,guest"`` -> ``{"gvt": 2, "pgpu": 2, "guest": 1}``.
+
+    Raises:
+        ChaosError: a malformed item or a count below 1.
+    """
+    out: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, count = item.partition(":")
+        if not name or (count and not count.isdigit()) or int(count or 1) < 1:
+            raise ChaosError(f"bad kill spec {item!r}: want SERVICE[:COUNT]")
+        out[name] = out.get(name, 0) + int(count or 1)
+    return out
+
+
+def plan_schedule(duration: float, kills: dict[str, int], restart_after: float | None, seed: int,
+                  recovery_budget: float = RECOVERY_BUDGET, margin: float = 2.0) -> list[PlannedKill]:
+    """Seeded random kill times: the run (minus ``margin`` at each end) is cut into one window per kill,
+    each at least restart delay + ``recovery_budget`` long, and each kill falls at a random point of its
+    window that still leaves that much room, so recoveries never overlap.
+
+    Raises:
+        ChaosError: the kills do not fit in ``duration``.
+    """
+    rng = random.Random(seed)
+    order = [name for name, n in sorted(kills.items()) for _ in range(n)]
+    rng.shuffle(order)
+    if not order:
+        return []
+    slot = (restart_after or 0.0) + recovery_budget
+    span = duration - 2 * margin
+    window = span / len(order)
+    if window < slot:
+        raise ChaosError(f"{len(order)} kills need {len(order) * slot + 2 * margin:.0f}s "
+                         f"({slot:.0f}s each plus {margin:.0f}s margins); the run lasts {duration:.0f}s")
+    return [PlannedKill(at=round(margin + i * window + rng.uniform(0, window - slot), 3), service=name,
+                        restart_after=restart_after) for i, name in enumerate(order)]
+
+
+# ------------------------------------------------------------------------------------------------- native
+class NativeChaos:
+    """Kills and restarts processes of a native run (the launcher's state)."""
+
+    def __init__(self, run_dir: str, seed: int = 0, owners: dict[str, str] | None = None,
+                 stacks: set[int] | None = None, respawn: Callable[[ProcState], ProcState] | None = None) -> None:
+        self.run_dir = run_dir
+        self.rng = random.Random(seed)
+        self.owners = owners or {}  # service -> the only owner ("up" / "load") whose processes may be killed
+        self.stacks = stacks  # only these host stacks (None: any)
+        self.respawn = respawn  # lets gvtsim load adjust a guest's argv (remaining duration) on restart
+
+    def targets(self, service: str, stack: int | None = None) -> list[ProcState]:
+        """Live processes of ``service`` (optionally of one stack and owner)."""
+        state = RunState.load(self.run_dir)
+        if state is None:
+            raise ChaosError(f"nothing is up in {self.run_dir}")
+        owner = self.owners.get(service)
+        return [p for p in state.procs.values() if p.service == service and alive(p)
+                and (stack is None or p.stack == stack) and (self.stacks is None or p.stack in self.stacks)
+                and (owner is None or p.owner == owner)]
+
+    async def kill(self, service: str, restart_after: float | None, stack: int | None = None,
+                   t0: float | None = None) -> KillRecord:
+        """SIGKILL one random live process of ``service``; restart it after ``restart_after`` seconds."""
+        rec = KillRecord(service=service, restart_after=restart_after)
+        procs = self.targets(service, stack)
+        if not procs:
+            rec.error = f"no live {service} process to kill"
+            return rec
+        proc = self.rng.choice(sorted(procs, key=lambda p: p.name))
+        rec.target, rec.old_pid = proc.name, proc.pid
+        rec.at = round(time.monotonic() - t0, 3) if t0 is not None else 0.0
+        signal_group(proc, signal.SIGKILL)
+        deadline = time.monotonic() + 2.0
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if restart_after is None:
+            rec.recovered = True
+            return rec
+        await asyncio.sleep(restart_after)  # the fault's duration: the service stays down this long
+        if self.respawn is not None:
+            proc = self.respawn(proc)
+        proc.restarts += 1
+        spawn(proc)
+        update_proc(self.run_dir, proc)
+        rec.new_pid = proc.pid
+        t_restart = time.monotonic()
+        try:
+            await wait_ready(proc, timeout=20.0)
+            rec.ready_s = round(time.monotonic() - t_restart, 3)
+            await self._stack_healthy(proc.stack, timeout=20.0)
+            rec.serving_s = round(time.monotonic() - t_restart, 3)
+            rec.recovered = True
+        except (LaunchError, TimeoutError) as err:
+            rec.error = str(err)
+        return rec
+
+    async def _stack_healthy(self, stack: int, timeout: float) -> None:
+        state = RunState.load(self.run_dir)
+        procs = [p for p in (state.procs.values() if state else []) if p.stack == stack and p.endpoint]
+        async with asyncio.timeout(timeout):
+            while not all(await asyncio.gather(*(healthy(p) for p in procs))):
+                await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------ compose
+class ComposeChaos:
+    """Kills and restarts containers of a compose project (``docker kill -s KILL`` / ``docker start``)."""
+
+    def __init__(self, project: str | None, files: list[str], seed: int = 0) -> None:
+        self.base = compose_cmd(project, files)
+        self.rng = random.Random(seed)
+
+    def _run(self, *args: str, timeout: float = 60.0) -> str:
+        r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise ChaosError(f"{' '.join(args)}: {r.stderr.strip()}")
+        return r.stdout
+
+    def _health(self, container: str) -> str:
+        return self._run("docker", "inspect", "-f",
+                         "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", container).strip()
+
+    async def kill(self, service: str, restart_after: float | None, stack: int | None = None,
+                   t0: float | None = None) -> KillRecord:
+        """SIGKILL one random running container of ``service``; ``docker start`` it after ``restart_after``."""
+        rec = KillRecord(service=service, restart_after=restart_after)
+        ids = self._run(*self.base, "ps", "-q", service).split()
+        if not ids:
+            rec.error = f"no running {service} container to kill"
+            return rec
+        cid = self.rng.choice(sorted(ids))
+        rec.target = rec.old_pid = cid[:12]
+        rec.at = round(time.monotonic() - t0, 3) if t0 is not None else 0.0
+        self._run("docker", "kill", "-s", "KILL", cid)
+        if restart_after is None:
+            rec.recovered = True
+            return rec
+        await asyncio.sleep(restart_after)
+        self._run("docker", "start", cid)
+        rec.new_pid = cid[:12]
+        t_restart = time.monotonic()
+        try:
+            async with asyncio.timeout(30.0):
+                while self._health(cid) not in ("running healthy", "running"):
+                    await asyncio.sleep(0.2)
+                rec.ready_s = round(time.monotonic() - t_restart, 3)
+                while not all(self._health(c) in ("running healthy", "running")
+                              for c in self._run(*self.base, "ps", "-q").split()):
+                    await asyncio.sleep(0.2)
+            rec.serving_s = round(time.monotonic() - t_restart, 3)
+            rec.recovered = True
+        except (TimeoutError, ChaosError) as err:
+            rec.error = f"{cid[:12]} not healthy again: {err or 'timeout'}"
+        return rec
+
+
+async def run_schedule(backend: NativeChaos | ComposeChaos, plan: list[PlannedKill], t0: float,
+                       on_record: Callable[[KillRecord], None] | None = None) -> list[KillRecord]:
+    """Carry out ``plan`` (times relative to ``t0``, a monotonic instant). Returns one record per kill."""
+    records = []
+    for k in plan:
+        await asyncio.sleep(max(0.0, t0 + k.at - time.monotonic()))
+        rec = await backend.kill(k.service, k.restart_after, t0=t0)
+        records.append(rec)
+        if on_record is not None:
+            on_record(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``gvtsim chaos``."""
+    p = argparse.ArgumentParser(prog="gvtsim chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default=default_run_dir())
+    p.add_argument("--compose", action="store_true", help="act on a docker compose project")
+    p.add_argument("-p", "--project", default=None)
+    p.add_argument("-f", "--file", action="append", default=[])
+    p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("--json", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    k = sub.add_parser("kill", help="SIGKILL one process/container of SERVICE")
+    k.add_argument("service")
+    k.add_argument("--restart-after", type=float, default=None, metavar="SECONDS")
+    k.add_argument("--stack", type=int, default=None, help="native: only this host stack")
+    s = sub.add_parser("schedule", help="random kills of named services over a run")
+    s.add_argument("--duration", type=float, required=True)
+    s.add_argument("--kill", required=True, metavar="SVC:N,...", help="e.g. gvt:2,pgpu:2,guest:2")
+    s.add_argument("--restart-after", type=float, default=1.0)
+    args = p.parse_args(argv)
+    backend: NativeChaos | ComposeChaos = ComposeChaos(args.project, args.file, args.seed) if args.compose \
+        else NativeChaos(args.run_dir, args.seed)
+    t0 = time.monotonic()
+    try:
+        if args.cmd == "kill":
+            records = [asyncio.run(backend.kill(args.service, args.restart_after, args.stack, t0))]
+        else:
+            plan = plan_schedule(args.duration, parse_kills(args.kill), args.restart_after, args.seed)
+            emit = (lambda r: print(json.dumps(asdict(r)), flush=True)) if args.json else \
+                (lambda r: print(_line(r), flush=True))
+            records = asyncio.run(run_schedule(backend, plan, t0, emit))
+            rest = t0 + args.duration - time.monotonic()
+            if rest > 0:
+                time.sleep(rest)  # the schedule covers the whole run
+    except ChaosError as err:
+        print(f"gvtsim chaos: {err}", file=sys.stderr)
+        return 2
+    if args.cmd == "kill":
+        print(json.dumps(asdict(records[0])) if args.json else _line(records[0]))
+    elif not args.json:
+        print(f"{sum(r.recovered for r in records)}/{len(records)} kills recovered")
+    return 0 if records and all(r.recovered for r in records) else 1
+
+
+def _line(r: KillRecord) -> str:
+    if r.error:
+        return f"kill {r.service} {r.target}: FAILED: {r.error}"
+    restart = f", restarted after {r.restart_after}s as {r.new_pid}: ready in {r.ready_s}s, stack serving in " \
+              f"{r.serving_s}s" if r.restart_after is not None else ""
+    return f"t={r.at}s kill {r.service} {r.target} (pid {r.old_pid}){restart}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

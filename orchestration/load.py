@@ -1,0 +1,315 @@
+"""``gvtsim load --vms N --duration S [--report DIR] [--json] [--chaos gvt:2,pgpu:2,guest:2]``.
+
+Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against the topology that
+``gvtsim up`` (or ``docker compose up``, with ``--compose``) brought up, shows progress on stderr while it
+runs, and writes a report (:mod:`.report`): throughput over time, ioreq latency percentiles per type,
+workloads verified and failed with reasons, errors, recovery per kill, PNG plots and the raw figures.
+
+Placement: a host stack holds at most 7 vGPUs (GVT_MAX_VGPU 8, ids 1..7; gvt-facts 3), so VMs go to the
+stacks with free vGPU slots (asked from each gvt's STATUS) and, natively, the run is scaled out with more
+host stacks (vhm + pgpu + gvt, no guests) when the free slots do not suffice (DESIGN section 2: scaling out
+means more host stacks). The added stacks stay up until ``gvtsim down``.
+
+Each guest process runs the workload mix of services/guest (fill, copy, store, aperture_copy; verified in
+guest RAM) for ``--duration`` seconds when the guest supports ``--duration``, else ``--workloads`` per VM.
+Exit status: 0 when the verdict passes (see :func:`.loadstats.verdict`), 1 otherwise, 2 on usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .chaos import ChaosError, NativeChaos, parse_kills, plan_schedule, run_schedule
+from .compose import load_topology, native_plan
+from .launcher import LaunchError, ProcState, RunState, add_stacks, alive, default_run_dir, group_members, \
+    read_events, signal_group, spawn, update_proc
+from .loadstats import LoadStats, attach_recovery, verdict
+from .report import write_report
+from .status import free_vgpus
+from .health import probe, status_dict
+
+VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 640 MB aperture
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """One guest process of the load: ``vms`` VMs on host stack ``stack``."""
+
+    stack: int
+    index: int
+    vms: int
+
+
+def place(n_vms: int, free: dict[int, int], per_guest: int) -> list[GuestPlan]:
+    """Spread ``n_vms`` over the stacks' free vGPU slots, ``per_guest`` VMs per guest process at most.
+
+    Raises:
+        ValueError: fewer free slots than VMs.
+    """
+    if n_vms > sum(max(0, f) for f in free.values()):
+        raise ValueError(f"{n_vms} VMs need {n_vms} vGPU slots; {sum(free.values())} are free")
+    plans: list[GuestPlan] = []
+    left = n_vms
+    for stack in sorted(free):
+        take = min(left, max(0, free[stack]))
+        left -= take
+        while take > 0:
+            chunk = min(per_guest, take)
+            plans.append(GuestPlan(stack, len(plans), chunk))
+            take -= chunk
+    return plans
+
+
+def stacks_to_add(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_STACK) -> int:
+    """Host stacks to add so that ``n_vms`` VMs find vGPU slots."""
+    return max(0, math.ceil((n_vms - sum(max(0, f) for f in free.values())) / per_stack))
+
+
+def guest_flags() -> set[str]:
+    """The optional guest flags this checkout has (``--duration``, ``--recover``, ``--stats-interval``)."""
+    out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "guest", "--help"], capture_output=True,
+                         text=True, timeout=30).stdout
+    return {f for f in ("--duration", "--recover", "--stats-interval") if f in out}
+
+
+# ---------------------------------------------------------------------------------------------- native
+class NativeGuests:
+    """The load's guest processes in a native run: recorded in the run's state (owner "load")."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = run_dir
+        self.procs: dict[str, ProcState] = {}
+
+    async def free_slots(self, vgpu_type: str) -> dict[int, int]:
+        state = RunState.load(self.run_dir)
+        if state is None:
+            raise LaunchError(f"nothing is up in {self.run_dir}: run `gvtsim up` first")
+        free = {}
+        for k in state.stacks:
+            ep = state.endpoint(k, "gvt")
+            try:
+                free[k] = free_vgpus(status_dict(await probe(ep, 3.0)).get("info", {}), vgpu_type) if ep else 0
+            except Exception:
+                free[k] = 0  # an unreachable gvt offers nothing
+        return free
+
+    def spawn(self, plan: GuestPlan, guest_args: list[str]) -> str:
+        """Start one guest process with its stack's guest service environment from the compose file."""
+        state = RunState.load(self.run_dir)
+        assert state is not None
+        topo = load_topology(state.compose_file)
+        base = next(s for s in native_plan(topo, [plan.stack], state.native_layout, replicas={"guest": 1})
+                    if s.service == "guest")
+        name = f"s{plan.stack}/load-guest.{plan.index}"
+        ident = name.replace("/", "-")
+        spec = replace(base, name=name, replica=plan.index, argv=(*base.argv, "--vms", str(plan.vms), *guest_args),
+                       env={**base.env, "GVTSIM_ID": ident, "GVTSIM_NAME_PREFIX": f"{ident}-vm"})
+        proc = spawn(ProcState.from_spec(spec, self.run_dir, owner="load"))
+        update_proc(self.run_dir, proc)
+        self.procs[name] = proc
+        return name
+
+    def current(self, name: str) -> ProcState:
+        state = RunState.load(self.run_dir)
+        return state.procs.get(name, self.procs[name]) if state else self.procs[name]
+
+    def stop_all(self) -> None:
+        """SIGTERM every load guest (its VMs are destroyed), SIGKILL stragglers, drop them from the state."""
+        procs = [self.current(n) for n in self.procs]
+        for p in procs:
+            signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(group_members(p.pid) for p in procs):
+            time.sleep(0.05)
+        for p in procs:
+            if group_members(p.pid):
+                signal_group(p, signal.SIGKILL)
+            update_proc(self.run_dir, p, remove=True)
+
+
+def _respawn_with_remaining(deadline: float) -> Any:
+    """Chaos restarts a load guest with the run's remaining duration, not the whole one."""
+    def respawn(proc: ProcState) -> ProcState:
+        if "--duration" in proc.argv:
+            i = proc.argv.index("--duration")
+            proc.argv[i + 1] = str(round(max(1.0, deadline - time.monotonic()), 1))
+        return proc
+    return respawn
+
+
+# ------------------------------------------------------------------------------------------------- run
+async def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    """Place, start, watch and stop the load; returns the report data (figures, kills, problems)."""
+    guests = NativeGuests(args.run_dir)
+    free = await guests.free_slots(args.vgpu_type)
+    added = stacks_to_add(args.vms, free)
+    if added:
+        if args.no_scale_out:
+            raise LaunchError(f"{args.vms} VMs need {added} more host stack(s); --no-scale-out was given")
+        progress(f"scaling out: +{added} host stack(s) for {args.vms} VMs ({sum(free.values())} vGPU slots free)")
+        await add_stacks(args.run_dir, added)
+        free = await guests.free_slots(args.vgpu_type)
+    plans = place(args.vms, free, args.vms_per_guest)
+    flags = guest_flags()
+    duration_mode = "--duration" in flags
+    guest_args = ["--vgpu-types", args.vgpu_type, "--vcpus", str(args.vcpus)]
+    guest_args += [] if duration_mode else ["--workloads", str(args.workloads)]
+    guest_args += ["--recover"] if "--recover" in flags else []  # a GPU reset re-creates the VM (chaos runs)
+    guest_args += ["--stats-interval", "1"] if "--stats-interval" in flags else []
+    progress(f"starting {len(plans)} guest processes for {args.vms} VMs on stacks "
+             f"{sorted({p.stack for p in plans})} ({'duration' if duration_mode else 'workload-count'} mode)")
+    t0 = time.monotonic()
+    stats = LoadStats(t0, args.vms)
+    chaos_task = None
+    t_load = 0.0
+    offsets: dict[str, int] = {}
+    try:
+        await ramp_up(guests, plans, guest_args, stats, offsets, args.ramp, args.duration if duration_mode else None)
+        t_load = time.monotonic()  # every VM is up: the measured run begins (guests end by their --duration)
+        deadline = t_load + args.duration + args.grace
+        if args.chaos:
+            plan = plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed)
+            backend = NativeChaos(args.run_dir, args.seed, owners={"guest": "load"}, stacks={p.stack for p in plans},
+                                  respawn=_respawn_with_remaining(t_load + args.duration))
+            plan = [replace(k, at=k.at + (t_load - t0)) for k in plan]  # kill times count from the ramp's end
+            chaos_task = asyncio.create_task(run_schedule(backend, plan, t0, lambda r: progress(
+                f"kill {r.service} {r.target}: {'recovered' if r.recovered else 'NOT recovered ' + r.error} "
+                f"(ready {r.ready_s}s, stack serving {r.serving_s}s)")))
+        last_progress = 0.0
+        while True:
+            now = time.monotonic()
+            drain(guests, offsets, stats, now)
+            stats.sample(now)
+            if now - last_progress >= 1.0:
+                last_progress = now
+                tot = stats.totals()
+                progress(f"{now - t0:6.1f}s  VMs running {stats.vms_running()}/{args.vms}  verified "
+                         f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+            all_done = all(stats.current.get(n) is not None and stats.current[n].done for n in guests.procs)
+            if (all_done and (chaos_task is None or chaos_task.done())) or now > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        if chaos_task is not None and not chaos_task.done():
+            chaos_task.cancel()
+        for name, proc in guests.procs.items():
+            if not alive(guests.current(name)):
+                stats.ended(name, "exited")
+        drain(guests, offsets, stats, time.monotonic())
+        guests.stop_all()
+        drain(guests, offsets, stats, time.monotonic())
+        for name in guests.procs:
+            stats.ended(name, "terminated")
+    kills = [asdict(r) for r in (chaos_task.result() if chaos_task is not None and not chaos_task.cancelled()
+                                 and chaos_task.exception() is None else [])]
+    if chaos_task is not None and (chaos_task.cancelled() or chaos_task.exception() is not None):
+        kills.append({"service": "?", "target": "", "recovered": False, "at": 0.0,
+                      "error": "chaos schedule did not finish within the run"})
+    attach_recovery(kills, stats)
+    fig = stats.figures(time.monotonic())
+    problems = verdict(fig, bool(args.chaos), kills)
+    fig["ramp_s"] = round(t_load - t0, 3) if t_load else None
+    return {"command": {k: v for k, v in vars(args).items()}, "mode": "duration" if duration_mode else "workloads",
+            "stacks_added": added, "figures": fig, "kills": kills, "problems": problems}
+
+
+async def ramp_up(guests: NativeGuests, plans: list[GuestPlan], guest_args: list[str], stats: LoadStats,
+                  offsets: dict[str, int], ramp: int, duration: float | None, boot_timeout: float = 60.0) -> None:
+    """Start the guest processes at most ``ramp`` booting at a time: a guest has booted when all its VMs
+    sent vm_ready (or it gave up, or ``boot_timeout`` passed). Booting VMs all at once on a small machine
+    starves the services' heartbeats (each VM creation writes its whole GGTT range), so the load ramps up.
+
+    With ``duration``, each guest runs that long plus the ramp-up still ahead of it (estimated from the
+    boot times so far), so that all VMs run together for about ``duration`` seconds."""
+    pending = list(plans)
+    booting: dict[str, tuple[GuestPlan, float]] = {}
+    booted, boot_times = 0, [1.5]
+    while pending or booting:
+        while pending and len(booting) < ramp:
+            plan = pending.pop(0)
+            extra = []
+            if duration is not None:
+                ahead = sum(boot_times) / len(boot_times) * (len(pending) + 1) / ramp
+                extra = ["--duration", str(round(duration + ahead, 1))]
+            booting[guests.spawn(plan, [*guest_args, *extra])] = (plan, time.monotonic())
+        await asyncio.sleep(0.1)
+        now = time.monotonic()
+        drain(guests, offsets, stats, now)
+        for name, (plan, started) in list(booting.items()):
+            inc = stats.current.get(name)
+            if (inc is not None and (len(inc.vms_ready) >= plan.vms or inc.ended)) or not alive(guests.procs[name]) \
+                    or now - started > boot_timeout:
+                del booting[name]
+                booted += 1
+                boot_times.append(now - started)
+                progress(f"ramp-up: {booted}/{len(plans)} guest processes booted, "
+                         f"{len(set().union(*(i.vms_ready for i in stats.incarnations)))} VMs ready")
+
+
+def drain(guests: NativeGuests, offsets: dict[str, int], stats: LoadStats, now: float) -> None:
+    """Feed every new complete event line of every load guest's stdout to ``stats``."""
+    for name, proc in guests.procs.items():
+        events, offsets[name] = read_events(proc.out, offsets.get(name, proc.out_offset))
+        for ev in events:
+            stats.feed(name, ev, now)
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr (stdout carries the result)."""
+    print(f"load: {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``gvtsim load``."""
+    p = argparse.ArgumentParser(prog="gvtsim load", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vms", type=int, required=True)
+    p.add_argument("--duration", type=float, required=True, help="seconds of load")
+    p.add_argument("--report", default=None, metavar="DIR", help="write report.json, summary.md and PNG plots")
+    p.add_argument("--json", action="store_true", help="print the report data as JSON on stdout")
+    p.add_argument("--run-dir", default=default_run_dir())
+    p.add_argument("--vms-per-guest", type=int, default=4)
+    p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--vgpu-type", default="GVTg_V5_8")
+    p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration")
+    p.add_argument("--ramp", type=int, default=1, help="guest processes booting at the same time [1]")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds past --duration (after the ramp-up) before guests are stopped")
+    p.add_argument("--no-scale-out", action="store_true", help="fail instead of adding host stacks")
+    p.add_argument("--chaos", default="", metavar="SVC:N,...", help="kill services during the run, e.g. gvt:2,guest:2")
+    p.add_argument("--restart-after", type=float, default=1.0, help="chaos: seconds a killed service stays down")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 1:
+        p.error("--vms, --duration and --vms-per-guest must be positive")
+    try:
+        data = asyncio.run(run_load(args))
+    except (LaunchError, ChaosError, ValueError) as err:
+        print(f"gvtsim load: {err}", file=sys.stderr)
+        return 2
+    if args.report:
+        data["files"] = write_report(args.report, data)
+    fig = data["figures"]
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        print(f"{fig['vms_booted']}/{fig['vms_requested']} VMs, {fig['workloads_verified']} workloads verified, "
+              f"{fig['workloads_failed']} failed, {fig['workloads_per_s']}/s"
+              + (f"; report in {os.path.abspath(args.report)}" if args.report else ""))
+        for problem in data["problems"]:
+            print(f"  problem: {problem}")
+    return 0 if not data["problems"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""``gvtsim up``: the compose topology as local processes (the machinery is in :mod:`.launcher`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .compose import ComposeError
+from .launcher import DEFAULT_COMPOSE, LaunchError, default_run_dir, up
+from . import launcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``gvtsim up``: bring the compose topology up as local processes."""
+    p = argparse.ArgumentParser(prog="gvtsim up", description=launcher.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-f", "--file", default=DEFAULT_COMPOSE, help="compose file [docker-compose.yml]")
+    p.add_argument("--run-dir", default=default_run_dir(), help="state and logs [$GVTSIM_RUN_DIR or .gvtsim/run]")
+    p.add_argument("--stacks", type=int, default=int(os.environ.get("GVTSIM_STACKS", "1")),
+                   help="host stacks (vhm+pgpu+gvt+guests each, own ports and memory) [GVTSIM_STACKS or 1]")
+    p.add_argument("--port-offset", default="auto", help="added to the compose ports; auto: 0 if free [auto]")
+    p.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="override replicas")
+    p.add_argument("--no-guests", action="store_true", help="start vhm, pgpu and gvt only")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds for each service to become healthy")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        replicas = {k: int(v) for k, _, v in (s.partition("=") for s in args.scale)}
+    except ValueError:
+        p.error("--scale takes SERVICE=N")
+    t0 = time.monotonic()
+    try:
+        state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout)
+    except (LaunchError, ComposeError) as err:
+        print(f"gvtsim up: {err}", file=sys.stderr)
+        return 1
+    summary = {"run_dir": state.run_dir, "stacks": state.stacks, "seconds": round(time.monotonic() - t0, 2),
+               "procs": {n: {"pid": pr.pid, "endpoint": pr.endpoint} for n, pr in state.procs.items()}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for n, pr in state.procs.items():
+            print(f"{n:<16} pid {pr.pid:<7} {pr.endpoint or ''}")
+        print(f"up: {len(state.stacks)} stack(s), {len(state.procs)} processes in {summary['seconds']} s "
+              f"(state in {state.run_dir})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

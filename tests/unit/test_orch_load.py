@@ -1,0 +1,183 @@
+"""Pure parts of chaos, load and the report: kill schedules, VM placement, event aggregation, verdicts,
+and the report files (orchestration/chaos.py, load.py, loadstats.py, report.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gvtsim.orchestration.chaos import ChaosError, parse_kills, plan_schedule
+from gvtsim.orchestration.load import place, stacks_to_add
+from gvtsim.orchestration.loadstats import LoadStats, attach_recovery, hist_percentiles, verdict
+from gvtsim.orchestration.report import write_report
+
+T0 = 1000.0
+
+
+# ------------------------------------------------------------------------------------------------ chaos
+def test_parse_kills() -> None:
+    assert parse_kills("gvt:2, pgpu:2,guest") == {"gvt": 2, "pgpu": 2, "guest": 1}
+    for bad in ("gvt:0", "gvt:x", ":2"):
+        with pytest.raises(ChaosError):
+            parse_kills(bad)
+
+
+@given(st.dictionaries(st.sampled_from(["gvt", "pgpu", "guest", "vhm"]), st.integers(1, 3), min_size=1),
+       st.floats(0.0, 3.0), st.integers(0, 2**32))
+def test_schedule_kills_never_overlap_and_stay_in_the_run(kills: dict[str, int], restart: float, seed: int) -> None:
+    duration = 4 + sum(kills.values()) * (restart + 5.0) * 1.5
+    plan = plan_schedule(duration, kills, restart, seed)
+    assert sorted(k.service for k in plan) == sorted(s for s, n in kills.items() for _ in range(n))
+    assert [k.at for k in plan] == sorted(k.at for k in plan)
+    for a, b in zip(plan, plan[1:]):
+        assert b.at - a.at >= restart + 5.0 - 1e-6  # each recovery has its window
+    assert plan[0].at >= 2.0 and plan[-1].at + restart + 5.0 <= duration - 2.0 + 1e-6
+    assert plan == plan_schedule(duration, kills, restart, seed)  # seeded: reproducible
+
+
+def test_schedule_that_cannot_fit_is_refused() -> None:
+    with pytest.raises(ChaosError, match="6 kills need"):
+        plan_schedule(30, {"gvt": 2, "pgpu": 2, "guest": 2}, 1.0, 0)
+    assert len(plan_schedule(60, {"gvt": 2, "pgpu": 2, "guest": 2}, 1.0, 0)) == 6
+
+
+# ------------------------------------------------------------------------------------------- placement
+def test_place_fills_free_slots_in_guest_sized_chunks() -> None:
+    plans = place(10, {0: 5, 1: 7}, per_guest=4)
+    assert [(p.stack, p.vms) for p in plans] == [(0, 4), (0, 1), (1, 4), (1, 1)]
+    assert sum(p.vms for p in plans) == 10
+    assert len({p.index for p in plans}) == len(plans)
+    with pytest.raises(ValueError, match="need 13 vGPU slots"):
+        place(13, {0: 5, 1: 7}, 4)
+
+
+@given(st.integers(1, 200), st.dictionaries(st.integers(0, 20), st.integers(0, 7), max_size=6),
+       st.integers(1, 8))
+def test_scale_out_then_place_always_fits(n: int, free: dict[int, int], per_guest: int) -> None:
+    add = stacks_to_add(n, free)
+    grown = {**free, **{100 + i: 7 for i in range(add)}}
+    plans = place(n, grown, per_guest)
+    assert sum(p.vms for p in plans) == n
+    assert all(1 <= p.vms <= per_guest for p in plans)
+    for stack in grown:
+        assert sum(p.vms for p in plans if p.stack == stack) <= grown[stack]
+    if add:
+        assert sum(free.values()) + 7 * (add - 1) < n  # no stack more than needed
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def feed(s: LoadStats, source: str, *events: dict) -> None:
+    for ev in events:
+        s.feed(source, ev, ev.get("t", T0))
+
+
+def test_totals_sum_incarnations_and_never_invent_verified_workloads() -> None:
+    s = LoadStats(T0, vms_requested=3)
+    feed(s, "s0/g.0", {"event": "ready", "pid": 10, "t": T0},
+         {"event": "vm_ready", "vm": 1, "name": "a", "t": T0 + 1},
+         {"event": "stats", "submitted": 5, "verified": 4, "failed": 1, "t": T0 + 2},
+         # killed here: a restarted incarnation begins with its ready line
+         {"event": "ready", "pid": 11, "t": T0 + 3},
+         {"event": "vm_ready", "vm": 7, "name": "a", "t": T0 + 4},
+         {"event": "vm_done", "vm": 7, "name": "a", "submitted": 3, "verified": 3, "failed": 0, "failures": []},
+         {"event": "done", "workloads_submitted": 3, "workloads_verified": 3, "workloads_failed": 0, "t": T0 + 5})
+    feed(s, "s1/g.1", {"event": "ready", "pid": 12, "t": T0},
+         {"event": "vm_ready", "vm": 1, "name": "b", "t": T0 + 1},
+         {"event": "vm_done", "vm": 1, "name": "b", "submitted": 2, "verified": 1, "failed": 1,
+          "failures": ["copy: GPU hang (no context_complete in 10.0s)"]})
+    s.ended("s1/g.1", "terminated")
+    fig = s.figures(T0 + 6)
+    assert (fig["workloads_submitted"], fig["workloads_verified"], fig["workloads_failed"]) == (10, 8, 2)
+    assert fig["vms_booted"] == 2  # "a" re-booted after its process restart is still one VM
+    assert [g["ended"] for g in fig["guest_processes"]] == ["killed", "done", "terminated"]
+    assert fig["failures_by_reason"] == {"copy: GPU hang": 1}
+    # the killed incarnation reported one failure in stats only: no reason for it
+    assert fig["unexplained_by_source"] == {"s0/g.0#10 (killed)": 1}
+    assert len(fig["killed_guests"]) == 1
+    problems = verdict(fig, chaos=True, kills=[])
+    assert any("carry no reason" in p for p in problems)
+    assert any("never reported done" in p and "s1/g.1" in p for p in problems)
+    assert any("only 2 of 3 VMs" in p for p in problems)
+
+
+def test_throughput_spreads_each_report_over_its_interval() -> None:
+    s = LoadStats(T0, 1)
+    feed(s, "g", {"event": "ready", "pid": 1, "t": T0},
+         {"event": "stats", "verified": 20, "t": T0 + 2.0},  # 10/s over [0, 2)
+         {"event": "stats", "verified": 50, "t": T0 + 2.5})  # 60/s over [2, 2.5)
+    series = dict(s.throughput())
+    assert series == {0.0: 10.0, 1.0: 10.0, 2.0: 30.0}
+    assert sum(series.values()) == 50
+
+
+def test_latency_merge_prefers_histograms() -> None:
+    s = LoadStats(T0, 2)
+    feed(s, "a", {"event": "ready", "pid": 1}, {"event": "done", "ioreq_hist_us": {"MMIO": [[100, 90], [1000, 10]]},
+                                                "rtt_us_by_type": {"MMIO": {"n": 100, "p50": 1.0}}})
+    feed(s, "b", {"event": "ready", "pid": 2}, {"event": "done", "ioreq_hist_us": {"MMIO": [[100, 0], [1000, 100]]}})
+    feed(s, "c", {"event": "ready", "pid": 3}, {"event": "done", "rtt_us_by_type": {"PIO": {"n": 3, "p50": 10.0,
+                                                                                     "p99": 40.0}}})
+    feed(s, "d", {"event": "ready", "pid": 4}, {"event": "done", "rtt_us_by_type": {"PIO": {"n": 1, "p50": 50.0,
+                                                                                     "p99": 80.0}}})
+    lat = s.latency()
+    assert lat["MMIO"] == {"count": 200, "p50": 1000.0, "p90": 1000.0, "p99": 1000.0, "approximate": False}
+    assert lat["PIO"]["approximate"] and lat["PIO"]["p50"] == 20.0 and lat["PIO"]["p99"] == 50.0
+    assert hist_percentiles(__import__("collections").Counter({1.0: 50, 2.0: 49, 9.0: 1}))["p99"] == 2.0
+
+
+def test_verdict_without_chaos_demands_every_workload_verified() -> None:
+    s = LoadStats(T0, 1)
+    feed(s, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "done", "workloads_submitted": 4, "workloads_verified": 4, "workloads_failed": 0})
+    assert verdict(s.figures(T0 + 1), chaos=False, kills=[]) == []
+    s2 = LoadStats(T0, 1)
+    feed(s2, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "vm_done", "name": "a", "failed": 1, "failures": ["store: bad fence"]},
+         {"event": "done", "workloads_submitted": 4, "workloads_verified": 3, "workloads_failed": 1})
+    assert verdict(s2.figures(T0 + 1), chaos=True, kills=[]) == []  # failure with its reason: fine under chaos
+    assert any("1 workloads failed" in p for p in verdict(s2.figures(T0 + 1), chaos=False, kills=[]))
+    assert any("not recovered" in p for p in verdict(s.figures(T0 + 1), True,
+                                                      [{"service": "gvt", "recovered": False, "error": "x"}]))
+
+
+def test_recovery_is_attributed_to_the_kill_and_its_stack() -> None:
+    s = LoadStats(T0, 2)
+    feed(s, "s0/load-guest.0", {"event": "ready", "pid": 1, "t": T0},
+         {"event": "vm_reset", "vm": 1, "reason": "gvt lost", "t": T0 + 10.5},
+         {"event": "vm_recovered", "vm": 2, "recovery_s": 1.9, "t": T0 + 12.4})
+    feed(s, "s1/load-guest.1", {"event": "ready", "pid": 2, "t": T0},
+         {"event": "vm_reset", "vm": 1, "reason": "other stack", "t": T0 + 10.6})
+    feed(s, "s0/load-guest.2", {"event": "ready", "pid": 3, "t": T0 + 0.5})
+    s.feed("s0/load-guest.2", {"event": "ready", "pid": 4}, T0 + 21.2)
+    s.feed("s0/load-guest.2", {"event": "vm_ready", "name": "x", "t": T0 + 22.0}, T0 + 22.0)
+    kills = [{"service": "gvt", "target": "s0/gvt", "at": 10.0, "restart_after": 1.0},
+             {"service": "guest", "target": "s0/load-guest.2", "at": 20.0, "restart_after": 1.0}]
+    attach_recovery(kills, s)
+    assert kills[0]["vms_reset"] == 1 and kills[0]["vms_recovered_s"] == pytest.approx(1.4)
+    assert kills[1]["vms_recovered_s"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def test_report_files(tmp_path) -> None:
+    s = LoadStats(T0, 1)
+    feed(s, "s0/g", {"event": "ready", "pid": 1, "t": T0}, {"event": "vm_ready", "name": "a", "t": T0},
+         {"event": "stats", "verified": 5, "failed": 0, "t": T0 + 1,
+          "rtt_us_by_type": {"MMIO": {"n": 9, "p50": 5.0, "p90": 7.0, "p99": 9.0}}},
+         {"event": "done", "workloads_submitted": 9, "workloads_verified": 9, "workloads_failed": 0, "t": T0 + 2})
+    kills = [{"service": "gvt", "target": "s0/gvt", "at": 0.5, "restart_after": 0.2, "ready_s": 0.3,
+              "serving_s": 0.4, "vms_reset": 1, "vms_recovered_s": 1.2, "recovered": True}]
+    data = {"figures": s.figures(T0 + 2), "kills": kills, "problems": []}
+    files = write_report(str(tmp_path), data)
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["latency.png", "recovery.png", "report.json", "summary.md", "throughput.png", "workloads.png"]
+    for f in files:
+        if f.endswith(".png"):
+            with open(f, "rb") as fh:
+                assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert json.load(open(tmp_path / "report.json"))["figures"]["workloads_verified"] == 9
+    summary = open(tmp_path / "summary.md").read()
+    assert "PASS" in summary and "| 0.5 | gvt | s0/gvt | 0.3 | 0.4 | 1 | 1.2 |" in summary
