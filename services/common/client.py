@@ -250,9 +250,15 @@ class Connection:
         if isinstance(msg, m.Bye):
             self.log.info("server_bye", reason=msg.reason)
             raise ConnectionResetError("server said BYE")
-        if isinstance(msg, m.Error) and msg.code == ErrorCode.NOT_HELLO.value and msg.req is None:
-            raise ConnectionResetError("server forgot our session")  # server restarted: re-HELLO
+        forgot = isinstance(msg, m.Error) and msg.code == ErrorCode.NOT_HELLO.value
         req = getattr(msg, "req", None) if isinstance(msg, m.REPLY_TYPES) else None
+        if forgot:  # the server restarted and does not know us: answer the call it refused, then re-HELLO
+            fut = self._pending.get(req) if req is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            elif req is not None and self.on_message is not None:
+                await self.on_message(msg)
+            raise ConnectionResetError("server forgot our session")
         if req is not None:
             fut = self._pending.get(req)
             if fut is not None and not fut.done():

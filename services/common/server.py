@@ -221,7 +221,8 @@ class RouterServer:
                 await self.reply_error(ident, ErrorCode.NOT_HELLO, "session unknown (server restarted?): send HELLO")
                 return
             self.counters["not_hello"] += 1
-            await self.reply_error(ident, ErrorCode.NOT_HELLO, f"{type(msg).__name__} before HELLO")
+            await self.reply_error(ident, ErrorCode.NOT_HELLO, f"{type(msg).__name__} before HELLO",
+                                   req=getattr(msg, "req", None))
             return
         if isinstance(msg, m.Heartbeat):
             self.counters["heartbeats_in"] += 1

@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -45,7 +46,9 @@ def new_epoch() -> int:
 def common_args(parser: argparse.ArgumentParser, role: str) -> argparse.ArgumentParser:
     """Flags every service has. Each defaults to an environment variable (shown in --help)."""
     g = parser.add_argument_group("common")
-    g.add_argument("--id", default=env("ID", f"{role}-{os.getpid()}"), help="peer id announced in HELLO [GVTSIM_ID]")
+    # host name and pid: unique across containers too (every container's first process is pid 1)
+    g.add_argument("--id", default=env("ID", f"{role}-{socket.gethostname()[:32]}-{os.getpid()}"),
+                   help="peer id announced in HELLO [GVTSIM_ID]")
     g.add_argument("--heartbeat-ivl", type=float, default=float(env("HEARTBEAT_IVL", "0.5")),
                    help="heartbeat interval, seconds [GVTSIM_HEARTBEAT_IVL]")
     g.add_argument("--liveness", type=int, default=int(env("LIVENESS", "3")),

@@ -8,6 +8,7 @@ lines (``vm_ready``, ``vm_done``, ``done``) for the launcher and tests; logs go 
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import time
 from collections import Counter
@@ -25,6 +26,11 @@ from .i915 import DriverError, VgpuDriver
 from .pci import probe_gpu
 from .workloads import VerifyError, WorkloadRunner, allocate, kinds_for
 from .events import emit
+
+
+def reason_category(reason: str) -> str:
+    """A failure reason with its numbers folded ("fill#12 ... 3.0s" -> "fill#N ... N s"), for grouping."""
+    return re.sub(r"0x[0-9a-fA-F]+|\d+(\.\d+)?", "N", reason)[:160]
 
 
 class WorkloadAborted(RuntimeError):
@@ -56,6 +62,15 @@ class GuestVm:
     past_rtt: dict[str, list[float]] = field(default_factory=dict)
     past_msis: int = 0
     resets: int = 0
+
+    failure_reasons: Counter[str] = field(default_factory=Counter)
+
+    def fail(self, reason: str) -> None:
+        """A workload failed: count it under its reason (numbers folded, so alike failures group)."""
+        self.failed += 1
+        if len(self.failures) < 100:
+            self.failures.append(reason)
+        self.failure_reasons[reason_category(reason)] += 1
 
     def ioreqs(self) -> Counter[str]:
         out = Counter(self.past_ioreqs)
@@ -203,7 +218,8 @@ class GuestService(BaseService):
                 if isinstance(err, ExceptionGroup):  # from the vCPU task group: the first real cause
                     err = err.exceptions[0]
                 reason = f"{type(err).__name__}: {err}"
-                vm.failures.append(reason)
+                if not isinstance(err, WorkloadAborted):  # a workload's failure was recorded with it
+                    vm.failures.append(reason)
                 self.log.warning("vm_failed", vm=vm.vm_id, name=vm.name, error=reason,
                                  exc_info=not isinstance(err, (RemoteError, IoreqFailed, DriverError, PeerLost,
                                                                TimeoutError, WorkloadAborted)))
@@ -286,15 +302,14 @@ class GuestService(BaseService):
             try:
                 await runner.run(kind, engine, vcpu=vcpu, user_irq=(i % 3 != 2))
             except VerifyError as err:
-                vm.failed += 1
-                vm.failures.append(str(err))
+                vm.fail(f"VerifyError: {err}")
             except asyncio.CancelledError:
-                vm.failed += 1  # a sibling vCPU hit a reset: this request never completes
-                vm.failures.append(f"{kind} on {engine}: aborted by the VM reset")
+                vm.fail(f"{kind} on {engine}: aborted by the VM reset")  # a sibling vCPU hit a reset
                 raise
             except Exception as err:
-                vm.failed += 1
-                raise WorkloadAborted(f"{kind} on {engine}: {type(err).__name__}: {err}") from err
+                reason = f"{kind} on {engine}: {type(err).__name__}: {err}"
+                vm.fail(reason)
+                raise WorkloadAborted(reason) from err
             else:
                 vm.verified += 1
                 vm.by_kind[kind] += 1
@@ -346,6 +361,7 @@ class GuestService(BaseService):
                 "mmio_rtt_us": {"p50": mmio["p50"], "p99": mmio["p99"], "mean": mmio["mean"]},
                 "rtt_us_by_type": {k: percentiles(v) for k, v in rtt.items()},
                 "resets": sum(v.resets for v in self.vms), "recoveries": sum(v.recoveries for v in self.vms),
+                "failures_by_reason": dict(sum((v.failure_reasons for v in self.vms), Counter())),
                 "seconds": round(elapsed, 3), "workloads_per_s": round(verified / elapsed, 1) if elapsed else 0.0,
                 "per_vm": [self._vm_summary(v) for v in self.vms]}
 
@@ -363,6 +379,7 @@ class GuestService(BaseService):
                 "submitted": sum(v.submitted for v in self.vms), "verified": sum(v.verified for v in self.vms),
                 "failed": sum(v.failed for v in self.vms), "resets": sum(v.resets for v in self.vms),
                 "recoveries": sum(v.recoveries for v in self.vms), "ioreqs_by_type": dict(ioreqs),
+                "failures_by_reason": dict(sum((v.failure_reasons for v in self.vms), Counter())),
                 "rtt_us_by_type": {k: percentiles(v) for k, v in self._rtt().items()},
                 "workload_latency_ms": {k: (v / 1000 if k != "n" else v) for k, v in percentiles(lat).items()}}
 

@@ -167,16 +167,18 @@ class GvtService(BaseService):
         for e in effects:
             if isinstance(e, fx.Uevent):
                 self.log.info("uevent", vm=e.vm, name=e.name, value=e.value)
+        failed_submits = []
         for peer, cls, fields in effects_to_messages(effects):
             conn = self.conns.get(peer)
-            if conn is None or not conn.up.is_set():
-                self.counters[f"effects_dropped_{peer}"] += 1
-                continue
-            req = conn.next_req()
+            req = conn.next_req() if conn is not None else 0
             try:
+                if conn is None or not conn.up.is_set():
+                    raise PeerLost(f"{peer} not connected")
                 await conn.send(cls(req=req, **fields))
-            except PeerLost:
+            except PeerLost as err:
                 self.counters[f"effects_dropped_{peer}"] += 1
+                if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it
+                    failed_submits.append((fields["tag"], str(err)))
                 continue
             self.counters[f"effects_sent_{peer}"] += 1
             if cls is m.ElspSubmit:
@@ -184,6 +186,10 @@ class GvtService(BaseService):
             if len(self._sent) > 10_000:
                 self._sent.clear()
             self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
+        if failed_submits:
+            for tag, why in failed_submits:
+                self.core.scheduler.submit_failed(tag, why)
+            await self._flush()  # the next workloads (if any) try again
 
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
         req = getattr(msg, "req", -1)
@@ -313,6 +319,9 @@ class GvtService(BaseService):
             self.counters["unexpected_messages"] += 1
 
     async def _pgpu_up(self, server_epoch: int, restarted: bool) -> None:
+        if restarted:  # a new GPU knows nothing of what the old one was running: those workloads hung
+            self._submits.clear()
+            self.core.scheduler.engine_lost("pgpu restarted")
         self._spawn(self._pgpu_setup())
 
     async def _pgpu_setup(self) -> None:
