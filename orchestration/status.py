@@ -32,10 +32,13 @@ def free_vgpus(gvt_info: dict[str, Any], vgpu_type: str = "GVTg_V5_8") -> int:
 def stack_summary(vhm: dict[str, Any] | None, gvt: dict[str, Any] | None) -> dict[str, Any]:
     """VMs and vGPUs of one host stack from its vhm's and gvt's STATUS dicts (None: unreachable)."""
     vms = (vhm or {}).get("info", {}).get("vms", {})
-    vgpus = (gvt or {}).get("info", {}).get("vgpus", [])
+    gvt_info = (gvt or {}).get("info", {})
+    vgpus = gvt_info.get("vgpus", [])
     return {"vms": vms.get("count", len(vms.get("list", []))) if isinstance(vms, dict) else len(vms),
-            "vgpus": len(vgpus), "vgpu_slots_free": free_vgpus((gvt or {}).get("info", {})) if gvt else None,
-            "vm_list": vms.get("list", []) if isinstance(vms, dict) else vms, "vgpu_list": vgpus}
+            "vgpus": len(vgpus), "vgpu_slots_free": free_vgpus(gvt_info) if gvt else None,
+            "vm_list": vms.get("list", []) if isinstance(vms, dict) else vms, "vgpu_list": vgpus,
+            # per-VM trapped accesses by kind (mmio_read/mmio_write/ggtt/wp/pci_cfg/g2v_notify) and PV state
+            "traps_by_vm": gvt_info.get("traps_by_vm", {}), "pv_by_vm": gvt_info.get("pv_by_vm", {})}
 
 
 async def _probe(endpoint: str | None) -> dict[str, Any] | None:
