@@ -1,7 +1,10 @@
-"""GPU command encoders, as i915 emits them on gen8/gen9 (intel_gpu_commands.h).
+"""GPU command encoders, as i915 emits them on gen8/gen9 (intel_gpu_commands.h): the driver side.
 
 ``MI_INSTR(op, flags) = op << 23 | flags``; the low bits of multi-dword commands hold the dword count - 2.
 Blitter commands are client 2 (bits 31:29 = 2) with the opcode in bits 28:22; BLT_WRITE_RGBA = 3 << 20.
+This is the one encoder of the project: the guest driver builds its rings and batches with it, and pgpu's
+test toolkit (services/pgpu/builder.py) feeds the emulator with it, so the emulator's decoder
+(services/pgpu/commands.py, written separately from the same i915 definitions) is checked against it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ MI_NOOP = 0
 MI_USER_INTERRUPT = MI_INSTR(0x02)
 MI_BATCH_BUFFER_END = MI_INSTR(0x0A)
 MI_USE_GGTT = 1 << 22
+MI_BATCH_PPGTT = 1 << 8  # MI_BATCH_PPGTT_HSW: the batch is in the PPGTT (non-privileged)
+MI_BATCH_SECOND_LEVEL = 1 << 22
+MI_STORE_QWORD = 1 << 21
 BLT_WRITE_RGBA = 3 << 20
-BLT_DEPTH_32 = 3 << 24
+BLT_DEPTH_32 = 3
 ROP_COPY = 0xCC
 ROP_PATCOPY = 0xF0
 MI_FLUSH_DW_NOTIFY = 1 << 8
@@ -25,6 +31,8 @@ MI_FLUSH_DW_USE_GTT = 1 << 2
 PIPE_CONTROL_NOTIFY = 1 << 8
 PIPE_CONTROL_QW_WRITE = 1 << 14
 PIPE_CONTROL_GLOBAL_GTT_IVB = 1 << 24
+XY_COLOR_BLT_CMD = 2 << 29 | 0x50 << 22
+XY_SRC_COPY_BLT_CMD = 2 << 29 | 0x53 << 22
 
 
 def _lo_hi(addr: int) -> list[int]:
@@ -33,12 +41,19 @@ def _lo_hi(addr: int) -> list[int]:
 
 def batch_buffer_start(addr: int, ppgtt: bool = False, second_level: bool = False) -> list[int]:
     """MI_BATCH_BUFFER_START gen8: 3 dwords; bit 8 selects the PPGTT address space, bit 22 second level."""
-    return [MI_INSTR(0x31, 1) | (1 << 8 if ppgtt else 0) | (1 << 22 if second_level else 0), *_lo_hi(addr)]
+    return [MI_INSTR(0x31, 1) | (MI_BATCH_PPGTT if ppgtt else 0) | (MI_BATCH_SECOND_LEVEL if second_level else 0),
+            *_lo_hi(addr)]
 
 
 def store_dword(addr: int, value: int, ggtt: bool = True) -> list[int]:
     """MI_STORE_DWORD_IMM_GEN4 (4 dwords) with MI_USE_GGTT."""
     return [MI_INSTR(0x20, 2) | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr), value & 0xFFFF_FFFF]
+
+
+def store_qword(addr: int, value: int, ggtt: bool = True) -> list[int]:
+    """MI_STORE_QWORD_IMM_GEN8 (MI_INSTR(0x20, 3) | bit 21): 5 dwords."""
+    return [MI_INSTR(0x20, 3) | MI_STORE_QWORD | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr),
+            value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF]
 
 
 def load_register_imm(pairs: list[tuple[int, int]]) -> list[int]:
@@ -49,34 +64,49 @@ def load_register_imm(pairs: list[tuple[int, int]]) -> list[int]:
     return out
 
 
-def flush_dw(addr: int, value: int, notify: bool = False) -> list[int]:
-    """MI_FLUSH_DW gen8 with a post-sync dword write (4 dwords), optionally raising the notify interrupt."""
-    flags = MI_FLUSH_DW_OP_STOREDW | (MI_FLUSH_DW_NOTIFY if notify else 0)
-    return [MI_INSTR(0x26, 2) | flags, (addr & 0xFFFF_FFF8) | MI_FLUSH_DW_USE_GTT, (addr >> 32) & 0xFFFF, value]
+def flush_dw(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
+    """MI_FLUSH_DW gen8 (4 dwords), with a post-sync dword store when ``value`` is given, optionally raising
+    the notify interrupt."""
+    hdr = MI_INSTR(0x26, 2) | (MI_FLUSH_DW_NOTIFY if notify else 0)
+    if value is None:
+        return [hdr, 0, 0, 0]
+    lo, hi = _lo_hi(addr)
+    return [hdr | MI_FLUSH_DW_OP_STOREDW, lo | (MI_FLUSH_DW_USE_GTT if ggtt else 0), hi, value & 0xFFFF_FFFF]
 
 
-def pipe_control(addr: int, value: int, notify: bool = False) -> list[int]:
-    """GFX_OP_PIPE_CONTROL(6) with a post-sync immediate write to a GGTT address."""
-    flags = PIPE_CONTROL_QW_WRITE | PIPE_CONTROL_GLOBAL_GTT_IVB | (PIPE_CONTROL_NOTIFY if notify else 0)
-    return [0x7A000000 | (6 - 2), flags, *_lo_hi(addr), value & 0xFFFF_FFFF, 0]
+def pipe_control(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
+    """GFX_OP_PIPE_CONTROL(6) with an optional post-sync QW immediate write."""
+    flags = PIPE_CONTROL_NOTIFY if notify else 0
+    if value is not None:
+        flags |= PIPE_CONTROL_QW_WRITE | (PIPE_CONTROL_GLOBAL_GTT_IVB if ggtt else 0)
+    v = value or 0
+    return [0x7A000000 | (6 - 2), flags, *_lo_hi(addr), v & 0xFFFF_FFFF, (v >> 32) & 0xFFFF_FFFF]
+
+
+def xy_color_blt(dst: int, pitch: int, x1: int, y1: int, x2: int, y2: int, color: int, depth: int = BLT_DEPTH_32,
+                 rop: int = ROP_PATCOPY, write: int = 3) -> list[int]:
+    """XY_COLOR_BLT gen8 (7 dwords): BR13 (depth, ROP, pitch), BR22 (y1, x1), BR23 (y2, x2), dst (2), colour."""
+    return [XY_COLOR_BLT_CMD | write << 20 | (7 - 2), depth << 24 | rop << 16 | (pitch & 0xFFFF),
+            y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), color & 0xFFFF_FFFF]
+
+
+def xy_src_copy_blt(dst: int, dst_pitch: int, x1: int, y1: int, x2: int, y2: int, src: int, src_pitch: int,
+                    sx: int = 0, sy: int = 0, depth: int = BLT_DEPTH_32, rop: int = ROP_COPY,
+                    write: int = 3) -> list[int]:
+    """XY_SRC_COPY_BLT gen8 (10 dwords): BR13, dst top-left, dst bottom-right, dst (2), src top-left,
+    src pitch, src (2)."""
+    return [XY_SRC_COPY_BLT_CMD | write << 20 | (10 - 2), depth << 24 | rop << 16 | (dst_pitch & 0xFFFF),
+            y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), sy << 16 | sx, src_pitch & 0xFFFF, *_lo_hi(src)]
 
 
 def color_blt(dst: int, pitch: int, width_px: int, height: int, color: int) -> list[int]:
-    """XY_COLOR_BLT gen8 (7 dwords), 32 bpp fill of a width x height rectangle at dst."""
-    return [2 << 29 | 0x50 << 22 | BLT_WRITE_RGBA | (7 - 2),
-            BLT_DEPTH_32 | ROP_PATCOPY << 16 | pitch,
-            0, height << 16 | width_px,
-            *_lo_hi(dst), color & 0xFFFF_FFFF]
+    """A 32 bpp fill of a width x height rectangle at dst."""
+    return xy_color_blt(dst, pitch, 0, 0, width_px, height, color)
 
 
 def src_copy_blt(dst: int, dst_pitch: int, src: int, src_pitch: int, width_px: int, height: int) -> list[int]:
-    """XY_SRC_COPY_BLT gen8 (10 dwords), 32 bpp copy of a width x height rectangle."""
-    return [2 << 29 | 0x53 << 22 | BLT_WRITE_RGBA | (10 - 2),
-            BLT_DEPTH_32 | ROP_COPY << 16 | dst_pitch,
-            0, height << 16 | width_px,
-            *_lo_hi(dst),
-            0, src_pitch & 0xFFFF,
-            *_lo_hi(src)]
+    """A 32 bpp copy of a width x height rectangle from src to dst."""
+    return xy_src_copy_blt(dst, dst_pitch, 0, 0, width_px, height, src, src_pitch)
 
 
 def to_bytes(dwords: list[int]) -> bytes:

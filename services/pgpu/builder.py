@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..common.memory import MachineMemory
-from . import commands as c
+from ..guest import cmds as enc
 from .context import MODE_LEGACY_32, MODE_LEGACY_64, RING_CTX, make_descriptor, write_ring_context
 from .ggtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, pte_encode
 from .mmio import ENGINE_BASES
@@ -16,82 +16,28 @@ from .ppgtt import ENTRY_PRESENT, ENTRY_RW, pd_index, pdp_index, pml4_index, pt_
 
 
 # ------------------------------------------------------------------------------------------- encoders
-def _lo_hi(addr: int) -> tuple[int, int]:
-    return addr & 0xFFFF_FFFF, addr >> 32 & 0xFFFF
-
-
+# One encoder for the project: the guest driver's (services/guest/cmds.py). Feeding the emulator's decoder
+# (commands.py) with it checks the two against each other.
 def mi_noop() -> list[int]:
-    return [c.MI_NOOP]
+    return [enc.MI_NOOP]
 
 
 def mi_user_interrupt() -> list[int]:
-    return [c.MI_USER_INTERRUPT]
+    return [enc.MI_USER_INTERRUPT]
 
 
 def mi_bb_end() -> list[int]:
-    return [c.MI_BATCH_BUFFER_END]
+    return [enc.MI_BATCH_BUFFER_END]
 
 
-def mi_bb_start(addr: int, ppgtt: bool = False, second_level: bool = False) -> list[int]:
-    """MI_BATCH_BUFFER_START_GEN8 (length 1 => 3 dwords)."""
-    hdr = c.MI_BATCH_BUFFER_START | 1 | (c.MI_BATCH_PPGTT if ppgtt else 0)
-    return [hdr | (c.MI_BATCH_SECOND_LEVEL if second_level else 0), *_lo_hi(addr)]
-
-
-def mi_store_dword(addr: int, value: int, ggtt: bool = True) -> list[int]:
-    """MI_STORE_DWORD_IMM_GEN4 (= MI_INSTR(0x20, 2)): 4 dwords."""
-    return [c.MI_STORE_DATA_IMM | 2 | (c.MI_USE_GGTT if ggtt else 0), *_lo_hi(addr), value & 0xFFFF_FFFF]
-
-
-def mi_store_qword(addr: int, value: int, ggtt: bool = True) -> list[int]:
-    """MI_STORE_QWORD_IMM_GEN8 (= MI_INSTR(0x20, 3) | bit 21): 5 dwords."""
-    return [c.MI_STORE_DATA_IMM | 3 | (1 << 21) | (c.MI_USE_GGTT if ggtt else 0), *_lo_hi(addr),
-            value & 0xFFFF_FFFF, value >> 32 & 0xFFFF_FFFF]
-
-
-def mi_lri(pairs: list[tuple[int, int]]) -> list[int]:
-    """MI_LOAD_REGISTER_IMM(n) = MI_INSTR(0x22, 2n - 1), then n (offset, value) pairs."""
-    out = [c.MI_LOAD_REGISTER_IMM | (2 * len(pairs) - 1)]
-    for reg, value in pairs:
-        out += [reg, value]
-    return out
-
-
-def mi_flush_dw(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
-    """MI_FLUSH_DW (gen8: 4 dwords = MI_FLUSH_DW + 1), with a post-sync dword store when ``value`` is given."""
-    hdr = c.MI_FLUSH_DW | 2 | (c.MI_FLUSH_DW_NOTIFY if notify else 0)
-    if value is None:
-        return [hdr, 0, 0, 0]
-    lo, hi = _lo_hi(addr)
-    return [hdr | (1 << c.MI_FLUSH_DW_OP_SHIFT), lo | (c.MI_FLUSH_DW_USE_GTT if ggtt else 0), hi, value]
-
-
-def pipe_control(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
-    """GFX_OP_PIPE_CONTROL(6) with an optional post-sync QW immediate write."""
-    flags = (c.PIPE_CONTROL_NOTIFY if notify else 0)
-    if value is not None:
-        flags |= (1 << c.PIPE_CONTROL_POST_SYNC_SHIFT) | (c.PIPE_CONTROL_GLOBAL_GTT_IVB if ggtt else 0)
-    lo, hi = _lo_hi(addr)
-    v = value or 0
-    return [c.PIPE_CONTROL | (6 - 2), flags, lo, hi, v & 0xFFFF_FFFF, v >> 32 & 0xFFFF_FFFF]
-
-
-def xy_color_blt(dst: int, pitch: int, x1: int, y1: int, x2: int, y2: int, color: int, depth: int = 3,
-                 rop: int = 0xF0, write: int = 3) -> list[int]:
-    """XY_COLOR_BLT gen8 (7 dwords): BR13, BR22, BR23, dst address (2), colour."""
-    hdr = c.XY_COLOR_BLT | (write << 20) | (7 - 2)
-    br13 = (depth << 24) | (rop << 16) | (pitch & 0xFFFF)
-    return [hdr, br13, y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), color & 0xFFFF_FFFF]
-
-
-def xy_src_copy_blt(dst: int, dst_pitch: int, x1: int, y1: int, x2: int, y2: int, src: int, src_pitch: int,
-                    sx: int, sy: int, depth: int = 3, rop: int = 0xCC, write: int = 3) -> list[int]:
-    """XY_SRC_COPY_BLT gen8 (10 dwords): BR13, dst top-left, dst bottom-right, dst (2), src top-left,
-    src pitch, src (2)."""
-    hdr = c.XY_SRC_COPY_BLT | (write << 20) | (10 - 2)
-    br13 = (depth << 24) | (rop << 16) | (dst_pitch & 0xFFFF)
-    return [hdr, br13, y1 << 16 | x1, y2 << 16 | x2, *_lo_hi(dst), sy << 16 | sx, src_pitch & 0xFFFF,
-            *_lo_hi(src)]
+mi_bb_start = enc.batch_buffer_start
+mi_store_dword = enc.store_dword
+mi_store_qword = enc.store_qword
+mi_lri = enc.load_register_imm
+mi_flush_dw = enc.flush_dw
+pipe_control = enc.pipe_control
+xy_color_blt = enc.xy_color_blt
+xy_src_copy_blt = enc.xy_src_copy_blt
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -180,7 +126,7 @@ class Layout:
         """Append commands to the ring (wrapping) and move the ring tail in the context image. Pads with
         MI_NOOP to a qword, as i915 does: the tail register ignores bits 2:0."""
         if len(dws) % 2:
-            dws = [*dws, c.MI_NOOP]
+            dws = [*dws, enc.MI_NOOP]
         for d in dws:
             self.write_dwords(ctx.ring + ctx.tail, [d])
             ctx.tail = (ctx.tail + 4) % ctx.ring_size
