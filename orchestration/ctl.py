@@ -7,7 +7,7 @@
     gvtsim ctl [--endpoint EP] [--json] destroy VMID
     gvtsim ctl [--endpoint EP] [--json] reset VMID             # device-model-level reset
 
-Speaks the wire protocol like any peer: HELLO (role ``ctl``), one request, BYE. Prints a table, or one
+Speaks the wire protocol like any peer, through the session layer: HELLO (role ``ctl``), one request, BYE. Prints a table, or one
 JSON document with ``--json``; exits 1 with the error code and reason when gvt answers ERROR, 2 on usage
 errors, 3 when gvt cannot be reached.
 """
@@ -23,11 +23,10 @@ from typing import Any
 
 import msgspec
 import zmq
-import zmq.asyncio
 
-from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
-from ..services.common.sockets import make_socket
+from ..services.common.client import RemoteError
+from .health import one_call
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 
@@ -42,29 +41,17 @@ class CtlError(Exception):
 
 
 async def call(endpoint: str, msg: m.Message, timeout: float = 3.0) -> m.Message:
-    """HELLO, send ``msg``, return the answer carrying its ``req``, BYE.
+    """A session (HELLO as role ``ctl``), ``msg`` as a call (a fresh ``req``), its answer, BYE.
 
     Raises:
         CtlError: the answer was ERROR.
         TimeoutError: no answer in time.
     """
-    ctx = zmq.asyncio.Context()
-    sock = make_socket(ctx, zmq.DEALER)
+    fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k != "req"}
     try:
-        sock.connect(endpoint)
-        async with asyncio.timeout(timeout):
-            await sock.send(encode(m.Hello(role="ctl", id=f"ctl-{os.getpid()}", epoch=0, wire=WIRE_VERSION)))
-            await sock.send(encode(msg))
-            while True:
-                reply = decode(await sock.recv())
-                if isinstance(reply, m.Error) and reply.req in (None, msg.req):  # type: ignore[attr-defined]
-                    raise CtlError(reply.code, reply.reason)
-                if getattr(reply, "req", None) == msg.req and isinstance(reply, m.REPLY_TYPES):  # type: ignore[attr-defined]
-                    await sock.send(encode(m.Bye(reason="ctl done")))
-                    return reply
-    finally:
-        sock.close(linger=0)
-        ctx.destroy(linger=0)
+        return await one_call(endpoint, "ctl", type(msg), timeout=timeout, **fields)
+    except RemoteError as err:
+        raise CtlError(err.code, err.error.reason) from None
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:

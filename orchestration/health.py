@@ -1,7 +1,7 @@
 """``gvtsim health ENDPOINT``: ask a service for STATUS; exit 0 if it answers ready, 1 otherwise.
 
-Used as the compose healthcheck and by the native launcher. Speaks the wire protocol like any peer:
-HELLO (role ``probe``), STATUS, BYE.
+Used as the compose healthcheck and by the native launcher. Speaks the wire protocol like any peer, through
+the same session layer (protocol/session.py): HELLO (role ``probe``), STATUS, BYE.
 """
 
 from __future__ import annotations
@@ -16,30 +16,49 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
-from ..services.common.sockets import make_socket
+from ..services.common.client import Connection
+from ..services.common.liveness import HeartbeatConfig
+from ..services.common.service import new_epoch
 
 
 async def probe(endpoint: str, timeout: float = 2.0) -> m.StatusReply:
-    """One STATUS round trip to ``endpoint``. Raises TimeoutError or RuntimeError."""
+    """One STATUS round trip to ``endpoint`` over a session (HELLO as role ``probe``, STATUS, BYE).
+    Raises TimeoutError or RuntimeError."""
+    reply = await one_call(endpoint, "probe", m.StatusRequest, timeout=timeout)
+    assert isinstance(reply, m.StatusReply)
+    return reply
+
+
+async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: float = 2.0,
+                   **fields: Any) -> m.Message:
+    """Open a session to ``endpoint`` (the same session layer every service uses), make one call, close.
+
+    Raises:
+        TimeoutError: no session or no answer within ``timeout`` seconds (in all).
+        RemoteError: the answer was ERROR.
+    """
     ctx = zmq.asyncio.Context()
-    sock = make_socket(ctx, zmq.DEALER)
+    conn = Connection(ctx, endpoint, role=role, ident=f"{role}-{os.getpid()}", epoch=new_epoch(),
+                      hb=HeartbeatConfig(), log=_quiet)
+    conn.start()
     try:
-        sock.connect(endpoint)
         async with asyncio.timeout(timeout):
-            await sock.send(encode(m.Hello(role="probe", id=f"probe-{os.getpid()}", epoch=0, wire=WIRE_VERSION)))
-            await sock.send(encode(m.StatusRequest(req=1)))
-            while True:
-                msg = decode(await sock.recv())
-                if isinstance(msg, m.StatusReply):
-                    await sock.send(encode(m.Bye(reason="probe done")))
-                    return msg
-                if isinstance(msg, m.Error):
-                    raise RuntimeError(f"{msg.code}: {msg.reason}")
+            await conn.up.wait()
+            return await conn.request(cls, **fields)
     finally:
-        sock.close(linger=0)
+        await conn.close()
         ctx.destroy(linger=0)
+
+
+class _Quiet:
+    """A logger that says nothing (a CLI reports its own errors, in one line)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+_quiet = _Quiet()
 
 
 def probe_sync(endpoint: str, timeout: float = 2.0, want_reply: bool = False) -> Any:
@@ -64,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         reply = asyncio.run(probe(args.endpoint, args.timeout))
+    except TimeoutError:
+        print(f"unhealthy: {args.endpoint}: no answer within {args.timeout:g}s (is the service running?)",
+              file=sys.stderr)
+        return 1
     except Exception as err:
         print(f"unhealthy: {args.endpoint}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

@@ -51,10 +51,17 @@ Two small structures travel as MessagePack **arrays** inside messages: `Extent` 
    server does not speak is answered with `ERROR wire_version`.
 2. Anything but `HELLO` (and `STATUS`, which health probes may send directly) from a peer without a session
    is answered with `ERROR not_hello`.
-3. Heartbeats: each side sends `HEARTBEAT` when it has sent nothing for one interval (default 0.5 s); any
-   message counts as a sign of life; a peer silent for `liveness` intervals (default 3) is declared lost: the
-   server drops the session (and, e.g., vhm destroys the VMs it owned), the client fails every pending call
-   and reconnects with a fresh socket and a new `HELLO` (same epoch: it did not restart).
+3. Liveness. A dead or unreachable peer is found by the transport, not by the application: every socket
+   enables ZeroMQ's ZMTP heartbeats (`ZMQ_HEARTBEAT_IVL` 1000 ms, `ZMQ_HEARTBEAT_TIMEOUT` 3000 ms,
+   `ZMQ_HEARTBEAT_TTL` 3000 ms; libzmq answers them in its I/O thread, so a peer busy in its own code still
+   answers), and a disconnect reported by the socket monitor ends the session at once. Application
+   heartbeats are only a backstop for a hung process. `HELLO_ACK` announces the two intervals the client
+   must follow: **send `HEARTBEAT {{epoch}}` whenever you have sent nothing for `heartbeat_ms`** (default
+   1000) and consider the server lost after `timeout_ms` (default 12000) of silence; the server does the
+   same. Any message counts as a sign of life. A client written from this page needs exactly this: `HELLO`
+   first, then its requests, and a `HEARTBEAT` in every idle `heartbeat_ms`. On loss the server drops the
+   session (and, e.g., vhm destroys the VMs it owned); the client fails every pending call and reconnects
+   with a fresh socket and a new `HELLO` (same epoch: it did not restart).
 4. `BYE` ends a session on purpose.
 
 ## Calls and replies

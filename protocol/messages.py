@@ -77,12 +77,16 @@ class Hello(Message, tag="HELLO"):
 
 
 class HelloAck(Message, tag="HELLO_ACK"):
-    """The server's answer to HELLO: its own role, id and epoch. A changed epoch means the server restarted."""
+    """The server's answer to HELLO: its own role, id and epoch (a changed epoch means the server restarted),
+    and the session's intervals: send HEARTBEAT whenever you have sent nothing for ``heartbeat_ms``; a side
+    silent for ``timeout_ms`` is declared lost (a backstop: a dead peer is normally found by the transport)."""
 
     role: Role
     id: Name
     epoch: U64
     wire: U16
+    heartbeat_ms: U32 = 0
+    timeout_ms: U32 = 0
 
 
 class Heartbeat(Message, tag="HEARTBEAT"):

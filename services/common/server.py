@@ -1,7 +1,16 @@
-"""ROUTER side of a gvtsim connection: sessions, HELLO, heartbeats, validated dispatch.
+"""ROUTER side of a gvtsim connection: the session rules (protocol/session.py) on a reactor.
 
 The server never lets a peer's input stop it: every frame is decoded by the generic codec, a bad frame
 gets an ERROR reply and a counter, a handler exception gets an ERROR ``internal`` and a log line.
+
+Per batch of drained messages the work is taken round-robin across peers (one message of each peer in turn,
+each peer's own order kept), so a flooding peer cannot starve the others; each peer's queue is bounded by
+its pipe's high-water mark in libzmq (sockets.py). After the batch the handler's ``after_batch()`` runs
+(vhm sends the IOREQ_DISPATCHes the batch produced, one per client).
+
+Liveness: a peer that disconnects (or stops answering ZMTP heartbeats) is reported by the socket monitor;
+the server then finds which sessions lost their pipe (a send to a routing id without a pipe fails with
+EHOSTUNREACH under ROUTER_MANDATORY) and drops them. Application heartbeats are a backstop only.
 """
 
 from __future__ import annotations
@@ -9,34 +18,31 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import zmq
-import zmq.asyncio
 
-from ...protocol import DecodeError, ErrorCode, WIRE_VERSION, decode, encode
+from ...protocol import ErrorCode, encode
 from ...protocol import messages as m
-from .liveness import HeartbeatConfig, Liveness
+from ...protocol import session as ps
+from ...protocol.session import Session
+from .liveness import HeartbeatConfig
+from .reactor import Frames, Reactor
 from .sockets import make_socket
 
+__all__ = ["RouterServer", "Session", "SessionHandler"]
 
-@dataclass(eq=False)
-class Session:
-    """One connected peer, known by its ZeroMQ routing id, after its HELLO."""
-
-    ident: bytes
-    role: str
-    id: str
-    epoch: int
-    liveness: Liveness
-    data: dict[str, Any] = field(default_factory=dict)  # what the service attaches (owned VMs, ...)
-    alive: bool = True
+#: Re-check which sessions lost their pipe this long after a disconnect event (the pipe's termination reaches
+#: the socket a little after the monitor event).
+PROBE_DELAYS = (0.0, 0.05, 0.5)
+#: Decode-error log lines per peer before they are only counted (a flood of garbage must not flood the log).
+LOG_BUDGET = 20
 
 
 class SessionHandler(Protocol):
-    """What a service implements to sit behind a :class:`RouterServer`."""
+    """What a service implements to sit behind a :class:`RouterServer` (``after_batch`` is optional)."""
 
     async def on_hello(self, session: Session) -> None: ...
 
@@ -52,7 +58,7 @@ class SessionHandler(Protocol):
 class RouterServer:
     """A bound ROUTER socket that speaks the session layer and hands messages to a handler."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, bind: str, *, role: str, ident: str, epoch: int,
+    def __init__(self, ctx: zmq.Context, bind: str, *, role: str, ident: str, epoch: int,
                  hb: HeartbeatConfig, handler: SessionHandler, log: Any, counters: Counter[str]) -> None:
         self.ctx = ctx
         self.bind_addr = bind
@@ -63,65 +69,87 @@ class RouterServer:
         self.handler = handler
         self.log = log
         self.counters = counters
-        self.sessions: dict[bytes, Session] = {}
-        self.sock: zmq.asyncio.Socket | None = None
+        self.core = ps.ServerSessions(role, ident, epoch, hb.intervals, counters)
+        self.sock: zmq.Socket | None = None
         self.endpoint = ""
-        self._tasks: list[asyncio.Task[None]] = []
+        self.reactor = Reactor(f"{role}-router", self._on_batch, self._on_timer, self._deadline,
+                               on_monitor=self._on_monitor, log=log)
         self._pending: dict[tuple[bytes, int], asyncio.Future[m.Message]] = {}
         self._req = itertools.count(1)
+        self._probe_at: list[float] = []
+        self._log_budget: Counter[bytes] = Counter()
+        self._after_batch = getattr(handler, "after_batch", None)
+        self._deferred: list[ps.Event] = []
+        #: The one place every decoded message from a session passes before its handler: a check returning
+        #: an ERROR to send back (the message is then not handled) or None to let it through.
+        self.admit: Callable[[Session, m.Message], m.Error | None] | None = None
+
+    @property
+    def sessions(self) -> dict[bytes, Session]:
+        return self.core.sessions
 
     async def start(self) -> str:
         """Bind and start serving. Returns the real endpoint (port resolved for ``tcp://host:*``)."""
         self.sock = make_socket(self.ctx, zmq.ROUTER)
         self.sock.bind(self.bind_addr)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._tasks = [asyncio.create_task(self._recv_loop(), name=f"{self.role}-recv"),
-                       asyncio.create_task(self._heartbeat_loop(), name=f"{self.role}-hb")]
+        self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED)
+        self.reactor.start()
         return self.endpoint
 
     async def stop(self) -> None:
-        """Say BYE to every peer, stop the loops and close the socket (LINGER 0)."""
+        """Say BYE to every peer, stop the reactor and close the socket (LINGER 0)."""
         for s in list(self.sessions.values()):
-            await self._send_raw(s.ident, m.Bye(reason="shutdown"), quiet=True)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.sock is not None:
-            self.sock.close(linger=0)
+            self._send_raw(s.ident, m.Bye(reason="shutdown"))
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        await self.reactor.stop()
 
     # ------------------------------------------------------------------------------------------ send
-    async def send(self, session: Session, msg: m.Message) -> bool:
-        """Send to a session. Returns False (and drops the session) if the peer is unreachable."""
+    def send_now(self, session: Session, msg: m.Message) -> bool:
+        """Send to a session without waiting. Returns False (and drops the session) if the peer is gone."""
         if not session.alive:
             self.counters["send_to_dead_session"] += 1
             return False
-        ok = await self._send_raw(session.ident, msg)
-        if ok:
-            session.liveness.sent(time.monotonic())
-        else:
-            await self.drop(session, "unreachable")
-        return ok
-
-    async def _send_raw(self, ident: bytes, msg: m.Message, quiet: bool = False) -> bool:
-        assert self.sock is not None
-        try:
-            await self.sock.send_multipart([ident, encode(msg)])
+        err = self._send_raw(session.ident, msg)
+        if err is None:
+            session.last_sent = time.monotonic()
             return True
+        if err == zmq.EHOSTUNREACH:
+            self._dispatch_now(self.core.drop(session, "unreachable"))
+        return False
+
+    async def send(self, session: Session, msg: m.Message) -> bool:
+        """:meth:`send_now` for callers that await (it never suspends)."""
+        return self.send_now(session, msg)
+
+    def _send_raw(self, ident: bytes, msg: m.Message) -> int | None:
+        """Send now; None on success, else the errno (counted)."""
+        sock = self.sock
+        if sock is None:
+            return zmq.ENOTSOCK
+        try:
+            sock.send_multipart((ident, encode(msg)), zmq.NOBLOCK)
+        except zmq.Again:  # the peer's pipe is at its high-water mark: it is not reading
+            self.counters["send_hwm_full"] += 1
+            return zmq.EAGAIN
         except zmq.ZMQError as err:
-            if err.errno in (zmq.EHOSTUNREACH, zmq.ENOTSOCK, zmq.ETERM) or quiet:
-                self.counters["send_unreachable"] += 1
-                return False
-            raise
+            self.counters["send_unreachable"] += 1
+            return err.errno
+        self.counters["msgs_out"] += 1
+        self.reactor.poke()
+        return None
 
     async def request(self, session: Session, cls: type[m.Message], /, timeout: float | None = None,
                       **fields: Any) -> m.Message:
         """Send ``cls(req=<fresh id>, **fields)`` to a session and await its answer (server-initiated call,
-        e.g. vhm asking gvt to create a vGPU).
+        e.g. vhm asking gvt to create a vGPU). One Future per awaited call.
 
         Raises:
             RemoteError: the answer was ERROR.
             PeerLost: the session was lost first.
-            TimeoutError: no answer within ``timeout`` (default: 4 heartbeat timeouts).
+            TimeoutError: no answer within ``timeout`` (default: the session timeout).
         """
         from .client import PeerLost, RemoteError
 
@@ -129,13 +157,15 @@ class RouterServer:
         key = (session.ident, req)
         fut: asyncio.Future[m.Message] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
+        self.core.call(session, req, time.monotonic(), timeout)
         try:
-            if not await self.send(session, cls(req=req, **fields)):
+            if not self.send_now(session, cls(req=req, **fields)):
                 raise PeerLost(f"{session.role} {session.id} unreachable")
-            async with asyncio.timeout(timeout if timeout is not None else self.hb.timeout * 4):
-                reply = await fut
+            self.reactor.poke()
+            reply = await fut
         finally:
             self._pending.pop(key, None)
+            self.core.cancel(session, req)
         if isinstance(reply, m.Error):
             raise RemoteError(reply)
         return reply
@@ -143,131 +173,147 @@ class RouterServer:
     async def reply_error(self, ident: bytes, code: ErrorCode, reason: str, **keys: Any) -> None:
         """Send an ERROR to a routing id (known session or not)."""
         self.counters[f"error_sent_{code.value}"] += 1
-        await self._send_raw(ident, m.Error(code=code.value, reason=reason[:1024], **keys), quiet=True)
+        self._send_raw(ident, m.Error(code=code.value, reason=reason[:1024], **keys))
 
     # --------------------------------------------------------------------------------------- session
     async def drop(self, session: Session, reason: str) -> None:
         """Forget a session and tell the handler (idempotent)."""
-        if not session.alive:
-            return
-        session.alive = False
-        if self.sessions.get(session.ident) is session:
-            del self.sessions[session.ident]
-        from .client import PeerLost
+        await self._handle(self.core.drop(session, reason))
 
-        for (ident, req), fut in list(self._pending.items()):
-            if ident == session.ident and not fut.done():
-                fut.set_exception(PeerLost(f"{session.role} {session.id} lost: {reason}"))
-        self.counters["sessions_lost"] += 1
-        self.log.info("peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
-        try:
-            await self.handler.on_lost(session, reason)
-        except Exception:
-            self.counters["internal_errors"] += 1
-            self.log.exception("on_lost_failed", peer_id=session.id)
+    # ------------------------------------------------------------------------------------ the reactor
+    def _deadline(self) -> float | None:
+        if self._deferred:
+            return 0.0
+        core = self.core.next_deadline()
+        probe = self._probe_at[0] if self._probe_at else None
+        if core is None or (probe is not None and probe < core):
+            return probe
+        return core
 
-    # ------------------------------------------------------------------------------------------ loops
-    async def _recv_loop(self) -> None:
+    async def _on_timer(self, now: float) -> None:
+        if self._deferred:
+            events, self._deferred = self._deferred, []
+            await self._handle(events)
+        if self._probe_at and self._probe_at[0] <= now:
+            self._probe_at = [t for t in self._probe_at if t > now]
+            await self._probe_pipes()
+        await self._handle(self.core.timers(now))
+
+    async def _on_monitor(self, event: dict[str, Any]) -> None:
+        if event.get("event") == zmq.EVENT_DISCONNECTED:
+            self.counters["transport_disconnects"] += 1
+            now = time.monotonic()
+            self._probe_at = sorted({*self._probe_at, *(now + d for d in PROBE_DELAYS)})
+
+    async def _probe_pipes(self) -> None:
+        """After a disconnect: every session whose routing id has no pipe any more is lost."""
+        hb = encode(m.Heartbeat(epoch=self.epoch))
         assert self.sock is not None
-        while True:
+        for s in list(self.sessions.values()):
             try:
-                frames = await self.sock.recv_multipart(copy=True)
-            except asyncio.CancelledError:
-                raise
+                self.sock.send_multipart((s.ident, hb), zmq.NOBLOCK)
+                s.last_sent = time.monotonic()
+            except zmq.Again:
+                pass
             except zmq.ZMQError as err:
-                self.counters["recv_errors"] += 1
-                self.log.warning("recv_error", error=str(err))
-                await asyncio.sleep(0.01)
+                if err.errno == zmq.EHOSTUNREACH:
+                    await self._handle(self.core.drop(s, "disconnected"))
+
+    async def _on_batch(self, batch: list[Frames]) -> None:
+        now = time.monotonic()
+        by_peer: dict[bytes, deque[Frames]] = {}
+        for frames in batch:
+            if len(frames) != 2:
+                self.counters["bad_framing"] += 1
+                if frames:
+                    await self.reply_error(frames[0], ErrorCode.DECODE,
+                                           f"expected 1 payload frame, got {len(frames) - 1}")
                 continue
+            q = by_peer.get(frames[0])
+            if q is None:
+                by_peer[frames[0]] = deque([frames])
+            else:
+                q.append(frames)
+        if len(by_peer) == 1:
+            for ident, payload in by_peer.popitem()[1]:
+                await self._handle(self.core.receive(ident, payload, now), ident)
+        else:
+            queues = list(by_peer.values())
+            while queues:  # round-robin across peers, each peer's order kept
+                for q in queues:
+                    ident, payload = q.popleft()
+                    await self._handle(self.core.receive(ident, payload, now), ident)
+                queues = [q for q in queues if q]
+        if self._after_batch is not None:
+            await self._after_batch()
+
+    def _dispatch_now(self, events: list[ps.Event]) -> None:
+        """Events produced outside the reactor's own turn (a send that found the peer gone): the reactor runs
+        them next, never re-entrantly inside the caller."""
+        if events:
+            self._deferred.extend(events)
+            self.reactor.poke()
+
+    async def _handle(self, events: list[ps.Event], ident: bytes | None = None) -> None:
+        for ev in events:
             try:
-                await self._on_frames(frames)
+                await self._event(ev)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # never let one message stop the service
                 self.counters["internal_errors"] += 1
                 self.log.exception("handler_failed", error=str(err))
-                if frames:
-                    await self.reply_error(frames[0], ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
+                if ident is not None:
+                    await self.reply_error(ident, ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
 
-    async def _on_frames(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self.counters["bad_framing"] += 1
-            if frames:
-                await self.reply_error(frames[0], ErrorCode.DECODE, f"expected 1 payload frame, got {len(frames) - 1}")
-            return
-        ident, payload = frames
-        now = time.monotonic()
-        self.counters["msgs_in"] += 1
-        session = self.sessions.get(ident)
-        if session is not None:
-            session.liveness.heard(now)
-        try:
-            msg = decode(payload)
-        except DecodeError as err:
-            self.counters["decode_errors"] += 1
-            self.log.warning("decode_error", what=err.what, msg_type=err.msg_type, field=err.field,
-                             detail=err.detail, peer_id=session.id if session else None)
-            await self.reply_error(ident, ErrorCode.DECODE, str(err))
-            return
-        if isinstance(msg, m.Hello):
-            await self._on_hello(ident, msg, now)
-            return
-        if session is None:
-            if isinstance(msg, m.StatusRequest):  # health probes may skip HELLO
-                await self._send_raw(ident, self._status(msg.req), quiet=True)
-                return
-            if isinstance(msg, (m.Heartbeat, m.Bye)):
-                self.counters["stray_heartbeats"] += 1
-                await self.reply_error(ident, ErrorCode.NOT_HELLO, "session unknown (server restarted?): send HELLO")
-                return
-            self.counters["not_hello"] += 1
-            await self.reply_error(ident, ErrorCode.NOT_HELLO, f"{type(msg).__name__} before HELLO",
-                                   req=getattr(msg, "req", None))
-            return
-        if isinstance(msg, m.Heartbeat):
-            self.counters["heartbeats_in"] += 1
-            return
-        if isinstance(msg, m.Bye):
-            await self.drop(session, f"bye: {msg.reason}")
-            return
-        if isinstance(msg, m.StatusRequest):
-            await self.send(session, self._status(msg.req))
-            return
-        if isinstance(msg, m.REPLY_TYPES):
-            fut = self._pending.get((ident, msg.req))  # type: ignore[attr-defined]
+    async def _event(self, ev: ps.Event) -> None:
+        t = type(ev)
+        if t is ps.Deliver:
+            session = ev.session
+            if self.admit is not None:
+                refusal = self.admit(session, ev.msg)
+                if refusal is not None:
+                    self.send_now(session, refusal)
+                    return
+            await self.handler.on_message(session, ev.msg)
+        elif t is ps.Send:
+            self._send_raw(ev.ident, ev.msg)
+            s = self.sessions.get(ev.ident)
+            if s is not None:
+                s.last_sent = time.monotonic()
+        elif t is ps.Answer:
+            fut = self._pending.get((ev.session.ident, ev.req))
             if fut is not None and not fut.done():
-                fut.set_result(msg)
-                return
-        await self.handler.on_message(session, msg)
+                fut.set_result(ev.msg)
+        elif t is ps.StatusWanted:
+            ready, info = self.handler.status()
+            self._send_raw(ev.ident, m.StatusReply(req=ev.req, role=self.role, id=self.ident, epoch=self.epoch,
+                                                   ready=ready, counters=dict(self.counters), info=info))
+        elif t is ps.Opened:
+            s = ev.session
+            self.log.info("peer_hello", peer_role=s.role, peer_id=s.id, epoch=s.epoch)
+            await self.handler.on_hello(s)
+        elif t is ps.Lost:
+            await self._lost(ev.session, ev.reason)
+        elif t is ps.CallFailed:
+            from .client import PeerLost
 
-    def _status(self, req: int) -> m.StatusReply:
-        ready, info = self.handler.status()
-        return m.StatusReply(req=req, role=self.role, id=self.ident, epoch=self.epoch, ready=ready,
-                             counters=dict(self.counters), info=info)
+            fut = self._pending.get((ev.session.ident, ev.req)) if ev.session is not None else None
+            if fut is not None and not fut.done():
+                fut.set_exception(PeerLost(ev.detail) if ev.why == "lost" else TimeoutError(ev.detail))
+        elif t is ps.Invalid:
+            err = ev.error
+            key = ev.session.ident if ev.session is not None else b""
+            self._log_budget[key] += 1
+            if self._log_budget[key] <= LOG_BUDGET:
+                self.log.warning("decode_error", what=err.what, msg_type=err.msg_type, field=err.field,
+                                 detail=err.detail, peer_id=ev.session.id if ev.session else None)
 
-    async def _on_hello(self, ident: bytes, hello: m.Hello, now: float) -> None:
-        if hello.wire != WIRE_VERSION:
-            await self.reply_error(ident, ErrorCode.WIRE_VERSION,
-                                   f"wire version {hello.wire} not supported (this peer speaks {WIRE_VERSION})")
-            return
-        old = self.sessions.get(ident)
-        if old is not None:
-            await self.drop(old, "re-hello")
-        session = Session(ident=ident, role=hello.role, id=hello.id, epoch=hello.epoch,
-                          liveness=Liveness(self.hb, now))
-        self.sessions[ident] = session
-        self.counters["hellos"] += 1
-        await self.send(session, m.HelloAck(role=self.role, id=self.ident, epoch=self.epoch, wire=WIRE_VERSION))
-        self.log.info("peer_hello", peer_role=hello.role, peer_id=hello.id, epoch=hello.epoch)
-        await self.handler.on_hello(session)
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.hb.tick)
-            now = time.monotonic()
-            for s in list(self.sessions.values()):
-                if s.liveness.expired(now):
-                    await self.drop(s, f"silent for {s.liveness.silence(now):.2f}s")
-                elif s.liveness.need_heartbeat(now):
-                    self.counters["heartbeats_out"] += 1
-                    await self.send(s, m.Heartbeat(epoch=self.epoch))
+    async def _lost(self, session: Session, reason: str) -> None:
+        self.log.info("peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
+        self._log_budget.pop(session.ident, None)
+        try:
+            await self.handler.on_lost(session, reason)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            self.log.exception("on_lost_failed", peer_id=session.id)

@@ -30,7 +30,7 @@ import zmq
 import zmq.asyncio
 
 from . import log as logmod
-from .liveness import HeartbeatConfig
+from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, HeartbeatConfig
 
 
 def env(name: str, default: str) -> str:
@@ -49,10 +49,11 @@ def common_args(parser: argparse.ArgumentParser, role: str) -> argparse.Argument
     # host name and pid: unique across containers too (every container's first process is pid 1)
     g.add_argument("--id", default=env("ID", f"{role}-{socket.gethostname()[:32]}-{os.getpid()}"),
                    help="peer id announced in HELLO [GVTSIM_ID]")
-    g.add_argument("--heartbeat-ivl", type=float, default=float(env("HEARTBEAT_IVL", "0.5")),
-                   help="heartbeat interval, seconds [GVTSIM_HEARTBEAT_IVL]")
-    g.add_argument("--liveness", type=int, default=int(env("LIVENESS", "3")),
-                   help="silent intervals before a peer is declared dead [GVTSIM_LIVENESS]")
+    g.add_argument("--heartbeat-ivl", type=float, default=float(env("HEARTBEAT_IVL", str(DEFAULT_INTERVAL))),
+                   help="application heartbeat interval, seconds [GVTSIM_HEARTBEAT_IVL]")
+    g.add_argument("--liveness", type=int, default=int(env("LIVENESS", str(DEFAULT_LIVENESS))),
+                   help="silent intervals before a peer is declared lost: a backstop for a hung process, a "
+                        "dead peer is found by the transport at once [GVTSIM_LIVENESS]")
     g.add_argument("--log-level", default=env("LOG_LEVEL", "info"), help="[GVTSIM_LOG_LEVEL]")
     return parser
 

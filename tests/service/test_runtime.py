@@ -48,17 +48,11 @@ def test_hello_heartbeats_loss_detection_and_restart_epochs(procs):
     assert up["server_epoch"] == server.ready["epoch"] and not up["restarted"]
     assert hello["peer_epoch"] == client.ready["epoch"]
 
-    # heartbeats flow both ways while idle: the session survives four liveness windows with no peer_lost
-    t0 = time.monotonic()
-    with pytest.raises(TimeoutError):
-        server.wait_event("peer_lost", timeout=4 * IVL * 3)
-    assert time.monotonic() - t0 >= 4 * IVL * 3 - 0.1
-
-    # the server dies: the client notices within 3 heartbeat intervals
+    # the server dies: the client learns it from the transport (socket monitor), not from a timeout; the
+    # timing rules (heartbeats while idle, the backstop) are fake-clock tests in tests/unit/test_liveness.py
     server.kill(signal.SIGKILL)
-    killed = time.monotonic()
     lost = client.wait_event("server_lost", timeout=10)
-    assert lost["t"] - killed <= 3 * IVL, f"detected after {lost['t'] - killed:.3f}s"
+    assert lost["reason"] == "disconnected"
 
     # the server restarts on the same endpoint with a new epoch: the client re-HELLOs and sees the change
     server2 = procs("server", "--bind", endpoint, *hb)
@@ -67,11 +61,10 @@ def test_hello_heartbeats_loss_detection_and_restart_epochs(procs):
     assert up2["restarted"] and up2["server_epoch"] == server2.ready["epoch"] != server.ready["epoch"]
     server2.wait_event("peer_hello")
 
-    # the client dies: the server notices within 3 heartbeat intervals
+    # the client dies: the server notices through the transport as well
     client.kill(signal.SIGKILL)
-    killed = time.monotonic()
     gone = server2.wait_event("peer_lost", timeout=10)
-    assert gone["t"] - killed <= 3 * IVL, f"detected after {gone['t'] - killed:.3f}s"
+    assert gone["reason"] == "disconnected"
 
     # ...and the restarted client HELLOs with a new epoch of its own
     client2 = procs("client", "--connect", endpoint, *hb)

@@ -1,0 +1,212 @@
+"""The reactor every gvtsim socket runs on: readiness, drain a bounded batch, hand it over, one timer.
+
+No Future or task per message. One long-lived task per socket waits on the socket's file descriptor
+(``loop.add_reader(sock.FD)``) and on one timer (``loop.call_later`` at the core's ``next_deadline()``),
+then drains every message that is there with ``zmq.NOBLOCK`` until EAGAIN or ``batch`` messages, and hands
+the batch to its owner.
+
+The ZeroMQ FD is edge-triggered (pyzmq ``Socket.FD`` / libzmq ``ZMQ_FD``: it signals that the socket's
+state *may* have changed, and only once): after it fires, ``ZMQ_EVENTS`` must be read and the socket drained
+until EAGAIN; and any ``send`` can consume the signal, so a send made while the reactor sleeps checks
+``ZMQ_EVENTS`` again (:meth:`Reactor.poke`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+
+#: Messages taken from a socket before the batch is handed over (the rest wait for the next round, after
+#: other sockets and timers had their turn).
+BATCH = 256
+
+Frames = list[bytes]
+_MONITOR_IDS = itertools.count()
+
+
+class Reactor:
+    """Drive one socket (and, optionally, its monitor socket) from the event loop.
+
+    Args:
+        on_batch: awaited with every batch of multipart messages drained from the socket.
+        on_timer: awaited with ``now`` when ``deadline()`` has passed.
+        deadline: the owner's next deadline (``time.monotonic()`` seconds) or None.
+        on_monitor: awaited with each socket monitor event (a dict from ``zmq.utils.monitor``).
+    """
+
+    def __init__(self, name: str, on_batch: Callable[[list[Frames]], Awaitable[None]],
+                 on_timer: Callable[[float], Awaitable[None]], deadline: Callable[[], float | None],
+                 on_monitor: Callable[[dict[str, Any]], Awaitable[None]] | None = None, log: Any = None,
+                 batch: int = BATCH) -> None:
+        self.name = name
+        self.on_batch, self.on_timer, self.deadline, self.on_monitor = on_batch, on_timer, deadline, on_monitor
+        self.log = log
+        self.batch = batch
+        self.sock: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._fds: list[int] = []
+        self._closing = False
+
+    # ------------------------------------------------------------------------------------ sockets
+    def attach(self, sock: zmq.Socket, monitor_events: int = 0) -> None:
+        """Serve ``sock`` (replacing the previous socket, which the caller closes via :meth:`detach`)."""
+        self.detach()
+        self.sock = sock
+        if monitor_events:
+            # a plain PAIR (get_monitor_socket would make an asyncio one from an asyncio context)
+            addr = f"inproc://monitor.{id(sock):x}.{next(_MONITOR_IDS)}"
+            sock.monitor(addr, monitor_events)
+            self.monitor = zmq.Socket(sock.context, zmq.PAIR)
+            self.monitor.setsockopt(zmq.LINGER, 0)
+            self.monitor.connect(addr)
+        if self._loop is not None:
+            self._watch()
+        self.poke()
+
+    def detach(self) -> None:
+        """Stop watching and close the socket and its monitor (LINGER 0)."""
+        self._unwatch()
+        if self.monitor is not None:
+            try:
+                if self.sock is not None:
+                    self.sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.monitor = None
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def _watch(self) -> None:
+        assert self._loop is not None
+        for s in (self.sock, self.monitor):
+            if s is not None:
+                fd = s.getsockopt(zmq.FD)
+                self._loop.add_reader(fd, self._wake)
+                self._fds.append(fd)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            for fd in self._fds:
+                self._loop.remove_reader(fd)
+        self._fds.clear()
+
+    # ------------------------------------------------------------------------------------ running
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._watch()
+        self._task = asyncio.create_task(self._run(), name=f"reactor-{self.name}")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.detach()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def poke(self) -> None:
+        """Call after sending while the reactor may be asleep: a send can eat the FD's edge, so look at
+        ZMQ_EVENTS and wake the reactor if something is readable. Also re-arms the timer."""
+        if self._waiter is None:
+            return  # the reactor is running: it re-checks before it sleeps
+        if self._readable():
+            self._wake()
+        else:
+            self._arm()
+
+    def _readable(self) -> bool:
+        try:
+            if self.sock is not None and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return True
+            return self.monitor is not None and bool(self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return False
+
+    def _arm(self) -> None:
+        """One timer at the owner's next deadline (moved only when the deadline changes)."""
+        assert self._loop is not None
+        at = self.deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer_fired)
+
+    def _on_timer_fired(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._wake()
+
+    def _drain(self, sock: zmq.Socket, limit: int) -> list[Frames]:
+        out: list[Frames] = []
+        try:
+            while len(out) < limit:
+                out.append(sock.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as err:  # closed under us or a libzmq error: report, never stop
+            if self.log is not None:
+                self.log.warning("recv_error", socket=self.name, error=str(err))
+        return out
+
+    async def _run(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        assert self._loop is not None
+        while not self._closing:
+            at = self.deadline()
+            now = time.monotonic()
+            if at is not None and at <= now:
+                await self._guard(self.on_timer(now))
+                continue
+            if self.monitor is not None and self.on_monitor is not None:
+                for frames in self._drain(self.monitor, 64):
+                    try:
+                        event = parse_monitor_message(frames)
+                    except Exception:
+                        continue
+                    await self._guard(self.on_monitor(event))
+            batch = self._drain(self.sock, self.batch) if self.sock is not None else []
+            if batch:
+                await self._guard(self.on_batch(batch))
+                await asyncio.sleep(0)  # let the loop's other sockets and timers have their turn
+                continue
+            if self._readable():
+                continue
+            self._waiter = self._loop.create_future()
+            self._arm()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def _guard(self, aw: Awaitable[None]) -> None:
+        try:
+            await aw
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # never let one batch stop the socket
+            if self.log is not None:
+                self.log.exception("reactor_failed", socket=self.name, error=f"{type(err).__name__}: {err}")
