@@ -96,7 +96,13 @@ def bench_service(name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
+        from . import bench_e2e
+        return bench_e2e.main(argv[1:])
+    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__,
+                                epilog="gvtsim bench e2e --help: the guest MMIO round trip through the real "
+                                       "topology against a raw relay")
     p.add_argument("--json", action="store_true")
     p.add_argument("-n", type=int, default=20000, help="operations per repetition")
     p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu"], action="append")

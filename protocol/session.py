@@ -251,6 +251,11 @@ class ClientSession:
         if isinstance(msg, m.Hello) and self.state == self.HELLO_WAIT:
             self._hello_resend = now + HELLO_RETRY
 
+    def transport_ready(self, now: float) -> None:
+        """The transport finished its handshake: a HELLO that could not be sent yet goes now."""
+        if self.state == self.HELLO_WAIT and self._hello_resend is not None:
+            self._hello_resend = now
+
     def sent(self, now: float) -> None:
         """Something went to the server."""
         self.last_sent = now

@@ -192,7 +192,7 @@ class Connection:
     async def _on_monitor(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.session.send_failed(self.session.hello(), 0.0)  # resend HELLO now, if it is still unsent
+            self.session.transport_ready(time.monotonic())  # a HELLO that found no connection goes now
         elif kind == zmq.EVENT_DISCONNECTED:
             await self._handle(self.session.transport_down("disconnected", time.monotonic()))
 

@@ -22,8 +22,9 @@ from typing import Any
 import zmq
 
 #: Messages taken from a socket before the batch is handed over (the rest wait for the next round, after
-#: other sockets and timers had their turn).
-BATCH = 256
+#: other sockets and timers had their turn). Small enough that a batch of a flooder's messages delays a
+#: well-behaved peer by a few milliseconds at most; large enough to amortise the per-batch work.
+BATCH = 64
 
 Frames = list[bytes]
 _MONITOR_IDS = itertools.count()
@@ -142,9 +143,13 @@ class Reactor:
             return False
 
     def _arm(self) -> None:
-        """One timer at the owner's next deadline (moved only when the deadline changes)."""
+        """One timer at the owner's next deadline. A deadline that moved later keeps the armed timer (it
+        fires early, finds nothing due and re-arms): sends push heartbeat deadlines later all the time, and
+        re-creating a timer per message would cost more than one early wake-up per interval."""
         assert self._loop is not None
         at = self.deadline()
+        if at is not None and self._timer_at is not None and self._timer_at <= at:
+            return
         if at == self._timer_at:
             return
         if self._timer is not None:
@@ -160,9 +165,10 @@ class Reactor:
         self._wake()
 
     def _drain(self, sock: zmq.Socket, limit: int) -> list[Frames]:
+        """Up to ``limit`` messages, asking ZMQ_EVENTS before each receive (cheaper than ending on EAGAIN)."""
         out: list[Frames] = []
         try:
-            while len(out) < limit:
+            while len(out) < limit and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 out.append(sock.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             pass
@@ -176,22 +182,25 @@ class Reactor:
 
         assert self._loop is not None
         while not self._closing:
-            at = self.deadline()
-            now = time.monotonic()
-            if at is not None and at <= now:
-                await self._guard(self.on_timer(now))
-                continue
-            if self.monitor is not None and self.on_monitor is not None:
+            # messages first (a BYE that arrived before the disconnect is handled as a BYE), then the
+            # monitor's connection events, then timers that fell due
+            batch = self._drain(self.sock, self.batch) if self.sock is not None else []
+            if batch:
+                await self._guard(self.on_batch(batch))
+            if self.monitor is not None and self.on_monitor is not None and \
+                    self.monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 for frames in self._drain(self.monitor, 64):
                     try:
                         event = parse_monitor_message(frames)
                     except Exception:
                         continue
                     await self._guard(self.on_monitor(event))
-            batch = self._drain(self.sock, self.batch) if self.sock is not None else []
+            at = self.deadline()
+            if at is not None and at <= time.monotonic():
+                await self._guard(self.on_timer(time.monotonic()))
             if batch:
-                await self._guard(self.on_batch(batch))
-                await asyncio.sleep(0)  # let the loop's other sockets and timers have their turn
+                if len(batch) >= self.batch:
+                    await asyncio.sleep(0)  # a full batch: let the loop's other sockets and timers have a turn
                 continue
             if self._readable():
                 continue

@@ -36,7 +36,7 @@ __all__ = ["RouterServer", "Session", "SessionHandler"]
 
 #: Re-check which sessions lost their pipe this long after a disconnect event (the pipe's termination reaches
 #: the socket a little after the monitor event).
-PROBE_DELAYS = (0.0, 0.05, 0.5)
+PROBE_DELAYS = (0.01, 0.1, 0.5)
 #: Decode-error log lines per peer before they are only counted (a flood of garbage must not flood the log).
 LOG_BUDGET = 20
 
@@ -77,6 +77,7 @@ class RouterServer:
         self._pending: dict[tuple[bytes, int], asyncio.Future[m.Message]] = {}
         self._req = itertools.count(1)
         self._probe_at: list[float] = []
+        self._suspects: dict[bytes, float] = {}
         self._log_budget: Counter[bytes] = Counter()
         self._after_batch = getattr(handler, "after_batch", None)
         self._deferred: list[ps.Event] = []
@@ -206,18 +207,29 @@ class RouterServer:
             self._probe_at = sorted({*self._probe_at, *(now + d for d in PROBE_DELAYS)})
 
     async def _probe_pipes(self) -> None:
-        """After a disconnect: every session whose routing id has no pipe any more is lost."""
+        """After a disconnect: every session whose routing id has no pipe any more is lost. A session found
+        without a pipe is only suspect at first: what its peer sent before closing (a BYE) may still be
+        queued, so it is dropped at a later probe if it is still there and still has no pipe."""
         hb = encode(m.Heartbeat(epoch=self.epoch))
         assert self.sock is not None
+        now = time.monotonic()
+        suspects, self._suspects = self._suspects, {}
         for s in list(self.sessions.values()):
             try:
                 self.sock.send_multipart((s.ident, hb), zmq.NOBLOCK)
-                s.last_sent = time.monotonic()
+                s.last_sent = now
             except zmq.Again:
                 pass
             except zmq.ZMQError as err:
-                if err.errno == zmq.EHOSTUNREACH:
+                if err.errno != zmq.EHOSTUNREACH:
+                    continue
+                first = suspects.get(s.ident)
+                if first is not None and now - first >= 0.05:
                     await self._handle(self.core.drop(s, "disconnected"))
+                else:
+                    self._suspects[s.ident] = first if first is not None else now
+        if self._suspects and not self._probe_at:
+            self._probe_at = [now + 0.1]
 
     async def _on_batch(self, batch: list[Frames]) -> None:
         now = time.monotonic()
@@ -239,11 +251,17 @@ class RouterServer:
                 await self._handle(self.core.receive(ident, payload, now), ident)
         else:
             queues = list(by_peer.values())
+            first = True
             while queues:  # round-robin across peers, each peer's order kept
                 for q in queues:
                     ident, payload = q.popleft()
                     await self._handle(self.core.receive(ident, payload, now), ident)
                 queues = [q for q in queues if q]
+                if first and queues and self._after_batch is not None:
+                    # what the first round produced (every peer's first message) leaves before the rest of
+                    # a flooder's messages are worked through
+                    first = False
+                    await self._after_batch()
         if self._after_batch is not None:
             await self._after_batch()
 

@@ -3,8 +3,11 @@
 Three connections: a DEALER to vhm (ioreq dispatches, vGPU lifecycle from VM creation, MPT services),
 a DEALER to pgpu (physical GGTT and registers), and the management ROUTER (``gvtsim ctl``, probes).
 After every core call the effects outbox is drained and sent in order before the answer that follows
-it. Callbacks run inside a connection's receive loop, so they never await a request on that connection:
-setup calls (scratch frame, pgpu identity) run as tasks.
+it. Callbacks run inside a connection's reactor (a batch of drained messages at a time), so they never
+await a request on that connection: setup calls (scratch frame, pgpu identity) run as tasks. The ioreq
+path is future-free: the completions of every IOREQ_DISPATCH in a batch leave as one IOREQ_COMPLETE when
+the batch ends, after the effects they caused. The scheduler's 1 ms timer is armed only while some vGPU
+has a workload queued or running.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import zmq.asyncio
 
 from ...protocol import messages as m
-from ...protocol.constants import IoreqType
+from ...protocol.constants import MAX_BATCH, IoreqType
 from ...protocol.errors import ErrorCode
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
@@ -104,6 +107,8 @@ class GvtService(BaseService):
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
         self._submits: dict[int, int] = {}  # ELSP_SUBMIT req -> workload tag
         self.conns: dict[str, Connection] = {}
+        self._sched: asyncio.TimerHandle | None = None
+        self._results: list[m.IoreqResult] = []  # completions of this batch's dispatches
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, Any]:
@@ -114,27 +119,44 @@ class GvtService(BaseService):
                                                       ("pgpu", self.args.pgpu, self._on_pgpu, self._pgpu_up)):
             conn = Connection(self.ctx, endpoint_arg, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
                               log=self.log, counters=self.counters, on_message=on_message, on_up=on_up,
-                              on_down=self._down_cb(name), name=name)
+                              on_down=self._down_cb(name), name=name, after_batch=self._after_batch)
             self.conns[name] = conn
             conn.start()
-        self._spawn(self._sched_timer())
         return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu}
 
-    async def _sched_timer(self) -> None:
+    def _sched_busy(self) -> bool:
+        sched = self.core.scheduler
+        return bool(sched.inflight) or any(sched.queues.values())
+
+    def _arm_sched(self) -> None:
+        """Arm the scheduler's timer if some vGPU has work and it is not armed (no tick while idle)."""
+        if self._sched is None and self.core.vgpus and self._sched_busy():
+            self._sched = asyncio.get_running_loop().call_later(SCHED_TICK, self._sched_timer)
+
+    def _sched_timer(self) -> None:
         """The scheduler's 1 ms hrtimer: a policy pass (balance every 100 ms), then dispatch."""
-        while True:
-            await asyncio.sleep(SCHED_TICK)
-            if not self.core.vgpus:
-                continue
-            try:
-                self.core.scheduler.tick(time.monotonic())
-            except Exception as err:  # a bug must not stop the timer: counted and logged
-                self.counters["internal_errors"] += 1
-                self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-            if self.core.effects:
-                await self._flush()
+        self._sched = None
+        try:
+            self.core.scheduler.tick(time.monotonic())
+        except Exception as err:  # a bug must not stop the timer: counted and logged
+            self.counters["internal_errors"] += 1
+            self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+        if self.core.effects:
+            self._flush_now()
+        self._arm_sched()
+
+    async def _after_batch(self) -> None:
+        """A connection's reactor finished a batch: the ioreq completions, then the scheduler timer."""
+        if self._results:
+            self._flush_now()  # trap ranges, MSIs, GGTT writes go out before the completion
+            results, self._results = self._results, []
+            for i in range(0, len(results), MAX_BATCH):
+                await self._send("vhm", m.IoreqComplete(reqs=results[i:i + MAX_BATCH]))
+        self._arm_sched()
 
     async def stop(self) -> None:
+        if self._sched is not None:
+            self._sched.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -162,6 +184,10 @@ class GvtService(BaseService):
 
     # -------------------------------------------------------------------------------------- output
     async def _flush(self) -> None:
+        """:meth:`_flush_now` for callers that await (it never suspends)."""
+        self._flush_now()
+
+    def _flush_now(self) -> None:
         """Send the core's effects in order (fire-and-forget requests; refusals are logged on reply)."""
         effects = self.core.drain_effects()
         for e in effects:
@@ -174,7 +200,7 @@ class GvtService(BaseService):
             try:
                 if conn is None or not conn.up.is_set():
                     raise PeerLost(f"{peer} not connected")
-                await conn.send(cls(req=req, **fields))
+                conn.send_now(cls(req=req, **fields))
             except PeerLost as err:
                 self.counters[f"effects_dropped_{peer}"] += 1
                 if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it
@@ -189,7 +215,7 @@ class GvtService(BaseService):
         if failed_submits:
             for tag, why in failed_submits:
                 self.core.scheduler.submit_failed(tag, why)
-            await self._flush()  # the next workloads (if any) try again
+            self._flush_now()  # the next workloads (if any) try again
 
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
         req = getattr(msg, "req", -1)
@@ -245,13 +271,13 @@ class GvtService(BaseService):
     async def _on_vhm(self, msg: m.Message) -> None:
         if isinstance(msg, m.IoreqDispatch):
             now = time.monotonic()
-            results = [m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=self.core.handle_ioreq(r, now))
-                       for r in msg.reqs]
-            await self._flush()  # trap ranges, MSIs, GGTT writes go out before the completion
-            await self._send("vhm", m.IoreqComplete(reqs=results))
+            handle = self.core.handle_ioreq
+            self._results.extend(m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=handle(r, now))
+                                 for r in msg.reqs)
         elif isinstance(msg, (m.Ok, m.Error)):
             self._effect_reply("vhm", msg)
         elif isinstance(msg, (m.VgpuCreate, m.VgpuDestroy, m.VgpuReset)):
+            await self._after_batch()  # earlier ioreqs of this batch complete first, in order
             reply = self.manage(msg, owner="vhm")
             await self._flush()
             await self._send("vhm", reply)

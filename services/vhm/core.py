@@ -255,6 +255,12 @@ class VhmCore(MptServices):
                                                   f"{self.ioreq_timeout:g}s"))
         return failed
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to fail: the oldest PROCESSING request's timeout."""
+        due = [vm.dispatched_at[slot.vcpu] + self.ioreq_timeout for vm in self.vms.values() for slot in vm.slots
+               if slot.state is IoreqState.PROCESSING]
+        return min(due) if due else None
+
     def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed:
         """Force-complete and free a busy slot (acrn_ioreq_clear_request)."""
         slot = vm.slots[vcpu]

@@ -5,10 +5,12 @@ tables per role), turns outcomes into messages, batches dispatches, and runs the
 to the device model (VGPU_CREATE / VGPU_DESTROY / VGPU_RESET) in their own tasks, because the answer comes
 back through the same receive loop that runs the handlers.
 
-Batching (DESIGN section 3): dispatches are queued per client while the receive loop drains whatever the
-socket holds (pyzmq resolves a recv at once while messages are queued, so the loop does not yield), and
-the flusher task, which runs as soon as the loop yields, sends one IOREQ_DISPATCH per client: the requests
-of all VMs and vCPUs that arrived together travel together. A queue reaching MAX_BATCH is flushed at once.
+Batching: the server's reactor drains every message the socket holds (a bounded batch, taken round-robin
+across peers) and hands them over one by one; dispatches are queued per client meanwhile and, when the batch
+ends (``after_batch``), sent as one IOREQ_DISPATCH per client: the requests of all VMs and vCPUs that arrived
+together travel together. A queue reaching MAX_BATCH is flushed at once. No task or Future per message.
+The ioreq timeout is one timer at the oldest PROCESSING request's deadline, armed only while some request
+is PROCESSING.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ class VhmService(BaseService):
         self.core: VhmCore | None = None
         self.server: RouterServer | None = None
         self._batches: dict[int, list[m.Ioreq]] = defaultdict(list)
-        self._dirty: asyncio.Event | None = None
-        self._loops: list[asyncio.Task[None]] = []
+        self._tick: asyncio.TimerHandle | None = None
+        self._dispatched = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------------- lifecycle
@@ -79,15 +81,14 @@ class VhmService(BaseService):
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
-        self._dirty = asyncio.Event()
-        self._loops = [asyncio.create_task(self._flush_loop(), name="vhm-flush"),
-                       asyncio.create_task(self._tick_loop(), name="vhm-tick")]
         return {"endpoint": endpoint, "mem_path": a.mem_path, "total_frames": self.core.frames.total,
                 "free_frames": self.core.frames.free_frames}
 
     async def stop(self) -> None:
         """Cancel our tasks, say BYE to every peer, close the socket and unmap machine memory."""
-        tasks = [*self._loops, *self._tasks]
+        if self._tick is not None:
+            self._tick.cancel()
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -186,11 +187,19 @@ class VhmService(BaseService):
     def _queue(self, d: Dispatched) -> Awaitable[None] | None:
         batch = self._batches[d.client]
         batch.append(d.ioreq)
+        self._dispatched = True
         if len(batch) >= MAX_BATCH:
             return self._flush()
-        assert self._dirty is not None
-        self._dirty.set()
         return None
+
+    async def after_batch(self) -> None:
+        """The server's reactor finished a batch: send the dispatches it produced, arm the ioreq timer."""
+        if self._batches:
+            await self._flush()
+        if self._dispatched:
+            self._dispatched = False
+            if self._tick is None:  # every request dispatched now times out after the ones already armed for
+                self._arm_tick(time.monotonic() + self.args.ioreq_timeout)
 
     async def _flush(self) -> None:
         """One IOREQ_DISPATCH per client with everything queued for it."""
@@ -207,30 +216,23 @@ class VhmService(BaseService):
                 if not await self._send(client.peer, m.IoreqDispatch(reqs=chunk)):
                     break
 
-    async def _flush_loop(self) -> None:
-        assert self._dirty is not None
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            try:
-                await self._flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["internal_errors"] += 1
-                self.log.exception("flush_failed")
+    def _arm_tick(self, at: float) -> None:
+        self._tick = asyncio.get_running_loop().call_later(max(0.0, at - time.monotonic()), self._on_tick)
 
-    async def _tick_loop(self) -> None:
+    def _on_tick(self) -> None:
+        """The ioreq timeout timer: fail what is overdue, re-arm at the next PROCESSING request's deadline."""
         assert self.core is not None
-        while True:
-            await asyncio.sleep(min(self.hb.interval, 1.0))
-            try:
-                await self._fail(self.core.tick(time.monotonic()))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["internal_errors"] += 1
-                self.log.exception("tick_failed")
+        self._tick = None
+        try:
+            failed = self.core.tick(time.monotonic())
+            if failed:
+                self._spawn(self._fail(failed), name="ioreq-timeouts")
+            at = self.core.next_deadline()
+            if at is not None:
+                self._arm_tick(at + 0.001)  # tick() fails what is strictly past its timeout
+        except Exception:
+            self.counters["internal_errors"] += 1
+            self.log.exception("tick_failed")
 
     # --------------------------------------------------------------------------- guest messages
     async def _on_ioreq(self, session: Session, msg: m.Ioreq) -> None:
