@@ -133,10 +133,12 @@ def _recv_ioreq_reply(sock: zmq.Socket, timeout_ms: int = 5000) -> m.IoreqDone:
         return _check(raw)
 
 
-def run_sync(v: Vcpu, n: int) -> dict[str, float]:
+def run_sync(v: Vcpu, n: int, keepalive: Callable[[], None] = lambda: None) -> dict[str, float]:
     """``n`` synchronous round trips of one vCPU: p50 and p99 in microseconds."""
     lat = []
-    for _ in range(n):
+    for i in range(n):
+        if i % 64 == 0:
+            keepalive()
         t0 = time.perf_counter()
         v.sock.send(v.request())
         _recv_ioreq_reply(v.sock)
@@ -144,7 +146,7 @@ def run_sync(v: Vcpu, n: int) -> dict[str, float]:
     return _figures(lat, None)
 
 
-def run_concurrent(vcpus: list[Vcpu], seconds: float) -> dict[str, float]:
+def run_concurrent(vcpus: list[Vcpu], seconds: float, keepalive: Callable[[], None] = lambda: None) -> dict[str, float]:
     """Every vCPU keeps one request outstanding for ``seconds``: throughput, p50, p99."""
     by_key = {(v.sock, v.vm, v.vcpu): v for v in vcpus}
     socks = list({v.sock for v in vcpus})
@@ -160,6 +162,7 @@ def run_concurrent(vcpus: list[Vcpu], seconds: float) -> dict[str, float]:
     done = 0
     outstanding = len(vcpus)
     while outstanding:
+        keepalive()
         for s, _ in poller.poll(5000):
             while True:
                 try:
@@ -201,6 +204,8 @@ class TopologyClient:
     def __init__(self, ctx: zmq.Context, vhm: str) -> None:
         self.ctx, self.vhm = ctx, vhm
         self.socks: list[zmq.Socket] = []
+        self.heartbeat_s = 1.0
+        self._next_hb = 0.0
 
     def vm(self, name: str, vcpus: int, vgpu_type: str) -> list[Vcpu]:
         """A session, a VM with a vGPU, BAR0 at BAR0_GPA with memory decode on; its vCPUs."""
@@ -241,14 +246,22 @@ class TopologyClient:
     def _answer(self, sock: zmq.Socket, want: Callable[[m.Message], bool]) -> Any:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if sock.poll(1000):
+            if time.monotonic() >= self._next_hb:  # the other VMs' sessions stay alive meanwhile
+                self.heartbeat()
+            if sock.poll(250):
                 msg = decode(sock.recv())
                 if want(msg):
                     return msg
         raise TimeoutError("no answer from vhm in 30 s")
 
+    def keepalive(self) -> None:
+        """:meth:`heartbeat` when half an interval has passed since the last one (cheap to call often)."""
+        if time.monotonic() >= self._next_hb:
+            self.heartbeat()
+
     def heartbeat(self) -> None:
         """What a client must send when idle (HELLO_ACK's heartbeat_ms)."""
+        self._next_hb = time.monotonic() + self.heartbeat_s / 2
         for s in self.socks:
             s.send(encode(m.Heartbeat(epoch=1)))
 
@@ -294,18 +307,16 @@ def run(rounds: int, vms: int, vcpus: int, seconds: float, sync_n: int, idle_s: 
             rsocks.append(s)
         relay_sync = Vcpu(rsocks[0], 0, 0)
         relay_conc = [Vcpu(s, i // vcpus, i % vcpus) for i, s in enumerate(rsocks[1:])]
-        run_sync(relay_sync, 200)  # warm both paths up
-        run_sync(sync_vm, 200)
+        run_sync(relay_sync, 200, topo.keepalive)  # warm both paths up
+        run_sync(sync_vm, 200, topo.keepalive)
         per: dict[str, list[dict[str, float]]] = {"relay_sync": [], "topo_sync": [], "relay_conc": [], "topo_conc": []}
         for r in range(rounds):
             order = [("relay", relay_sync, relay_conc), ("topo", sync_vm, conc)]
             if r % 2:
                 order.reverse()
             for name, one, many in order:
-                per[f"{name}_sync"].append(run_sync(one, sync_n))
-                topo.heartbeat()
-                per[f"{name}_conc"].append(run_concurrent(many, seconds))
-                topo.heartbeat()
+                per[f"{name}_sync"].append(run_sync(one, sync_n, topo.keepalive))
+                per[f"{name}_conc"].append(run_concurrent(many, seconds, topo.keepalive))
             rs, ts, rc, tc = (per[k][-1] for k in ("relay_sync", "topo_sync", "relay_conc", "topo_conc"))
             say(f"round {r + 1}: sync p50 relay {rs['p50_us']:.0f} us, topology {ts['p50_us']:.0f} us "
                 f"({ts['p50_us'] / rs['p50_us']:.2f}x); {n} concurrent: relay {rc['per_s']:.0f}/s, "
