@@ -36,7 +36,7 @@ from .errors import DecodeError, ErrorCode
 from . import messages as m
 
 #: How long a client waits for HELLO_ACK before trying again with a fresh socket (seconds).
-HELLO_TIMEOUT = 2.0
+HELLO_TIMEOUT = 5.0
 #: How soon a client retries sending HELLO when the transport was not connected yet (seconds).
 HELLO_RETRY = 0.02
 #: First and largest pause before reconnecting after a loss (seconds, doubling).
