@@ -131,6 +131,8 @@ class Connection:
                 reply = await fut
         finally:
             self._pending.pop(req, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by _fail_pending while we were cancelled or raised: retrieved
         if isinstance(reply, m.Error):
             raise RemoteError(reply)
         return reply

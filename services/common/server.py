@@ -136,6 +136,8 @@ class RouterServer:
                 reply = await fut
         finally:
             self._pending.pop(key, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # drop() may have failed it while we raised before awaiting it: retrieved
         if isinstance(reply, m.Error):
             raise RemoteError(reply)
         return reply

@@ -30,7 +30,7 @@ from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
 from .core import VhmCore
-from .outcomes import (Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
+from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
                        Reply, Teardown, VmPlan)
 
 Handler = Callable[["VhmService", Session, Any], Awaitable[None]]
@@ -75,7 +75,7 @@ class VhmService(BaseService):
         a = self.args
         self.mem = MachineMemory(a.mem_path, a.mem_size_mb << 20, create=True)
         self.core = VhmCore(self.mem, ram_max_run=a.ram_max_run, ioreq_timeout=a.ioreq_timeout,
-                            counters=self.counters)
+                            client_grace=getattr(a, "client_grace", 0.0), counters=self.counters)
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
@@ -118,21 +118,33 @@ class VhmService(BaseService):
     async def on_hello(self, session: Session) -> None:
         """A device model (role gvt) becomes an ioreq client; guests need nothing until VM_CREATE."""
         assert self.core is not None
-        if session.role == "gvt":
-            cid = self.core.add_client(session, session.id)
-            session.data["client"] = cid
-            self.log.info("client_added", client=cid, peer_id=session.id)
+        if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
+            hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
+            session.data["client"] = hello.client
+            self.log.info("client_resumed" if hello.resumed else "client_added", client=hello.client,
+                          peer_id=session.id)
+            for loss in hello.losses:
+                await self._client_loss(loss, session.id, "restarted (new epoch)")
+
+    async def _client_loss(self, loss: ClientLoss, peer_id: str, reason: str) -> None:
+        self.log.warning("client_lost", client=loss.client, peer_id=peer_id, reason=reason,
+                         failed_ioreqs=len(loss.failed), frames_freed=loss.frames_freed,
+                         vgpus_lost=sum(isinstance(n.message, m.VgpuLost) for n in loss.notices))
+        await self._fail(loss.failed)
+        await self._notify(loss.notices)
 
     async def on_lost(self, session: Session, reason: str) -> None:
-        """A client lost: fail its PROCESSING requests at once; a guest lost: destroy its VMs."""
+        """A client's session ended: it is detached (lost after the grace period, reconcile.py); a guest
+        lost: destroy its VMs."""
         assert self.core is not None
         cid = session.data.get("client")
         if cid is not None:
-            loss = self.core.client_lost(cid)
-            self.log.warning("client_lost", client=cid, peer_id=session.id, reason=reason,
-                             failed_ioreqs=len(loss.failed), frames_freed=loss.frames_freed)
-            await self._fail(loss.failed)
-            await self._notify(loss.notices)
+            loss = self.core.client_session_ended(cid, session, time.monotonic())
+            if loss is not None:
+                await self._client_loss(loss, session.id, reason)
+            elif self.core.clients.get(cid) is not None and self.core.clients[cid].peer is None:
+                self.log.warning("client_detached", client=cid, peer_id=session.id, reason=reason,
+                                 grace_s=self.core.client_grace)
         if session.role == "guest":
             for td in self.core.guest_lost(session):
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
@@ -200,6 +212,9 @@ class VhmService(BaseService):
             client = self.core.clients.get(cid)
             if client is None:  # lost since: client_lost already failed these requests
                 continue
+            if client.peer is None:  # detached: they wait PROCESSING, sent again after its VGPU_SYNC
+                self.counters["dispatch_held"] += len(reqs)
+                continue
             for i in range(0, len(reqs), MAX_BATCH):
                 chunk = reqs[i:i + MAX_BATCH]
                 self.counters["dispatch_batches"] += 1
@@ -225,7 +240,10 @@ class VhmService(BaseService):
         while True:
             await asyncio.sleep(min(self.hb.interval, 1.0))
             try:
-                await self._fail(self.core.tick(time.monotonic()))
+                now = time.monotonic()
+                await self._fail(self.core.tick(now))
+                for loss in self.core.expire_clients(now):
+                    await self._client_loss(loss, "", f"no reconnect within {self.core.client_grace:g}s")
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -264,7 +282,7 @@ class VhmService(BaseService):
         client = self.core.clients.get(vg.client)
         failure: Rejected | None = None
         try:
-            if client is None:
+            if client is None or client.peer is None:
                 raise PeerLost("device model gone")
             reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
                                               ept_root=vg.ept_root, ram_mb=vg.ram_mb, timeout=self.args.vgpu_timeout)
@@ -332,7 +350,7 @@ class VhmService(BaseService):
         """A call to a device model that must not block forever (gone or silent: logged, counted, False)."""
         assert self.core is not None and self.server is not None
         c = self.core.clients.get(client)
-        if c is None:
+        if c is None or c.peer is None:  # a detached one reconciles when it comes back
             self.counters["dm_call_no_client"] += 1
             return False
         try:
@@ -354,6 +372,21 @@ class VhmService(BaseService):
                 await self._done(out)
             else:
                 await self._reject(session, out)
+
+    async def _on_vgpu_sync(self, session: Session, msg: m.VgpuSync) -> None:
+        """Reconciliation (reconcile.py): compare the client's vGPUs with the VM table, answer what to keep
+        and destroy, tell VMs whose vGPU is gone, then send again the ioreqs that waited for this client."""
+        assert self.core is not None
+        cid = session.data["client"]
+        rec = self.core.reconcile(cid, [(e.vm, e.vgpu_id) for e in msg.vgpus], time.monotonic())
+        self.log.info("reconciled", client=cid, peer_id=session.id, resumed=rec.resumed, keep=rec.keep,
+                      destroy=rec.destroy, vgpus_lost=len(rec.notices))
+        await self._fail(rec.failed)
+        await self._notify(rec.notices)
+        await self._send(session, rec.reply(msg.req))
+        for d in self.core.redispatch(cid):
+            self._batches[d.client].append(d.ioreq)
+        await self._flush()
 
     async def _on_mpt(self, session: Session, msg: Any) -> None:
         assert self.core is not None
@@ -383,6 +416,7 @@ ROLE_HANDLERS: dict[str, dict[type[m.Message], Handler]] = {
     },
     "gvt": {
         m.IoreqComplete: VhmService._on_complete,
+        m.VgpuSync: VhmService._on_vgpu_sync,
         **{cls: VhmService._on_mpt for cls in MPT_CALLS},
     },
 }
