@@ -5,7 +5,9 @@ verified workloads with --recover, and an in-process raw guest that reads PVINFO
   gvt's test hook for it): vhm resumes the session, nothing is lost, PVINFO still reads the magic;
 * gvt is killed (SIGKILL) and restarted: every VM whose vGPU died is told VGPU_LOST, its guest resets and
   gets a new vGPU whose PVINFO reads right;
-* pgpu is killed and restarted: gvt rewrites the vGPUs' GGTT slices without going silent, vhm keeps gvt.
+* pgpu is killed and restarted: gvt rewrites the vGPUs' GGTT slices without going silent, vhm keeps gvt;
+* vhm is killed and restarted: gvt destroys the vGPUs of the VMs the old vhm had, the guests create theirs
+  again.
 
 After each: gvt's vGPUs are exactly vhm's VMs with a vGPU (none without a VM, no VM with a dead one), and
 no service's log holds "exception was never retrieved".
@@ -203,4 +205,17 @@ async def test_pgpu_restart_does_not_cost_gvt_its_session(setup) -> None:
     assert await pvinfo(raw, vm) == VGT_MAGIC
     after = await converged(stack)
     assert after[vm] == before[vm]
+    assert_no_unretrieved_exceptions(stack)
+
+
+async def test_vhm_restart_gvt_drops_the_vgpus_of_the_old_vms(setup) -> None:
+    stack, guest, raw, vm = setup
+    await guest.await_event("stats", 10)
+    before = await converged(stack)
+    mark = last_verified(guest)
+    await asyncio.to_thread(stack.restart, "vhm")  # same port, new epoch: every VM is gone
+    await guest_healthy(stack, guest, mark, timeout=45)  # the guest process re-created its VMs on the new vhm
+    after = await converged(stack, timeout=30)
+    # the raw guest did not create its VM again: its vGPU went with the old vhm; the guest process's are new
+    assert len(before) == GUEST_VMS + 1 and len(after) == GUEST_VMS
     assert_no_unretrieved_exceptions(stack)
