@@ -297,6 +297,9 @@ class VhmService(BaseService):
                                f"{self.args.vgpu_timeout:g}s")
         if failure is not None:
             freed = self.core.vgpu_failed(plan.vm, plan.serial)
+            if failure.code in (ErrorCode.NO_DEVICE_MODEL, ErrorCode.TIMEOUT) and client is not None:
+                # the device model may have created it with the answer lost on the way: no vGPU without a VM
+                self._spawn(self._destroy_vgpu_at(vg.client, plan.vm), name=f"orphan-vm{plan.vm}")
             self.counters[f"error_{failure.code.value}"] += 1
             self.log.warning("vm_create_failed", vm=plan.vm, code=failure.code.value, reason=failure.reason,
                              frames_freed=freed)
@@ -323,7 +326,7 @@ class VhmService(BaseService):
         """VGPU_DESTROY to the device model (bounded wait), then free the VM's frames and answer OK."""
         assert self.core is not None
         if td.vgpu_client is not None:
-            await self._call_dm(td.vgpu_client, m.VgpuDestroy, vm=td.vm)
+            await self._destroy_vgpu_at(td.vgpu_client, td.vm)
         freed = self.core.reap_vm(td.vm, td.serial)
         self.log.info("vm_destroyed", vm=td.vm, frames_freed=freed, failed_ioreqs=len(td.failed))
         if session is not None:
@@ -345,6 +348,20 @@ class VhmService(BaseService):
             await self._send(session, m.Ok(req=req))
 
         self._spawn(finish(), name=f"reset-vm{td.vm}")
+
+    async def _destroy_vgpu_at(self, client: int, vm: int) -> None:
+        """VGPU_DESTROY that survives a reconnect: if the call was lost with a session that has since been
+        replaced (the client resumed on a new one, whose VGPU_SYNC may already have happened), ask once more
+        on the new one. A client still detached reconciles on its next HELLO (reconcile.py)."""
+        assert self.core is not None
+        c = self.core.clients.get(client)
+        peer = c.peer if c is not None else None
+        if await self._call_dm(client, m.VgpuDestroy, vm=vm):
+            return
+        c = self.core.clients.get(client)
+        if c is not None and c.peer is not None and c.peer is not peer:
+            self.counters["dm_destroy_retried"] += 1
+            await self._call_dm(client, m.VgpuDestroy, vm=vm)
 
     async def _call_dm(self, client: int, cls: type[m.Message], **fields: Any) -> bool:
         """A call to a device model that must not block forever (gone or silent: logged, counted, False)."""
