@@ -92,6 +92,7 @@ class ClientSessions:
                 if c.peer is not None:
                     self._client_by_peer.pop(c.peer, None)
                 c.peer, c.detached_at, c.synced, c.resumed = peer, None, False, True
+                self._hold_processing(c)  # sent on the old connection: maybe never arrived
                 self._client_by_peer[peer] = c.id
                 self.counters["clients_resumed"] += 1
                 return ClientHello(c.id, True)
@@ -112,12 +113,16 @@ class ClientSessions:
             return self.client_lost(client)
         self._client_by_peer.pop(peer, None)
         c.peer, c.detached_at = None, now
-        for vm in self.vms.values():  # sent on the dead session: the completion may never come back
-            for slot in vm.slots:
-                if slot.state is IoreqState.PROCESSING and slot.client == client:
-                    c.held.add((vm.id, slot.vcpu, vm.request_of(slot).seq))
+        self._hold_processing(c)  # sent on the dead session: the completion may never come back
         self.counters["clients_detached"] += 1
         return None
+
+    def _hold_processing(self, c: "Client") -> None:
+        """Mark every request PROCESSING at ``c`` to be sent again after its next VGPU_SYNC."""
+        for vm in self.vms.values():
+            for slot in vm.slots:
+                if slot.state is IoreqState.PROCESSING and slot.client == c.id:
+                    c.held.add((vm.id, slot.vcpu, vm.request_of(slot).seq))
 
     def expire_clients(self, now: float) -> list[ClientLoss]:
         """Lose every client detached for ``client_grace`` seconds or more."""

@@ -156,6 +156,11 @@ async def test_dropped_connection_same_epoch_keeps_every_vgpu(setup) -> None:
     after = await converged(stack)
     assert after[vm] == before[vm]  # the raw VM kept its vGPU
     resets = [e for e in guest.seen if e.get("event") == "vm_reset"]
+    # nothing the reconnect did may fail an ioreq: requests in flight on the dropped connection are sent again
+    # (a GPU hang from CPU contention, if any, is another matter and is allowed here)
+    caused = [e["reason"] for e in resets if any(w in e["reason"] for w in
+                                                 ("slot_busy", "timeout", "client_lost", "vGPU lost", "gpu_reset"))]
+    assert not caused, caused
     print(f"\nsame-epoch reconnect: vhm resumed the client, {len(before)} vGPUs kept, guest VM resets: "
           f"{len(resets)}, ioreqs re-sent {v.counters.get('ioreqs_redispatched', 0)}, "
           f"replayed by gvt {g.counters.get('ioreq_replayed', 0)}")

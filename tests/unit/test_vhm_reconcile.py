@@ -90,10 +90,14 @@ def test_same_epoch_resumes_the_client_with_all_its_state(core):
 def test_a_stale_session_ending_after_the_resume_changes_nothing(core):
     cid = core.client_hello("old", "gvt-a", EPOCH, 0.0).client
     vm = vm_with_vgpu(core, cid)
+    sent = core.submit_ioreq("guestA", ioreq(vm, 0, 1), 0.5)  # went out on the old connection
+    assert isinstance(sent, Dispatched)
     # the connection dropped without a word: the new session's HELLO comes before the old one times out
     assert core.client_hello("new", "gvt-a", EPOCH, 1.0).resumed
     assert core.client_session_ended(cid, "old", 2.5) is None
-    assert core.connected(cid) and core.vms[vm].dm == cid and core.next_deadline() == math.inf
+    assert core.connected(cid) and core.vms[vm].dm == cid
+    assert core.next_deadline() == pytest.approx(0.5 + core.ioreq_timeout)  # only the ioreq timeout is due
+    assert [(d.ioreq.vcpu, d.ioreq.seq) for d in core.redispatch(cid)] == [(0, 1)]  # sent again, on the new one
 
 
 def test_new_epoch_loses_the_old_incarnation_and_tells_its_vms(core):
