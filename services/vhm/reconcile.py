@@ -7,7 +7,7 @@ mappings and frames belong to its client id, not to the connection that carried 
   Everything it owned stays, requests PROCESSING at it stay PROCESSING, and requests that arrive for its
   ranges wait there too (nothing is answered with all ones behind its back).
 * A HELLO with the same id **and epoch** (:meth:`client_hello`) is the same process reconnecting: it gets its
-  client back (``resumed``), and after its VGPU_SYNC the waiting requests are sent again
+  client back (``resumed``), and the waiting requests are sent again right away
   (:meth:`redispatch`; gvt answers a request it had already completed from its last completion, so a
   request still completes exactly once).
 * A HELLO with the same id and a **new** epoch is a restart: the old incarnation is lost at once

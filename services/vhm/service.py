@@ -125,6 +125,14 @@ class VhmService(BaseService):
                           peer_id=session.id)
             for loss in hello.losses:
                 await self._client_loss(loss, session.id, "restarted (new epoch)")
+            if hello.resumed:  # its state is intact: what it may not have received goes out again now
+                await self._redispatch(hello.client)
+
+    async def _redispatch(self, cid: int) -> None:
+        assert self.core is not None
+        for d in self.core.redispatch(cid):
+            self._batches[d.client].append(d.ioreq)
+        await self._flush()
 
     async def _client_loss(self, loss: ClientLoss, peer_id: str, reason: str) -> None:
         self.log.warning("client_lost", client=loss.client, peer_id=peer_id, reason=reason,
@@ -212,7 +220,7 @@ class VhmService(BaseService):
             client = self.core.clients.get(cid)
             if client is None:  # lost since: client_lost already failed these requests
                 continue
-            if client.peer is None:  # detached: they wait PROCESSING, sent again after its VGPU_SYNC
+            if client.peer is None:  # detached: they wait PROCESSING, sent again when it resumes
                 self.counters["dispatch_held"] += len(reqs)
                 continue
             for i in range(0, len(reqs), MAX_BATCH):
@@ -392,7 +400,7 @@ class VhmService(BaseService):
 
     async def _on_vgpu_sync(self, session: Session, msg: m.VgpuSync) -> None:
         """Reconciliation (reconcile.py): compare the client's vGPUs with the VM table, answer what to keep
-        and destroy, tell VMs whose vGPU is gone, then send again the ioreqs that waited for this client."""
+        and destroy, tell VMs whose vGPU is gone."""
         assert self.core is not None
         cid = session.data["client"]
         rec = self.core.reconcile(cid, [(e.vm, e.vgpu_id) for e in msg.vgpus], time.monotonic())
@@ -401,9 +409,7 @@ class VhmService(BaseService):
         await self._fail(rec.failed)
         await self._notify(rec.notices)
         await self._send(session, rec.reply(msg.req))
-        for d in self.core.redispatch(cid):
-            self._batches[d.client].append(d.ioreq)
-        await self._flush()
+        await self._redispatch(cid)  # anything held since the HELLO (normally nothing)
 
     async def _on_mpt(self, session: Session, msg: Any) -> None:
         assert self.core is not None
