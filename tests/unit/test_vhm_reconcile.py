@@ -5,7 +5,6 @@ vGPUs so that afterwards no VM has a dead vGPU and no vGPU lacks a VM."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import pytest
