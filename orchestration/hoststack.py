@@ -57,6 +57,31 @@ class HostStack:
         self.guests += 1
         return self._start(["guest", "--vhm", self.vhm.endpoint, *args, *self.common], name or f"guest{self.guests}")
 
+    def restart(self, name: str, sig: int = 9) -> ServiceProc:
+        """Kill ``name`` (vhm, pgpu or gvt) with ``sig`` and start it again with the same arguments (a new
+        epoch; same endpoint for vhm and pgpu, whose ports gvt and the guests keep dialling). Returns it."""
+        old: ServiceProc = getattr(self, name)
+        old.kill(sig)
+        if old.proc is not None:
+            old.proc.wait(10)
+        argv = list(old.argv)
+        if name in ("vhm", "pgpu"):  # rebind the port it had, not a new ephemeral one
+            argv[argv.index("--bind") + 1] = old.endpoint
+        new = self._start(argv, name)
+        setattr(self, name, new)
+        return new
+
+    def logs(self) -> dict[str, str]:
+        """Every process's log (stderr) so far, by process name (restarted ones included)."""
+        out = {}
+        for i, p in enumerate(self.procs):
+            try:
+                with open(p.stderr_path) as f:
+                    out[f"{p.name}#{i}"] = f.read()
+            except OSError:
+                pass
+        return out
+
     def gvt_status(self):  # -> m.StatusReply | None
         """gvt's STATUS reply (counters and info), or None if it does not answer."""
         return probe_sync(self.gvt.endpoint, timeout=2.0, want_reply=True)

@@ -40,8 +40,8 @@ with an unknown key, a missing required key, a value of the wrong type or out of
 `"type"`, or anything that is not a single map: it answers with `ERROR` `code: "decode"` whose `reason` names
 the message type, the field and what was wrong, counts it, and carries on.
 
-Two small structures travel as MessagePack **arrays** inside messages: `Extent` = `[gfn, mfn, count]` and
-`Run` = `[mfn, count]`; `IoreqResult` = `[vm, vcpu, seq, value]`.
+Small structures travel as MessagePack **arrays** inside messages: `Extent` = `[gfn, mfn, count]` and
+`Run` = `[mfn, count]`; `IoreqResult` = `[vm, vcpu, seq, value]`; `VgpuEntry` = `[vm, vgpu_id]`.
 
 ## Sessions
 
@@ -63,6 +63,14 @@ Two small structures travel as MessagePack **arrays** inside messages: `Extent` 
    session (and, e.g., vhm destroys the VMs it owned); the client fails every pending call and reconnects
    with a fresh socket and a new `HELLO` (same epoch: it did not restart).
 4. `BYE` ends a session on purpose.
+5. Device models reconcile on every session (docs/VHM.md, "Device models across reconnects"): right after
+   `HELLO_ACK` a device model sends `VGPU_SYNC` with the vGPUs it holds for vhm's VMs. vhm answers
+   `VGPU_SYNC_REPLY`: whether it kept the client's state (`resumed`: same id and epoch, back within vhm's
+   grace period), the VMs to `keep` (the client registers their ranges, BDF and tracked pages again, which
+   changes nothing if they were kept) and the vGPUs to `destroy` (their VM is gone). A VM whose vGPU the client
+   no longer holds, or whose device model is lost for good, gets `VGPU_LOST`. Then vhm sends again the ioreqs
+   that were PROCESSING at the client while it was away; the client answers one it had already completed with
+   the same value.
 
 ## Calls and replies
 
@@ -171,17 +179,18 @@ def _section(title: str, classes: list[type]) -> list[str]:
 GROUPS = [
     ("Session messages (every connection)", [m.Hello, m.HelloAck, m.Heartbeat, m.Bye, m.Error, m.Ok, m.Data,
                                              m.StatusRequest, m.StatusReply]),
-    ("Guest <-> vhm", [m.VmCreate, m.VmCreated, m.VmDestroy, m.VmReset, m.Ioreq, m.IoreqDone, m.Msi, m.EptChanged]),
+    ("Guest <-> vhm", [m.VmCreate, m.VmCreated, m.VmDestroy, m.VmReset, m.Ioreq, m.IoreqDone, m.Msi, m.VgpuLost,
+                       m.EptChanged]),
     ("ioreq client / device model (gvt) <-> vhm: dispatch and MPT services",
      [m.IoreqDispatch, m.IoreqComplete, m.IoRange, m.InterceptBdf, m.GfnToMfn, m.DmaMapGuestPage,
       m.DmaUnmapGuestPage, m.MapGfnToMfn, m.PageTrack, m.ReadGpa, m.WriteGpa, m.InjectMsi, m.AllocFrames,
-      m.FramesReply, m.FreeFrames, m.AttachVgpu, m.Dom0Ready]),
+      m.FramesReply, m.FreeFrames, m.AttachVgpu, m.VgpuSync, m.VgpuSyncReply, m.Dom0Ready]),
     ("vhm / ctl -> gvt: vGPU management", [m.VgpuCreate, m.VgpuCreated, m.VgpuDestroy, m.VgpuReset, m.MgmtTypes,
                                           m.MgmtTypesReply, m.MgmtList, m.MgmtListReply]),
-    ("gvt <-> pgpu", [m.GgttWrite, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
+    ("gvt <-> pgpu", [m.GgttWrite, m.GgttFill, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
                       m.GpuEvent, m.EngineReset]),
 ]
-STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuTypeInfo, m.VgpuInfo]
+STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuEntry, m.VgpuTypeInfo, m.VgpuInfo]
 
 
 def render() -> str:

@@ -218,6 +218,15 @@ class Msi(Message, tag="MSI"):
     seq: U64
 
 
+class VgpuLost(Message, tag="VGPU_LOST"):
+    """vhm -> guest: the VM's vGPU is gone (its device model restarted, stayed away longer than vhm's grace, or
+    no longer holds it). The guest handles it as a GPU reset: it destroys the VM and creates it again with a
+    new vGPU. Every ioreq of the VM in flight at that moment has failed with ERROR gpu_reset."""
+
+    vm: VmId
+    reason: Text
+
+
 class EptChanged(Message, tag="EPT_CHANGED"):
     """vhm -> guest: the VM's EPT mappings changed (map_gfn_to_mfn); the guest drops cached leaf lookups.
     Write-protect changes need no message: the guest reads the EPT entry before every write."""
@@ -375,6 +384,35 @@ class AttachVgpu(Message, tag="ATTACH_VGPU"):
     attach: bool
 
 
+class VgpuEntry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One vGPU inside VGPU_SYNC: ``[vm, vgpu_id]``."""
+
+    vm: VmId
+    vgpu_id: U16
+
+
+class VgpuSync(Message, tag="VGPU_SYNC"):
+    """client -> vhm, after every HELLO_ACK (reconciliation): the vGPUs this device model holds for vhm's VMs.
+    vhm compares them with its VM table and answers VGPU_SYNC_REPLY; it re-sends the ioreqs that were waiting
+    for this client only after it (a device model that never sends VGPU_SYNC gets them on its own next call)."""
+
+    req: ReqId
+    vgpus: Annotated[list[VgpuEntry], Meta(max_length=MAX_BATCH)]
+
+
+class VgpuSyncReply(Message, tag="VGPU_SYNC_REPLY"):
+    """vhm -> client: the outcome of VGPU_SYNC. ``resumed``: vhm kept this client's state from before the
+    reconnect (same id and epoch, back within the grace period: ranges, BDFs, page tracks, frames). ``keep``:
+    VMs whose vGPU stays attached to this client (the client re-registers their ranges and BDF, which is
+    idempotent). ``destroy``: vGPUs the client must destroy (their VM is gone, dying, or owned elsewhere).
+    VMs that vhm believed to have a vGPU here and that are not in the list were told VGPU_LOST."""
+
+    req: ReqId
+    resumed: bool
+    keep: Annotated[list[VmId], Meta(max_length=MAX_BATCH)] = []
+    destroy: Annotated[list[VmId], Meta(max_length=MAX_BATCH)] = []
+
+
 class Dom0Ready(Message, tag="DOM0_READY"):
     """client -> vhm: the device model is ready to serve (MPT dom0_ready, uevent GVT_DOM0_READY=1). Answer: OK."""
 
@@ -472,6 +510,17 @@ class GgttWrite(Message, tag="GGTT_WRITE"):
     entries: Annotated[list[tuple[U32, U64]], Meta(min_length=1, max_length=MAX_BATCH * 64)]
 
 
+class GgttFill(Message, tag="GGTT_FILL"):
+    """gvt -> pgpu: write ``count`` physical GGTT entries from ``index`` with the same ``pte`` (the scratch
+    fill of a vGPU's slices at create, destroy, reset and after a pgpu restart: one message instead of one
+    entry per 4 KiB page). Answer: OK{value = count}. The GGTT TLB is flushed afterwards."""
+
+    req: ReqId
+    index: U32
+    count: Annotated[int, Meta(ge=1, le=1 << 24)]
+    pte: U64
+
+
 class GgttRead(Message, tag="GGTT_READ"):
     """gvt -> pgpu: read ``count`` physical GGTT entries from ``index``. Answer: GGTT_ENTRIES."""
 
@@ -541,18 +590,19 @@ class EngineReset(Message, tag="ENGINE_RESET"):
 #: Every message type, in catalogue order (the codec's tagged union and the docs test use this).
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, HelloAck, Heartbeat, Bye, Error, Ok, Data, StatusRequest, StatusReply,
-    VmCreate, VmCreated, VmDestroy, VmReset, Ioreq, IoreqDone, Msi, EptChanged,
+    VmCreate, VmCreated, VmDestroy, VmReset, Ioreq, IoreqDone, Msi, VgpuLost, EptChanged,
     IoreqDispatch, IoreqComplete, IoRange, InterceptBdf, GfnToMfn, DmaMapGuestPage, DmaUnmapGuestPage,
     MapGfnToMfn, PageTrack, ReadGpa, WriteGpa, InjectMsi, AllocFrames, FramesReply, FreeFrames,
-    AttachVgpu, Dom0Ready,
+    AttachVgpu, VgpuSync, VgpuSyncReply, Dom0Ready,
     VgpuCreate, VgpuCreated, VgpuDestroy, VgpuReset, MgmtTypes, MgmtTypesReply, MgmtList, MgmtListReply,
-    GgttWrite, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
+    GgttWrite, GgttFill, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
 )
 
 #: Messages that answer a request (matched to the pending call by ``req``); every other message that carries
 #: ``req`` is itself a request, whose ``req`` lives in the *sender's* id space.
 REPLY_TYPES: tuple[type[Message], ...] = (
     Error, Ok, Data, StatusReply, VmCreated, FramesReply, VgpuCreated, MgmtTypesReply, MgmtListReply, GgttEntries,
+    VgpuSyncReply,
 )
 
 AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]

@@ -151,6 +151,8 @@ class Connection:
         finally:
             self._pending.pop(req, None)
             self.session.cancel(req)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed by _fail_pending while we were cancelled or raised: retrieved
         if isinstance(reply, m.Error):
             raise RemoteError(reply)
         return reply

@@ -167,6 +167,8 @@ class RouterServer:
         finally:
             self._pending.pop(key, None)
             self.core.cancel(session, req)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # drop() may have failed it while we raised before awaiting it: retrieved
         if isinstance(reply, m.Error):
             raise RemoteError(reply)
         return reply

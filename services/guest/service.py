@@ -107,6 +107,7 @@ class GuestService(BaseService):
         self.by_id: dict[int, GuestVm] = {}
         self._waiters: dict[tuple[int, int, int], asyncio.Future[int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._vgpu_lost: dict[int, str] = {}  # vm id -> why vhm said VGPU_LOST (until the VM is torn down)
         self.mem: MachineMemory | None = None
         self.t_start = 0.0
         self.deadline: float | None = None
@@ -127,11 +128,24 @@ class GuestService(BaseService):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.conn.close()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        t = asyncio.create_task(coro)
+    def _spawn(self, coro: Any, what: str = "task") -> asyncio.Task[Any]:
+        t = asyncio.create_task(coro, name=what)
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(self._task_done)
         return t
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        """Retrieve every task's exception: an interrupt handler whose VM was reset or destroyed under it
+        (no_such_vm, gpu_reset, vhm gone) is counted; anything else is logged with its traceback."""
+        self._tasks.discard(t)
+        if t.cancelled() or t.exception() is None:
+            return
+        err = t.exception()
+        self.counters[f"{t.get_name()}_failed"] += 1
+        if isinstance(err, (IoreqFailed, PeerLost, RemoteError, DriverError)):
+            self.log.info("task_ended", task=t.get_name(), error=f"{type(err).__name__}: {err}")
+        else:
+            self.log.error("task_failed", task=t.get_name(), error=repr(err), exc_info=err)
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         return self.conn.up.is_set(), {"vms": [self._vm_summary(v) for v in self.vms]}
@@ -139,6 +153,9 @@ class GuestService(BaseService):
     async def send_ioreq(self, req: m.Ioreq) -> int:
         """Transport for GuestMachine: send and wait for IOREQ_DONE / ERROR with the same (vm, vcpu, seq)."""
         key = (req.vm, req.vcpu, req.seq)
+        lost = self._vgpu_lost.get(req.vm)
+        if lost is not None:  # the driver sees the GPU reset and the VM starts over
+            raise IoreqFailed("gpu_reset", f"vGPU lost: {lost}")
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters[key] = fut
         try:
@@ -153,6 +170,8 @@ class GuestService(BaseService):
             raise IoreqFailed("timeout", f"ioreq {key} not completed in {self.args.ioreq_timeout}s") from None
         finally:
             self._waiters.pop(key, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # failed (VGPU_LOST, vhm lost) while this vCPU was cancelled: retrieved
 
     async def _on_message(self, msg: m.Message) -> None:
         if isinstance(msg, m.IoreqDone):
@@ -170,9 +189,17 @@ class GuestService(BaseService):
             vm = self.by_id.get(msg.vm)
             self.counters["msis"] += 1
             if vm is not None and vm.driver is not None:
-                self._spawn(vm.driver.on_msi(msg.addr, msg.data))  # the handler traps: never inline here
+                self._spawn(vm.driver.on_msi(msg.addr, msg.data), "irq_handler")  # it traps: never inline here
             else:
                 self.counters["msi_for_unknown_vm"] += 1
+        elif isinstance(msg, m.VgpuLost):
+            self.counters["vgpus_lost"] += 1
+            if msg.vm in self.by_id:
+                self._vgpu_lost[msg.vm] = msg.reason
+                emit(event="vgpu_lost", vm=msg.vm, name=self.by_id[msg.vm].name, reason=msg.reason)
+                for (vm, _, _), fut in self._waiters.items():
+                    if vm == msg.vm and not fut.done():
+                        fut.set_exception(IoreqFailed("gpu_reset", f"vGPU lost: {msg.reason}"))
         elif isinstance(msg, m.EptChanged):
             self.counters["ept_changed"] += 1
         else:
@@ -240,6 +267,7 @@ class GuestService(BaseService):
         vm.resets += 1
         if vm.vm_id:
             self.by_id.pop(vm.vm_id, None)
+            self._vgpu_lost.pop(vm.vm_id, None)
             try:
                 await self.conn.request(m.VmDestroy, vm=vm.vm_id, timeout=5)
             except (RemoteError, PeerLost, TimeoutError):

@@ -20,7 +20,7 @@ from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode
 from . import interrupt, mmio, pvinfo
-from .effects import Effect
+from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
 from .cmd_parser import cmd_access_regs
@@ -30,7 +30,7 @@ from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
 from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec
-from .vgpu import FailsafeReason, Vgpu
+from .vgpu import GVT_BDF, FailsafeReason, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
 
@@ -98,6 +98,10 @@ class Gvt:
         self.gm = GmPartition(self.gpu)
         self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
         self.by_vm: dict[int, Vgpu] = {}
+        # (vm, vcpu) -> (request, value) of the last ioreq completed: vhm sends a request again after a
+        # reconnect when it cannot know whether the completion arrived; answering the very same request
+        # (same vm, vcpu, seq and fields: a guest never reuses a seq) from here keeps it exactly-once
+        self.last_done: dict[tuple[int, int], tuple[m.Ioreq, int]] = {}
 
     @property
     def ggtt_mmio_size(self) -> int:
@@ -200,6 +204,8 @@ class Gvt:
             self.gm.free(vgpu.resource)
             self.vgpus.pop(vgpu.id, None)
             self.by_vm.pop(vm, None)
+            for key in [k for k in self.last_done if k[0] == vm]:
+                del self.last_done[key]
         self.counters["vgpus_destroyed"] += 1
         self.log.info("vgpu_destroyed", vm=vm, vgpu=vgpu.id)
         return None
@@ -222,6 +228,41 @@ class Gvt:
             return self._refuse("vgpu_activate", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
         vgpu.activate() if active else vgpu.deactivate()
         return None
+
+    # ------------------------------------------------------------------------------ reconciliation
+    def vhm_vgpus(self) -> list[tuple[int, int]]:
+        """VGPU_SYNC's list: (vm, vgpu id) of every vGPU vhm asked for (ctl-created ones are not vhm's)."""
+        return sorted((v.vm, v.id) for v in self.vgpus.values() if v.owner == "vhm")
+
+    def reconcile(self, keep: list[int], destroy: list[int]) -> list[int]:
+        """vhm's answer to VGPU_SYNC: destroy the vGPUs of ``destroy`` (their VM is gone at vhm) and register
+        again, for each VM of ``keep``, everything vhm routes to this vGPU: the BAR0 trap area, the BDF, the
+        attachment and the tracked pages (all idempotent at vhm: a resumed session changes nothing). A vGPU
+        in neither list (created after the list was sent) is left alone. Returns the VMs destroyed."""
+        destroyed = []
+        for vm in destroy:
+            vgpu = self.by_vm.get(vm)
+            if vgpu is None or vgpu.owner != "vhm":
+                continue
+            if self.destroy_vgpu(vm) is None:
+                destroyed.append(vm)
+        for vm in keep:
+            vgpu = self.by_vm.get(vm)
+            if vgpu is None:
+                continue
+            if vgpu.cfg.trapped is not None:
+                start, end = vgpu.cfg.trapped
+                vgpu.emit(SetTrapArea(vm, start, end, True))
+            bus, dev, func = GVT_BDF
+            vgpu.emit(InterceptBdf(vm, bus, dev, func, True))
+            vgpu.emit(AttachVgpu(vm, vgpu.id, True))
+            for gfn in sorted(g for g, p in vgpu.page_track.pages.items() if p.tracked):
+                vgpu.emit(PageTrack(vm, gfn, True))
+        self.counters["reconcile_destroyed"] += len(destroyed)
+        self.counters["reconcile_kept"] += len(keep)
+        if destroyed:
+            self.log.warning("reconcile_destroyed", vms=destroyed)
+        return destroyed
 
     def _refuse(self, what: str, code: ErrorCode, reason: str, **kw: Any) -> Refusal:
         self.counters[f"{what}_refused_{code.value}"] += 1
@@ -290,6 +331,17 @@ class Gvt:
         if vgpu is None:
             self.counters["ioreq_no_vgpu"] += 1
             return full if req.dir == IoreqDir.READ else 0
+        key = (req.vm, req.vcpu)
+        last = self.last_done.get(key)
+        if last is not None and last[0] == req:  # sent again after a reconnect: already emulated
+            self.counters["ioreq_replayed"] += 1
+            return last[1]
+        value = self._emulate_ioreq(vgpu, req)
+        self.last_done[key] = (req, value)
+        return value
+
+    def _emulate_ioreq(self, vgpu: Vgpu, req: m.Ioreq) -> int:
+        full = (1 << (8 * req.size)) - 1
         self.counters["ioreqs"] += 1
         read = req.dir == IoreqDir.READ
         vgpu.traps[trap_kind(vgpu, req)] += 1

@@ -245,7 +245,7 @@ class VgpuPpgtt:
         self.users[workload_id] = mm
         try:
             self._shadow(mm)
-            self.spt.sync_oos()
+            self.spt.sync_oos(only=self.spt.tree(mm.roots))  # this address space's pages (spt.py says why)
             self.spt.flush_post_shadow()
         except NoFrames as err:
             self.spt.reclaim()

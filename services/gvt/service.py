@@ -13,6 +13,7 @@ has a workload queued or running.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -63,8 +64,8 @@ PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
 
 
 def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
-    """Map effects to messages, in order. Consecutive GGTT writes are merged and fills expanded into
-    batches of at most GGTT_BATCH entries. Uevents produce no message (the shell logs them)."""
+    """Map effects to messages, in order. Consecutive GGTT writes are merged into batches of at most
+    GGTT_BATCH entries; a fill is one GGTT_FILL. Uevents produce no message (the shell logs them)."""
     out: list[Outgoing] = []
     pending: list[tuple[int, int]] = []
 
@@ -77,12 +78,10 @@ def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
         if isinstance(e, fx.PgpuGgttWrite):
             pending.extend(e.entries)
             continue
-        if isinstance(e, fx.PgpuGgttFill):
-            for start in range(e.index, e.index + e.count, GGTT_BATCH):
-                n = min(GGTT_BATCH, e.index + e.count - start)
-                pending.extend((i, e.pte) for i in range(start, start + n))
-                if len(pending) >= GGTT_BATCH:
-                    flush_ggtt()
+        if isinstance(e, fx.PgpuGgttFill):  # one GGTT_FILL, not one entry per page: a pgpu restart rewrites
+            flush_ggtt()                       # every vGPU's slices, and expanding them kept gvt busy ~1.4 s
+            if e.count:
+                out.append(("pgpu", m.GgttFill, {"index": e.index, "count": e.count, "pte": e.pte}))
             continue
         flush_ggtt()
         route = EFFECT_ROUTES.get(type(e))
@@ -122,6 +121,7 @@ class GvtService(BaseService):
                               on_down=self._down_cb(name), name=name, after_batch=self._after_batch)
             self.conns[name] = conn
             conn.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._debug_reconnect)
         return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu}
 
     def _sched_busy(self) -> bool:
@@ -174,7 +174,15 @@ class GvtService(BaseService):
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """Every task's exception is retrieved: logged and counted, never "exception was never retrieved"."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.counters["internal_errors"] += 1
+            self.log.error("task_failed", task=task.get_name(), error=repr(task.exception()),
+                           exc_info=task.exception())
 
     def _mpt(self, vm: int, ept_root: int, ram_mb: int) -> Mpt:
         """The MPT of a VM: its EPT in machine memory (mapped on first use; vhm creates the file)."""
@@ -305,31 +313,68 @@ class GvtService(BaseService):
         self._spawn(self._vhm_setup())
 
     async def _vhm_setup(self) -> None:
-        """Get a scratch frame (ALLOC_FRAMES 1) and the shadow-context pool, map the machine memory, and
-        announce DOM0_READY."""
+        """Reconcile (VGPU_SYNC), then, unless vhm kept our state, get a scratch frame (ALLOC_FRAMES 1) and
+        the shadow-context pool, map the machine memory, and announce DOM0_READY."""
         conn = self.conns["vhm"]
         try:
-            reply = await conn.request(m.AllocFrames, count=1)
-            assert isinstance(reply, m.FramesReply) and reply.runs
-            self.core.set_scratch_mfn(reply.runs[0].mfn)
-            if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
-                self.core.ppgtt.forget()
-            pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES)
-            assert isinstance(pool, m.FramesReply)
-            try:
-                if self._mem is None:
-                    self._mem = MachineMemory(self.args.mem_path)
-                self.core.scheduler.mem = self._mem
-            except OSError as err:  # workloads will fail with a clear reason until it can be mapped
-                self.counters["machine_memory_unavailable"] += 1
-                self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
-            self.core.scheduler.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
-            await self._flush()
+            resumed = await self._vhm_sync(conn)
+            if not (resumed and self.core.scheduler.frame_pool and self.core.scratch_mfn):
+                await self._vhm_frames(conn)
             await conn.request(m.Dom0Ready)
-            self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn)
+            self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn, resumed=resumed)
         except (PeerLost, RemoteError, TimeoutError, AssertionError) as err:
             self.counters["vhm_setup_failed"] += 1
             self.log.warning("vhm_setup_failed", error=f"{type(err).__name__}: {err}")
+
+    async def _vhm_sync(self, conn: Connection) -> bool:
+        """VGPU_SYNC: tell vhm our vGPUs, destroy those whose VM it does not have, re-register the rest
+        (core.reconcile). Returns whether vhm kept our session's state (same epoch, within its grace)."""
+        vgpus = [m.VgpuEntry(vm=vm, vgpu_id=vid) for vm, vid in self.core.vhm_vgpus()]
+        reply = await conn.request(m.VgpuSync, vgpus=vgpus)
+        assert isinstance(reply, m.VgpuSyncReply)
+        destroyed = self.core.reconcile(list(reply.keep), list(reply.destroy))
+        if not reply.resumed:  # vhm freed whatever frames it had given us: shadows built on them are void
+            self.core.scheduler.forget_frames()
+        self.log.info("vhm_reconciled", resumed=reply.resumed, kept=list(reply.keep), destroyed=destroyed)
+        await self._flush()
+        return reply.resumed
+
+    async def _vhm_frames(self, conn: Connection) -> None:
+        reply = await conn.request(m.AllocFrames, count=1)
+        assert isinstance(reply, m.FramesReply) and reply.runs
+        self.core.set_scratch_mfn(reply.runs[0].mfn)
+        if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
+            self.core.ppgtt.forget()
+        pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES)
+        assert isinstance(pool, m.FramesReply)
+        try:
+            if self._mem is None:
+                self._mem = MachineMemory(self.args.mem_path)
+            self.core.scheduler.mem = self._mem
+        except OSError as err:  # workloads will fail with a clear reason until it can be mapped
+            self.counters["machine_memory_unavailable"] += 1
+            self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
+        self.core.scheduler.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
+        await self._flush()
+
+    def _debug_reconnect(self) -> None:
+        """SIGUSR1 (a test hook): drop the connection to vhm without a BYE and connect again with the same
+        epoch, as a network blip would; vhm resumes the session and both sides reconcile."""
+        old = self.conns.get("vhm")
+        if old is None:
+            return
+        self.counters["debug_reconnects"] += 1
+        self.log.warning("debug_reconnect", peer="vhm")
+        old.up.clear()  # no BYE: vhm learns of it from the new HELLO (or the old session's silence)
+        conn = Connection(self.ctx, self.args.vhm, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
+                          log=self.log, counters=self.counters, on_message=self._on_vhm, on_up=self._vhm_up,
+                          on_down=self._down_cb("vhm"), name="vhm", after_batch=self._after_batch)
+        self.conns["vhm"] = conn
+
+        async def swap() -> None:
+            await old.close()
+            conn.start()
+        self._spawn(swap())
 
     # ----------------------------------------------------------------------------------------- pgpu
     async def _on_pgpu(self, msg: m.Message) -> None:

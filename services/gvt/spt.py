@@ -112,13 +112,38 @@ class SptTable:
             spt.post_shadow.clear()
         self.post_shadow_list.clear()
 
-    def sync_oos(self) -> None:
+    def sync_oos(self, only: set[Spt] | None = None) -> None:
         """intel_vgpu_sync_oos_pages: write-protect each OOS page again, then re-shadow every entry that
-        differs from the snapshot (or has a pending half write)."""
+        differs from the snapshot (or has a pending half write).
+
+        ``only``: sync just these pages (the tree of the address space about to run); the others stay out
+        of sync until their own address space is dispatched. Upstream syncs every OOS page of the vGPU,
+        which is safe there because enable_page_track is a synchronous hypercall made before the page is
+        read. Here the write protection is an effect that reaches vhm later: a page of another address
+        space, which another vCPU may be editing right now, would be read, marked in sync, and then miss
+        the writes that land before vhm protects it again (a stale shadow, a wrong result under load). The
+        pages of the tree being dispatched are safe: the vCPU that edits them is waiting for this workload.
+        """
         for spt in list(self.oos_list):
+            if only is not None and spt not in only:
+                continue
             if spt.alive and spt.out_of_sync:
                 self._sync_spt(spt)
-        self.oos_list.clear()
+            if spt in self.oos_list:
+                self.oos_list.remove(spt)
+
+    @staticmethod
+    def tree(roots: list[Spt | None]) -> set[Spt]:
+        """Every SPT reachable from ``roots`` (an mm's tables)."""
+        out: set[Spt] = set()
+        todo = [r for r in roots if r is not None]
+        while todo:
+            spt = todo.pop()
+            if spt in out:
+                continue
+            out.add(spt)
+            todo.extend(spt.children.values())
+        return out
 
     def _sync_spt(self, spt: Spt) -> None:
         self.vgpu.page_track.enable(spt.gfn)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -32,6 +32,7 @@ from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
 from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
 from .guest_memory import GuestMemory
 from .mpt import MptServices
+from .reconcile import ClientSessions
 from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Rejected, Teardown,
                        VgpuRequest, VhmError, VmPlan, entry_point)
 from .admission import GUEST_KIND_CHECKS
@@ -46,9 +47,14 @@ class Client:
     """An ioreq client (a device model session, role gvt): the Service VM, privileged for MPT calls."""
 
     id: int
-    peer: Peer
+    peer: Peer | None  # None while detached (its session ended; reconcile.py)
     name: str
     ready: bool = False  # sent DOM0_READY
+    epoch: int | None = None  # the device model's incarnation (HELLO epoch), when known
+    detached_at: float | None = None  # when its session ended (it is lost ``client_grace`` later)
+    resumed: bool = False  # its last HELLO resumed the client (same id and epoch)
+    synced: bool = False  # sent VGPU_SYNC since its last HELLO
+    held: set[tuple[int, int, int]] = field(default_factory=set)  # (vm, vcpu, seq) to send again on resume
 
     @property
     def owner(self) -> str:
@@ -56,22 +62,25 @@ class Client:
         return f"client:{self.id}"
 
 
-class VhmCore(MptServices):
+class VhmCore(MptServices, ClientSessions):
     """All of vhm's state and rules, with no sockets.
 
     Args:
         mem: the machine memory (vhm created it).
         ram_max_run: longest contiguous machine run in a VM's RAM map (fragmented on purpose).
         ioreq_timeout: seconds a request may stay PROCESSING at a live client before it is failed.
+        client_grace: seconds a device model whose session ended keeps its state, waiting for it to
+            reconnect with the same epoch (reconcile.py); 0 loses it at once.
         counters: where error and traffic counters go (the service shares its own).
     """
 
     def __init__(self, mem: MachineMemory, *, ram_max_run: int = 16, ioreq_timeout: float = 30.0,
-                 counters: Counter[str] | None = None) -> None:
+                 client_grace: float = 0.0, counters: Counter[str] | None = None) -> None:
         self.mem = mem
         self.frames = FrameAllocator(mem.frames)
         self.ram_max_run = ram_max_run
         self.ioreq_timeout = ioreq_timeout
+        self.client_grace = client_grace
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.ioreq_counts: Counter[str] = Counter()  # by final type: pio, mmio, pci, wp
         self.vms: dict[int, Vm] = {}
@@ -102,17 +111,21 @@ class VhmCore(MptServices):
         """The client that should create vGPUs: the newest that said DOM0_READY, else the newest."""
         if not self.clients:
             return None
-        ready = [c.id for c in self.clients.values() if c.ready]
-        return (ready or list(self.clients))[-1]
+        live = [c for c in self.clients.values() if c.peer is not None]  # not a detached one
+        if not live:
+            return None
+        ready = [c.id for c in live if c.ready]
+        return (ready or [c.id for c in live])[-1]
 
     def client_lost(self, client: int) -> ClientLoss:
         """A client's session ended: fail what was PROCESSING at it (ERROR client_lost, slots FREE), drop its
         ranges/BDFs/page tracks (later accesses go to the fallback), unmap what it mapped into guests, free
-        the frames it allocated."""
+        the frames it allocated. Every RUNNING VM whose vGPU it held is told VGPU_LOST (the guest resets)."""
         c = self.clients.pop(client, None)
         if c is None:
             return ClientLoss([], [], 0)
-        self._client_by_peer.pop(c.peer, None)
+        if c.peer is not None:
+            self._client_by_peer.pop(c.peer, None)
         self.counters["clients_lost"] += 1
         failed: list[IoreqFailed] = []
         notices: list[Notice] = []
@@ -121,13 +134,17 @@ class VhmCore(MptServices):
             for slot in vm.slots:
                 if slot.state is IoreqState.PROCESSING and slot.client == client:
                     failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, why))
+            had_vgpu = vm.dm == client and vm.vgpu_id and vm.state is VmState.RUNNING
             mapped = vm.forget_client(client)
             for gfn in mapped:  # its frames are about to be freed: the guest must not keep them
                 vm.memory.unmap_extra(gfn, 1)
                 del vm.extra_maps[gfn]
             if mapped and vm.state is not VmState.DYING:
                 notices.append(Notice(vm.owner, m.EptChanged(vm=vm.id)))
-        return ClientLoss(failed, notices, self.frames.free_owner(c.owner))
+            if had_vgpu:
+                self.counters["vgpus_lost"] += 1
+                notices.append(Notice(vm.owner, m.VgpuLost(vm=vm.id, reason=f"device model {c.name} lost")))
+        return ClientLoss(failed, notices, self.frames.free_owner(c.owner), c.id)
 
     # ======================================================================================= ioreqs
     @entry_point
@@ -191,6 +208,8 @@ class VhmCore(MptServices):
             return self._complete_in_vhm(vm, vcpu, fallback_value(req))
         slot.dispatch(client)
         vm.dispatched_at[vcpu] = now
+        if self.clients[client].peer is None:  # detached: it waits PROCESSING for the client's return
+            self.clients[client].held.add((vm.id, vcpu, req.seq))
         self.counters["ioreq_dispatched"] += 1
         return Dispatched(client, req)
 
@@ -255,12 +274,6 @@ class VhmCore(MptServices):
                                                   f"{self.ioreq_timeout:g}s"))
         return failed
 
-    def next_deadline(self) -> float | None:
-        """When :meth:`tick` next has something to fail: the oldest PROCESSING request's timeout."""
-        due = [vm.dispatched_at[slot.vcpu] + self.ioreq_timeout for vm in self.vms.values() for slot in vm.slots
-               if slot.state is IoreqState.PROCESSING]
-        return min(due) if due else None
-
     def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed:
         """Force-complete and free a busy slot (acrn_ioreq_clear_request)."""
         slot = vm.slots[vcpu]
@@ -290,7 +303,7 @@ class VhmCore(MptServices):
             raise VhmError(ErrorCode.NO_SPACE, f"{ram_mb} MB of RAM: {err}") from None
         self._last_vm = vm_id
         vm = Vm(vm_id, next(self._serials), name, vcpus, ram_mb, peer, memory,
-                state=VmState.CREATING if vgpu_type else VmState.RUNNING, vgpu_spec=vgpu_type)
+                state=VmState.CREATING if vgpu_type else VmState.RUNNING, vgpu_spec=vgpu_type, dm=dm)
         self.vms[vm_id] = vm
         self.counters["vms_created"] += 1
         vgpu = VgpuRequest(dm, vgpu_type, memory.ept_root, ram_mb) if dm is not None else None

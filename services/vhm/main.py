@@ -31,7 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vgpu-timeout", type=float, default=float(env("VHM_VGPU_TIMEOUT", "5")),
                    help="seconds to wait for the device model to create/destroy/reset a vGPU "
                         "[GVTSIM_VHM_VGPU_TIMEOUT]")
+    p.add_argument("--client-grace", type=float, default=float(env("VHM_CLIENT_GRACE", "5")),
+                   help="seconds a device model whose connection ended keeps its state (ranges, frames, "
+                        "waiting ioreqs) for a reconnect with the same epoch; 0: lost at once "
+                        "[GVTSIM_VHM_CLIENT_GRACE]")
     args = p.parse_args(argv)
+    if args.client_grace < 0:
+        p.error("--client-grace must be >= 0")
     if args.ram_max_run < 1:
         p.error("--ram-max-run must be >= 1")
     return args

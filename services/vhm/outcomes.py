@@ -161,6 +161,7 @@ class ClientLoss:
     failed: list[IoreqFailed]
     notices: list[Notice]
     frames_freed: int
+    client: int = 0
 
 
 T = TypeVar("T")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine
@@ -32,7 +33,7 @@ from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
 from .core import VhmCore
-from .outcomes import (Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
+from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
                        Reply, Teardown, VmPlan)
 
 Handler = Callable[["VhmService", Session, Any], Awaitable[None]]
@@ -77,7 +78,7 @@ class VhmService(BaseService):
         a = self.args
         self.mem = MachineMemory(a.mem_path, a.mem_size_mb << 20, create=True)
         self.core = VhmCore(self.mem, ram_max_run=a.ram_max_run, ioreq_timeout=a.ioreq_timeout,
-                            counters=self.counters)
+                            client_grace=getattr(a, "client_grace", 0.0), counters=self.counters)
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
@@ -119,21 +120,42 @@ class VhmService(BaseService):
     async def on_hello(self, session: Session) -> None:
         """A device model (role gvt) becomes an ioreq client; guests need nothing until VM_CREATE."""
         assert self.core is not None
-        if session.role == "gvt":
-            cid = self.core.add_client(session, session.id)
-            session.data["client"] = cid
-            self.log.info("client_added", client=cid, peer_id=session.id)
+        if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
+            hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
+            session.data["client"] = hello.client
+            self.log.info("client_resumed" if hello.resumed else "client_added", client=hello.client,
+                          peer_id=session.id)
+            for loss in hello.losses:
+                await self._client_loss(loss, session.id, "restarted (new epoch)")
+            if hello.resumed:  # its state is intact: what it may not have received goes out again now
+                await self._redispatch(hello.client)
+
+    async def _redispatch(self, cid: int) -> None:
+        assert self.core is not None
+        for d in self.core.redispatch(cid):
+            self._batches[d.client].append(d.ioreq)
+        await self._flush()
+
+    async def _client_loss(self, loss: ClientLoss, peer_id: str, reason: str) -> None:
+        self.log.warning("client_lost", client=loss.client, peer_id=peer_id, reason=reason,
+                         failed_ioreqs=len(loss.failed), frames_freed=loss.frames_freed,
+                         vgpus_lost=sum(isinstance(n.message, m.VgpuLost) for n in loss.notices))
+        await self._fail(loss.failed)
+        await self._notify(loss.notices)
 
     async def on_lost(self, session: Session, reason: str) -> None:
-        """A client lost: fail its PROCESSING requests at once; a guest lost: destroy its VMs."""
+        """A client's session ended: it is detached (lost after the grace period, reconcile.py); a guest
+        lost: destroy its VMs."""
         assert self.core is not None
         cid = session.data.get("client")
         if cid is not None:
-            loss = self.core.client_lost(cid)
-            self.log.warning("client_lost", client=cid, peer_id=session.id, reason=reason,
-                             failed_ioreqs=len(loss.failed), frames_freed=loss.frames_freed)
-            await self._fail(loss.failed)
-            await self._notify(loss.notices)
+            loss = self.core.client_session_ended(cid, session, time.monotonic())
+            if loss is not None:
+                await self._client_loss(loss, session.id, reason)
+            elif self.core.clients.get(cid) is not None and self.core.clients[cid].peer is None:
+                self.log.warning("client_detached", client=cid, peer_id=session.id, reason=reason,
+                                 grace_s=self.core.client_grace)
+                self._rearm_tick()  # the grace period ends at a deadline of the core
         if session.role == "guest":
             for td in self.core.guest_lost(session):
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
@@ -209,6 +231,9 @@ class VhmService(BaseService):
             client = self.core.clients.get(cid)
             if client is None:  # lost since: client_lost already failed these requests
                 continue
+            if client.peer is None:  # detached: they wait PROCESSING, sent again when it resumes
+                self.counters["dispatch_held"] += len(reqs)
+                continue
             for i in range(0, len(reqs), MAX_BATCH):
                 chunk = reqs[i:i + MAX_BATCH]
                 self.counters["dispatch_batches"] += 1
@@ -224,15 +249,27 @@ class VhmService(BaseService):
         assert self.core is not None
         self._tick = None
         try:
-            failed = self.core.tick(time.monotonic())
+            now = time.monotonic()
+            failed = self.core.tick(now)
             if failed:
                 self._spawn(self._fail(failed), name="ioreq-timeouts")
-            at = self.core.next_deadline()
-            if at is not None:
-                self._arm_tick(at + 0.001)  # tick() fails what is strictly past its timeout
+            for loss in self.core.expire_clients(now):
+                self._spawn(self._client_loss(loss, "", f"no reconnect within {self.core.client_grace:g}s"),
+                            name="client-expired")
+            self._rearm_tick()
         except Exception:
             self.counters["internal_errors"] += 1
             self.log.exception("tick_failed")
+
+    def _rearm_tick(self) -> None:
+        """(Re-)arm the timer at the core's next deadline (ioreq timeouts, client grace), if there is one."""
+        assert self.core is not None
+        at = self.core.next_deadline()
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if at != math.inf:
+            self._arm_tick(at + 0.001)  # tick() fails what is strictly past its timeout
 
     # --------------------------------------------------------------------------- guest messages
     async def _on_ioreq(self, session: Session, msg: m.Ioreq) -> None:
@@ -266,7 +303,7 @@ class VhmService(BaseService):
         client = self.core.clients.get(vg.client)
         failure: Rejected | None = None
         try:
-            if client is None:
+            if client is None or client.peer is None:
                 raise PeerLost("device model gone")
             reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
                                               ept_root=vg.ept_root, ram_mb=vg.ram_mb, timeout=self.args.vgpu_timeout)
@@ -281,6 +318,9 @@ class VhmService(BaseService):
                                f"{self.args.vgpu_timeout:g}s")
         if failure is not None:
             freed = self.core.vgpu_failed(plan.vm, plan.serial)
+            if failure.code in (ErrorCode.NO_DEVICE_MODEL, ErrorCode.TIMEOUT) and client is not None:
+                # the device model may have created it with the answer lost on the way: no vGPU without a VM
+                self._spawn(self._destroy_vgpu_at(vg.client, plan.vm), name=f"orphan-vm{plan.vm}")
             self.counters[f"error_{failure.code.value}"] += 1
             self.log.warning("vm_create_failed", vm=plan.vm, code=failure.code.value, reason=failure.reason,
                              frames_freed=freed)
@@ -307,7 +347,7 @@ class VhmService(BaseService):
         """VGPU_DESTROY to the device model (bounded wait), then free the VM's frames and answer OK."""
         assert self.core is not None
         if td.vgpu_client is not None:
-            await self._call_dm(td.vgpu_client, m.VgpuDestroy, vm=td.vm)
+            await self._destroy_vgpu_at(td.vgpu_client, td.vm)
         freed = self.core.reap_vm(td.vm, td.serial)
         self.log.info("vm_destroyed", vm=td.vm, frames_freed=freed, failed_ioreqs=len(td.failed))
         if session is not None:
@@ -330,11 +370,25 @@ class VhmService(BaseService):
 
         self._spawn(finish(), name=f"reset-vm{td.vm}")
 
+    async def _destroy_vgpu_at(self, client: int, vm: int) -> None:
+        """VGPU_DESTROY that survives a reconnect: if the call was lost with a session that has since been
+        replaced (the client resumed on a new one, whose VGPU_SYNC may already have happened), ask once more
+        on the new one. A client still detached reconciles on its next HELLO (reconcile.py)."""
+        assert self.core is not None
+        c = self.core.clients.get(client)
+        peer = c.peer if c is not None else None
+        if await self._call_dm(client, m.VgpuDestroy, vm=vm):
+            return
+        c = self.core.clients.get(client)
+        if c is not None and c.peer is not None and c.peer is not peer:
+            self.counters["dm_destroy_retried"] += 1
+            await self._call_dm(client, m.VgpuDestroy, vm=vm)
+
     async def _call_dm(self, client: int, cls: type[m.Message], **fields: Any) -> bool:
         """A call to a device model that must not block forever (gone or silent: logged, counted, False)."""
         assert self.core is not None and self.server is not None
         c = self.core.clients.get(client)
-        if c is None:
+        if c is None or c.peer is None:  # a detached one reconciles when it comes back
             self.counters["dm_call_no_client"] += 1
             return False
         try:
@@ -356,6 +410,19 @@ class VhmService(BaseService):
                 await self._done(out)
             else:
                 await self._reject(session, out)
+
+    async def _on_vgpu_sync(self, session: Session, msg: m.VgpuSync) -> None:
+        """Reconciliation (reconcile.py): compare the client's vGPUs with the VM table, answer what to keep
+        and destroy, tell VMs whose vGPU is gone."""
+        assert self.core is not None
+        cid = session.data["client"]
+        rec = self.core.reconcile(cid, [(e.vm, e.vgpu_id) for e in msg.vgpus], time.monotonic())
+        self.log.info("reconciled", client=cid, peer_id=session.id, resumed=rec.resumed, keep=rec.keep,
+                      destroy=rec.destroy, vgpus_lost=len(rec.notices))
+        await self._fail(rec.failed)
+        await self._notify(rec.notices)
+        await self._send(session, rec.reply(msg.req))
+        await self._redispatch(cid)  # anything held since the HELLO (normally nothing)
 
     async def _on_mpt(self, session: Session, msg: Any) -> None:
         assert self.core is not None
@@ -385,6 +452,7 @@ ROLE_HANDLERS: dict[str, dict[type[m.Message], Handler]] = {
     },
     "gvt": {
         m.IoreqComplete: VhmService._on_complete,
+        m.VgpuSync: VhmService._on_vgpu_sync,
         **{cls: VhmService._on_mpt for cls in MPT_CALLS},
     },
 }

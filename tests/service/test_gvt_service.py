@@ -162,7 +162,7 @@ def ok(msg: m.Message) -> m.Message:
 async def peers() -> AsyncIterator[tuple[FakePeer, FakePeer, ServiceProc]]:
     ctx = zmq.asyncio.Context()
     vhm = FakePeer(ctx, "vhm", {m.Dom0Ready: ok, m.InterceptBdf: ok, m.AttachVgpu: ok, m.IoRange: ok})
-    pgpu = FakePeer(ctx, "pgpu", {m.GgttWrite: ok, m.PgpuMmioWrite: ok})
+    pgpu = FakePeer(ctx, "pgpu", {m.GgttWrite: ok, m.GgttFill: ok, m.PgpuMmioWrite: ok})
     proc = ServiceProc(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
                         "--mem-path", f"/tmp/gvtsim-test-absent-{os.getpid()}.mem"], name="gvt")
     proc.start()
@@ -184,7 +184,11 @@ async def next_of(peer: FakePeer, *types: type) -> m.Message:
 async def test_gvt_speaks_to_vhm_and_pgpu(peers: tuple[FakePeer, FakePeer, ServiceProc]) -> None:
     vhm, pgpu, proc = peers
     async with asyncio.timeout(15):
-        # setup: gvt asks vhm for its scratch frame, then says dom0_ready; it asks pgpu for the GPU's identity
+        # setup: gvt reconciles (no vGPU yet), asks vhm for its scratch frame, then says dom0_ready; it asks
+        # pgpu for the GPU's identity
+        sync = await vhm.next()
+        assert isinstance(sync, m.VgpuSync) and sync.vgpus == []
+        await vhm.send(m.VgpuSyncReply(req=sync.req, resumed=False))
         alloc = await vhm.next()
         assert isinstance(alloc, m.AllocFrames) and alloc.count == 1
         await vhm.send(m.FramesReply(req=alloc.req, runs=[m.Run(mfn=0x777, count=1)]))
@@ -210,8 +214,8 @@ async def test_gvt_speaks_to_vhm_and_pgpu(peers: tuple[FakePeer, FakePeer, Servi
         assert got[2].req == 900 and got[2].vgpu_id == 1
 
         # the scratch fill of the vGPU's slices reaches pgpu, pointing at vhm's frame
-        fill = await next_of(pgpu, m.GgttWrite)
-        assert isinstance(fill, m.GgttWrite) and fill.entries[0][1] == (0x777 << 12) | 1
+        fill = await next_of(pgpu, m.GgttFill)
+        assert isinstance(fill, m.GgttFill) and fill.pte == (0x777 << 12) | 1 and fill.count > 0
 
         # ioreqs: the guest probes the vGPU and enables memory decode; the trap range precedes the completion
         bar0 = 0xE000_0000
@@ -253,9 +257,15 @@ def frames(msg: m.Message) -> m.Message:
     return m.FramesReply(req=msg.req, runs=[m.Run(mfn=0x999, count=1)])  # type: ignore[attr-defined]
 
 
+def new_vhm_sync(msg: m.Message) -> m.Message:
+    """A vhm that knows none of the VMs (just started): every listed vGPU is to be destroyed."""
+    return m.VgpuSyncReply(req=msg.req, resumed=False, destroy=[e.vm for e in msg.vgpus])  # type: ignore[attr-defined]
+
+
 async def test_vhm_restart_drops_the_vgpus_of_its_vms() -> None:
     ctx = zmq.asyncio.Context()
-    vhm_auto = {m.AllocFrames: frames, m.Dom0Ready: ok, m.InterceptBdf: ok, m.AttachVgpu: ok, m.IoRange: ok}
+    vhm_auto = {m.AllocFrames: frames, m.Dom0Ready: ok, m.InterceptBdf: ok, m.AttachVgpu: ok, m.IoRange: ok,
+                m.VgpuSync: new_vhm_sync}
     vhm = FakePeer(ctx, "vhm", vhm_auto, epoch=1)
     proc = ServiceProc(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", UNUSED,
                         "--heartbeat-ivl", "0.2"], name="gvt")
@@ -273,6 +283,47 @@ async def test_vhm_restart_drops_the_vgpus_of_its_vms() -> None:
             await next_of(vhm, m.Dom0Ready)  # the setup ran again, after the vGPUs of vhm's VMs were dropped
             info = (await probe(proc.endpoint)).info
             assert [(v["vm"], v["vgpu_id"]) for v in info["vgpus"]] == [(4, 2)]  # the ctl-created one stays
+    finally:
+        proc.stop()
+        await vhm.close()
+        ctx.destroy(linger=0)
+
+
+async def test_same_epoch_reconnect_reconciles_without_asking_for_frames_again() -> None:
+    """vhm (same epoch) goes silent: gvt re-HELLOs, lists its vGPUs, keeps and re-registers what vhm keeps,
+    destroys what vhm does not have, and, its state resumed, asks for no new scratch page or pool."""
+    ctx = zmq.asyncio.Context()
+    answer: dict[str, Any] = {"resumed": False, "keep": [], "destroy": []}
+
+    def sync(msg: Any) -> m.Message:
+        return m.VgpuSyncReply(req=msg.req, **answer)
+
+    vhm_auto = {m.AllocFrames: frames, m.Dom0Ready: ok, m.InterceptBdf: ok, m.AttachVgpu: ok, m.IoRange: ok,
+                m.VgpuSync: sync}
+    vhm = FakePeer(ctx, "vhm", vhm_auto, epoch=1)
+    proc = ServiceProc(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", UNUSED,
+                        "--heartbeat-ivl", "0.2"], name="gvt")
+    proc.start()
+    try:
+        async with asyncio.timeout(15):
+            await next_of(vhm, m.Dom0Ready)
+            for req, vm in ((1, 3), (2, 5)):
+                await vhm.send(m.VgpuCreate(req=req, vm=vm, spec="GVTg_V5_8"))
+                assert isinstance(await next_of(vhm, m.VgpuCreated, m.Error), m.VgpuCreated)
+            answer.update(resumed=True, keep=[3], destroy=[5])
+            vhm.silent = True  # same epoch: a dropped connection, not a restart
+            sync_msg = await next_of(vhm, m.VgpuSync)
+            assert [(e.vm, e.vgpu_id) for e in sync_msg.vgpus] == [(3, 1), (5, 2)]
+            seen = []
+            while not isinstance(seen[-1:] and seen[-1], m.Dom0Ready):
+                seen.append(await vhm.next())
+            assert not any(isinstance(x, m.AllocFrames) for x in seen)  # resumed: frames kept
+            assert any(isinstance(x, m.AttachVgpu) and x.vm == 3 and x.attach for x in seen)  # re-registered
+            assert any(isinstance(x, m.InterceptBdf) and x.vm == 3 and x.add for x in seen)
+            assert any(isinstance(x, m.AttachVgpu) and x.vm == 5 and not x.attach for x in seen)  # destroyed
+            info = (await probe(proc.endpoint)).info
+            assert [(v["vm"], v["vgpu_id"]) for v in info["vgpus"]] == [(3, 1)]
+            assert (await probe(proc.endpoint)).counters["reconcile_destroyed"] == 1
     finally:
         proc.stop()
         await vhm.close()

@@ -38,7 +38,7 @@ HERE = Path(__file__).parent
 def vhm() -> Iterator[ServiceProc]:
     mem_path = f"/dev/shm/gvtsim-test-vhm-{uuid.uuid4().hex[:12]}.mem"
     proc = ServiceProc(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-path", mem_path, "--mem-size-mb", "256",
-                        "--heartbeat-ivl", "0.2", "--ioreq-timeout", "20"], name="vhm")
+                        "--heartbeat-ivl", "0.2", "--ioreq-timeout", "20", "--client-grace", "1"], name="vhm")
     try:
         proc.start()
         yield proc
@@ -215,7 +215,8 @@ async def test_client_killed_with_requests_processing(vhm, peers, scripted):
     assert all(v["busy_vcpus"] == 0 for v in st.info["vms"]["list"])
     # the client's ranges went with it: the next access goes to the fallback
     assert await guest.ioreq(vms[0], 0, MMIO, R, BAR0 + 0x100) == 0xFFFF_FFFF
-    print(f"\nvhm: 4 PROCESSING ioreqs failed with client_lost {took:.3f}s after SIGKILL of the client")
+    print(f"\nvhm: 4 PROCESSING ioreqs failed with client_lost {took:.3f}s after SIGKILL of the client "
+          f"(silence detection, then the 1 s grace for a reconnect)")
 
 
 async def test_guest_killed_destroys_its_vms_and_frees_frames(vhm, peers, scripted):

@@ -78,12 +78,20 @@ def test_effects_map_to_messages_in_order() -> None:
     assert out[3][2] == {"vm": 1, "kind": IoreqType.MMIO, "start": 0x1000, "end": 0x1FFF, "add": True}
 
 
-def test_scratch_fill_is_split_into_batches_that_fit_a_message() -> None:
+def test_scratch_fill_is_one_message_between_the_writes_around_it() -> None:
     count = 2 * GGTT_BATCH + 10
-    out = effects_to_messages([fx.PgpuGgttFill(1 << 19, count, (0xFFFFF << 12) | 1)])
-    sizes = [len(f["entries"]) for _, _, f in out]
-    assert sizes == [GGTT_BATCH, GGTT_BATCH, 10]
-    assert out[0][2]["entries"][0] == (1 << 19, (0xFFFFF << 12) | 1)
-    assert out[-1][2]["entries"][-1][0] == (1 << 19) + count - 1
+    pte = (0xFFFFF << 12) | 1
+    out = effects_to_messages([fx.PgpuGgttWrite(((5, 0x1001),)), fx.PgpuGgttFill(1 << 19, count, pte),
+                               fx.PgpuGgttWrite(((6, 0x2001),))])
+    assert [cls for _, cls, _ in out] == [m.GgttWrite, m.GgttFill, m.GgttWrite]  # order kept
+    assert out[1][2] == {"index": 1 << 19, "count": count, "pte": pte}
+    raw = encode(m.GgttFill(req=1, **out[1][2]))
+    assert len(raw) < 64 and isinstance(decode(raw), m.GgttFill)
+
+
+def test_ggtt_writes_are_split_into_batches_that_fit_a_message() -> None:
+    entries = tuple((i, (i << 12) | 1) for i in range(2 * GGTT_BATCH + 10))
+    out = effects_to_messages([fx.PgpuGgttWrite(entries)])
+    assert [len(f["entries"]) for _, _, f in out] == [GGTT_BATCH, GGTT_BATCH, 10]
     raw = encode(m.GgttWrite(req=1, entries=out[0][2]["entries"]))
     assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), m.GgttWrite)

@@ -14,10 +14,11 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_gvt_ppgtt_fixtures import Host
+from test_gvt_ppgtt_fixtures import DESC_VALID, Host
 
 from gvtsim.services.common.memory import PAGE_SHIFT
 from gvtsim.services.guest.ppgtt import GuestPpgtt, encode
+from gvtsim.services.gvt.ppgtt import pdps_to_context
 
 # GPU virtual pages the edits touch: different PTEs of one PT, different PDEs, different PDPs (and for the
 # 4-level tables a different PML4 slot), so edits share tables in every way the walk can
@@ -151,3 +152,37 @@ def test_oos_takes_fewer_wp_traps_for_the_same_translations() -> None:
     print(f"\nremap-heavy guest, 6 rounds x 32 PTEs: WP traps OOS off {plain_traps}, OOS on {oos_traps}")
     assert plain == oos
     assert oos_traps < plain_traps
+
+
+async def _other_space_edited_while_one_is_dispatched(host: Host) -> None:
+    g = host.add_vm(1)
+    data = [await g.alloc_page() for _ in range(40)]
+    a = GuestPpgtt(g.machine, g.alloc_page, 3)  # the address space of the workload being dispatched
+    b = GuestPpgtt(g.machine, g.alloc_page, 3)  # another vCPU's, which it is editing at the same time
+    for p in (a, b):
+        await p.create()
+        await p.map(0, data[0])
+        await host.notify(g, p)
+    for i in range(32):  # b's PT takes enough WP faults to go out of sync (writable again)
+        await b.map(i << 12, data[i])
+    spt = g.vgpu.ppgtt.spt
+    assert [s for s in spt.oos_list if s.out_of_sync], "b's PT should be out of sync by now"
+    desc = DESC_VALID | (1 << 3)
+    # a's workload is prepared; the write protection it queues is not at vhm yet when the other vCPU writes
+    g.vgpu.ppgtt.prepare_workload(desc, pdps_to_context(a.roots), 1)
+    await b.map(5 << 12, data[39])  # lands directly (b's PT is not write-protected): no trap
+    host.apply_effects()
+    shadow = host.prepare(g, b, workload_id=2)
+    for i in range(32):
+        assert host.shadow_walk(3, shadow, i << 12) == host.guest_walk(g, b, i << 12), hex(i << 12)
+
+
+def test_oos_page_of_another_address_space_is_not_synced_under_its_writer() -> None:
+    """The sync before a dispatch covers the dispatched address space only: a page another vCPU is editing
+    keeps out of sync (its writes land without a trap) until its own workload is dispatched, so none of
+    them is missed between gvt's read of the page and vhm write-protecting it again."""
+    host = Host(oos=True)
+    try:
+        asyncio.run(_other_space_edited_while_one_is_dispatched(host))
+    finally:
+        host.close()

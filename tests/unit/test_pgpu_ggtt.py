@@ -54,3 +54,18 @@ def test_tlb_keeps_old_translation_until_flush_register() -> None:
     mmio.write(GFX_FLSH_CNTL, 4, 1)
     assert g.translate(3 << 12) == 0xB000
     assert mmio.read(GFX_FLSH_CNTL) == 0  # self-clearing
+
+
+def test_fill_writes_the_range_only_checks_bounds_and_flushes() -> None:
+    g = Ggtt(16 * MIB)
+    g.write_batch([(3, pte_encode(0x1000)), (20, pte_encode(0x2000))])
+    assert g.translate(3 << 12) == 0x1000  # now cached in the TLB
+    flushes = g.flushes
+    scratch = pte_encode(0x7000)
+    assert g.fill(3, 10, scratch) == 10
+    assert g.read(2, 12) == [0] + [scratch] * 10 + [0]
+    assert g.read(20)[0] == pte_encode(0x2000)  # outside the range: untouched
+    assert g.flushes == flushes + 1 and g.translate(3 << 12) == 0x7000  # TLB flushed
+    with pytest.raises(GgttRangeError):
+        g.fill(g.num_entries - 1, 2, scratch)
+    assert g.read(g.num_entries - 1)[0] == 0  # all or nothing
