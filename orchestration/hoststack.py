@@ -93,7 +93,11 @@ class HostStack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> "HostStack":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ is not called when __enter__ raises: end what did start
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

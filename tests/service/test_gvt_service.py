@@ -281,7 +281,9 @@ async def test_vhm_restart_drops_the_vgpus_of_its_vms() -> None:
             # new epoch
             vhm.epoch, vhm.silent = 2, True
             await next_of(vhm, m.Dom0Ready)  # the setup ran again, after the vGPUs of vhm's VMs were dropped
-            info = (await probe(proc.endpoint)).info
+            # (under CPU load a spurious same-epoch reconnect may have queued an earlier DOM0_READY: wait for
+            # the state rather than trusting which setup that one was)
+            info = await wait_status(proc.endpoint, lambda i: len(i["vgpus"]) == 1)
             assert [(v["vm"], v["vgpu_id"]) for v in info["vgpus"]] == [(4, 2)]  # the ctl-created one stays
     finally:
         proc.stop()
