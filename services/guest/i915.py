@@ -148,7 +148,7 @@ class VgpuDriver:
         major = await self.rd(r.PV_VERSION_MAJOR, 2)
         if major < 1:
             raise DriverError(f"VGT interface version mismatch: {major}")
-        self.caps = await self.rd(r.PV_CAPS)
+        self.caps = await self.rd(r.PV_VGT_CAPS)
         self.vgt_id = await self.rd(r.PV_VGT_ID)
         # GGTT ballooning: the four registers, in order (intel_vgt_balloon)
         mbase = await self.rd(r.PV_MAPPABLE_BASE)

@@ -64,6 +64,10 @@ class Errno(str, enum.Enum):
     EPERM = "EPERM"  # SRM/LRM/LRR register not allowed
 
 
+#: vgpu_is_vm_unhealthy (gvt.h): the scan errors that put the vGPU in failsafe; -EPERM only fails the workload
+VM_UNHEALTHY = frozenset({Errno.EBADRQC, Errno.EFAULT})
+
+
 class ScanError(Exception):
     """A command buffer gvt refuses: the vGPU goes to failsafe and the workload fails."""
 

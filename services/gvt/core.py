@@ -241,7 +241,8 @@ class Gvt:
         except EmulationError as err:
             self.counters[f"{what}_errors"] += 1
             self.log.warning(f"{what}_error", vgpu=vgpu.id, vm=vgpu.vm, offset=hex(offset), size=size, why=str(err))
-            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, str(err))
+            if err.failsafe:
+                vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, str(err))
         except Exception as err:
             self.counters["internal_errors"] += 1
             self.log.error(f"{what}_failed", vgpu=vgpu.id, offset=hex(offset), error=repr(err), exc_info=True)

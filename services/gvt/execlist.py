@@ -92,23 +92,24 @@ class VirtualExeclist:
 
     # ------------------------------------------------------------------------------ status register
     def status(self) -> int:
-        """EXECLIST_STATUS (8 bytes): ldw bits 0 current pointer, 1 write pointer, 2 queue full,
-        3/4 execlist 1/0 valid, 17/18 execlist 1/0 active; udw the current context id."""
+        """EXECLIST_STATUS as emulate_execlist_status (execlist.c) computes it: the status dword (ldw,
+        struct execlist_status_format) at +0x234, the running context's id (udw) at +0x238.
+
+        ldw bits: 0 current execlist pointer (= running element index), 1 execlist write pointer
+        (= !index), 2 queue full (a pending slot), 3/4 execlist 1/0 valid, 17/18 execlist 1/0 active;
+        execlist.c sets valid and active together from the running element index, not from the
+        descriptors' valid bits. Idle: both elements invalid and inactive, context id 0.
+        """
         ldw = 0
         running = self.running
+        ctx = 0
         if running is not None:
-            if running.index:
-                ldw |= 1 << 0
-            ldw |= (1 << 18) if running.index == 0 else (1 << 17)
-            if desc_valid(running.ctx[0]):
-                ldw |= 1 << 4
-            if desc_valid(running.ctx[1]):
-                ldw |= 1 << 3
-        else:
-            ldw |= 1 << 1  # write pointer = !running
+            second = bool(running.index)
+            ldw |= (1 << 0) if second else (1 << 1)
+            ldw |= ((1 << 3) | (1 << 17)) if second else ((1 << 4) | (1 << 18))
+            ctx = desc_ctx_id(running.ctx[running.index])
         if self.pending is not None:
             ldw |= 1 << 2
-        ctx = desc_ctx_id(running.ctx[running.index]) if running is not None else 0
         return ctx << 32 | ldw
 
     # ------------------------------------------------------------------------------------------ CSB
@@ -180,6 +181,7 @@ def elsp_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     from .errors import EmulationError
 
     el = _execlist(vgpu, offset)
+    vgpu.cfg.d3_entered = False  # elsp_mmio_write: engines run only in D0, so the first ELSP write clears it
     if el.engine.name not in vgpu.submission.execlist_enabled:
         raise EmulationError(f"ELSP write on {el.engine.name} with execlists disabled")
     pair = el.elsp_write(data)
@@ -192,9 +194,14 @@ def elsp_read(vgpu: "Vgpu", offset: int, size: int) -> int:
 
 
 def execlist_status_read(vgpu: "Vgpu", offset: int, size: int) -> int:
-    el = _execlist(vgpu, offset & ~7)
-    value = el.status()
-    return (value >> (8 * (offset & 7))) & ((1 << (8 * size)) - 1)
+    """EXECLIST_STATUS: 8 bytes from engine base + 0x234 (ldw) and + 0x238 (udw); a read of any width
+    at any byte takes the same bytes of that 64-bit value, so an 8-byte read equals its two 4-byte reads."""
+    engine = eng.engine_of(offset)
+    assert engine is not None
+    el = vgpu.submission.execlists[engine.name]
+    rel = offset - (engine.base + eng.RING_EXECLIST_STATUS)
+    value = el.status() >> (8 * rel)
+    return value & ((1 << (8 * size)) - 1)
 
 
 def csb_ptr_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

@@ -57,6 +57,11 @@ class WorkloadError(Exception):
     """A workload that cannot be built from the guest's context (bad LRCA, ring outside guest memory)."""
 
 
+class WorkloadRefused(WorkloadError):
+    """A workload refused without marking the VM unhealthy (a -EPERM scan error): the submission fails,
+    the vGPU stays out of failsafe (scheduler.c intel_vgpu_create_workload + vgpu_is_vm_unhealthy)."""
+
+
 @dataclass
 class Workload:
     """One context execution requested by a guest (struct intel_vgpu_workload)."""
@@ -203,7 +208,8 @@ class Scheduler:
                 w = self._create(vgpu, engine, d, pair, emulate_schedule_in=(i == 0))
             except WorkloadError as err:
                 self.gvt.counters["workload_create_failed"] += 1
-                raise EmulationError(f"workload creation failed: {err}") from None
+                raise EmulationError(f"workload creation failed: {err}",
+                                     failsafe=not isinstance(err, WorkloadRefused)) from None
             self.queues.setdefault((vgpu.id, engine), deque()).append(w)
             self.gvt.counters["workloads_queued"] += 1
         if vgpu.id not in self.order:
@@ -226,7 +232,8 @@ class Scheduler:
                 w = self._create(vgpu, engine, d, pair, emulate_schedule_in=False)
             except WorkloadError as err:
                 self.gvt.counters["workload_create_failed"] += 1
-                raise EmulationError(f"workload creation failed: {err}") from None
+                raise EmulationError(f"workload creation failed: {err}",
+                                     failsafe=not isinstance(err, WorkloadRefused)) from None
             w.pv = True
             w.pv_seq = seq if d == descs[-1] else None  # the slot completes with its last element
             self.queues.setdefault((vgpu.id, engine), deque()).append(w)
@@ -286,8 +293,10 @@ class Scheduler:
             self.gvt.counters[f"cmd_scan_{err.errno.value.lower()}"] += 1
             self.gvt.log.warning("cmd_scan_error", vgpu=vgpu.id, vm=vgpu.vm, engine=w.engine, errno=err.errno.value,
                                  reason=err.reason)
-            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
-            raise WorkloadError(f"command scan: {err}") from None
+            if err.errno in cmd_parser.VM_UNHEALTHY:  # vgpu_is_vm_unhealthy: -EBADRQC, -EFAULT only
+                vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
+                raise WorkloadError(f"command scan: {err}") from None
+            raise WorkloadRefused(f"command scan: {err}") from None
         size = p.shadow_size()
         base = self._alloc_shadow_bb(w, size) if size else 0
         ring, image = p.layout(base)
