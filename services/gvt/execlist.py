@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 CSB_ENTRIES = 6
 CSB_WP_RESET = 7  # "empty"
+# the CSB mirror in the engine's HWS page (gt/intel_engine.h, gen < 11): entries from dword 0x10, the write
+# pointer in dword 0x1f (intel_hws_csb_write_index)
+I915_HWS_CSB_BUF0_INDEX = 0x10
+I915_HWS_CSB_WRITE_INDEX = 0x1F
 # context_status_format ldw bits
 CSB_IDLE_TO_ACTIVE = 1 << 0
 CSB_PREEMPTED = 1 << 1
@@ -124,6 +128,26 @@ class VirtualExeclist:
         self.vgpu.mmio.write32(entry + 4, ctx_id)
         self.vgpu.mmio.write32(ptr_off, (ptr & ~0x7) | wp)
         self.vgpu.count("csb_entries")
+        self._mirror_to_hwsp(wp, status, ctx_id)
+
+    def _mirror_to_hwsp(self, wp: int, status: int, ctx_id: int) -> None:
+        """emulate_csb_update: the entry and the write pointer also go to the guest's HWS page (its
+        RING_HWS_PGA, vgpu->hws_pga), where a guest with VGT_CAPS_HWSP_EMULATION reads them, as i915 does."""
+        from .scheduler import WorkloadError
+
+        hws = self.vgpu.mmio.read32(self.engine.base + eng.RING_HWS_PGA)
+        if not hws:
+            return
+        try:
+            gpa = self.vgpu.gvt.scheduler._gm_to_gpa(self.vgpu, hws & ~0xFFF)
+        except WorkloadError:
+            self.vgpu.count("csb_hwsp_unmapped")
+            return
+        mpt = self.vgpu.mpt
+        mpt.write_gpa(gpa + I915_HWS_CSB_BUF0_INDEX * 4 + wp * 8,
+                      status.to_bytes(4, "little") + (ctx_id & 0xFFFF_FFFF).to_bytes(4, "little"))
+        mpt.write_gpa(gpa + I915_HWS_CSB_WRITE_INDEX * 4, wp.to_bytes(4, "little"))
+        self.vgpu.count("csb_hwsp_entries")
 
     def _ctx_switch_irq(self) -> None:
         from .interrupt import trigger_event

@@ -146,7 +146,7 @@ def test_a_scan_error_puts_the_vgpu_in_failsafe_only_for_ebadrqc_and_efault(rig:
     0x21F0) fails the submission but leaves the vGPU healthy; an -EBADRQC one puts it in failsafe."""
     a, b = rig.boot(1), rig.boot(2)
     dst = a.bo(4096)
-    a.submit("rcs", [0x24 << 23 | 2 | (1 << 22), 0x2030, dst.gm, 0])  # RING_TAIL: EPERM
+    a.submit("rcs", [0x24 << 23 | 2 | (1 << 22), 0x2244, dst.gm, 0])  # CTX_SR_CTL: accessible, not SRM: EPERM
     assert rig.gvt.counters["cmd_scan_eperm"] == 1 and not a.vgpu.failsafe
     assert rig.gvt.counters["workload_create_failed"] == 1
     b.submit("rcs", cmds.load_register_imm([(0x44200, 0)]))  # not F_CMD_ACCESS: EBADRQC
@@ -284,3 +284,96 @@ def test_pvinfo_keeps_acrns_pvmmio_offsets_and_gvtsims_pv_fields_do_not_overlap_
     gvt.emulate_mmio_write(v, BAR0_GPA + pvinfo.ENABLE_PVMMIO, 0x3F, 4)
     assert gvt.emulate_mmio_read(v, BAR0_GPA + pvinfo.ENABLE_PVMMIO, 4) == 0
     assert gvt.emulate_mmio_read(v, BAR0_GPA + pvinfo.VGT_CAPS, 4) == 0x1C and not v.failsafe
+
+
+# ------------------------------------------------------------------------------ CSB in the HWSP
+def test_the_guest_driver_waits_on_the_csb_gvt_mirrors_into_its_hwsp() -> None:
+    """execlist.c emulate_csb_update writes each CSB entry and the write pointer into the guest's HWS page
+    (RING_HWS_PGA, hws_pga_write) at I915_HWS_CSB_BUF0_INDEX 0x10 / I915_HWS_CSB_WRITE_INDEX 0x1f; with
+    VGT_CAPS_HWSP_EMULATION the guest driver reads them there, as i915's process_csb does (no trap)."""
+    import asyncio
+
+    from test_gvt_ppgtt_fixtures import BAR0
+
+    from gvtsim.services.guest.i915 import VgpuDriver
+    from gvtsim.services.guest.pci import PciDevice
+
+    host = Host()
+    try:
+        g = host.add_vm(1, ram_mb=4)
+        gpu = PciDevice(0, 2, 0, 0x8086, 0x1912, 6, 0x30000, bar0=BAR0, bar0_size=16 << 20,
+                        bar2_size=host.gvt.gpu.aperture_size)
+        drv = VgpuDriver(g.machine, gpu, engines=("rcs",))
+        csb_reads: list[int] = []
+        orig = host.gvt.emulate_mmio_read
+
+        def counting_read(vgpu: object, gpa: int, size: int) -> int:
+            if 0x2370 <= gpa - BAR0 < 0x23A4:
+                csb_reads.append(gpa - BAR0)
+            return orig(vgpu, gpa, size)  # type: ignore[arg-type]
+
+        host.gvt.emulate_mmio_read = counting_read  # type: ignore[method-assign]
+
+        async def scenario() -> None:
+            await drv.init()
+            host.apply_effects()
+            e = drv.engines["rcs"]
+            assert drv.caps & r.VGT_CAPS_HWSP_EMULATION and e.hwsp is not None
+            assert g.vgpu.mmio.read32(0x2080) == e.hwsp.gm  # RING_HWS_PGA
+            task = asyncio.create_task(drv.submit("rcs", [cmds.MI_NOOP], timeout=5))
+            for _ in range(100):  # the ELSP writes reach gvt, which dispatches to the (absent) GPU
+                await asyncio.sleep(0)
+                if host.gvt.scheduler.inflight:
+                    break
+            (w,) = host.gvt.scheduler.inflight.values()
+            host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w.id, now=0.0)  # the GPU completed it
+            await drv.on_msi(0xFEE0_0000, gpu.msi_vector)
+            await asyncio.wait_for(task, 5)
+            wp = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_WRITE)
+            assert wp == g.vgpu.mmio.read32(0x23A0) & 7  # the mirror equals the CSB pointer register
+            entry = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_BUF0 + 8 * wp)
+            assert entry & r.CSB_CTX_COMPLETE and e.completions == 1 and e.csb_hwsp_reads >= 1
+
+        asyncio.run(scenario())
+        assert csb_reads == [] and host.gvt.counters["csb_hwsp_entries"] >= 2 and not g.vgpu.failsafe
+    finally:
+        host.close()
+
+
+# ------------------------------------------------------------------------------ engine state switch
+def test_a_register_vm_a_wrote_is_not_seen_by_vm_bs_next_workload_on_the_same_engine(rig: Rig) -> None:
+    """mmio_context.c switch_mmio: when the render engine passes from vGPU A to vGPU B, the registers of
+    gen9_engine_mmio_list (here GEN8_L3SQCREG4 0xB118) are saved into A's vregs and B's are loaded, so B's
+    MI_STORE_REGISTER_MEM reads B's value, and A's next workload finds its own again."""
+    a, b = rig.boot(1), rig.boot(2)
+    da, db = a.bo(4096), b.bo(4096)
+    srm = 0x24 << 23 | 2 | (1 << 22)  # MI_STORE_REGISTER_MEM (GGTT)
+    a.submit("rcs", cmds.load_register_imm([(0xB118, 0xA11CE)]) + [srm, 0xB118, da.gm, 0])
+    rig.pump()
+    assert a.u32(da.gpa) == 0xA11CE  # A sees its own write
+    b.submit("rcs", [srm, 0xB118, db.gm, 0])
+    rig.pump()
+    assert b.u32(db.gpa) == b.vgpu.mmio.read32(0xB118) != 0xA11CE  # B sees its own (initial) value
+    assert a.vgpu.mmio.read32(0xB118) == 0xA11CE  # saved into A's vregs at the switch
+    a.submit("rcs", [srm, 0xB118, da.gm + 4, 0])
+    rig.pump()
+    assert a.u32(da.gpa + 4) == 0xA11CE  # restored for A
+    assert rig.gvt.counters["mmio_switches"] == 3 and not a.vgpu.failsafe and not b.vgpu.failsafe
+
+
+def test_a_restore_inhibit_context_gets_its_in_context_registers_from_the_vregs(rig: Rig) -> None:
+    """mmio_context.c restore_context_mmio_for_inhibit / is_inhibit_context: a context whose
+    CTX_CONTEXT_CONTROL has RESTORE_INHIBIT masked-enabled restores nothing from its image, so the
+    in-context registers (here GEN7_HALF_SLICE_CHICKEN1 0xE100, masked) are loaded from the vregs with LRI
+    before its commands, even when the engine does not change owner."""
+    a = rig.boot(1)
+    a.submit("rcs", [cmds.MI_NOOP])  # the first dispatch: the engine passes to A
+    rig.pump()
+    a.vgpu.mmio.write32(0xE100, 0x55)  # what A's vreg holds (e.g. from an LRI in its indirect context)
+    ctx, _, _ = a.context("rcs")
+    a.write(ctx.gpa + 4096 + 0x0C, [1 << 16 | 1])  # CTX_CONTEXT_CONTROL: RESTORE_INHIBIT
+    rig.pgpu.mmio.set(0xE100, 0xBAD)  # type: ignore[union-attr]  # stale hardware value
+    a.submit("rcs", [cmds.MI_NOOP])  # same owner, but an inhibit context
+    rig.pump()
+    assert rig.gvt.counters["mmio_inhibit_restores"] == 1
+    assert rig.pgpu.mmio.read(0xE100) & 0xFFFF == 0x55  # type: ignore[union-attr]
