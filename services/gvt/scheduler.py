@@ -48,6 +48,7 @@ CTX_RB_START = 0x24
 CTX_RB_CTRL = 0x2C
 CTX_TIMESTAMP = 0x8C
 CTX_PDP_VALUES = (0x94, 0x9C, 0xA4, 0xAC, 0xB4, 0xBC, 0xC4, 0xCC)
+EXECLIST_RING_CONTEXT_SIZE = 0xD0  # sizeof(struct execlist_ring_context): through pdp0_LDW
 RB_HEAD_MASK = 0x001F_FFFC
 RB_TAIL_MASK = 0x001F_FFF8
 RB_SIZE_MASK = 0x001F_F000
@@ -571,6 +572,7 @@ class Scheduler:
         if vgpu.id not in self.gvt.vgpus:  # destroyed meanwhile
             return
         ctx = w.ring_ctx_gpa
+        self._update_guest_context(w)
         ts = self._u32(vgpu, ctx + CTX_TIMESTAMP)
         vgpu.mpt.write_gpa(ctx + CTX_RING_HEAD, w.tail.to_bytes(4, "little"))
         ticks = (ts + int(w.busy_ns / TIMESTAMP_NS_PER_TICK)) & 0xFFFF_FFFF
@@ -584,6 +586,16 @@ class Scheduler:
         nxt_same = bool(q) and same_context(q[0].desc, w.desc)
         vgpu.submission.execlists[w.engine].schedule_out(w.desc, nxt_same)
         self.gvt.counters["workloads_completed"] += 1
+
+    def _update_guest_context(self, w: Workload) -> None:
+        """update_guest_context: the ring-context page past ``struct execlist_ring_context`` (the register
+        state the GPU saved beyond the fields gvt shadows: ring pointers, timestamp, PDPs) goes back from the
+        shadow context to the guest's; head and timestamp are written by the caller."""
+        sh = self.shadows.get((w.vgpu.id, w.engine))
+        if sh is None or self.mem is None:
+            return
+        image = self.mem.read(sh.maddr(1) + EXECLIST_RING_CONTEXT_SIZE, PAGE_SIZE - EXECLIST_RING_CONTEXT_SIZE)
+        w.vgpu.mpt.write_gpa(w.ring_ctx_gpa + EXECLIST_RING_CONTEXT_SIZE, image)
 
     def _complete_pv(self, w: Workload) -> None:
         """PV completion: done_seq in the slot, then the engine's user interrupt (always: it is how the

@@ -377,3 +377,17 @@ def test_a_restore_inhibit_context_gets_its_in_context_registers_from_the_vregs(
     rig.pump()
     assert rig.gvt.counters["mmio_inhibit_restores"] == 1
     assert rig.pgpu.mmio.read(0xE100) & 0xFFFF == 0x55  # type: ignore[union-attr]
+
+
+def test_the_context_image_the_gpu_saved_is_written_back_to_the_guest(rig: Rig) -> None:
+    """scheduler.c update_guest_context: after completion the shadow ring-context page past
+    struct execlist_ring_context (0xD0 bytes) is copied back to the guest's context."""
+    a = rig.boot(1)
+    a.submit("rcs", [cmds.MI_NOOP])
+    (w,) = rig.gvt.scheduler.inflight.values()
+    sh = rig.gvt.scheduler.shadows[(a.vgpu.id, "rcs")]
+    rig.mem.write(sh.maddr(1) + 0x100, (0x5EED_0001).to_bytes(4, "little"))  # state the GPU saved
+    rig.pump()
+    ctx, _, _ = a.context("rcs")
+    assert a.u32(ctx.gpa + 4096 + 0x100) == 0x5EED_0001
+    assert a.u32(ctx.gpa + 4096 + r.CTX_RB_START_VAL) == a.contexts["rcs"][1].gm  # shadowed fields untouched
