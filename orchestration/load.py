@@ -38,7 +38,7 @@ from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
 
-VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 640 MB aperture
+VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 1024 MB aperture
 
 
 @dataclass(frozen=True)

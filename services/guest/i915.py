@@ -95,6 +95,8 @@ class EngineState:
     pv_wait_seq: int = 0  # PV submission in flight: the slot seq whose done_seq completes it
     user_irqs: int = 0
     csb_events: list[int] = field(default_factory=list)
+    hwsp: "Bo | None" = None  # the engine's HWS page (RING_HWS_PGA)
+    csb_hwsp_reads: int = 0  # CSB processed from the HWS page (no trap)
     completions: int = 0
 
 
@@ -148,7 +150,7 @@ class VgpuDriver:
         major = await self.rd(r.PV_VERSION_MAJOR, 2)
         if major < 1:
             raise DriverError(f"VGT interface version mismatch: {major}")
-        self.caps = await self.rd(r.PV_CAPS)
+        self.caps = await self.rd(r.PV_VGT_CAPS)
         self.vgt_id = await self.rd(r.PV_VGT_ID)
         # GGTT ballooning: the four registers, in order (intel_vgt_balloon)
         mbase = await self.rd(r.PV_MAPPABLE_BASE)
@@ -175,8 +177,17 @@ class VgpuDriver:
         self.gem = Gem(self.machine, self.bar0, self.ram_reserved, (mbase, msize), (ubase, usize))
         for e in self.engines.values():
             await self._create_context(e)
+            await self._init_hwsp(e)
         await self.wr(r.PV_DISPLAY_READY, 1)
         self.ready = True
+
+    async def _init_hwsp(self, e: EngineState) -> None:
+        """The engine's status page (intel_engine_init_status_page + RING_HWS_PGA), its CSB write pointer
+        reset to 7 (reset_csb_pointers). With VGT_CAPS_HWSP_EMULATION GVT mirrors the CSB there."""
+        assert self.gem is not None
+        e.hwsp = await self.gem.create(4096)
+        await self.machine.write_u32(e.hwsp.gpa + r.HWS_CSB_WRITE, 7)
+        await self.wr(e.base + r.RING_HWS_PGA, e.hwsp.gm)
 
     async def _create_context(self, e: EngineState) -> None:
         """The engine's default context (no PPGTT: its PDPs are zero)."""
@@ -355,15 +366,26 @@ class VgpuDriver:
             await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
 
     async def _process_csb(self, e: EngineState) -> None:
-        ptr = await self.rd(e.base + r.CSB_PTR)
-        wp = ptr & 0x7
+        """process_csb: the write pointer and entries from the HWS page (RAM, no trap) when GVT emulates
+        it (VGT_CAPS_HWSP_EMULATION, as i915's execlists read csb_write / csb_status), else from the CSB
+        registers; then the read pointer is written back through MMIO."""
+        hwsp = e.hwsp.gpa if e.hwsp is not None and self.caps & r.VGT_CAPS_HWSP_EMULATION else None
+        if hwsp is not None:
+            wp = self.machine.read_u32(hwsp + r.HWS_CSB_WRITE) & 0x7
+            e.csb_hwsp_reads += 1
+        else:
+            wp = await self.rd(e.base + r.CSB_PTR) & 0x7
         if wp == 7:
             return  # reset value: empty
         head = e.csb_head
         while head != wp:
             head = (head + 1) % r.CSB_ENTRIES
-            status = await self.rd(e.base + r.CSB_BUF + head * 8)
-            ctx = await self.rd(e.base + r.CSB_BUF + head * 8 + 4)
+            if hwsp is not None:
+                status = self.machine.read_u32(hwsp + r.HWS_CSB_BUF0 + head * 8)
+                ctx = self.machine.read_u32(hwsp + r.HWS_CSB_BUF0 + head * 8 + 4)
+            else:
+                status = await self.rd(e.base + r.CSB_BUF + head * 8)
+                ctx = await self.rd(e.base + r.CSB_BUF + head * 8 + 4)
             e.csb_events.append(status)
             if status & r.CSB_CTX_COMPLETE and ctx == e.inflight_ctx:
                 e.completions += 1

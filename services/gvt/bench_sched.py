@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .sched_policy import GVT_DEFAULT_TIME_SLICE, TimeSlicePolicy
+from .sched_policy import GVT_DEFAULT_TIME_SLICE, GVT_SCHED_VGPU_PRI_TIME, TimeSlicePolicy
 
 WEIGHTS = (2, 4, 8, 16)  # GVTg_V5_8, _4, _2, _1 (gvt-facts 3)
 ENGINES = ("rcs", "bcs")
@@ -53,7 +53,8 @@ def run(seconds: float = 5.0, weights: Sequence[int] = WEIGHTS, seed: int = 1, m
     policy = TimeSlicePolicy()
     vids = list(range(1, len(weights) + 1))
     for vid, w in zip(vids, weights):
-        policy.start_schedule(vid, w, 0.0)
+        # started before the measured run: the 2 s start-up priority (pri_sched) is over, steady state
+        policy.start_schedule(vid, w, -GVT_SCHED_VGPU_PRI_TIME)
     running: dict[str, tuple[int, float, float] | None] = {e: None for e in engines}  # vid, start, end
     done: list[tuple[float, str]] = []  # completion heap: (time, engine)
     busy: list[dict[int, float]] = []

@@ -1,9 +1,20 @@
-"""The vGPU's PCI configuration space (i915/gvt cfg_space.c; gvt-facts 6).
+"""The vGPU's PCI configuration space (i915/gvt cfg_space.c).
 
-Content is a sanitised copy of the host GPU's header: the host's vendor/device/revision, no stolen memory,
-COMMAND cleared, BAR0 (GTTMMADR, 16 MB, 64-bit) unassigned, BAR2 preset to the host aperture address,
-an MSI capability (32-bit, single message) at the host's ``msi_cap``. Writes follow the writable-bit
-bitmap of the standard header; the COMMAND memory-enable bit traps and untraps BAR0.
+Content is a sanitised copy of the host GPU's configuration space (``intel_vgpu_init_cfg_space`` copies
+``gvt->firmware.cfg_space``): the host's vendor/device/revision, no stolen memory, COMMAND cleared, BAR0
+(GTTMMADR, 16 MB, 64-bit) unassigned, BAR2 preset to the host aperture address, the ROM BAR and ASLS
+cleared, and the host's whole capability chain (SKL GT2: vendor-specific at 0x40, PCI Express at 0x70,
+MSI at ``msi_cap`` 0xAC, power management at 0xD0). Writes follow the writable-bit bitmap of the standard
+header (``pci_cfg_space_rw_bmp``); above 0x40 they are stored verbatim. Behaviour:
+
+* COMMAND (offset 4) takes 1- or 2-byte writes only (a wider one is refused, -EINVAL); its memory-enable
+  bit traps and untraps BAR0 and maps the aperture;
+* a sizing write of BAR0 / BAR2 answers ``~(size - 1)``: BAR sizes are powers of two (PCI Local Bus spec
+  6.2.5.1), so the aperture must be one; other BARs answer 0; the ROM BAR answers 0 (no ROM);
+* a write of PMCSR (PM capability + 4) entering D3hot sets ``d3_entered`` (the next DMLR then keeps the
+  PPGTT and ``pv_notified``, as after S3; the first ELSP write clears it);
+* 0xE8 SWSCI runs the OpRegion request (opregion.py; the register itself is not stored), 0xFC ASLS places
+  the virtual OpRegion at the guest address written.
 """
 
 from __future__ import annotations
@@ -48,7 +59,20 @@ PCI_BASE_ADDRESS_MEM_TYPE_64 = 0x4
 PCI_BASE_ADDRESS_MEM_PREFETCH = 0x8
 PCI_ROM_ADDRESS_MASK = 0xFFFF_F800
 PCI_CAP_ID_MSI = 0x05
+PCI_CAP_ID_PM = 0x01
+PCI_CAP_ID_VNDR = 0x09
+PCI_CAP_ID_EXP = 0x10
+PCI_PM_CTRL = 4  # PMCSR, from the PM capability
+PCI_PM_CTRL_STATE_MASK = 0x3
+PCI_D3HOT = 3
 MSI_CAP_EN = 0x1
+#: The host GPU's capabilities other than MSI (SKL GT2 8086:1912 as lspci shows it): (offset, raw bytes).
+#: Vendor-specific (len 0x0C), PCI Express v2 root-complex integrated endpoint, PM v2 (D0/D3hot only).
+HOST_CAPS: tuple[tuple[int, bytes], ...] = (
+    (0x40, bytes([PCI_CAP_ID_VNDR, 0, 0x0C, 0x01]) + bytes(8)),
+    (0x70, bytes([PCI_CAP_ID_EXP, 0, 0x92, 0x00]) + bytes(0x38)),
+    (0xD0, bytes([PCI_CAP_ID_PM, 0, 0x22, 0x00, 0x00, 0x00, 0x00, 0x00])),
+)
 
 BAR0_SIZE = 16 * MB  # gvt-facts 3: 2 MB MMIO, 6 MB reserved, 8 MB GGTT
 
@@ -77,6 +101,10 @@ class CfgSpace:
         self.data = bytearray(CFG_SPACE_SIZE)
         self.bar_size = {0: BAR0_SIZE, 2: gpu.aperture_size}
         self.trapped: tuple[int, int] | None = None  # the BAR0 range vhm traps for us, inclusive
+        self.pmcsr_off = 0
+        self.d3_entered = False  # vgpu->d3_entered: not touched by init/reset of the space itself
+        self.on_swsci: Callable[[int], None] | None = None  # set by the vGPU (opregion.py)
+        self.on_asls: Callable[[int], None] | None = None
         self.init()
         self.on_memory_decode: Callable[[bool], None] | None = None  # set by the vGPU (aperture mapping)
 
@@ -97,13 +125,35 @@ class CfgSpace:
                   | PCI_BASE_ADDRESS_MEM_TYPE_64 | PCI_BASE_ADDRESS_MEM_PREFETCH)
         self._put(PCI_SUBSYSTEM_VENDOR_ID, 2, self.gpu.vendor)
         self._put(PCI_SUBSYSTEM_ID, 2, self.gpu.device)
-        self._put(PCI_CAPABILITY_LIST, 1, self.gpu.msi_cap)
         self._put(PCI_INTERRUPT_PIN, 1, 1)
         self._put(INTEL_GVT_PCI_GMCH_CONTROL, 2, 0x00C0)  # GGMS = 8 MB GGTT; GMS (stolen) field cleared
-        # MSI capability: id 5, end of list, control 0 = 32-bit address, one message, disabled (gvt-facts 6)
-        self._put(self.gpu.msi_cap, 1, PCI_CAP_ID_MSI)
-        self._put(self.gpu.msi_cap + 1, 1, 0)
+        # the host's capability chain, in address order; MSI (id 5, control 0 = 32-bit address, one
+        # message, disabled) at the host's msi_cap; a host capability MSI would overlap is left out
+        msi = self.gpu.msi_cap
+        caps = [(off, raw) for off, raw in HOST_CAPS if off + len(raw) <= msi or off >= msi + 0x0C]
+        caps.append((msi, bytes([PCI_CAP_ID_MSI, 0]) + bytes(8)))
+        caps.sort()
+        for i, (off, raw) in enumerate(caps):
+            d[off:off + len(raw)] = raw
+            d[off + 1] = caps[i + 1][0] if i + 1 < len(caps) else 0
+        self._put(PCI_CAPABILITY_LIST, 1, caps[0][0])
+        # PM support: find PMCSR by walking the chain, as intel_vgpu_init_cfg_space does
+        self.pmcsr_off = 0
+        nxt = d[PCI_CAPABILITY_LIST]
+        while nxt:
+            if d[nxt] == PCI_CAP_ID_PM:
+                self.pmcsr_off = nxt + PCI_PM_CTRL
+                break
+            nxt = d[nxt + 1]
         self.trapped = None
+
+    def capabilities(self) -> list[tuple[int, int]]:
+        """(offset, capability id) of every capability in the chain, in chain order."""
+        out, nxt = [], self.data[PCI_CAPABILITY_LIST]
+        while nxt and len(out) < 48:
+            out.append((nxt, self.data[nxt]))
+            nxt = self.data[nxt + 1]
+        return out
 
     def reset(self) -> None:
         """intel_vgpu_reset_cfg_space (DMLR): untrap BAR0 if memory decode was on, then re-init."""
@@ -169,10 +219,10 @@ class CfgSpace:
         self._check(offset, size)
         data &= (1 << (8 * size)) - 1
         if offset == PCI_COMMAND:
-            # i915 takes COMMAND as a 16-bit access; a dword write also carries STATUS: split it
-            self._command_write(data & 0xFFFF, min(size, 2))
-            if size == 4:
-                self._mem_write(PCI_STATUS, data >> 16, 2)
+            # intel_vgpu_emulate_cfg_write: drm_WARN_ON(bytes > 2) => -EINVAL
+            if size > 2:
+                raise EmulationError(f"{size}-byte write at PCI_COMMAND (at most 2)")
+            self._command_write(data, size)
             return
         base = offset & ~3
         if base == PCI_ROM_ADDRESS:
@@ -186,7 +236,18 @@ class CfgSpace:
             if offset % 4 or size != 4:
                 raise EmulationError(f"BAR write must be an aligned dword (offset {offset:#x}, size {size})")
             self._bar_write(offset, data)
-        else:  # SWSCI 0xE8 and OpRegion ASLS 0xFC are stored: no OpRegion is emulated
+        elif base == INTEL_GVT_PCI_SWSCI:
+            if offset % 4:
+                raise EmulationError(f"unaligned SWSCI write at {offset:#x}")
+            if self.on_swsci is not None:  # intel_vgpu_emulate_opregion_request; SWSCI itself is not stored
+                self.on_swsci(data)
+        elif base == INTEL_GVT_PCI_OPREGION:
+            if offset % 4:
+                raise EmulationError(f"unaligned ASLS write at {offset:#x}")
+            if self.on_asls is not None:  # intel_vgpu_opregion_base_write_handler
+                self.on_asls(data)
+            self._mem_write(offset, data, size)
+        else:
             self._mem_write(offset, data, size)
 
     def _check(self, offset: int, size: int) -> None:
@@ -209,6 +270,9 @@ class CfgSpace:
             if off == PCI_STATUS + 1:
                 new = (~new & old) & mask  # write-1-to-clear
             self.data[off] = (self.data[off] & ~mask & 0xFF) | new
+        if self.pmcsr_off and offset == self.pmcsr_off:
+            if self.get(offset, 2) & PCI_PM_CTRL_STATE_MASK == PCI_D3HOT:
+                self.d3_entered = True
 
     def _command_write(self, data: int, size: int) -> None:
         """emulate_pci_command_write: a MEMORY-enable toggle traps / untraps BAR0 (gvt-facts 6)."""

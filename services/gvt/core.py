@@ -23,9 +23,10 @@ from . import interrupt, mmio, pvinfo
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
+from ..common import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
-from .handlers import MmioTable, default_blocks, default_regs
+from .handlers import MmioTable, default_blocks, default_regs, real_regs
 from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
@@ -91,7 +92,9 @@ class Gvt:
         self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
-        self.table = MmioTable(default_regs() + execlist_regs() + cmd_access_regs(), default_blocks())
+        # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py)
+        self.table = MmioTable(real_regs())
+        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs(), default_blocks())
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
@@ -282,7 +285,8 @@ class Gvt:
         except EmulationError as err:
             self.counters[f"{what}_errors"] += 1
             self.log.warning(f"{what}_error", vgpu=vgpu.id, vm=vgpu.vm, offset=hex(offset), size=size, why=str(err))
-            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, str(err))
+            if err.failsafe:
+                vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, str(err))
         except Exception as err:
             self.counters["internal_errors"] += 1
             self.log.error(f"{what}_failed", vgpu=vgpu.id, offset=hex(offset), error=repr(err), exc_info=True)
@@ -368,6 +372,7 @@ class Gvt:
         return {"vgpus": [v.info() for v in sorted(self.vgpus.values(), key=lambda v: v.id)],
                 "types": [{"name": s.type.name, "avail": s.avail, "registered": s.registered} for s in self.types()],
                 "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn,
+                "tracked_mmio": self.table.tracked_mmio, "cmd_table_size": len(cmd_table.CMD_INFO),
                 "msis_by_vm": {str(v.vm): v.msis_injected for v in self.vgpus.values()},
                 "traps_by_vm": {str(v.vm): dict(v.traps) for v in self.vgpus.values()},
                 "pv_by_vm": {str(v.vm): {"enabled": int(v.pv.enabled), "version": v.pv.version}

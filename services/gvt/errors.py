@@ -18,5 +18,11 @@ class GvtError(Exception):
 class EmulationError(Exception):
     """An access the emulation refuses (-EINVAL in i915/gvt: bad size, bad alignment, out of range).
 
-    gvt-facts 8.4: AcrnGT completes the ioreq anyway and puts the vGPU in failsafe on any emulation error.
+    AcrnGT completes the ioreq anyway and gvtsim puts the vGPU in failsafe on an emulation error, unless
+    ``failsafe`` is False: a refused submission whose error is not one that ``vgpu_is_vm_unhealthy``
+    (gvt.h) names (-EBADRQC, -EFAULT) fails the request but keeps the vGPU healthy.
     """
+
+    def __init__(self, reason: str, failsafe: bool = True) -> None:
+        super().__init__(reason)
+        self.failsafe = failsafe

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 CSB_ENTRIES = 6
 CSB_WP_RESET = 7  # "empty"
+# the CSB mirror in the engine's HWS page (gt/intel_engine.h, gen < 11): entries from dword 0x10, the write
+# pointer in dword 0x1f (intel_hws_csb_write_index)
+I915_HWS_CSB_BUF0_INDEX = 0x10
+I915_HWS_CSB_WRITE_INDEX = 0x1F
 # context_status_format ldw bits
 CSB_IDLE_TO_ACTIVE = 1 << 0
 CSB_PREEMPTED = 1 << 1
@@ -92,23 +96,24 @@ class VirtualExeclist:
 
     # ------------------------------------------------------------------------------ status register
     def status(self) -> int:
-        """EXECLIST_STATUS (8 bytes): ldw bits 0 current pointer, 1 write pointer, 2 queue full,
-        3/4 execlist 1/0 valid, 17/18 execlist 1/0 active; udw the current context id."""
+        """EXECLIST_STATUS as emulate_execlist_status (execlist.c) computes it: the status dword (ldw,
+        struct execlist_status_format) at +0x234, the running context's id (udw) at +0x238.
+
+        ldw bits: 0 current execlist pointer (= running element index), 1 execlist write pointer
+        (= !index), 2 queue full (a pending slot), 3/4 execlist 1/0 valid, 17/18 execlist 1/0 active;
+        execlist.c sets valid and active together from the running element index, not from the
+        descriptors' valid bits. Idle: both elements invalid and inactive, context id 0.
+        """
         ldw = 0
         running = self.running
+        ctx = 0
         if running is not None:
-            if running.index:
-                ldw |= 1 << 0
-            ldw |= (1 << 18) if running.index == 0 else (1 << 17)
-            if desc_valid(running.ctx[0]):
-                ldw |= 1 << 4
-            if desc_valid(running.ctx[1]):
-                ldw |= 1 << 3
-        else:
-            ldw |= 1 << 1  # write pointer = !running
+            second = bool(running.index)
+            ldw |= (1 << 0) if second else (1 << 1)
+            ldw |= ((1 << 3) | (1 << 17)) if second else ((1 << 4) | (1 << 18))
+            ctx = desc_ctx_id(running.ctx[running.index])
         if self.pending is not None:
             ldw |= 1 << 2
-        ctx = desc_ctx_id(running.ctx[running.index]) if running is not None else 0
         return ctx << 32 | ldw
 
     # ------------------------------------------------------------------------------------------ CSB
@@ -123,6 +128,26 @@ class VirtualExeclist:
         self.vgpu.mmio.write32(entry + 4, ctx_id)
         self.vgpu.mmio.write32(ptr_off, (ptr & ~0x7) | wp)
         self.vgpu.count("csb_entries")
+        self._mirror_to_hwsp(wp, status, ctx_id)
+
+    def _mirror_to_hwsp(self, wp: int, status: int, ctx_id: int) -> None:
+        """emulate_csb_update: the entry and the write pointer also go to the guest's HWS page (its
+        RING_HWS_PGA, vgpu->hws_pga), where a guest with VGT_CAPS_HWSP_EMULATION reads them, as i915 does."""
+        from .scheduler import WorkloadError
+
+        hws = self.vgpu.mmio.read32(self.engine.base + eng.RING_HWS_PGA)
+        if not hws:
+            return
+        try:
+            gpa = self.vgpu.gvt.scheduler._gm_to_gpa(self.vgpu, hws & ~0xFFF)
+        except WorkloadError:
+            self.vgpu.count("csb_hwsp_unmapped")
+            return
+        mpt = self.vgpu.mpt
+        mpt.write_gpa(gpa + I915_HWS_CSB_BUF0_INDEX * 4 + wp * 8,
+                      status.to_bytes(4, "little") + (ctx_id & 0xFFFF_FFFF).to_bytes(4, "little"))
+        mpt.write_gpa(gpa + I915_HWS_CSB_WRITE_INDEX * 4, wp.to_bytes(4, "little"))
+        self.vgpu.count("csb_hwsp_entries")
 
     def _ctx_switch_irq(self) -> None:
         from .interrupt import trigger_event
@@ -180,6 +205,7 @@ def elsp_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     from .errors import EmulationError
 
     el = _execlist(vgpu, offset)
+    vgpu.cfg.d3_entered = False  # elsp_mmio_write: engines run only in D0, so the first ELSP write clears it
     if el.engine.name not in vgpu.submission.execlist_enabled:
         raise EmulationError(f"ELSP write on {el.engine.name} with execlists disabled")
     pair = el.elsp_write(data)
@@ -192,9 +218,14 @@ def elsp_read(vgpu: "Vgpu", offset: int, size: int) -> int:
 
 
 def execlist_status_read(vgpu: "Vgpu", offset: int, size: int) -> int:
-    el = _execlist(vgpu, offset & ~7)
-    value = el.status()
-    return (value >> (8 * (offset & 7))) & ((1 << (8 * size)) - 1)
+    """EXECLIST_STATUS: 8 bytes from engine base + 0x234 (ldw) and + 0x238 (udw); a read of any width
+    at any byte takes the same bytes of that 64-bit value, so an 8-byte read equals its two 4-byte reads."""
+    engine = eng.engine_of(offset)
+    assert engine is not None
+    el = vgpu.submission.execlists[engine.name]
+    rel = offset - (engine.base + eng.RING_EXECLIST_STATUS)
+    value = el.status() >> (8 * rel)
+    return value & ((1 << (8 * size)) - 1)
 
 
 def csb_ptr_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

@@ -129,19 +129,26 @@ class Ggtt:
             return
         half = off & (GTT_ENTRY_SIZE - 1)
         e = (data & ((1 << (8 * size)) - 1)) << (8 * half)
+        first_half = False
         if size < GTT_ENTRY_SIZE:
             pending = self.partial.get(index)
-            if pending is None or pending[0] == half:
-                # the first half (or the same half again): record it, the host entry waits for the other
+            if pending is not None and pending[0] == half:
+                # the same first half again: only the guest entry changes (the host entry is already scratch)
                 self.partial[index] = (half, e)
                 self.virtual[index] = e
                 return
-            del self.partial[index]
-            e |= pending[1]
+            if pending is None:
+                # the first half: remembered, and the host entry becomes the scratch page, not present,
+                # until the other half arrives (gtt.c emulate_ggtt_mmio_write, partial_update)
+                self.partial[index] = (half, e)
+                first_half = True
+            else:
+                del self.partial[index]
+                e |= pending[1]
         else:
             self.partial.pop(index, None)
         self.virtual[index] = e
-        host = self._host_entry(e)
+        host = pte_set_pfn(0, self.vgpu.gvt.scratch_mfn) if first_half else self._host_entry(e)
         self.host[index] = host
         self.vgpu.emit(PgpuGgttWrite(((index, host),)))
         self.vgpu.aperture.on_host_entry(index, host)

@@ -2,9 +2,11 @@
 read-only bits and handlers. Untracked offsets read back whatever was written (plain vreg).
 
 The table is a list of :class:`Reg` rows (each covering ``size`` bytes, one entry per dword as in
-``setup_mmio_info``) and :class:`Block` ranges (the PVINFO page), built once into a dict. A later
-issue adds the execlist rows (ELSP +0x230, EXECLIST_STATUS +0x234, CSB +0x370, CSB pointer +0x3A0) with
-:meth:`MmioTable.extend`.
+``setup_mmio_info``) and :class:`Block` ranges (the PVINFO page), built once into a dict. Its base is the
+real SKL/KBL table (mmio_info.py: every row of handlers.c with its flags and ro_mask, 2,065 tracked
+dwords); gvtsim's rows with behaviour are laid over it with :meth:`MmioTable.overlay` (their handlers, the
+real flags). Other modules contribute rows the same way (execlist.py's ELSP / EXECLIST_STATUS / CSB, the
+scanner's, a display module's handlers for the display rows the real table declares).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import engines as eng
 from . import interrupt as irq
+from . import mmio_info
 from . import pvinfo
 from .effects import PgpuMmioWrite
 from .errors import EmulationError
@@ -35,6 +38,12 @@ class F(enum.IntFlag):
     MODE_MASK = 1 << 1  # masked register: bits 31:16 select which of bits 15:0 a write changes
     CMD_ACCESS = 1 << 2  # a guest command buffer may touch it (LRI/SRM), checked by the command scanner
     UNALIGN = 1 << 3  # unaligned accesses allowed
+    GMADR = 1 << 4  # holds a graphics memory address (addr_mask names its bits)
+    CMD_WRITE_PATCH = 1 << 5  # an LRI of it gets its value from the register's write handler
+    SR_IN_CTX = 1 << 6  # saved / restored in the context image
+    HW_RO = 1 << 7  # F_RO of handlers.c: declared read-only (writes keep the ro_mask bits)
+    PM_SAVE = 1 << 8
+    ACCESSED = 1 << 9
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Reg:
     read: ReadFn | None = None
     write: WriteFn | None = None
     default: int = 0  # its value in the device snapshot the vregs start from
+    name: str = ""  # the register's name in the real table (handlers.c), when it has one
+    handler: str = ""  # the real table's handler name(s) for this row ("read/write"), informational
 
     @property
     def effective_ro_mask(self) -> int:
@@ -171,7 +182,58 @@ def fence_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     vgpu.emit(PgpuMmioWrite(host, 8, vgpu.mmio.read(FENCE_REG_GEN6_LO + 8 * num, 8)))
 
 
+def force_nonpriv_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """force_nonpriv_write (handlers.c): a FORCE_NONPRIV slot may name only a whitelisted register
+    (force_nonpriv_white_list) or the engine's RING_NOPID; anything else is logged and dropped."""
+    engine = eng.engine_of(offset)
+    if size != 4 or offset % 4 or engine is None:
+        raise EmulationError(f"FORCE_NONPRIV access of {size} bytes at {offset:#x}")
+    reg = data & 0x03FF_FFFC  # REG_GENMASK(25, 2)
+    if reg not in FORCE_NONPRIV_WHITELIST and reg != engine.base + RING_NOPID:
+        vgpu.count("force_nonpriv_refused")
+        vgpu.log.warning("force_nonpriv_refused", vgpu=vgpu.id, offset=hex(offset), reg=hex(reg))
+        return
+    vgpu.mmio.write(offset, data, size)
+
+
+FORCE_NONPRIV_WHITELIST = frozenset(mmio_info.FORCE_NONPRIV_WHITELIST)
+RING_NOPID = 0x94
+
+
+def hws_pga_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """hws_pga_write (handlers.c): the engine's HWS page must be 0 or a page of the vGPU's GM (else
+    -EINVAL); the value is vgpu->hws_pga[ring], where gvt mirrors the CSB and where store-index writes go."""
+    value = data & 0xFFFF_FFFF
+    if value and not vgpu.resource.contains(value, 4096):
+        raise EmulationError(f"HWSP address {value:#x} outside the vGPU's graphics memory")
+    vgpu.mmio.write(offset, value, size)
+
+
 # --------------------------------------------------------------------------------------- table
+#: handlers.c F_* -> gvtsim's F
+_REAL_FLAGS: tuple[tuple[int, "F"], ...] = (
+    (mmio_info.F_RO, F.HW_RO), (mmio_info.F_GMADR, F.GMADR), (mmio_info.F_MODE_MASK, F.MODE_MASK),
+    (mmio_info.F_CMD_ACCESS, F.CMD_ACCESS), (mmio_info.F_UNALIGN, F.UNALIGN), (mmio_info.F_SR_IN_CTX, F.SR_IN_CTX),
+    (mmio_info.F_CMD_WRITE_PATCH, F.CMD_WRITE_PATCH), (mmio_info.F_PM_SAVE, F.PM_SAVE),
+    (mmio_info.F_ACCESSED, F.ACCESSED))
+
+
+def real_flags(bits: int) -> "F":
+    """gvtsim flags of a handlers.c F_* mask."""
+    out = F.NONE
+    for real, ours in _REAL_FLAGS:
+        if bits & real:
+            out |= ours
+    return out
+
+
+def real_regs() -> list[Reg]:
+    """Every row of the SKL/KBL table (mmio_info.py) as a tracked row: its flags and ro_mask, the default
+    MMIO handlers (the rows' behaviour comes from the rows laid over them)."""
+    return [Reg(m.offset, m.size, real_flags(m.flags), m.ro_mask, name=m.name,
+                handler="/".join(h for h in (m.read, m.write) if h)) for m in mmio_info.MMIO_INFO]
+
+
 def _interrupt_regs() -> list[Reg]:
     regs = [Reg(irq.GEN8_MASTER_IRQ, write=irq.master_write)]
     for g in irq.GROUPS:
@@ -187,7 +249,6 @@ def _engine_regs() -> list[Reg]:
         regs += [
             Reg(b + eng.RING_TAIL, flags=F.CMD_ACCESS), Reg(b + eng.RING_HEAD, flags=F.CMD_ACCESS),
             Reg(b + eng.RING_START, flags=F.CMD_ACCESS), Reg(b + eng.RING_CTL, flags=F.CMD_ACCESS),
-            Reg(b + eng.RING_HWS_PGA, flags=F.CMD_ACCESS),
             Reg(b + eng.RING_RESET_CTL, flags=F.CMD_ACCESS, write=ring_reset_ctl_write),
             Reg(b + eng.RING_CTX_SR_CTL, flags=F.CMD_ACCESS),
             Reg(b + eng.RING_PDP_BASE, size=32, flags=F.CMD_ACCESS),
@@ -206,6 +267,9 @@ def _misc_regs() -> list[Reg]:
     regs += [Reg(ack, flags=F.RO) for ack in FORCEWAKE_ACKS.values()]
     regs += [Reg(off, write=write_zero) for off in (0x4260, 0x4264, 0x4268, 0x426C, 0x4270)]
     regs += [Reg(FENCE_REG_GEN6_LO + 8 * i, size=8, read=fence_read, write=fence_write) for i in range(MAX_FENCES)]
+    # FORCE_NONPRIV slots of the render engine: 0x24d0, 12 registers (MMIO_F(_MMIO(0x24d0), 48, ...))
+    regs += [Reg(0x24D0 + 4 * i, flags=F.CMD_ACCESS | F.CMD_WRITE_PATCH, write=force_nonpriv_write) for i in range(12)]
+    regs += [Reg(e.base + eng.RING_HWS_PGA, flags=F.GMADR | F.CMD_ACCESS, write=hws_pga_write) for e in eng.ENGINES]
     return regs
 
 
@@ -233,8 +297,48 @@ class MmioTable:
                 self.info[off] = r
         self.blocks.extend(blocks)
 
+    def overlay(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
+        """Lay rows with behaviour over the table: where a dword is already tracked (a row of the real
+        table), the new row brings its handlers, default and read-only bits and keeps the real flags (plus
+        its own UNALIGN / RO); elsewhere it is added as :meth:`extend` would."""
+        for r in regs:
+            base = self.info.get(r.offset)
+            if base is not None and base.name:
+                keep = r.flags & (F.UNALIGN | F.MODE_MASK)
+                r = Reg(r.offset, r.size, base.flags | keep, r.ro_mask or base.ro_mask, r.read, r.write, r.default,
+                        base.name, base.handler)
+            for off in range(r.offset, r.offset + r.size, 4):
+                self.info[off] = r
+        self.blocks.extend(blocks)
+
+    @property
+    def tracked_mmio(self) -> int:
+        """Tracked dwords (gvt->mmio.num_tracked_mmio)."""
+        return len(self.info)
+
     def find_block(self, offset: int) -> Block | None:
         return next((b for b in self.blocks if offset in b), None)
+
+    def has_flag(self, offset: int, flag: "F") -> bool:
+        """Whether the tracked register holding ``offset`` has ``flag``."""
+        r = self.info.get(offset & ~3)
+        return bool(r and r.flags & flag)
+
+    def cmd_write_patch(self, vgpu: "Vgpu", offset: int, value: int) -> int | None:
+        """cmd_reg_handler's F_CMD_WRITE_PATCH step: run the register's write handler on ``value`` and
+        return what it left in the vreg (the vreg itself restored); None when the register is not patched.
+        A register with read-only bits is refused (-EBADRQC upstream): None is returned and counted."""
+        r = self.info.get(offset & ~3)
+        if r is None or not r.flags & F.CMD_WRITE_PATCH or r.write is None:
+            return None
+        if r.effective_ro_mask:
+            vgpu.count("cmd_write_patch_ro")
+            return None
+        old = vgpu.mmio.read32(offset)
+        r.write(vgpu, offset, value, 4)
+        new = vgpu.mmio.read32(offset)
+        vgpu.mmio.write32(offset, old)
+        return new
 
     def allows_unaligned(self, offset: int) -> bool:
         r = self.info.get(offset & ~3)

@@ -1,7 +1,8 @@
 """The paravirtualized path: a versioned shared page, PV submission, PV PPGTT updates (docs/PV.md).
 
-Follows the i915 PV patchset (lts2019: ``pv_caps`` at PVINFO + 0x860, ``shared_page_gpa`` at + 0x864, g2v
-SHARED_PAGE_SETUP 8 and PV_SEND_TRIGGER 9) and answers its review: the host advertises the shared-page
+Follows the i915 PV patchset (lts2019: ``pv_caps`` and ``shared_page_gpa`` in PVINFO, which gvtsim moves
+to + 0x880 / + 0x884 so that ACRN's PVMMIO fields keep + 0x860..0x86C; g2v SHARED_PAGE_SETUP 8 and
+PV_SEND_TRIGGER 9) and answers its review: the host advertises the shared-page
 format versions it knows (``pv_versions``), the page starts with a header the guest fills (magic,
 version, size, features), and the host accepts only what it knows, saying so in ``pv_status`` /
 ``pv_enabled``; a guest whose format the host refuses stays on the trap path.

@@ -47,13 +47,21 @@ CURSOR_Y_HOT = vgtif_reg(0x834)
 PDP0_LO = vgtif_reg(0x838)  # pdp[i].lo = 0x838 + 8i, .hi = +4
 EXECLIST_CTX_DESC_LO = vgtif_reg(0x858)
 EXECLIST_CTX_DESC_HI = vgtif_reg(0x85C)
-# PV patchset (lts2019): pv_caps (GVT) and shared_page_gpa (guest, u64)
-PV_CAPS = vgtif_reg(0x860)
-SHARED_PAGE_GPA = vgtif_reg(0x864)
-# gvtsim's answer to the PV review (docs/PV.md): formats the host knows, its verdict, what it enabled
-PV_VERSIONS = vgtif_reg(0x86C)
-PV_STATUS = vgtif_reg(0x870)
-PV_ENABLED = vgtif_reg(0x874)
+# ACRN's PVMMIO fields (acrn-kernel include/drm/i915_pvinfo.h, struct vgt_if after
+# execlist_context_descriptor_hi): the guest asks for PVMMIO features in enable_pvmmio; the host keeps the
+# features it grants (data & i915.enable_pvmmio, 0 when PVMMIO is off) and maps the MMIO page for reads
+# through the MPT's set_pvmmio.
+ENABLE_PVMMIO = vgtif_reg(0x860)
+PV_MMIO = vgtif_reg(0x864)  # a trapped MMIO read is redirected here
+SCALER_OWNED = vgtif_reg(0x868)
+CHECK_PENDING_IRQ = vgtif_reg(0x86C)
+# gvtsim's PV shared-page fields (docs/PV.md), moved out of ACRN's offsets into its rsv7 padding:
+# pv_caps (GVT), shared_page_gpa (guest, u64), the formats the host knows, its verdict, what it enabled
+PV_CAPS = vgtif_reg(0x880)
+SHARED_PAGE_GPA = vgtif_reg(0x884)
+PV_VERSIONS = vgtif_reg(0x88C)
+PV_STATUS = vgtif_reg(0x890)
+PV_ENABLED = vgtif_reg(0x894)
 
 
 class VgtCaps(enum.IntFlag):
@@ -97,14 +105,18 @@ class DisplayReady(enum.IntEnum):
 #: Reads inside these [start, end) windows are valid (pvinfo_mmio_read); others are logged but served.
 _VALID_READS: tuple[tuple[int, int], ...] = (
     (MAGIC, VGT_ID + 4), (MAPPABLE_BASE, FENCE_NUM + 4), (VGT_CAPS, VGT_CAPS + 4), (0x7881C, 0x78820),
-    (PV_CAPS, PV_ENABLED + 4),
+    (ENABLE_PVMMIO, CHECK_PENDING_IRQ + 4), (PV_CAPS, PV_ENABLED + 4),
 )
 #: Writes that are stored (pvinfo_mmio_write's handled list); display_ready and g2v_notify also act.
 _STORED_WRITES: frozenset[int] = frozenset(
     [DISPLAY_READY, G2V_NOTIFY, CURSOR_X_HOT, CURSOR_Y_HOT, EXECLIST_CTX_DESC_LO, EXECLIST_CTX_DESC_HI,
-     SHARED_PAGE_GPA, SHARED_PAGE_GPA + 4]
+     PV_MMIO, SCALER_OWNED, CHECK_PENDING_IRQ, SHARED_PAGE_GPA, SHARED_PAGE_GPA + 4]
     + [PDP0_LO + 4 * i for i in range(8)])
 _RSV5 = frozenset(range(RSV5, RSV5 + 16, 4))
+#: ACRN's PVMMIO feature bits (PVMMIO_ELSP_SUBMIT 0x1, PLANE_UPDATE 0x2, PLANE_WM_UPDATE 0x4, MASTER_IRQ 0x8,
+#: PPGTT_UPDATE 0x10, GGTT_UPDATE 0x20) this host grants: none (i915.enable_pvmmio=0). gvtsim's own PV path
+#: (docs/PV.md) replaces them; a guest asking reads back 0 and stays on trapped MMIO.
+HOST_ENABLE_PVMMIO = 0
 
 
 def populate(vgpu: "Vgpu") -> None:
@@ -154,6 +166,13 @@ def pvinfo_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
         vgpu.emit(Uevent(vgpu.vm, "GVT_DISPLAY_READY", 1 if data else 0))
     elif offset == G2V_NOTIFY:
         handle_g2v_notification(vgpu, data & 0xFFFF_FFFF)
+    elif offset == ENABLE_PVMMIO:
+        # ACRN handlers.c keeps what the host grants (data & i915.enable_pvmmio) and, for a grant, maps
+        # the MMIO page into the guest with the MPT's set_pvmmio; this host grants nothing, so no mapping
+        granted = data & HOST_ENABLE_PVMMIO
+        vgpu.count("pvinfo_enable_pvmmio_requests")
+        vgpu.mmio.write(offset, granted, 4)
+        return
     elif offset in _RSV5:
         vgpu.count("pvinfo_rsv5_write")
         vgpu.enter_failsafe(FailsafeReason.INSUFFICIENT_RESOURCE, f"write to PVINFO rsv5 at {offset:#x}")

@@ -24,6 +24,7 @@ from typing import Any
 GVT_DEFAULT_TIME_SLICE = 1e-3  # s: the timer period (1,000,000 ns)
 GVT_TS_BALANCE_PERIOD = 0.1  # s: GVT_TS_BALANCE_PERIOD_MS
 GVT_TS_BALANCE_STAGE_NUM = 10
+GVT_SCHED_VGPU_PRI_TIME = 2.0  # s: a new vGPU gets 2 seconds of higher priority (sched_policy.c)
 
 
 @dataclass
@@ -37,6 +38,8 @@ class VgpuSchedData:
     sched_in_time: float = 0.0
     sched_time: float = 0.0  # total time as the current vGPU
     sched_ins: int = 0
+    pri_sched: bool = False  # tbs_sched_start_schedule: priority until pri_time
+    pri_time: float = 0.0
 
 
 class TimeSlicePolicy:
@@ -59,16 +62,14 @@ class TimeSlicePolicy:
 
     # ------------------------------------------------------------------------------ run queue
     def start_schedule(self, vgpu_id: int, weight: int, now: float) -> None:
-        """tbs_sched_start_schedule: add the vGPU to the run queue (head of the LRU, as list_add).
-
-        A newcomer also restarts the balance cycle at stage 0 (sim choice: upstream it would get no
-        allocation until the next stage 0, up to 900 ms later)."""
+        """tbs_sched_start_schedule: add the vGPU at the head of the run queue (list_add) with
+        ``pri_sched`` for GVT_SCHED_VGPU_PRI_TIME (2 s): until then it is picked whenever it has work,
+        time slice or not, and stays at the head. The other vGPUs' balance stage is left alone."""
         if vgpu_id in self.data:
             return
-        self.data[vgpu_id] = VgpuSchedData(vgpu_id, max(1, weight))
+        self.data[vgpu_id] = VgpuSchedData(vgpu_id, max(1, weight), pri_sched=True,
+                                           pri_time=now + GVT_SCHED_VGPU_PRI_TIME)
         self.lru.insert(0, vgpu_id)
-        self.stage_check = 0
-        self.expire_time = None
 
     def stop_schedule(self, vgpu_id: int, now: float) -> None:
         """tbs_sched_stop_schedule: off the run queue; if it was current, dispatch stops and a new
@@ -116,10 +117,18 @@ class TimeSlicePolicy:
         d.left_ts -= delta
         d.sched_in_time = now
 
-    def _find_busy_vgpu(self, has_work: Callable[[int], bool]) -> int | None:
-        """find_busy_vgpu: the first in LRU order with pending work and time slice left."""
+    def _find_busy_vgpu(self, has_work: Callable[[int], bool], now: float) -> int | None:
+        """find_busy_vgpu: the first in LRU order with pending work and either priority still running
+        (``pri_sched``, which lapses at ``pri_time``) or time slice left."""
         for vid in self.lru:
-            if has_work(vid) and self.data[vid].left_ts > 0:
+            if not has_work(vid):
+                continue
+            d = self.data[vid]
+            if d.pri_sched:
+                if now < d.pri_time:
+                    return vid
+                d.pri_sched = False
+            if d.left_ts > 0:
                 return vid
         return None
 
@@ -131,10 +140,10 @@ class TimeSlicePolicy:
             self.expire_time = now + self.period
         self._update_timeslice(now)
         if self.data and not self.next_set:  # tbs_sched_func
-            vid = self._find_busy_vgpu(has_work)
-            if vid is not None:
+            vid = self._find_busy_vgpu(has_work, now)
+            if vid is not None and not self.data[vid].pri_sched:
                 self.lru.remove(vid)
-                self.lru.append(vid)  # the last used vGPU goes to the LRU tail
+                self.lru.append(vid)  # the last used vGPU goes to the LRU tail (a priority one stays)
             self.next, self.next_set = vid, True  # None: the idle vGPU
         if self.next_set:
             self._try_to_schedule_next(now, engines_idle)

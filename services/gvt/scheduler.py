@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from . import cmd_parser
 from . import engines as eng
+from . import mmio_context
 from .cmd_parser import ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, same_context
 from .gtt import pte_encode, pte_pfn, pte_present
+from .handlers import F
 from .sched_policy import TimeSlicePolicy
 
 if TYPE_CHECKING:
@@ -38,12 +40,15 @@ if TYPE_CHECKING:
 #: engines pgpu has (vcs2 is not emulated by the physical GPU model)
 PHYSICAL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 # ring-context value offsets (struct execlist_ring_context; gvt-facts 5.1)
+CTX_CONTEXT_CONTROL_VAL = 0x0C  # CTX_CONTEXT_CONTROL's value (dword 3 of the ring context)
+CTX_RESTORE_INHIBIT = 1 << 0  # CTX_CTRL_ENGINE_CTX_RESTORE_INHIBIT
 CTX_RING_HEAD = 0x14
 CTX_RING_TAIL = 0x1C
 CTX_RB_START = 0x24
 CTX_RB_CTRL = 0x2C
 CTX_TIMESTAMP = 0x8C
 CTX_PDP_VALUES = (0x94, 0x9C, 0xA4, 0xAC, 0xB4, 0xBC, 0xC4, 0xCC)
+EXECLIST_RING_CONTEXT_SIZE = 0xD0  # sizeof(struct execlist_ring_context): through pdp0_LDW
 RB_HEAD_MASK = 0x001F_FFFC
 RB_TAIL_MASK = 0x001F_FFF8
 RB_SIZE_MASK = 0x001F_F000
@@ -55,6 +60,11 @@ TIMESTAMP_NS_PER_TICK = 1000.0 / 12.0  # gen9 CS timestamp, 12 MHz
 
 class WorkloadError(Exception):
     """A workload that cannot be built from the guest's context (bad LRCA, ring outside guest memory)."""
+
+
+class WorkloadRefused(WorkloadError):
+    """A workload refused without marking the VM unhealthy (a -EPERM scan error): the submission fails,
+    the vGPU stays out of failsafe (scheduler.c intel_vgpu_create_workload + vgpu_is_vm_unhealthy)."""
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Workload:
     ring: bytes
     guest_pdps: tuple[int, ...]
     pending_events: list[str] = field(default_factory=list)
+    mmio_save_for: int | None = None  # the vGPU whose engine registers this workload's prologue saves
     busy_ns: int = 0
     status: str = "queued"
     pv: bool = False  # submitted through the PV shared page (no execlist emulation)
@@ -110,6 +121,8 @@ class Scheduler:
         self.gvt = gvt
         self.queues: dict[tuple[int, str], deque[Workload]] = {}
         self.current: dict[str, Workload | None] = {e: None for e in PHYSICAL_ENGINES}
+        # mmio_context.c: whose engine registers each physical engine holds (None: the host's)
+        self.engine_owner: dict[str, int | None] = {e: None for e in PHYSICAL_ENGINES}
         self.inflight: dict[int, Workload] = {}  # tag -> workload on pgpu
         self.order: list[int] = []  # vGPU ids, round robin
         self.shadows: dict[tuple[int, str], ShadowContext] = {}
@@ -203,7 +216,8 @@ class Scheduler:
                 w = self._create(vgpu, engine, d, pair, emulate_schedule_in=(i == 0))
             except WorkloadError as err:
                 self.gvt.counters["workload_create_failed"] += 1
-                raise EmulationError(f"workload creation failed: {err}") from None
+                raise EmulationError(f"workload creation failed: {err}",
+                                     failsafe=not isinstance(err, WorkloadRefused)) from None
             self.queues.setdefault((vgpu.id, engine), deque()).append(w)
             self.gvt.counters["workloads_queued"] += 1
         if vgpu.id not in self.order:
@@ -226,7 +240,8 @@ class Scheduler:
                 w = self._create(vgpu, engine, d, pair, emulate_schedule_in=False)
             except WorkloadError as err:
                 self.gvt.counters["workload_create_failed"] += 1
-                raise EmulationError(f"workload creation failed: {err}") from None
+                raise EmulationError(f"workload creation failed: {err}",
+                                     failsafe=not isinstance(err, WorkloadRefused)) from None
             w.pv = True
             w.pv_seq = seq if d == descs[-1] else None  # the slot completes with its last element
             self.queues.setdefault((vgpu.id, engine), deque()).append(w)
@@ -263,6 +278,28 @@ class Scheduler:
         return w
 
     # -------------------------------------------------------------------------------- command scan
+    def _scan_hooks(self, w: Workload) -> "cmd_parser.ScanHooks":
+        """The vGPU side of the scanner's LRI patches and index mode for workload ``w``."""
+        from .engines import BY_NAME, RING_HWS_PGA
+        from .gtt import PPGTT_ROOT_L4
+
+        vgpu, table = w.vgpu, self.gvt.table
+
+        def shadow_pml4(pml4: int) -> int | None:
+            mm = vgpu.ppgtt.find(PPGTT_ROOT_L4, (pml4, 0, 0, 0))
+            if mm is None or not mm.shadowed:
+                return None
+            return mm.shadow_pdps[0]
+
+        inhibit = self._inhibit(w)
+        return cmd_parser.ScanHooks(
+            hws_pga=vgpu.mmio.read32(BY_NAME[w.engine].base + RING_HWS_PGA),
+            shadow_pml4=shadow_pml4,
+            write_patch=lambda off, value: table.cmd_write_patch(vgpu, off, value),
+            set_vreg=vgpu.mmio.write32,
+            sr_in_ctx=lambda off: table.has_flag(off, F.SR_IN_CTX),
+            restore_inhibit=inhibit)
+
     def _scan(self, w: Workload) -> None:
         """intel_gvt_scan_and_shadow_workload (gvt-facts 5.3): scan the ring and the privileged batches,
         copy the batches into shadow batch buffers mapped in host GM, patch the ring to them, record the
@@ -278,7 +315,7 @@ class Scheduler:
                 raise cmd_parser.ScanError(cmd_parser.Errno.EFAULT, f"batch buffer: {err}") from None
 
         p = cmd_parser.Parser(w.engine, vgpu.resource.contains, cmd_parser.whitelist(self.gvt.table),
-                              any(w.guest_pdps), read_gm)
+                              any(w.guest_pdps), read_gm, self._scan_hooks(w))
         try:
             p.scan(w.ring)
         except cmd_parser.ScanError as err:
@@ -286,8 +323,10 @@ class Scheduler:
             self.gvt.counters[f"cmd_scan_{err.errno.value.lower()}"] += 1
             self.gvt.log.warning("cmd_scan_error", vgpu=vgpu.id, vm=vgpu.vm, engine=w.engine, errno=err.errno.value,
                                  reason=err.reason)
-            vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
-            raise WorkloadError(f"command scan: {err}") from None
+            if err.errno in cmd_parser.VM_UNHEALTHY:  # vgpu_is_vm_unhealthy: -EBADRQC, -EFAULT only
+                vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
+                raise WorkloadError(f"command scan: {err}") from None
+            raise WorkloadRefused(f"command scan: {err}") from None
         size = p.shadow_size()
         base = self._alloc_shadow_bb(w, size) if size else 0
         ring, image = p.layout(base)
@@ -392,7 +431,8 @@ class Scheduler:
                 # shadowed, OOS pages synced, post-shadow flushed; its SHADOW roots go in the context
                 shadow_pdps = vgpu.ppgtt.prepare_workload(w.desc, w.guest_pdps, w.id)
             sh = self._shadow_for(vgpu, w.engine)
-            self._populate_shadow(w, sh, shadow_pdps)
+            prologue = self._mmio_switch(w, sh)
+            self._populate_shadow(w, sh, shadow_pdps, prologue)
         except WorkloadError as err:
             self._fail(w, str(err))
             return False
@@ -408,8 +448,48 @@ class Scheduler:
         self.gvt.counters["workloads_dispatched"] += 1
         return True
 
+    def _mmio_switch(self, w: Workload, sh: ShadowContext) -> bytes:
+        """intel_gvt_switch_mmio, when the engine passes to another vGPU: the commands that save the
+        engine's registers for the previous owner and load this vGPU's (mmio_context.py), run ahead of the
+        guest's commands; the save lands in the last page of the shadow context (unused by its ring)."""
+        owner = self.engine_owner.get(w.engine)
+        if owner == w.vgpu.id:
+            if not self._inhibit(w):
+                return b""
+            # a restore-inhibit context loads no register state: its in-context registers come from the
+            # vregs (restore_context_mmio_for_inhibit), even with no switch
+            self.gvt.counters["mmio_inhibit_restores"] += 1
+            dws = mmio_context.lri(mmio_context.inhibit_registers(w.engine), w.vgpu.mmio.read32)
+            return b"".join((d & 0xFFFF_FFFF).to_bytes(4, "little") for d in dws)
+        pre = self.gvt.vgpus.get(owner) if owner is not None else None
+        save_gm = sh.gm + (SHADOW_PAGES - 1) * PAGE_SIZE if pre is not None else None
+        dws = mmio_context.switch_commands(w.engine, w.vgpu.mmio.read32, save_gm)
+        w.mmio_save_for = pre.id if pre is not None else None
+        self.engine_owner[w.engine] = w.vgpu.id
+        self.gvt.counters["mmio_switches"] += 1
+        return b"".join((d & 0xFFFF_FFFF).to_bytes(4, "little") for d in dws)
+
+    def _inhibit(self, w: Workload) -> bool:
+        """is_inhibit_context: CTX_CONTEXT_CONTROL's value has RESTORE_INHIBIT masked-enabled."""
+        try:
+            ctl = self._u32(w.vgpu, w.ring_ctx_gpa + CTX_CONTEXT_CONTROL_VAL)
+        except WorkloadError:
+            return False
+        mask = CTX_RESTORE_INHIBIT << 16 | CTX_RESTORE_INHIBIT
+        return ctl & mask == mask
+
+    def _save_switched_mmio(self, w: Workload) -> None:
+        """The save half of the switch: the previous owner's registers from the save page into its vregs."""
+        pre = self.gvt.vgpus.get(w.mmio_save_for) if w.mmio_save_for is not None else None
+        sh = self.shadows.get((w.vgpu.id, w.engine))
+        if pre is None or sh is None or self.mem is None:
+            return
+        page = self.mem.read(sh.maddr(SHADOW_PAGES - 1), PAGE_SIZE)
+        for offset, value in mmio_context.saved_values(w.engine, page):
+            pre.mmio.write32(offset, value)
+
     def _populate_shadow(self, w: Workload, sh: ShadowContext,
-                         shadow_pdps: tuple[int, int, int, int] = (0, 0, 0, 0)) -> None:
+                         shadow_pdps: tuple[int, int, int, int] = (0, 0, 0, 0), prologue: bytes = b"") -> None:
         """populate_shadow_context: copy the guest's PPHWSP and ring-context pages, point the ring at the
         shadow ring holding the copied commands (head 0, tail = their length), and put the shadow PPGTT
         root pointers in place of the guest's (update_shadow_pdps; all zero: no PPGTT)."""
@@ -423,7 +503,10 @@ class Scheduler:
             raise WorkloadError("context pages are not guest RAM")
         self.mem.write(sh.maddr(0), pphwsp)
         image = bytearray(state)
-        tail = (len(w.ring) + 7) & ~7
+        commands = prologue + w.ring
+        if len(commands) > (SHADOW_RING_PAGES - 1) * PAGE_SIZE:
+            raise WorkloadError(f"{len(commands)} bytes of ring with the engine switch: larger than the shadow ring")
+        tail = (len(commands) + 7) & ~7
         for off, val in ((CTX_RING_HEAD, 0), (CTX_RING_TAIL, tail), (CTX_RB_START, sh.gm + 2 * PAGE_SIZE),
                          (CTX_RB_CTRL, ((SHADOW_RING_PAGES - 1) * PAGE_SIZE) | RB_VALID)):
             image[off:off + 4] = val.to_bytes(4, "little")
@@ -432,7 +515,7 @@ class Scheduler:
         for off, val in zip(CTX_PDP_VALUES, pdps_to_context(shadow_pdps)):
             image[off:off + 4] = val.to_bytes(4, "little")
         self.mem.write(sh.maddr(1), bytes(image))
-        ring = w.ring + bytes(tail - len(w.ring))
+        ring = commands + bytes(tail - len(commands))
         for i in range(0, len(ring), PAGE_SIZE):
             self.mem.write(sh.maddr(2 + i // PAGE_SIZE), ring[i:i + PAGE_SIZE])
 
@@ -458,9 +541,13 @@ class Scheduler:
         w.busy_ns = busy_ns
         if w.status == "abandoned":  # its vGPU was reset or destroyed meanwhile: nothing to report
             self.gvt.counters["workloads_abandoned"] += 1
+            if kind == "ctx_complete" and status == 0:
+                self._save_switched_mmio(w)
         elif kind == "ctx_complete" and status == 0:
+            self._save_switched_mmio(w)
             self._complete(w)
         else:
+            self.engine_owner[w.engine] = None  # what the registers hold is unknown: restore, no save, next
             self._fail(w, reason or f"{kind} (status {status:#x})")
         # complete_current_workload asks for a pass when a switch waits; so does a current vGPU that ran
         # out of work (sim: the GPU does not sit idle until the next tick)
@@ -474,6 +561,7 @@ class Scheduler:
             return
         if self.current.get(w.engine) is w:
             self.current[w.engine] = None
+        self.engine_owner[w.engine] = None
         self._fail(w, f"submit refused: {reason}")
         self.kick()
 
@@ -484,6 +572,7 @@ class Scheduler:
         if vgpu.id not in self.gvt.vgpus:  # destroyed meanwhile
             return
         ctx = w.ring_ctx_gpa
+        self._update_guest_context(w)
         ts = self._u32(vgpu, ctx + CTX_TIMESTAMP)
         vgpu.mpt.write_gpa(ctx + CTX_RING_HEAD, w.tail.to_bytes(4, "little"))
         ticks = (ts + int(w.busy_ns / TIMESTAMP_NS_PER_TICK)) & 0xFFFF_FFFF
@@ -497,6 +586,16 @@ class Scheduler:
         nxt_same = bool(q) and same_context(q[0].desc, w.desc)
         vgpu.submission.execlists[w.engine].schedule_out(w.desc, nxt_same)
         self.gvt.counters["workloads_completed"] += 1
+
+    def _update_guest_context(self, w: Workload) -> None:
+        """update_guest_context: the ring-context page past ``struct execlist_ring_context`` (the register
+        state the GPU saved beyond the fields gvt shadows: ring pointers, timestamp, PDPs) goes back from the
+        shadow context to the guest's; head and timestamp are written by the caller."""
+        sh = self.shadows.get((w.vgpu.id, w.engine))
+        if sh is None or self.mem is None:
+            return
+        image = self.mem.read(sh.maddr(1) + EXECLIST_RING_CONTEXT_SIZE, PAGE_SIZE - EXECLIST_RING_CONTEXT_SIZE)
+        w.vgpu.mpt.write_gpa(w.ring_ctx_gpa + EXECLIST_RING_CONTEXT_SIZE, image)
 
     def _complete_pv(self, w: Workload) -> None:
         """PV completion: done_seq in the slot, then the engine's user interrupt (always: it is how the
@@ -527,6 +626,8 @@ class Scheduler:
         finishes on the GPU but its completion is not reported to the guest."""
         for e in engines:
             self.queues.pop((vgpu.id, e), None)
+            if self.engine_owner.get(e) == vgpu.id:
+                self.engine_owner[e] = None  # its vregs are reset: the next dispatch restores them
             cur = self.current.get(e)
             if cur is not None and cur.vgpu is vgpu:
                 cur.status = "abandoned"

@@ -10,7 +10,14 @@ table with every guest frame replaced by a machine frame (i915/gvt gtt.c "ppgtt_
   submission;
 * out-of-sync (``enable_out_of_sync``): a PTE-level table trapped twice gets a snapshot and loses its
   write protection; before the next submission it is protected again and every entry that differs from the
-  snapshot is shadowed again.
+  snapshot is shadowed again;
+* huge pages (VGT_CAPS_HUGE_GTT, gtt.c ``ppgtt_populate_shadow_entry``): a PT under a PDE with IPS holds
+  64K entries, only every 16th used (``for_each_present_guest_entry`` strides by GTT_64K_PTE_STRIDE); each
+  is split into 16 shadow 4K entries (``split_64KB_gtt_entry``) and writes to the unused ones are ignored;
+  the shadow PDE has IPS cleared. A 2M PDE is split into a shadow PT of 512 4K entries
+  (``split_2MB_gtt_entry``: guest frames are never 2M-contiguous in machine memory here, so
+  ``is_2MB_gtt_possible`` never holds); the shadow PDE loses PS and names that PT. A 1G PDPE is refused
+  ("GVT doesn't support 1GB entry", -EINVAL): the workload fails.
 
 The mms that own the roots of these trees are ppgtt.py.
 """
@@ -37,6 +44,10 @@ ENTRY_RW = 1 << 1
 ENTRY_PS = 1 << 7  # PDE: 2 MiB page, PDPE: 1 GiB page (gvt-facts 3)
 ENTRY_IPS = 1 << 11  # PDE: 64 KiB pages in the PT below
 ENTRIES = PAGE_SIZE // 8
+GTT_64K_PTE_STRIDE = 16  # gtt.h: a 64K PTE is every 16th entry of its PT
+PAGE_PAT_LARGE = 1 << 12  # _PAGE_PAT_LARGE of a 2M PDE; _PAGE_PAT (bit 7) in a PTE
+PAGE_PAT = 1 << 7
+PAGE_DIRTY = 1 << 6
 _TABLE = struct.Struct(f"<{ENTRIES}Q")
 
 #: table levels: 1 = PT (PTEs), 2 = PD, 3 = PDP (4-level only), 4 = PML4
@@ -55,6 +66,10 @@ class NoFrames(PpgttError):
     """The shadow frame pool is empty."""
 
 
+class HugePageRefused(PpgttError):
+    """A 1G PDPE: gtt.c refuses it (-EINVAL, "GVT doesn't support 1GB entry")."""
+
+
 @dataclass(eq=False)
 class Spt:
     """struct intel_vgpu_ppgtt_spt: one guest table page and its shadow."""
@@ -71,6 +86,8 @@ class Spt:
     out_of_sync: bool = False  # on the vGPU's oos list (write protection removed)
     alive: bool = True
     pv_snapshot: bytearray | None = None  # PV PPGTT: the guest table as last shadowed (no write protection)
+    ips: bool = False  # a PT named by a PDE with IPS: 64K entries (guest_page.pde_ips)
+    split_2m: dict[int, int] = field(default_factory=dict)  # PD index -> shadow PT frame of a split 2M page
 
 
 class SptTable:
@@ -196,12 +213,12 @@ class SptTable:
             return (0,) * ENTRIES
         return _TABLE.unpack(data)
 
-    def get(self, gfn: int, level: int) -> Spt | None:
+    def get(self, gfn: int, level: int, ips: bool = False) -> Spt | None:
         """ppgtt_populate_spt_by_guest_entry: share the SPT of this guest table (taking a reference) or
         build one: a frame, page tracking, every entry populated. None if the guest may not name it."""
         spt = self.spts.get(gfn)
         if spt is not None:
-            if spt.level != level:  # one page used as two levels: only a hostile guest does this
+            if spt.level != level or spt.ips != ips:  # one page used two ways: only a hostile guest does this
                 self._count("level_mismatch")
                 return None
             spt.refcount += 1
@@ -209,7 +226,7 @@ class SptTable:
         if not self.vgpu.mpt.is_valid_gfn(gfn):
             self._count("invalid_gfn")
             return None
-        spt = Spt(self, gfn, level, self.glob.take_frame())
+        spt = Spt(self, gfn, level, self.glob.take_frame(), ips=ips)
         self.spts[gfn] = spt
         self.vgpu.page_track.register(gfn, lambda gpa, data, size, s=spt: self._on_write(s, gpa, data, size))
         if not self.pv:
@@ -217,7 +234,12 @@ class SptTable:
         self._count("spts_created")
         try:
             guest = self._read_table(gfn)
-            shadow = [self._shadow_entry(spt, i, ge) for i, ge in enumerate(guest)]
+            if ips:
+                shadow = []
+                for i in range(0, ENTRIES, GTT_64K_PTE_STRIDE):
+                    shadow += self._split_64k(guest[i])
+            else:
+                shadow = [self._shadow_entry(spt, i, ge) for i, ge in enumerate(guest)]
             if self.pv:
                 spt.pv_snapshot = bytearray(_TABLE.pack(*guest))
         except PpgttError:
@@ -236,6 +258,9 @@ class SptTable:
         children, spt.children = list(spt.children.values()), {}
         for child in children:
             self.put(child)
+        if spt.split_2m:
+            self.glob.give_frames(list(spt.split_2m.values()))
+            spt.split_2m = {}
         self.spts.pop(spt.gfn, None)
         self.vgpu.page_track.unregister(spt.gfn)
         if spt.out_of_sync and spt in self.oos_list:
@@ -246,39 +271,80 @@ class SptTable:
         self.glob.give_frames([spt.mfn])
         self._count("spts_destroyed")
 
+    def _map_4k(self, ge: int, gfn: int) -> int:
+        """A 4K shadow PTE: ``ge``'s flags, gfn -> mfn (scratch for a frame that is not the VM's)."""
+        mfn = self.vgpu.mpt.dma_map_guest_page(gfn)
+        if mfn is None:  # another VM's frame, or no RAM at all: the GPU gets the scratch page
+            self._count("invalid_gfn")
+            return pte_set_pfn(ge, self.vgpu.gvt.scratch_mfn)
+        return pte_set_pfn(ge, mfn)
+
+    def _split_64k(self, ge: int) -> list[int]:
+        """split_64KB_gtt_entry: the 16 shadow 4K entries of one guest 64K PTE (scratch if not present)."""
+        if not ge & ENTRY_PRESENT:
+            return [self._scratch_entry(LEVEL_PT)] * GTT_64K_PTE_STRIDE
+        self._count("split_64k")
+        gfn = pte_pfn(ge)
+        return [self._map_4k(ge, gfn + i) for i in range(GTT_64K_PTE_STRIDE)]
+
+    def _split_2m(self, spt: Spt, index: int, ge: int) -> int:
+        """split_2MB_gtt_entry: a shadow PT (no guest page behind it) of 512 4K entries mapping the 2M
+        page's frames, PAT copied from the PDE; the shadow PDE loses PS, IPS and dirty and names it."""
+        mfn = self.glob.take_frame()
+        gfn = pte_pfn(ge)
+        pte = (ge & ~(ENTRY_PS | PAGE_PAT | PAGE_PAT_LARGE)) | ((ge & PAGE_PAT_LARGE) >> 5)
+        try:
+            self._mem_write(mfn, _TABLE.pack(*[self._map_4k(pte, gfn + i) for i in range(ENTRIES)]))
+        except PpgttError:
+            self.glob.give_frames([mfn])
+            raise
+        spt.split_2m[index] = mfn
+        self._count("split_2m")
+        return pte_set_pfn(ge & ~(ENTRY_PS | ENTRY_IPS | PAGE_DIRTY | PAGE_PAT_LARGE), mfn)
+
     def _shadow_entry(self, spt: Spt, index: int, ge: int) -> int:
         """The shadow of guest entry ``ge`` at ``index`` (recording a child SPT in ``spt.children``)."""
         if not ge & ENTRY_PRESENT:
             return self._scratch_entry(spt.level)
         if spt.level == LEVEL_PT:
-            mfn = self.vgpu.mpt.dma_map_guest_page(pte_pfn(ge))
-            if mfn is None:  # another VM's frame, or no RAM at all: the GPU gets the scratch page
-                self._count("invalid_gfn")
-                return pte_set_pfn(ge, self.vgpu.gvt.scratch_mfn)
-            return pte_set_pfn(ge, mfn)
-        if ge & ENTRY_PS:  # 2M / 1G pages: not supported here (i915 splits 2M, refuses 1G)
-            self._count("huge_page_unsupported")
-            return self._scratch_entry(spt.level)
-        child = self.get(pte_pfn(ge), spt.level - 1)
+            return self._map_4k(ge, pte_pfn(ge))
+        if ge & ENTRY_PS:
+            if spt.level == LEVEL_PD:
+                return self._split_2m(spt, index, ge)
+            self._count("huge_1g_refused")
+            raise HugePageRefused(f"1G entry at index {index} of PDP gfn {spt.gfn:#x}: GVT doesn't support 1GB entry")
+        child = self.get(pte_pfn(ge), spt.level - 1, ips=spt.level == LEVEL_PD and bool(ge & ENTRY_IPS))
         if child is None:
             return self._scratch_entry(spt.level)
         spt.children[index] = child
-        return pte_set_pfn(ge & ~ENTRY_IPS, child.mfn)
+        return pte_set_pfn(ge & ~ENTRY_IPS, child.mfn)  # always split 64K: IPS cleared in the shadow PDE
 
     def _write_entry(self, spt: Spt, index: int, ge: int) -> None:
         """ppgtt_handle_guest_write_page_table for a whole entry: add the new shadow first, then remove
         the old one, so a table named by both stays alive in between."""
         spt.post_shadow.discard(index)
+        if spt.ips:
+            if index % GTT_64K_PTE_STRIDE:  # an unused entry of a 64K PT: ignored, as gtt.c does
+                self._count("ips_unused_entry_writes")
+                return
+            for i, se in enumerate(self._split_64k(ge)):
+                self._set_shadow(spt, index + i, se)
+            return
         old = spt.children.pop(index, None)
+        old_split = spt.split_2m.pop(index, None)
         try:
             se = self._shadow_entry(spt, index, ge)
         except PpgttError:
             if old is not None:
                 spt.children[index] = old
+            if old_split is not None:
+                spt.split_2m[index] = old_split
             raise
         self._set_shadow(spt, index, se)
         if old is not None:
             self.put(old)
+        if old_split is not None:
+            self.glob.give_frames([old_split])
 
     def _set_shadow(self, spt: Spt, index: int, se: int) -> None:
         mem = self.vgpu.gvt.scheduler.mem
@@ -304,17 +370,26 @@ class SptTable:
         try:
             if size == 8:
                 self._write_entry(spt, index, data)
+            elif spt.ips and index % GTT_64K_PTE_STRIDE:
+                self._count("ips_unused_entry_writes")
             elif index not in spt.post_shadow:
                 old = spt.children.pop(index, None)
-                self._set_shadow(spt, index, self._scratch_entry(spt.level))
+                old_split = spt.split_2m.pop(index, None)
+                for i in range(GTT_64K_PTE_STRIDE if spt.ips else 1):
+                    self._set_shadow(spt, index + i, self._scratch_entry(spt.level))
                 if old is not None:
                     self.put(old)
+                if old_split is not None:
+                    self.glob.give_frames([old_split])
                 spt.post_shadow.add(index)
                 if spt not in self.post_shadow_list:
                     self.post_shadow_list.append(spt)
         except NoFrames:
             self.reclaim()  # the guest's write is in its RAM: the next dispatch re-shadows from it
             return
+        except HugePageRefused as err:  # the entry stays scratch; the GPU never sees the 1G page
+            self._set_shadow(spt, index, self._scratch_entry(spt.level))
+            self.vgpu.log.warning("ppgtt_1g_refused", vgpu=self.vgpu.id, why=str(err))
         if not spt.alive:
             return
         spt.write_cnt += 1

@@ -70,6 +70,10 @@ class PhysicalGpu:
                 raise ValueError(f"gpu.{name} must be a non-negative integer, got {v!r}")
             vals[name] = v
         gpu = cls(**vals)
+        if gpu.aperture_mb & (gpu.aperture_mb - 1):
+            # BAR2 decodes the aperture and a BAR's size is a power of two (PCI Local Bus spec 6.2.5.1):
+            # the guest sizes BAR2 and takes that as its mappable end (i915_ggtt_init_hw)
+            raise ValueError(f"aperture {gpu.aperture_mb} MB is not a power of two (BAR2 could not decode it)")
         if not (HOST_LOW_GM_SIZE < gpu.aperture_size < gpu.gm_size <= 1 << 32):
             raise ValueError(f"aperture {gpu.aperture_mb} MB / GM {gpu.gm_mb} MB do not fit the host reserve")
         if gpu.hidden_size <= HOST_HIGH_GM_SIZE or gpu.fences <= HOST_FENCE or gpu.fences > 32:

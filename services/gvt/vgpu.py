@@ -23,6 +23,7 @@ from .gtt import Ggtt
 from .handlers import FENCE_REG_GEN6_LO
 from .mmio import MmioState
 from .mpt import Mpt
+from .opregion import Opregion
 from .page_track import PageTrackTable
 from . import pv
 from .ppgtt import VgpuPpgtt
@@ -94,6 +95,9 @@ class Vgpu:
         self.submission.execlists = {e.name: VirtualExeclist(self, e) for e in ENGINES}
         self.aperture = Aperture(self)
         self.cfg.on_memory_decode = self.aperture.set_enabled
+        self.opregion = Opregion(self)
+        self.cfg.on_swsci = lambda value: self.opregion.swsci(value, self.cfg.get(0xE8, 4))
+        self.cfg.on_asls = self.opregion.base_write
 
     # ------------------------------------------------------------------------------------ plumbing
     def emit(self, effect: Effect) -> None:
@@ -136,6 +140,11 @@ class Vgpu:
         """intel_gvt_deactivate_vgpu: no more dispatch (no workload runs yet to wait for)."""
         self.active = False
 
+    def release(self) -> None:
+        """intel_gvt_release_vgpu (the VM let the device go): deactivate, d3_entered cleared."""
+        self.deactivate()
+        self.cfg.d3_entered = False
+
     def reset(self, dmlr: bool, engine_mask: int = ALL_ENGINES) -> None:
         """intel_gvt_reset_vgpu_locked (gvt-facts 7).
 
@@ -143,7 +152,8 @@ class Vgpu:
         * full GT reset (all engines) or DMLR: execlists off, PPGTT shadows invalidated, MMIO restored
           (DMLR: all of it; GT: [0, 0x44200)), PVINFO repopulated;
         * DMLR only: PPGTT mms destroyed, GGTT to scratch, fences cleared, config space reset (BAR0
-          untrapped), failsafe and pv_notified cleared.
+          untrapped), failsafe cleared; after a D3hot entry (``d3_entered``, a resume from S3) the PPGTT
+          is kept and d3_entered is cleared instead of pv_notified (vgpu.c).
         """
         resetting = ALL_ENGINES if dmlr else engine_mask
         self.count("vgpu_dmlr" if dmlr else "vgpu_gt_reset")
@@ -153,11 +163,15 @@ class Vgpu:
         if engine_mask != ALL_ENGINES and not dmlr:
             return
         self.submission.disable()
-        self.ppgtt.invalidate()  # gvt-facts 7: full GT reset or DMLR invalidates the PPGTT shadows
+        d3 = self.cfg.d3_entered
+        if not dmlr or not d3:
+            self.ppgtt.invalidate()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
         if dmlr:
             pv.reset(self)
             self.aperture.clean()
-            self.ppgtt.clear()
+            if not d3:
+                self.ppgtt.clear()
+            self.opregion.reset()
             self.gtt.reset()
             self._clear_fences()
         self.mmio.reset(dmlr)
@@ -166,7 +180,10 @@ class Vgpu:
             self.cfg.reset()
             self.failsafe = False
             self.failsafe_reason = None
-            self.pv_notified = False
+            if d3:
+                self.cfg.d3_entered = False
+            else:
+                self.pv_notified = False
 
     def enter_failsafe(self, reason: FailsafeReason, why: str) -> None:
         """enter_failsafe_mode: MMIO and GGTT become plain memory for this vGPU only, until a DMLR."""

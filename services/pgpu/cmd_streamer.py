@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..common.memory import MachineMemory, MemoryRangeError
-from .commands import COMMANDS, CommandError, lookup
+from .commands import COMMANDS, CommandError, decode, lookup
 from .context import TIMESTAMP_NS_PER_TICK, RingContext
 from .dma import Dma
 from .events import CtxStatus
@@ -65,7 +65,7 @@ class Streamer:
 
     def __init__(self, engine: str, mem: MachineMemory, ggtt: Ggtt, ppgtt: Ppgtt | None, ring: RingContext,
                  timing: TimingModel, limits: Limits, load_register: Callable[[int, int], None],
-                 clock_ns: float = 0.0) -> None:
+                 clock_ns: float = 0.0, read_register: Callable[[int], int] | None = None) -> None:
         self.engine = engine
         self.ggtt_dma = Dma(mem, ggtt, "GGTT")
         self.ppgtt_dma = Dma(mem, ppgtt, "PPGTT") if ppgtt is not None else self.ggtt_dma
@@ -76,6 +76,7 @@ class Streamer:
         self.timing = timing
         self.limits = limits
         self._load_register = load_register
+        self._read_register = read_register or (lambda offset: 0)
         self.clock_ns = clock_ns
         self.stack: list[Frame] = []
         self.cost_ns = timing.ctx_switch()
@@ -111,6 +112,9 @@ class Streamer:
 
     def load_register(self, offset: int, value: int) -> None:
         self._load_register(offset, value)
+
+    def read_register(self, offset: int) -> int:
+        return self._read_register(offset)
 
     def timestamp(self) -> int:
         return int((self.clock_ns + self.cost_ns) / TIMESTAMP_NS_PER_TICK)
@@ -162,7 +166,11 @@ class Streamer:
                 hdr = self.ggtt_dma.dwords(self.ring_start + self.head, 1)[0]
             spec = lookup(engine, hdr)
             if spec is None:
-                raise CommandError(CtxStatus.UNKNOWN_COMMAND, f"unknown command {hdr:#010x} on {engine}", hdr)
+                info = decode(engine, hdr)
+                if info is None:
+                    raise CommandError(CtxStatus.UNKNOWN_COMMAND, f"unknown command {hdr:#010x} on {engine}", hdr)
+                raise CommandError(CtxStatus.UNSUPPORTED_COMMAND,
+                                   f"{info.name} ({hdr:#010x}) on {engine}: decoded, not executed by the emulator", hdr)
             n = spec.length(hdr)
             if frame is not None:
                 dws = [hdr] + frame.dma.dwords(frame.gma + 4, n - 1) if n > 1 else [hdr]

@@ -1,12 +1,15 @@
-"""The command table: GEN command encodings, keyed by (client, opcode), with length rule and handler.
+"""The command table pgpu executes: the real GEN9 command set (services/common/cmd_table.py, every row of
+i915/gvt cmd_parser.c ``cmd_info[]``, the table gvt's scanner uses too) decoded as the hardware does, and
+the subset this emulator executes, each with its handler.
 
 Header fields (i915 gt/intel_gpu_commands.h: INSTR_CLIENT_SHIFT 29; MI_INSTR(op, flags) = op << 23 | flags):
-* client bits 31:29: 0 MI, 2 2D/BLT, 3 render (3D);
-* MI opcode bits 28:23, length bits 5:0 (LRI: 7:0, i915 MI_LRI_LEN) = dword count - 2;
-* BLT opcode bits 28:22, length bits 7:0;
-* 3D: sub-type 28:27, opcode 26:24, sub-opcode 23:16 (the key is bits 28:16), length bits 7:0.
-Like gvt's ``cmd_info[]`` (gvt-facts 5.3) each row names the engines it is valid on; a command that is not in
-the table for this engine ends the context with UNKNOWN_COMMAND, detail = the header dword.
+* client (command type) bits 31:29: 0 MI, 2 2D/BLT, 3 render / media / video;
+* the opcode is the header shifted right by 32 - op_len (9 bits for MI, 10 for 2D, 16 for type 3), per
+  ring (cmd_parser.c get_opcode / ring_decode_info);
+* the length rule of the row (a constant, or a length field of ``len`` bits holding dwords - 2).
+A command that is not in the table for this engine ends the context with UNKNOWN_COMMAND (detail = the
+header dword); a command the table knows but this emulator does not execute ends it with
+UNSUPPORTED_COMMAND, naming the command: pgpu reports what it cannot execute, it never skips it.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..common import cmd_table as ct
 from . import blit
 from .dma import Dma
 
 CLIENT_MI, CLIENT_BLT, CLIENT_3D = 0, 2, 3
-#: client -> (opcode shift, opcode mask)
-OPCODE_FIELD: dict[int, tuple[int, int]] = {CLIENT_MI: (23, 0x3F), CLIENT_BLT: (22, 0x7F), CLIENT_3D: (16, 0x1FFF)}
-ALL_ENGINES = frozenset({"rcs", "bcs", "vcs", "vecs"})
 
 # i915 definitions used (gt/intel_gpu_commands.h)
 MI_NOOP = 0
@@ -79,6 +80,8 @@ class Exec(Protocol):
 
     def load_register(self, offset: int, value: int) -> None: ...
 
+    def read_register(self, offset: int) -> int: ...
+
     def timestamp(self) -> int: ...
 
     def charge_regs(self, nregs: int) -> None: ...
@@ -91,19 +94,22 @@ Handler = Callable[[Exec, list[int]], None]
 
 @dataclass(frozen=True)
 class CommandSpec:
-    """One row of the table: the fixed length (``const``) or the width of the length field (``len_bits``)."""
+    """A command this emulator executes: its row of the real table and its handler."""
 
-    name: str
-    client: int
-    opcode: int
+    info: ct.CmdInfo
     handler: Handler
-    const: int = 0
-    len_bits: int = 0
-    engines: frozenset[str] = ALL_ENGINES
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def engines(self) -> frozenset[str]:
+        return self.info.rings
 
     def length(self, hdr: int) -> int:
-        """Dwords of the command whose header is ``hdr``."""
-        return self.const or (hdr & ((1 << self.len_bits) - 1)) + 2
+        """Dwords of the command whose header is ``hdr`` (the table's length rule)."""
+        return self.info.length(hdr)
 
 
 def _addr48(lo: int, hi: int, align: int) -> int:
@@ -153,6 +159,16 @@ def _load_register_imm(ex: Exec, dws: list[int]) -> None:
     for offset, value in pairs:
         ex.load_register(offset, value)
     ex.charge_regs(len(pairs))
+
+
+def _store_register_mem(ex: Exec, dws: list[int]) -> None:
+    """MI_STORE_REGISTER_MEM (gen8: 4 dwords): the register's value to the address (bit 22: GGTT)."""
+    _need(dws, (4,), "MI_STORE_REGISTER_MEM")
+    offset = dws[1] & 0x7F_FFFC
+    if offset >= MMIO_LIMIT:
+        raise CommandError(BAD_REGISTER, f"MI_STORE_REGISTER_MEM of {offset:#x}, outside the MMIO space")
+    ex.space(bool(dws[0] & MI_USE_GGTT)).write_u32(_addr48(dws[2], dws[3], 4), ex.read_register(offset))
+    ex.charge_regs(1)
 
 
 def _post_sync(ex: Exec, op: int, ggtt: bool, lo: int, hi: int, data: list[int], qword: bool) -> None:
@@ -205,40 +221,42 @@ def _blit(fn: Callable[[Dma, list[int]], int], dwords: int, name: str) -> Handle
 
 
 # --------------------------------------------------------------------------------------------- the table
-COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("MI_NOOP", CLIENT_MI, 0x00, _noop, const=1),
-    CommandSpec("MI_USER_INTERRUPT", CLIENT_MI, 0x02, _user_interrupt, const=1),
-    CommandSpec("MI_ARB_CHECK", CLIENT_MI, 0x05, _noop, const=1),
-    CommandSpec("MI_ARB_ON_OFF", CLIENT_MI, 0x08, _noop, const=1),
-    CommandSpec("MI_BATCH_BUFFER_END", CLIENT_MI, 0x0A, _bb_end, const=1),
-    CommandSpec("MI_STORE_DATA_IMM", CLIENT_MI, 0x20, _store_data_imm, len_bits=6),
-    CommandSpec("MI_LOAD_REGISTER_IMM", CLIENT_MI, 0x22, _load_register_imm, len_bits=8),
-    CommandSpec("MI_FLUSH_DW", CLIENT_MI, 0x26, _flush_dw, len_bits=6),
-    CommandSpec("MI_BATCH_BUFFER_START", CLIENT_MI, 0x31, _bb_start, len_bits=6),
-    CommandSpec("PIPE_CONTROL", CLIENT_3D, 0x1A00, _pipe_control, len_bits=8, engines=frozenset({"rcs"})),
-    CommandSpec("XY_COLOR_BLT", CLIENT_BLT, 0x50, _blit(blit.color_blt, 7, "XY_COLOR_BLT"), len_bits=8),
-    CommandSpec("XY_SRC_COPY_BLT", CLIENT_BLT, 0x53, _blit(blit.src_copy_blt, 10, "XY_SRC_COPY_BLT"), len_bits=8),
-)
-
-#: (engine, client, opcode) -> spec
-TABLE: dict[tuple[str, int, int], CommandSpec] = {
-    (engine, c.client, c.opcode): c for c in COMMANDS for engine in c.engines
+#: what this emulator executes, by table name; every other row of the table is decoded and reported
+EXECUTORS: dict[str, Handler] = {
+    "MI_NOOP": _noop,
+    "MI_USER_INTERRUPT": _user_interrupt,
+    "MI_ARB_CHECK": _noop,  # a preemption point: nothing preempts here
+    "MI_ARB_ON_OFF": _noop,
+    "MI_BATCH_BUFFER_END": _bb_end,
+    "MI_STORE_DATA_IMM": _store_data_imm,
+    "MI_LOAD_REGISTER_IMM": _load_register_imm,
+    "MI_STORE_REGISTER_MEM": _store_register_mem,
+    "MI_FLUSH_DW": _flush_dw,
+    "MI_BATCH_BUFFER_START": _bb_start,
+    "PIPE_CONTROL": _pipe_control,
+    "XY_COLOR_BLT": _blit(blit.color_blt, 7, "XY_COLOR_BLT"),
+    "XY_SRC_COPY_BLT": _blit(blit.src_copy_blt, 10, "XY_SRC_COPY_BLT"),
 }
+COMMANDS: tuple[CommandSpec, ...] = tuple(CommandSpec(ct.BY_NAME[n], h) for n, h in EXECUTORS.items())
+#: (engine, opcode) -> spec
+TABLE: dict[tuple[str, int], CommandSpec] = {(e, c.info.opcode): c for c in COMMANDS for e in c.engines}
 
 
 def decode_header(hdr: int) -> tuple[int, int | None]:
-    """(client, opcode) of a command header; opcode None for a client with no commands (client 1, 4-7)."""
-    client = hdr >> 29 & 0x7
-    field = OPCODE_FIELD.get(client)
-    if field is None:
-        return client, None
-    shift, mask = field
-    return client, hdr >> shift & mask
+    """(client, opcode) of a command header as the render ring decodes it (opcode None for a command type
+    the ring does not decode)."""
+    return hdr >> 29 & 0x7, ct.get_opcode(hdr, "rcs")
+
+
+def decode(engine: str, hdr: int) -> ct.CmdInfo | None:
+    """The table row of ``hdr`` on ``engine`` (executed or not), or None: not a command of this ring."""
+    return ct.lookup(engine, hdr)
 
 
 def lookup(engine: str, hdr: int) -> CommandSpec | None:
-    """The table row for ``hdr`` on ``engine``, or None (unknown command)."""
-    client, opcode = decode_header(hdr)
-    if opcode is None:
+    """The executable command ``hdr`` on ``engine``, or None (unknown, or known but not executed: see
+    :func:`decode`)."""
+    op = ct.get_opcode(hdr, engine)
+    if op is None:
         return None
-    return TABLE.get((engine, client, opcode))
+    return TABLE.get((engine, op))

@@ -167,7 +167,7 @@ class Engine:
         roots = ring.pdps if LEVELS_BY_MODE[desc.addressing_mode] == 3 else ring.pdps[:1]
         ppgtt = Ppgtt(self.mem, LEVELS_BY_MODE[desc.addressing_mode], roots) if any(roots) else None
         streamer = Streamer(self.name, self.mem, self.ggtt, ppgtt, ring, self.timing, self.limits,
-                            self.mmio.load, self.clock_ns)
+                            self.mmio.load, self.clock_ns, read_register=self.mmio.read)
         for reg, value in ((RING_HEAD, ring.head), (RING_TAIL, ring.tail), (RING_START, ring.start),
                            (RING_CTL, ring.ctl), (EXECLIST_STATUS, 1 << 18), (EXECLIST_STATUS + 4, desc.ctx_id)):
             self.mmio.set(self.base + reg, value)  # execlist_0_active, current context id

@@ -24,6 +24,7 @@ class CtxStatus(enum.IntEnum):
     BAD_REGISTER = 5  # error: MI_LOAD_REGISTER_IMM to an offset outside the 2 MiB MMIO space
     BAD_CONTEXT = 6  # error: ring buffer disabled in RING_CTL or head/tail beyond the ring
     INTERNAL = 7  # error: a bug in the emulator (logged and counted; the engine is reset)
+    UNSUPPORTED_COMMAND = 8  # error: a real command of this ring the emulator does not execute (detail = dword)
 
 
 #: terminal status -> event kind
@@ -36,6 +37,7 @@ KIND_BY_STATUS: dict[CtxStatus, str] = {
     CtxStatus.BAD_REGISTER: "error",
     CtxStatus.BAD_CONTEXT: "error",
     CtxStatus.INTERNAL: "error",
+    CtxStatus.UNSUPPORTED_COMMAND: "error",
 }
 
 EVENT_KINDS = ("ctx_complete", "user_interrupt", "page_fault", "hang", "error")

@@ -40,6 +40,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim pgpu``."""
     args = parser().parse_args(argv)
+    if args.aperture_mb > 0 and args.aperture_mb & (args.aperture_mb - 1):
+        print(f"gvtsim pgpu: --aperture-mb {args.aperture_mb} is not a power of two: the aperture is BAR2, and a "
+              "PCI BAR sizes to a power of two (use 256, 512 or 1024)", file=sys.stderr)
+        return 2
     if args.gm_mb <= 0 or not 0 < args.aperture_mb <= args.gm_mb or args.gpu_speed <= 0 or args.time_scale < 0:
         print("gvtsim pgpu: need 0 < aperture-mb <= gm-mb, gpu-speed > 0, time-scale >= 0", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ BASE_COST_NS: dict[str, float] = {
     "MI_BATCH_BUFFER_START": 40.0,  # fetch redirection
     "MI_STORE_DATA_IMM": 20.0,
     "MI_LOAD_REGISTER_IMM": 20.0,  # plus per register, below
+    "MI_STORE_REGISTER_MEM": 20.0,  # plus one register
     "MI_FLUSH_DW": 50.0,
     "PIPE_CONTROL": 100.0,  # a pipeline flush
     "XY_COLOR_BLT": 200.0,  # blit setup; bytes are charged on top

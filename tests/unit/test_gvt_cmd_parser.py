@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gvtsim.services.common import cmd_table as ct
 from gvtsim.services.common.memory import PAGE_SIZE
 from gvtsim.services.guest import cmds
 from gvtsim.services.gvt import cmd_parser as cp
@@ -75,21 +76,25 @@ def test_the_forbidden_list_is_the_facts_list() -> None:
 @pytest.mark.parametrize("name", sorted(FORBIDDEN_OPS))
 @pytest.mark.parametrize("engine", ["rcs", "bcs"])
 def test_each_forbidden_command_is_refused_in_the_ring_and_in_a_batch(name: str, engine: str) -> None:
-    bad = [MI(FORBIDDEN_OPS[name], 4), 0, 0, 0]
+    row = ct.BY_NAME[name]
+    hdr = ct.encode(row, row.valid_len or 4)  # its valid length: the length rule passes, the handler refuses
+    assert hdr >> 23 == FORBIDDEN_OPS[name]
+    bad = [hdr] + [0] * (row.length(hdr) - 1)
     assert name in refused([cmds.MI_NOOP, *bad], cp.Errno.EBADRQC, engine=engine)
     gm = Gm()
     gm.put(BB, [cmds.MI_NOOP, *bad, cmds.MI_BATCH_BUFFER_END])
     assert name in refused(cmds.batch_buffer_start(BB), cp.Errno.EBADRQC, engine=engine, gm=gm)
 
 
-@pytest.mark.parametrize("hdr", [MI(0x3F), MI(0x01), 1 << 29, 7 << 29, 3 << 29 | 0x7B00 << 16, 2 << 29 | 0x7F << 22])
+@pytest.mark.parametrize("hdr", [MI(0x3F), MI(0x30), MI(0x13), 1 << 29, 7 << 29, 3 << 29 | 0x7F00 << 16,
+                                 2 << 29 | 0x7F << 22])
 def test_unknown_opcodes_are_refused(hdr: int) -> None:
     assert "unknown command" in refused([hdr], cp.Errno.EBADRQC)
 
 
 @pytest.mark.parametrize("wrong,right,commands", [
     ("bcs", "rcs", cmds.pipe_control(HIGH, 1)),  # render only
-    ("rcs", "bcs", cmds.flush_dw(HIGH, 1)),  # not on render
+    ("bcs", "rcs", [0x06 << 23]),  # MI_RS_CONTROL: render only
     ("rcs", "bcs", cmds.color_blt(HIGH, 256, 4, 4, 0)),  # blitter only
 ])
 def test_a_command_of_another_ring_is_unknown_on_this_one(wrong: str, right: str, commands: list[int]) -> None:
@@ -99,8 +104,10 @@ def test_a_command_of_another_ring_is_unknown_on_this_one(wrong: str, right: str
 
 # -------------------------------------------------------------------------------------- registers
 def test_lri_whitelist_and_mmio_range() -> None:
-    scan(cmds.load_register_imm([(0x2030, 1), (0x229C, 0xFFFF_0000)]))  # RING_TAIL, RING_MODE: F_CMD_ACCESS
-    assert "non-render register 0x44200" in refused(cmds.load_register_imm([(0x2030, 1), (0x44200, 0)]),
+    # CTX_SR_CTL, RING_MODE: F_CMD_ACCESS in handlers.c; RING_TAIL is not (MMIO_RING_DFH(RING_TAIL, D_ALL, 0))
+    scan(cmds.load_register_imm([(0x2244, 1), (0x229C, 0xFFFF_0000)]))
+    assert "non-render register 0x2030" in refused(cmds.load_register_imm([(0x2030, 1)]), cp.Errno.EBADRQC)
+    assert "non-render register 0x44200" in refused(cmds.load_register_imm([(0x2244, 1), (0x44200, 0)]),
                                                     cp.Errno.EBADRQC)
     assert "0x78000" in refused(cmds.load_register_imm([(0x78000, 0)]), cp.Errno.EBADRQC)  # PVINFO
     assert "outside of the MMIO range" in refused(cmds.load_register_imm([(0x200000, 0)]), cp.Errno.EFAULT)
@@ -110,7 +117,7 @@ def test_lri_whitelist_and_mmio_range() -> None:
 def test_srm_lrm_only_l3sqcreg4_and_21f0(op: int, cmd: str) -> None:
     for reg in (0xB118, 0x21F0):
         scan([MI(op, 4) | cp.MI_USE_GGTT, reg, HIGH, 0])
-    assert cmd in refused([MI(op, 4) | cp.MI_USE_GGTT, 0x2030, HIGH, 0], cp.Errno.EPERM)  # whitelisted, not SRM
+    assert cmd in refused([MI(op, 4) | cp.MI_USE_GGTT, 0x2244, HIGH, 0], cp.Errno.EPERM)  # whitelisted, not SRM
     refused([MI(op, 4) | cp.MI_USE_GGTT, 0x44200, HIGH, 0], cp.Errno.EBADRQC)
     refused([MI(op, 4) | cp.MI_USE_GGTT, 0xB118, HIGH - 4, 0], cp.Errno.EFAULT)  # its memory operand audited
 
@@ -131,9 +138,10 @@ def test_store_dword_ggtt_address_audit(addr: int, ok: bool) -> None:
 
 
 def test_qword_store_straddling_the_range_end_is_refused() -> None:
-    ring = [MI(0x20, 5) | cp.MI_USE_GGTT, HIGH + HIGH_SIZE - 4, 0, 1, 2]
-    refused(ring, cp.Errno.EFAULT)
-    scan([MI(0x20, 5) | cp.MI_USE_GGTT, HIGH + HIGH_SIZE - 8, 0, 1, 2])
+    qword = MI(0x20, 5) | cp.MI_USE_GGTT | (1 << 21)  # 5 dwords need the qword bit (valid_len 5)
+    refused([qword, HIGH + HIGH_SIZE - 4, 0, 1, 2], cp.Errno.EFAULT)
+    scan([qword, HIGH + HIGH_SIZE - 8, 0, 1, 2])
+    assert "len is not valid" in refused([qword & ~(1 << 21), HIGH, 0, 1, 2], cp.Errno.EFAULT)
 
 
 def test_ppgtt_accesses_are_audited_only_without_a_ppgtt() -> None:
@@ -244,7 +252,7 @@ SAFE = st.one_of(
     st.just([cmds.MI_NOOP]), st.just([cmds.MI_USER_INTERRUPT]),
     st.builds(lambda o, v: cmds.store_dword(HIGH + 4 * o, v), st.integers(0, HIGH_SIZE // 4 - 1),
               st.integers(0, 2**32 - 1)),
-    st.builds(lambda v: cmds.load_register_imm([(0x2030, v)]), st.integers(0, 2**32 - 1)),
+    st.builds(lambda v: cmds.load_register_imm([(0x2244, v)]), st.integers(0, 2**32 - 1)),
     st.builds(lambda o: cmds.pipe_control(HIGH + 8 * o, 1, notify=True), st.integers(0, HIGH_SIZE // 8 - 1)),
 )
 

@@ -84,12 +84,16 @@ def test_i915_sequence() -> None:
     g.writel(GTT + 8 * (first + 1) + 4, 0)
     g.writel(GTT + 8 * (unmappable_base >> 12), gtt.pte_encode(0x13F << 12), 8)
     host = [en for e in gvt.drain_effects() if isinstance(e, PgpuGgttWrite) for en in e.entries]
-    assert host == [(first, (0x8100 << 12) | 1), (first + 1, (0x8101 << 12) | 1),
+    # the first writel points the host entry at scratch (not present) until the second arrives (gtt.c)
+    assert host == [(first, (0x8100 << 12) | 1), (first + 1, gvt.scratch_mfn << 12),
+                    (first + 1, (0x8101 << 12) | 1),
                     (unmappable_base >> 12, (0x813F << 12) | 1)]
     assert g.readl(GTT + 8 * first, 8) == gtt.pte_encode(0x100 << 12)
 
     # interrupts: MSI programmed and enabled, GT0 unmasked and enabled, master on
-    cap = g.cfg_read(0x34, 1)
+    cap = g.cfg_read(0x34, 1)  # walk the capability chain to MSI, as pci_find_capability does
+    while g.cfg_read(cap, 1) != 0x05:
+        cap = g.cfg_read(cap + 1, 1)
     g.cfg_write(cap + 4, 0xFEE0_0000, 4)
     g.cfg_write(cap + 8, 0x0031, 2)
     g.cfg_write(cap + 2, 0x0001, 2)

@@ -58,9 +58,10 @@ def test_holes_in_bar0_are_ignored() -> None:
 
 def test_read_only_register_writes_are_ignored() -> None:
     gvt, v = setup()
-    ack = 0x0D84  # FORCEWAKE_ACK_RENDER_GEN9
-    wr(gvt, v, ack, 0xFFFF)
-    assert rd(gvt, v, ack) == 0 and gvt.counters["mmio_ro_write"] == 1 and not v.failsafe
+    csb = 0x2370  # RING_CONTEXT_STATUS_BUF(rcs): F_RO, ro_mask ~0 in handlers.c
+    before = rd(gvt, v, csb)
+    wr(gvt, v, csb, 0xFFFF)
+    assert rd(gvt, v, csb) == before and gvt.counters["mmio_ro_write"] == 1 and not v.failsafe
 
 
 def test_partial_read_only_mask_keeps_those_bits() -> None:

@@ -58,7 +58,7 @@ def test_pvinfo_advertises_caps_and_versions_and_keeps_mainline_values():
     gvt = make_gvt()
     v = create(gvt, 1)
     program_bar0(gvt, v)
-    assert (pvi.PV_CAPS, pvi.SHARED_PAGE_GPA) == (0x78860, 0x78864)  # the PV patchset's offsets
+    assert (pvi.PV_CAPS, pvi.SHARED_PAGE_GPA) == (0x78880, 0x78884)  # past ACRN's PVMMIO fields
     assert rd(gvt, v, pvi.PV_CAPS) == int(pv.PvCaps.PPGTT | pv.PvCaps.SUBMISSION) == 0b101  # no PV GGTT
     assert rd(gvt, v, pvi.PV_VERSIONS) == 1 << 1  # format version 1 only
     assert rd(gvt, v, pvi.PV_STATUS) == pv.PvStatus.NONE

@@ -76,6 +76,7 @@ def test_a_vgpu_that_used_its_slice_waits_for_the_next_balance(rig: Rig) -> None
     b_id = b.vgpu.id
     # b owned the GPU for its whole slice (50 ms of 100): it gets nothing until the next balance
     sched.policy.data[b_id].left_ts = 0.0
+    sched.policy.data[b_id].pri_sched = False  # and its 2 s start-up priority is over
     b.submit("rcs", cmds.store_dword(b.bo(4096).gm, 9))
     assert submits(rig) == [] and sched.policy.current != b_id
     a.submit("rcs", cmds.store_dword(da.gm, 1))

@@ -14,8 +14,9 @@ MS = 1e-3
 
 
 def policy(weights: dict[int, int]) -> TimeSlicePolicy:
+    """A run queue in steady state: the newcomers' 2 s start-up priority (pri_sched) already lapsed."""
     p = TimeSlicePolicy()
-    p.sync(weights, 0.0)
+    p.sync(weights, -10.0)
     return p
 
 
@@ -71,9 +72,10 @@ def test_run_queue_changes() -> None:
     p = policy({1: 2})
     run_pass(p, 0.0, {1})
     assert p.current == 1 and p.data[1].allocated_ts == pytest.approx(100 * MS)
-    p.sync({1: 2, 2: 2}, 1 * MS)  # a newcomer restarts the cycle at stage 0: its slice at once
+    p.sync({1: 2, 2: 2}, 1 * MS)  # a newcomer: no slice until the next stage 0, but 2 s of priority
     run_pass(p, 1 * MS, {1, 2}, timer=False)
-    assert p.data[2].allocated_ts == pytest.approx(50 * MS) and p.current == 2
+    assert p.data[2].allocated_ts == 0 and p.data[2].pri_sched and p.current == 2
+    assert p.stage_check == 1  # the balance cycle of the others was not restarted
     p.sync({1: 2}, 2 * MS)  # the current vGPU left (destroyed, failsafe, execlists off)
     assert p.current is None and p.need_reschedule and p.dispatchable() is None
     run_pass(p, 2 * MS, {1}, timer=False)

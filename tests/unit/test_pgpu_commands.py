@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gvtsim.services.pgpu import builder as b
-from gvtsim.services.pgpu.commands import COMMANDS, decode_header, lookup
+from gvtsim.services.pgpu.commands import COMMANDS, decode, decode_header, lookup
 
 # (header dword as i915 emits it, engine, expected name, expected dword count)
 REAL_ENCODINGS = [
@@ -22,6 +22,7 @@ REAL_ENCODINGS = [
     (0x1100_0001, "rcs", "MI_LOAD_REGISTER_IMM", 3),  # MI_LOAD_REGISTER_IMM(1)
     (0x1100_1005, "rcs", "MI_LOAD_REGISTER_IMM", 7),  # MI_LOAD_REGISTER_IMM(3) | MI_LRI_FORCE_POSTED
     (0x1300_4002, "bcs", "MI_FLUSH_DW", 4),  # (MI_FLUSH_DW + 1) | MI_FLUSH_DW_OP_STOREDW
+    (0x1240_0002, "rcs", "MI_STORE_REGISTER_MEM", 4),  # MI_STORE_REGISTER_MEM_GEN8 | MI_SRM_LRM_GLOBAL_GTT
     (0x7A00_0004, "rcs", "PIPE_CONTROL", 6),  # GFX_OP_PIPE_CONTROL(6)
     (0x5430_0005, "bcs", "XY_COLOR_BLT", 7),  # XY_COLOR_BLT_CMD | BLT_WRITE_RGBA | 5
     (0x54F0_0008, "bcs", "XY_SRC_COPY_BLT", 10),  # XY_SRC_COPY_BLT_CMD | BLT_WRITE_RGBA | 8
@@ -54,24 +55,23 @@ def test_builder_emits_the_i915_values() -> None:
 
 
 def test_unknown_and_wrong_engine() -> None:
-    assert lookup("rcs", 0x0180_0000) is None  # MI opcode 0x03 (MI_WAIT_FOR_EVENT): not emulated
-    assert lookup("rcs", 0x2000_0000) is None  # client 1: reserved
-    assert lookup("bcs", 0x7A00_0004) is None  # PIPE_CONTROL is a render command
-    assert lookup("rcs", 0x5500_0000) is None  # BLT opcode 0x54 (not in the table)
+    assert lookup("rcs", 0x0180_0000) is None  # MI_WAIT_FOR_EVENT: a real command, not executed
+    assert decode("rcs", 0x0180_0000).name == "MI_WAIT_FOR_EVENT"  # type: ignore[union-attr]
+    assert lookup("rcs", 0x2000_0000) is None and decode("rcs", 0x2000_0000) is None  # client 1: reserved
+    assert lookup("bcs", 0x7A00_0004) is None and decode("bcs", 0x7A00_0004) is None  # PIPE_CONTROL: render
+    assert lookup("rcs", 0x5500_0000) is None  # a 2D command on the render ring: not decoded there
 
 
 @given(st.integers(0, 0xFFFF_FFFF))
 def test_decode_header_fields(hdr: int) -> None:
-    client, opcode = decode_header(hdr)
+    client, opcode = decode_header(hdr)  # as the render ring decodes: MI (9-bit opcode) and 3D (16-bit)
     assert client == hdr >> 29
     if client == 0:
-        assert opcode == (hdr >> 23) & 0x3F
-    elif client == 2:
-        assert opcode == (hdr >> 22) & 0x7F
+        assert opcode == hdr >> 23
     elif client == 3:
-        assert opcode == (hdr >> 16) & 0x1FFF
+        assert opcode == hdr >> 16
     else:
         assert opcode is None
     spec = lookup("rcs", hdr)
-    if spec is not None and not spec.const:
-        assert spec.length(hdr) == (hdr & ((1 << spec.len_bits) - 1)) + 2
+    if spec is not None and spec.info.flag & 3 != 1:  # not F_LEN_CONST
+        assert spec.length(hdr) == (hdr & ((1 << spec.info.len) - 1)) + 2

@@ -134,7 +134,8 @@ def test_ppgtt_batch(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(("cmds", "status"), [
-    ([0x0180_0000], CtxStatus.UNKNOWN_COMMAND),  # MI_WAIT_FOR_EVENT is not emulated
+    ([0x0180_0000], CtxStatus.UNSUPPORTED_COMMAND),  # MI_WAIT_FOR_EVENT: decoded, not executed
+    ([0x0980_0000], CtxStatus.UNKNOWN_COMMAND),  # MI opcode 0x13: no such command
     (b.mi_bb_end(), CtxStatus.BAD_COMMAND),  # BB_END in the ring
     (b.mi_bb_start(0x1000, second_level=True), CtxStatus.BAD_COMMAND),  # second level from the ring
     ([0x1040_0005, 0, 0, 0, 0, 0, 0], CtxStatus.BAD_COMMAND),  # MI_STORE_DATA_IMM of 7 dwords
