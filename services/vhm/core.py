@@ -69,7 +69,11 @@ class VhmCore(MptServices):
     def __init__(self, mem: MachineMemory, *, ram_max_run: int = 16, ioreq_timeout: float = 30.0,
                  counters: Counter[str] | None = None) -> None:
         self.mem = mem
-        self.frames = FrameAllocator(mem.frames)
+        # A free frame is a hole in the file (zero, costing nothing): frames handed out need no zeroing and
+        # frames given back are discarded. A restarted vhm keeps nothing (docs/VHM.md), so whatever an
+        # earlier incarnation left in the file goes now.
+        self.frames = FrameAllocator(mem.frames, on_release=mem.discard_frames)
+        mem.discard_frames(0, mem.frames)
         self.ram_max_run = ram_max_run
         self.ioreq_timeout = ioreq_timeout
         self.counters: Counter[str] = counters if counters is not None else Counter()
@@ -381,6 +385,9 @@ class VhmCore(MptServices):
             "vms": {"count": len(self.vms), "list": [vm.info() for vm in self.vms.values()]},
             "free_frames": self.frames.free_frames,
             "total_frames": self.frames.total,
+            "frame_owners": len(self.frames.owners()),
+            "discarded_frames": self.mem.discarded_frames,
+            "resident_mb": round(self.mem.resident_bytes() / (1 << 20), 1),
             "clients": [{"client": c.id, "name": c.name, "ready": c.ready} for c in self.clients.values()],
             "ioreqs": dict(self.ioreq_counts),
         }
