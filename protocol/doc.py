@@ -171,7 +171,7 @@ GROUPS = [
       m.FramesReply, m.FreeFrames, m.AttachVgpu, m.Dom0Ready]),
     ("vhm / ctl -> gvt: vGPU management", [m.VgpuCreate, m.VgpuCreated, m.VgpuDestroy, m.VgpuReset, m.MgmtTypes,
                                           m.MgmtTypesReply, m.MgmtList, m.MgmtListReply]),
-    ("gvt <-> pgpu", [m.GgttWrite, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
+    ("gvt <-> pgpu", [m.GgttWrite, m.GgttFill, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
                       m.GpuEvent, m.EngineReset]),
 ]
 STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuTypeInfo, m.VgpuInfo]

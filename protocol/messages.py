@@ -468,6 +468,17 @@ class GgttWrite(Message, tag="GGTT_WRITE"):
     entries: Annotated[list[tuple[U32, U64]], Meta(min_length=1, max_length=MAX_BATCH * 64)]
 
 
+class GgttFill(Message, tag="GGTT_FILL"):
+    """gvt -> pgpu: set ``count`` physical GGTT entries from ``index`` to one ``pte`` (the scratch fill of a
+    vGPU's GM slices at create, destroy and reset: intel_vgpu_reset_ggtt). Answer: OK{value: count}. All or
+    nothing; the GGTT TLB is flushed after it."""
+
+    req: ReqId
+    index: U32
+    count: Annotated[int, Meta(ge=1, le=1 << 20)]
+    pte: U64
+
+
 class GgttRead(Message, tag="GGTT_READ"):
     """gvt -> pgpu: read ``count`` physical GGTT entries from ``index``. Answer: GGTT_ENTRIES."""
 
@@ -542,7 +553,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     MapGfnToMfn, PageTrack, ReadGpa, WriteGpa, InjectMsi, AllocFrames, FramesReply, FreeFrames,
     AttachVgpu, Dom0Ready,
     VgpuCreate, VgpuCreated, VgpuDestroy, VgpuReset, MgmtTypes, MgmtTypesReply, MgmtList, MgmtListReply,
-    GgttWrite, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
+    GgttWrite, GgttFill, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
 )
 
 #: Messages that answer a request (matched to the pending call by ``req``); every other message that carries

@@ -31,6 +31,8 @@ from .types import PhysicalGpu
 
 #: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
 GGTT_BATCH = 32768
+#: Entries per GGTT_FILL message (the message's bound: a 4 GiB GM has 1 Mi entries).
+GGTT_FILL_MAX = 1 << 20
 
 Outgoing = tuple[str, type[m.Message], dict[str, Any]]  # (peer, message class, fields without req)
 
@@ -60,8 +62,8 @@ PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
 
 
 def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
-    """Map effects to messages, in order. Consecutive GGTT writes are merged and fills expanded into
-    batches of at most GGTT_BATCH entries. Uevents produce no message (the shell logs them)."""
+    """Map effects to messages, in order. Consecutive GGTT writes are merged into batches of at most
+    GGTT_BATCH entries; a fill is one GGTT_FILL (in order with the writes around it). Uevents produce no message (the shell logs them)."""
     out: list[Outgoing] = []
     pending: list[tuple[int, int]] = []
 
@@ -74,12 +76,11 @@ def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
         if isinstance(e, fx.PgpuGgttWrite):
             pending.extend(e.entries)
             continue
-        if isinstance(e, fx.PgpuGgttFill):
-            for start in range(e.index, e.index + e.count, GGTT_BATCH):
-                n = min(GGTT_BATCH, e.index + e.count - start)
-                pending.extend((i, e.pte) for i in range(start, start + n))
-                if len(pending) >= GGTT_BATCH:
-                    flush_ggtt()
+        if isinstance(e, fx.PgpuGgttFill):  # one GGTT_FILL (pgpu fills the range in one slice write)
+            flush_ggtt()
+            for start in range(e.index, e.index + e.count, GGTT_FILL_MAX):
+                out.append(("pgpu", m.GgttFill, {"index": start, "pte": e.pte,
+                                                 "count": min(GGTT_FILL_MAX, e.index + e.count - start)}))
             continue
         flush_ggtt()
         route = EFFECT_ROUTES.get(type(e))

@@ -79,6 +79,14 @@ class PgpuCore:
             self.counters["ggtt_write_refused"] += 1
             raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
 
+    def ggtt_fill(self, index: int, count: int, pte: int) -> int:
+        """Set ``count`` entries from ``index`` to ``pte`` (all or nothing) and flush the GGTT TLB."""
+        try:
+            return self.ggtt.fill(index, count, pte)
+        except GgttRangeError as err:
+            self.counters["ggtt_write_refused"] += 1
+            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+
     def ggtt_read(self, index: int, count: int) -> list[int]:
         """Entries ``[index, index + count)``."""
         try:

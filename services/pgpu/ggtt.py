@@ -87,6 +87,15 @@ class Ggtt:
         self.flush()
         return len(batch)
 
+    def fill(self, index: int, count: int, pte: int) -> int:
+        """Set entries ``[index, index + count)`` to ``pte`` with one slice assignment (no per-entry Python
+        work: a vGPU's scratch fill is 100k+ entries), then flush the TLB. Returns ``count``."""
+        self.check_range(index, count)
+        self.entries[index:index + count] = array("Q", (pte & 0xFFFF_FFFF_FFFF_FFFF,)) * count
+        self.writes += count
+        self.flush()
+        return count
+
     def read(self, index: int, count: int = 1) -> list[int]:
         """Entries ``[index, index + count)``."""
         self.check_range(index, count)

@@ -1,6 +1,6 @@
 """The asyncio shell of pgpu: a ROUTER for gvt sessions, one task per engine, the core does the rest.
 
-Requests (role "gvt" only): GGTT_WRITE -> OK, GGTT_READ -> GGTT_ENTRIES, PGPU_MMIO_READ -> OK{value},
+Requests (role "gvt" only): GGTT_WRITE -> OK, GGTT_FILL -> OK, GGTT_READ -> GGTT_ENTRIES, PGPU_MMIO_READ -> OK{value},
 PGPU_MMIO_WRITE -> OK, ELSP_SUBMIT -> OK or ERROR, ENGINE_RESET -> OK. GPU_EVENTs go to the session that
 submitted the context; if it is gone, the context still runs but its events are dropped (counted).
 """
@@ -49,6 +49,7 @@ class PgpuService(BaseService):
                                                   watchdog_cmds=a.watchdog_cmds))
         self.handlers: dict[type[m.Message], Callable[[Session, Any], m.Message]] = {
             m.GgttWrite: self._ggtt_write,
+            m.GgttFill: self._ggtt_fill,
             m.GgttRead: self._ggtt_read,
             m.PgpuMmioRead: self._mmio_read,
             m.PgpuMmioWrite: self._mmio_write,
@@ -101,6 +102,9 @@ class PgpuService(BaseService):
     def _ggtt_write(self, session: Session, msg: m.GgttWrite) -> m.Message:
         self.core.ggtt_write(msg.entries)
         return m.Ok(req=msg.req, value=len(msg.entries))
+
+    def _ggtt_fill(self, session: Session, msg: m.GgttFill) -> m.Message:
+        return m.Ok(req=msg.req, value=self.core.ggtt_fill(msg.index, msg.count, msg.pte))
 
     def _ggtt_read(self, session: Session, msg: m.GgttRead) -> m.Message:
         return m.GgttEntries(req=msg.req, ptes=self.core.ggtt_read(msg.index, msg.count))

@@ -162,7 +162,7 @@ def ok(msg: m.Message) -> m.Message:
 async def peers() -> AsyncIterator[tuple[FakePeer, FakePeer, ServiceProc]]:
     ctx = zmq.asyncio.Context()
     vhm = FakePeer(ctx, "vhm", {m.Dom0Ready: ok, m.InterceptBdf: ok, m.AttachVgpu: ok, m.IoRange: ok})
-    pgpu = FakePeer(ctx, "pgpu", {m.GgttWrite: ok, m.PgpuMmioWrite: ok})
+    pgpu = FakePeer(ctx, "pgpu", {m.GgttWrite: ok, m.GgttFill: ok, m.PgpuMmioWrite: ok})
     proc = ServiceProc(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
                         "--mem-path", f"/tmp/gvtsim-test-absent-{os.getpid()}.mem"], name="gvt")
     proc.start()
@@ -210,8 +210,8 @@ async def test_gvt_speaks_to_vhm_and_pgpu(peers: tuple[FakePeer, FakePeer, Servi
         assert got[2].req == 900 and got[2].vgpu_id == 1
 
         # the scratch fill of the vGPU's slices reaches pgpu, pointing at vhm's frame
-        fill = await next_of(pgpu, m.GgttWrite)
-        assert isinstance(fill, m.GgttWrite) and fill.entries[0][1] == (0x777 << 12) | 1
+        fill = await next_of(pgpu, m.GgttFill)
+        assert isinstance(fill, m.GgttFill) and fill.pte == (0x777 << 12) | 1 and fill.count == (512 << 20) >> 12
 
         # ioreqs: the guest probes the vGPU and enables memory decode; the trap range precedes the completion
         bar0 = 0xE000_0000

@@ -78,12 +78,13 @@ def test_effects_map_to_messages_in_order() -> None:
     assert out[3][2] == {"vm": 1, "kind": IoreqType.MMIO, "start": 0x1000, "end": 0x1FFF, "add": True}
 
 
-def test_scratch_fill_is_split_into_batches_that_fit_a_message() -> None:
-    count = 2 * GGTT_BATCH + 10
-    out = effects_to_messages([fx.PgpuGgttFill(1 << 19, count, (0xFFFFF << 12) | 1)])
-    sizes = [len(f["entries"]) for _, _, f in out]
-    assert sizes == [GGTT_BATCH, GGTT_BATCH, 10]
-    assert out[0][2]["entries"][0] == (1 << 19, (0xFFFFF << 12) | 1)
-    assert out[-1][2]["entries"][-1][0] == (1 << 19) + count - 1
-    raw = encode(m.GgttWrite(req=1, entries=out[0][2]["entries"]))
-    assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), m.GgttWrite)
+def test_scratch_fill_is_one_small_message_in_order_with_the_writes() -> None:
+    count = 2 * GGTT_BATCH + 10  # a GVTg_V5_8 slice is 114688 entries: never expanded to (index, pte) pairs
+    out = effects_to_messages([fx.PgpuGgttWrite(((1, 0x1001),)), fx.PgpuGgttFill(1 << 19, count, (0xFFFFF << 12) | 1),
+                               fx.PgpuGgttWrite(((2, 0x2001),))])
+    assert [cls for _, cls, _ in out] == [m.GgttWrite, m.GgttFill, m.GgttWrite]
+    assert out[1][2] == {"index": 1 << 19, "count": count, "pte": (0xFFFFF << 12) | 1}
+    raw = encode(m.GgttFill(req=1, **out[1][2]))
+    assert len(raw) < 64 and decode(raw) == m.GgttFill(req=1, **out[1][2])
+    whole = effects_to_messages([fx.PgpuGgttFill(0, 3 << 20, 1)])  # beyond one message's bound: split
+    assert [(f["index"], f["count"]) for _, _, f in whole] == [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20)]
