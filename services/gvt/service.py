@@ -58,6 +58,12 @@ SCHED_TICK = GVT_DEFAULT_TIME_SLICE
 PPGTT_POOL_FRAMES = 1024
 
 
+def pool_frames(max_vgpu: int) -> int:
+    """Frames gvt asks vhm for at start: the pools above for 7 vGPUs, scaled to the GPU profile's vGPU
+    limit (frames are holes in machine memory until gvt writes them, so an unused pool costs nothing)."""
+    return -(-(SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES) * max(7, max_vgpu) // 7)
+
+
 PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
 
 
@@ -98,7 +104,8 @@ class GvtService(BaseService):
 
     def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
         super().__init__(ctx, args)
-        self.core = Gvt(counters=self.counters, log=self.log, mpt_factory=self._mpt,
+        self.core = Gvt(PhysicalGpu(profile=getattr(args, "gpu_profile", "real")),
+                        counters=self.counters, log=self.log, mpt_factory=self._mpt,
                         enable_out_of_sync=bool(getattr(args, "enable_oos", False)))
         self._mem: MachineMemory | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -289,7 +296,7 @@ class GvtService(BaseService):
             self.core.set_scratch_mfn(reply.runs[0].mfn)
             if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
                 self.core.ppgtt.forget()
-            pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES)
+            pool = await conn.request(m.AllocFrames, count=pool_frames(self.core.max_vgpu))
             assert isinstance(pool, m.FramesReply)
             try:
                 if self._mem is None:
