@@ -28,6 +28,7 @@ from ...protocol.constants import MAX_BATCH
 from ..common.client import PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
+from .admission import CreateAdmission
 from ..common.service import BaseService
 from .core import VhmCore
 from .outcomes import (Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
@@ -76,6 +77,9 @@ class VhmService(BaseService):
         self.mem = MachineMemory(a.mem_path, a.mem_size_mb << 20, create=True)
         self.core = VhmCore(self.mem, ram_max_run=a.ram_max_run, ioreq_timeout=a.ioreq_timeout,
                             counters=self.counters)
+        # boot storms: creations admitted at a bounded rate, vGPU creations in flight at gvt bounded
+        self.admission = CreateAdmission(getattr(a, "create_rate", 100.0), getattr(a, "create_burst", 16))
+        self._vgpu_inflight = asyncio.Semaphore(getattr(a, "create_inflight", 8))
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
@@ -98,7 +102,10 @@ class VhmService(BaseService):
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         """STATUS: VMs, frames, clients, ioreq counts by type."""
-        return self.core is not None, self.core.status_info() if self.core else {}
+        if self.core is None:
+            return False, {}
+        return True, {**self.core.status_info(),
+                      "admission": {"admitted": self.admission.admitted, "delayed": self.admission.delayed}}
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         async def guarded() -> None:
@@ -247,6 +254,19 @@ class VhmService(BaseService):
 
     async def _on_vm_create(self, session: Session, msg: m.VmCreate) -> None:
         assert self.core is not None
+        wait = self.admission.reserve(time.monotonic())
+        if wait > 0:  # over the admission rate: this creation starts later (its own timer: it has work)
+            self.counters["vm_create_delayed"] += 1
+
+            async def later() -> None:
+                await asyncio.sleep(wait)
+                await self._create_now(session, msg)
+            self._spawn(later(), name=f"create-vm-later-{msg.req}")
+            return
+        await self._create_now(session, msg)
+
+    async def _create_now(self, session: Session, msg: m.VmCreate) -> None:
+        assert self.core is not None
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
         if isinstance(plan, Rejected):
             await self._reject(session, plan, msg.req)
@@ -266,8 +286,10 @@ class VhmService(BaseService):
         try:
             if client is None:
                 raise PeerLost("device model gone")
-            reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
-                                              ept_root=vg.ept_root, ram_mb=vg.ram_mb, timeout=self.args.vgpu_timeout)
+            async with self._vgpu_inflight:
+                reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
+                                                  ept_root=vg.ept_root, ram_mb=vg.ram_mb,
+                                                  timeout=self.args.vgpu_timeout)
             if not isinstance(reply, m.VgpuCreated):
                 raise RemoteError(m.Error(code="internal", reason=f"device model answered {type(reply).__name__}"))
         except RemoteError as err:
