@@ -88,7 +88,7 @@ def guest_flags() -> set[str]:
     """The optional guest flags this checkout has (``--duration``, ``--recover``, ``--stats-interval``)."""
     out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "guest", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
-    return {f for f in ("--duration", "--recover", "--stats-interval") if f in out}
+    return {f for f in ("--duration", "--recover", "--stats-interval", "SIGUSR1") if f in out}
 
 
 # ---------------------------------------------------------------------------------------------- native
@@ -209,9 +209,14 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     sampler.samples.clear()
     sampling = asyncio.create_task(sample_resources(sampler, args.run_dir, stats, args.sample_every))
     try:
-        await ramp_up(guests, plans, guest_args, stats, offsets, args.ramp, args.duration if duration_mode else None)
-        t_load = time.monotonic()  # every VM is up: the measured run begins (guests end by their --duration)
+        # With SIGUSR1 support the guests run until told (their --duration is only a backstop), so every VM
+        # runs for the whole measured window however long the boot took; else they end by their --duration.
+        told = duration_mode and "SIGUSR1" in flags
+        run_for = args.duration + 120.0 + 10.0 * len(plans) if told else args.duration
+        await ramp_up(guests, plans, guest_args, stats, offsets, args.ramp, run_for if duration_mode else None)
+        t_load = time.monotonic()  # every VM is up: the measured run begins
         deadline = t_load + args.duration + args.grace
+        finish_at = t_load + args.duration if told else None
         if args.chaos:
             plan = plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed)
             backend = NativeChaos(args.run_dir, args.seed, owners={"guest": "load"}, stacks={p.stack for p in plans},
@@ -230,6 +235,11 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                 tot = stats.totals()
                 progress(f"{now - t0:6.1f}s  VMs running {stats.vms_running()}/{args.vms}  verified "
                          f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+            if finish_at is not None and now >= finish_at:  # the window is over: every guest ends its run now
+                finish_at = None
+                progress(f"{args.duration:g} s with every VM up: ending the guests' runs (SIGUSR1)")
+                for n in guests.procs:
+                    signal_group(guests.current(n), signal.SIGUSR1)
             all_done = all(stats.current.get(n) is not None and stats.current[n].done for n in guests.procs)
             if (all_done and (chaos_task is None or chaos_task.done())) or now > deadline:
                 break
@@ -311,6 +321,7 @@ async def ramp_up(guests: NativeGuests, plans: list[GuestPlan], guest_args: list
         await asyncio.sleep(0.1)
         now = time.monotonic()
         drain(guests, offsets, stats, now)
+        stats.sample(now)  # the boot curve (VMs running over time) starts here
         for name, (plan, started) in list(booting.items()):
             inc = stats.current.get(name)
             if (inc is not None and (len(inc.vms_ready) >= plan.vms or inc.ended)) or not alive(guests.procs[name]) \
@@ -383,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
               else f"  boot: {boot.get('peak_running', 0)} of {fig['vms_requested']} VMs running at peak")
         res = data.get("resources") or {}
         if res.get("samples"):
-            print(f"  memory: {res['peak_pss_mb']} MB PSS at peak ({res['vms_at_peak']} VMs running), "
+            print(f"  memory: {res['pss_at_most_vms_mb']} MB PSS with {res['most_vms']} VMs running, "
                   f"{res['pss_per_vm_kb']} KB per VM above the idle topology; CPU % of a core: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(res["cpu_percent_by_service"].items())))
         for problem in data["problems"]:

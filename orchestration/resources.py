@@ -71,15 +71,18 @@ class ResourceSampler:
         if not self.samples:
             return {}
         peak = max(self.samples, key=lambda s: s["pss_mb"])
+        full = max(self.samples, key=lambda s: (s["vms"], s["pss_mb"]))  # the most VMs running at once
         last = self.samples[-1]
         span = max(1e-9, last["t"] - self.samples[0]["t"])
         first = self.samples[0]["by_service"]
         cpu = {svc: round(100.0 * (v["cpu_s"] - first.get(svc, {}).get("cpu_s", 0.0)) / span, 1)
                for svc, v in last["by_service"].items()}
         base_pss = (baseline or {}).get("pss_mb", 0.0)
-        vms = max(1, peak["vms"])
+        vms = max(1, full["vms"])
+        guests = full["by_service"].get("guest", {})
         return {"peak_pss_mb": peak["pss_mb"], "peak_at_s": peak["t"], "vms_at_peak": peak["vms"],
-                "pss_per_vm_kb": round((peak["pss_mb"] - base_pss) * 1024 / vms, 1),
-                "pss_by_service_mb": {k: v["pss_mb"] for k, v in peak["by_service"].items()},
-                "rss_per_vm_kb": round(sum(v["rss_mb"] for v in peak["by_service"].values()) * 1024 / vms, 1),
+                "most_vms": full["vms"], "pss_at_most_vms_mb": full["pss_mb"],
+                "pss_per_vm_kb": round((full["pss_mb"] - base_pss) * 1024 / vms, 1),
+                "pss_by_service_mb": {k: v["pss_mb"] for k, v in full["by_service"].items()},
+                "guest_rss_per_vm_kb": round(guests.get("rss_mb", 0.0) * 1024 / vms, 1),
                 "cpu_percent_by_service": cpu, "baseline_pss_mb": base_pss, "samples": len(self.samples)}
