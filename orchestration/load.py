@@ -189,11 +189,12 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         new_free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
         per_stack = max(1, min(per_stack, (sum(new_free.values()) - sum(free.values())) // more))
         free = new_free
-    per_guest = args.vms_per_guest or max(4, min(64, math.ceil(args.vms / 16)))
+    per_guest = args.vms_per_guest or max(4, min(64, math.ceil(args.vms / 8)))
     plans = place(args.vms, free, per_guest, types)
     flags = guest_flags()
     duration_mode = "--duration" in flags
     guest_args = ["--vcpus", str(args.vcpus)]
+    guest_args += ["--hang-timeout", str(args.hang_timeout)] if args.hang_timeout else []
     guest_args += [] if duration_mode else ["--workloads", str(args.workloads)]
     guest_args += ["--recover"] if "--recover" in flags else []  # a GPU reset re-creates the VM (chaos runs)
     guest_args += ["--stats-interval", "1"] if "--stats-interval" in flags else []
@@ -356,12 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report data as JSON on stdout")
     p.add_argument("--run-dir", default=default_run_dir())
     p.add_argument("--vms-per-guest", type=int, default=0,
-                   help="VMs per guest process (one event loop, one connection each) [auto: vms/16, 4..64]")
+                   help="VMs per guest process (one event loop, one connection each) [auto: vms/8, 4..64]")
     p.add_argument("--vcpus", type=int, default=2)
     p.add_argument("--vgpu-type", default=None, help="vGPU type of every VM [each stack's GPU profile default]")
     p.add_argument("--gpu-profile", default=None, choices=sorted(PROFILES),
                    help="place VMs on stacks of this GPU profile only, and scale out with it [any; scale-out: real]")
     p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration")
+    p.add_argument("--hang-timeout", type=float, default=0.0,
+                   help="seconds a guest driver waits for a workload before it declares a GPU hang (on a small "
+                        "machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default]")
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between memory/CPU samples of every process (PSS, psutil) [5]")
     p.add_argument("--ramp", type=int, default=4, help="guest processes booting at the same time [4]")
