@@ -70,7 +70,11 @@ class HostStack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> "HostStack":
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ does not run when __enter__ fails: leave no process behind
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -47,8 +47,8 @@ def rss_mb(pid: int) -> float:
 async def test_a_thousand_vm_lifecycles_leak_nothing_in_any_service(profile: str, vgpu_type: str, batch: int) -> None:
     # a generous heartbeat: on a shared 2-core machine the default one can declare a busy peer lost
     hs = HostStack(mem_size_mb=2048, gpu_profile=profile, heartbeat=2.0)
-    await asyncio.to_thread(hs.start)  # its readiness probe runs its own event loop
     try:
+        await asyncio.to_thread(hs.start)  # its readiness probe runs its own event loop
         ctx = zmq.asyncio.Context()
         guest = await ScriptedGuest(ctx, hs.vhm.endpoint, f"churn-{os.getpid()}", HeartbeatConfig(0.5, 10)).start()
         try:

