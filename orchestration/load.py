@@ -238,7 +238,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                          f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
             if finish_at is not None and now >= finish_at:  # the window is over: every guest ends its run now
                 finish_at = None
-                progress(f"{args.duration:g} s with every VM up: ending the guests' runs (SIGUSR1)")
+                progress(f"{args.duration:g} s since the ramp-up ended: ending the guests' runs (SIGUSR1)")
                 for n in guests.procs:
                     signal_group(guests.current(n), signal.SIGUSR1)
             all_done = all(stats.current.get(n) is not None and stats.current[n].done for n in guests.procs)

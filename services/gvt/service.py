@@ -284,7 +284,30 @@ class GvtService(BaseService):
             self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
             self.core.scheduler.forget_frames()  # the old vhm's frames are not ours any more
             self.log.warning("vhm_restarted", server_epoch=server_epoch)
+        else:
+            self._spawn(self._reconcile_vgpus())
         self._spawn(self._vhm_setup())
+
+    async def _reconcile_vgpus(self) -> None:
+        """After a reconnect to the same vhm: destroy the vGPUs vhm made for VMs it no longer has (their
+        VGPU_DESTROY was lost with the broken session), so no vGPU id, GM slice or shadow frame leaks."""
+        before = [v for v in self.core.vgpus.values() if v.owner == "vhm"]
+        if not before:
+            return
+        try:
+            reply = await self.conns["vhm"].request(m.StatusRequest, timeout=10)
+        except (PeerLost, RemoteError, TimeoutError):
+            return
+        vms = reply.info.get("vms") if isinstance(reply, m.StatusReply) else None
+        if not isinstance(vms, dict) or not isinstance(vms.get("list"), list):
+            return
+        live = {v.get("vm") for v in vms["list"] if isinstance(v, dict) and v.get("state") != "dying"}
+        for vgpu in before:  # only vGPUs older than vhm's answer: a newer one may be for a VM vhm just made
+            if vgpu.vm not in live and self.core.vgpus.get(vgpu.id) is vgpu:
+                self.core.destroy_vgpu(vgpu.vm)
+                self.counters["vgpus_reconciled"] += 1
+                self.log.warning("vgpu_orphan_destroyed", vm=vgpu.vm, vgpu=vgpu.id)
+        await self._flush()
 
     async def _vhm_setup(self) -> None:
         """Get a scratch frame (ALLOC_FRAMES 1) and the shadow-context pool, map the machine memory, and

@@ -311,6 +311,18 @@ class VhmCore(MptServices):
         self._teardown(vm, ErrorCode.NO_SUCH_VM, "VM creation failed")
         return self.reap_vm(vm_id, serial)
 
+    def stale_namesake(self, peer: Peer, name: str) -> int | None:
+        """The id of a live VM this connection already created under ``name``, if any.
+
+        A guest that asks for a VM by a name it already holds lost track of the first one (its VM_CREATED
+        answer was lost with a broken session, or the guest re-initialises after a reset): the shell
+        destroys that one before creating the new, so a boot storm with lost answers leaks no VM, frame or
+        vGPU."""
+        for vm in self.vms.values():
+            if vm.owner == peer and vm.name == name and vm.state is not VmState.DYING:
+                return vm.id
+        return None
+
     @entry_point
     def destroy_vm(self, peer: Peer, vm_id: int) -> Teardown:
         """VM_DESTROY: the VM goes DYING (no new ioreqs, in-flight ones fail with no_such_vm, its ranges go).

@@ -267,6 +267,13 @@ class VhmService(BaseService):
 
     async def _create_now(self, session: Session, msg: m.VmCreate) -> None:
         assert self.core is not None
+        stale = self.core.stale_namesake(session, msg.name)
+        if stale is not None:  # the guest lost track of that VM: it goes before its successor comes
+            td = self.core.destroy_vm(session, stale)
+            if not isinstance(td, Rejected):
+                self.counters["vm_replaced_by_name"] += 1
+                await self._fail(td.failed)
+                self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
         if isinstance(plan, Rejected):
             await self._reject(session, plan, msg.req)

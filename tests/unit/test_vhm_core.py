@@ -439,3 +439,13 @@ def test_every_request_ends_exactly_once(mem, ops):
     finish(core.client_lost(cid).failed)
     assert sorted(ended) == sorted(accepted) and len(set(ended)) == len(ended)
     assert all(s.state is IoreqState.FREE for s in core.vms[plan.vm].slots)
+
+
+def test_a_vm_asked_again_by_name_names_the_stale_one_of_that_connection_only(core):
+    a = make_vm(core, "guestA")
+    name = core.vms[a.vm].name
+    assert core.stale_namesake("guestA", name) == a.vm
+    assert core.stale_namesake("guestB", name) is None  # another guest's namesake is not ours to replace
+    assert core.stale_namesake("guestA", "other") is None
+    core.destroy_vm("guestA", a.vm)
+    assert core.stale_namesake("guestA", name) is None  # already going
