@@ -49,9 +49,6 @@ class ResourceSampler:
                 with p.oneshot():
                     mem = p.memory_full_info() if self.pss else p.memory_info()
                     t = p.cpu_times()
-                    for child in p.children(recursive=True):  # a service started through a wrapper
-                        ct = child.cpu_times()
-                        t = type(t)(*(a + b for a, b in zip(t, ct)))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             s = by_service[service_of(name)]
