@@ -30,6 +30,16 @@ async def info(endpoint: str) -> dict[str, Any]:
     return status_dict(await probe(endpoint, 5.0))
 
 
+async def gvt_pool_ready(endpoint: str, timeout: float = 30.0) -> dict[str, Any]:
+    """gvt answers ready before its shadow frame pool arrives from vhm (a background call): wait for it."""
+    async with asyncio.timeout(timeout):
+        while True:
+            d = await info(endpoint)
+            if d["info"]["scheduler"]["frame_pool"]:
+                return d
+            await asyncio.sleep(0.05)
+
+
 def leak_view(vhm: dict[str, Any], gvt: dict[str, Any]) -> dict[str, Any]:
     """Everything that must come back to where it was once every VM is gone."""
     v, g = vhm["info"], gvt["info"]
@@ -52,7 +62,8 @@ async def test_a_thousand_vm_lifecycles_leak_nothing_in_any_service(profile: str
         ctx = zmq.asyncio.Context()
         guest = await ScriptedGuest(ctx, hs.vhm.endpoint, f"churn-{os.getpid()}", HeartbeatConfig(0.5, 10)).start()
         try:
-            vhm0, gvt0 = await info(hs.vhm.endpoint), await info(hs.gvt.endpoint)
+            gvt0 = await gvt_pool_ready(hs.gvt.endpoint)
+            vhm0 = await info(hs.vhm.endpoint)
             base = leak_view(vhm0, gvt0)
             assert base["vms"] == 0 and base["vgpus"] == 0 and base["vgpu_ids_free"] == {"real": 7, "dense": 512}[profile]
             pids = {"vhm": hs.vhm.proc.pid, "gvt": hs.gvt.proc.pid, "pgpu": hs.pgpu.proc.pid}
