@@ -303,12 +303,13 @@ def _exec_argv(argv: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, guests: bool = True,
-                replicas: Mapping[str, int] | None = None, guest_services: frozenset[str] = frozenset({"guest"})
-                ) -> list[ProcSpec]:
+                replicas: Mapping[str, int] | None = None, guest_services: frozenset[str] = frozenset({"guest"}),
+                stack_env: Mapping[int, Mapping[str, str]] | None = None) -> list[ProcSpec]:
     """The processes of host stacks ``stacks``, in start order.
 
     ``replicas`` overrides a service's replica count; ``guests=False`` leaves out ``guest_services``
-    (the stacks ``gvtsim load`` adds to reach its VM count run only vhm, gvt and pgpu).
+    (the stacks ``gvtsim load`` adds to reach its VM count run only vhm, gvt and pgpu); ``stack_env``
+    adds environment to every service of a stack (its GPU profile's, see services/common/gpu_profiles.py).
     """
     out: list[ProcSpec] = []
     for stack in stacks:
@@ -323,6 +324,7 @@ def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, gues
                     tr = lambda t: translate(t, topo, layout, stack, svc.volumes)  # noqa: E731
                     argv = tuple(tr(a) for a in svc.command)
                     env = {k: tr(v) for k, v in svc.environment.items()}
+                    env.update((stack_env or {}).get(stack, {}))
                     ident = pname.replace("/", "-")
                     env.setdefault("GVTSIM_ID", ident)
                     if name in guest_services:  # VM names unique across the run's guest processes

@@ -23,8 +23,9 @@ class HostStack:
     """vhm, pgpu and gvt started in order; :meth:`guest` adds guest processes; :meth:`stop` ends them all."""
 
     def __init__(self, mem_size_mb: int = 512, heartbeat: float = 0.5, gvt_args: list[str] | None = None,
-                 prefix: str = "gvtsim-stack-") -> None:
+                 prefix: str = "gvtsim-stack-", gpu_profile: str = "real") -> None:
         self.mem_size_mb = mem_size_mb
+        self.gpu_profile = gpu_profile  # services/common/gpu_profiles.py (pgpu reports it, gvt follows)
         self.heartbeat = heartbeat
         self.gvt_args = gvt_args or []
         self.run_dir = tempfile.mkdtemp(prefix=prefix, dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -43,9 +44,10 @@ class HostStack:
         """Start vhm, pgpu, gvt; return once gvt reports both of its peers connected. Raises RuntimeError."""
         self.vhm = self._start(["vhm", "--bind", "tcp://127.0.0.1:*", "--mem-size-mb", str(self.mem_size_mb),
                                 *self.common], "vhm")
-        self.pgpu = self._start(["pgpu", "--bind", "tcp://127.0.0.1:*", *self.common], "pgpu")
+        profile = ["--gpu-profile", self.gpu_profile]
+        self.pgpu = self._start(["pgpu", "--bind", "tcp://127.0.0.1:*", *profile, *self.common], "pgpu")
         self.gvt = self._start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", self.vhm.endpoint, "--pgpu",
-                                self.pgpu.endpoint, *self.gvt_args, *self.common], "gvt")
+                                self.pgpu.endpoint, *profile, *self.gvt_args, *self.common], "gvt")
         deadline = time.monotonic() + ready_timeout
         while not probe_sync(self.gvt.endpoint, timeout=0.5):  # ready = both peers connected and set up
             if time.monotonic() > deadline:

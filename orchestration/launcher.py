@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
+from ..services.common.gpu_profiles import PROFILES, get_profile
 from .health import probe
 
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -85,6 +86,15 @@ class RunState:
     layout: dict[str, Any] = field(default_factory=dict)
     stacks: list[int] = field(default_factory=list)
     procs: dict[str, ProcState] = field(default_factory=dict)
+    profiles: dict[str, str] = field(default_factory=dict)  # stack -> GPU profile (absent: real)
+
+    def profile(self, stack: int) -> str:
+        """The GPU profile stack ``stack`` runs (services/common/gpu_profiles.py)."""
+        return self.profiles.get(str(stack), "real")
+
+    def stack_env(self, stacks: list[int]) -> dict[int, dict[str, str]]:
+        """The environment each stack's GPU profile adds to its services."""
+        return {k: get_profile(self.profile(k)).stack_env() for k in stacks}
 
     @property
     def path(self) -> str:
@@ -326,8 +336,9 @@ async def start_procs(state: RunState, specs: list[ProcSpec], owner: str = "up",
 
 
 def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", guests: bool = True,
-       replicas: dict[str, int] | None = None, timeout: float = 30.0) -> RunState:
-    """Bring ``stacks`` host stacks up as local processes and record them in ``run_dir``.
+       replicas: dict[str, int] | None = None, timeout: float = 30.0, gpu_profile: str = "real") -> RunState:
+    """Bring ``stacks`` host stacks up as local processes and record them in ``run_dir``; every stack runs
+    GPU profile ``gpu_profile`` (docs/GPU_PROFILES.md).
 
     Raises:
         LaunchError: already up, no ports, or a service failed to start (what started is torn down).
@@ -342,9 +353,10 @@ def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", 
         shm = f"/dev/shm/gvtsim-{hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:10]}"
         state = RunState(run_dir=run_dir, compose_file=os.path.abspath(compose_file), project=topo.project,
                          layout={"port_offset": offset, "stride": port_stride(topo), "shm_root": shm},
-                         stacks=list(range(stacks)))
+                         stacks=list(range(stacks)), profiles={str(k): gpu_profile for k in range(stacks)})
         state.save()
-    specs = native_plan(topo, state.stacks, state.native_layout, guests=guests, replicas=replicas)
+    specs = native_plan(topo, state.stacks, state.native_layout, guests=guests, replicas=replicas,
+                        stack_env=state.stack_env(state.stacks))
     try:
         asyncio.run(start_procs(state, specs, "up", timeout))
     except BaseException:
@@ -353,8 +365,9 @@ def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", 
     return RunState.load(run_dir) or state
 
 
-async def add_stacks(run_dir: str, count: int, timeout: float = 30.0) -> list[int]:
-    """Scale a native run out by ``count`` host stacks without guests (vhm, pgpu, gvt). Returns their numbers."""
+async def add_stacks(run_dir: str, count: int, timeout: float = 30.0, gpu_profile: str = "real") -> list[int]:
+    """Scale a native run out by ``count`` host stacks without guests (vhm, pgpu, gvt) of GPU profile
+    ``gpu_profile``. Returns their numbers."""
     with locked(run_dir):
         state = RunState.load(run_dir)
         if state is None:
@@ -365,8 +378,10 @@ async def add_stacks(run_dir: str, count: int, timeout: float = 30.0) -> list[in
         if not ports_free(ports):
             raise LaunchError(f"ports {ports} of the new stacks are taken")
         state.stacks += new
+        state.profiles.update({str(k): gpu_profile for k in new})
         state.save()
-    await start_procs(state, native_plan(topo, new, state.native_layout, guests=False), "up", timeout)
+    await start_procs(state, native_plan(topo, new, state.native_layout, guests=False,
+                                         stack_env=state.stack_env(new)), "up", timeout)
     return new
 
 

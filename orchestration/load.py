@@ -5,10 +5,15 @@ Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against
 runs, and writes a report (:mod:`.report`): throughput over time, ioreq latency percentiles per type,
 workloads verified and failed with reasons, errors, recovery per kill, PNG plots and the raw figures.
 
-Placement: a host stack holds at most 7 vGPUs (GVT_MAX_VGPU 8, ids 1..7; gvt-facts 3), so VMs go to the
-stacks with free vGPU slots (asked from each gvt's STATUS) and, natively, the run is scaled out with more
-host stacks (vhm + pgpu + gvt, no guests) when the free slots do not suffice (DESIGN section 2: scaling out
-means more host stacks). The added stacks stay up until ``gvtsim down``.
+Placement: VMs go to the stacks with free vGPU slots, as each gvt reports them in STATUS (the free
+instances of the vGPU type, bounded by its free vGPU ids); each stack's type is ``--vgpu-type`` or its GPU
+profile's default (docs/GPU_PROFILES.md: the real profile holds 7 vGPUs per stack, GVT_MAX_VGPU; the dense
+one 512). ``--gpu-profile`` keeps the load on stacks of that profile. Natively the run is scaled out with
+more host stacks of that profile (vhm + pgpu + gvt, no guests) when the free slots do not suffice (a host
+stack is co-located; scaling out means more stacks). The added stacks stay up until ``gvtsim down``.
+
+Boot: guest processes host many VMs each (one event loop, one connection to vhm) and ``--ramp`` of them boot
+at the same time; vhm admits the VM creations at a bounded rate (``gvtsim vhm --create-rate``).
 
 Each guest process runs the workload mix of services/guest (fill, copy, store, aperture_copy; verified in
 guest RAM) for ``--duration`` seconds when the guest supports ``--duration``, else ``--workloads`` per VM.
@@ -37,6 +42,8 @@ from .loadstats import LoadStats, attach_recovery, verdict
 from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
+from .resources import ResourceSampler
+from ..services.common.gpu_profiles import PROFILES, get_profile
 
 VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 1024 MB aperture
 
@@ -48,10 +55,12 @@ class GuestPlan:
     stack: int
     index: int
     vms: int
+    vgpu_type: str = ""  # the stack's type (its GPU profile's default unless the load names one)
 
 
-def place(n_vms: int, free: dict[int, int], per_guest: int) -> list[GuestPlan]:
-    """Spread ``n_vms`` over the stacks' free vGPU slots, ``per_guest`` VMs per guest process at most.
+def place(n_vms: int, free: dict[int, int], per_guest: int, types: dict[int, str] | None = None) -> list[GuestPlan]:
+    """Spread ``n_vms`` over the stacks' free vGPU slots, ``per_guest`` VMs per guest process at most;
+    ``types`` is each stack's vGPU type.
 
     Raises:
         ValueError: fewer free slots than VMs.
@@ -65,7 +74,7 @@ def place(n_vms: int, free: dict[int, int], per_guest: int) -> list[GuestPlan]:
         left -= take
         while take > 0:
             chunk = min(per_guest, take)
-            plans.append(GuestPlan(stack, len(plans), chunk))
+            plans.append(GuestPlan(stack, len(plans), chunk, (types or {}).get(stack, "")))
             take -= chunk
     return plans
 
@@ -79,7 +88,7 @@ def guest_flags() -> set[str]:
     """The optional guest flags this checkout has (``--duration``, ``--recover``, ``--stats-interval``)."""
     out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "guest", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
-    return {f for f in ("--duration", "--recover", "--stats-interval") if f in out}
+    return {f for f in ("--duration", "--recover", "--stats-interval", "SIGUSR1") if f in out}
 
 
 # ---------------------------------------------------------------------------------------------- native
@@ -90,18 +99,28 @@ class NativeGuests:
         self.run_dir = run_dir
         self.procs: dict[str, ProcState] = {}
 
-    async def free_slots(self, vgpu_type: str) -> dict[int, int]:
+    async def free_slots(self, vgpu_type: str | None, profile: str | None = None
+                         ) -> tuple[dict[int, int], dict[int, str]]:
+        """Free vGPU slots per stack and the type each stack gets, from every gvt's STATUS: its GPU profile
+        (stacks of another profile than ``profile`` offer nothing), the type (``vgpu_type`` or the profile's
+        default) and that type's free instances."""
         state = RunState.load(self.run_dir)
         if state is None:
             raise LaunchError(f"nothing is up in {self.run_dir}: run `gvtsim up` first")
-        free = {}
+        free, types = {}, {}
         for k in state.stacks:
             ep = state.endpoint(k, "gvt")
+            free[k], types[k] = 0, vgpu_type or get_profile(profile or state.profile(k)).default_type
             try:
-                free[k] = free_vgpus(status_dict(await probe(ep, 3.0)).get("info", {}), vgpu_type) if ep else 0
+                info = status_dict(await probe(ep, 3.0)).get("info", {}) if ep else {}
             except Exception:
-                free[k] = 0  # an unreachable gvt offers nothing
-        return free
+                continue  # an unreachable gvt offers nothing
+            prof = (info.get("profile") or {}).get("name", state.profile(k))
+            if profile is not None and prof != profile:
+                continue
+            types[k] = vgpu_type or (info.get("profile") or {}).get("default_type") or types[k]
+            free[k] = free_vgpus(info, types[k])
+        return free, types
 
     def spawn(self, plan: GuestPlan, guest_args: list[str]) -> str:
         """Start one guest process with its stack's guest service environment from the compose file."""
@@ -112,7 +131,9 @@ class NativeGuests:
                     if s.service == "guest")
         name = f"s{plan.stack}/load-guest.{plan.index}"
         ident = name.replace("/", "-")
-        spec = replace(base, name=name, replica=plan.index, argv=(*base.argv, "--vms", str(plan.vms), *guest_args),
+        vtype = ["--vgpu-types", plan.vgpu_type] if plan.vgpu_type else []
+        spec = replace(base, name=name, replica=plan.index,
+                       argv=(*base.argv, "--vms", str(plan.vms), *vtype, *guest_args),
                        env={**base.env, "GVTSIM_ID": ident, "GVTSIM_NAME_PREFIX": f"{ident}-vm"})
         proc = spawn(ProcState.from_spec(spec, self.run_dir, owner="load"))
         update_proc(self.run_dir, proc)
@@ -151,18 +172,29 @@ def _respawn_with_remaining(deadline: float) -> Any:
 async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     """Place, start, watch and stop the load; returns the report data (figures, kills, problems)."""
     guests = NativeGuests(args.run_dir)
-    free = await guests.free_slots(args.vgpu_type)
-    added = stacks_to_add(args.vms, free)
-    if added:
+    free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
+    scale_profile = get_profile(args.gpu_profile or "real")
+    per_stack = scale_profile.max_vgpu if args.vgpu_type in (None, scale_profile.default_type) else VGPUS_PER_STACK
+    added = 0
+    for _ in range(3):  # a stack may offer fewer slots of a big type than its vGPU limit: ask again
+        more = stacks_to_add(args.vms, free, per_stack)
+        if not more:
+            break
         if args.no_scale_out:
-            raise LaunchError(f"{args.vms} VMs need {added} more host stack(s); --no-scale-out was given")
-        progress(f"scaling out: +{added} host stack(s) for {args.vms} VMs ({sum(free.values())} vGPU slots free)")
-        await add_stacks(args.run_dir, added)
-        free = await guests.free_slots(args.vgpu_type)
-    plans = place(args.vms, free, args.vms_per_guest)
+            raise LaunchError(f"{args.vms} VMs need {more} more host stack(s); --no-scale-out was given")
+        progress(f"scaling out: +{more} host stack(s) of GPU profile {scale_profile.name} for {args.vms} VMs "
+                 f"({sum(free.values())} vGPU slots free)")
+        await add_stacks(args.run_dir, more, gpu_profile=scale_profile.name)
+        added += more
+        new_free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
+        per_stack = max(1, min(per_stack, (sum(new_free.values()) - sum(free.values())) // more))
+        free = new_free
+    per_guest = args.vms_per_guest or max(4, min(64, math.ceil(args.vms / 8)))
+    plans = place(args.vms, free, per_guest, types)
     flags = guest_flags()
     duration_mode = "--duration" in flags
-    guest_args = ["--vgpu-types", args.vgpu_type, "--vcpus", str(args.vcpus)]
+    guest_args = ["--vcpus", str(args.vcpus)]
+    guest_args += ["--hang-timeout", str(args.hang_timeout)] if args.hang_timeout else []
     guest_args += [] if duration_mode else ["--workloads", str(args.workloads)]
     guest_args += ["--recover"] if "--recover" in flags else []  # a GPU reset re-creates the VM (chaos runs)
     guest_args += ["--stats-interval", "1"] if "--stats-interval" in flags else []
@@ -173,10 +205,19 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     chaos_task = None
     t_load = 0.0
     offsets: dict[str, int] = {}
+    sampler = ResourceSampler()
+    baseline = await asyncio.to_thread(sampler.sample, run_pids(args.run_dir), 0)  # the topology before the load
+    sampler.samples.clear()
+    sampling = asyncio.create_task(sample_resources(sampler, args.run_dir, stats, args.sample_every))
     try:
-        await ramp_up(guests, plans, guest_args, stats, offsets, args.ramp, args.duration if duration_mode else None)
-        t_load = time.monotonic()  # every VM is up: the measured run begins (guests end by their --duration)
+        # With SIGUSR1 support the guests run until told (their --duration is only a backstop), so every VM
+        # runs for the whole measured window however long the boot took; else they end by their --duration.
+        told = duration_mode and "SIGUSR1" in flags
+        run_for = args.duration + 120.0 + 10.0 * len(plans) if told else args.duration
+        await ramp_up(guests, plans, guest_args, stats, offsets, args.ramp, run_for if duration_mode else None)
+        t_load = time.monotonic()  # every VM is up: the measured run begins
         deadline = t_load + args.duration + args.grace
+        finish_at = t_load + args.duration if told else None
         if args.chaos:
             plan = plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed)
             backend = NativeChaos(args.run_dir, args.seed, owners={"guest": "load"}, stacks={p.stack for p in plans},
@@ -195,11 +236,18 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                 tot = stats.totals()
                 progress(f"{now - t0:6.1f}s  VMs running {stats.vms_running()}/{args.vms}  verified "
                          f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+            if finish_at is not None and now >= finish_at:  # the window is over: every guest ends its run now
+                finish_at = None
+                progress(f"{args.duration:g} s since the ramp-up ended: ending the guests' runs (SIGUSR1)")
+                for n in guests.procs:
+                    signal_group(guests.current(n), signal.SIGUSR1)
             all_done = all(stats.current.get(n) is not None and stats.current[n].done for n in guests.procs)
             if (all_done and (chaos_task is None or chaos_task.done())) or now > deadline:
                 break
             await asyncio.sleep(0.2)
     finally:
+        sampling.cancel()
+        await asyncio.gather(sampling, return_exceptions=True)
         if chaos_task is not None and not chaos_task.done():
             chaos_task.cancel()
         for name, proc in guests.procs.items():
@@ -220,7 +268,36 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     problems = verdict(fig, bool(args.chaos), kills)
     fig["ramp_s"] = round(t_load - t0, 3) if t_load else None
     return {"command": {k: v for k, v in vars(args).items()}, "mode": "duration" if duration_mode else "workloads",
-            "stacks_added": added, "figures": fig, "kills": kills, "problems": problems}
+            "stacks_added": added, "figures": fig, "kills": kills, "problems": problems,
+            "placement": {"stacks": sorted({p.stack for p in plans}), "guest_processes": len(plans),
+                          "vms_per_guest": per_guest, "types": sorted({p.vgpu_type for p in plans})},
+            "resources": {**sampler.summary(baseline), "baseline": baseline, "series": sampler.samples},
+            "boot": boot_curve(stats.timeline, args.vms)}
+
+
+def boot_curve(timeline: list[dict[str, Any]], vms: int) -> dict[str, Any]:
+    """When 10/25/50/75/90/100 % of the VMs were running (seconds from the start), from the run's timeline
+    of ``vms_running``; None for a level never reached."""
+    reached: dict[str, float | None] = {}
+    for pct in (10, 25, 50, 75, 90, 100):
+        want = math.ceil(vms * pct / 100)
+        reached[f"{pct}%"] = next((p["t"] for p in timeline if p["vms_running"] >= want), None)
+    peak = max((p["vms_running"] for p in timeline), default=0)
+    return {"seconds_to": reached, "peak_running": peak,
+            "curve": [(p["t"], p["vms_running"]) for p in timeline[::max(1, len(timeline) // 200)]]}
+
+
+def run_pids(run_dir: str) -> dict[str, int]:
+    """Every process of the run (services and load guests) by name."""
+    state = RunState.load(run_dir)
+    return {n: p.pid for n, p in (state.procs.items() if state else ()) if p.pid}
+
+
+async def sample_resources(sampler: ResourceSampler, run_dir: str, stats: LoadStats, every: float) -> None:
+    """PSS/RSS/CPU of every process every ``every`` seconds (psutil runs in a thread: smaps reads take ms)."""
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(sampler.sample, run_pids(run_dir), stats.vms_running())
 
 
 async def ramp_up(guests: NativeGuests, plans: list[GuestPlan], guest_args: list[str], stats: LoadStats,
@@ -245,6 +322,7 @@ async def ramp_up(guests: NativeGuests, plans: list[GuestPlan], guest_args: list
         await asyncio.sleep(0.1)
         now = time.monotonic()
         drain(guests, offsets, stats, now)
+        stats.sample(now)  # the boot curve (VMs running over time) starts here
         for name, (plan, started) in list(booting.items()):
             inc = stats.current.get(name)
             if (inc is not None and (len(inc.vms_ready) >= plan.vms or inc.ended)) or not alive(guests.procs[name]) \
@@ -278,11 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default=None, metavar="DIR", help="write report.json, summary.md and PNG plots")
     p.add_argument("--json", action="store_true", help="print the report data as JSON on stdout")
     p.add_argument("--run-dir", default=default_run_dir())
-    p.add_argument("--vms-per-guest", type=int, default=4)
+    p.add_argument("--vms-per-guest", type=int, default=0,
+                   help="VMs per guest process (one event loop, one connection each) [auto: vms/8, 4..64]")
     p.add_argument("--vcpus", type=int, default=2)
-    p.add_argument("--vgpu-type", default="GVTg_V5_8")
+    p.add_argument("--vgpu-type", default=None, help="vGPU type of every VM [each stack's GPU profile default]")
+    p.add_argument("--gpu-profile", default=None, choices=sorted(PROFILES),
+                   help="place VMs on stacks of this GPU profile only, and scale out with it [any; scale-out: real]")
     p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration")
-    p.add_argument("--ramp", type=int, default=1, help="guest processes booting at the same time [1]")
+    p.add_argument("--hang-timeout", type=float, default=0.0,
+                   help="seconds a guest driver waits for a workload before it declares a GPU hang (on a small "
+                        "machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default]")
+    p.add_argument("--sample-every", type=float, default=5.0,
+                   help="seconds between memory/CPU samples of every process (PSS, psutil) [5]")
+    p.add_argument("--ramp", type=int, default=4, help="guest processes booting at the same time [4]")
     p.add_argument("--grace", type=float, default=30.0,
                    help="seconds past --duration (after the ramp-up) before guests are stopped")
     p.add_argument("--no-scale-out", action="store_true", help="fail instead of adding host stacks")
@@ -290,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restart-after", type=float, default=1.0, help="chaos: seconds a killed service stays down")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 1:
-        p.error("--vms, --duration and --vms-per-guest must be positive")
+    if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 0 or args.ramp < 1:
+        p.error("--vms, --duration, --ramp and --vms-per-guest must be positive")
     try:
         data = asyncio.run(run_load(args))
     except (LaunchError, ChaosError, ValueError) as err:
@@ -306,6 +392,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fig['vms_booted']}/{fig['vms_requested']} VMs, {fig['workloads_verified']} workloads verified, "
               f"{fig['workloads_failed']} failed, {fig['workloads_per_s']}/s"
               + (f"; report in {os.path.abspath(args.report)}" if args.report else ""))
+        boot = data.get("boot") or {}
+        print(f"  boot: {boot.get('peak_running', 0)} VMs running at peak; all {fig['vms_requested']} up after "
+              f"{boot.get('seconds_to', {}).get('100%')} s" if boot.get("seconds_to", {}).get("100%") is not None
+              else f"  boot: {boot.get('peak_running', 0)} of {fig['vms_requested']} VMs running at peak")
+        res = data.get("resources") or {}
+        if res.get("samples"):
+            print(f"  memory: {res['pss_at_most_vms_mb']} MB PSS with {res['most_vms']} VMs running, "
+                  f"{res['pss_per_vm_kb']} KB per VM above the idle topology; CPU % of a core: "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(res["cpu_percent_by_service"].items())))
         for problem in data["problems"]:
             print(f"  problem: {problem}")
     return 0 if not data["problems"] else 1

@@ -35,7 +35,9 @@ def stack_summary(vhm: dict[str, Any] | None, gvt: dict[str, Any] | None) -> dic
     gvt_info = (gvt or {}).get("info", {})
     vgpus = gvt_info.get("vgpus", [])
     return {"vms": vms.get("count", len(vms.get("list", []))) if isinstance(vms, dict) else len(vms),
-            "vgpus": len(vgpus), "vgpu_slots_free": free_vgpus(gvt_info) if gvt else None,
+            "vgpus": len(vgpus),
+            "vgpu_slots_free": free_vgpus(gvt_info, (gvt_info.get("profile") or {}).get("default_type", "GVTg_V5_8"))
+            if gvt else None,
             "vm_list": vms.get("list", []) if isinstance(vms, dict) else vms, "vgpu_list": vgpus,
             # per-VM trapped accesses by kind (mmio_read/mmio_write/ggtt/wp/pci_cfg/g2v_notify) and PV state
             "traps_by_vm": gvt_info.get("traps_by_vm", {}), "pv_by_vm": gvt_info.get("pv_by_vm", {})}

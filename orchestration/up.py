@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from ..services.common.gpu_profiles import PROFILES
 from .compose import ComposeError
 from .launcher import DEFAULT_COMPOSE, LaunchError, default_run_dir, up
 from . import launcher
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="host stacks (vhm+pgpu+gvt+guests each, own ports and memory) [GVTSIM_STACKS or 1]")
     p.add_argument("--port-offset", default="auto", help="added to the compose ports; auto: 0 if free [auto]")
     p.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="override replicas")
+    p.add_argument("--gpu-profile", default=os.environ.get("GVTSIM_GPU_PROFILE", "real"), choices=sorted(PROFILES),
+                   help="GPU profile of every stack: real (the hardware's: 4 types, 7 vGPUs) or dense "
+                        "(simulated: 512 small vGPUs; docs/GPU_PROFILES.md) [GVTSIM_GPU_PROFILE or real]")
     p.add_argument("--no-guests", action="store_true", help="start vhm, pgpu and gvt only")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each service to become healthy")
     p.add_argument("--json", action="store_true")
@@ -33,18 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--scale takes SERVICE=N")
     t0 = time.monotonic()
     try:
-        state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout)
+        state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout,
+                   gpu_profile=args.gpu_profile)
     except (LaunchError, ComposeError) as err:
         print(f"gvtsim up: {err}", file=sys.stderr)
         return 1
-    summary = {"run_dir": state.run_dir, "stacks": state.stacks, "seconds": round(time.monotonic() - t0, 2),
+    summary = {"run_dir": state.run_dir, "stacks": state.stacks, "gpu_profile": args.gpu_profile, "seconds": round(time.monotonic() - t0, 2),
                "procs": {n: {"pid": pr.pid, "endpoint": pr.endpoint} for n, pr in state.procs.items()}}
     if args.json:
         print(json.dumps(summary))
     else:
         for n, pr in state.procs.items():
             print(f"{n:<16} pid {pr.pid:<7} {pr.endpoint or ''}")
-        print(f"up: {len(state.stacks)} stack(s), {len(state.procs)} processes in {summary['seconds']} s "
+        print(f"up: {len(state.stacks)} stack(s) of GPU profile {args.gpu_profile}, {len(state.procs)} processes in "
+              f"{summary['seconds']} s "
               f"(state in {state.run_dir})")
     return 0
 

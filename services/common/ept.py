@@ -14,6 +14,7 @@ Layout (covers a 32-bit guest-physical space, enough for RAM below 4 GiB and 32-
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
 
 from .memory import PAGE_SHIFT, MachineMemory
@@ -90,8 +91,32 @@ class Ept:
     def map(self, gfn: int, mfn: int, nr: int = 1, prot: int = EPT_RWX) -> None:
         """Map ``nr`` guest frames at ``gfn`` onto machine frames at ``mfn``."""
         self._check(gfn, nr)
-        for i in range(nr):
-            self._set(gfn + i, ((mfn + i) << PAGE_SHIFT) | prot)
+        while nr > 0:  # one slice write per leaf table (512 entries), not one u64 write per page
+            n = min(nr, 512 - (gfn & 511))
+            first = (mfn << PAGE_SHIFT) | prot
+            entries = array("Q", range(first, first + (n << PAGE_SHIFT), 1 << PAGE_SHIFT))
+            self.mem.write(self._leaf(gfn, True) + (gfn & 511) * 8, memoryview(entries).cast("B"))
+            gfn, mfn, nr = gfn + n, mfn + n, nr - n
+
+    def map_extents(self, extents: list[tuple[int, int, int]], prot: int = EPT_RWX) -> None:
+        """Map ``(gfn, mfn, count)`` extents that cover gfns contiguously from ``extents[0][0]`` (a VM's RAM
+        map): the entries are built in one array and written one leaf table at a time."""
+        if not extents:
+            return
+        gfn = extents[0][0]
+        entries = array("Q")
+        for g, mfn, count in extents:
+            if g != gfn + len(entries):
+                raise ValueError(f"extent at gfn {g:#x} does not follow gfn {gfn + len(entries):#x}")
+            first = (mfn << PAGE_SHIFT) | prot
+            entries.extend(range(first, first + (count << PAGE_SHIFT), 1 << PAGE_SHIFT))
+        self._check(gfn, len(entries))
+        raw = memoryview(entries).cast("B")
+        done = 0
+        while done < len(entries):
+            n = min(len(entries) - done, 512 - ((gfn + done) & 511))
+            self.mem.write(self._leaf(gfn + done, True) + ((gfn + done) & 511) * 8, raw[done * 8:(done + n) * 8])
+            done += n
 
     def unmap(self, gfn: int, nr: int = 1) -> None:
         """Remove ``nr`` mappings (accesses there become MMIO exits again)."""

@@ -3,6 +3,13 @@
 Guest RAM, shadow page tables, contexts and ring buffers all live here, addressed by *machine* address
 (mfn << 12). The file is sparse, so untouched frames cost nothing. vhm owns the :class:`FrameAllocator`;
 every other process just maps the file and reads and writes by machine address.
+
+Memory costs what is touched: a frame that is free is a hole in the file (it reads as zeros and holds no
+page), so allocating never writes zeros. Freeing gives the pages back with ``madvise(MADV_REMOVE)``, which on
+tmpfs/shmem punches a hole in the file (as ``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)`` would;
+mm/madvise.c madvise_remove -> vfs_fallocate): every process mapping the file sees zeros there at once and
+the pages stop counting in anyone's RSS or in /dev/shm. That is the Linux balloon driver's "free page
+reporting" idea and what a hypervisor does when it gives a guest fresh (zero) pages.
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import mmap
 import os
 import struct
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import NamedTuple
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -57,6 +65,8 @@ class MachineMemory:
             os.close(fd)
         self._view = memoryview(self._mm)
         self.frames = self.size >> PAGE_SHIFT
+        self._can_discard = hasattr(mmap, "MADV_REMOVE")
+        self.discarded_frames = 0  # frames given back by discard_frames (a counter for STATUS)
 
     # -------------------------------------------------------------------------------------- checks
     def _check(self, maddr: int, length: int) -> None:
@@ -117,8 +127,31 @@ class MachineMemory:
         self._mm[maddr:maddr + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
     def zero_frames(self, mfn: int, count: int = 1) -> None:
-        """Zero whole frames (freshly allocated frames must not leak a previous owner's data)."""
+        """Zero whole frames by writing zeros (for frames a process recycles itself; frames freed to the
+        allocator are discarded instead, see :meth:`discard_frames`)."""
         self.fill(mfn << PAGE_SHIFT, count << PAGE_SHIFT, 0)
+
+    def discard_frames(self, mfn: int, count: int = 1) -> None:
+        """Give frames' pages back: they read as zeros afterwards, in every process mapping the file, and
+        cost no memory until written again (madvise MADV_REMOVE: a hole punched in the shmem file).
+
+        Where the file system cannot punch holes the frames are zeroed by writing instead, so the
+        "a free frame reads as zeros" rule holds either way."""
+        self.check_mfn(mfn, count)
+        if count == 0:
+            return
+        if self._can_discard:
+            try:
+                self._mm.madvise(mmap.MADV_REMOVE, mfn << PAGE_SHIFT, count << PAGE_SHIFT)
+                self.discarded_frames += count
+                return
+            except (OSError, AttributeError, ValueError):
+                self._can_discard = False  # EOPNOTSUPP (not shmem, no punch hole): fall back for good
+        self.zero_frames(mfn, count)
+
+    def resident_bytes(self) -> int:
+        """Bytes of the file that hold pages (st_blocks; what the machine memory really costs on tmpfs)."""
+        return os.stat(self.path).st_blocks * 512
 
     def close(self) -> None:
         """Unmap. Views handed out earlier become invalid."""
@@ -135,12 +168,22 @@ class MachineMemory:
         self.close()
 
 
-@dataclass(frozen=True)
-class FrameRun:
-    """A run of machine frames ``[mfn, mfn + count)``."""
+class FrameRun(NamedTuple):
+    """A run of machine frames ``[mfn, mfn + count)`` (a tuple: a VM's RAM is thousands of them)."""
 
     mfn: int
     count: int
+
+
+def coalesce(runs: list[FrameRun]) -> list[FrameRun]:
+    """The same frames as fewer runs: sorted, adjacent runs merged."""
+    out: list[FrameRun] = []
+    for run in sorted(runs, key=lambda r: r.mfn):
+        if out and out[-1].mfn + out[-1].count == run.mfn:
+            out[-1] = FrameRun(out[-1].mfn, out[-1].count + run.count)
+        else:
+            out.append(run)
+    return out
 
 
 class FrameAllocator:
@@ -148,13 +191,20 @@ class FrameAllocator:
 
     Frames ``[0, reserved)`` are never handed out (frame 0 stays the "null" frame, so mfn 0 never names a
     real page, like a non-present PTE).
+
+    Args:
+        on_release: called with ``(mfn, count)`` for every run given back (vhm passes
+            :meth:`MachineMemory.discard_frames`, so a free frame is always a zero hole: frames handed out
+            are zero without anything written at allocation time).
     """
 
-    def __init__(self, total_frames: int, reserved: int = 1) -> None:
+    def __init__(self, total_frames: int, reserved: int = 1,
+                 on_release: Callable[[int, int], None] | None = None) -> None:
         if total_frames <= reserved:
             raise ValueError("no allocatable frames")
         self.total = total_frames
         self.reserved = reserved
+        self.on_release = on_release
         self._starts: list[int] = [reserved]  # sorted starts of free runs
         self._counts: dict[int, int] = {reserved: total_frames - reserved}
         self._owned: dict[str, list[FrameRun]] = defaultdict(list)
@@ -201,15 +251,17 @@ class FrameAllocator:
         runs: list[FrameRun] = []
         need = count
         for start in order:
-            while need and start in self._counts:
-                n = self._counts[start]
-                take = min(n, need, max_run or need)
-                mfn = start + n - take if from_top else start
-                self._take(mfn, take)
-                runs.append(FrameRun(mfn, take))
-                need -= take
-                if not from_top:
-                    start = mfn + take
+            n = self._counts[start]
+            take = min(n, need)
+            mfn = start + n - take if from_top else start
+            self._take(mfn, take)  # one block out of the free run, handed out in pieces of max_run
+            piece = max_run or take
+            if from_top:  # highest piece first
+                runs.extend(FrameRun(max(mfn, top - piece), top - max(mfn, top - piece))
+                            for top in range(mfn + take, mfn, -piece))
+            else:
+                runs.extend(FrameRun(a, min(piece, mfn + take - a)) for a in range(mfn, mfn + take, piece))
+            need -= take
             if not need:
                 break
         self._owned[owner].extend(runs)
@@ -248,12 +300,14 @@ class FrameAllocator:
     def free_owner(self, owner: str) -> int:
         """Release everything ``owner`` holds (VM destroyed, client gone). Returns the frame count."""
         runs = self._owned.pop(owner, [])
-        for run in runs:
+        for run in coalesce(runs):  # guest RAM is many adjacent short runs: give them back as few big ones
             self._release(run)
         return sum(r.count for r in runs)
 
     def _release(self, run: FrameRun) -> None:
         start, count = run.mfn, run.count
+        if self.on_release is not None:
+            self.on_release(start, count)
         i = bisect.bisect_left(self._starts, start)
         # merge with the next free run
         if i < len(self._starts) and self._starts[i] == start + count:

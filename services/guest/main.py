@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="workload kinds, cycled per vCPU (each runs on the engines that support it): store, fill, "
                         "copy, aperture_copy, ppgtt_store, ppgtt_fill, ppgtt_remap [GVTSIM_MIX]")
     p.add_argument("--duration", type=float, default=float(env("DURATION", "0")),
-                   help="run workloads for this many seconds instead of --workloads per VM [GVTSIM_DURATION]")
+                   help="run workloads for this many seconds instead of --workloads per VM; SIGUSR1 ends the "
+                        "run early (each VM finishes its workload and reports done) [GVTSIM_DURATION]")
     p.add_argument("--hostile", default=env("HOSTILE", ""), choices=["", *sorted(ATTACKS)],
                    help="after boot, try one attack on GVT (hostile.py) and report it as a 'hostile' event "
                         "[GVTSIM_HOSTILE]")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import statistics
 import time
 from collections import Counter
@@ -120,7 +121,15 @@ class GuestService(BaseService):
                                on_down=self._on_down, name="vhm")
         self.conn.start()
         self._spawn(self._main())
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.finish_now)
         return {"vhm": self.args.vhm, "vms": self.args.vms}
+
+    def finish_now(self) -> None:
+        """SIGUSR1 (``gvtsim load`` once its measured window is over): end a ``--duration`` run now; every
+        VM finishes the workload it is running and reports done."""
+        if self.deadline is not None:
+            self.deadline = min(self.deadline, time.monotonic())
+            self.counters["finish_signals"] += 1
 
     async def stop(self) -> None:
         for t in list(self._tasks):

@@ -30,7 +30,7 @@ from .handlers import MmioTable, default_blocks, default_regs, real_regs
 from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
-from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec
+from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
 from .vgpu import GVT_BDF, FailsafeReason, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
@@ -99,6 +99,7 @@ class Gvt:
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
         self.gm = GmPartition(self.gpu)
+        self._set_profile()
         self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
         self.by_vm: dict[int, Vgpu] = {}
         # (vm, vcpu) -> (request, value) of the last ioreq completed: vhm sends a request again after a
@@ -125,9 +126,19 @@ class Gvt:
             self.counters["pgpu_info_ignored"] += 1
             self.log.warning("pgpu_info_ignored", reason="vGPUs exist", gpu=gpu.__dict__)
             return False
+        if gpu.profile != self.gpu.profile:
+            self.log.warning("gpu_profile_changed", old=self.gpu.profile, new=gpu.profile)
         self.gpu = gpu
         self.gm = GmPartition(gpu)
+        self._set_profile()
         return True
+
+    def _set_profile(self) -> None:
+        """The vGPU limit and type table of the GPU's profile (services/common/gpu_profiles.py)."""
+        self.profile = self.gpu.gpu_profile
+        self.max_vgpu = self.profile.max_vgpu
+        self.type_table = profile_types(self.profile)
+        self.types_by_name = {t.name: t for t in self.type_table}
 
     def set_scratch_mfn(self, mfn: int) -> None:
         """Use a new scratch page and rewrite every vGPU's host GGTT against it."""
@@ -148,7 +159,9 @@ class Gvt:
     # ---------------------------------------------------------------------------- management
     def types(self) -> list[TypeStatus]:
         """The type table with available instances (intel_gvt_update_vgpu_types)."""
-        return [TypeStatus(t, self.gm.avail_instances(t), self.gm.registered(t)) for t in TYPES]
+        free_ids = self.max_vgpu - len(self.vgpus)  # instances are bounded by free vGPU ids as well
+        return [TypeStatus(t, min(free_ids, self.gm.avail_instances(t)), self.gm.registered(t))
+                for t in self.type_table]
 
     def vgpu_for_vm(self, vm: int) -> Vgpu | None:
         return self.by_vm.get(vm)
@@ -161,16 +174,17 @@ class Gvt:
         existing vGPU (a retried request).
         """
         try:
-            spec_vm, vtype = parse_spec(spec, vm)
+            spec_vm, vtype = parse_spec(spec, vm, self.types_by_name)
             existing = self.by_vm.get(vm)
             if existing is not None:
                 if existing.type == vtype:
                     self.counters["vgpu_create_repeat"] += 1
                     return existing
                 raise GvtError(ErrorCode.BAD_REQUEST, f"vm {vm} already has vGPU {existing.id} ({existing.type.name})")
-            vgpu_id = next((i for i in range(1, GVT_MAX_VGPU) if i not in self.vgpus), None)
+            vgpu_id = next((i for i in range(1, self.max_vgpu + 1) if i not in self.vgpus), None)
             if vgpu_id is None:
-                raise GvtError(ErrorCode.NO_SPACE, f"all {GVT_MAX_VGPU - 1} vGPU ids are in use")
+                raise GvtError(ErrorCode.NO_SPACE, f"all {self.max_vgpu} vGPU ids are in use "
+                                                   f"(GPU profile {self.profile.name})")
             resource = self.gm.alloc(vtype)
             try:
                 mpt = self.mpt_factory(vm, ept_root, ram_mb) if ept_root else NullMpt()
@@ -373,6 +387,9 @@ class Gvt:
                 "types": [{"name": s.type.name, "avail": s.avail, "registered": s.registered} for s in self.types()],
                 "gpu": dict(self.gpu.__dict__), "scratch_mfn": self.scratch_mfn,
                 "tracked_mmio": self.table.tracked_mmio, "cmd_table_size": len(cmd_table.CMD_INFO),
+                "profile": self.profile.info(), "vgpu_ids_free": self.max_vgpu - len(self.vgpus),
+                "gm_free_mb": dict(zip(("low", "high", "fences"),
+                                       (self.gm.avail()[0] >> 20, self.gm.avail()[1] >> 20, self.gm.avail()[2]))),
                 "msis_by_vm": {str(v.vm): v.msis_injected for v in self.vgpus.values()},
                 "traps_by_vm": {str(v.vm): dict(v.traps) for v in self.vgpus.values()},
                 "pv_by_vm": {str(v.vm): {"enabled": int(v.pv.enabled), "version": v.pv.version}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..common.gpu_profiles import PROFILES
 from ..common.service import common_args, env, mem_args, run_service
 from .service import GvtService
 
@@ -19,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"), help="vhm endpoint [GVTSIM_VHM_ENDPOINT]")
     p.add_argument("--pgpu", default=env("PGPU_ENDPOINT", "tcp://127.0.0.1:5557"),
                    help="pgpu endpoint [GVTSIM_PGPU_ENDPOINT]")
+    p.add_argument("--gpu-profile", default=env("GPU_PROFILE", "real"), choices=sorted(PROFILES),
+                   help="GPU profile assumed until pgpu reports its own (docs/GPU_PROFILES.md: real is the "
+                        "hardware's, dense a simulated one with 512 small vGPUs) [GVTSIM_GPU_PROFILE]")
     p.add_argument("--enable-oos", action="store_true", default=env("ENABLE_OOS", "") in ("1", "true", "yes"),
                    help="PPGTT out-of-sync pages: PTE tables written twice lose write protection until the "
                         "next submission (off by default, as upstream) [GVTSIM_ENABLE_OOS]")

@@ -26,20 +26,55 @@ def ggtt_mmio_size(gm_size: int) -> int:
     return (gm_size >> 12) << GTT_ENTRY_SHIFT
 
 
+VREG_PAGE_SHIFT = 12
+VREG_PAGE = 1 << VREG_PAGE_SHIFT
+
+
 class MmioState:
-    """The 2 MB of virtual registers (vgpu->mmio.vreg), initialised from the device snapshot."""
+    """The 2 MB of virtual registers (vgpu->mmio.vreg), initialised from the device snapshot.
+
+    Linux vzalloc()s 2 MB per vGPU and copies the snapshot in; here a vGPU keeps only the 4 KiB pages it
+    wrote (copy-on-write over the device's shared, immutable snapshot), so a vGPU costs the few pages of
+    registers its guest touches (a few tens of KiB), not 2 MB: hundreds of vGPUs fit in one gvt."""
 
     def __init__(self, snapshot: bytes) -> None:
-        self.snapshot = snapshot
-        self.vreg = bytearray(snapshot)
+        self.snapshot = bytes(snapshot)
+        self._pages: dict[int, bytearray] = {}  # page number -> this vGPU's copy of that page
+
+    @property
+    def pages_written(self) -> int:
+        """Pages of vreg this vGPU holds its own copy of."""
+        return len(self._pages)
+
+    def _get(self, offset: int, size: int) -> bytes:
+        out = b""
+        while size > 0:
+            pn, po = offset >> VREG_PAGE_SHIFT, offset & (VREG_PAGE - 1)
+            n = min(size, VREG_PAGE - po)
+            page = self._pages.get(pn)
+            out += page[po:po + n] if page is not None else self.snapshot[offset:offset + n]
+            offset, size = offset + n, size - n
+        return out
+
+    def _put(self, offset: int, data: bytes) -> None:
+        done = 0
+        while done < len(data):
+            pn, po = offset >> VREG_PAGE_SHIFT, offset & (VREG_PAGE - 1)
+            n = min(len(data) - done, VREG_PAGE - po)
+            page = self._pages.get(pn)
+            if page is None:
+                base = pn << VREG_PAGE_SHIFT
+                page = self._pages[pn] = bytearray(self.snapshot[base:base + VREG_PAGE])
+            page[po:po + n] = data[done:done + n]
+            offset, done = offset + n, done + n
 
     def read(self, offset: int, size: int) -> int:
         """Little-endian read of ``size`` bytes of vreg."""
-        return int.from_bytes(self.vreg[offset:offset + size], "little")
+        return int.from_bytes(self._get(offset, size), "little")
 
     def write(self, offset: int, data: int, size: int) -> None:
         """Little-endian write of the low ``size`` bytes of ``data``."""
-        self.vreg[offset:offset + size] = (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._put(offset, (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
     def read32(self, offset: int) -> int:
         return self.read(offset, 4)
@@ -50,9 +85,15 @@ class MmioState:
     def reset(self, dmlr: bool) -> None:
         """intel_vgpu_reset_mmio: DMLR restores all 2 MB; a GT reset only [0, 0x44200)."""
         if dmlr:
-            self.vreg[:] = self.snapshot
-        else:
-            self.vreg[:GEN8_MMIO_RESET_OFFSET] = self.snapshot[:GEN8_MMIO_RESET_OFFSET]
+            self._pages.clear()
+            return
+        last = GEN8_MMIO_RESET_OFFSET >> VREG_PAGE_SHIFT
+        for pn in [p for p in self._pages if p < last]:
+            del self._pages[pn]
+        page = self._pages.get(last)
+        if page is not None:  # the page holding the boundary: restore its part below 0x44200
+            n = GEN8_MMIO_RESET_OFFSET & (VREG_PAGE - 1)
+            page[:n] = self.snapshot[last << VREG_PAGE_SHIFT:(last << VREG_PAGE_SHIFT) + n]
 
 
 def _is_gtt(vgpu: "Vgpu", offset: int) -> bool:

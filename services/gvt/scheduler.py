@@ -26,7 +26,7 @@ from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from . import cmd_parser
 from . import engines as eng
 from . import mmio_context
-from .cmd_parser import ShadowBb, ShadowBbWindow
+from .cmd_parser import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES, ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, same_context
 from .gtt import pte_encode, pte_pfn, pte_present
@@ -114,6 +114,17 @@ def notify_event(engine: str, reason: str) -> str:
     return f"{engine.upper()}_{NOTIFY_EVENTS.get(reason, 'MI_USER_INTERRUPT')}"
 
 
+def shadow_context_gm(aperture_size: int, vgpu_id: int, engine_index: int) -> int:
+    """Where the shadow context of (vGPU, engine) sits in the host's reserved high GM: a 64 KiB window
+    each from the aperture end, below the shadow batch window (room for vGPU ids 1..63). Higher ids (only
+    simulated GPU profiles have them: services/common/gpu_profiles.py) go above the batch window."""
+    slot = vgpu_id * len(PHYSICAL_ENGINES) + engine_index
+    below = SHADOW_BB_GM_OFFSET // (16 * PAGE_SIZE)
+    if slot < below:
+        return aperture_size + slot * 16 * PAGE_SIZE
+    return aperture_size + SHADOW_BB_GM_OFFSET + (SHADOW_BB_GM_PAGES << PAGE_SHIFT) + (slot - below) * 16 * PAGE_SIZE
+
+
 class Scheduler:
     """Per-engine queues of workloads, dispatch to pgpu, completion back to the guest."""
 
@@ -148,9 +159,7 @@ class Scheduler:
         if len(self.frame_pool) < SHADOW_PAGES:
             raise WorkloadError("no frames for a shadow context (vhm ALLOC_FRAMES pending or exhausted)")
         mfns = [self.frame_pool.pop() for _ in range(SHADOW_PAGES)]
-        # the host's reserved high GM starts at the aperture end; each (vGPU, engine) gets a 64 KiB window
-        slot = vgpu.id * len(PHYSICAL_ENGINES) + PHYSICAL_ENGINES.index(engine)
-        gm = self.gvt.gpu.aperture_size + slot * 16 * PAGE_SIZE
+        gm = shadow_context_gm(self.gvt.gpu.aperture_size, vgpu.id, PHYSICAL_ENGINES.index(engine))
         entries = []
         for i, mfn in enumerate(mfns):
             index = (gm >> PAGE_SHIFT) + i

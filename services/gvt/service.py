@@ -35,6 +35,7 @@ from .types import PhysicalGpu
 
 #: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
 GGTT_BATCH = 32768
+#: Entries per GGTT_FILL message (the message's bound: a 4 GiB GM has 1 Mi entries).
 
 Outgoing = tuple[str, type[m.Message], dict[str, Any]]  # (peer, message class, fields without req)
 
@@ -58,6 +59,12 @@ SHADOW_POOL_FRAMES = 320 + 256
 SCHED_TICK = GVT_DEFAULT_TIME_SLICE
 #: More frames for PPGTT shadow page tables (per vGPU: 3 scratch tables + one SPT per guest table page).
 PPGTT_POOL_FRAMES = 1024
+
+
+def pool_frames(max_vgpu: int) -> int:
+    """Frames gvt asks vhm for at start: the pools above for 7 vGPUs, scaled to the GPU profile's vGPU
+    limit (frames are holes in machine memory until gvt writes them, so an unused pool costs nothing)."""
+    return -(-(SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES) * max(7, max_vgpu) // 7)
 
 
 PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
@@ -99,7 +106,8 @@ class GvtService(BaseService):
 
     def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
         super().__init__(ctx, args)
-        self.core = Gvt(counters=self.counters, log=self.log, mpt_factory=self._mpt,
+        self.core = Gvt(PhysicalGpu(profile=getattr(args, "gpu_profile", "real")),
+                        counters=self.counters, log=self.log, mpt_factory=self._mpt,
                         enable_out_of_sync=bool(getattr(args, "enable_oos", False)))
         self._mem: MachineMemory | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -345,7 +353,7 @@ class GvtService(BaseService):
         self.core.set_scratch_mfn(reply.runs[0].mfn)
         if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
             self.core.ppgtt.forget()
-        pool = await conn.request(m.AllocFrames, count=SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES)
+        pool = await conn.request(m.AllocFrames, count=pool_frames(self.core.max_vgpu))
         assert isinstance(pool, m.FramesReply)
         try:
             if self._mem is None:

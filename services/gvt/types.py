@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...protocol.errors import ErrorCode
+from ..common.gpu_profiles import PROFILES, REAL_MAX_VGPU, GpuProfile, get_profile
 from .errors import GvtError
 
 MB = 1 << 20
@@ -22,7 +23,7 @@ GTT_PAGE_SIZE = 1 << 12
 HOST_LOW_GM_SIZE = 128 * MB
 HOST_HIGH_GM_SIZE = 384 * MB
 HOST_FENCE = 4
-GVT_MAX_VGPU = 8  # idr range [1, 8): ids 1..7, id 0 is the idle vGPU
+GVT_MAX_VGPU = REAL_MAX_VGPU + 1  # idr range [1, 8): ids 1..7, id 0 is the idle vGPU (the real profile)
 VGPU_MAX_WEIGHT = 16
 
 
@@ -42,6 +43,11 @@ class PhysicalGpu:
     msi_cap: int = 0xAC
     fences: int = 32
     aperture_base: int = 0xC000_0000  # host BAR2 physical address (the vGPU's BAR2 is preset to it)
+    profile: str = "real"  # services/common/gpu_profiles.py: the vGPU limit and extra types
+
+    @property
+    def gpu_profile(self) -> GpuProfile:
+        return get_profile(self.profile)
 
     @property
     def gm_size(self) -> int:
@@ -69,7 +75,10 @@ class PhysicalGpu:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"gpu.{name} must be a non-negative integer, got {v!r}")
             vals[name] = v
-        gpu = cls(**vals)
+        profile = info.get("profile", base.profile)
+        if profile not in PROFILES:
+            raise ValueError(f"gpu.profile {profile!r} is not one of {', '.join(PROFILES)}")
+        gpu = cls(**vals, profile=profile)
         if gpu.aperture_mb & (gpu.aperture_mb - 1):
             # BAR2 decodes the aperture and a BAR's size is a power of two (PCI Local Bus spec 6.2.5.1):
             # the guest sizes BAR2 and takes that as its mappable end (i915_ggtt_init_hw)
@@ -124,26 +133,36 @@ def type_table(graphics_ver: int = 9) -> tuple[VgpuType, ...]:
 TYPES: tuple[VgpuType, ...] = type_table()
 TYPES_BY_NAME: dict[str, VgpuType] = {t.name: t for t in TYPES}
 
+
+def profile_types(profile: GpuProfile) -> tuple[VgpuType, ...]:
+    """The real types, then the profile's extra (custom, simulated) types."""
+    base = TYPES[0]  # AcrnGT copies types[0] and overrides the sizes
+    return TYPES + tuple(VgpuType(x.name, x.low_gm_mb, x.high_gm_mb, x.fence, x.weight, base.resolution, custom=True)
+                         for x in profile.extra_types)
+
 _INT = re.compile(r"-?[0-9]+")
 
 
-def parse_spec(spec: str, vm: int | None = None) -> tuple[int | None, VgpuType]:
+def parse_spec(spec: str, vm: int | None = None,
+               types: dict[str, VgpuType] | None = None) -> tuple[int | None, VgpuType]:
     """Resolve a create spec: a type name, or AcrnGT's ``"vmid,low_gm_MB,high_gm_MB,fence"`` (also
     ``"low_gm_MB,high_gm_MB,fence"`` when the VM is named elsewhere).
 
     AcrnGT (gvt-facts 3, acrngt_sysfs_instance_manage) copies ``types[0]`` (its weight) and overrides the
     sizes; it accepts ``vm_id > 0``, ``aperture > 0``, ``aperture <= aperture + high``, ``fence > 0``.
+    ``types`` is the type table by name (the GPU profile's; the real four by default).
     Returns ``(vmid named by the spec or None, type)``.
 
     Raises:
         GvtError: bad_request for anything else, or a vmid that disagrees with ``vm``.
     """
     spec = spec.strip()
-    if spec in TYPES_BY_NAME:
-        return None, TYPES_BY_NAME[spec]
+    by_name = TYPES_BY_NAME if types is None else types
+    if spec in by_name:
+        return None, by_name[spec]
     parts = spec.split(",")
     if len(parts) not in (3, 4) or not all(_INT.fullmatch(p.strip()) for p in parts):
-        raise GvtError(ErrorCode.BAD_REQUEST, f"spec {spec!r} is neither a type name ({', '.join(TYPES_BY_NAME)}) "
+        raise GvtError(ErrorCode.BAD_REQUEST, f"spec {spec!r} is neither a type name ({', '.join(by_name)}) "
                                               "nor 'vmid,low_gm_MB,high_gm_MB,fence'")
     nums = [int(p) for p in parts]
     spec_vm = nums.pop(0) if len(nums) == 4 else None
@@ -232,7 +251,8 @@ class GmPartition:
     def avail_instances(self, t: VgpuType) -> int:
         """intel_gvt_update_vgpu_types: min(low_avail/low_gm, high_avail/high_gm, fence_avail/fence)."""
         low, high, fences = self.avail()
-        return max(0, min(low // (t.low_gm_mb * MB), high // (t.high_gm_mb * MB), fences // t.fence))
+        by_fence = fences // t.fence if t.fence else low  # a fenceless (dense profile) type needs none
+        return max(0, min(low // (t.low_gm_mb * MB), high // (t.high_gm_mb * MB), by_fence))
 
     def registered(self, t: VgpuType) -> bool:
         """intel_gvt_init_vgpu_types registers a type only if (aperture - 128 MB) / low_gm >= 1."""

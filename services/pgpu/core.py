@@ -42,6 +42,7 @@ class PgpuConfig:
     watchdog_ms: float = 100.0  # simulated time a context may run
     watchdog_cmds: int = 200_000  # commands a context may execute
     budget: int = 20_000  # commands per advance() chunk
+    profile: str = "real"  # the GPU profile reported to gvt (services/common/gpu_profiles.py)
 
 
 class GpuError(Exception):
@@ -207,7 +208,7 @@ class PgpuCore:
                              "queued": sum(len(x.elements) for x in eng.port) + (eng.running is not None),
                              "mmio_base": ENGINE_BASES[name]}
         return {
-            "gpu": {**GPU_IDENTITY, "gm_mb": cfg.gm_mb, "aperture_mb": cfg.aperture_mb},
+            "gpu": {**GPU_IDENTITY, "gm_mb": cfg.gm_mb, "aperture_mb": cfg.aperture_mb, "profile": cfg.profile},
             "engines": engines,
             "events": {kind: sum(e.stats[f"events_{kind}"] for e in self.engines.values()) for kind in EVENT_KINDS},
             "ggtt": {"entries": self.ggtt.num_entries, "writes": self.ggtt.writes, "flushes": self.ggtt.flushes},

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..common.gpu_profiles import PROFILES
 from ..common.service import common_args, env, mem_args, run_service
 from .service import PgpuService
 
@@ -26,6 +27,9 @@ def parser() -> argparse.ArgumentParser:
                    help="graphics memory size; the GGTT has gm >> 12 entries [GVTSIM_PGPU_GM_MB]")
     p.add_argument("--aperture-mb", type=int, default=int(env("PGPU_APERTURE_MB", "1024")),
                    help="mappable (aperture) part of the GM [GVTSIM_PGPU_APERTURE_MB]")
+    p.add_argument("--gpu-profile", default=env("GPU_PROFILE", "real"), choices=sorted(PROFILES),
+                   help="GPU profile this GPU reports to gvt (docs/GPU_PROFILES.md: real is the hardware's, "
+                        "dense a simulated one with 512 small vGPUs) [GVTSIM_GPU_PROFILE]")
     p.add_argument("--time-scale", type=float, default=float(env("PGPU_TIME_SCALE", "1.0")),
                    help="wall seconds per simulated GPU second; 0 = as fast as possible [GVTSIM_PGPU_TIME_SCALE]")
     p.add_argument("--gpu-speed", type=float, default=float(env("PGPU_GPU_SPEED", "1.0")),

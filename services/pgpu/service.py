@@ -1,6 +1,6 @@
 """The asyncio shell of pgpu: a ROUTER for gvt sessions, one task per engine, the core does the rest.
 
-Requests (role "gvt" only): GGTT_WRITE -> OK, GGTT_READ -> GGTT_ENTRIES, PGPU_MMIO_READ -> OK{value},
+Requests (role "gvt" only): GGTT_WRITE -> OK, GGTT_FILL -> OK, GGTT_READ -> GGTT_ENTRIES, PGPU_MMIO_READ -> OK{value},
 PGPU_MMIO_WRITE -> OK, ELSP_SUBMIT -> OK or ERROR, ENGINE_RESET -> OK. GPU_EVENTs go to the session that
 submitted the context; if it is gone, the context still runs but its events are dropped (counted).
 """
@@ -46,7 +46,8 @@ class PgpuService(BaseService):
         self.mem = await open_memory(a.mem_path, a.mem_size_mb, a.create_mem, a.mem_wait)
         self.core = PgpuCore(self.mem, PgpuConfig(gm_mb=a.gm_mb, aperture_mb=a.aperture_mb, time_scale=a.time_scale,
                                                   gpu_speed=a.gpu_speed, watchdog_ms=a.watchdog_ms,
-                                                  watchdog_cmds=a.watchdog_cmds))
+                                                  watchdog_cmds=a.watchdog_cmds,
+                                                  profile=getattr(a, "gpu_profile", "real")))
         self.handlers: dict[type[m.Message], Callable[[Session, Any], m.Message]] = {
             m.GgttWrite: self._ggtt_write,
             m.GgttFill: self._ggtt_fill,

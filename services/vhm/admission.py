@@ -56,3 +56,36 @@ GUEST_KIND_CHECKS: dict[IoreqType, Callable[[Vm, m.Ioreq], None]] = {
     IoreqType.PCI: _check_pci,
     IoreqType.WP: _check_wp,
 }
+
+
+class CreateAdmission:
+    """Admission of VM creations at a bounded rate: a token bucket (the GCRA form of it, as traffic policers
+    use), sans-I/O with time passed in.
+
+    A boot storm (hundreds of guests asking for VMs at once) is spread out at ``rate`` creations per second
+    after a burst of ``burst``, so the device model creates vGPUs at a pace that leaves room for the ioreqs
+    of the VMs already running. Each call reserves the next slot: the answer is how long that creation
+    waits before it starts (0: now).
+    """
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self._tat = 0.0  # theoretical arrival time of the next creation
+        self.admitted = 0
+        self.delayed = 0
+
+    def reserve(self, now: float) -> float:
+        """Reserve a creation slot; returns the seconds to wait before starting it."""
+        start = max(now, self._tat - self.tolerance)
+        self._tat = max(self._tat, start) + self.interval
+        self.admitted += 1
+        if start > now:
+            self.delayed += 1
+        return start - now
+
+    def next_deadline(self) -> float:
+        """When the bucket is full again (nothing waits past it)."""
+        return self._tat

@@ -77,7 +77,11 @@ class VhmCore(MptServices, ClientSessions):
     def __init__(self, mem: MachineMemory, *, ram_max_run: int = 16, ioreq_timeout: float = 30.0,
                  client_grace: float = 0.0, counters: Counter[str] | None = None) -> None:
         self.mem = mem
-        self.frames = FrameAllocator(mem.frames)
+        # A free frame is a hole in the file (zero, costing nothing): frames handed out need no zeroing and
+        # frames given back are discarded. A restarted vhm keeps nothing (docs/VHM.md), so whatever an
+        # earlier incarnation left in the file goes now.
+        self.frames = FrameAllocator(mem.frames, on_release=mem.discard_frames)
+        mem.discard_frames(0, mem.frames)
         self.ram_max_run = ram_max_run
         self.ioreq_timeout = ioreq_timeout
         self.client_grace = client_grace
@@ -326,6 +330,18 @@ class VhmCore(MptServices, ClientSessions):
         self._teardown(vm, ErrorCode.NO_SUCH_VM, "VM creation failed")
         return self.reap_vm(vm_id, serial)
 
+    def stale_namesake(self, peer: Peer, name: str) -> int | None:
+        """The id of a live VM this connection already created under ``name``, if any.
+
+        A guest that asks for a VM by a name it already holds lost track of the first one (its VM_CREATED
+        answer was lost with a broken session, or the guest re-initialises after a reset): the shell
+        destroys that one before creating the new, so a boot storm with lost answers leaks no VM, frame or
+        vGPU."""
+        for vm in self.vms.values():
+            if vm.owner == peer and vm.name == name and vm.state is not VmState.DYING:
+                return vm.id
+        return None
+
     @entry_point
     def destroy_vm(self, peer: Peer, vm_id: int) -> Teardown:
         """VM_DESTROY: the VM goes DYING (no new ioreqs, in-flight ones fail with no_such_vm, its ranges go).
@@ -400,6 +416,9 @@ class VhmCore(MptServices, ClientSessions):
             "vms": {"count": len(self.vms), "list": [vm.info() for vm in self.vms.values()]},
             "free_frames": self.frames.free_frames,
             "total_frames": self.frames.total,
+            "frame_owners": len(self.frames.owners()),
+            "discarded_frames": self.mem.discarded_frames,
+            "resident_mb": round(self.mem.resident_bytes() / (1 << 20), 1),
             "clients": [{"client": c.id, "name": c.name, "ready": c.ready} for c in self.clients.values()],
             "ioreqs": dict(self.ioreq_counts),
         }

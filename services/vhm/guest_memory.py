@@ -1,15 +1,15 @@
 """One VM's guest-physical memory: RAM frames, the gfn->mfn map, the simulated EPT, extra mappings.
 
-DESIGN section 2: guest RAM is machine memory. vhm allocates it deliberately non-identity (from the top of
+Guest RAM is machine memory. vhm allocates it deliberately non-identity (from the top of
 machine memory, in short runs) so that code confusing a gfn with an mfn breaks at once. The EPT
 (services/common/ept.py) lives in machine memory too: the guest process walks it before every RAM access,
 so a write-protect change is visible to the guest's very next write (HC 0x43 VM_WRITE_PROTECT_PAGE clears
-the entry's W bit, gvt-facts 8.2).
+the entry's W bit, as ACRN's ept_modify_mr does).
 """
 
 from __future__ import annotations
 
-from array import array
+import bisect
 
 from ..common.ept import EPT_RWX, MAX_GFN, ROOT_FRAMES, Ept
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, FrameAllocator, MachineMemory
@@ -42,29 +42,32 @@ class GuestMemory:
         self.frames = frames
         self.owner = owner
         self.ram_frames = ram_mb * FRAMES_PER_MB
-        self.extents: list[tuple[int, int, int]] = []  # (gfn, mfn, count), gfn ascending
-        self._ram_mfn = array("Q")  # gfn -> mfn for RAM gfns 0..ram_frames-1
+        self.extents: list[tuple[int, int, int]] = []  # (gfn, mfn, count), gfn ascending: the RAM map
+        self._starts: list[int] = []  # the extents' first gfns, for bisect
         self.extra: dict[int, int] = {}  # gfn -> mfn mapped by map_gfn_to_mfn (outside RAM)
+        # Frames come from the allocator zero (a free frame is a hole in the machine memory file, see
+        # services/common/memory.py): nothing is written here but the EPT, so a VM costs what it touches.
         try:
             root = frames.alloc(ROOT_FRAMES, owner, contiguous=True, from_top=True)[0]
-            mem.zero_frames(root.mfn, root.count)
             self.ept_root = root.mfn
             self.ept = Ept(mem, root.mfn, alloc_table=self._alloc_table)
             gfn = 0
             for run in frames.alloc(self.ram_frames, owner, max_run=max_run, from_top=True):
-                mem.zero_frames(run.mfn, run.count)  # a previous owner's data must not leak
                 self.extents.append((gfn, run.mfn, run.count))
-                self._ram_mfn.extend(range(run.mfn, run.mfn + run.count))
-                self.ept.map(gfn, run.mfn, run.count, EPT_RWX)
+                self._starts.append(gfn)
                 gfn += run.count
+            self.ept.map_extents(self.extents, EPT_RWX)
         except BaseException:
             frames.free_owner(owner)
             raise
 
     def _alloc_table(self) -> int:
-        run = self.frames.alloc(1, self.owner, from_top=True)[0]
-        self.mem.zero_frames(run.mfn)
-        return run.mfn
+        return self.frames.alloc(1, self.owner, from_top=True)[0].mfn  # zero: fresh from the allocator
+
+    def _ram_mfn(self, gfn: int) -> int:
+        """The machine frame of RAM gfn ``gfn`` (0 <= gfn < ram_frames): a bisect over the extents."""
+        g, mfn, _ = self.extents[bisect.bisect_right(self._starts, gfn) - 1]
+        return mfn + gfn - g
 
     # ------------------------------------------------------------------------------------ lookups
     def is_ram(self, gfn: int) -> bool:
@@ -74,7 +77,7 @@ class GuestMemory:
     def translate(self, gfn: int) -> int | None:
         """The machine frame behind ``gfn`` (RAM or an extra mapping), None if unmapped (an MMIO hole)."""
         if 0 <= gfn < self.ram_frames:
-            return self._ram_mfn[gfn]
+            return self._ram_mfn(gfn)
         return self.extra.get(gfn)
 
     def is_write_protected(self, gfn: int) -> bool:
@@ -101,7 +104,7 @@ class GuestMemory:
         while off < length:
             addr = gpa + off
             n = min(PAGE_SIZE - (addr & (PAGE_SIZE - 1)), length - off)
-            out.append(((self._ram_mfn[addr >> PAGE_SHIFT] << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1)), off, n))
+            out.append(((self._ram_mfn(addr >> PAGE_SHIFT) << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1)), off, n))
             off += n
         return out
 

@@ -28,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ioreq-timeout", type=float, default=float(env("VHM_IOREQ_TIMEOUT", "30")),
                    help="seconds a request may stay PROCESSING at a live client before it fails with "
                         "ERROR timeout [GVTSIM_VHM_IOREQ_TIMEOUT]")
+    p.add_argument("--create-rate", type=float, default=float(env("VHM_CREATE_RATE", "100")),
+                   help="VM creations admitted per second after a burst (a boot storm is spread out so running "
+                        "VMs keep their ioreq latency) [GVTSIM_VHM_CREATE_RATE]")
+    p.add_argument("--create-burst", type=int, default=int(env("VHM_CREATE_BURST", "16")),
+                   help="VM creations admitted at once before --create-rate applies [GVTSIM_VHM_CREATE_BURST]")
+    p.add_argument("--create-inflight", type=int, default=int(env("VHM_CREATE_INFLIGHT", "8")),
+                   help="vGPU creations waiting at the device model at most [GVTSIM_VHM_CREATE_INFLIGHT]")
     p.add_argument("--vgpu-timeout", type=float, default=float(env("VHM_VGPU_TIMEOUT", "5")),
                    help="seconds to wait for the device model to create/destroy/reset a vGPU "
                         "[GVTSIM_VHM_VGPU_TIMEOUT]")
@@ -40,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--client-grace must be >= 0")
     if args.ram_max_run < 1:
         p.error("--ram-max-run must be >= 1")
+    if args.create_rate <= 0 or args.create_burst < 1 or args.create_inflight < 1:
+        p.error("--create-rate must be > 0, --create-burst and --create-inflight >= 1")
     return args
 
 

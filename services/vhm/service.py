@@ -31,6 +31,7 @@ from ...protocol.constants import MAX_BATCH
 from ..common.client import PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
+from .admission import CreateAdmission
 from ..common.service import BaseService
 from .core import VhmCore
 from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
@@ -79,6 +80,9 @@ class VhmService(BaseService):
         self.mem = MachineMemory(a.mem_path, a.mem_size_mb << 20, create=True)
         self.core = VhmCore(self.mem, ram_max_run=a.ram_max_run, ioreq_timeout=a.ioreq_timeout,
                             client_grace=getattr(a, "client_grace", 0.0), counters=self.counters)
+        # boot storms: creations admitted at a bounded rate, vGPU creations in flight at gvt bounded
+        self.admission = CreateAdmission(getattr(a, "create_rate", 100.0), getattr(a, "create_burst", 16))
+        self._vgpu_inflight = asyncio.Semaphore(getattr(a, "create_inflight", 8))
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
@@ -100,7 +104,10 @@ class VhmService(BaseService):
 
     def status(self) -> tuple[bool, dict[str, Any]]:
         """STATUS: VMs, frames, clients, ioreq counts by type."""
-        return self.core is not None, self.core.status_info() if self.core else {}
+        if self.core is None:
+            return False, {}
+        return True, {**self.core.status_info(),
+                      "admission": {"admitted": self.admission.admitted, "delayed": self.admission.delayed}}
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         async def guarded() -> None:
@@ -286,6 +293,26 @@ class VhmService(BaseService):
 
     async def _on_vm_create(self, session: Session, msg: m.VmCreate) -> None:
         assert self.core is not None
+        wait = self.admission.reserve(time.monotonic())
+        if wait > 0:  # over the admission rate: this creation starts later (its own timer: it has work)
+            self.counters["vm_create_delayed"] += 1
+
+            async def later() -> None:
+                await asyncio.sleep(wait)
+                await self._create_now(session, msg)
+            self._spawn(later(), name=f"create-vm-later-{msg.req}")
+            return
+        await self._create_now(session, msg)
+
+    async def _create_now(self, session: Session, msg: m.VmCreate) -> None:
+        assert self.core is not None
+        stale = self.core.stale_namesake(session, msg.name)
+        if stale is not None:  # the guest lost track of that VM: it goes before its successor comes
+            td = self.core.destroy_vm(session, stale)
+            if not isinstance(td, Rejected):
+                self.counters["vm_replaced_by_name"] += 1
+                await self._fail(td.failed)
+                self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
         if isinstance(plan, Rejected):
             await self._reject(session, plan, msg.req)
@@ -305,8 +332,10 @@ class VhmService(BaseService):
         try:
             if client is None or client.peer is None:
                 raise PeerLost("device model gone")
-            reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
-                                              ept_root=vg.ept_root, ram_mb=vg.ram_mb, timeout=self.args.vgpu_timeout)
+            async with self._vgpu_inflight:
+                reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
+                                                  ept_root=vg.ept_root, ram_mb=vg.ram_mb,
+                                                  timeout=self.args.vgpu_timeout)
             if not isinstance(reply, m.VgpuCreated):
                 raise RemoteError(m.Error(code="internal", reason=f"device model answered {type(reply).__name__}"))
         except RemoteError as err:

@@ -103,7 +103,8 @@ async def test_two_engines_at_once(pgpu) -> None:
 
         status = await conn.request(m.StatusRequest)
         assert isinstance(status, m.StatusReply)
-        assert set(status.info["gpu"]) == {"vendor", "device", "revision", "gm_mb", "aperture_mb", "msi_cap", "fences"}
+        assert set(status.info["gpu"]) == {"vendor", "device", "revision", "gm_mb", "aperture_mb", "msi_cap", "fences",
+                                           "profile"}
         assert status.info["engines"]["bcs"]["contexts"] == 1 and status.info["events"]["ctx_complete"] == 2
     finally:
         await conn.close()

@@ -157,3 +157,36 @@ def test_table_is_declarative_and_extensible() -> None:
     gvt.table = table
     wr(gvt, v, 0x2230, 0x42)
     assert seen == [(0x2230, 0x42)]
+
+
+# ------------------------------------------------------------------------ compact vreg (copy-on-write)
+from hypothesis import given as _given
+from hypothesis import settings as _settings
+from hypothesis import strategies as _st
+
+from gvtsim.services.gvt.mmio import GEN8_MMIO_RESET_OFFSET, MMIO_SIZE, MmioState
+
+_SNAPSHOT = bytes(range(256)) * (MMIO_SIZE // 256)
+
+
+@_given(_st.lists(_st.one_of(
+    _st.tuples(_st.just("w"), _st.integers(0, MMIO_SIZE - 8), _st.sampled_from([1, 2, 4, 8]), _st.integers(0, 2**64 - 1)),
+    _st.tuples(_st.just("gt"), _st.just(0), _st.just(0), _st.just(0)),
+    _st.tuples(_st.just("dmlr"), _st.just(0), _st.just(0), _st.just(0))), max_size=40))
+@_settings(deadline=None, max_examples=60)
+def test_vreg_pages_behave_like_a_full_2mb_copy(ops) -> None:
+    snapshot = _SNAPSHOT
+    state, model = MmioState(snapshot), bytearray(snapshot)
+    for op, off, size, val in ops:
+        if op == "w":
+            state.write(off, val, size)
+            model[off:off + size] = (val & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        elif op == "gt":
+            state.reset(False)
+            model[:GEN8_MMIO_RESET_OFFSET] = snapshot[:GEN8_MMIO_RESET_OFFSET]
+        else:
+            state.reset(True)
+            model[:] = snapshot
+        for o, n in ((off, size or 4), (max(0, off - 3), 8), (GEN8_MMIO_RESET_OFFSET - 4, 8), (0xFFC, 8)):
+            assert state.read(o, n) == int.from_bytes(model[o:o + n], "little")
+    assert state.pages_written <= len(ops) * 2  # only written pages are held (2 when a write straddles)

@@ -181,3 +181,37 @@ def test_report_files(tmp_path) -> None:
     assert json.load(open(tmp_path / "report.json"))["figures"]["workloads_verified"] == 9
     summary = open(tmp_path / "summary.md").read()
     assert "PASS" in summary and "| 0.5 | gvt | s0/gvt | 0.3 | 0.4 | 1 | 1.2 |" in summary
+
+
+# ------------------------------------------------------------------------------------ boot, resources
+def test_boot_curve_reports_when_each_share_of_the_vms_ran() -> None:
+    from gvtsim.orchestration.load import boot_curve
+    tl = [{"t": float(t), "vms_running": n} for t, n in enumerate([0, 1, 3, 5, 8, 10, 9])]
+    b = boot_curve(tl, 10)
+    assert b["seconds_to"] == {"10%": 1.0, "25%": 2.0, "50%": 3.0, "75%": 4.0, "90%": 5.0, "100%": 5.0}
+    assert b["peak_running"] == 10
+    assert boot_curve(tl[:4], 10)["seconds_to"]["100%"] is None
+
+
+def test_place_gives_each_plan_its_stack_type() -> None:
+    plans = place(600, {0: 512, 1: 512}, 64, {0: "AcrnGT_dense_1_2", 1: "AcrnGT_dense_1_2"})
+    assert sum(p.vms for p in plans) == 600 and {p.vgpu_type for p in plans} == {"AcrnGT_dense_1_2"}
+    assert [p.vms for p in plans if p.stack == 0] == [64] * 8 and sum(p.vms for p in plans if p.stack == 1) == 88
+
+
+def test_resource_sampler_measures_this_process(tmp_path) -> None:
+    import os
+    from gvtsim.orchestration.resources import ResourceSampler, service_of
+    assert [service_of(n) for n in ("s3/gvt", "s0/load-guest.12", "s1/guest.2", "s0/vhm")] == \
+        ["gvt", "guest", "guest", "vhm"]
+    s = ResourceSampler()
+    base = s.sample({"s0/vhm": os.getpid()}, 0, now=0.0)
+    blob = bytearray(32 << 20)  # 32 MB touched
+    for i in range(0, len(blob), 4096):
+        blob[i] = 1
+    s.samples.clear()
+    s.sample({"s0/vhm": os.getpid(), "s0/gone": 2 ** 22 + 7}, 8, now=1.0)  # a vanished pid is skipped
+    summary = s.summary(base)
+    assert summary["pss_by_service_mb"]["vhm"] >= base["pss_mb"] + 30
+    assert summary["pss_per_vm_kb"] >= 30 * 1024 / 8
+    del blob

@@ -170,7 +170,8 @@ def test_forcewake_ack_and_fences(gpu) -> None:
 def test_status_has_the_gpu_keys_gvt_relies_on(gpu) -> None:
     core, _ = gpu
     info = core.status()
-    assert set(info["gpu"]) == {"vendor", "device", "revision", "gm_mb", "aperture_mb", "msi_cap", "fences"}
+    assert set(info["gpu"]) == {"vendor", "device", "revision", "gm_mb", "aperture_mb", "msi_cap", "fences", "profile"}
+    assert info["gpu"]["profile"] == "real"
     assert (info["gpu"]["vendor"], info["gpu"]["device"], info["gpu"]["msi_cap"]) == (0x8086, 0x1912, 0xAC)
     assert set(info["engines"]) == {"rcs", "bcs", "vcs", "vecs"}
 

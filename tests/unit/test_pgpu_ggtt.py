@@ -69,3 +69,15 @@ def test_fill_writes_the_range_only_checks_bounds_and_flushes() -> None:
     with pytest.raises(GgttRangeError):
         g.fill(g.num_entries - 1, 2, scratch)
     assert g.read(g.num_entries - 1)[0] == 0  # all or nothing
+def test_fill_sets_exactly_the_range_flushes_and_is_all_or_nothing() -> None:
+    g = Ggtt(16 * MIB)
+    g.write_batch([(9, pte_encode(0xA000)), (20, pte_encode(0xC000))])
+    assert g.translate(9 << 12) == 0xA000  # cached
+    assert g.fill(10, 10, pte_encode(0x7000)) == 10
+    assert g.read(9, 12) == [pte_encode(0xA000)] + [pte_encode(0x7000)] * 10 + [pte_encode(0xC000)]
+    assert g.translate(15 << 12) == 0x7000
+    g.fill(9, 1, pte_encode(0x8000))
+    assert g.translate(9 << 12) == 0x8000  # the fill flushed the TLB, as gvt's update does
+    with pytest.raises(GgttRangeError):
+        g.fill(4090, 7, pte_encode(0x9000))  # one past the end
+    assert g.read(4090, 6) == [0] * 6

@@ -53,9 +53,14 @@ def mmio_client(core: VhmCore, vm: int, name: str = "gvt") -> int:
 # ================================================================================ VM lifecycle and memory
 def test_vm_ram_is_non_identity_fragmented_zeroed_and_in_the_ept(core, mem):
     free0 = core.frames.free_frames
-    top = core.frames.total - 600
-    mem.fill(top << PAGE_SHIFT, 600 << PAGE_SHIFT, 0xAA)  # a previous owner's data where the VM will land
-    plan = make_vm(core, ram_mb=2, vcpus=3)
+    prev = make_vm(core, "guestP", ram_mb=2)  # a previous owner writes all its RAM, then is destroyed
+    for _, mfn, count in prev.ram:
+        mem.fill(mfn << PAGE_SHIFT, count << PAGE_SHIFT, 0xAA)
+    td = core.destroy_vm("guestP", prev.vm)
+    core.reap_vm(td.vm, td.serial)
+    assert core.frames.free_frames == free0
+    plan = make_vm(core, ram_mb=2, vcpus=3)  # lands on the same frames (from the top)
+    assert {mfn for _, mfn, _ in plan.ram} & {mfn for _, mfn, _ in prev.ram}
     frames = 2 * 256
     assert sum(c for _, _, c in plan.ram) == frames
     gfn = 0
@@ -74,6 +79,24 @@ def test_vm_ram_is_non_identity_fragmented_zeroed_and_in_the_ept(core, mem):
     assert core.frames.owned_count(f"vm{plan.vm}") == used
     vm = core.vms[plan.vm]
     assert len(vm.slots) == 3 and all(s.state is IoreqState.FREE for s in vm.slots)
+
+
+def test_freed_frames_are_given_back_and_fresh_ones_are_never_written(core, mem):
+    """Memory costs what is touched: creating a VM writes nothing into its RAM frames (they are holes in
+    the file, zero), destroying it punches its frames out of the file again."""
+    base = mem.resident_bytes()
+    plan = make_vm(core, ram_mb=32)
+    created = mem.resident_bytes() - base
+    assert created < 256 << 10  # 32 MB of RAM: only the EPT (root + 16 leaf tables) holds pages
+    for _, mfn, count in plan.ram:  # the guest touches every page of its RAM
+        mem.fill(mfn << PAGE_SHIFT, count << PAGE_SHIFT, 0x5A)
+    assert mem.resident_bytes() - base >= 32 << 20
+    td = core.destroy_vm("guestA", plan.vm)
+    core.reap_vm(td.vm, td.serial)
+    assert mem.read(plan.ram[0][1] << PAGE_SHIFT, 4096) == bytes(4096)
+    if not mem.discarded_frames:
+        pytest.skip(f"{mem.path}: this file system cannot punch holes (frames were zeroed by writing)")
+    assert mem.resident_bytes() - base <= 0  # every page went back (no zeros written: holes)
 
 
 def test_vm_ids_are_distinct_and_destroy_returns_every_frame(core):
@@ -416,3 +439,13 @@ def test_every_request_ends_exactly_once(mem, ops):
     finish(core.client_lost(cid).failed)
     assert sorted(ended) == sorted(accepted) and len(set(ended)) == len(ended)
     assert all(s.state is IoreqState.FREE for s in core.vms[plan.vm].slots)
+
+
+def test_a_vm_asked_again_by_name_names_the_stale_one_of_that_connection_only(core):
+    a = make_vm(core, "guestA")
+    name = core.vms[a.vm].name
+    assert core.stale_namesake("guestA", name) == a.vm
+    assert core.stale_namesake("guestB", name) is None  # another guest's namesake is not ours to replace
+    assert core.stale_namesake("guestA", "other") is None
+    core.destroy_vm("guestA", a.vm)
+    assert core.stale_namesake("guestA", name) is None  # already going

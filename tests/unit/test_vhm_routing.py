@@ -127,3 +127,20 @@ def test_fallback_value(size, ones):
     rd = m.Ioreq(vm=1, vcpu=0, seq=1, kind=IoreqType.MMIO, dir=R, addr=0x1234, size=size)
     wr = m.Ioreq(vm=1, vcpu=0, seq=1, kind=IoreqType.MMIO, dir=W, addr=0x1234, size=size, value=7)
     assert fallback_value(rd) == ones and fallback_value(wr) == 0
+
+
+# ------------------------------------------------------------------------------ VM creation admission
+from gvtsim.services.vhm.admission import CreateAdmission  # noqa: E402
+
+
+def test_creation_admission_lets_a_burst_through_then_spaces_the_rest_at_the_rate() -> None:
+    adm = CreateAdmission(rate=100.0, burst=4)
+    waits = [round(adm.reserve(10.0), 9) for _ in range(10)]  # a boot storm: 10 creations at the same instant
+    assert waits[:4] == [0.0] * 4
+    assert [round(w, 6) for w in waits[4:]] == [round(0.01 * i, 6) for i in range(1, 7)]
+    assert adm.delayed == 6 and adm.admitted == 10
+    assert adm.reserve(20.0) == 0.0  # idle for long: the bucket refilled (no debt carried)
+    assert [round(adm.reserve(20.0), 9) for _ in range(3)] == [0.0] * 3  # the burst again, not more
+    assert round(adm.reserve(20.0), 9) == 0.01
+    with pytest.raises(ValueError):
+        CreateAdmission(rate=0)
