@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from .compose import ComposeError, _interp_tree
+from .compose import ComposeError, _interp_tree, parse_duration
 
 NODE_LABEL = "gvtsim.node"  # node label: which host stacks a node holds (the stack file's placement)
 ENGINE_LABEL = "gvtsim.engine"  # node label: the node's engine address, for chaos (unix://, tcp://, ssh://)
@@ -50,6 +50,7 @@ STACK_LABEL = "gvtsim.stack"  # service label: the host stack (docker stack name
 SERVICE_LABEL = "gvtsim.service"  # service label: the compose service name (vhm, gvt, pgpu, guest)
 ROLE_LABEL = "gvtsim.role"  # service label on services gvtsim creates itself: "load", "probe"
 WAIT_SEPARATOR = "--"
+SWARM_PROBE_TIMEOUT_S = 10.0  # least healthcheck timeout on a swarm, where an unhealthy task is replaced
 _ENDPOINT = re.compile(r"tcp://(?P<host>[A-Za-z0-9_.-]+|\*):(?P<port>[0-9]+)")
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "*"})
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -120,6 +121,13 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
             "labels": {**(deploy.get("labels") or {}), STACK_LABEL: stack, SERVICE_LABEL: name},
         })
         svc["deploy"] = deploy
+        if isinstance(svc.get("healthcheck"), dict) and not svc["healthcheck"].get("disable"):
+            # compose only reports an unhealthy container; swarm kills and replaces it. A probe that is slow
+            # because the node is busy must not get a serving service replaced: give each probe more time.
+            hc = dict(svc["healthcheck"])
+            if parse_duration(hc.get("timeout"), 30.0) < SWARM_PROBE_TIMEOUT_S:
+                hc["timeout"] = f"{SWARM_PROBE_TIMEOUT_S:g}s"
+            svc["healthcheck"] = hc
         svc.setdefault("networks", ["hoststack"])
         services[name] = svc
     out: dict[str, Any] = {"version": "3.8", "services": services,

@@ -124,13 +124,25 @@ class SwarmGuests:
         t = task_of(self.c, self.ids[source])
         return str((t or {}).get("Status", {}).get("State", "new"))
 
-    def stop_all(self) -> None:
-        """Remove every load guest service (SIGTERM: the guests destroy their VMs)."""
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """Remove every load guest service (SIGTERM: the guests destroy their VMs) and wait until their
+        containers are gone, so that what follows sees the stacks' vGPU slots free again."""
         for sid in self.ids.values():
             try:
                 self.c.api.remove_service(sid)
             except Exception:
                 pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                left = [t for t in self.c.api.tasks()
+                        if t.get("ServiceID") in self.ids.values()
+                        and (t.get("Status") or {}).get("State") in ("running", "starting", "preparing", "assigned")]
+            except Exception:
+                return
+            if not left:
+                return
+            time.sleep(0.3)
 
 
 def free_slots(c: Any, stacks: list[SwarmStack], vgpu_type: str) -> dict[str, int]:
@@ -250,7 +262,7 @@ def ramp_up(guests: SwarmGuests, plans: list[SwarmGuest], guest_args: list[str],
     (estimated from the boot times so far), so that all VMs run together about ``--duration`` seconds."""
     pending = list(plans)
     booting: dict[str, tuple[SwarmGuest, float]] = {}
-    boot_times = [3.0]
+    boot_times = [10.0]  # a first guess, on the safe side: a late guess makes the first guests end early
     booted = 0
     while pending or booting:
         for g in list(pending):
