@@ -37,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -365,23 +366,29 @@ def swarm_status(c: Any, probe: bool = True) -> dict[str, Any] | None:
     stacks = discover(c)
     if not stacks:
         return None
+
+    def probed(st: SwarmStack) -> dict[str, Any]:
+        if not (probe and st.healthy):
+            return {}
+        try:
+            replies = probe_stack(c, st)
+            return stack_summary(replies.get("vhm"), replies.get("gvt"))
+        except SwarmError as err:
+            return {"probe_error": str(err)}
+
+    with ThreadPoolExecutor(max_workers=len(stacks)) as pool:  # one probe task per stack, on its node
+        figures = list(pool.map(probed, stacks))
+    order = {"vhm": 0, "pgpu": 1, "gvt": 2, "guest": 3}
     services, out_stacks = [], {}
-    for st in stacks:
-        for s in st.services.values():
+    for st, fig in zip(stacks, figures):
+        for s in sorted(st.services.values(), key=lambda s: (order.get(s.service, 9), s.service)):
             failed = [t for t in s.tasks if t["desired"] == "shutdown" and t["state"] in ("failed", "shutdown")]
             services.append({"name": s.name, "stack": st.name, "service": s.service, "node": st.node,
                              "running": s.running >= s.replicas, "replicas": f"{s.running}/{s.replicas}",
                              "health": "healthy" if s.running >= s.replicas else "starting",
                              "container": s.containers[0][:12] if s.containers else "",
                              "restarts": len(failed)})
-        summary: dict[str, Any] = {"node": st.node, "node_label": st.node_label, "healthy": st.healthy}
-        if probe and st.healthy:
-            try:
-                replies = probe_stack(c, st)
-                summary.update(stack_summary(replies.get("vhm"), replies.get("gvt")))
-            except SwarmError as err:
-                summary["probe_error"] = str(err)
-        out_stacks[st.name] = summary
+        out_stacks[st.name] = {"node": st.node, "node_label": st.node_label, "healthy": st.healthy, **fig}
     healthy = all(s["healthy"] for s in out_stacks.values())
     return {"mode": "swarm", "healthy": healthy, "services": services, "stacks": out_stacks,
             "nodes": sorted({s["node"] for s in out_stacks.values()}),

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,9 +88,21 @@ def test_load_across_nodes(stacks: list[str], tmp_path: Any) -> None:
         assert f"| {n['node']} |" in summary
 
 
+def healthy_status(timeout: float = 180.0) -> dict[str, Any]:
+    """The status once every stack is healthy again (a load leaves its stacks busy for a moment)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status()
+        if st["healthy"] or time.monotonic() > deadline:
+            return st
+        time.sleep(2)
+
+
 def test_killed_gvt_recovered_by_engine(stacks: list[str]) -> None:
     victim = stacks[-1]
-    before = {s["service"]: s for s in status()["services"] if s["stack"] == victim}
+    st = healthy_status()
+    assert st["healthy"], st
+    before = {s["service"]: s for s in st["services"] if s["stack"] == victim}
     r = gvtsim("chaos", "--swarm", "--json", "kill", "gvt", "--stack", victim, timeout=180)
     rec = json.loads(r.stdout)
     print(f"kill gvt of {victim}: {rec}")
