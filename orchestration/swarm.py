@@ -51,7 +51,7 @@ STACK_LABEL = "gvtsim.stack"  # service label: the host stack (docker stack name
 SERVICE_LABEL = "gvtsim.service"  # service label: the compose service name (vhm, gvt, pgpu, guest)
 ROLE_LABEL = "gvtsim.role"  # service label on services gvtsim creates itself: "load", "probe"
 WAIT_SEPARATOR = "--"
-SWARM_PROBE_TIMEOUT_S = 10.0  # least healthcheck timeout on a swarm, where an unhealthy task is replaced
+SWARM_PROBE_TIMEOUT_S = 30.0  # least healthcheck timeout on a swarm, where an unhealthy task is replaced
 _ENDPOINT = re.compile(r"tcp://(?P<host>[A-Za-z0-9_.-]+|\*):(?P<port>[0-9]+)")
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "*"})
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -87,11 +87,12 @@ def wait_prefix(doc: Mapping[str, Any], service: str) -> list[str]:
 
 
 def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: str, node: str,
-                   guest_replicas: int | None = None) -> dict[str, Any]:
+                   guest_replicas: int | None = None, image: str | None = None) -> dict[str, Any]:
     """The stack file of host stack ``stack`` placed on the node labelled ``gvtsim.node=node``.
 
     ``compose`` is docker-compose.yml as loaded by YAML (anchors and merge keys resolved); ``env``
-    interpolates its ``${VAR:-default}``. ``guest_replicas`` overrides the guest service's replicas.
+    interpolates its ``${VAR:-default}``. ``guest_replicas`` overrides the guest service's replicas,
+    ``image`` every service's image (e.g. the same image pushed to a registry the nodes pull from).
 
     Raises:
         ComposeError: no services, a service without a command or image, a dependency without healthcheck.
@@ -104,6 +105,8 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
         if not raw.get("image") or not raw.get("command"):
             raise ComposeError(f"service {name}: a swarm service needs an image and a command")
         svc = {k: v for k, v in raw.items() if k not in ("build", "depends_on", "container_name", "scale")}
+        if image:
+            svc["image"] = image
         command = raw["command"].split() if isinstance(raw["command"], str) else list(map(str, raw["command"]))
         svc["command"] = wait_prefix(doc, name) + command
         deploy = dict(raw.get("deploy") or {})
@@ -517,7 +520,8 @@ def _deploy(args: argparse.Namespace) -> int:
             name = f"{args.prefix}{k}"
             path = os.path.join(tmp, f"{name}.yml")
             with open(path, "w") as f:
-                yaml.safe_dump(stack_document(doc, os.environ, name, node, args.guest_replicas), f, sort_keys=False)
+                yaml.safe_dump(stack_document(doc, os.environ, name, node, args.guest_replicas, args.image), f,
+                               sort_keys=False)
             r = subprocess.run(["docker", "stack", "deploy", "--resolve-image", "never", "--prune", "-c", path, name],
                                capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
@@ -568,12 +572,14 @@ def main(argv: list[str] | None = None) -> int:
     cf.add_argument("--stack", default="gvtsim-s0", help="docker stack name [gvtsim-s0]")
     cf.add_argument("--node", required=True, help=f"the {NODE_LABEL} label value of the node to place it on")
     cf.add_argument("--guest-replicas", type=int, default=None)
+    cf.add_argument("--image", default=None, help="every service's image [the compose file's]")
     dp = sub.add_parser("deploy", help="docker stack deploy N host stacks over the labelled nodes")
     dp.add_argument("-f", "--file", default=DEFAULT_COMPOSE)
     dp.add_argument("--stacks", type=int, default=None, help="host stacks [one per labelled node]")
     dp.add_argument("--prefix", default="gvtsim-s", help="stack names are PREFIX0, PREFIX1... [gvtsim-s]")
     dp.add_argument("--nodes", default="", help=f"{NODE_LABEL} values to use, comma-separated [all labelled]")
     dp.add_argument("--guest-replicas", type=int, default=None, help="the stacks' own guest replicas")
+    dp.add_argument("--image", default=None, help="every service's image, e.g. REGISTRY/gvtsim:TAG [gvtsim:latest]")
     dp.add_argument("--wait", type=float, default=0.0, metavar="S", help="wait until every stack is healthy")
     rm = sub.add_parser("rm", help="remove the host stacks (and the load/probe services gvtsim made)")
     rm.add_argument("--prefix", default="gvtsim-s")
@@ -586,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "config":
-            doc = stack_document(load_compose(args.file), os.environ, args.stack, args.node, args.guest_replicas)
+            doc = stack_document(load_compose(args.file), os.environ, args.stack, args.node, args.guest_replicas,
+                                 args.image)
             print(yaml.safe_dump(doc, sort_keys=False), end="")
             return 0
         if args.cmd == "deploy":

@@ -40,9 +40,9 @@ def test_every_service_of_the_compose_file_is_in_the_stack_placed_on_one_node(do
         assert svc["environment"] == dict(topo.services[name].environment)  # the compose file's, unchanged
         assert svc["volumes"] == ["machine-memory:/mem"]
         hc = dict(topo.services[name].healthcheck.__dict__) if topo.services[name].healthcheck else None
-        if hc:  # the compose file's check, with at least 10 s per probe: swarm replaces unhealthy tasks
+        if hc:  # the compose file's check, with at least 30 s per probe: swarm replaces unhealthy tasks
             assert svc["healthcheck"]["test"][1:] == list(hc["test"])
-            assert svc["healthcheck"]["interval"] == "2s" and svc["healthcheck"]["timeout"] == "10s"
+            assert svc["healthcheck"]["interval"] == "2s" and svc["healthcheck"]["timeout"] == "30s"
     assert doc["networks"]["hoststack"]["driver"] == "overlay"
     assert doc["volumes"]["machine-memory"]["driver_opts"]["type"] == "tmpfs"  # node-local machine memory
 
@@ -71,6 +71,8 @@ def test_interpolation_and_guest_replicas() -> None:
         "replicas"] == 5
     assert stack_document(compose, {}, "s", "n")["services"]["guest"]["deploy"]["replicas"] == 2
     assert stack_document(compose, {}, "s", "n", guest_replicas=0)["services"]["guest"]["deploy"]["replicas"] == 0
+    assert {s["image"] for s in stack_document(compose, {}, "s", "n", image="reg.example/gvtsim:1")[
+        "services"].values()} == {"reg.example/gvtsim:1"}
     assert stack_document(compose, {"GVTSIM_LOG_LEVEL": "debug"}, "s", "n")["services"]["vhm"]["environment"][
         "GVTSIM_LOG_LEVEL"] == "debug"
 
