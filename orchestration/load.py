@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--swarm", action="store_true",
                    help="over every host stack of a Docker Swarm (DOCKER_HOST: a manager; docs/SWARM.md)")
-    p.add_argument("--stacks", default="", metavar="NAME,...", help="swarm: only these host stacks")
+    p.add_argument("--swarm-stacks", default="", metavar="NAME,...", help="swarm: only these host stacks")
     args = p.parse_args(argv)
     if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 1:
         p.error("--vms, --duration and --vms-per-guest must be positive")

@@ -158,11 +158,11 @@ def free_slots(c: Any, stacks: list[SwarmStack], vgpu_type: str) -> dict[str, in
 def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
     """Place, start, watch and stop the load over the swarm; returns the report data."""
     c = client()
-    only = set(filter(None, (args.stacks or "").split(","))) or None
+    only = set(filter(None, (args.swarm_stacks or "").split(","))) or None
     found = discover(c, only)
     stacks = [s for s in found if s.healthy and "guest" in s.services]
     if not stacks:
-        raise SwarmError("no healthy host stack on the swarm" + (f" among {sorted(found and only or [])}" if only else "")
+        raise SwarmError("no healthy host stack on the swarm" + (f" among {', '.join(sorted(only))}" if only else "")
                          + ": run `gvtsim swarm deploy --wait 120` and `gvtsim status --swarm`")
     progress(f"{len(stacks)} host stacks on {len({s.node for s in stacks})} nodes: "
              + ", ".join(f"{s.name}@{s.node}" for s in stacks))
