@@ -124,6 +124,17 @@ class SwarmGuests:
         t = task_of(self.c, self.ids[source])
         return str((t or {}).get("Status", {}).get("State", "new"))
 
+    def log_tails(self, lines: int = 15) -> dict[str, list[str]]:
+        """The last stderr lines (JSON logs) of every load guest: what the report shows when a guest failed."""
+        out = {}
+        for source, sid in self.ids.items():
+            try:
+                raw = b"".join(self.c.api.service_logs(sid, stdout=False, stderr=True, follow=False, tail=lines))
+                out[source] = raw.decode(errors="replace").splitlines()[-lines:]
+            except Exception as err:  # the service or its node went away
+                out[source] = [f"(no logs: {err})"]
+        return out
+
     def stop_all(self, timeout: float = 30.0) -> None:
         """Remove every load guest service (SIGTERM: the guests destroy their VMs) and wait until their
         containers are gone, so that what follows sees the stacks' vGPU slots free again."""
@@ -219,6 +230,7 @@ def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.2)
     finally:
         drain()
+        tails = guests.log_tails()
         guests.stop_all()
         time.sleep(0.5)
         drain()
@@ -238,11 +250,18 @@ def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
                             "VMs booted")
         if r["workloads_verified"] == 0:
             problems.append(f"stack {r['stack']} on {r['node']}: no workload verified")
+    if problems:  # what the guests said last, to tell why
+        stack_rows_bad = {r["stack"] for r in stack_rows if r["vms_booted"] < r["vms_requested"]
+                          or r["workloads_failed"] or not r["workloads_verified"]}
+        bad = [p.source for p in plans if p.stack in stack_rows_bad] or [p.source for p in plans]
+        guest_logs = {src: tails.get(src, []) for src in bad}
+    else:
+        guest_logs = {}
     command = {k: v for k, v in vars(args).items()}
     return {"command": command, "mode": "swarm", "stacks_added": 0, "figures": fig, "kills": [],
             "problems": problems, "nodes": nodes, "stacks": stack_rows,
             "placement": [{"stack": p.stack, "node": node_of[p.stack], "guest": p.source, "vms": p.vms}
-                          for p in plans]}
+                          for p in plans], "guest_logs": guest_logs}
 
 
 def row(node: str, fig: dict[str, Any], stacks: list[str]) -> dict[str, Any]:

@@ -74,6 +74,8 @@ def test_load_across_nodes(stacks: list[str], tmp_path: Any) -> None:
                                "workloads_per_s", "ramp_s")})
     for n in data["nodes"]:
         print(n)
+    for source, lines in data.get("guest_logs", {}).items():  # only when something went wrong
+        print(f"--- {source}", *lines[-8:], sep="\n")
     assert r.returncode == 0 and not data["problems"], data["problems"]
     assert fig["vms_booted"] == 14
     assert fig["workloads_submitted"] == fig["workloads_verified"] > 0 and fig["workloads_failed"] == 0
