@@ -20,6 +20,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NODES = int(os.environ.get("GVTSIM_SWARM_NODES", "2"))
+VMS = int(os.environ.get("GVTSIM_SWARM_VMS", "14"))  # the acceptance figure; fewer only to try on a busy machine
 GVTSIM = [sys.executable, "-m", "gvtsim.orchestration"]
 PREFIX = "gvtsim-ci"
 
@@ -65,7 +66,7 @@ def test_one_stack_per_node(stacks: list[str]) -> None:
 
 
 def test_load_across_nodes(stacks: list[str], tmp_path: Any) -> None:
-    r = gvtsim("load", "--swarm", "--vms", "14", "--duration", "30", "--report", str(tmp_path), "--json",
+    r = gvtsim("load", "--swarm", "--vms", str(VMS), "--duration", "30", "--report", str(tmp_path), "--json",
                timeout=400)
     assert r.stdout.strip(), r.stderr[-3000:]
     data = json.loads(r.stdout)
@@ -77,7 +78,7 @@ def test_load_across_nodes(stacks: list[str], tmp_path: Any) -> None:
     for source, lines in data.get("guest_logs", {}).items():  # only when something went wrong
         print(f"--- {source}", *lines[-8:], sep="\n")
     assert r.returncode == 0 and not data["problems"], data["problems"]
-    assert fig["vms_booted"] == 14
+    assert fig["vms_booted"] == VMS
     assert fig["workloads_submitted"] == fig["workloads_verified"] > 0 and fig["workloads_failed"] == 0
     assert len(data["nodes"]) == NODES  # a row per node
     for row in [*data["nodes"], *data["stacks"]]:
