@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-service bench install clean wheels compose-tier up down load
+.PHONY: demo test test-unit test-service bench install clean wheels compose-tier swarm-tier up down load
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ wheels: $(STAMP)  # the project and its dependencies as wheels, for the offline 
 
 compose-tier: $(STAMP)  # the real docker-compose.yml on a real Docker engine (root; installs what it needs)
 	bash .ci/compose-tier
+
+swarm-tier: $(STAMP)  # host stacks on a swarm of 2 daemons in network namespaces (root; after compose-tier)
+	bash .ci/swarm-tier
 
 up: $(STAMP)
 	$(BIN)/gvtsim up

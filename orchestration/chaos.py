@@ -242,17 +242,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-p", "--project", default=None)
     p.add_argument("-f", "--file", action="append", default=[])
     p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("--swarm", action="store_true", help="act on the host stacks of a Docker Swarm (kill only)")
+    p.add_argument("--engine", action="append", default=[], metavar="NODE=URL",
+                   help="swarm: the engine of a node, for the kill (default: its gvtsim.engine label)")
     p.add_argument("--json", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
     k = sub.add_parser("kill", help="SIGKILL one process/container of SERVICE")
     k.add_argument("service")
     k.add_argument("--restart-after", type=float, default=None, metavar="SECONDS")
-    k.add_argument("--stack", type=int, default=None, help="native: only this host stack")
+    k.add_argument("--stack", default=None, help="only this host stack (native: its number; swarm: its name)")
     s = sub.add_parser("schedule", help="random kills of named services over a run")
     s.add_argument("--duration", type=float, required=True)
     s.add_argument("--kill", required=True, metavar="SVC:N,...", help="e.g. gvt:2,pgpu:2,guest:2")
     s.add_argument("--restart-after", type=float, default=1.0)
     args = p.parse_args(argv)
+    if args.swarm:
+        from .swarm import kill_main
+        if args.cmd != "kill":
+            p.error("--swarm supports kill only")
+        return kill_main(args)
+    if getattr(args, "stack", None) is not None:
+        if not str(args.stack).isdigit():
+            p.error(f"--stack {args.stack}: a native host stack is a number")
+        args.stack = int(args.stack)
     backend: NativeChaos | ComposeChaos = ComposeChaos(args.project, args.file, args.seed) if args.compose \
         else NativeChaos(args.run_dir, args.seed)
     t0 = time.monotonic()

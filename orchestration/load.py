@@ -375,9 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chaos", default="", metavar="SVC:N,...", help="kill services during the run, e.g. gvt:2,guest:2")
     p.add_argument("--restart-after", type=float, default=1.0, help="chaos: seconds a killed service stays down")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--swarm", action="store_true",
+                   help="over every host stack of a Docker Swarm (DOCKER_HOST: a manager; docs/SWARM.md)")
+    p.add_argument("--swarm-stacks", default="", metavar="NAME,...", help="swarm: only these host stacks")
     args = p.parse_args(argv)
     if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 0 or args.ramp < 1:
         p.error("--vms, --duration, --ramp and --vms-per-guest must be positive")
+    if args.swarm:
+        from .swarmload import main_swarm
+        args.vms_per_guest = args.vms_per_guest or 4  # auto (0) means a few VMs per guest container
+        return main_swarm(args)
     try:
         data = asyncio.run(run_load(args))
     except (LaunchError, ChaosError, ValueError) as err:

@@ -132,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compose", action="store_true", help="a docker compose project instead of a native run")
     p.add_argument("-p", "--project", default=None, help="compose project name")
     p.add_argument("-f", "--file", action="append", default=[], help="compose file(s)")
+    p.add_argument("--swarm", action="store_true", help="the host stacks on a Docker Swarm (DOCKER_HOST: a manager)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.swarm:
+        from .swarm import status_main
+        return status_main(args.json)
     st = compose_status(args.project, args.file) if args.compose else asyncio.run(native_status(args.run_dir))
     if st is None:
         print("nothing is up" if not args.json else json.dumps({"up": False}))
