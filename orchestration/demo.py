@@ -92,6 +92,11 @@ def render(summary: dict[str, Any]) -> str:
                      + (f" pv={vm['pv']['status']}" if vm.get("pv") else "")
                      + f" traps/submission={vm.get('submission_traps')} {vm.get('workloads_per_s', '')}/s"
                      + (f" failures: {vm['failures']}" if vm.get("failures") else ""))
+        d = vm.get("display")
+        if d:
+            lines.append(f"    screen {d['mode']} {d['tiling']}: {d['frames_verified']}/{d['frames_drawn']} frames "
+                         f"verified, {d['flips']} flips (flip done after p50 {d['flip_wait_ms_p50']} ms)"
+                         + (f" failures: {d['failures']}" if d.get("failures") else ""))
     return "\n".join(lines)
 
 
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary) if args.json else render(summary))
     ok = summary["workloads_failed"] == 0 and summary["workloads_verified"] == summary["workloads_submitted"] \
         == args.vms * args.workloads
+    ok = ok and all(not (vm.get("display") or {}).get("frames_failed") for vm in summary.get("per_vm", []))
     return 0 if ok else 1
 
 
