@@ -274,7 +274,15 @@ class GuestService(BaseService):
                 tiling = "x" if vm.index % 2 else "linear"
             vm.display = GuestDisplay(vm.driver, vm.name, tiling)
             vm.driver.display = vm.display
-        await vm.driver.init(modeset=vm.display.modeset if vm.display is not None else None)
+        async def modeset() -> None:  # a display that does not come up costs the screen, not the VM
+            assert vm.display is not None and vm.driver is not None
+            try:
+                await vm.display.modeset()
+            except DisplayError as err:
+                emit(event="display_failed", vm=vm.vm_id, name=vm.name, reason=f"DisplayError: {err}")
+                vm.display = vm.driver.display = None
+
+        await vm.driver.init(modeset=modeset if vm.display is not None else None)
         if vm.display is not None:
             mode = vm.display.st.mode
             emit(event="display_ready", vm=vm.vm_id, name=vm.name, **vm.display.summary(),

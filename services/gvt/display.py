@@ -65,8 +65,8 @@ TRANS_DDI_FUNC_CTL_DP_D = (1 << 31) | (3 << 28) | (2 << 24)  # enable | port D |
 
 DP_LINK_SYMBOL_KHZ = 324_000  # vgpu_update_refresh_rate: dp_br for the 1.62 GHz DPLL0 link rate
 GVT_DEFAULT_REFRESH_RATE = 60  # display.c: port->vrefresh_k = GVT_DEFAULT_REFRESH_RATE * MSEC_PER_SEC
-#: a scheduling delay longer than this many frames is not caught up frame by frame (the counter still is)
-MAX_CATCH_UP = 1
+#: the refresh rates a pipe may run at (mHz): 1 Hz .. 240 Hz, the span of real panels
+MIN_REFRESH_MHZ, MAX_REFRESH_MHZ = 1_000, 240_000
 
 
 def pipe_reg(base: int, pipe: int) -> int:
@@ -172,7 +172,13 @@ class VgpuDisplay:
         if not link_m or not link_n or htotal <= 1 or vtotal <= 1:
             return GVT_DEFAULT_REFRESH_RATE * 1000
         pixel_hz = link_m * DP_LINK_SYMBOL_KHZ * 1000 // link_n
-        return max(1, round(pixel_hz * 1000 / (htotal * vtotal)))
+        mhz = round(pixel_hz * 1000 / (htotal * vtotal))
+        if not MIN_REFRESH_MHZ <= mhz <= MAX_REFRESH_MHZ:
+            # a guest's nonsense timings must not turn the vblank timer into a busy loop of the device model
+            self.vgpu.count("display_refresh_clamped")
+            self.vgpu.log.warning("display_refresh_clamped", vgpu=self.vgpu.id, refresh_mhz=mhz)
+            mhz = min(max(mhz, MIN_REFRESH_MHZ), MAX_REFRESH_MHZ)
+        return mhz
 
     def update_vblank_emulation(self, pipe: int, turnon: bool, now: float) -> None:
         """vgpu_update_vblank_emulation: (re)start the pipe's timer one period from now if it is off or the

@@ -41,6 +41,7 @@ TILING_LINEAR, TILING_X, TILING_Y, TILING_YF = 0, 1, 4, 5
 TILING_NAMES = {TILING_LINEAR: "linear", TILING_X: "x", TILING_Y: "y", TILING_YF: "yf"}
 TILE_X_WIDTH, TILE_X_HEIGHT = 512, 8  # bytes x rows of one X tile
 TILE_SIZE = 4096
+MAX_SURFACE = 64 << 20  # a 4K XRGB8888 surface is 32 MiB: anything larger is a guest's mistake
 
 #: skl_pixel_formats of fb_decoder.c: (PLANE_CTL format, RGBX order) -> (DRM fourcc name, bytes per pixel)
 FORMATS: dict[tuple[int, bool], tuple[str, int]] = {
@@ -112,6 +113,10 @@ def decode_primary(vgpu: "Vgpu", pipe: int, generation: int = 0) -> PlaneInfo:
     pos = rd(plane_reg(pipe, PLANE_POS_OFF))
     surf = rd(plane_reg(pipe, PLANE_SURF_OFF)) & ~0xFFF
     rows = height if tiling == TILING_LINEAR else -(-height // TILE_X_HEIGHT) * TILE_X_HEIGHT
+    if stride < width * fmt[1]:
+        raise DecodeError(f"stride {stride} is shorter than a row of {width} pixels")
+    if stride * rows > MAX_SURFACE:
+        raise DecodeError(f"surface of {stride * rows} bytes is larger than {MAX_SURFACE >> 20} MiB")
     return PlaneInfo("primary", pipe, True, fmt[0], fmt[1], width, height, stride, TILING_NAMES[tiling], surf,
                      pos & 0xFFFF, pos >> 16, stride * rows, generation)
 

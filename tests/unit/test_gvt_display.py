@@ -301,3 +301,28 @@ def test_framebuffer_read_goes_through_the_ggtt_to_machine_memory() -> None:
     assert gvt.read_framebuffer(3, Mem(), lo + (16 << 12), 0, 4096) == bytes(4096)  # unbound: zeros
     outside = gvt.read_framebuffer(3, Mem(), 0, 0, 4096)  # the host's reserved GM, not this vGPU's
     assert isinstance(outside, Refusal) and outside.code.value == "bad_address"
+
+
+def test_nonsense_timings_are_clamped_so_the_timer_cannot_spin() -> None:
+    gvt, v = setup()
+    wr(gvt, v, dpy.pipe_reg(dpy.HTOTAL_BASE, 0), 1 << 16)  # htotal 2
+    wr(gvt, v, dpy.pipe_reg(dpy.VTOTAL_BASE, 0), 1 << 16)  # vtotal 2
+    wr(gvt, v, dpy.pipe_reg(dpy.PIPE_LINK_M1_BASE, 0), 0xFFFFFF)
+    wr(gvt, v, dpy.pipe_reg(dpy.PIPE_LINK_N1_BASE, 0), 1)
+    enable_pipe(gvt, v, now=0.0)
+    assert gvt.next_deadline() == pytest.approx(1 / 240)
+    assert gvt.counters["display_refresh_clamped"] == 1
+    assert gvt.on_timer(1.0) == 240
+
+
+def test_oversized_or_short_stride_surfaces_are_refused() -> None:
+    gvt, v = setup()
+    wr(gvt, v, fb.plane_reg(0, fb.PLANE_STRIDE_OFF), 0x3FF)  # 1023 tiles of 512 bytes per row
+    wr(gvt, v, fb.plane_reg(0, fb.PLANE_SIZE_OFF), 4095 << 16 | 8191)
+    wr(gvt, v, fb.plane_reg(0, 0), fb.PLANE_CTL_ENABLE | 0x4 << 24 | fb.TILING_X << 10)
+    r = gvt.query_plane(3, "primary")
+    assert isinstance(r, Refusal) and "larger than" in r.reason
+    wr(gvt, v, fb.plane_reg(0, fb.PLANE_STRIDE_OFF), 1)  # 64 bytes for 8192 pixels
+    wr(gvt, v, fb.plane_reg(0, 0), fb.PLANE_CTL_ENABLE | 0x4 << 24)
+    r = gvt.query_plane(3, "primary")
+    assert isinstance(r, Refusal) and "stride" in r.reason
