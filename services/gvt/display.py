@@ -6,8 +6,9 @@
   DDI_BUF_CTL D enabled, DPLL0 at the 1.62 GHz link rate. Its EDID and DPCD are served by edid.py.
 * Pipes A, B, C: TRANSCONF (PIPECONF) bit 31 enables a pipe; bit 30 (state) follows it. Enabling a pipe
   computes its refresh from the mode the guest programmed (handlers.c vgpu_update_refresh_rate: pixel clock
-  = link M/N x the DP link's 324 MHz (1.62 GHz x 2 / 10 symbol clock doubled), refresh = pixel clock /
-  (HTOTAL x VTOTAL)) and turns on the vGPU's vblank timer (vgpu_update_vblank_emulation).
+  = link M/N x dp_br, which skl_vgpu_get_dp_bitrate gives as 162000 * 2 kHz for DPLL0's 1620 link rate;
+  refresh = pixel clock / (HTOTAL x VTOTAL)) and turns on the vGPU's vblank timer
+  (vgpu_update_vblank_emulation).
 * The vblank timer is a deadline of the core, one per enabled pipe: :func:`next_deadline` is the earliest,
   :func:`run_timers` emulates every vblank that fell due (emulate_vblank_on_pipe): pending flip-done events
   first, then PIPE_FRMCOUNT + 1 and PIPE_x_VBLANK. No pipe enabled, no deadline.

@@ -14,7 +14,7 @@ import pytest
 from gvtsim.orchestration.hoststack import HostStack
 from gvtsim.orchestration.screen import capture
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.timeout(300)]
 
 
 def xrgb_to_rgb(raw: bytes, width: int, height: int, stride: int) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 
 from gvtsim.orchestration.hoststack import HostStack
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.timeout(400)]  # 4 VMs booting screens on a shared CI box
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
