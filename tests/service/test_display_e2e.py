@@ -31,13 +31,13 @@ def xrgb_to_rgb(raw: bytes, width: int, height: int, stride: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def stack():  # type: ignore[no-untyped-def]
-    st = HostStack(prefix="gvtsim-display-")
+    st = HostStack(prefix="gvtsim-display-", heartbeat=2.0)  # a late heartbeat on a busy box is not a death
     st.start()
     try:
         guest = st.guest("--vms", "2", "--workloads", "4", "--ram-mb", "24", "--display", "--display-tiling",
                          "alternate", "--display-frames", "3", "--display-dump", os.path.join(st.run_dir, "dump"),
                          name="guest-display")
-        done = [guest.wait_event("display_done", timeout=150) for _ in range(2)]
+        done = [guest.wait_event("display_done", timeout=240) for _ in range(2)]
         yield st, {d["name"]: d for d in done}
     finally:
         st.stop()

@@ -45,10 +45,13 @@ def test_browser_sees_four_live_screens(tmp_path) -> None:  # type: ignore[no-un
     except ImportError:
         _need(False, "playwright (Python)")
         raise
-    with HostStack(prefix="gvtsim-web-") as stack:
-        guest = stack.guest("--vms", "4", "--workloads", "30", "--display", "--display-fps", "3", name="guest-web")
-        for _ in range(4):
-            guest.wait_event("display_ready", timeout=180)
+    # generous heartbeats and --recover: a shared, overloaded box must not turn a late heartbeat into a dead VM
+    with HostStack(prefix="gvtsim-web-", heartbeat=2.0) as stack:
+        guest = stack.guest("--vms", "4", "--workloads", "30", "--display", "--display-fps", "3", "--recover",
+                            name="guest-web")
+        ready: set[str] = set()
+        while len(ready) < 4:
+            ready.add(guest.wait_event("display_ready", timeout=240)["name"])
         page_proc = stack._start(["web", "--gvt", stack.gvt.endpoint, "--vhm", stack.vhm.endpoint,
                                   "--listen", "tcp://127.0.0.1:0", "--fps", "4"], "web")
         url = page_proc.endpoint
