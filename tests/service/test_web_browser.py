@@ -70,13 +70,19 @@ def test_browser_sees_four_live_screens(tmp_path) -> None:  # type: ignore[no-un
                         timeout=90_000)
                     # each image's decoded pixels, drawn into a canvas and summed with their positions
                     page.evaluate(SIGNATURE_JS)
+                    # four decoded, different screens (an image not decoded yet draws as transparent: "0")
+                    page.wait_for_function(
+                        """() => { const s = [...document.querySelectorAll('img.screen')].map(window.sig);
+                                   return s.length === 4 && !s.includes("0") && new Set(s).size === 4; }""",
+                        timeout=90_000, polling=250)
                     first = page.evaluate("() => [...document.querySelectorAll('img.screen')].map(window.sig)")
-                    assert len(set(first)) == 4, first  # four different screens
+                    assert len(set(first)) == 4, first
                     page.wait_for_function(
                         """(before) => { const imgs = [...document.querySelectorAll('img.screen')];
                                          return imgs.length === 4 && imgs.every((im, i) => im.complete &&
-                                                im.naturalWidth > 0 && window.sig(im) !== before[i]); }""",
-                        arg=first, timeout=90_000)
+                                                im.naturalWidth > 0 && window.sig(im) !== "0" &&
+                                                window.sig(im) !== before[i]); }""",
+                        arg=first, timeout=90_000, polling=250)
                     later = page.evaluate("() => [...document.querySelectorAll('img.screen')].map(window.sig)")
                     assert all(a != b for a, b in zip(first, later)), (first, later)
                     text = page.locator("#wall").inner_text()
