@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("gvtsim.orchestration.status", "services, processes or containers, health, VMs, vGPUs [--json]"),
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
+    "screen": ("gvtsim.orchestration.screen", "a VM's screen as a PNG (plane query + framebuffer read): VM [-o FILE]"),
+    "web": ("gvtsim.orchestration.web", "serve a page with every VM's screen, live, and per-vGPU figures"),
 }
 
 
