@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
     "swarm": ("gvtsim.orchestration.swarm", "host stacks on Docker Swarm: config | deploy | rm (docs/SWARM.md)"),
+    "screen": ("gvtsim.orchestration.screen", "a VM's screen as a PNG (plane query + framebuffer read): VM [-o FILE]"),
+    "web": ("gvtsim.orchestration.web", "serve a page with every VM's screen, live, and per-vGPU figures"),
 }
 
 

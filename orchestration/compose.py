@@ -2,7 +2,8 @@
 
 Pure (no processes, no sockets): :func:`load_topology` reads the compose file into :class:`Topology`
 (services, commands, environment, health checks, ``depends_on`` conditions, replicas, volumes), with
-compose's ``${VAR:-default}`` interpolation; :func:`native_plan` turns it into :class:`ProcSpec` s, one per
+compose's ``${VAR:-default}`` interpolation and its profiles (a service with ``profiles`` runs only when
+COMPOSE_PROFILES names one of them); :func:`native_plan` turns it into :class:`ProcSpec` s, one per
 process of N host stacks (DESIGN section 2: "scaling out means more host stacks"). The translation is what a
 container network and a volume would do for us:
 
@@ -202,9 +203,12 @@ def parse_topology(doc: Any, env: Mapping[str, str], project: str = "gvtsim") ->
     doc = _interp_tree(doc, env)
     named = set((doc.get("volumes") or {}).keys())
     services: dict[str, ServiceSpec] = {}
+    active_profiles = {p for p in str(env.get("COMPOSE_PROFILES", "")).split(",") if p}
     for name, raw in doc["services"].items():
         if not isinstance(raw, dict):
             raise ComposeError(f"service {name}: not a mapping")
+        if raw.get("profiles") and not active_profiles & set(map(str, raw["profiles"])):
+            continue  # compose runs a service with profiles only when one of them is active (COMPOSE_PROFILES)
         command = raw.get("command")
         if isinstance(command, str):
             command = command.split()

@@ -18,11 +18,14 @@ from .hoststack import HostStack
 
 
 def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int = 16,
-             heartbeat: float = 0.5, pv: str = "off", mix: str = "") -> dict[str, Any]:
+             heartbeat: float = 0.5, pv: str = "off", mix: str = "", web: str = "", hold: float = 0.0,
+             announce: Any = None) -> dict[str, Any]:
     """Bring the topology up, run the guests to completion, tear down. Returns the summary.
 
     ``pv``: ``off`` (trap path), ``on`` (every VM asks for the PV shared page) or ``mixed`` (two guest
-    processes side by side, half the VMs on each path)."""
+    processes side by side, half the VMs on each path). ``web``: give the VMs screens and serve the wall of
+    screens (``gvtsim web``) on this tcp://HOST:PORT while the demo runs; ``announce(url)`` is told where;
+    ``hold``: keep the topology (and the screens) up this many seconds after the workloads are done."""
     stack = HostStack(mem_size_mb=1024, heartbeat=heartbeat, prefix="gvtsim-demo-")
     t0 = time.monotonic()
     try:
@@ -34,8 +37,15 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
                                       "--vgpu-types", types, "--workloads", str(workloads),
                                       "--name-prefix", f"{'pv' if use_pv else 'vm'}{n}-",
                                       *(["--pv"] if use_pv else []), *(["--mix", mix] if mix else []),
-                                      name=f"guest{n}"))
+                                      *(["--display"] if web else []), name=f"guest{n}"))
+        if web:
+            page = stack._start(["web", "--gvt", stack.gvt.endpoint, "--vhm", stack.vhm.endpoint, "--listen", web],
+                                "web")
+            if announce is not None:
+                announce(page.endpoint)
         dones = [g.wait_event("done", timeout=60 + workloads * vms * 0.5) for g in guests]
+        if hold > 0:  # the screens stay up (the guests keep drawing) for whoever is watching the page
+            time.sleep(hold)
         gvt_status = stack.gvt_status()
         summary = merge([{k: v for k, v in d.items() if k not in ("event", "t", "_t")} for d in dones])
         info = gvt_status.info if gvt_status else {}
@@ -82,6 +92,11 @@ def render(summary: dict[str, Any]) -> str:
                      + (f" pv={vm['pv']['status']}" if vm.get("pv") else "")
                      + f" traps/submission={vm.get('submission_traps')} {vm.get('workloads_per_s', '')}/s"
                      + (f" failures: {vm['failures']}" if vm.get("failures") else ""))
+        d = vm.get("display")
+        if d:
+            lines.append(f"    screen {d['mode']} {d['tiling']}: {d['frames_verified']}/{d['frames_drawn']} frames "
+                         f"verified, {d['flips']} flips (flip done after p50 {d['flip_wait_ms_p50']} ms)"
+                         + (f" failures: {d['failures']}" if d.get("failures") else ""))
     return "\n".join(lines)
 
 
@@ -95,15 +110,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="the paravirtualized path: every VM (--pv), or half of them side by side (--pv mixed)")
     p.add_argument("--mix", default="", help="workload kinds (default: the guest's default mix)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    p.add_argument("--web", nargs="?", const="tcp://127.0.0.1:8080", default="", metavar="tcp://HOST:PORT",
+                   help="give every VM a screen and serve the live wall of screens (gvtsim web) while the demo "
+                        "runs (default tcp://127.0.0.1:8080)")
+    p.add_argument("--hold", type=float, default=0.0,
+                   help="keep the topology up this many seconds after the workloads (to watch the page)")
     args = p.parse_args(argv)
+
+    def announce(url: str) -> None:
+        print(f"gvtsim demo: every VM's screen, live, at {url} (while the demo runs)",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
+
     try:
-        summary = run_demo(args.vms, args.workloads, args.types, vcpus=args.vcpus, pv=args.pv, mix=args.mix)
+        summary = run_demo(args.vms, args.workloads, args.types, vcpus=args.vcpus, pv=args.pv, mix=args.mix,
+                           web=args.web, hold=args.hold, announce=announce)
     except (RuntimeError, TimeoutError) as err:
         print(f"gvtsim demo failed: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary) if args.json else render(summary))
     ok = summary["workloads_failed"] == 0 and summary["workloads_verified"] == summary["workloads_submitted"] \
         == args.vms * args.workloads
+    ok = ok and all(not (vm.get("display") or {}).get("frames_failed") for vm in summary.get("per_vm", []))
     return 0 if ok else 1
 
 

@@ -101,10 +101,13 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
         raise ComposeError("no 'services' mapping")
     doc = _interp_tree(dict(compose), env)
     services: dict[str, Any] = {}
+    active = {p for p in str(env.get("COMPOSE_PROFILES", "")).split(",") if p}
     for name, raw in doc["services"].items():
+        if raw.get("profiles") and not active & set(map(str, raw["profiles"])):
+            continue  # as compose does: a service with profiles runs only when one of them is active
         if not raw.get("image") or not raw.get("command"):
             raise ComposeError(f"service {name}: a swarm service needs an image and a command")
-        svc = {k: v for k, v in raw.items() if k not in ("build", "depends_on", "container_name", "scale")}
+        svc = {k: v for k, v in raw.items() if k not in ("build", "depends_on", "container_name", "scale", "profiles")}
         if image:
             svc["image"] = image
         command = raw["command"].split() if isinstance(raw["command"], str) else list(map(str, raw["command"]))

@@ -587,6 +587,58 @@ class EngineReset(Message, tag="ENGINE_RESET"):
     engine: Engine
 
 
+# ======================================================================= ctl -> gvt (display: plane query)
+PlaneName = Literal["primary", "cursor"]
+PipeIndex = Annotated[int, Meta(ge=0, le=2)]
+
+
+class PlaneQuery(Message, tag="PLANE_QUERY"):
+    """ctl -> gvt: the current primary or cursor plane of the VM's vGPU on ``pipe`` (0 = A), decoded from
+    its registers (the VFIO_DEVICE_QUERY_GFX_PLANE analogue). Answer: PLANE_INFO."""
+
+    req: ReqId
+    vm: VmId
+    plane: PlaneName = "primary"
+    pipe: PipeIndex = 0
+
+
+class PlaneInfo(Message, tag="PLANE_INFO"):
+    """The decoded plane. ``format`` is a DRM fourcc name (XRGB8888, XBGR8888, XRGB2101010, XBGR2101010,
+    RGB565, ARGB8888 for the cursor); ``stride`` is bytes per pixel row; ``tiling`` linear or x;
+    ``ggtt_addr`` the surface's graphics-memory address; ``size`` the bytes it spans; ``generation`` moves on
+    every flip (PIPE_FLIPCOUNT for the primary plane). A disabled plane has ``enabled`` false and no
+    other field set."""
+
+    req: ReqId
+    vm: VmId
+    plane: PlaneName
+    pipe: PipeIndex
+    enabled: bool
+    format: Annotated[str, Meta(max_length=16)] = ""
+    bpp: Annotated[int, Meta(ge=0, le=8)] = 0
+    width: U16 = 0
+    height: U16 = 0
+    stride: U32 = 0
+    tiling: Literal["linear", "x"] = "linear"
+    ggtt_addr: U64 = 0
+    x: Annotated[int, Meta(ge=-0x8000, le=0xFFFF)] = 0
+    y: Annotated[int, Meta(ge=-0x8000, le=0xFFFF)] = 0
+    size: U64 = 0
+    generation: U32 = 0
+
+
+class FbRead(Message, tag="FB_READ"):
+    """ctl -> gvt: ``length`` bytes at ``ggtt_addr + offset`` of the VM's graphics memory, read through the
+    vGPU's GGTT from machine memory (what a dma-buf export of the surface gives the host). A range outside
+    the vGPU's graphics memory is refused (bad_address). Answer: DATA."""
+
+    req: ReqId
+    vm: VmId
+    ggtt_addr: U64
+    length: Annotated[int, Meta(ge=1, le=MAX_BLOB)]
+    offset: Annotated[int, Meta(ge=0, le=64 << 20)] = 0
+
+
 #: Every message type, in catalogue order (the codec's tagged union and the docs test use this).
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, HelloAck, Heartbeat, Bye, Error, Ok, Data, StatusRequest, StatusReply,
@@ -596,13 +648,14 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     AttachVgpu, VgpuSync, VgpuSyncReply, Dom0Ready,
     VgpuCreate, VgpuCreated, VgpuDestroy, VgpuReset, MgmtTypes, MgmtTypesReply, MgmtList, MgmtListReply,
     GgttWrite, GgttFill, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
+    PlaneQuery, PlaneInfo, FbRead,
 )
 
 #: Messages that answer a request (matched to the pending call by ``req``); every other message that carries
 #: ``req`` is itself a request, whose ``req`` lives in the *sender's* id space.
 REPLY_TYPES: tuple[type[Message], ...] = (
     Error, Ok, Data, StatusReply, VmCreated, FramesReply, VgpuCreated, MgmtTypesReply, MgmtListReply, GgttEntries,
-    VgpuSyncReply,
+    VgpuSyncReply, PlaneInfo,
 )
 
 AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]

@@ -128,6 +128,7 @@ class VgpuDriver:
         self.submission_traps: Counter[int] = Counter()  # traps taken per submission -> how many times
         self.hangcheck_period = 0.5
         self.pv_lock = asyncio.Lock()  # i915 vgpu.lock: one PVINFO notification at a time
+        self.display: Any = None  # the GuestDisplay when the VM has a screen (display.py)
 
     # ----------------------------------------------------------------------------------------- helpers
     async def rd(self, off: int, size: int = 4, vcpu: int = 0) -> int:
@@ -142,8 +143,10 @@ class VgpuDriver:
         return self.pv_result
 
     # -------------------------------------------------------------------------------------------- init
-    async def init(self) -> None:
-        """The i915 probe order for a vGPU. Raises DriverError if the device is not a usable vGPU."""
+    async def init(self, modeset: Callable[[], Awaitable[None]] | None = None) -> None:
+        """The i915 probe order for a vGPU. Raises DriverError if the device is not a usable vGPU.
+        ``modeset`` (display.py) runs after the engines are up and before ``display_ready`` is written,
+        as i915 writes it once its display is initialised."""
         magic = await self.rd(r.PV_MAGIC, 8)
         if magic != r.VGT_MAGIC:
             raise DriverError(f"not a vGPU: PVINFO magic {magic:#x}")
@@ -178,6 +181,8 @@ class VgpuDriver:
         for e in self.engines.values():
             await self._create_context(e)
             await self._init_hwsp(e)
+        if modeset is not None:
+            await modeset()
         await self.wr(r.PV_DISPLAY_READY, 1)
         self.ready = True
 
@@ -363,6 +368,8 @@ class VgpuDriver:
                                 e.pending.set_result(None)
                     if iir & (1 << e.ctx_bit):
                         await self._process_csb(e)
+            if master & r.MASTER_DE_PIPE_A and self.display is not None:
+                await self.display.on_pipe_irq()
             await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
 
     async def _process_csb(self, e: EngineState) -> None:

@@ -45,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds without a completion before a request is declared hung [GVTSIM_HANG_TIMEOUT]")
     p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "10")),
                    help="seconds before a trapped access is declared hung [GVTSIM_IOREQ_TIMEOUT]")
+    p.add_argument("--display", action="store_true", default=env("DISPLAY_ON", "") in ("1", "true", "yes"),
+                   help="give every VM a screen: modeset on the virtual monitor, animated frames drawn by the GPU "
+                        "and page-flipped on vblank [GVTSIM_DISPLAY_ON]")
+    p.add_argument("--display-tiling", default=env("DISPLAY_TILING", "alternate"),
+                   choices=["linear", "x", "alternate"],
+                   help="framebuffer layout (alternate: even VMs linear, odd VMs X-tiled) [GVTSIM_DISPLAY_TILING]")
+    p.add_argument("--display-fps", type=float, default=float(env("DISPLAY_FPS", "4")),
+                   help="animated frames per second [GVTSIM_DISPLAY_FPS]")
+    p.add_argument("--display-frames", type=int, default=int(env("DISPLAY_FRAMES", "0")),
+                   help="stop after this many animated frames, leaving the last one on screen (0: never)")
+    p.add_argument("--display-dump", default="",
+                   help="after the last frame, write the guest's own copy of the screen (XRGB8888 rows) to "
+                        "DIR/NAME.xrgb")
     return run_service(GuestService, p.parse_args(argv))
 
 

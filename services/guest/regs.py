@@ -39,6 +39,7 @@ GEN8_PTE_PRESENT = 1 << 0
 # interrupts (gen8)
 MASTER_IRQ = 0x44200
 MASTER_IRQ_CONTROL = 1 << 31
+MASTER_DE_PIPE_A = 1 << 16  # GEN8_DE_PIPE_IRQ(PIPE_A)
 GT_ISR = lambda n: 0x44300 + 0x10 * n  # noqa: E731
 GT_IMR = lambda n: 0x44304 + 0x10 * n  # noqa: E731
 GT_IIR = lambda n: 0x44308 + 0x10 * n  # noqa: E731

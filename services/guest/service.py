@@ -23,6 +23,7 @@ from ..common.memory import MachineMemory
 from ..common.service import BaseService
 from . import hostile
 from .cpu import GuestMachine, IoreqFailed
+from .display import DisplayError, GuestDisplay
 from .i915 import DriverError, VgpuDriver
 from .pci import probe_gpu
 from .workloads import VerifyError, WorkloadRunner, allocate, kinds_for
@@ -65,6 +66,9 @@ class GuestVm:
     resets: int = 0
 
     failure_reasons: Counter[str] = field(default_factory=Counter)
+    display: GuestDisplay | None = None  # the VM's screen (--display)
+    display_task: "asyncio.Task[Any] | None" = None
+    index: int = 0
 
     def fail(self, reason: str) -> None:
         """A workload failed: count it under its reason (numbers folded, so alike failures group)."""
@@ -230,7 +234,8 @@ class GuestService(BaseService):
             self._spawn(self._stats_loop())
         runs = []
         for i in range(self.args.vms):
-            vm = GuestVm(name=f"{self.args.name_prefix}{i}", vgpu_type=types[i % len(types)] if types else "")
+            vm = GuestVm(name=f"{self.args.name_prefix}{i}", vgpu_type=types[i % len(types)] if types else "",
+                         index=i)
             self.vms.append(vm)
             runs.append(self._spawn(self._run_vm(vm)))
         await asyncio.gather(*runs, return_exceptions=True)
@@ -274,6 +279,9 @@ class GuestService(BaseService):
         """Best effort: destroy the VM in vhm (it may already be gone with a restarted vhm)."""
         vm.fold()
         vm.resets += 1
+        if vm.display_task is not None:
+            vm.display_task.cancel()
+            vm.display_task = None
         if vm.vm_id:
             self.by_id.pop(vm.vm_id, None)
             self._vgpu_lost.pop(vm.vm_id, None)
@@ -296,7 +304,26 @@ class GuestService(BaseService):
         vm.state = "booting"
         gpu = await probe_gpu(vm.machine)
         vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
-        await vm.driver.init()
+        vm.display = None
+        if getattr(self.args, "display", False):  # a screen: the modeset runs inside init, before display_ready
+            tiling = self.args.display_tiling
+            if tiling == "alternate":
+                tiling = "x" if vm.index % 2 else "linear"
+            vm.display = GuestDisplay(vm.driver, vm.name, tiling)
+            vm.driver.display = vm.display
+        async def modeset() -> None:  # a display that does not come up costs the screen, not the VM
+            assert vm.display is not None and vm.driver is not None
+            try:
+                await vm.display.modeset()
+            except DisplayError as err:
+                emit(event="display_failed", vm=vm.vm_id, name=vm.name, reason=f"DisplayError: {err}")
+                vm.display = vm.driver.display = None
+
+        await vm.driver.init(modeset=modeset if vm.display is not None else None)
+        if vm.display is not None:
+            mode = vm.display.st.mode
+            emit(event="display_ready", vm=vm.vm_id, name=vm.name, **vm.display.summary(),
+                 width=mode.width if mode else 0, height=mode.height if mode else 0)
         if self.args.pv:  # negotiate the PV shared page; any refusal keeps the trap path
             res = await vm.driver.enable_pv(self.args.pv_version, corrupt=self.args.pv_corrupt)
             emit(event="pv", vm=vm.vm_id, name=vm.name, status=res.status, enabled=res.enabled,
@@ -311,6 +338,8 @@ class GuestService(BaseService):
             vm.recoveries += 1
             vm.reset_started = None
         vm.runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
+        if vm.display is not None:
+            vm.display_task = self._spawn(self._display_loop(vm, vm.display))
         vm.driver.hang_timeout = self.args.hang_timeout
         if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
             emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
@@ -353,6 +382,30 @@ class GuestService(BaseService):
                 vm.latencies.append(time.perf_counter() - t0)
             i += 1
 
+    async def _display_loop(self, vm: GuestVm, disp: GuestDisplay) -> None:
+        """Animated frames until ``--display-frames`` (then the last frame stays on screen) or the VM goes.
+        A display failure is reported and ends the display only; the VM's workloads go on."""
+        try:
+            await disp.run(lambda: vm.verified, fps=self.args.display_fps, frames=self.args.display_frames)
+        except asyncio.CancelledError:
+            raise
+        except (DisplayError, DriverError, IoreqFailed) as err:
+            disp.st.failures.append(f"{type(err).__name__}: {err}")
+            emit(event="display_failed", vm=vm.vm_id, name=vm.name, reason=f"{type(err).__name__}: {err}")
+            return
+        dump = ""
+        if self.args.display_dump:  # the guest's own copy of what is on screen, for tests and tools
+            import os
+
+            os.makedirs(self.args.display_dump, exist_ok=True)
+            dump = os.path.join(self.args.display_dump, f"{vm.name}.xrgb")
+            with open(dump, "wb") as f:
+                f.write(disp.st.expected)
+        mode = disp.st.mode
+        emit(event="display_done", vm=vm.vm_id, name=vm.name, **disp.summary(), dump=dump,
+             width=mode.width if mode else 0, height=mode.height if mode else 0,
+             stride=disp.fbs[disp.st.shown].stride if disp.fbs else 0)
+
     async def _stats_loop(self) -> None:
         """A ``stats`` event every interval: cumulative counts and recent latencies (load reports use it)."""
         while True:
@@ -374,6 +427,8 @@ class GuestService(BaseService):
             out["completions"] = {e.name: e.completions for e in vm.driver.engines.values()}
         if vm.runner is not None:
             out["user_irqs_asked"] = dict(vm.runner.asked_user_irq)
+        if vm.display is not None:
+            out["display"] = vm.display.summary()
         return out
 
     def _rtt(self) -> dict[str, list[float]]:

@@ -69,6 +69,7 @@ SRM_LRM_REGS = frozenset({0xB118, 0x21F0})
 #: shadow batch buffers: a window of the host's reserved high GM past the shadow contexts' first 2 MB
 SHADOW_BB_GM_OFFSET = 16 << 20
 SHADOW_BB_GM_PAGES = 4096
+BLT_DST_TILED, BLT_SRC_TILED = 1 << 11, 1 << 15  # XY_* header: X-tiled destination / source
 BLT_BPP = {0: 1, 1: 2, 2: 2, 3: 4}  # BR13 bits 25:24 colour depth -> bytes per pixel
 #: scan budget per workload: a batch that never reaches MI_BATCH_BUFFER_END is refused, not walked forever
 MAX_SCAN_DWORDS = 64 * 1024
@@ -520,6 +521,15 @@ def _rect_span(base: int, pitch: int, x1: int, y1: int, x2: int, y2: int, bpp: i
     return min(rows) + x1 * bpp, max(rows) + x2 * bpp
 
 
+def _tiled_span(base: int, pitch_dw: int, y1: int, y2: int) -> tuple[int, int]:
+    """[first, last + 1) bytes an X-tiled blit touches: whole rows of 4 KiB tiles (512 bytes x 8 rows), the
+    pitch field counting dwords (pgpu/blit.py)."""
+    pitch = 4 * (pitch_dw & 0x7FFF)
+    if y2 <= y1:
+        return base, base
+    return base + (y1 // 8) * 8 * pitch, base + -(-y2 // 8) * 8 * pitch
+
+
 def _blit(name: str, dwords: int, src: bool) -> Handler:
     """XY blits go through the context's PPGTT, or the GGTT when it has none (docs/PGPU.md): audit then
     the destination rectangle (BR22/BR23 in pixels, BR13 pitch) and the source one (BR26, BR11)."""
@@ -529,11 +539,15 @@ def _blit(name: str, dwords: int, src: bool) -> Handler:
             return
         bpp = BLT_BPP[dws[1] >> 24 & 3]
         x1, y1, x2, y2 = dws[2] & 0xFFFF, dws[2] >> 16 & 0xFFFF, dws[3] & 0xFFFF, dws[3] >> 16 & 0xFFFF
-        lo, hi = _rect_span(_addr48(dws[4], dws[5], 1), dws[1], x1, y1, x2, y2, bpp)
+        dst = _addr48(dws[4], dws[5], 1)
+        lo, hi = (_tiled_span(dst, dws[1], y1, y2) if dws[0] & BLT_DST_TILED else
+                  _rect_span(dst, dws[1], x1, y1, x2, y2, bpp))
         p.audit(lo, hi - lo, f"{name} destination")
         if src:
             sx, sy = dws[6] & 0xFFFF, dws[6] >> 16 & 0xFFFF
-            lo, hi = _rect_span(_addr48(dws[8], dws[9], 1), dws[7], sx, sy, sx + x2 - x1, sy + y2 - y1, bpp)
+            sa = _addr48(dws[8], dws[9], 1)
+            lo, hi = (_tiled_span(sa, dws[7], sy, sy + y2 - y1) if dws[0] & BLT_SRC_TILED else
+                      _rect_span(sa, dws[7], sx, sy, sx + x2 - x1, sy + y2 - y1, bpp))
             p.audit(lo, hi - lo, f"{name} source")
     return handler
 

@@ -9,6 +9,7 @@ failsafe (gvt-facts 8.4: AcrnGT enters failsafe on any emulation error).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import structlog
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode
-from . import interrupt, mmio, pvinfo
+from . import display, dmabuf, interrupt, mmio, pvinfo
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
@@ -92,9 +93,11 @@ class Gvt:
         self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
-        # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py)
+        # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py), the display's
+        # rows (pipes, planes, DP AUX, GMBUS: display.py) among them
         self.table = MmioTable(real_regs())
-        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs(), default_blocks())
+        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs(),
+                           default_blocks())
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
@@ -372,13 +375,55 @@ class Gvt:
             self.emulate_cfg_write(vgpu, req.reg, req.value & full, req.size)
             return 0
         if req.kind in (IoreqType.MMIO, IoreqType.WP):
-            if read:
-                return self.emulate_mmio_read(vgpu, req.addr, req.size) & full
-            if not (req.kind == IoreqType.WP and self.write_protect_handler(vgpu, req.addr, req.value & full, req.size)):
-                self.emulate_mmio_write(vgpu, req.addr, req.value & full, req.size)
-            return 0
+            t0 = time.perf_counter()  # a measurement for the figures (figures.py), not emulation input
+            try:
+                if read:
+                    return self.emulate_mmio_read(vgpu, req.addr, req.size) & full
+                if not (req.kind == IoreqType.WP and
+                        self.write_protect_handler(vgpu, req.addr, req.value & full, req.size)):
+                    self.emulate_mmio_write(vgpu, req.addr, req.value & full, req.size)
+                return 0
+            finally:
+                vgpu.figures.mmio(time.perf_counter() - t0)
         self.counters["ioreq_unexpected_kind"] += 1
         return full if read else 0
+
+    # ------------------------------------------------------------------------------- display
+    def next_deadline(self) -> float | None:
+        """When the core wants :meth:`on_timer` called: the earliest vblank of an enabled pipe (None while
+        no vGPU has a pipe enabled: no timer at all)."""
+        return display.next_deadline(self)
+
+    def on_timer(self, now: float) -> int:
+        """Emulate the vblanks due by ``now`` (display.py). Returns how many were emulated."""
+        self.scheduler.now = max(self.scheduler.now, now)
+        try:
+            return display.run_timers(self, now)
+        except Exception as err:
+            self._internal("vblank", err)
+            return 0
+
+    def query_plane(self, vm: int, plane: str, pipe: int = 0) -> Any:
+        """The VFIO_DEVICE_QUERY_GFX_PLANE analogue (dmabuf.py): a fb_decoder.PlaneInfo, or a Refusal."""
+        vgpu = self.by_vm.get(vm)
+        if vgpu is None:
+            return self._refuse("plane_query", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
+        try:
+            return dmabuf.query_plane(vgpu, plane, pipe)
+        except ValueError as err:
+            return self._refuse("plane_query", ErrorCode.BAD_REQUEST, str(err), vm=vm)
+
+    def read_framebuffer(self, vm: int, mem: Any, ggtt_addr: int, offset: int, length: int) -> bytes | Refusal:
+        """Bytes of a vGPU's framebuffer through its GGTT from machine memory (dmabuf.py), or a Refusal."""
+        vgpu = self.by_vm.get(vm)
+        if vgpu is None:
+            return self._refuse("fb_read", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
+        if mem is None:
+            return self._refuse("fb_read", ErrorCode.INTERNAL, "machine memory is not mapped yet", vm=vm)
+        try:
+            return dmabuf.read_surface(vgpu, mem, ggtt_addr, offset, length)
+        except ValueError as err:
+            return self._refuse("fb_read", ErrorCode.BAD_ADDRESS, str(err), vm=vm)
 
     # ------------------------------------------------------------------------------------ views
     def status_info(self) -> dict[str, Any]:
@@ -399,6 +444,8 @@ class Gvt:
                               "frame_pool": len(self.scheduler.frame_pool),
                               "shadow_bbs": len(self.scheduler.shadow_bbs),
                               "policy": self.scheduler.policy.info()},
+                "display_by_vm": {str(v.vm): v.display.info() for v in self.vgpus.values()},
+                "figures_by_vm": {str(v.vm): v.figures.info() for v in self.vgpus.values()},
                 "failsafe": {str(v.vm): v.failsafe_reason.name for v in self.vgpus.values()
                              if v.failsafe and v.failsafe_reason is not None},
                 "ppgtt": {"enable_out_of_sync": self.ppgtt.enable_out_of_sync,

@@ -304,7 +304,7 @@ class MmioTable:
         for r in regs:
             base = self.info.get(r.offset)
             if base is not None and base.name:
-                keep = r.flags & (F.UNALIGN | F.MODE_MASK)
+                keep = r.flags & (F.UNALIGN | F.MODE_MASK | F.RO)
                 r = Reg(r.offset, r.size, base.flags | keep, r.ro_mask or base.ro_mask, r.read, r.write, r.default,
                         base.name, base.handler)
             for off in range(r.offset, r.offset + r.size, 4):

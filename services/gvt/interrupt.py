@@ -77,6 +77,8 @@ EVENTS: dict[str, tuple[str, int]] = {
     "SPRITE_C_FLIP_DONE": ("DE_PIPE_C", 4),
     "AUX_CHANNEL_A": ("DE_PORT", 0),
     "DP_A_HOTPLUG": ("DE_PORT", 3),
+    "AUX_CHANNEL_D": ("DE_PORT", 27),  # gen9 GEN9_AUX_CHANNEL_D (display.py)
+    "DP_D_HOTPLUG": ("PCH", 23),  # SDE_PORTD_HOTPLUG_CPT (display.py intel_vgpu_emulate_hotplug)
 }
 
 

@@ -548,6 +548,7 @@ class Scheduler:
         if self.current.get(w.engine) is w:
             self.current[w.engine] = None
         w.busy_ns = busy_ns
+        w.vgpu.figures.workload_done(busy_ns)
         if w.status == "abandoned":  # its vGPU was reset or destroyed meanwhile: nothing to report
             self.gvt.counters["workloads_abandoned"] += 1
             if kind == "ctx_complete" and status == 0:

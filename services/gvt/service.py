@@ -116,6 +116,8 @@ class GvtService(BaseService):
         self.conns: dict[str, Connection] = {}
         self._sched: asyncio.TimerHandle | None = None
         self._results: list[m.IoreqResult] = []  # completions of this batch's dispatches
+        self._vblank: asyncio.TimerHandle | None = None  # armed at the core's next deadline (display.py)
+        self._vblank_at: float | None = None
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, Any]:
@@ -161,10 +163,39 @@ class GvtService(BaseService):
             for i in range(0, len(results), MAX_BATCH):
                 await self._send("vhm", m.IoreqComplete(reqs=results[i:i + MAX_BATCH]))
         self._arm_sched()
+        self._arm_vblank()  # a batch may have enabled or disabled a pipe without leaving effects
+
+    def _arm_vblank(self) -> None:
+        """One timer at the core's next deadline (the earliest vblank of an enabled pipe); none while no
+        pipe is enabled. The core's clock is time.monotonic(), the loop's too."""
+        deadline = self.core.next_deadline()
+        if deadline == self._vblank_at and self._vblank is not None:
+            return
+        if self._vblank is not None:
+            self._vblank.cancel()
+            self._vblank = None
+        self._vblank_at = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - time.monotonic())
+            self._vblank = asyncio.get_running_loop().call_later(delay, self._on_vblank)
+
+    def _on_vblank(self) -> None:
+        self._vblank, self._vblank_at = None, None
+        try:
+            self.core.on_timer(time.monotonic())
+        except Exception as err:  # a bug must not stop the timer: counted and logged
+            self.counters["internal_errors"] += 1
+            self.log.error("vblank_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+        if self.core.effects:
+            self._flush_now()  # MSIs of the vblank / flip-done events; _flush_now re-arms
+        else:
+            self._arm_vblank()
 
     async def stop(self) -> None:
         if self._sched is not None:
             self._sched.cancel()
+        if self._vblank is not None:
+            self._vblank.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -206,6 +237,7 @@ class GvtService(BaseService):
     def _flush_now(self) -> None:
         """Send the core's effects in order (fire-and-forget requests; refusals are logged on reply)."""
         effects = self.core.drain_effects()
+        self._arm_vblank()  # whatever just ran may have enabled or disabled a pipe
         for e in effects:
             if isinstance(e, fx.Uevent):
                 self.log.info("uevent", vm=e.vm, name=e.name, value=e.value)
@@ -265,6 +297,20 @@ class GvtService(BaseService):
                                description=s.type.description + ("" if s.registered else
                                                                  "; aperture too small: i915 would not register it"))
                 for s in self.core.types()])
+        if isinstance(msg, m.PlaneQuery):
+            plane = self.core.query_plane(msg.vm, msg.plane, msg.pipe)
+            if isinstance(plane, Refusal):
+                return m.Error(code=plane.code.value, reason=plane.reason, req=req, vm=msg.vm)
+            fields = {k: v for k, v in plane.as_dict().items() if k not in ("plane", "pipe", "enabled")}
+            if not plane.enabled:
+                fields = {}
+            return m.PlaneInfo(req=msg.req, vm=msg.vm, plane=msg.plane, pipe=msg.pipe, enabled=plane.enabled,
+                               **fields)
+        if isinstance(msg, m.FbRead):
+            data = self.core.read_framebuffer(msg.vm, self._mem, msg.ggtt_addr, msg.offset, msg.length)
+            if isinstance(data, Refusal):
+                return m.Error(code=data.code.value, reason=data.reason, req=req, vm=msg.vm)
+            return m.Data(req=msg.req, data=data)
         if isinstance(msg, m.MgmtList):
             return m.MgmtListReply(req=msg.req, vgpus=[m.VgpuInfo(**v.info()) for v in
                                                        sorted(self.core.vgpus.values(), key=lambda v: v.id)])

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 from . import pvinfo
 from .aperture import Aperture
 from .cfg_space import CfgSpace
+from .display import VgpuDisplay
 from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
 from .engines import ALL_ENGINES, ENGINES, mask_names
 from .execlist import VirtualExeclist
+from .figures import VgpuFigures
 from .gtt import Ggtt
 from .handlers import FENCE_REG_GEN6_LO
 from .mmio import MmioState
@@ -98,6 +100,8 @@ class Vgpu:
         self.opregion = Opregion(self)
         self.cfg.on_swsci = lambda value: self.opregion.swsci(value, self.cfg.get(0xE8, 4))
         self.cfg.on_asls = self.opregion.base_write
+        self.display = VgpuDisplay(self)  # pipes, planes, vblank timers, the virtual monitor (display.py)
+        self.figures = VgpuFigures()
 
     # ------------------------------------------------------------------------------------ plumbing
     def emit(self, effect: Effect) -> None:
@@ -112,6 +116,7 @@ class Vgpu:
         """intel_gvt_create_vgpu after the resources are allocated: pvinfo, GGTT to scratch, fences
         cleared, then the MPT glue (AcrnGT: intercept BDF 00:02.0; attach)."""
         pvinfo.populate(self)
+        self.display.init()
         self.gtt.reset_host()
         self._clear_fences()
         bus, dev, func = GVT_BDF
@@ -122,6 +127,7 @@ class Vgpu:
         """intel_gvt_destroy_vgpu: deactivate, untrap, GGTT slices to scratch, drop PPGTT mms, detach,
         release BDF, clear the fences (the GM itself is returned by the caller)."""
         self.deactivate()
+        self.display.clean()
         self.aperture.clean()
         self.cfg.clean()
         self.gtt.clean()
@@ -177,6 +183,7 @@ class Vgpu:
         self.mmio.reset(dmlr)
         pvinfo.populate(self)
         if dmlr:
+            self.display.reset()  # the display vregs were restored too: timers off, monitor announced again
             self.cfg.reset()
             self.failsafe = False
             self.failsafe_reason = None

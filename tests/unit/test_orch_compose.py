@@ -96,3 +96,20 @@ def test_translate_leaves_foreign_hosts_and_paths() -> None:
 def test_bad_topologies_are_refused_with_a_reason(doc: dict, match: str) -> None:
     with pytest.raises(ComposeError, match=match):
         parse_topology(doc, {})
+
+
+def test_web_service_runs_only_with_its_profile() -> None:
+    """The compose file's `web` service (the live wall) has a profile: left out by default, as compose does,
+    and planned natively on the stack's own port block when COMPOSE_PROFILES names it."""
+    import os
+
+    from gvtsim.orchestration.compose import NativeLayout, load_topology, native_plan
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docker-compose.yml")
+    assert "web" not in load_topology(path, env={}).services
+    topo = load_topology(path, env={"COMPOSE_PROFILES": "web", "GVTSIM_DISPLAY": "1"})
+    assert topo.services["web"].depends_on == {"gvt": "service_healthy"}
+    assert topo.services["guest"].environment["GVTSIM_DISPLAY_ON"] == "1"
+    layout = NativeLayout(port_offset=100, stride=10, shm_root="/dev/shm/x")
+    web = next(p for p in native_plan(topo, [1], layout) if p.service == "web")
+    assert web.argv[-4:] == ("--vhm", "tcp://127.0.0.1:5665", "--listen", "tcp://127.0.0.1:5668")
