@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("gvtsim.orchestration.up", "bring the docker-compose.yml topology up as local processes (--stacks N)"),
     "down": ("gvtsim.orchestration.down", "stop every process `gvtsim up` started (no process left behind)"),
     "status": ("gvtsim.orchestration.status", "services, processes or containers, health, VMs, vGPUs [--json]"),
+    "restart": ("gvtsim.orchestration.restart", "restart one service of the run: restart gvt | restart pgpu --stack 1"),
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
 }

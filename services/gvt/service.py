@@ -103,6 +103,8 @@ class GvtService(BaseService):
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
         self._submits: dict[int, int] = {}  # ELSP_SUBMIT req -> workload tag
+        self._attaches: dict[int, int] = {}  # ATTACH_VGPU (attach) req -> VM, to settle a ctl create
+        self._attach_waiters: dict[int, asyncio.Future[str]] = {}  # VM -> vhm's answer ("" ok, else why)
         self.conns: dict[str, Connection] = {}
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -183,6 +185,8 @@ class GvtService(BaseService):
             self.counters[f"effects_sent_{peer}"] += 1
             if cls is m.ElspSubmit:
                 self._submits[req] = fields["tag"]
+            if cls is m.AttachVgpu and fields.get("attach"):
+                self._attaches[req] = fields["vm"]
             if len(self._sent) > 10_000:
                 self._sent.clear()
             self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
@@ -195,6 +199,11 @@ class GvtService(BaseService):
         req = getattr(msg, "req", -1)
         what = self._sent.pop((peer, req), None)
         tag = self._submits.pop(req, None) if peer == "pgpu" else None
+        attach_vm = self._attaches.pop(req, None) if peer == "vhm" else None
+        if attach_vm is not None:
+            waiter = self._attach_waiters.pop(attach_vm, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(f"{msg.code}: {msg.reason}" if isinstance(msg, m.Error) else "")
         if tag is not None and isinstance(msg, m.Error):
             self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}")
         if isinstance(msg, m.Error):
@@ -234,9 +243,33 @@ class GvtService(BaseService):
         pass
 
     async def on_message(self, session: Session, msg: m.Message) -> None:
+        fresh = isinstance(msg, m.VgpuCreate) and msg.vm not in self.core.by_vm
         reply = self.manage(msg, owner="ctl")
+        waiter: asyncio.Future[str] | None = None
+        if fresh and isinstance(reply, m.VgpuCreated):
+            waiter = self._attach_waiters[reply.vm] = asyncio.get_running_loop().create_future()
         await self._flush()
+        if waiter is not None and isinstance(reply, m.VgpuCreated):
+            reply = await self._settle_ctl_create(reply, waiter)
         await self.mgmt.send(session, reply)
+
+    async def _settle_ctl_create(self, reply: m.VgpuCreated, waiter: asyncio.Future[str]) -> m.Message:
+        """A ctl-created vGPU exists only if vhm attached it to the VM (MPT attach_vgpu): when vhm refuses
+        (no such VM) or does not answer, the vGPU is destroyed again and ctl gets the refusal."""
+        try:
+            why = await asyncio.wait_for(waiter, 3.0)
+        except TimeoutError:
+            why = "vhm did not answer the attach within 3 s"
+        finally:
+            self._attach_waiters.pop(reply.vm, None)
+        if not why:
+            return reply
+        self.counters["vgpu_create_attach_refused"] += 1
+        self.core.destroy_vgpu(reply.vm)
+        await self._flush()
+        return m.Error(code=ErrorCode.NO_SUCH_VM.value, req=reply.req, vm=reply.vm,
+                       reason=f"vhm refused to attach vGPU {reply.vgpu_id} to vm {reply.vm} ({why}); "
+                              f"the vGPU was destroyed again")
 
     async def on_lost(self, session: Session, reason: str) -> None:
         pass
