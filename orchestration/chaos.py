@@ -291,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
 def _line(r: KillRecord) -> str:
     if r.error:
         return f"kill {r.service} {r.target}: FAILED: {r.error}"
-    restart = f", restarted after {r.restart_after}s as {r.new_pid}: ready in {r.ready_s}s, stack serving in " \
-              f"{r.serving_s}s" if r.restart_after is not None else ""
+    restart = f", restarted after {r.restart_after} s as pid {r.new_pid}: ready in {r.ready_s} s, stack serving " \
+              f"in {r.serving_s} s" if r.restart_after is not None and r.serving_s is not None else \
+        "" if r.restart_after is None else f", restarted after {r.restart_after} s as pid {r.new_pid}"
     return f"t={r.at}s kill {r.service} {r.target} (pid {r.old_pid}){restart}"
 
 

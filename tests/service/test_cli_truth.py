@@ -100,3 +100,16 @@ def test_chaos_names_the_valid_services_and_restart_and_up_say_what_to_do(run: s
     r = gvtsim("restart", "pgpu", "--run-dir", run, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stderr
     assert json.loads(gvtsim("health", RunState.load(run).endpoint(0, "pgpu"), "--json").stdout)["ready"]
+
+
+def test_demo_headline_counts_the_vms_that_failed_to_boot() -> None:
+    # 8 VMs cycling GVTg_V5_8 / GVTg_V5_4 do not all fit one GPU: the headline must not say "all verified"
+    r = gvtsim("demo", "--vms", "8", "--workloads", "1", timeout=120)
+    assert r.returncode == 1
+    head = r.stdout.splitlines()[0]
+    assert head.startswith("gvtsim demo: FAIL: ") and "of 8 VMs ran to the end" in head and "of 8 workloads" in head
+    assert "did not finish" in r.stdout and "not enough" in r.stdout and "None" not in r.stdout
+    r = gvtsim("demo", "--vms", "2", "--workloads", "2", "--json", timeout=120)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["problems"] == [] and out["workloads_verified"] == 4
+    assert out["rtt_us_by_type"]["MMIO"]["n"] == out["ioreqs_by_type"]["MMIO"]  # from the histogram itself
