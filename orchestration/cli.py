@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("gvtsim.orchestration.down", "stop every process `gvtsim up` started (no process left behind)"),
     "status": ("gvtsim.orchestration.status", "services, processes or containers, health, VMs, vGPUs [--json]"),
     "restart": ("gvtsim.orchestration.restart", "restart one service of the run: restart gvt | restart pgpu --stack 1"),
+    "trace": ("gvtsim.orchestration.trace", "record the ioreq path into a Perfetto timeline: trace demo --vms 2"),
+    "top": ("gvtsim.orchestration.top", "live view of every vGPU (engine busy %, ioreqs/s, latency): top [--once --json]"),
+    "metrics": ("gvtsim.orchestration.metrics", "the run's Prometheus endpoints and a scrape config for them"),
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
 }

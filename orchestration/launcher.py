@@ -66,12 +66,16 @@ class ProcState:
     out_offset: int = 0  # where this incarnation's stdout begins in `out`
     started_at: float = 0.0  # wall clock
     restarts: int = 0
+    metrics: str = ""  # this incarnation's Prometheus endpoint (from its ready line), "" when it has none
 
     @classmethod
     def from_spec(cls, spec: ProcSpec, run_dir: str, owner: str = "up") -> "ProcState":
         safe = spec.name.replace("/", "_")
+        env = dict(spec.env)
+        if env.get("GVTSIM_METRICS"):  # compose gives each container the same port; natively each process
+            env["GVTSIM_METRICS"] = "127.0.0.1:0"  # takes a free one and says which in its ready line
         return cls(name=spec.name, stack=spec.stack, service=spec.service, replica=spec.replica, argv=list(spec.argv),
-                   env=dict(spec.env), health=list(spec.health) if spec.health else None,
+                   env=env, health=list(spec.health) if spec.health else None,
                    healthcheck=asdict(spec.healthcheck) if spec.healthcheck else None, endpoint=spec.endpoint,
                    owner=owner, out=os.path.join(run_dir, "logs", f"{safe}.out"),
                    err=os.path.join(run_dir, "logs", f"{safe}.err"))
@@ -268,7 +272,12 @@ async def wait_ready(proc: ProcState, timeout: float = 20.0) -> float:
             raise LaunchError(f"{proc.name} exited during start-up: {why}{hint} (log: {proc.err})")
         if not ready:
             events, offset = read_events(proc.out, offset)
-            ready = any(ev.get("event") == "ready" for ev in events)
+            for ev in events:
+                if ev.get("event") == "ready":
+                    ready = True
+                    if ev.get("metrics") and ev["metrics"] != proc.metrics:
+                        proc.metrics = str(ev["metrics"])
+                        update_proc(os.path.dirname(os.path.dirname(proc.out)), proc)
         if ready and await healthy(proc):
             return time.monotonic() - t0
         await asyncio.sleep(0.05)

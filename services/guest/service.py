@@ -17,6 +17,7 @@ from typing import Any
 from ...protocol import IoreqType
 from ...protocol import messages as m
 from ..common.client import Connection, PeerLost, RemoteError
+from ..common import trace
 from ..common.histo import Histogram
 from ..common.memory import MachineMemory
 from ..common.service import BaseService
@@ -136,7 +137,8 @@ class GuestService(BaseService):
         return t
 
     def status(self) -> tuple[bool, dict[str, Any]]:
-        return self.conn.up.is_set(), {"vms": [self._vm_summary(v) for v in self.vms]}
+        return self.conn.up.is_set(), {"vms": [self._vm_summary(v) for v in self.vms],
+                                       "ioreq_hist": {k: h.encode() for k, h in self._rtt().items()}}
 
     async def send_ioreq(self, req: m.Ioreq) -> int:
         """Transport for GuestMachine: send and wait for IOREQ_DONE / ERROR with the same (vm, vcpu, seq)."""
@@ -171,6 +173,8 @@ class GuestService(BaseService):
         elif isinstance(msg, m.Msi):
             vm = self.by_id.get(msg.vm)
             self.counters["msis"] += 1
+            if trace.on:
+                trace.instant("MSI received", "irq", tid=msg.vm, vm=msg.vm, data=hex(msg.data))
             if vm is not None and vm.driver is not None:
                 self._spawn(vm.driver.on_msi(msg.addr, msg.data))  # the handler traps: never inline here
             else:
@@ -316,6 +320,10 @@ class GuestService(BaseService):
                 vm.verified += 1
                 vm.by_kind[kind] += 1
                 vm.latencies.record_s(time.perf_counter() - t0)
+                if trace.on:
+                    took = (time.perf_counter() - t0) * 1e6
+                    trace.complete(f"workload {kind} on {engine}", "workload", trace.now_us() - took, took,
+                                   tid=vm.vm_id, vm=vm.vm_id)
             i += 1
 
     async def _stats_loop(self) -> None:

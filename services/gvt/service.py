@@ -19,6 +19,7 @@ import zmq.asyncio
 from ...protocol import messages as m
 from ...protocol.constants import IoreqType
 from ...protocol.errors import ErrorCode
+from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
@@ -129,7 +130,11 @@ class GvtService(BaseService):
             if not self.core.vgpus:
                 continue
             try:
+                before = self.core.scheduler.policy.current
                 self.core.scheduler.tick(time.monotonic())
+                if trace.on and self.core.scheduler.policy.current != before:
+                    trace.instant("scheduler switch", "sched", vgpu_from=before,
+                                  vgpu_to=self.core.scheduler.policy.current)
             except Exception as err:  # a bug must not stop the timer: counted and logged
                 self.counters["internal_errors"] += 1
                 self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
@@ -183,6 +188,9 @@ class GvtService(BaseService):
                     failed_submits.append((fields["tag"], str(err)))
                 continue
             self.counters[f"effects_sent_{peer}"] += 1
+            if trace.on and cls in (m.InjectMsi, m.ElspSubmit):
+                trace.instant("MSI inject" if cls is m.InjectMsi else "workload submit", "gpu",
+                              tid=int(fields.get("vm", 0)), **fields)
             if cls is m.ElspSubmit:
                 self._submits[req] = fields["tag"]
             if cls is m.AttachVgpu and fields.get("attach"):
@@ -278,8 +286,12 @@ class GvtService(BaseService):
     async def _on_vhm(self, msg: m.Message) -> None:
         if isinstance(msg, m.IoreqDispatch):
             now = time.monotonic()
+            t0 = trace.now_us() if trace.on else 0.0
             results = [m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=self.core.handle_ioreq(r, now))
                        for r in msg.reqs]
+            if trace.on:
+                trace.complete("gvt emulate", "ioreq", t0, trace.now_us() - t0, ioreqs=len(msg.reqs),
+                               first=f"vm{msg.reqs[0].vm}/{msg.reqs[0].vcpu}/{msg.reqs[0].seq}" if msg.reqs else "")
             await self._flush()  # trap ranges, MSIs, GGTT writes go out before the completion
             await self._send("vhm", m.IoreqComplete(reqs=results))
         elif isinstance(msg, (m.Ok, m.Error)):
@@ -345,6 +357,8 @@ class GvtService(BaseService):
             await self._flush()
         elif isinstance(msg, m.GpuEvent):
             self.counters[f"gpu_events_{msg.kind}"] += 1
+            if trace.on:
+                trace.instant(f"workload {msg.kind}", "gpu", engine=msg.engine, tag=msg.tag, busy_ns=msg.busy_ns)
             self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason,
                                              now=time.monotonic())
             await self._flush()  # guest context written back; MSIs and the next submission go out

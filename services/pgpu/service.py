@@ -15,6 +15,7 @@ from typing import Any
 
 from ...protocol import messages as m
 from ...protocol.errors import ErrorCode
+from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
@@ -116,6 +117,9 @@ class PgpuService(BaseService):
 
     def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message:
         self.core.submit(msg.engine, list(msg.descs), msg.tag, time.monotonic(), owner=session)
+        if trace.on:
+            trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
+                          engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
         self._wake[msg.engine].set()
         return m.Ok(req=msg.req)
 
@@ -156,5 +160,8 @@ class PgpuService(BaseService):
             return
         if ev.kind != "ctx_complete" and ev.kind != "user_interrupt":
             self.log.info("gpu_event", **{k: v for k, v in ev.fields().items() if k != "engine"}, engine=ev.engine)
+        if trace.on:
+            trace.instant(f"GPU {ev.kind}", "gpu", tid=ENGINES.index(ev.engine) if ev.engine in ENGINES else 0,
+                          **ev.fields())
         await self.server.send(session, m.GpuEvent(**ev.fields()))
         self.counters[f"events_sent_{ev.kind}"] += 1
