@@ -20,6 +20,7 @@ from typing import Any
 from ..protocol import decode, encode
 from ..protocol import messages as m
 from ..services.common.memory import FrameAllocator, MachineMemory
+from ..services.common.helptext import UserHelpFormatter
 
 
 def per_op(fn: Callable[[int], None], n: int, reps: int = 5) -> dict[str, float]:
@@ -96,7 +97,7 @@ def bench_service(name: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__, formatter_class=UserHelpFormatter)
     p.add_argument("--json", action="store_true")
     p.add_argument("-n", type=int, default=20000, help="operations per repetition")
     p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu"], action="append")

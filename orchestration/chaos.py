@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from .launcher import LaunchError, ProcState, RunState, alive, default_run_dir, group_members, healthy, signal_group, \
     spawn, update_proc, wait_ready
 from .status import compose_cmd
+from ..services.common.helptext import UserHelpFormatter
 
 RECOVERY_BUDGET = 5.0  # seconds the topology has to serve again after a restart
 
@@ -245,7 +246,7 @@ async def run_schedule(backend: NativeChaos | ComposeChaos, plan: list[PlannedKi
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim chaos``."""
     p = argparse.ArgumentParser(prog="gvtsim chaos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir(),
                    help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--compose", action="store_true", help="act on a docker compose project")

@@ -30,6 +30,7 @@ from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
 from ..services.common.sockets import make_socket
 from .launcher import RunState, default_run_dir
+from ..services.common.helptext import UserHelpFormatter
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"  # docker-compose.yml's gvt port
 
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document")
     common.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds to wait for gvt [3]")
     p = argparse.ArgumentParser(prog="gvtsim ctl", description=__doc__, parents=[common],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{types,list,create,destroy,reset}")
     sub.add_parser("types", parents=[common], help="vGPU types and how many more of each fit")
     sub.add_parser("list", parents=[common], help="vGPUs: VM id -> vGPU id, type, state")

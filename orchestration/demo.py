@@ -16,6 +16,7 @@ from typing import Any
 
 from ..services.common.histo import merge as merge_hists
 from .hoststack import HostStack
+from ..services.common.helptext import UserHelpFormatter
 
 
 def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int = 16,
@@ -127,7 +128,7 @@ def render(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim demo``."""
-    p = argparse.ArgumentParser(prog="gvtsim demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="gvtsim demo", description=__doc__, formatter_class=UserHelpFormatter)
     p.add_argument("--vms", type=int, default=4, help="VMs (at most 7 fit one host stack) [4]")
     p.add_argument("--workloads", type=int, default=50, help="verified workloads per VM [50]")
     p.add_argument("--types", default="GVTg_V5_8,GVTg_V5_4", help="vGPU types, cycled over the VMs "

@@ -19,6 +19,7 @@ import zmq.asyncio
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
 from ..services.common.sockets import make_socket
+from ..services.common.helptext import UserHelpFormatter
 
 
 async def probe(endpoint: str, timeout: float = 2.0) -> m.StatusReply:
@@ -67,7 +68,7 @@ def explain(err: BaseException, endpoint: str, timeout: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim health``."""
-    p = argparse.ArgumentParser(prog="gvtsim health", description=__doc__)
+    p = argparse.ArgumentParser(prog="gvtsim health", description=__doc__, formatter_class=UserHelpFormatter)
     p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555 (vhm), :5556 (gvt), :5557 (pgpu)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer [2]")
     p.add_argument("--json", action="store_true", help="print the STATUS reply as JSON")

@@ -43,6 +43,7 @@ from .loadstats import LoadStats, attach_recovery, explain, verdict
 from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
+from ..services.common.helptext import UserHelpFormatter
 
 VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 640 MB aperture
 
@@ -316,7 +317,7 @@ def progress(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim load``."""
     p = argparse.ArgumentParser(prog="gvtsim load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--vms", type=int, required=True, help="concurrent VMs")
     p.add_argument("--duration", type=float, required=True, help="seconds of load once every VM is up")
     p.add_argument("--report", default=None, metavar="DIR", help="write report.json, summary.md and PNG plots")

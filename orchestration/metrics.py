@@ -20,6 +20,7 @@ import urllib.request
 from typing import Any
 
 from .launcher import RunState, alive, default_run_dir
+from ..services.common.helptext import UserHelpFormatter
 
 
 def targets(state: RunState) -> list[dict[str, Any]]:
@@ -47,7 +48,7 @@ def scrape_config(state: RunState) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim metrics``."""
     p = argparse.ArgumentParser(prog="gvtsim metrics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir(),
                    help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     g = p.add_mutually_exclusive_group()

@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 
+from ..services.common.helptext import UserHelpFormatter
 from .launcher import LaunchError, ProcState, RunState, alive, default_run_dir, group_members, signal_group, \
     spawn, update_proc, wait_ready
 
@@ -66,7 +67,7 @@ async def restart(run_dir: str, proc: ProcState, grace: float = 3.0, timeout: fl
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim restart``."""
     p = argparse.ArgumentParser(prog="gvtsim restart", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("service", help="a service (vhm, gvt, pgpu, guest) or a process name from `gvtsim status`")
     p.add_argument("--stack", type=int, default=None, help="host stack of SERVICE [0]")
     p.add_argument("--run-dir", default=default_run_dir(),

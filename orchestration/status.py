@@ -23,6 +23,7 @@ from typing import Any
 
 from .health import probe, status_dict
 from .launcher import RunState, alive, default_run_dir
+from ..services.common.helptext import UserHelpFormatter
 
 STATUS_TIMEOUT = 2.0
 
@@ -191,7 +192,7 @@ def render(st: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim status``."""
     p = argparse.ArgumentParser(prog="gvtsim status", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir(),
                    help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--stack", type=int, default=None, help="only this host stack [all]")

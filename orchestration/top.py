@@ -24,6 +24,7 @@ from typing import Any
 
 from .health import probe, status_dict
 from .launcher import RunState, default_run_dir
+from ..services.common.helptext import UserHelpFormatter
 
 ENGINES = ("rcs", "bcs", "vcs", "vecs")
 KINDS = ("PIO", "MMIO", "PCI", "WP")
@@ -147,7 +148,7 @@ def _stacks(state: RunState, only: int | None) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim top``."""
     p = argparse.ArgumentParser(prog="gvtsim top", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir(),
                    help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--stack", type=int, default=None, help="only this host stack [all]")

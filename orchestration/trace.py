@@ -22,12 +22,13 @@ import sys
 import tempfile
 
 from ..services.common.trace import merge
+from ..services.common.helptext import UserHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim trace``."""
     p = argparse.ArgumentParser(prog="gvtsim trace", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--out", "-o", default="gvtsim.trace.json", help="the trace file to write [gvtsim.trace.json]")
     p.add_argument("--keep", metavar="DIR", default=None, help="record into DIR and keep it [a temporary folder]")
     p.add_argument("command", nargs=argparse.REMAINDER, help="`merge DIR`, or a gvtsim command to run traced")

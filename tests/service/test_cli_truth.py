@@ -113,3 +113,31 @@ def test_demo_headline_counts_the_vms_that_failed_to_boot() -> None:
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["problems"] == [] and out["workloads_verified"] == 4
     assert out["rtt_us_by_type"]["MMIO"]["n"] == out["ioreqs_by_type"]["MMIO"]  # from the histogram itself
+
+
+COMMANDS = ["vhm", "gvt", "pgpu", "guest", "ctl", "health", "demo", "bench", "up", "down", "status", "restart",
+            "trace", "top", "metrics", "chaos", "load"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_written_for_users(command: str) -> None:
+    r = gvtsim(command, "--help")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout
+    for internal in ("DESIGN", "gvt-facts", "brief", ":class:", ":mod:", ":func:", "``", "None"):
+        assert internal not in text, (command, internal)
+    import re
+    assert not re.search(r"\[GVTSIM_[A-Z0-9_]+\]", text)  # an environment variable always comes with its default
+
+
+def test_load_refuses_an_unknown_type_and_an_impossible_chaos_plan_before_starting_anything(run: str) -> None:
+    before = RunState.load(run)
+    r = gvtsim("load", "--vms", "30", "--duration", "5", "--vgpu-type", "NOPE", "--run-dir", run)
+    assert r.returncode == 2 and "unknown vGPU type 'NOPE'" in r.stderr and "GVTg_V5_8" in r.stderr
+    assert "slots free" not in r.stderr and "scaling out" not in r.stderr
+    r = gvtsim("load", "--vms", "30", "--duration", "5", "--chaos", "gvt:9", "--run-dir", run)
+    assert r.returncode == 2 and "kills need" in r.stderr and "ramp-up" not in r.stderr
+    r = gvtsim("load", "--vms", "1", "--duration", "30", "--chaos", "foo:1", "--run-dir", run)
+    assert r.returncode == 2 and "foo" in r.stderr and "services: guest, gvt, pgpu, vhm" in r.stderr
+    after = RunState.load(run)
+    assert after.stacks == before.stacks and sorted(after.procs) == sorted(before.procs)  # nothing was added
