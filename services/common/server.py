@@ -22,6 +22,10 @@ from .liveness import HeartbeatConfig, Liveness
 from .sockets import make_socket
 
 
+#: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
+TRANSIENT_ROLES = frozenset({"probe", "ctl"})
+
+
 @dataclass(eq=False)
 class Session:
     """One connected peer, known by its ZeroMQ routing id, after its HELLO."""
@@ -159,7 +163,9 @@ class RouterServer:
             if ident == session.ident and not fut.done():
                 fut.set_exception(PeerLost(f"{session.role} {session.id} lost: {reason}"))
         self.counters["sessions_lost"] += 1
-        self.log.info("peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
+        # health probes and ctl come and go every few seconds: their sessions log at debug, peers at info
+        (self.log.debug if session.role in TRANSIENT_ROLES else self.log.info)(
+            "peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
         try:
             await self.handler.on_lost(session, reason)
         except Exception:
@@ -258,7 +264,8 @@ class RouterServer:
         self.sessions[ident] = session
         self.counters["hellos"] += 1
         await self.send(session, m.HelloAck(role=self.role, id=self.ident, epoch=self.epoch, wire=WIRE_VERSION))
-        self.log.info("peer_hello", peer_role=hello.role, peer_id=hello.id, epoch=hello.epoch)
+        (self.log.debug if hello.role in TRANSIENT_ROLES else self.log.info)(
+            "peer_hello", peer_role=hello.role, peer_id=hello.id, epoch=hello.epoch)
         await self.handler.on_hello(session)
 
     async def _heartbeat_loop(self) -> None:

@@ -79,7 +79,8 @@ class PgpuService(BaseService):
         self.counters[f"sessions_{session.role}"] += 1
 
     async def on_lost(self, session: Session, reason: str) -> None:
-        self.log.info("gvt_lost", peer_id=session.id, reason=reason)
+        if session.role == "gvt":  # a probe's BYE is not a lost device model
+            self.log.info("gvt_lost", peer_id=session.id, reason=reason)
 
     async def on_message(self, session: Session, msg: m.Message) -> None:
         req = getattr(msg, "req", None)
