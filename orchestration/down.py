@@ -12,7 +12,8 @@ from ..services.common.helptext import UserHelpFormatter
 
 def main(argv: list[str] | None = None) -> int:
     """``gvtsim down``: stop every process of the native run."""
-    p = argparse.ArgumentParser(prog="gvtsim down", description="stop every process `gvtsim up` started", formatter_class=UserHelpFormatter)
+    p = argparse.ArgumentParser(prog="gvtsim down", description="stop every process `gvtsim up` started",
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir())
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -221,7 +221,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if chaos_task is not None and not chaos_task.done():
             chaos_task.cancel()
-        for name, proc in guests.procs.items():
+        for name in guests.procs:
             if not alive(guests.current(name)):
                 stats.ended(name, "exited")
         drain(guests, offsets, stats, time.monotonic())

@@ -23,7 +23,7 @@ to the histogram's 1 % resolution, never an average of percentiles.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +72,8 @@ class LoadStats:
         self.resets: list[dict[str, Any]] = []
         self.recoveries: list[dict[str, Any]] = []
         self.unparsed = 0
-        self.bins: Counter[int] = Counter()  # second of the run -> workloads verified in it (may be fractional)
-        self.stack_bins: dict[str, Counter[int]] = {}  # the same per host stack
+        self.bins: dict[int, float] = defaultdict(float)  # second of the run -> workloads verified in it
+        self.stack_bins: dict[str, dict[int, float]] = {}  # the same per host stack
         self.workload_latency: list[dict[str, Any]] = []  # per stats interval: n, p50, p90, p99 (ms)
         self.workload_hist = Histogram()  # every verified workload's latency, over the whole run
         self.progress: dict[str, list[float]] = {}  # VM name -> times (s into the run) it verified more
@@ -138,7 +138,7 @@ class LoadStats:
         delta, span = verified - v_prev, t - t_prev
         if delta <= 0:
             return
-        stack = self.stack_bins.setdefault(str(_stack(inc.source)), Counter())
+        stack = self.stack_bins.setdefault(str(_stack(inc.source)), defaultdict(float))
         if span <= 0:
             self.bins[int(t)] += delta
             stack[int(t)] += delta

@@ -82,7 +82,8 @@ def _latency(fig: dict[str, Any], path: str) -> None:
         if pts:
             lat = fig["latency_us"].get(typ, {})
             ax.step([v for v, _ in pts], [c for _, c in pts], where="post",
-                    label=f"{typ}: n={lat.get('count', '?')}, p50 {lat.get('p50', '?')} µs, p99 {lat.get('p99', '?')} µs")
+                    label=f"{typ}: n={lat.get('count', '?')}, p50 {lat.get('p50', '?')} µs, "
+                          f"p99 {lat.get('p99', '?')} µs")
     ax.set_xscale("log")
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("ioreq round trip, µs (log scale)")

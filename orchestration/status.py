@@ -118,7 +118,8 @@ async def native_status(run_dir: str, stack: int | None = None) -> dict[str, Any
                  if not any(p.startswith(f"s{k}/") for p in problems)]
     return {"mode": "native", "run_dir": run_dir, "project": state.project, "healthy": not problems,
             "problems": problems, "services": services, "stacks": stacks,
-            "totals": {"vms": sum(s["vms"] for s in stacks.values()), "vgpus": sum(s["vgpus"] for s in stacks.values())}}
+            "totals": {"vms": sum(s["vms"] for s in stacks.values()),
+                       "vgpus": sum(s["vgpus"] for s in stacks.values())}}
 
 
 def compose_cmd(project: str | None, files: list[str]) -> list[str]:

@@ -210,8 +210,10 @@ def live(state: RunState, stacks: list[int], args: argparse.Namespace) -> int:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    ready = select.select([sys.stdin], [], [], left)[0] if tty else (time.sleep(left) or [])
-                    if ready:
+                    if not tty:
+                        time.sleep(left)  # no keys to wait for: the refresh interval itself
+                        break
+                    if select.select([sys.stdin], [], [], left)[0]:
                         key = sys.stdin.read(1)
                         if key in ("q", "Q"):
                             return 0

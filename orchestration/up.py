@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gvtsim up", description=__doc__,
                                 formatter_class=UserHelpFormatter)
     p.add_argument("-f", "--file", default=DEFAULT_COMPOSE, help="compose file [docker-compose.yml]")
-    p.add_argument("--run-dir", default=default_run_dir(), help=f"state and logs [$GVTSIM_RUN_DIR or {default_run_dir()}]")
+    p.add_argument("--run-dir", default=default_run_dir(),
+                   help=f"state and logs [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--stacks", type=int, default=int(os.environ.get("GVTSIM_STACKS", "1")),
                    help="host stacks (vhm+pgpu+gvt+guests each, own ports and memory) [GVTSIM_STACKS or 1]")
     p.add_argument("--port-offset", default="auto", help="added to the compose ports; auto: 0 if free [auto]")

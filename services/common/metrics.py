@@ -98,7 +98,8 @@ def _gvt(info: dict[str, Any]) -> list[Metric]:
     for vm, by_kind in sorted((info.get("traps_by_vm") or {}).items()):
         for k, n in sorted(by_kind.items()):
             traps.add_metric([vm, k], float(n))
-    busy = CounterMetricFamily("gvtsim_vgpu_engine_busy_seconds", "time each engine held the VM's workloads (dispatch to completion)",
+    busy = CounterMetricFamily("gvtsim_vgpu_engine_busy_seconds",
+                               "time each engine held the VM's workloads (dispatch to completion)",
                                labels=["vm", "engine"])
     for vm, by_engine in sorted((info.get("engines_by_vm") or {}).items()):
         for e, ns in sorted(by_engine.items()):

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from . import cmd_parser
-from . import engines as eng
 from .cmd_parser import ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, same_context

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.service
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Iterator[str]:
     path = str(tmp_path_factory.mktemp("obs") / "run")
-    r = gvtsim("up", "-f", COMPOSE, "--run-dir", path, env={"GVTSIM_GUEST_WORKLOADS": "2", "GVTSIM_GUEST_REPLICAS": "1"})
+    r = gvtsim("up", "-f", COMPOSE, "--run-dir", path,
+               env={"GVTSIM_GUEST_WORKLOADS": "2", "GVTSIM_GUEST_REPLICAS": "1"})
     assert r.returncode == 0, r.stderr
     yield path
     gvtsim("down", "--run-dir", path)
