@@ -9,6 +9,7 @@ process and takes percentiles of the sum. See http://hdrhistogram.org and the `h
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,13 +21,34 @@ DIGITS = 2
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
 
 
-class Histogram:
-    """One latency distribution, in microseconds."""
+PENDING_MAX = 4096  # distinct values held before they go into the HdrHistogram
+#: 2 significant digits: HdrHistogram's first bucket has 256 unit-wide sub-buckets (2^ceil(log2(2 * 10^2))),
+#: so a value of b > 8 bits is resolved to 2^(b - 8)
+SUB_BUCKET_BITS = 8
 
-    __slots__ = ("h",)
+
+class Histogram:
+    """One latency distribution, in microseconds.
+
+    Recording is on the ioreq path, and the pure-Python HdrHistogram's ``record_value`` costs tens of
+    microseconds, so a value first goes into a plain counter (one dict update) and the counter is added to
+    the HdrHistogram (one ``record_value(v, n)`` per distinct value) when the histogram is read or the
+    counter grows past PENDING_MAX distinct values. The result is the same histogram."""
+
+    __slots__ = ("_h", "_pending")
 
     def __init__(self, h: HdrHistogram | None = None) -> None:
-        self.h = h if h is not None else HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+        self._h = h if h is not None else HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+        self._pending: Counter[int] = Counter()
+
+    @property
+    def h(self) -> HdrHistogram:
+        """The HdrHistogram, with every recorded value in it."""
+        if self._pending:
+            for value, n in self._pending.items():
+                self._h.record_value(value, n)
+            self._pending.clear()
+        return self._h
 
     def record_s(self, seconds: float) -> None:
         """Record one latency given in seconds (clamped into the histogram's range)."""
@@ -34,7 +56,13 @@ class Histogram:
 
     def record_us(self, us: float) -> None:
         """Record one latency given in microseconds (clamped into the histogram's range)."""
-        self.h.record_value(min(HIGHEST_US, max(LOWEST_US, int(round(us)))))
+        v = min(HIGHEST_US, max(LOWEST_US, int(us + 0.5)))
+        shift = v.bit_length() - SUB_BUCKET_BITS
+        if shift > 0:  # the lowest value of its HdrHistogram bucket: the same bucket, few distinct keys
+            v = (v >> shift) << shift
+        self._pending[v] += 1
+        if len(self._pending) > PENDING_MAX:
+            self.h  # noqa: B018  (the property folds the pending values in)
 
     def add(self, other: "Histogram") -> "Histogram":
         """Merge ``other`` into this one (exact: bucket counts add). Returns self."""
@@ -44,7 +72,7 @@ class Histogram:
 
     @property
     def count(self) -> int:
-        return int(self.h.get_total_count())
+        return int(self._h.get_total_count()) + sum(self._pending.values())
 
     def percentile(self, p: float) -> float:
         """The value at percentile ``p`` (0..100), in microseconds; 0.0 when empty."""

@@ -103,12 +103,15 @@ def test_chaos_names_the_valid_services_and_restart_and_up_say_what_to_do(run: s
 
 
 def test_demo_headline_counts_the_vms_that_failed_to_boot() -> None:
-    # 8 VMs cycling GVTg_V5_8 / GVTg_V5_4 do not all fit one GPU: the headline must not say "all verified"
-    r = gvtsim("demo", "--vms", "8", "--workloads", "1", timeout=120)
+    # a GVTg_V5_1 takes half the graphics memory: the third VM's vGPU does not fit, so that VM never boots and
+    # the headline must not say "all verified"
+    r = gvtsim("demo", "--vms", "3", "--workloads", "1", "--types", "GVTg_V5_8,GVTg_V5_1", timeout=120)
     assert r.returncode == 1
     head = r.stdout.splitlines()[0]
-    assert head.startswith("gvtsim demo: FAIL: ") and "of 8 VMs ran to the end" in head and "of 8 workloads" in head
-    assert "did not finish" in r.stdout and "not enough" in r.stdout and "None" not in r.stdout
+    import re
+    mt = re.match(r"gvtsim demo: FAIL: (\d) of 3 VMs ran to the end, (\d) of 3 workloads verified", head)
+    assert mt and int(mt[1]) <= 2 and int(mt[2]) == int(mt[1]), head  # (a loaded machine may lose more of them)
+    assert "did not finish" in r.stdout and "None" not in r.stdout
     r = gvtsim("demo", "--vms", "2", "--workloads", "2", "--json", timeout=120)
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["problems"] == [] and out["workloads_verified"] == 4
