@@ -1,9 +1,9 @@
 """``gvtsim load --vms N --duration S [--report DIR] [--json] [--chaos gvt:2,pgpu:2,guest:2]``.
 
 Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against the topology that
-``gvtsim up`` (or ``docker compose up``, with ``--compose``) brought up, shows progress on stderr while it
-runs, and writes a report (:mod:`.report`): throughput over time, ioreq latency percentiles per type,
-workloads verified and failed with reasons, errors, recovery per kill, PNG plots and the raw figures.
+``gvtsim up`` brought up, shows progress on stderr while it runs, and writes a report (``--report DIR``):
+summary.md with the verdict in words, report.json with every figure, and plots: the ioreq latency CDF per
+kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill.
 
     gvtsim load --vms 16 --duration 30 --report reports/load
     gvtsim load --vms 8 --duration 60 --chaos gvt:2,pgpu:1,guest:2 --report reports/chaos
@@ -13,8 +13,8 @@ stacks with free vGPU slots (asked from each gvt's STATUS) and, natively, the ru
 host stacks (vhm + pgpu + gvt, no guests) when the free slots do not suffice. The added stacks stay up
 until `gvtsim down`.
 
-Each guest process runs the workload mix of services/guest (fill, copy, store, aperture_copy; verified in
-guest RAM) for ``--duration`` seconds when the guest supports ``--duration``, else ``--workloads`` per VM.
+Each guest process runs the guest's workload mix (fill, copy, store, aperture_copy; each verified in guest
+RAM) for ``--duration`` seconds.
 The verdict: without --chaos every VM boots and every workload verifies; with it, failures are allowed
 when each names its reason, but every kill must be recovered from within --recovery-bound seconds and every
 VM it took down must come back within that bound of its own outage. The summary explains it in words.

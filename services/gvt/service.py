@@ -186,6 +186,10 @@ class GvtService(BaseService):
                 self.counters[f"effects_dropped_{peer}"] += 1
                 if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it
                     failed_submits.append((fields["tag"], str(err)))
+                if cls is m.AttachVgpu:  # no vhm to ask: the vGPU stands (it attaches when vhm comes)
+                    waiter = self._attach_waiters.pop(int(fields["vm"]), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result("")
                 continue
             self.counters[f"effects_sent_{peer}"] += 1
             if trace.on and cls in (m.InjectMsi, m.ElspSubmit):
