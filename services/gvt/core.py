@@ -399,6 +399,10 @@ class Gvt:
                               "frame_pool": len(self.scheduler.frame_pool),
                               "shadow_bbs": len(self.scheduler.shadow_bbs),
                               "policy": self.scheduler.policy.info()},
+                # per VM: time each engine held its workloads (ns, dispatch to completion) and workloads
+                # ended, cumulative (rates: `gvtsim top`)
+                "engines_by_vm": {str(v.vm): dict(v.engine_busy_ns) for v in self.vgpus.values()},
+                "workloads_by_vm": {str(v.vm): dict(v.workloads_ended) for v in self.vgpus.values()},
                 "failsafe": {str(v.vm): v.failsafe_reason.name for v in self.vgpus.values()
                              if v.failsafe and v.failsafe_reason is not None},
                 "ppgtt": {"enable_out_of_sync": self.ppgtt.enable_out_of_sync,
