@@ -6,7 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-service bench install clean wheels compose-tier swarm-tier up down load
+.PHONY: demo test test-unit test-service bench install clean wheels compose-tier swarm-tier up down load lint
+
+LINT_STAMP := $(VENV)/.lint-stamp
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +16,16 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+$(LINT_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,lint]'
+	@touch $(LINT_STAMP)
+
+# ruff, then mypy over the installed package names (the source folders linked under build/typecheck/gvtsim)
+lint: $(LINT_STAMP)
+	@mkdir -p build/typecheck/gvtsim
+	@for d in protocol services orchestration; do ln -sfn ../../../$$d build/typecheck/gvtsim/$$d; done
+	@echo "== ruff"; $(BIN)/ruff check .; r=$$?; echo "== mypy"; $(BIN)/mypy; m=$$?; exit $$((r | m))
 
 demo: $(STAMP)
 	$(BIN)/gvtsim demo

@@ -20,6 +20,7 @@ from typing import Any
 from ..protocol import decode, encode
 from ..protocol import messages as m
 from ..services.common.memory import FrameAllocator, MachineMemory
+from ..services.common.helptext import UserHelpFormatter
 
 
 def per_op(fn: Callable[[int], None], n: int, reps: int = 5) -> dict[str, float]:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
         from . import bench_e2e
         return bench_e2e.main(argv[1:])
-    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__, formatter_class=UserHelpFormatter,
                                 epilog="gvtsim bench e2e --help: the guest MMIO round trip through the real "
                                        "topology against a raw relay")
     p.add_argument("--json", action="store_true")

@@ -1,14 +1,16 @@
 """Fault injection: ``gvtsim chaos kill SERVICE [--restart-after S]`` and ``gvtsim chaos schedule``.
 
-DESIGN section 7: any service may be SIGKILLed and restarted at any moment, and the topology serves again.
-A kill picks one live process (or container) of SERVICE, SIGKILLs its process group, optionally restarts it
-after S seconds, and measures the recovery: seconds from the restart to the new incarnation's ready line and
-healthcheck (``ready_s``), and to the whole host stack answering healthy again (``serving_s``, the brief's
-"serves again within 5 s"). A schedule spreads ``SERVICE:COUNT`` kills at seeded random times over a run,
-each in its own window (restart delay + recovery budget), so kills never overlap.
+    gvtsim chaos kill gvt --restart-after 1          SIGKILL stack 0's gvt, start it again 1 s later
+    gvtsim chaos kill guest --stack 1                 SIGKILL a guest process of stack 1 (no restart)
+    gvtsim chaos schedule --duration 60 --kill gvt:2,pgpu:1,guest:2
 
-The plan is pure (:func:`plan_schedule`); two backends carry it out: :class:`NativeChaos` on the launcher's
-processes and :class:`ComposeChaos` on a compose project's containers (``docker kill`` / ``docker start``).
+Any service may be SIGKILLed and restarted at any moment, and the topology serves again. A kill picks one
+live process (or container) of SERVICE (vhm, gvt, pgpu, guest), SIGKILLs its process group, optionally
+restarts it after S seconds, and measures the recovery: seconds from the restart to the new incarnation's
+ready line and healthcheck (ready), and to the whole host stack answering healthy again (stack serving;
+the bound is 5 s). A schedule spreads SERVICE:COUNT kills at seeded random times over a run, each in its
+own window (restart delay + recovery budget), so kills never overlap. --compose acts on a docker compose
+project's containers (docker kill / docker start) instead of the native run.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from dataclasses import asdict, dataclass
 from .launcher import LaunchError, ProcState, RunState, alive, default_run_dir, group_members, healthy, signal_group, \
     spawn, update_proc, wait_ready
 from .status import compose_cmd
+from ..services.common.helptext import UserHelpFormatter
 
-RECOVERY_BUDGET = 5.0  # seconds the topology has to serve again after a restart (the brief's bound)
+RECOVERY_BUDGET = 5.0  # seconds the topology has to serve again after a restart
 
 
 class ChaosError(ValueError):
@@ -129,7 +132,11 @@ class NativeChaos:
         rec = KillRecord(service=service, restart_after=restart_after)
         procs = self.targets(service, stack)
         if not procs:
-            rec.error = f"no live {service} process to kill"
+            state = RunState.load(self.run_dir)
+            known = sorted({p.service for p in state.procs.values()}) if state else []
+            if service not in known:
+                raise ChaosError(f"no service {service!r} in this run; services: {', '.join(known)}")
+            rec.error = f"no live {service} process to kill" + (f" in stack {stack}" if stack is not None else "")
             return rec
         proc = self.rng.choice(sorted(procs, key=lambda p: p.name))
         rec.target, rec.old_pid = proc.name, proc.pid
@@ -155,8 +162,11 @@ class NativeChaos:
             await self._stack_healthy(proc.stack, timeout=20.0)
             rec.serving_s = round(time.monotonic() - t_restart, 3)
             rec.recovered = True
-        except (LaunchError, TimeoutError) as err:
+        except LaunchError as err:
             rec.error = str(err)
+        except TimeoutError:
+            rec.error = f"{proc.name} restarted, but stack {proc.stack} was not healthy again within 20 s " \
+                        "(`gvtsim status` shows which service is not)"
         return rec
 
     async def _stack_healthy(self, stack: int, timeout: float) -> None:
@@ -236,25 +246,27 @@ async def run_schedule(backend: NativeChaos | ComposeChaos, plan: list[PlannedKi
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim chaos``."""
     p = argparse.ArgumentParser(prog="gvtsim chaos", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", default=default_run_dir())
+                                formatter_class=UserHelpFormatter)
+    p.add_argument("--run-dir", default=default_run_dir(),
+                   help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--compose", action="store_true", help="act on a docker compose project")
-    p.add_argument("-p", "--project", default=None)
-    p.add_argument("-f", "--file", action="append", default=[])
-    p.add_argument("--seed", type=int, default=int(time.time()))
+    p.add_argument("-p", "--project", default=None, help="compose project name [compose's default]")
+    p.add_argument("-f", "--file", action="append", default=[], help="compose file(s) [docker-compose.yml]")
+    p.add_argument("--seed", type=int, default=int(time.time()), help="which process and when [the time]")
     p.add_argument("--swarm", action="store_true", help="act on the host stacks of a Docker Swarm (kill only)")
     p.add_argument("--engine", action="append", default=[], metavar="NODE=URL",
-                   help="swarm: the engine of a node, for the kill (default: its gvtsim.engine label)")
-    p.add_argument("--json", action="store_true")
+                   help="swarm: the engine of a node, for the kill [its gvtsim.engine label]")
+    p.add_argument("--json", action="store_true", help="one JSON document per kill")
     sub = p.add_subparsers(dest="cmd", required=True)
-    k = sub.add_parser("kill", help="SIGKILL one process/container of SERVICE")
-    k.add_argument("service")
-    k.add_argument("--restart-after", type=float, default=None, metavar="SECONDS")
-    k.add_argument("--stack", default=None, help="only this host stack (native: its number; swarm: its name)")
+    k = sub.add_parser("kill", help="SIGKILL one process/container of SERVICE (vhm, gvt, pgpu, guest)")
+    k.add_argument("service", help="vhm, gvt, pgpu or guest")
+    k.add_argument("--restart-after", type=float, default=None, metavar="SECONDS",
+                   help="start it again after this long [never: `gvtsim restart SERVICE` later]")
+    k.add_argument("--stack", default=None, help="only this host stack (native: its number; swarm: its name) [any]")
     s = sub.add_parser("schedule", help="random kills of named services over a run")
-    s.add_argument("--duration", type=float, required=True)
+    s.add_argument("--duration", type=float, required=True, help="seconds the schedule covers")
     s.add_argument("--kill", required=True, metavar="SVC:N,...", help="e.g. gvt:2,pgpu:2,guest:2")
-    s.add_argument("--restart-after", type=float, default=1.0)
+    s.add_argument("--restart-after", type=float, default=1.0, help="seconds each service stays down [1]")
     args = p.parse_args(argv)
     if args.swarm:
         from .swarm import kill_main
@@ -292,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
 def _line(r: KillRecord) -> str:
     if r.error:
         return f"kill {r.service} {r.target}: FAILED: {r.error}"
-    restart = f", restarted after {r.restart_after}s as {r.new_pid}: ready in {r.ready_s}s, stack serving in " \
-              f"{r.serving_s}s" if r.restart_after is not None else ""
+    restart = f", restarted after {r.restart_after} s as pid {r.new_pid}: ready in {r.ready_s} s, stack serving " \
+              f"in {r.serving_s} s" if r.restart_after is not None and r.serving_s is not None else \
+        "" if r.restart_after is None else f", restarted after {r.restart_after} s as pid {r.new_pid}"
     return f"t={r.at}s kill {r.service} {r.target} (pid {r.old_pid}){restart}"
 
 

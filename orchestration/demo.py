@@ -14,7 +14,9 @@ import sys
 import time
 from typing import Any
 
+from ..services.common.histo import merge as merge_hists
 from .hoststack import HostStack
+from ..services.common.helptext import UserHelpFormatter
 
 
 def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int = 16,
@@ -73,25 +75,64 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     out["ioreqs_by_type"] = ioreqs
     out["seconds"] = max(p["seconds"] for p in parts)
     out["workloads_per_s"] = round(sum(p["workloads_per_s"] for p in parts), 1)
-    out["mmio_rtt_us"] = {k: max(p["mmio_rtt_us"][k] for p in parts) for k in ("p50", "p99", "mean")}
+    # percentiles of the processes' histograms added together (never the max or mean of their percentiles)
+    hists = {typ: merge_hists([p["ioreq_hist"][typ] for p in parts if typ in p.get("ioreq_hist", {})])
+             for typ in {t for p in parts for t in p.get("ioreq_hist", {})}}
+    out["ioreq_hist"] = {typ: h.encode() for typ, h in hists.items()}
+    out["rtt_us_by_type"] = {typ: h.summary() for typ, h in sorted(hists.items())}
+    mmio = out["rtt_us_by_type"].get("MMIO", {})
+    out["mmio_rtt_us"] = {k: mmio.get(k, 0.0) for k in ("p50", "p99", "mean")}
+    out["failures_by_reason"] = {}
+    for p in parts:
+        for reason, n in (p.get("failures_by_reason") or {}).items():
+            out["failures_by_reason"][reason] = out["failures_by_reason"].get(reason, 0) + n
     out["by_process"] = [{k: p[k] for k in ("vms", "workloads_verified", "workloads_per_s", "mmio_rtt_us")}
                          for p in parts]
     return out
 
 
+def verdict(summary: dict[str, Any], vms: int, workloads: int) -> list[str]:
+    """What keeps the demo from passing, in words (empty: every VM ran every workload, all verified)."""
+    problems = []
+    per_vm = summary.get("per_vm", [])
+    bad = [v for v in per_vm if v.get("state") != "done"]
+    if bad:
+        reasons = sorted({(v.get("failures") or ["no reason given"])[-1] for v in bad})
+        problems.append(f"{len(bad)} of {vms} VMs did not finish ({', '.join(sorted({v['state'] for v in bad}))}): "
+                        + "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else ""))
+    if len(per_vm) < vms:
+        problems.append(f"only {len(per_vm)} of {vms} VMs were started")
+    asked = vms * workloads
+    if summary["workloads_verified"] < asked:
+        problems.append(f"{summary['workloads_verified']} of the {asked} workloads asked for were verified "
+                        f"({summary['workloads_failed']} failed, "
+                        f"{asked - summary['workloads_submitted']} never ran)")
+    return problems
+
+
 def render(summary: dict[str, Any]) -> str:
-    """A readable summary."""
-    lines = [f"gvtsim demo: {summary['vms']} VMs, {summary['workloads_verified']}/{summary['workloads_submitted']} "
+    """A readable summary: the verdict first (what failed, in words), then the figures."""
+    problems = summary.get("problems", [])
+    done = sum(1 for v in summary.get("per_vm", []) if v.get("state") == "done")
+    head = "PASS" if not problems else "FAIL"
+    lines = [f"gvtsim demo: {head}: {done} of {summary.get('vms_asked', summary['vms'])} VMs ran to the end, "
+             f"{summary['workloads_verified']} of {summary.get('workloads_asked', summary['workloads_submitted'])} "
              f"workloads verified, {summary['workloads_failed']} failed, in {summary['seconds']} s "
-             f"({summary['workloads_per_s']} workloads/s)",
+             f"({summary['workloads_per_s']} workloads/s)"]
+    lines += [f"  problem: {p}" for p in problems]
+    lines += [
              f"  ioreqs by type: {summary['ioreqs_by_type']}   MSIs: {summary['msis']}",
              f"  MMIO round trip: p50 {summary['mmio_rtt_us']['p50']} us, p99 {summary['mmio_rtt_us']['p99']} us"]
     for vm in summary.get("per_vm", []):
-        lines.append(f"  vm {vm['vm']} ({vm['name']}, {vm['vgpu_type']}): {vm['state']}, {vm['verified']}/"
-                     f"{vm['submitted']} verified {dict(vm.get('by_kind', {}))}"
+        ident = f"vm {vm['vm']}" if vm.get("vm") else "vm (never created)"
+        kinds = ", ".join(f"{k} {n}" for k, n in dict(vm.get("by_kind", {})).items())
+        traps = vm.get("submission_traps")
+        lines.append(f"  {ident} ({vm['name']}, {vm['vgpu_type']}): {vm['state']}, {vm['verified']}/"
+                     f"{vm['submitted']} verified" + (f" ({kinds})" if kinds else "")
                      + (f" pv={vm['pv']['status']}" if vm.get("pv") else "")
-                     + f" traps/submission={vm.get('submission_traps')} {vm.get('workloads_per_s', '')}/s"
-                     + (f" failures: {vm['failures']}" if vm.get("failures") else ""))
+                     + (f" traps/submission={traps}" if traps else "")
+                     + (f" {vm['workloads_per_s']}/s" if vm.get("workloads_per_s") else "")
+                     + (f" failures: {'; '.join(vm['failures'][:3])}" if vm.get("failures") else ""))
         d = vm.get("display")
         if d:
             lines.append(f"    screen {d['mode']} {d['tiling']}: {d['frames_verified']}/{d['frames_drawn']} frames "
@@ -101,14 +142,16 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim demo", description=__doc__)
-    p.add_argument("--vms", type=int, default=4)
-    p.add_argument("--workloads", type=int, default=50, help="verified workloads per VM")
-    p.add_argument("--types", default="GVTg_V5_8,GVTg_V5_4", help="vGPU types, cycled over the VMs")
-    p.add_argument("--vcpus", type=int, default=2)
+    """Entry point of ``gvtsim demo``."""
+    p = argparse.ArgumentParser(prog="gvtsim demo", description=__doc__, formatter_class=UserHelpFormatter)
+    p.add_argument("--vms", type=int, default=4, help="VMs (at most 7 fit one host stack) [4]")
+    p.add_argument("--workloads", type=int, default=50, help="verified workloads per VM [50]")
+    p.add_argument("--types", default="GVTg_V5_8,GVTg_V5_4", help="vGPU types, cycled over the VMs "
+                   "[GVTg_V5_8,GVTg_V5_4]")
+    p.add_argument("--vcpus", type=int, default=2, help="vCPUs per VM [2]")
     p.add_argument("--pv", nargs="?", const="on", default="off", choices=["off", "on", "mixed"],
-                   help="the paravirtualized path: every VM (--pv), or half of them side by side (--pv mixed)")
-    p.add_argument("--mix", default="", help="workload kinds (default: the guest's default mix)")
+                   help="the paravirtualized path: every VM (--pv), or half of them side by side (--pv mixed) [off]")
+    p.add_argument("--mix", default="", help="workload kinds, e.g. fill,copy [fill,copy,store,aperture_copy]")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     p.add_argument("--web", nargs="?", const="tcp://127.0.0.1:8080", default="", metavar="tcp://HOST:PORT",
                    help="give every VM a screen and serve the live wall of screens (gvtsim web) while the demo "
@@ -127,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError) as err:
         print(f"gvtsim demo failed: {err}", file=sys.stderr)
         return 1
+    summary["vms_asked"], summary["workloads_asked"] = args.vms, args.vms * args.workloads
+    summary["problems"] = verdict(summary, args.vms, args.workloads)
     print(json.dumps(summary) if args.json else render(summary))
-    ok = summary["workloads_failed"] == 0 and summary["workloads_verified"] == summary["workloads_submitted"] \
-        == args.vms * args.workloads
-    ok = ok and all(not (vm.get("display") or {}).get("frames_failed") for vm in summary.get("per_vm", []))
-    return 0 if ok else 1
+    frames_ok = all(not (vm.get("display") or {}).get("frames_failed") for vm in summary.get("per_vm", []))
+    return 0 if not summary["problems"] and frames_ok else 1
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ import json
 import sys
 
 from .launcher import default_run_dir, down
+from ..services.common.helptext import UserHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
     """``gvtsim down``: stop every process of the native run."""
-    p = argparse.ArgumentParser(prog="gvtsim down", description="stop every process `gvtsim up` started")
+    p = argparse.ArgumentParser(prog="gvtsim down", description="stop every process `gvtsim up` started",
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--run-dir", default=default_run_dir())
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ import zmq.asyncio
 
 from ..protocol import messages as m
 from ..services.common.client import Connection
+from ..services.common.helptext import UserHelpFormatter
 from ..services.common.liveness import HeartbeatConfig
 from ..services.common.service import new_epoch
 
@@ -36,9 +37,18 @@ async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: f
 
     Raises:
         TimeoutError: no session or no answer within ``timeout`` seconds (in all).
+        zmq.ZMQError: a malformed endpoint (EINVAL).
         RemoteError: the answer was ERROR.
     """
     ctx = zmq.asyncio.Context()
+    check = ctx.socket(zmq.DEALER)  # a malformed endpoint fails here (zmq.ZMQError EINVAL), not as a timeout
+    try:
+        check.connect(endpoint)
+    except zmq.ZMQError:
+        ctx.destroy(linger=0)
+        raise
+    finally:
+        check.close(linger=0)
     conn = Connection(ctx, endpoint, role=role, ident=f"{role}-{os.getpid()}", epoch=new_epoch(),
                       hb=HeartbeatConfig(), log=_quiet)
     conn.start()
@@ -75,20 +85,26 @@ def status_dict(reply: m.StatusReply) -> dict[str, Any]:
             "counters": reply.counters, "info": reply.info}
 
 
+def explain(err: BaseException, endpoint: str, timeout: float) -> str:
+    """One line a user can act on for a failed probe."""
+    if isinstance(err, TimeoutError):
+        return f"no answer within {timeout:g} s; is the service up? (`gvtsim status`)"
+    if isinstance(err, zmq.ZMQError) and err.errno == zmq.EINVAL:
+        return f"{endpoint!r} is not a valid endpoint; use tcp://HOST:PORT or ipc://PATH"
+    return str(err) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim health", description=__doc__)
-    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555")
-    p.add_argument("--timeout", type=float, default=2.0)
+    """Entry point of ``gvtsim health``."""
+    p = argparse.ArgumentParser(prog="gvtsim health", description=__doc__, formatter_class=UserHelpFormatter)
+    p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555 (vhm), :5556 (gvt), :5557 (pgpu)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer [2]")
     p.add_argument("--json", action="store_true", help="print the STATUS reply as JSON")
     args = p.parse_args(argv)
     try:
         reply = asyncio.run(probe(args.endpoint, args.timeout))
-    except TimeoutError:
-        print(f"unhealthy: {args.endpoint}: no answer within {args.timeout:g}s (is the service running?)",
-              file=sys.stderr)
-        return 1
     except Exception as err:
-        print(f"unhealthy: {args.endpoint}: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"unhealthy: {args.endpoint}: {explain(err, args.endpoint, args.timeout)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(status_dict(reply)))

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import psutil
+
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
 from ..services.common.gpu_profiles import PROFILES, get_profile
 from .health import probe
@@ -59,18 +61,22 @@ class ProcState:
     endpoint: str | None
     owner: str = "up"  # "up", or "load" for the guest processes a load run adds
     pid: int = 0
-    starttime: int = 0  # /proc/PID/stat field 22: tells a live process from a recycled pid
+    starttime: int = 0  # start time (ms since the epoch, from psutil): tells a live process from a recycled pid
     out: str = ""
     err: str = ""
     out_offset: int = 0  # where this incarnation's stdout begins in `out`
     started_at: float = 0.0  # wall clock
     restarts: int = 0
+    metrics: str = ""  # this incarnation's Prometheus endpoint (from its ready line), "" when it has none
 
     @classmethod
     def from_spec(cls, spec: ProcSpec, run_dir: str, owner: str = "up") -> "ProcState":
         safe = spec.name.replace("/", "_")
+        env = dict(spec.env)
+        if env.get("GVTSIM_METRICS"):  # compose gives each container the same port; natively each process
+            env["GVTSIM_METRICS"] = "127.0.0.1:0"  # takes a free one and says which in its ready line
         return cls(name=spec.name, stack=spec.stack, service=spec.service, replica=spec.replica, argv=list(spec.argv),
-                   env=dict(spec.env), health=list(spec.health) if spec.health else None,
+                   env=env, health=list(spec.health) if spec.health else None,
                    healthcheck=asdict(spec.healthcheck) if spec.healthcheck else None, endpoint=spec.endpoint,
                    owner=owner, out=os.path.join(run_dir, "logs", f"{safe}.out"),
                    err=os.path.join(run_dir, "logs", f"{safe}.err"))
@@ -158,13 +164,15 @@ _children: dict[int, subprocess.Popen[bytes]] = {}  # processes this process sta
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a pid, or None if there is no such process."""
+    """(psutil status, start time in ms since the epoch) of a pid, or None if there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            tail = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+        p = psutil.Process(pid)
+        return p.status(), int(p.create_time() * 1000)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
-    return tail[0], int(tail[19])
+
+
+_DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 def alive(proc: ProcState) -> bool:
@@ -173,21 +181,20 @@ def alive(proc: ProcState) -> bool:
     if child is not None and child.poll() is not None:
         return False
     st = _proc_stat(proc.pid) if proc.pid else None
-    return st is not None and st[1] == proc.starttime and st[0] not in ("Z", "X")
+    return st is not None and st[1] == proc.starttime and st[0] not in _DEAD
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in process group ``pgid``."""
+    if pgid <= 0:
+        return []
     out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    tail = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(tail[2]) == pgid and tail[0] not in ("Z", "X"):
-                out.append(int(entry))
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] not in _DEAD and os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
     return out
 
 
@@ -269,10 +276,18 @@ async def wait_ready(proc: ProcState, timeout: float = 20.0) -> float:
     offset, ready = proc.out_offset, False
     while time.monotonic() < deadline:
         if not alive(proc):
-            raise LaunchError(f"{proc.name} exited during start-up; see {proc.err}: {tail(proc.err)}")
+            why = tail(proc.err)
+            hint = "; its port is taken: stop what holds it, or `gvtsim up --port-offset auto` picks free ports" \
+                if "Address already in use" in why else ""
+            raise LaunchError(f"{proc.name} exited during start-up: {why}{hint} (log: {proc.err})")
         if not ready:
             events, offset = read_events(proc.out, offset)
-            ready = any(ev.get("event") == "ready" for ev in events)
+            for ev in events:
+                if ev.get("event") == "ready":
+                    ready = True
+                    if ev.get("metrics") and ev["metrics"] != proc.metrics:
+                        proc.metrics = str(ev["metrics"])
+                        update_proc(os.path.dirname(os.path.dirname(proc.out)), proc)
         if ready and await healthy(proc):
             return time.monotonic() - t0
         await asyncio.sleep(0.05)
@@ -280,12 +295,23 @@ async def wait_ready(proc: ProcState, timeout: float = 20.0) -> float:
 
 
 def tail(path: str, n: int = 3) -> str:
-    """The last ``n`` lines of a log file, for error messages."""
+    """What went wrong, from the end of a service's log, in one line: the last error event's message (a
+    traceback's last line, not the JSON-escaped traceback), else the last ``n`` lines."""
     try:
         with open(path) as f:
-            return " | ".join(line.strip() for line in f.readlines()[-n:])
+            lines = f.readlines()[-50:]
     except OSError:
         return ""
+    for line in reversed(lines):
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and ev.get("level") in ("error", "critical"):
+            exc = str(ev.get("exception") or "").strip().splitlines()
+            detail = exc[-1] if exc else str(ev.get("error") or ev.get("reason") or "")
+            return f"{ev.get('event', 'error')}: {detail}".strip(": ")
+    return " | ".join(line.strip() for line in lines[-n:])
 
 
 # ---------------------------------------------------------------------------------------------- up/down
@@ -348,7 +374,10 @@ def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", 
     with locked(run_dir):
         old = RunState.load(run_dir)
         if old is not None and any(alive(p) for p in old.procs.values()):
-            raise LaunchError(f"already up in {run_dir}: `gvtsim down` first")
+            dead = sorted(n for n, p in old.procs.items() if not alive(p))
+            raise LaunchError(f"already up in {run_dir}"
+                              + (f" ({', '.join(dead)} not running: `gvtsim restart NAME` brings one back)"
+                                 if dead else "") + "; `gvtsim down` stops it all")
         offset = pick_port_offset(topo, stacks, port_offset)
         shm = f"/dev/shm/gvtsim-{hashlib.sha1(os.path.abspath(run_dir).encode()).hexdigest()[:10]}"
         state = RunState(run_dir=run_dir, compose_file=os.path.abspath(compose_file), project=topo.project,

@@ -1,9 +1,12 @@
 """``gvtsim load --vms N --duration S [--report DIR] [--json] [--chaos gvt:2,pgpu:2,guest:2]``.
 
 Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against the topology that
-``gvtsim up`` (or ``docker compose up``, with ``--compose``) brought up, shows progress on stderr while it
-runs, and writes a report (:mod:`.report`): throughput over time, ioreq latency percentiles per type,
-workloads verified and failed with reasons, errors, recovery per kill, PNG plots and the raw figures.
+``gvtsim up`` brought up, shows progress on stderr while it runs, and writes a report (``--report DIR``):
+summary.md with the verdict in words, report.json with every figure, and plots: the ioreq latency CDF per
+kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill.
+
+    gvtsim load --vms 16 --duration 30 --report reports/load
+    gvtsim load --vms 8 --duration 60 --chaos gvt:2,pgpu:1,guest:2 --report reports/chaos
 
 Placement: VMs go to the stacks with free vGPU slots, as each gvt reports them in STATUS (the free
 instances of the vGPU type, bounded by its free vGPU ids); each stack's type is ``--vgpu-type`` or its GPU
@@ -15,9 +18,12 @@ stack is co-located; scaling out means more stacks). The added stacks stay up un
 Boot: guest processes host many VMs each (one event loop, one connection to vhm) and ``--ramp`` of them boot
 at the same time; vhm admits the VM creations at a bounded rate (``gvtsim vhm --create-rate``).
 
-Each guest process runs the workload mix of services/guest (fill, copy, store, aperture_copy; verified in
-guest RAM) for ``--duration`` seconds when the guest supports ``--duration``, else ``--workloads`` per VM.
-Exit status: 0 when the verdict passes (see :func:`.loadstats.verdict`), 1 otherwise, 2 on usage errors.
+Each guest process runs the guest's workload mix (fill, copy, store, aperture_copy; each verified in guest
+RAM) for ``--duration`` seconds.
+The verdict: without --chaos every VM boots and every workload verifies; with it, failures are allowed
+when each names its reason, but every kill must be recovered from within --recovery-bound seconds and every
+VM it took down must come back within that bound of its own outage. The summary explains it in words.
+Exit status: 0 when the verdict passes, 1 otherwise, 2 on usage errors.
 """
 
 from __future__ import annotations
@@ -38,12 +44,13 @@ from .chaos import ChaosError, NativeChaos, parse_kills, plan_schedule, run_sche
 from .compose import load_topology, native_plan
 from .launcher import LaunchError, ProcState, RunState, add_stacks, alive, default_run_dir, group_members, \
     read_events, signal_group, spawn, update_proc
-from .loadstats import LoadStats, attach_recovery, verdict
+from .loadstats import LoadStats, attach_recovery, explain, verdict
 from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
 from .resources import ResourceSampler
 from ..services.common.gpu_profiles import PROFILES, get_profile
+from ..services.common.helptext import UserHelpFormatter
 
 VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 1024 MB aperture
 
@@ -172,6 +179,16 @@ def _respawn_with_remaining(deadline: float) -> Any:
 async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     """Place, start, watch and stop the load; returns the report data (figures, kills, problems)."""
     guests = NativeGuests(args.run_dir)
+    await check_vgpu_type(args.run_dir, args.vgpu_type)
+    if args.chaos:  # an impossible plan is refused now, not after the ramp-up
+        kills_wanted = parse_kills(args.chaos)
+        plan_schedule(args.duration, kills_wanted, args.restart_after, args.seed)
+        state = RunState.load(args.run_dir)
+        known = sorted({p.service for p in state.procs.values()}) if state else []
+        unknown = sorted(set(kills_wanted) - set(known) - {"guest"})
+        if unknown:
+            raise ChaosError(f"--chaos names {', '.join(unknown)}: not a service of this run; "
+                             f"services: {', '.join(sorted(set(known) | {'guest'}))}")
     free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
     scale_profile = get_profile(args.gpu_profile or "real")
     per_stack = scale_profile.max_vgpu if args.vgpu_type in (None, scale_profile.default_type) else VGPUS_PER_STACK
@@ -224,8 +241,10 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                                   respawn=_respawn_with_remaining(t_load + args.duration))
             plan = [replace(k, at=k.at + (t_load - t0)) for k in plan]  # kill times count from the ramp's end
             chaos_task = asyncio.create_task(run_schedule(backend, plan, t0, lambda r: progress(
-                f"kill {r.service} {r.target}: {'recovered' if r.recovered else 'NOT recovered ' + r.error} "
-                f"(ready {r.ready_s}s, stack serving {r.serving_s}s)")))
+                f"kill {r.service} {r.target}: "
+                + (f"recovered (ready in {r.ready_s} s, stack serving in {r.serving_s} s)" if r.recovered and
+                   r.serving_s is not None else "recovered (not restarted)" if r.recovered else
+                   f"NOT recovered: {r.error or 'no reason given'}"))))
         last_progress = 0.0
         while True:
             now = time.monotonic()
@@ -250,7 +269,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(sampling, return_exceptions=True)
         if chaos_task is not None and not chaos_task.done():
             chaos_task.cancel()
-        for name, proc in guests.procs.items():
+        for name in guests.procs:
             if not alive(guests.current(name)):
                 stats.ended(name, "exited")
         drain(guests, offsets, stats, time.monotonic())
@@ -263,16 +282,17 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     if chaos_task is not None and (chaos_task.cancelled() or chaos_task.exception() is not None):
         kills.append({"service": "?", "target": "", "recovered": False, "at": 0.0,
                       "error": "chaos schedule did not finish within the run"})
-    attach_recovery(kills, stats)
+    attach_recovery(kills, stats, args.recovery_bound)
     fig = stats.figures(time.monotonic())
-    problems = verdict(fig, bool(args.chaos), kills)
+    problems = verdict(fig, bool(args.chaos), kills, args.recovery_bound)
     fig["ramp_s"] = round(t_load - t0, 3) if t_load else None
     return {"command": {k: v for k, v in vars(args).items()}, "mode": "duration" if duration_mode else "workloads",
             "stacks_added": added, "figures": fig, "kills": kills, "problems": problems,
             "placement": {"stacks": sorted({p.stack for p in plans}), "guest_processes": len(plans),
                           "vms_per_guest": per_guest, "types": sorted({p.vgpu_type for p in plans})},
             "resources": {**sampler.summary(baseline), "baseline": baseline, "series": sampler.samples},
-            "boot": boot_curve(stats.timeline, args.vms)}
+            "boot": boot_curve(stats.timeline, args.vms),
+            "verdict": explain(fig, bool(args.chaos), kills, problems)}
 
 
 def boot_curve(timeline: list[dict[str, Any]], vms: int) -> dict[str, Any]:
@@ -298,6 +318,37 @@ async def sample_resources(sampler: ResourceSampler, run_dir: str, stats: LoadSt
     while True:
         await asyncio.sleep(every)
         await asyncio.to_thread(sampler.sample, run_pids(run_dir), stats.vms_running())
+
+async def check_vgpu_type(run_dir: str, vgpu_type: str | None) -> None:
+    """Refuse a vGPU type no gvt of the run knows, before anything is started (None: each stack's GPU
+    profile default, nothing to check).
+
+    Raises:
+        LaunchError: nothing is up, or no gvt answers.
+        ValueError: an unknown type (the message lists the known ones).
+    """
+    state = RunState.load(run_dir)
+    if state is None:
+        raise LaunchError(f"nothing is up in {run_dir}: run `gvtsim up` first")
+    if vgpu_type is None:
+        return
+    names: list[str] = []  # stacks of different GPU profiles offer different types
+    answered = False
+    for k in state.stacks:
+        ep = state.endpoint(k, "gvt")
+        try:
+            info = status_dict(await probe(ep, 3.0)).get("info", {}) if ep else None
+        except Exception:
+            continue
+        if info is None:
+            continue
+        answered = True
+        names += [str(t.get("name")) for t in info.get("types", []) if str(t.get("name")) not in names]
+        if vgpu_type in names:
+            return
+    if answered:
+        raise ValueError(f"unknown vGPU type {vgpu_type!r}; gvt offers {', '.join(names)}")
+    raise LaunchError(f"no gvt of the run in {run_dir} answers; `gvtsim status` shows why")
 
 
 async def ramp_up(guests: NativeGuests, plans: list[GuestPlan], guest_args: list[str], stats: LoadStats,
@@ -350,19 +401,20 @@ def progress(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim load``."""
     p = argparse.ArgumentParser(prog="gvtsim load", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vms", type=int, required=True)
-    p.add_argument("--duration", type=float, required=True, help="seconds of load")
+                                formatter_class=UserHelpFormatter)
+    p.add_argument("--vms", type=int, required=True, help="concurrent VMs")
+    p.add_argument("--duration", type=float, required=True, help="seconds of load once every VM is up")
     p.add_argument("--report", default=None, metavar="DIR", help="write report.json, summary.md and PNG plots")
     p.add_argument("--json", action="store_true", help="print the report data as JSON on stdout")
-    p.add_argument("--run-dir", default=default_run_dir())
+    p.add_argument("--run-dir", default=default_run_dir(),
+                   help=f"the run `gvtsim up` started [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--vms-per-guest", type=int, default=0,
                    help="VMs per guest process (one event loop, one connection each) [auto: vms/8, 4..64]")
-    p.add_argument("--vcpus", type=int, default=2)
+    p.add_argument("--vcpus", type=int, default=2, help="vCPUs per VM [2]")
     p.add_argument("--vgpu-type", default=None, help="vGPU type of every VM [each stack's GPU profile default]")
     p.add_argument("--gpu-profile", default=None, choices=sorted(PROFILES),
                    help="place VMs on stacks of this GPU profile only, and scale out with it [any; scale-out: real]")
-    p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration")
+    p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration [20]")
     p.add_argument("--hang-timeout", type=float, default=0.0,
                    help="seconds a guest driver waits for a workload before it declares a GPU hang (on a small "
                         "machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default]")
@@ -370,14 +422,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds between memory/CPU samples of every process (PSS, psutil) [5]")
     p.add_argument("--ramp", type=int, default=4, help="guest processes booting at the same time [4]")
     p.add_argument("--grace", type=float, default=30.0,
-                   help="seconds past --duration (after the ramp-up) before guests are stopped")
+                   help="seconds past --duration (after the ramp-up) before guests are stopped [30]")
     p.add_argument("--no-scale-out", action="store_true", help="fail instead of adding host stacks")
-    p.add_argument("--chaos", default="", metavar="SVC:N,...", help="kill services during the run, e.g. gvt:2,guest:2")
-    p.add_argument("--restart-after", type=float, default=1.0, help="chaos: seconds a killed service stays down")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--chaos", default="", metavar="SVC:N,...",
+                   help="kill services during the run, e.g. gvt:2,guest:2 [no kills]")
+    p.add_argument("--restart-after", type=float, default=1.0, help="chaos: seconds a killed service stays down [1]")
+    p.add_argument("--recovery-bound", type=float, default=5.0,
+                   help="chaos: seconds a stack and each VM it took down have to come back [5]")
+    p.add_argument("--seed", type=int, default=1, help="chaos: which process is killed and when [1]")
     p.add_argument("--swarm", action="store_true",
                    help="over every host stack of a Docker Swarm (DOCKER_HOST: a manager; docs/SWARM.md)")
-    p.add_argument("--swarm-stacks", default="", metavar="NAME,...", help="swarm: only these host stacks")
+    p.add_argument("--swarm-stacks", default="", metavar="NAME,...", help="swarm: only these host stacks [all]")
     args = p.parse_args(argv)
     if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 0 or args.ramp < 1:
         p.error("--vms, --duration, --ramp and --vms-per-guest must be positive")
@@ -408,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  memory: {res['pss_at_most_vms_mb']} MB PSS with {res['most_vms']} VMs running, "
                   f"{res['pss_per_vm_kb']} KB per VM above the idle topology; CPU % of a core: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(res["cpu_percent_by_service"].items())))
+        for line in data["verdict"]:
+            print(f"  {line}")
         for problem in data["problems"]:
             print(f"  problem: {problem}")
     return 0 if not data["problems"] else 1

@@ -12,20 +12,22 @@ Events and fields relied on (the guest process, services/guest; optional ones ma
   vm_ready     {vm, name}
   vm_done      {vm, name, state, submitted, verified, failed, failures: [reason, ...]}
   done         {workloads_submitted, workloads_verified, workloads_failed, ioreqs_by_type: {PIO: n, ...},
-                rtt_us_by_type: {TYPE: {n, p50, p90, p99, mean}}, optional failures_by_reason}
-  stats        (``--stats-interval``, cumulative) {submitted, verified, failed, ioreqs_by_type, rtt_us_by_type,
-                workload_latency_ms: {n, p50, p90, p99, mean} of the interval, t}
+                ioreq_hist: {TYPE: encoded HdrHistogram}, optional failures_by_reason}
+  stats        (``--stats-interval``, cumulative) {submitted, verified, failed, ioreqs_by_type, ioreq_hist,
+                workload_hist (of the interval), verified_by_vm: {name: n}, t}
   vm_reset     {vm, name, reason, t}      vm_recovered {vm, name, recovery_s, t}
-Latency per ioreq type, best first: ``ioreq_hist_us`` {TYPE: [[upper_us, count], ...]} (merged exactly),
-``rtt_us_by_type`` {TYPE: {n, p50, p90, p99}} (percentiles of several processes merged count-weighted, so
-marked approximate), ``mmio_rtt_us`` (MMIO only, approximate).
+Latency per ioreq type comes from the guests' histograms (``ioreq_hist``, cumulative per incarnation),
+added bucket by bucket over every incarnation (services/common/histo.py): percentiles of the sum, exact
+to the histogram's 1 % resolution, never an average of percentiles.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
+
+from ..services.common.histo import Histogram, merge
 
 COUNTS = ("workloads_submitted", "workloads_verified", "workloads_failed")
 PERCENTILES = ("p50", "p90", "p99")
@@ -46,6 +48,8 @@ class Incarnation:
     vm_ready_times: list[float] = field(default_factory=list)  # seconds into the run
     mark: tuple[float, int] = (0.0, 0)  # (seconds into the run, verified) at the last stats/done event
     vm_done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vm_ready_at: dict[str, float] = field(default_factory=dict)  # VM name -> first vm_ready (s into the run)
+    verified_by_vm: dict[str, int] = field(default_factory=dict)  # VM name -> verified, as last reported
 
     def counts(self) -> dict[str, int]:
         """Cumulative workload counts as last reported."""
@@ -68,8 +72,12 @@ class LoadStats:
         self.resets: list[dict[str, Any]] = []
         self.recoveries: list[dict[str, Any]] = []
         self.unparsed = 0
-        self.bins: Counter[int] = Counter()  # second of the run -> workloads verified in it (may be fractional)
+        self.bins: dict[int, float] = defaultdict(float)  # second of the run -> workloads verified in it
+        self.stack_bins: dict[str, dict[int, float]] = {}  # the same per host stack
         self.workload_latency: list[dict[str, Any]] = []  # per stats interval: n, p50, p90, p99 (ms)
+        self.workload_hist = Histogram()  # every verified workload's latency, over the whole run
+        self.progress: dict[str, list[float]] = {}  # VM name -> times (s into the run) it verified more
+        self.vm_source: dict[str, str] = {}  # VM name -> the guest process that runs it
 
     # ------------------------------------------------------------------------------------------- input
     def feed(self, source: str, ev: dict[str, Any], now: float) -> None:
@@ -89,8 +97,10 @@ class LoadStats:
             return
         t = float(ev.get("t", now))
         if kind == "vm_ready":
-            inc.vms_ready.add(str(ev.get("name", ev.get("vm"))))
+            name = str(ev.get("name", ev.get("vm")))
+            inc.vms_ready.add(name)
             inc.vm_ready_times.append(t - self.t0)
+            inc.vm_ready_at.setdefault(name, t - self.t0)
         elif kind == "vm_done":
             inc.vm_done[str(ev.get("name", ev.get("vm")))] = ev
         elif kind in ("stats", "done"):
@@ -99,13 +109,26 @@ class LoadStats:
             wl = ev.get("workload_latency_ms")
             if kind == "stats" and isinstance(wl, dict) and wl.get("n"):
                 self.workload_latency.append({"t": round(t - self.t0, 3), "source": source, **wl})
+            if kind == "stats" and isinstance(ev.get("workload_hist"), str):
+                try:
+                    self.workload_hist.add(Histogram.decode(ev["workload_hist"]))
+                except ValueError:
+                    self.unparsed += 1
+            by_vm = ev.get("verified_by_vm")
+            if isinstance(by_vm, dict):
+                for name, n in by_vm.items():
+                    self.vm_source[str(name)] = source
+                    if int(n) > inc.verified_by_vm.get(str(name), 0):
+                        self.progress.setdefault(str(name), []).append(t - self.t0)
+                    inc.verified_by_vm[str(name)] = int(n)
             if kind == "done":
                 inc.done, inc.ended = True, "done"
         elif kind == "vm_reset":
-            self.resets.append({"source": source, "vm": ev.get("vm"), "reason": ev.get("reason", ""),
+            self.resets.append({"source": source, "vm": ev.get("vm"), "name": ev.get("name"),
+                                "reason": ev.get("reason", ""),
                                 "t": t - self.t0})
         elif kind == "vm_recovered":
-            self.recoveries.append({"source": source, "vm": ev.get("vm"),
+            self.recoveries.append({"source": source, "vm": ev.get("vm"), "name": ev.get("name"),
                                     "seconds": ev.get("recovery_s", ev.get("seconds")), "t": t - self.t0})
 
     def _spread(self, inc: Incarnation, t: float, verified: int) -> None:
@@ -115,19 +138,28 @@ class LoadStats:
         delta, span = verified - v_prev, t - t_prev
         if delta <= 0:
             return
+        stack = self.stack_bins.setdefault(str(_stack(inc.source)), defaultdict(float))
         if span <= 0:
             self.bins[int(t)] += delta
+            stack[int(t)] += delta
             return
         b = int(t_prev)
         while b < t:
             overlap = min(t, b + 1) - max(t_prev, b)
             self.bins[b] += delta * overlap / span
+            stack[b] += delta * overlap / span
             b += 1
 
     def throughput(self) -> list[tuple[float, float]]:
         """(bin start, verified workloads per second) for every 1 s of the run so far."""
         last = max(self.bins, default=-1)
         return [(float(b), round(self.bins.get(b, 0.0), 2)) for b in range(0, last + 1)]
+
+    def throughput_by_stack(self) -> dict[str, list[tuple[float, float]]]:
+        """Per host stack: (bin start, verified workloads per second)."""
+        last = max(self.bins, default=-1)
+        return {k: [(float(b), round(c.get(b, 0.0), 2)) for b in range(0, last + 1)]
+                for k, c in sorted(self.stack_bins.items())}
 
     def ended(self, source: str, how: str) -> None:
         """The current incarnation of ``source`` ended without ``done`` (killed / terminated / exited)."""
@@ -187,35 +219,40 @@ class LoadStats:
         """Failed workloads without a reason, over the whole run."""
         return sum(self.unexplained_by_source().values())
 
-    def latency(self) -> dict[str, dict[str, Any]]:
-        """Percentiles (microseconds) of ioreq round trips per ioreq type."""
-        hists: dict[str, Counter[float]] = {}
-        approx: dict[str, list[tuple[int, dict[str, float]]]] = {}
+    def histograms(self) -> dict[str, Histogram]:
+        """ioreq round-trip histograms per ioreq type, summed over every incarnation's last report."""
+        parts: dict[str, list[str]] = {}
         for inc in self.incarnations:
-            last = inc.last
-            if not last:
+            hist = (inc.last or {}).get("ioreq_hist")
+            if isinstance(hist, dict):
+                for typ, enc in hist.items():
+                    if isinstance(enc, str):
+                        parts.setdefault(str(typ), []).append(enc)
+        out = {}
+        for typ, encs in parts.items():
+            try:
+                out[typ] = merge(encs)
+            except ValueError:
+                self.unparsed += 1
+        return out
+
+    def latency(self) -> dict[str, dict[str, Any]]:
+        """Percentiles (microseconds) of ioreq round trips per ioreq type, from the merged histograms."""
+        return {typ: {"count": h.count, **{k: v for k, v in h.summary().items() if k != "n"}}
+                for typ, h in sorted(self.histograms().items()) if h.count}
+
+    def latency_cdf(self, points: int = 200) -> dict[str, list[tuple[float, float]]]:
+        """Per ioreq type, (round trip us, fraction of ioreqs at most that) for a CDF plot (thinned)."""
+        out = {}
+        for typ, h in sorted(self.histograms().items()):
+            total, seen, curve = h.count, 0, []
+            if not total:
                 continue
-            if isinstance(last.get("ioreq_hist_us"), dict):
-                for typ, buckets in last["ioreq_hist_us"].items():
-                    h = hists.setdefault(typ, Counter())
-                    for upper, count in buckets:
-                        h[float(upper)] += int(count)
-            elif isinstance(last.get("rtt_us_by_type") or last.get("ioreq_latency_us"), dict):
-                for typ, d in (last.get("rtt_us_by_type") or last["ioreq_latency_us"]).items():
-                    approx.setdefault(typ, []).append((int(d.get("n", d.get("count", 0))), d))
-            elif isinstance(last.get("mmio_rtt_us"), dict):
-                n = int((last.get("ioreqs_by_type") or {}).get("MMIO", 0))
-                approx.setdefault("MMIO", []).append((n, last["mmio_rtt_us"]))
-        out: dict[str, dict[str, Any]] = {}
-        for typ, h in hists.items():
-            out[typ] = {**hist_percentiles(h), "approximate": False}
-        for typ, parts in approx.items():
-            if typ in out:
-                continue
-            total = sum(n for n, _ in parts) or 1
-            out[typ] = {"count": sum(n for n, _ in parts), "approximate": True,
-                        **{p: round(sum(n * float(d.get(p, 0.0)) for n, d in parts) / total, 1)
-                           for p in (*PERCENTILES, "mean") if any(p in d for _, d in parts)}}
+            for value, count in h.buckets():
+                seen += count
+                curve.append((value, round(seen / total, 5)))
+            step = max(1, len(curve) // points)
+            out[typ] = curve[::step] + ([curve[-1]] if (len(curve) - 1) % step else [])
         return out
 
     def ioreqs(self) -> dict[str, int]:
@@ -223,6 +260,14 @@ class LoadStats:
         for inc in self.incarnations:
             out.update({k: int(v) for k, v in ((inc.last or {}).get("ioreqs_by_type") or {}).items()})
         return dict(out)
+
+    def all_up_seconds(self) -> float:
+        """Seconds of the run during which every requested VM was running at once (from the timeline)."""
+        total = 0.0
+        for a, b in zip(self.timeline, self.timeline[1:]):
+            if a["vms_running"] >= self.vms_requested:
+                total += b["t"] - a["t"]
+        return round(total, 2)
 
     def figures(self, now: float) -> dict[str, Any]:
         """Everything the report shows, as plain JSON-able data."""
@@ -233,8 +278,10 @@ class LoadStats:
                 "unexplained_by_source": self.unexplained_by_source(),
                 "workloads_per_s": round(totals["workloads_verified"] / elapsed, 2),
                 "failures_by_reason": self.failures(), "unexplained_failures": self.unexplained_failures(),
-                "ioreqs_by_type": self.ioreqs(), "latency_us": self.latency(), "timeline": self.timeline,
-                "throughput_per_s": self.throughput(),
+                "ioreqs_by_type": self.ioreqs(), "latency_us": self.latency(), "latency_cdf": self.latency_cdf(),
+                "workload_latency_total_ms": self.workload_hist.summary(scale=1000.0),
+                "all_vms_up_s": self.all_up_seconds(), "timeline": self.timeline,
+                "throughput_per_s": self.throughput(), "throughput_by_stack": self.throughput_by_stack(),
                 "vm_resets": self.resets, "vm_recoveries": self.recoveries,
                 "workload_latency_ms": self.workload_latency,
                 "killed_guests": [{"source": i.source, "pid": i.pid, "note": "in-flight workloads lost with the "
@@ -244,33 +291,18 @@ class LoadStats:
                                      "vms": len(i.vms_ready), **i.counts()} for i in self.incarnations]}
 
 
-def hist_percentiles(hist: Counter[float]) -> dict[str, Any]:
-    """p50/p90/p99 (bucket upper bounds) and the count of a histogram {upper_us: count}."""
-    total = sum(hist.values())
-    out: dict[str, Any] = {"count": total}
-    if not total:
-        return out
-    bounds = sorted(hist)
-    for p, q in zip(PERCENTILES, (0.50, 0.90, 0.99)):
-        seen = 0
-        for b in bounds:
-            seen += hist[b]
-            if seen >= q * total:
-                out[p] = b
-                break
-    return out
-
-
 def _reason(failure: str) -> str:
     """A failure string without its per-workload detail, so equal causes group (``kind: reason``)."""
     return failure.split(" (", 1)[0] if failure else "unknown"
 
 
-def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]]) -> list[str]:
+def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], bound: float = 5.0) -> list[str]:
     """Problems that fail the run (empty: it passed).
 
     Without chaos every VM must boot and every workload verify; with chaos failures are allowed, but each
-    must carry its reason, every kill must have been recovered from, and no guest may still be running.
+    must carry its reason, every kill must have been recovered from (the stack serving again within
+    ``bound`` seconds), every VM it took down must have come back, within ``bound`` of its own outage, and
+    no guest may still be running.
     """
     problems = []
     if fig["vms_booted"] < fig["vms_requested"]:
@@ -278,16 +310,55 @@ def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]]) -> li
     if fig["workloads_verified"] == 0:
         problems.append("no workload verified")
     if not chaos and fig["workloads_failed"]:
-        problems.append(f"{fig['workloads_failed']} workloads failed: {fig['failures_by_reason']}")
+        problems.append(f"{fig['workloads_failed']} workloads failed without any fault injected: "
+                        f"{fig['failures_by_reason']}")
     if fig["unexplained_failures"]:
         problems.append(f"{fig['unexplained_failures']} failures carry no reason: {fig['unexplained_by_source']}")
     hung = [g["source"] for g in fig["guest_processes"] if g["ended"] not in ("done", "killed")]
     if hung:
         problems.append(f"guest processes that never reported done: {hung}")
     for k in kills:
+        what = f"the kill of {k.get('service')} {k.get('target')} at {k.get('at')} s"
         if not k.get("recovered"):
-            problems.append(f"kill of {k.get('service')} {k.get('target')} not recovered: {k.get('error')}")
+            problems.append(f"{what} was not recovered from: {k.get('error') or 'no reason given'}")
+        elif k.get("serving_s") is not None and float(k["serving_s"]) > bound:
+            problems.append(f"after {what} the stack served again only {k['serving_s']} s after the restart "
+                            f"(bound {bound:g} s)")
+        lost = k.get("vms_not_back") or []
+        if lost:
+            problems.append(f"{len(lost)} VM(s) never came back after {what}: {', '.join(lost[:8])}"
+                            + (" ..." if len(lost) > 8 else ""))
+        slow = {vm: s for vm, s in (k.get("vm_recovery_s") or {}).items() if s > bound}
+        if slow:
+            worst = max(slow, key=lambda vm: slow[vm])
+            problems.append(f"{len(slow)} VM(s) took longer than {bound:g} s to come back after {what} "
+                            f"(slowest: {worst}, {slow[worst]} s from its own outage)")
     return problems
+
+
+def explain(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], problems: list[str]) -> list[str]:
+    """The verdict in words: why it passed or failed, and what was allowed on the way."""
+    words = [f"FAIL: {len(problems)} problem(s), listed below." if problems else "PASS: every check held."]
+    words.append(f"{fig['vms_booted']} of {fig['vms_requested']} VMs booted; all of them were running at once "
+                 f"for {fig.get('all_vms_up_s', 0)} s of the {fig['seconds']} s run.")
+    if fig["workloads_failed"]:
+        if chaos:
+            words.append(f"{fig['workloads_failed']} workloads failed; that is allowed under chaos because every "
+                         "one of them names its reason (the faults injected), listed under failures.")
+        else:
+            words.append(f"{fig['workloads_failed']} workloads failed with no fault injected: that fails the run.")
+    else:
+        words.append(f"All {fig['workloads_verified']} workloads that ran were verified.")
+    for k in kills:
+        back = k.get("vm_recovery_s") or {}
+        lost = k.get("vms_not_back") or []
+        words.append(f"Kill of {k.get('service')} {k.get('target')} at {k.get('at')} s: "
+                     + ("stack serving again " + f"{k.get('serving_s')} s after the restart" if k.get("recovered")
+                        else "NOT recovered")
+                     + (f"; {len(back)} VM(s) affected, back after at most {max(back.values())} s of their own "
+                        "outage" if back else "; no VM was affected")
+                     + (f"; {len(lost)} never came back" if lost else "") + ".")
+    return words
 
 
 def _stack(name: str) -> int | None:
@@ -296,25 +367,49 @@ def _stack(name: str) -> int | None:
     return int(head[1:]) if head[:1] == "s" and head[1:].isdigit() else None
 
 
-def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats) -> None:
-    """Fill each kill record's ``vms_reset`` and ``vms_recovered_s`` from the guests' events.
+def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float = 5.0) -> None:
+    """Fill each kill record with the VMs it took down and how long each was out, from its own outage.
 
-    A gvt or pgpu kill resets the VMs of its host stack: count their ``vm_reset`` events until the next
-    kill, and time the last ``vm_recovered`` from the restart. A guest kill is recovered when the restarted
-    process has booted its VMs again (its last ``vm_ready``).
+    A guest kill takes down the VMs of the killed process: each is back at its first ``vm_ready`` in a
+    later incarnation of that process (measured from the kill). A gvt or pgpu kill takes down the VMs of its
+    host stack that reset (``vm_reset`` before the next kill): each is back at its ``vm_recovered`` (the
+    guest measures from its own reset). Fields: ``vm_recovery_s`` {VM name: seconds}, ``vms_not_back``
+    [names] (VMs down that never came back, or that never verified a workload again), ``vms_reset``
+    (distinct VMs), ``vms_recovered_s`` (the slowest VM's recovery).
     """
     for i, k in enumerate(kills):
         start = float(k.get("at", 0.0))
         end = float(kills[i + 1]["at"]) if i + 1 < len(kills) else float("inf")
-        restart = start + float(k.get("restart_after") or 0.0)
+        back: dict[str, float] = {}
+        down: set[str] = set()
         if k.get("service") == "guest":
-            new = [inc for inc in stats.incarnations if inc.source == k.get("target") and inc.started >= start]
-            if new and new[0].vm_ready_times:
-                k["vms_recovered_s"] = round(max(new[0].vm_ready_times) - restart, 3)
-            continue
-        stack = _stack(str(k.get("target", "")))
-        resets = [r for r in stats.resets if start <= r["t"] < end and _stack(r["source"]) == stack]
-        recovered = [r for r in stats.recoveries if start <= r["t"] < end and _stack(r["source"]) == stack]
-        k["vms_reset"] = len(resets)
-        if recovered:
-            k["vms_recovered_s"] = round(max(r["t"] for r in recovered) - restart, 3)
+            source = k.get("target")
+            old = [inc for inc in stats.incarnations if inc.source == source and inc.started < start]
+            down = set(old[-1].vms_ready) - set(old[-1].vm_done) if old else set()
+            for inc in stats.incarnations:
+                if inc.source == source and inc.started >= start:
+                    for name in down:
+                        if name in inc.vm_ready_at and name not in back:
+                            back[name] = round(inc.vm_ready_at[name] - start, 3)
+        else:
+            stack = _stack(str(k.get("target", "")))
+            resets = [r for r in stats.resets if start <= r["t"] < end and _stack(r["source"]) == stack]
+            names = {(r["source"], str(r.get("name") or r.get("vm"))) for r in resets}
+            down = {n for _, n in names}
+            # VMs of the stack that were making progress before the kill are down too if they never do again
+            # (a VM whose vGPU the restarted gvt still lists may hang without any reset)
+            down |= {n for n, times in stats.progress.items() if _stack(stats.vm_source.get(n, "")) == stack
+                     and any(t < start for t in times) and not any(t > start for t in times)}
+            for r in stats.recoveries:
+                name = str(r.get("name") or r.get("vm"))
+                if r["t"] >= start and _stack(r["source"]) == stack and name in down and name not in back:
+                    back[name] = round(float(r["seconds"]) if r.get("seconds") is not None else r["t"] - start, 3)
+        # a VM is back only if it verified a workload again after the kill (when the guests report progress)
+        if stats.progress:
+            for name in list(back):
+                if not any(t > start for t in stats.progress.get(name, [])):
+                    back.pop(name)
+        k["vms_reset"] = len(down)
+        k["vm_recovery_s"] = dict(sorted(back.items()))
+        k["vms_not_back"] = sorted(down - set(back))
+        k["vms_recovered_s"] = max(back.values()) if back else None

@@ -1,16 +1,19 @@
 """The load report: ``report.json`` (every raw figure), PNG plots and a short ``summary.md``.
 
 Plots (matplotlib, Agg backend: no display needed):
-  throughput.png   verified workloads per second over the run (with kills marked)
-  latency.png      ioreq round-trip p50 / p90 / p99 per ioreq type
-  workloads.png    workloads verified and failed, and failures by reason
-  recovery.png     recovery time per kill (restart -> ready, -> stack serving, -> VMs recovered)
+  throughput.png   verified workloads per second over the run, per host stack, and VMs up over time
+                   (kills marked)
+  latency.png      ioreq round-trip CDF per ioreq type, log-scale time axis (from the merged histograms)
+  workloads.png    workloads verified and failed; failures by reason (only when there are failures)
+  recovery.png     recovery per kill: restart -> ready, -> stack serving, and each VM's own outage
+summary.md says the verdict in words first, then the figures.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -29,93 +32,134 @@ def throughput_series(timeline: list[dict[str, float]]) -> list[tuple[float, flo
     return out
 
 
+def _save(f: Any, path: str) -> None:
+    f.tight_layout()
+    f.savefig(path, dpi=100, bbox_inches="tight")  # tight: long labels are never cut off
+    plt.close(f)
+
+
+def _stack_of(source: str) -> str:
+    head = source.split("/", 1)[0]
+    return head[1:] if head[:1] == "s" and head[1:].isdigit() else "?"
+
+
 def _throughput(fig: dict[str, Any], kills: list[dict[str, Any]], path: str) -> None:
     series = fig.get("throughput_per_s") or throughput_series(fig["timeline"])
-    f, ax = plt.subplots(figsize=(8, 3.5))
+    per_stack = fig.get("throughput_by_stack") or {}
+    f, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     if series:
-        ax.step([t for t, _ in series], [v for _, v in series], where="post", lw=1.2, label="verified workloads/s")
+        ax.step([t for t, _ in series], [v for _, v in series], where="post", lw=1.4, color="black",
+                label="all stacks")
+    for stack, pts in sorted(per_stack.items()):
+        if len(per_stack) > 1 and pts:
+            ax.step([t for t, _ in pts], [v for _, v in pts], where="post", lw=0.9, alpha=0.8, label=f"stack {stack}")
     if fig.get("ramp_s"):
-        ax.axvline(fig["ramp_s"], color="grey", alpha=0.6, ls=":")
-        ax.text(fig["ramp_s"], 0, " all VMs up", color="grey", fontsize=7, va="bottom")
+        for a in (ax, ax2):
+            a.axvline(fig["ramp_s"], color="grey", alpha=0.6, ls=":")
+        ax.text(fig["ramp_s"], 0, " all VMs started", color="grey", fontsize=7, va="bottom")
     for k in kills:
-        ax.axvline(k["at"], color="red", alpha=0.5, ls="--")
+        for a in (ax, ax2):
+            a.axvline(k["at"], color="red", alpha=0.5, ls="--")
         ax.text(k["at"], ax.get_ylim()[1] * 0.95, f" kill {k['service']}", color="red", fontsize=7, va="top")
-    ax.set_xlabel("seconds into the run")
-    ax.set_ylabel("workloads / s")
+    ax.set_ylabel("verified workloads / s")
     ax.set_title(f"throughput: {fig['workloads_verified']} verified in {fig['seconds']} s, {fig['vms_booted']} VMs")
     ax.grid(alpha=0.3)
-    f.tight_layout()
-    f.savefig(path, dpi=100)
-    plt.close(f)
+    ax.legend(fontsize=7, loc="upper left")
+    tl = fig.get("timeline") or []
+    ax2.step([p["t"] for p in tl], [p["vms_running"] for p in tl], where="post", color="tab:blue")
+    ax2.axhline(fig["vms_requested"], color="tab:green", ls="--", alpha=0.6, label=f"{fig['vms_requested']} asked")
+    ax2.set_ylabel("VMs up")
+    ax2.set_xlabel("seconds into the run")
+    ax2.legend(fontsize=7, loc="lower right")
+    ax2.grid(alpha=0.3)
+    _save(f, path)
 
 
 def _latency(fig: dict[str, Any], path: str) -> None:
-    lat = fig["latency_us"]
-    types = sorted(lat)
-    f, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.25
-    for i, p in enumerate(("p50", "p90", "p99")):
-        ax.bar([x + i * width for x in range(len(types))], [lat[t].get(p, 0) for t in types], width, label=p)
-    ax.set_xticks([x + width for x in range(len(types))],
-                  [f"{t}{' ~' if lat[t].get('approximate') else ''}" for t in types])
-    ax.set_ylabel("round trip, µs")
-    ax.set_title("ioreq latency per type (~: approximate merge)")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
-    f.tight_layout()
-    f.savefig(path, dpi=100)
-    plt.close(f)
+    cdf = fig.get("latency_cdf") or {}
+    f, ax = plt.subplots(figsize=(7, 4))
+    for typ, pts in sorted(cdf.items()):
+        if pts:
+            lat = fig["latency_us"].get(typ, {})
+            ax.step([v for v, _ in pts], [c for _, c in pts], where="post",
+                    label=f"{typ}: n={lat.get('count', '?')}, p50 {lat.get('p50', '?')} µs, "
+                          f"p99 {lat.get('p99', '?')} µs")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("ioreq round trip, µs (log scale)")
+    ax.set_ylabel("fraction of ioreqs at most this")
+    ax.set_title("ioreq latency CDF per type (merged histograms of every guest)")
+    ax.grid(alpha=0.3, which="both")
+    if cdf:
+        ax.legend(fontsize=7, loc="lower right")
+    _save(f, path)
 
 
 def _workloads(fig: dict[str, Any], path: str) -> None:
-    f, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [1, 2]})
+    reasons = sorted(fig["failures_by_reason"].items(), key=lambda kv: -kv[1])[:8]
+    if reasons:  # the failures panel only when there are failures
+        f, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.5), gridspec_kw={"width_ratios": [1, 2]})
+    else:
+        f, a1 = plt.subplots(figsize=(4, 3.5))
     a1.bar(["verified", "failed"], [fig["workloads_verified"], fig["workloads_failed"]], color=["tab:green", "tab:red"])
     a1.set_title("workloads")
-    reasons = sorted(fig["failures_by_reason"].items(), key=lambda kv: -kv[1])[:8]
-    a2.barh([r[:50] for r, _ in reasons] or ["(none)"], [n for _, n in reasons] or [0], color="tab:red")
-    a2.set_title("failures by reason")
-    a2.tick_params(axis="y", labelsize=7)
-    f.tight_layout()
-    f.savefig(path, dpi=100)
-    plt.close(f)
+    if reasons:
+        a2.barh([textwrap.shorten(r, 70) for r, _ in reasons], [n for _, n in reasons], color="tab:red")
+        a2.invert_yaxis()
+        a2.set_title("failures by reason")
+        a2.tick_params(axis="y", labelsize=7)
+    _save(f, path)
 
 
-def _recovery(kills: list[dict[str, Any]], path: str) -> None:
-    f, ax = plt.subplots(figsize=(8, 3.5))
-    labels = [f"{k['service']}@{k['at']:.0f}s" for k in kills]
-    for i, (key, label) in enumerate((("ready_s", "ready"), ("serving_s", "stack serving"),
-                                      ("vms_recovered_s", "VMs recovered"))):
+def _recovery(kills: list[dict[str, Any]], path: str, bound: float = 5.0) -> None:
+    f, ax = plt.subplots(figsize=(9, 3.8))
+    labels = [f"{k['service']} {k.get('target', '')}\n@{k['at']:.0f}s" for k in kills]
+    for i, (key, label) in enumerate((("ready_s", "service ready"), ("serving_s", "stack serving"))):
         ax.bar([x + i * 0.27 for x in range(len(kills))], [k.get(key) or 0 for k in kills], 0.27, label=label)
-    ax.axhline(5.0, color="red", ls="--", alpha=0.5, label="5 s bound")
+    for x, k in enumerate(kills):  # every VM's own recovery, the ones that never came back at the top in red
+        vals = list((k.get("vm_recovery_s") or {}).values())
+        ax.scatter([x + 2 * 0.27] * len(vals), vals, s=12, color="tab:green", zorder=3,
+                   label="each VM's outage" if x == 0 else None)
+        lost = k.get("vms_not_back") or []
+        if lost:
+            ax.text(x + 2 * 0.27, bound * 1.05, f"{len(lost)} VM(s)\nnever back", color="red", fontsize=7,
+                    ha="center", va="bottom")
+    ax.axhline(bound, color="red", ls="--", alpha=0.5, label=f"{bound:g} s bound")
     ax.set_xticks([x + 0.27 for x in range(len(kills))], labels, fontsize=7)
-    ax.set_ylabel("seconds after restart")
-    ax.set_title("recovery per kill")
+    ax.set_ylabel("seconds")
+    ax.set_title("recovery per kill (service and stack: from the restart; VMs: from their own outage)")
     ax.legend(fontsize=7)
-    f.tight_layout()
-    f.savefig(path, dpi=100)
-    plt.close(f)
+    _save(f, path)
 
 
 def summary_md(data: dict[str, Any]) -> str:
     """A human summary of ``report.json``'s data."""
     fig, kills = data["figures"], data["kills"]
-    lines = [f"# gvtsim load: {'PASS' if not data['problems'] else 'FAIL'}", "",
+    lines = [f"# gvtsim load: {'PASS' if not data['problems'] else 'FAIL'}", ""]
+    lines += [f"{w}" for w in data.get("verdict", [])] + [""]
+    lines += [
              f"- {fig['vms_booted']}/{fig['vms_requested']} VMs booted over {len(fig['guest_processes'])} guest "
              f"process incarnations, {fig['seconds']} s",
              f"- workloads: {fig['workloads_verified']} verified, {fig['workloads_failed']} failed, "
              f"{fig['workloads_per_s']} verified/s",
-             f"- ioreqs: {fig['ioreqs_by_type']}", "", "| ioreq type | count | p50 µs | p90 µs | p99 µs |",
-             "|---|---|---|---|---|"]
+             f"- ioreqs: {fig['ioreqs_by_type']}", "",
+             "ioreq round trips, percentiles of every guest's histograms added together (HdrHistogram, 1 % "
+             "resolution):", "", "| ioreq type | count | p50 µs | p90 µs | p99 µs | max µs |",
+             "|---|---|---|---|---|---|"]
     for typ, d in sorted(fig["latency_us"].items()):
-        lines.append(f"| {typ}{' (approx.)' if d.get('approximate') else ''} | {d.get('count', '')} | "
-                     f"{d.get('p50', '')} | {d.get('p90', '')} | {d.get('p99', '')} |")
+        lines.append(f"| {typ} | {d.get('count', '')} | {d.get('p50', '')} | {d.get('p90', '')} | "
+                     f"{d.get('p99', '')} | {d.get('max', '')} |")
     if fig["failures_by_reason"]:
         lines += ["", "Failures by reason:", ""] + [f"- {n} x {r}" for r, n in fig["failures_by_reason"].items()]
     if kills:
-        lines += ["", "| t (s) | kill | target | ready (s) | stack serving (s) | VMs reset | VMs recovered (s) |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {k['at']} | {k['service']} | {k['target']} | {k['ready_s']} | {k['serving_s']} | "
-                  f"{k['vms_reset']} | {k['vms_recovered_s']} |" for k in kills]
+        def cell(v: Any) -> str:
+            return "-" if v is None else str(v)
+
+        lines += ["", "| t (s) | kill | target | ready (s) | stack serving (s) | VMs down | slowest VM back (s) "
+                  "| VMs never back |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k['at']} | {k['service']} | {k['target']} | {cell(k.get('ready_s'))} | "
+                  f"{cell(k.get('serving_s'))} | {k.get('vms_reset', 0)} | {cell(k.get('vms_recovered_s'))} | "
+                  f"{len(k.get('vms_not_back') or [])} |" for k in kills]
     if data["problems"]:
         lines += ["", "Problems:", ""] + [f"- {p}" for p in data["problems"]]
     return "\n".join(lines) + "\n"

@@ -1,4 +1,15 @@
-"""``gvtsim up``: the compose topology as local processes (the machinery is in :mod:`.launcher`)."""
+"""``gvtsim up``: the docker-compose.yml topology as local processes, no containers needed.
+
+    gvtsim up                          one host stack (vhm, pgpu, gvt) and its guests
+    gvtsim up --stacks 2 --no-guests   two host stacks, each with its own ports and machine memory
+    GVTSIM_TRACE=/tmp/tr gvtsim up     every service records trace events (see gvtsim trace)
+
+Services start in compose's order (a service waits until the ones it depends on are healthy), each in its
+own process group, with logs in RUN_DIR/logs. gvtsim status, ctl, top, metrics, restart, chaos and load find
+the run there; gvtsim down stops it all (SIGTERM, then SIGKILL) and removes its memory files. Every service
+serves Prometheus metrics on a free loopback port (gvtsim metrics lists them). Exit status: 0 up and
+healthy, 1 a service did not start (the reason is printed).
+"""
 
 from __future__ import annotations
 
@@ -11,15 +22,16 @@ import time
 from ..services.common.gpu_profiles import PROFILES
 from .compose import ComposeError
 from .launcher import DEFAULT_COMPOSE, LaunchError, default_run_dir, up
-from . import launcher
+from ..services.common.helptext import UserHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
     """``gvtsim up``: bring the compose topology up as local processes."""
-    p = argparse.ArgumentParser(prog="gvtsim up", description=launcher.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="gvtsim up", description=__doc__,
+                                formatter_class=UserHelpFormatter)
     p.add_argument("-f", "--file", default=DEFAULT_COMPOSE, help="compose file [docker-compose.yml]")
-    p.add_argument("--run-dir", default=default_run_dir(), help="state and logs [$GVTSIM_RUN_DIR or .gvtsim/run]")
+    p.add_argument("--run-dir", default=default_run_dir(),
+                   help=f"state and logs [$GVTSIM_RUN_DIR or {default_run_dir()}]")
     p.add_argument("--stacks", type=int, default=int(os.environ.get("GVTSIM_STACKS", "1")),
                    help="host stacks (vhm+pgpu+gvt+guests each, own ports and memory) [GVTSIM_STACKS or 1]")
     p.add_argument("--port-offset", default="auto", help="added to the compose ports; auto: 0 if free [auto]")

@@ -87,7 +87,7 @@ WRITE 1). The answer is `IOREQ_DONE` or `ERROR` with the same three keys.
 
 | code | meaning |
 |---|---|
-""" 
+"""
 
 ERROR_MEANINGS = {
     "decode": "the message did not decode (bad MessagePack, unknown type, wrong/missing/extra field, range, size)",

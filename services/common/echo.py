@@ -16,7 +16,6 @@ import sys
 import time
 from typing import Any
 
-import zmq.asyncio
 
 from ...protocol import messages as m
 from .client import Connection

@@ -39,6 +39,8 @@ __all__ = ["RouterServer", "Session", "SessionHandler"]
 PROBE_DELAYS = (0.01, 0.1, 0.5)
 #: Decode-error log lines per peer before they are only counted (a flood of garbage must not flood the log).
 LOG_BUDGET = 20
+#: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
+TRANSIENT_ROLES = frozenset({"probe", "ctl"})
 
 
 class SessionHandler(Protocol):
@@ -311,7 +313,8 @@ class RouterServer:
                                                    ready=ready, counters=dict(self.counters), info=info))
         elif t is ps.Opened:
             s = ev.session
-            self.log.info("peer_hello", peer_role=s.role, peer_id=s.id, epoch=s.epoch)
+            (self.log.debug if s.role in TRANSIENT_ROLES else self.log.info)(
+                "peer_hello", peer_role=s.role, peer_id=s.id, epoch=s.epoch)
             await self.handler.on_hello(s)
         elif t is ps.Lost:
             await self._lost(ev.session, ev.reason)
@@ -330,7 +333,9 @@ class RouterServer:
                                  detail=err.detail, peer_id=ev.session.id if ev.session else None)
 
     async def _lost(self, session: Session, reason: str) -> None:
-        self.log.info("peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
+        # health probes and ctl come and go every few seconds: their sessions log at debug, peers at info
+        (self.log.debug if session.role in TRANSIENT_ROLES else self.log.info)(
+            "peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
         self._log_budget.pop(session.ident, None)
         try:
             await self.handler.on_lost(session, reason)

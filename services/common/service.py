@@ -55,6 +55,10 @@ def common_args(parser: argparse.ArgumentParser, role: str) -> argparse.Argument
                    help="silent intervals before a peer is declared lost: a backstop for a hung process, a "
                         "dead peer is found by the transport at once [GVTSIM_LIVENESS]")
     g.add_argument("--log-level", default=env("LOG_LEVEL", "info"), help="[GVTSIM_LOG_LEVEL]")
+    g.add_argument("--metrics", default=env("METRICS", ""), metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics; port 0 picks one [GVTSIM_METRICS, off]")
+    g.add_argument("--trace", default=env("TRACE", ""), metavar="FILE",
+                   help="record ioreq-path trace events (Chrome trace-event JSON lines) into FILE [GVTSIM_TRACE, off]")
     return parser
 
 
@@ -93,6 +97,27 @@ class BaseService:
         return True, {}
 
 
+async def _start_observability(svc: BaseService, args: argparse.Namespace, info: dict[str, Any]) -> Any:
+    """The metrics endpoint and the trace file, when asked for (both off by default). Adds the metrics URL to
+    the readiness info. A metrics address that cannot be bound is logged; the service serves on without it."""
+    from . import trace
+    from .metrics import MetricsServer, parse_address
+
+    if getattr(args, "trace", ""):
+        trace.enable(args.trace, svc.role, svc.ident)
+    address = parse_address(getattr(args, "metrics", "") or "")
+    if address is None:
+        return None
+    server = MetricsServer(svc, address)
+    try:
+        info["metrics"] = server.start()
+    except OSError as err:
+        svc.counters["metrics_unavailable"] += 1
+        svc.log.error("metrics_unavailable", address=address, error=str(err))
+        return None
+    return server
+
+
 def run_service(factory: Callable[[zmq.asyncio.Context, argparse.Namespace], BaseService],
                 args: argparse.Namespace) -> int:
     """Run a service until SIGTERM/SIGINT. Returns the process exit code."""
@@ -108,8 +133,10 @@ async def _main(factory: Callable[[zmq.asyncio.Context, argparse.Namespace], Bas
         loop.add_signal_handler(sig, stop.set)
     svc = factory(ctx, args)
     code = 0
+    metrics = None
     try:
         info = await svc.start()
+        metrics = await _start_observability(svc, args, info)
         ready = {"event": "ready", "role": svc.role, "id": svc.ident, "epoch": svc.epoch, "pid": os.getpid(), **info}
         print(json.dumps(ready), flush=True)
         svc.log.info("ready", **info)
@@ -124,6 +151,8 @@ async def _main(factory: Callable[[zmq.asyncio.Context, argparse.Namespace], Bas
         except Exception:
             svc.log.warning("stop_timeout")
         ctx.destroy(linger=0)
+        if metrics is not None:
+            metrics.stop()
     svc.log.info("stopped", code=code)
     sys.stdout.flush()
     return code

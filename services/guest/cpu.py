@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from ...protocol import IoreqDir, IoreqType
 from ...protocol import messages as m
 from ..common.ept import Ept
+from ..common import trace
+from ..common.histo import Histogram
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 
 #: Sends one ioreq and returns its completion value; raises IoreqFailed.
@@ -37,13 +39,14 @@ class IoreqFailed(RuntimeError):
 
 @dataclass
 class RttStats:
-    """Round-trip times of trapped accesses, by ioreq kind (seconds)."""
+    """Round-trip times of trapped accesses, by ioreq kind: histograms recorded at the source (exact merges
+    across VMs and processes, services/common/histo.py)."""
 
-    samples: dict[int, list[float]]
+    hists: dict[int, Histogram]
 
     @classmethod
     def new(cls) -> "RttStats":
-        return cls({k: [] for k in IoreqType})
+        return cls({k: Histogram() for k in IoreqType})
 
 
 class Vcpu:
@@ -80,7 +83,11 @@ class Vcpu:
     async def _trap(self, kind: IoreqType, req: m.Ioreq) -> int:
         t0 = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond resolution
         result = await self.vm.send_ioreq(req)
-        self.vm.rtt.samples[kind].append(time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.vm.rtt.hists[kind].record_s(took)
+        if trace.on:
+            trace.complete(f"ioreq {kind.name}", "ioreq", trace.now_us() - took * 1e6, took * 1e6, tid=self.vm.vm_id,
+                           vm=self.vm.vm_id, vcpu=self.index, seq=req.seq, addr=hex(req.addr))
         self.vm.ioreqs[kind.name] += 1
         self.traps += 1
         return result

@@ -8,10 +8,11 @@ import sys
 from ..common.service import common_args, env, mem_args, run_service
 from .hostile import ATTACKS
 from .service import GuestService
+from ..common.helptext import UserHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim guest", description=__doc__)
+    p = argparse.ArgumentParser(prog="gvtsim guest", description=__doc__, formatter_class=UserHelpFormatter)
     common_args(p, "guest")
     mem_args(p)
     p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"), help="[GVTSIM_VHM_ENDPOINT]")

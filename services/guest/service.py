@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Any
 from ...protocol import IoreqType
 from ...protocol import messages as m
 from ..common.client import Connection, PeerLost, RemoteError
+from ..common import trace
+from ..common.histo import Histogram
 from ..common.memory import MachineMemory
 from ..common.service import BaseService
 from . import hostile
@@ -58,10 +59,10 @@ class GuestVm:
     reset_started: float | None = None
     run_s: float = 0.0  # seconds spent running workloads (for per-VM rates)
     recoveries: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds per verified workload (since last stats)
+    latencies: Histogram = field(default_factory=Histogram)  # per verified workload (since the last stats)
     # figures of earlier incarnations of this VM (before a reset), folded in at teardown
     past_ioreqs: Counter[str] = field(default_factory=Counter)
-    past_rtt: dict[str, list[float]] = field(default_factory=dict)
+    past_rtt: dict[str, Histogram] = field(default_factory=dict)
     past_msis: int = 0
     resets: int = 0
 
@@ -83,11 +84,12 @@ class GuestVm:
             out.update(self.machine.ioreqs)
         return out
 
-    def rtt(self) -> dict[str, list[float]]:
-        out = {k: list(v) for k, v in self.past_rtt.items()}
+    def rtt(self) -> dict[str, Histogram]:
+        out = {k: Histogram().add(v) for k, v in self.past_rtt.items()}
         if self.machine is not None:
-            for kind, samples in self.machine.rtt.samples.items():
-                out.setdefault(IoreqType(kind).name, []).extend(samples)
+            for kind, hist in self.machine.rtt.hists.items():
+                if hist.count:
+                    out.setdefault(IoreqType(kind).name, Histogram()).add(hist)
         return out
 
     def msis(self) -> int:
@@ -97,8 +99,9 @@ class GuestVm:
         """Keep this incarnation's figures before the machine and driver are dropped."""
         if self.machine is not None:
             self.past_ioreqs.update(self.machine.ioreqs)
-            for kind, samples in self.machine.rtt.samples.items():
-                self.past_rtt.setdefault(IoreqType(kind).name, []).extend(samples)
+            for kind, hist in self.machine.rtt.hists.items():
+                if hist.count:
+                    self.past_rtt.setdefault(IoreqType(kind).name, Histogram()).add(hist)
         if self.driver is not None:
             self.past_msis += self.driver.msis
 
@@ -161,7 +164,8 @@ class GuestService(BaseService):
             self.log.error("task_failed", task=t.get_name(), error=repr(err), exc_info=err)
 
     def status(self) -> tuple[bool, dict[str, Any]]:
-        return self.conn.up.is_set(), {"vms": [self._vm_summary(v) for v in self.vms]}
+        return self.conn.up.is_set(), {"vms": [self._vm_summary(v) for v in self.vms],
+                                       "ioreq_hist": {k: h.encode() for k, h in self._rtt().items()}}
 
     async def send_ioreq(self, req: m.Ioreq) -> int:
         """Transport for GuestMachine: send and wait for IOREQ_DONE / ERROR with the same (vm, vcpu, seq)."""
@@ -201,6 +205,8 @@ class GuestService(BaseService):
         elif isinstance(msg, m.Msi):
             vm = self.by_id.get(msg.vm)
             self.counters["msis"] += 1
+            if trace.on:
+                trace.instant("MSI received", "irq", tid=msg.vm, vm=msg.vm, data=hex(msg.data))
             if vm is not None and vm.driver is not None:
                 self._spawn(vm.driver.on_msi(msg.addr, msg.data), "irq_handler")  # it traps: never inline here
             else:
@@ -379,7 +385,11 @@ class GuestService(BaseService):
             else:
                 vm.verified += 1
                 vm.by_kind[kind] += 1
-                vm.latencies.append(time.perf_counter() - t0)
+                vm.latencies.record_s(time.perf_counter() - t0)
+                if trace.on:
+                    took = (time.perf_counter() - t0) * 1e6
+                    trace.complete(f"workload {kind} on {engine}", "workload", trace.now_us() - took, took,
+                                   tid=vm.vm_id, vm=vm.vm_id)
             i += 1
 
     async def _display_loop(self, vm: GuestVm, disp: GuestDisplay) -> None:
@@ -431,11 +441,11 @@ class GuestService(BaseService):
             out["display"] = vm.display.summary()
         return out
 
-    def _rtt(self) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
+    def _rtt(self) -> dict[str, Histogram]:
+        out: dict[str, Histogram] = {}
         for vm in self.vms:
-            for kind, samples in vm.rtt().items():
-                out.setdefault(kind, []).extend(samples)
+            for kind, hist in vm.rtt().items():
+                out.setdefault(kind, Histogram()).add(hist)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -446,12 +456,15 @@ class GuestService(BaseService):
             ioreqs.update(vm.ioreqs())
         elapsed = time.monotonic() - self.t_start if self.t_start else 0.0
         verified = sum(v.verified for v in self.vms)
-        mmio = percentiles(rtt.get("MMIO", []))
+        mmio = rtt.get("MMIO", Histogram()).summary()
         return {"vms": len(self.vms), "workloads_submitted": sum(v.submitted for v in self.vms),
                 "workloads_verified": verified, "workloads_failed": sum(v.failed for v in self.vms),
                 "ioreqs_by_type": dict(ioreqs), "msis": sum(v.msis() for v in self.vms),
-                "mmio_rtt_us": {"p50": mmio["p50"], "p99": mmio["p99"], "mean": mmio["mean"]},
-                "rtt_us_by_type": {k: percentiles(v) for k, v in rtt.items()},
+                "mmio_rtt_us": {"p50": mmio.get("p50", 0.0), "p99": mmio.get("p99", 0.0),
+                                "mean": mmio.get("mean", 0.0)},
+                "rtt_us_by_type": {k: v.summary() for k, v in rtt.items()},
+                # the histograms themselves: readers merge them exactly (percentiles cannot be averaged)
+                "ioreq_hist": {k: v.encode() for k, v in rtt.items()},
                 "resets": sum(v.resets for v in self.vms), "recoveries": sum(v.recoveries for v in self.vms),
                 "failures_by_reason": dict(sum((v.failure_reasons for v in self.vms), Counter())),
                 "seconds": round(elapsed, 3), "workloads_per_s": round(verified / elapsed, 1) if elapsed else 0.0,
@@ -459,10 +472,11 @@ class GuestService(BaseService):
 
     def stats(self) -> dict[str, Any]:
         """Cumulative counts plus this interval's workload latencies (the load report plots these)."""
-        lat: list[float] = []
+        lat = Histogram()
         for vm in self.vms:
-            lat.extend(vm.latencies)
-            vm.latencies.clear()
+            lat.add(vm.latencies)
+            vm.latencies = Histogram()
+        rtt = self._rtt()
         ioreqs: Counter[str] = Counter()
         for vm in self.vms:
             ioreqs.update(vm.ioreqs())
@@ -472,17 +486,9 @@ class GuestService(BaseService):
                 "failed": sum(v.failed for v in self.vms), "resets": sum(v.resets for v in self.vms),
                 "recoveries": sum(v.recoveries for v in self.vms), "ioreqs_by_type": dict(ioreqs),
                 "failures_by_reason": dict(sum((v.failure_reasons for v in self.vms), Counter())),
-                "rtt_us_by_type": {k: percentiles(v) for k, v in self._rtt().items()},
-                "workload_latency_ms": {k: (v / 1000 if k != "n" else v) for k, v in percentiles(lat).items()}}
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    """p50/p90/p99/mean of seconds, in microseconds (and the count)."""
-    if not samples:
-        return {"n": 0, "p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0}
-    s = sorted(samples)
-
-    def at(p: float) -> float:
-        return round(s[min(len(s) - 1, int(p * len(s)))] * 1e6, 1)
-
-    return {"n": len(s), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "mean": round(statistics.fmean(s) * 1e6, 1)}
+                "rtt_us_by_type": {k: v.summary() for k, v in rtt.items()},
+                "ioreq_hist": {k: v.encode() for k, v in rtt.items()},
+                "workload_latency_ms": lat.summary(scale=1000.0), "workload_hist": lat.encode(),
+                # per-VM progress by name (names survive resets and restarts): a load run tells a VM that
+                # came back after a fault from one that never did
+                "verified_by_vm": {v.name: v.verified for v in self.vms}}

@@ -446,6 +446,10 @@ class Gvt:
                               "policy": self.scheduler.policy.info()},
                 "display_by_vm": {str(v.vm): v.display.info() for v in self.vgpus.values()},
                 "figures_by_vm": {str(v.vm): v.figures.info() for v in self.vgpus.values()},
+                # per VM: time each engine held its workloads (ns, dispatch to completion) and workloads
+                # ended, cumulative (rates: `gvtsim top`)
+                "engines_by_vm": {str(v.vm): dict(v.engine_busy_ns) for v in self.vgpus.values()},
+                "workloads_by_vm": {str(v.vm): dict(v.workloads_ended) for v in self.vgpus.values()},
                 "failsafe": {str(v.vm): v.failsafe_reason.name for v in self.vgpus.values()
                              if v.failsafe and v.failsafe_reason is not None},
                 "ppgtt": {"enable_out_of_sync": self.ppgtt.enable_out_of_sync,

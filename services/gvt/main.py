@@ -8,11 +8,12 @@ import sys
 from ..common.gpu_profiles import PROFILES
 from ..common.service import common_args, env, mem_args, run_service
 from .service import GvtService
+from ..common.helptext import UserHelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags; every default comes from a GVTSIM_* environment variable."""
-    p = argparse.ArgumentParser(prog="gvtsim gvt", description=__doc__)
+    p = argparse.ArgumentParser(prog="gvtsim gvt", description=__doc__, formatter_class=UserHelpFormatter)
     common_args(p, "gvt")
     mem_args(p)
     p.add_argument("--bind", default=env("GVT_BIND", "tcp://127.0.0.1:5556"),

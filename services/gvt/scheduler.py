@@ -85,6 +85,7 @@ class Workload:
     pending_events: list[str] = field(default_factory=list)
     mmio_save_for: int | None = None  # the vGPU whose engine registers this workload's prologue saves
     busy_ns: int = 0
+    dispatched_at: float = 0.0  # scheduler clock when it went to the engine (engine occupancy, `gvtsim top`)
     status: str = "queued"
     pv: bool = False  # submitted through the PV shared page (no execlist emulation)
     pv_seq: int | None = None  # the slot's submit_seq, on the last element of a PV submission
@@ -448,6 +449,7 @@ class Scheduler:
         self.current[w.engine] = w
         self.inflight[w.id] = w
         w.status = "running"
+        w.dispatched_at = self.now
         el = vgpu.submission.execlists[w.engine]
         if w.emulate_schedule_in:
             el.schedule_in(w.ctx)
@@ -549,6 +551,8 @@ class Scheduler:
             self.current[w.engine] = None
         w.busy_ns = busy_ns
         w.vgpu.figures.workload_done(busy_ns)
+        # the engine was this vGPU's from dispatch to completion (what intel_gpu_top calls busy)
+        w.vgpu.engine_busy_ns[w.engine] += int(max(0.0, self.now - w.dispatched_at) * 1e9) if w.dispatched_at else 0
         if w.status == "abandoned":  # its vGPU was reset or destroyed meanwhile: nothing to report
             self.gvt.counters["workloads_abandoned"] += 1
             if kind == "ctx_complete" and status == 0:
@@ -579,6 +583,7 @@ class Scheduler:
         """complete_current_workload: write back the guest context, pending events, then schedule-out."""
         vgpu = w.vgpu
         w.status = "done"
+        vgpu.workloads_ended["completed"] += 1
         if vgpu.id not in self.gvt.vgpus:  # destroyed meanwhile
             return
         ctx = w.ring_ctx_gpa
@@ -624,6 +629,7 @@ class Scheduler:
         """A failed workload emulates a vGPU hang: no schedule-out, no interrupt, the engine's queue of
         that vGPU dropped (gvt-facts 5.1)."""
         w.status = "failed"
+        w.vgpu.workloads_ended["failed"] += 1
         dropped = self.queues.pop((w.vgpu.id, w.engine), deque())
         self.gvt.counters["workloads_failed"] += 1
         self.gvt.counters["workloads_dropped"] += len(dropped)

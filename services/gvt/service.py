@@ -23,6 +23,7 @@ import zmq.asyncio
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH, IoreqType
 from ...protocol.errors import ErrorCode
+from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
@@ -113,6 +114,8 @@ class GvtService(BaseService):
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects
         self._submits: dict[int, int] = {}  # ELSP_SUBMIT req -> workload tag
+        self._attaches: dict[int, int] = {}  # ATTACH_VGPU (attach) req -> VM, to settle a ctl create
+        self._attach_waiters: dict[int, asyncio.Future[str]] = {}  # VM -> vhm's answer ("" ok, else why)
         self.conns: dict[str, Connection] = {}
         self._sched: asyncio.TimerHandle | None = None
         self._results: list[m.IoreqResult] = []  # completions of this batch's dispatches
@@ -147,7 +150,11 @@ class GvtService(BaseService):
         """The scheduler's 1 ms hrtimer: a policy pass (balance every 100 ms), then dispatch."""
         self._sched = None
         try:
+            before = self.core.scheduler.policy.current
             self.core.scheduler.tick(time.monotonic())
+            if trace.on and self.core.scheduler.policy.current != before:
+                trace.instant("scheduler switch", "sched", vgpu_from=before,
+                              vgpu_to=self.core.scheduler.policy.current)
         except Exception as err:  # a bug must not stop the timer: counted and logged
             self.counters["internal_errors"] += 1
             self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
@@ -253,10 +260,19 @@ class GvtService(BaseService):
                 self.counters[f"effects_dropped_{peer}"] += 1
                 if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it
                     failed_submits.append((fields["tag"], str(err)))
+                if cls is m.AttachVgpu:  # no vhm to ask: the vGPU stands (it attaches when vhm comes)
+                    waiter = self._attach_waiters.pop(int(fields["vm"]), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result("")
                 continue
             self.counters[f"effects_sent_{peer}"] += 1
+            if trace.on and cls in (m.InjectMsi, m.ElspSubmit):
+                trace.instant("MSI inject" if cls is m.InjectMsi else "workload submit", "gpu",
+                              tid=int(fields.get("vm", 0)), **fields)
             if cls is m.ElspSubmit:
                 self._submits[req] = fields["tag"]
+            if cls is m.AttachVgpu and fields.get("attach"):
+                self._attaches[req] = fields["vm"]
             if len(self._sent) > 10_000:
                 self._sent.clear()
             self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
@@ -269,6 +285,11 @@ class GvtService(BaseService):
         req = getattr(msg, "req", -1)
         what = self._sent.pop((peer, req), None)
         tag = self._submits.pop(req, None) if peer == "pgpu" else None
+        attach_vm = self._attaches.pop(req, None) if peer == "vhm" else None
+        if attach_vm is not None:
+            waiter = self._attach_waiters.pop(attach_vm, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(f"{msg.code}: {msg.reason}" if isinstance(msg, m.Error) else "")
         if tag is not None and isinstance(msg, m.Error):
             self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}")
         if isinstance(msg, m.Error):
@@ -322,9 +343,33 @@ class GvtService(BaseService):
         pass
 
     async def on_message(self, session: Session, msg: m.Message) -> None:
+        fresh = isinstance(msg, m.VgpuCreate) and msg.vm not in self.core.by_vm
         reply = self.manage(msg, owner="ctl")
+        waiter: asyncio.Future[str] | None = None
+        if fresh and isinstance(reply, m.VgpuCreated):
+            waiter = self._attach_waiters[reply.vm] = asyncio.get_running_loop().create_future()
         await self._flush()
+        if waiter is not None and isinstance(reply, m.VgpuCreated):
+            reply = await self._settle_ctl_create(reply, waiter)
         await self.mgmt.send(session, reply)
+
+    async def _settle_ctl_create(self, reply: m.VgpuCreated, waiter: asyncio.Future[str]) -> m.Message:
+        """A ctl-created vGPU exists only if vhm attached it to the VM (MPT attach_vgpu): when vhm refuses
+        (no such VM) or does not answer, the vGPU is destroyed again and ctl gets the refusal."""
+        try:
+            why = await asyncio.wait_for(waiter, 3.0)
+        except TimeoutError:
+            why = "vhm did not answer the attach within 3 s"
+        finally:
+            self._attach_waiters.pop(reply.vm, None)
+        if not why:
+            return reply
+        self.counters["vgpu_create_attach_refused"] += 1
+        self.core.destroy_vgpu(reply.vm)
+        await self._flush()
+        return m.Error(code=ErrorCode.NO_SUCH_VM.value, req=reply.req, vm=reply.vm,
+                       reason=f"vhm refused to attach vGPU {reply.vgpu_id} to vm {reply.vm} ({why}); "
+                              f"the vGPU was destroyed again")
 
     async def on_lost(self, session: Session, reason: str) -> None:
         pass
@@ -334,8 +379,12 @@ class GvtService(BaseService):
         if isinstance(msg, m.IoreqDispatch):
             now = time.monotonic()
             handle = self.core.handle_ioreq
+            t0 = trace.now_us() if trace.on else 0.0
             self._results.extend(m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=handle(r, now))
                                  for r in msg.reqs)
+            if trace.on:
+                trace.complete("gvt emulate", "ioreq", t0, trace.now_us() - t0, ioreqs=len(msg.reqs),
+                               first=f"vm{msg.reqs[0].vm}/{msg.reqs[0].vcpu}/{msg.reqs[0].seq}" if msg.reqs else "")
         elif isinstance(msg, (m.Ok, m.Error)):
             self._effect_reply("vhm", msg)
         elif isinstance(msg, (m.VgpuCreate, m.VgpuDestroy, m.VgpuReset)):
@@ -437,6 +486,8 @@ class GvtService(BaseService):
             await self._flush()
         elif isinstance(msg, m.GpuEvent):
             self.counters[f"gpu_events_{msg.kind}"] += 1
+            if trace.on:
+                trace.instant(f"workload {msg.kind}", "gpu", engine=msg.engine, tag=msg.tag, busy_ns=msg.busy_ns)
             self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason,
                                              now=time.monotonic())
             await self._flush()  # guest context written back; MSIs and the next submission go out

@@ -88,6 +88,9 @@ class Vgpu:
         self.pv = PvState()  # the PV shared page, once the guest sets one up (pv.py)
         self.traps: Counter[str] = Counter()  # trapped accesses of this VM by kind (STATUS, the PV figures)
         self.msis_injected = 0
+        # figures `gvtsim top` shows (from STATUS): GPU time per engine and workloads ended, by how
+        self.engine_busy_ns: Counter[str] = Counter()
+        self.workloads_ended: Counter[str] = Counter()  # completed / failed
         self.cfg = CfgSpace(gvt.gpu, vm, self.emit)
         self.mmio = MmioState(gvt.mmio_snapshot)
         self.gtt = Ggtt(self)

@@ -9,13 +9,15 @@ import argparse
 import sys
 
 from ..common.gpu_profiles import PROFILES
+from ..common.helptext import UserHelpFormatter
 from ..common.service import common_args, env, mem_args, run_service
 from .service import PgpuService
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line flags (each defaults to a GVTSIM_* environment variable)."""
-    p = argparse.ArgumentParser(prog="gvtsim pgpu", description="physical GPU emulator (engines, GGTT, MMIO)")
+    p = argparse.ArgumentParser(prog="gvtsim pgpu", description="physical GPU emulator (engines, GGTT, MMIO)",
+                                formatter_class=UserHelpFormatter)
     common_args(p, "pgpu")
     mem_args(p)
     p.add_argument("--bind", default=env("PGPU_BIND", "tcp://127.0.0.1:5557"),

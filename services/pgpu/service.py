@@ -15,6 +15,7 @@ from typing import Any
 
 from ...protocol import messages as m
 from ...protocol.errors import ErrorCode
+from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
@@ -80,7 +81,8 @@ class PgpuService(BaseService):
         self.counters[f"sessions_{session.role}"] += 1
 
     async def on_lost(self, session: Session, reason: str) -> None:
-        self.log.info("gvt_lost", peer_id=session.id, reason=reason)
+        if session.role == "gvt":  # a probe's BYE is not a lost device model
+            self.log.info("gvt_lost", peer_id=session.id, reason=reason)
 
     async def on_message(self, session: Session, msg: m.Message) -> None:
         req = getattr(msg, "req", None)
@@ -121,6 +123,9 @@ class PgpuService(BaseService):
 
     def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message:
         self.core.submit(msg.engine, list(msg.descs), msg.tag, time.monotonic(), owner=session)
+        if trace.on:
+            trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
+                          engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
         self._wake[msg.engine].set()
         return m.Ok(req=msg.req)
 
@@ -161,5 +166,8 @@ class PgpuService(BaseService):
             return
         if ev.kind != "ctx_complete" and ev.kind != "user_interrupt":
             self.log.info("gpu_event", **{k: v for k, v in ev.fields().items() if k != "engine"}, engine=ev.engine)
+        if trace.on:
+            trace.instant(f"GPU {ev.kind}", "gpu", tid=ENGINES.index(ev.engine) if ev.engine in ENGINES else 0,
+                          **ev.fields())
         await self.server.send(session, m.GpuEvent(**ev.fields()))
         self.counters[f"events_sent_{ev.kind}"] += 1

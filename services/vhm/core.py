@@ -29,6 +29,7 @@ import msgspec
 from ...protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
+from ..common.histo import Histogram
 from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
 from .guest_memory import GuestMemory
 from .mpt import MptServices
@@ -87,6 +88,9 @@ class VhmCore(MptServices, ClientSessions):
         self.client_grace = client_grace
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.ioreq_counts: Counter[str] = Counter()  # by final type: pio, mmio, pci, wp
+        self.ioreqs_by_vm: dict[int, Counter[str]] = {}  # VM -> ioreqs by type (STATUS, `gvtsim top`)
+        self.ioreq_hist: dict[int, dict[str, Histogram]] = {}  # VM -> type -> dispatch-to-completion time
+        self.ioreq_hist_total: dict[str, Histogram] = {}  # the same over every VM, destroyed ones included
         self.vms: dict[int, Vm] = {}
         self.clients: dict[int, Client] = {}
         self._client_by_peer: dict[Peer, int] = {}
@@ -206,6 +210,7 @@ class VhmCore(MptServices, ClientSessions):
             req = cf.request
             slot.request = req  # rewritten in place to REQ_PCICFG, as VHM does
         self.ioreq_counts[IoreqType(req.kind).name.lower()] += 1
+        self.ioreqs_by_vm.setdefault(vm.id, Counter())[IoreqType(req.kind).name] += 1
         client = route(vm.ranges, vm.bdfs, req)
         if client is None or client not in self.clients:
             self.counters["ioreq_fallback"] += 1  # nobody claims it: the fallback client answers
@@ -222,14 +227,15 @@ class VhmCore(MptServices, ClientSessions):
         slot.complete(value)  # PENDING -> COMPLETE, the in-kernel fast path
         return Completed(vm.owner, vm.id, vcpu, vm.request_of(slot).seq, value)
 
-    def complete(self, client: int, results: list[m.IoreqResult]) -> list[Completed | Rejected]:
+    def complete(self, client: int, results: list[m.IoreqResult], now: float | None = None
+                 ) -> list[Completed | Rejected]:
         """A client's completions (IOREQ_COMPLETE). Each valid one moves its slot PROCESSING -> COMPLETE
         and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Rejected`
         for the client (the slot it names is not touched)."""
         out: list[Completed | Rejected] = []
         for r in results:
             try:
-                out.append(self._complete_one(client, r))
+                out.append(self._complete_one(client, r, now))
             except VhmError as err:
                 self.counters["stale_completions"] += 1
                 out.append(Rejected(err.code, err.reason, **err.keys))
@@ -238,7 +244,7 @@ class VhmCore(MptServices, ClientSessions):
                 out.append(Rejected(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
         return out
 
-    def _complete_one(self, client: int, r: m.IoreqResult) -> Completed:
+    def _complete_one(self, client: int, r: m.IoreqResult, now: float | None = None) -> Completed:
         keys = {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
         vm = self.vms.get(r.vm)
         if vm is None or r.vcpu >= vm.vcpus:
@@ -251,6 +257,11 @@ class VhmCore(MptServices, ClientSessions):
         value = r.value & all_ones(req.size) if req.dir == IoreqDir.READ else 0
         slot.complete(value)
         self.counters["ioreq_completed"] += 1
+        if now is not None:  # dispatch -> completion: the device model's service time, as the VM sees it
+            kind = IoreqType(req.kind).name
+            took = now - vm.dispatched_at[r.vcpu]
+            self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
+            self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
         return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
 
     def resume(self, vm_id: int, vcpu: int, seq: int) -> bool:
@@ -367,6 +378,8 @@ class VhmCore(MptServices, ClientSessions):
         vm.bdfs.clear()
         vm.page_tracks.clear()
         vm.dma_pins.clear()
+        self.ioreqs_by_vm.pop(vm.id, None)
+        self.ioreq_hist.pop(vm.id, None)
         self.counters["vms_destroyed"] += 1
         return Teardown(vm.id, vm.serial, failed, vgpu_client)
 
@@ -421,6 +434,11 @@ class VhmCore(MptServices, ClientSessions):
             "resident_mb": round(self.mem.resident_bytes() / (1 << 20), 1),
             "clients": [{"client": c.id, "name": c.name, "ready": c.ready} for c in self.clients.values()],
             "ioreqs": dict(self.ioreq_counts),
+            "ioreqs_by_vm": {str(k): dict(v) for k, v in self.ioreqs_by_vm.items() if k in self.vms},
+            "ioreq_latency_us_by_vm": {str(k): {t: h.summary() for t, h in v.items()}
+                                       for k, v in self.ioreq_hist.items() if k in self.vms},
+            # every VM's histograms added, per type (Prometheus buckets are made from these)
+            "ioreq_hist": {t: h.encode() for t, h in sorted(self.ioreq_hist_total.items())},
         }
 
 

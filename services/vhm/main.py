@@ -12,12 +12,13 @@ import argparse
 
 from ..common.service import common_args, env, mem_args, run_service
 from .service import VhmService
+from ..common.helptext import UserHelpFormatter
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """vhm's flags: the common ones, machine memory, the bind endpoint and a few limits."""
     p = argparse.ArgumentParser(prog="gvtsim vhm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     common_args(p, "vhm")
     mem_args(p)
     p.add_argument("--bind", default=env("VHM_BIND", "tcp://127.0.0.1:5555"),

@@ -28,6 +28,7 @@ import zmq.asyncio
 from ...protocol import ErrorCode
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH
+from ..common import trace
 from ..common.client import PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
@@ -245,6 +246,9 @@ class VhmService(BaseService):
                 chunk = reqs[i:i + MAX_BATCH]
                 self.counters["dispatch_batches"] += 1
                 self.counters["dispatch_ioreqs"] += len(chunk)
+                if trace.on:
+                    trace.instant("vhm dispatch", "ioreq", tid=cid, client=cid, ioreqs=len(chunk),
+                                  first=f"vm{chunk[0].vm}/{chunk[0].vcpu}/{chunk[0].seq}")
                 if not await self._send(client.peer, m.IoreqDispatch(reqs=chunk)):
                     break
 
@@ -434,7 +438,9 @@ class VhmService(BaseService):
         assert self.core is not None
         cid = session.data.get("client")
         assert cid is not None
-        for out in self.core.complete(cid, msg.reqs):
+        if trace.on:
+            trace.instant("vhm complete", "ioreq", tid=cid, client=cid, ioreqs=len(msg.reqs))
+        for out in self.core.complete(cid, msg.reqs, time.monotonic()):
             if isinstance(out, Completed):
                 await self._done(out)
             else:

@@ -61,8 +61,23 @@ def test_up_status_chaos_down(run_dir: str) -> None:
     assert rec["serving_s"] is not None  # the time is a figure (chaos reports it), not a timed assertion
     st = status(run_dir)
     gvt_after = next(s for s in st["services"] if s["name"] == "s1/gvt")
-    assert st["healthy"] and gvt_after["restarts"] == 1 and gvt_after["epoch"] != gvt_before["epoch"]
+    assert gvt_after["restarts"] == 1 and gvt_after["epoch"] != gvt_before["epoch"]
     assert not group_members(gvt_before["pid"])  # the old incarnation is gone
+    # the restarted gvt holds no vGPU for stack 1's idle VM: status must not call that healthy
+    assert not st["healthy"] and st["stacks"]["1"]["vgpus"] == 0 and st["stacks"]["1"]["vms"] >= 1
+    assert any("runs without a vGPU" in p and "gvtsim restart s1/guest" in p for p in st["problems"]), st["problems"]
+    text = gvtsim("status", "--run-dir", run_dir)
+    assert text.returncode == 1 and "NOT healthy" in text.stdout and "runs without a vGPU" in text.stdout
+    assert "None" not in text.stdout
+    # restarting the guest gives its VMs vGPUs again
+    r = gvtsim("restart", "s1/guest", "--run-dir", run_dir, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stderr
+    for _ in range(100):  # the new guest boots its VM after its ready line: poll status (an event would be in
+        st = status(run_dir)  # the guest's stdout, which status does not read)
+        if st["healthy"]:
+            break
+    assert st["healthy"], st["problems"]
+    assert st["stacks"]["1"]["vgpus"] == st["stacks"]["1"]["vms"] >= 1
 
     state = RunState.load(run_dir)
     assert state is not None
