@@ -27,6 +27,7 @@ import zmq.asyncio
 
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
+from ..services.common import curve
 from ..services.common.sockets import make_socket
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
@@ -51,6 +52,7 @@ async def call(endpoint: str, msg: m.Message, timeout: float = 3.0) -> m.Message
     ctx = zmq.asyncio.Context()
     sock = make_socket(ctx, zmq.DEALER)
     try:
+        curve.secure_client(sock, "ctl", "gvt")
         sock.connect(endpoint)
         async with asyncio.timeout(timeout):
             await sock.send(encode(m.Hello(role="ctl", id=f"ctl-{os.getpid()}", epoch=0, wire=WIRE_VERSION)))

@@ -18,14 +18,33 @@ import zmq.asyncio
 
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
+from ..services.common import curve
 from ..services.common.sockets import make_socket
 
 
-async def probe(endpoint: str, timeout: float = 2.0) -> m.StatusReply:
-    """One STATUS round trip to ``endpoint``. Raises TimeoutError or RuntimeError."""
+async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None) -> m.StatusReply:
+    """One STATUS round trip to ``endpoint``. Raises TimeoutError or RuntimeError.
+
+    With CURVE on, the probe must know the server's key: ``server`` names it (vhm, gvt, pgpu), else one probe
+    per server key runs at once and the first answer wins (a probe with the wrong server key gets none)."""
+    if server is None and curve.enabled():
+        servers = ("vhm", "gvt", "pgpu", "probe")
+        tasks = [asyncio.ensure_future(probe(endpoint, timeout, s)) for s in servers]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                try:
+                    return await fut
+                except (TimeoutError, RuntimeError, curve.CurveError) as err:
+                    last = err
+            raise last
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     ctx = zmq.asyncio.Context()
     sock = make_socket(ctx, zmq.DEALER)
     try:
+        curve.secure_client(sock, "probe", server or "probe")
         sock.connect(endpoint)
         async with asyncio.timeout(timeout):
             await sock.send(encode(m.Hello(role="probe", id=f"probe-{os.getpid()}", epoch=0, wire=WIRE_VERSION)))

@@ -9,6 +9,7 @@ import sys
 import time
 
 from .compose import ComposeError
+from ..services.common import curve
 from .launcher import DEFAULT_COMPOSE, LaunchError, default_run_dir, up
 from . import launcher
 
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="override replicas")
     p.add_argument("--no-guests", action="store_true", help="start vhm, pgpu and gvt only")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each service to become healthy")
+    p.add_argument("--insecure", action="store_true", default=curve.insecure_from_env(),
+                   help="CURVE off on every socket: debugging only, every service logs a loud warning [GVTSIM_INSECURE]")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--scale takes SERVICE=N")
     t0 = time.monotonic()
     try:
-        state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout)
+        state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout,
+                   insecure=args.insecure)
     except (LaunchError, ComposeError) as err:
         print(f"gvtsim up: {err}", file=sys.stderr)
         return 1
@@ -44,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for n, pr in state.procs.items():
             print(f"{n:<16} pid {pr.pid:<7} {pr.endpoint or ''}")
+        print("CURVE: OFF (--insecure): any local process can connect and claim any role" if args.insecure else
+              f"CURVE: on, keys in {state.curve_env().get(curve.ENV_KEYS, '?')}")
         print(f"up: {len(state.stacks)} stack(s), {len(state.procs)} processes in {summary['seconds']} s "
               f"(state in {state.run_dir})")
     return 0

@@ -20,6 +20,7 @@ import zmq.asyncio
 
 from ...protocol import DecodeError, ErrorCode, WIRE_VERSION, decode, encode
 from ...protocol import messages as m
+from . import curve
 from .liveness import HeartbeatConfig, Liveness
 from .sockets import make_socket
 
@@ -54,7 +55,7 @@ class Connection:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, *, role: str, ident: str, epoch: int,
                  hb: HeartbeatConfig, log: Any, counters: Counter[str] | None = None,
                  on_message: OnMessage | None = None, on_up: OnUp | None = None,
-                 on_down: OnDown | None = None, name: str = "") -> None:
+                 on_down: OnDown | None = None, name: str = "", server_role: str = "") -> None:
         self.ctx = ctx
         self.endpoint = endpoint
         self.role = role
@@ -67,6 +68,7 @@ class Connection:
         self.on_up = on_up
         self.on_down = on_down
         self.name = name or endpoint
+        self.server_role = server_role or (name if name in curve.KEY_NAMES else "probe")  # whose CURVE key to expect
         self.server_epoch: int | None = None
         self.server_id: str | None = None
         self.up = asyncio.Event()
@@ -159,6 +161,7 @@ class Connection:
         backoff = 0.05
         while not self._closing:
             self._sock = make_socket(self.ctx, zmq.DEALER, request_sender=True)
+            curve.secure_client(self._sock, self.role, self.server_role)
             self._sock.connect(self.endpoint)
             try:
                 ok = await self._handshake()

@@ -17,7 +17,9 @@ import zmq
 import zmq.asyncio
 
 from ...protocol import DecodeError, ErrorCode, WIRE_VERSION, decode, encode
+from ...protocol import authz
 from ...protocol import messages as m
+from . import curve
 from .liveness import HeartbeatConfig, Liveness
 from .sockets import make_socket
 
@@ -73,6 +75,7 @@ class RouterServer:
     async def start(self) -> str:
         """Bind and start serving. Returns the real endpoint (port resolved for ``tcp://host:*``)."""
         self.sock = make_socket(self.ctx, zmq.ROUTER)
+        curve.secure_server(self.sock, self.role, self.counters, self.log)
         self.sock.bind(self.bind_addr)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._tasks = [asyncio.create_task(self._recv_loop(), name=f"{self.role}-recv"),
@@ -88,6 +91,7 @@ class RouterServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.sock is not None:
             self.sock.close(linger=0)
+            curve.release_server(self.sock)
 
     # ------------------------------------------------------------------------------------------ send
     async def send(self, session: Session, msg: m.Message) -> bool:
@@ -171,7 +175,8 @@ class RouterServer:
         assert self.sock is not None
         while True:
             try:
-                frames = await self.sock.recv_multipart(copy=True)
+                raw = await self.sock.recv_multipart(copy=False)
+                frames = [f.bytes for f in raw]
             except asyncio.CancelledError:
                 raise
             except zmq.ZMQError as err:
@@ -180,7 +185,7 @@ class RouterServer:
                 await asyncio.sleep(0.01)
                 continue
             try:
-                await self._on_frames(frames)
+                await self._on_frames(frames, raw[-1] if raw else None)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # never let one message stop the service
@@ -189,7 +194,7 @@ class RouterServer:
                 if frames:
                     await self.reply_error(frames[0], ErrorCode.INTERNAL, f"{type(err).__name__}: {err}")
 
-    async def _on_frames(self, frames: list[bytes]) -> None:
+    async def _on_frames(self, frames: list[bytes], last: Any = None) -> None:
         if len(frames) != 2:
             self.counters["bad_framing"] += 1
             if frames:
@@ -210,7 +215,7 @@ class RouterServer:
             await self.reply_error(ident, ErrorCode.DECODE, str(err))
             return
         if isinstance(msg, m.Hello):
-            await self._on_hello(ident, msg, now)
+            await self._on_hello(ident, msg, now, curve.peer_key(last))
             return
         if session is None:
             if isinstance(msg, m.StatusRequest):  # health probes may skip HELLO
@@ -223,6 +228,8 @@ class RouterServer:
             self.counters["not_hello"] += 1
             await self.reply_error(ident, ErrorCode.NOT_HELLO, f"{type(msg).__name__} before HELLO",
                                    req=getattr(msg, "req", None))
+            return
+        if not await self._authorised(session, msg):
             return
         if isinstance(msg, m.Heartbeat):
             self.counters["heartbeats_in"] += 1
@@ -240,15 +247,43 @@ class RouterServer:
                 return
         await self.handler.on_message(session, msg)
 
+    async def _authorised(self, session: Session, msg: m.Message) -> bool:
+        """The one authorisation check (protocol/authz.py): role and ownership; a refusal is answered and counted."""
+        if self.role not in authz.SERVICES:
+            return True
+        owns = getattr(self.handler, "owns", None)
+        refusal = authz.check(self.role, session.role, msg,
+                              (lambda kind, vm: owns(session, kind, vm)) if owns is not None else None)
+        if refusal is None:
+            return True
+        self.counters["authz_refused"] += 1
+        self.counters[refusal.counter] += 1
+        self.log.warning("refused", peer_role=session.role, peer_id=session.id, code=refusal.code.value,
+                         reason=refusal.reason)
+        if refusal.answer:
+            await self.reply_error(session.ident, refusal.code, refusal.reason,  # echo the request's keys
+                                   **{k: getattr(msg, k) for k in ("req", "vm", "vcpu", "seq") if hasattr(msg, k)})
+        return False
+
     def _status(self, req: int) -> m.StatusReply:
         ready, info = self.handler.status()
         return m.StatusReply(req=req, role=self.role, id=self.ident, epoch=self.epoch, ready=ready,
                              counters=dict(self.counters), info=info)
 
-    async def _on_hello(self, ident: bytes, hello: m.Hello, now: float) -> None:
+    async def _on_hello(self, ident: bytes, hello: m.Hello, now: float, key: str | None = None) -> None:
         if hello.wire != WIRE_VERSION:
             await self.reply_error(ident, ErrorCode.WIRE_VERSION,
                                    f"wire version {hello.wire} not supported (this peer speaks {WIRE_VERSION})")
+            return
+        if self.role in authz.SERVICES and not authz.may_hello(self.role, hello.role):
+            self.counters["authz_refused"] += 1
+            self.counters["authz_refused_hello_" + hello.role] += 1
+            await self.reply_error(ident, ErrorCode.UNEXPECTED, f"{self.role} opens no session for role {hello.role}")
+            return
+        if not curve.may_claim(key, hello.role):
+            self.counters["curve_role_refused"] += 1
+            self.log.warning("role_not_bound_to_key", key=key, claimed_role=hello.role, peer_id=hello.id)
+            await self.reply_error(ident, ErrorCode.UNEXPECTED, f"the {key} key may not say HELLO as {hello.role}")
             return
         old = self.sessions.get(ident)
         if old is not None:

@@ -41,18 +41,44 @@ def test_bad_duration() -> None:
 def test_the_real_compose_file() -> None:
     topo = load_topology(COMPOSE, {})
     assert topo.project == "gvtsim"
-    assert topo.start_levels() == [["vhm"], ["pgpu"], ["gvt"], ["guest"]]
+    assert topo.start_levels() == [["keygen"], ["vhm"], ["pgpu"], ["gvt"], ["guest"]]
     assert topo.services["guest"].replicas == 2
-    assert topo.services["gvt"].depends_on == {"vhm": "service_healthy", "pgpu": "service_healthy"}
+    assert topo.services["gvt"].depends_on == {"keygen": "service_completed_successfully",
+                                               "vhm": "service_healthy", "pgpu": "service_healthy"}
     assert topo.services["vhm"].healthcheck is not None
     assert topo.services["vhm"].healthcheck.test == ("gvtsim", "health", "tcp://127.0.0.1:5555")
     assert topo.services["vhm"].healthcheck.interval == 2.0
-    assert topo.services["guest"].volumes == {"machine-memory": "/mem"}
+    assert topo.services["guest"].volumes == {"machine-memory": "/mem", "keys": "/keys"}
     assert topo.ports() == [5555, 5556, 5557]
     assert port_stride(topo) == 10
     scaled = load_topology(COMPOSE, {"GVTSIM_GUEST_REPLICAS": "5", "GVTSIM_VMS_PER_GUEST": "3"})
     assert scaled.services["guest"].replicas == 5
     assert scaled.services["guest"].environment["GVTSIM_VMS"] == "3"
+
+
+def test_curve_keys_in_the_compose_topology() -> None:
+    """keygen writes the keys once into the keys volume; every other service waits for it, mounts the volume
+    read-only and points GVTSIM_KEYS at it; natively the launcher makes the keys itself (no keygen process)."""
+    import yaml
+
+    topo = load_topology(COMPOSE, {})
+    keygen = topo.services["keygen"]
+    assert keygen.command == ("gvtsim", "keys", "/keys") and keygen.volumes == {"keys": "/keys"}
+    assert keygen.native == "launcher" and keygen.replicas == 1 and keygen.healthcheck is None
+    raw = yaml.safe_load(open(COMPOSE))
+    assert "keys" in raw["volumes"]
+    for name, svc in topo.services.items():
+        if name == "keygen":
+            continue
+        assert svc.depends_on.get("keygen") == "service_completed_successfully", name
+        assert svc.volumes.get("keys") == "/keys" and svc.environment["GVTSIM_KEYS"] == "/keys", name
+        assert "keys:/keys:ro" in raw["x-common"]["volumes"]
+        assert svc.environment["GVTSIM_INSECURE"] == "", name  # on unless GVTSIM_INSECURE is set
+    assert load_topology(COMPOSE, {"GVTSIM_INSECURE": "1"}).services["vhm"].environment["GVTSIM_INSECURE"] == "1"
+    layout = NativeLayout(port_offset=0, stride=10, shm_root="/dev/shm/gvtsim-x")
+    plan = native_plan(topo, [0], layout)
+    assert "s0/keygen" not in {p.name for p in plan}
+    assert all("keygen" not in p.depends_on for p in plan)
 
 
 def test_native_plan_gives_each_stack_its_ports_and_memory() -> None:
