@@ -31,6 +31,18 @@ This is the complete message catalogue. It is generated from `protocol/messages.
 * ROUTERs set `ROUTER_MANDATORY` (an unreachable peer is an error, not a silent drop); request senders set
   `IMMEDIATE` (no queueing for a peer that is not connected); every socket has `LINGER 0`.
 
+## Security (CURVE)
+
+Every socket runs ZeroMQ CURVE (RFC 26) by default. The topology has one keypair per service and per client
+role: `vhm`, `gvt`, `pgpu`, `guest`, `ctl`, `probe`, made by `gvtsim keys DIR` as pyzmq `zmq.auth` certificates
+(z85 text): `DIR/public/NAME.key` and `DIR/private/NAME.key_secret`. A server is a CURVE server with its own
+service's key; a client connects as a CURVE client with its role's key and the server's public key. Servers
+run a ZAP handler (RFC 27, domain `gvtsim`) that admits only the topology's public keys: a peer without one
+never completes the handshake and gets nothing back; the refusal is counted (`curve_denied`). A key may say
+`HELLO` only as the roles it is bound to (`vhm`, `gvt`, `pgpu`, `guest`: their own; `ctl`: `ctl` or
+`probe`; `probe`: `probe`); any other `HELLO` gets `ERROR unexpected` and is counted (`curve_role_refused`).
+`--insecure` (or `GVTSIM_INSECURE=1`) turns CURVE off for debugging; every process says so in its log.
+
 ## Encoding
 
 Every message is a **MessagePack map**. The key `"type"` holds the message name (the headings below); the other
