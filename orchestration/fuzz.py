@@ -106,6 +106,7 @@ class Report:
     own_probe_frames: int = 0
     still_serving: bool = False
     epoch_changed: bool = False
+    hang_detail: str = ""
 
     def accounting(self) -> dict[str, int]:
         """Frames the server counted in, against frames sent (exact when the fuzzer is the only peer)."""
@@ -127,7 +128,7 @@ class Report:
             "endpoint": self.endpoint, "service": self.service, "ok": self.ok, "messages": self.sent,
             "frames": self.frames, "seconds": round(self.seconds, 2),
             "rate_per_s": round(self.sent / self.seconds) if self.seconds else 0,
-            "hangs": self.hangs, "barriers": self.barriers, "sessions_opened": self.sessions_opened,
+            "hangs": self.hangs, "hang_detail": self.hang_detail, "barriers": self.barriers, "sessions_opened": self.sessions_opened,
             "hello_refused": self.hello_refused, "still_serving": self.still_serving,
             "service_restarted": self.epoch_changed, "accounting": self.accounting(),
             "server_counters": {k: self.server_after.get(k, 0) - self.server_before.get(k, 0) for k in keys},
@@ -325,8 +326,8 @@ class Fuzzer:
                 self._send(ws, wf)
             for s in self.sessions:
                 self._barrier(s)
-        except TimeoutError:
-            pass
+        except TimeoutError as err:  # a hang: counted (rep.hangs) and reported, the run stops here
+            rep.hang_detail = str(err)
         rep.seconds = time.monotonic() - t0
         for s in self.sessions:
             s.sock.close(0)

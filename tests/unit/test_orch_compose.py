@@ -43,7 +43,7 @@ def test_the_real_compose_file() -> None:
     assert topo.project == "gvtsim"
     assert topo.start_levels() == [["keygen"], ["vhm"], ["pgpu"], ["gvt"], ["guest"]]
     assert topo.services["guest"].replicas == 2
-    assert topo.services["gvt"].depends_on == {"keygen": "service_completed_successfully",
+    assert topo.services["gvt"].depends_on == {"keygen": "service_healthy",
                                                "vhm": "service_healthy", "pgpu": "service_healthy"}
     assert topo.services["vhm"].healthcheck is not None
     assert topo.services["vhm"].healthcheck.test == ("gvtsim", "health", "tcp://127.0.0.1:5555")
@@ -63,14 +63,15 @@ def test_curve_keys_in_the_compose_topology() -> None:
 
     topo = load_topology(COMPOSE, {})
     keygen = topo.services["keygen"]
-    assert keygen.command == ("gvtsim", "keys", "/keys") and keygen.volumes == {"keys": "/keys"}
-    assert keygen.native == "launcher" and keygen.replicas == 1 and keygen.healthcheck is None
+    assert keygen.command == ("gvtsim", "keys", "/keys", "--stay") and keygen.volumes == {"keys": "/keys"}
+    assert keygen.native == "launcher" and keygen.replicas == 1
+    assert keygen.healthcheck is not None and keygen.healthcheck.test == ("gvtsim", "keys", "/keys", "--check")
     raw = yaml.safe_load(open(COMPOSE))
     assert "keys" in raw["volumes"]
     for name, svc in topo.services.items():
         if name == "keygen":
             continue
-        assert svc.depends_on.get("keygen") == "service_completed_successfully", name
+        assert svc.depends_on.get("keygen") == "service_healthy", name
         assert svc.volumes.get("keys") == "/keys" and svc.environment["GVTSIM_KEYS"] == "/keys", name
         assert "keys:/keys:ro" in raw["x-common"]["volumes"]
         assert svc.environment["GVTSIM_INSECURE"] == "", name  # on unless GVTSIM_INSECURE is set
@@ -122,3 +123,22 @@ def test_translate_leaves_foreign_hosts_and_paths() -> None:
 def test_bad_topologies_are_refused_with_a_reason(doc: dict, match: str) -> None:
     with pytest.raises(ComposeError, match=match):
         parse_topology(doc, {})
+
+
+def test_gvtsim_keys_makes_keeps_and_checks(tmp_path) -> None:
+    import subprocess
+
+    from gvtsim.services.common import curve
+
+    d = str(tmp_path / "keys")
+    cli = [sys.executable, "-m", "gvtsim.orchestration", "keys", d]
+    assert subprocess.run([*cli, "--check"], capture_output=True, timeout=30).returncode == 1
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0 and '"created": ["vhm", "gvt", "pgpu", "guest", "ctl", "probe"]' in first.stdout
+    pub = open(os.path.join(d, "public", "guest.key")).read()
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert '"created": []' in again.stdout and open(os.path.join(d, "public", "guest.key")).read() == pub
+    assert subprocess.run([*cli, "--check"], capture_output=True, timeout=30).returncode == 0
+    assert oct(os.stat(os.path.join(d, "private", "guest.key_secret")).st_mode & 0o777) == "0o600"
+    keys = curve.Keys.load(d)
+    assert set(keys.public) == set(curve.KEY_NAMES) and keys.pair("ctl")[1] is not None
