@@ -86,9 +86,10 @@ async def pipe_control_oob(drv: VgpuDriver) -> dict[str, Any]:
 
 
 async def flush_dw_oob(drv: VgpuDriver) -> dict[str, Any]:
-    """MI_FLUSH_DW with a post-sync dword store outside the vGPU's graphics memory."""
+    """MI_FLUSH_DW (on BCS, where it is legal) with a post-sync dword store outside the vGPU's graphics memory."""
     t = _outside(drv)
-    return {**await _expect_hang(drv, cmds.flush_dw(t, MARK), f"MI_FLUSH_DW post-sync GGTT {t:#x}"), "gm": t}
+    out = await _expect_hang_on(drv, "bcs", cmds.flush_dw(t, MARK), f"MI_FLUSH_DW post-sync GGTT {t:#x}")
+    return {**out, "gm": t}
 
 
 async def blit_oob(drv: VgpuDriver) -> dict[str, Any]:

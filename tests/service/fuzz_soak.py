@@ -29,7 +29,7 @@ def main() -> int:
     curve.generate(keys)
     curve.configure(keys, insecure=False)
     env = {curve.ENV_KEYS: keys}
-    common = ["--mem-path", os.path.join(run, "machine.mem"), "--log-level", "error"]
+    common = ["--mem-path", os.path.join(run, "machine.mem"), "--log-level", "error", "--heartbeat-ivl", "2"]
     procs = []
 
     def start(argv: list[str], name: str) -> ServiceProc:
