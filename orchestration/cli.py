@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("gvtsim.orchestration.down", "stop every process `gvtsim up` started (no process left behind)"),
     "status": ("gvtsim.orchestration.status", "services, processes or containers, health, VMs, vGPUs [--json]"),
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
+    "keys": ("gvtsim.orchestration.keys", "make the topology's CURVE keys in DIR (gvtsim up and compose do it)"),
+    "fuzz": ("gvtsim.orchestration.fuzz", "send N schema-generated, mutated messages to a live service endpoint"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
 }
 

@@ -22,6 +22,7 @@ from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.service import BaseService
 from . import hostile
+from .integrity import Integrity
 from .cpu import GuestMachine, IoreqFailed
 from .i915 import DriverError, VgpuDriver
 from .pci import probe_gpu
@@ -312,6 +313,10 @@ class GuestService(BaseService):
             vm.reset_started = None
         vm.runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
         vm.driver.hang_timeout = self.args.hang_timeout
+        integrity = None
+        if getattr(self.args, "integrity", False):  # integrity.py: canary views, checked after the workloads
+            integrity = Integrity(vm.driver, seed=vm.vm_id)
+            emit(event="integrity_before", vm=vm.vm_id, name=vm.name, **await integrity.setup())
         if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
             emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
         engines = list(vm.driver.engines)
@@ -322,6 +327,8 @@ class GuestService(BaseService):
                     tg.create_task(self._vcpu_loop(vm, vm.runner, v, engines[v % len(engines)]))
         finally:
             vm.run_s += time.monotonic() - t_run
+        if integrity is not None:
+            emit(event="integrity_after", vm=vm.vm_id, name=vm.name, **await integrity.snapshot())
 
     async def _vcpu_loop(self, vm: GuestVm, runner: WorkloadRunner, vcpu: int, engine: str) -> None:
         """Run this vCPU's share of the workloads (or run until the deadline with ``--duration``). A
