@@ -1,7 +1,7 @@
 """``gvtsim bench``: measure and print figures (never pass/fail thresholds).
 
 Sections: the wire codec, machine memory access, the frame allocator, the vhm core (ioreq path), and the
-pgpu emulator (commands/s, blit MB/s). Each figure is the median of several repetitions; ``--json`` prints one JSON object.
+pgpu emulator (commands/s, blit MB/s), and e2e: ioreqs through real vhm and gvt processes, plain and with CURVE. Each figure is the median of several repetitions; ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -96,6 +96,13 @@ def bench_service(name: str) -> dict[str, Any]:
     return mod.run()
 
 
+def bench_e2e(n: int) -> dict[str, Any]:
+    """The ioreq path through real vhm and gvt processes, plain and with CURVE (orchestration/e2ebench.py)."""
+    from .e2ebench import run
+
+    return run(n=max(200, n))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
@@ -106,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                                        "topology against a raw relay")
     p.add_argument("--json", action="store_true")
     p.add_argument("-n", type=int, default=20000, help="operations per repetition")
-    p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu"], action="append")
+    p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu", "e2e"], action="append")
     args = p.parse_args(argv)
     sections = {"codec": lambda: bench_codec(args.n), "memory": lambda: bench_memory(args.n),
                 "allocator": lambda: bench_allocator(args.n // 10), "vhm": lambda: bench_service("vhm"),
-                "pgpu": lambda: bench_service("pgpu")}
+                "pgpu": lambda: bench_service("pgpu"), "e2e": lambda: bench_e2e(args.n // 10)}
     results = {name: fn() for name, fn in sections.items() if not args.only or name in args.only}
     if args.json:
         print(json.dumps(results))

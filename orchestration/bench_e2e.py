@@ -34,6 +34,7 @@ import zmq
 
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
+from ..services.common import curve
 from .hoststack import HostStack
 
 PVINFO_MAGIC_OFFSET = 0x78000  # i915_pvinfo.h: struct vgt_if at VGT_PVINFO_PAGE 0x78000
@@ -218,6 +219,7 @@ class TopologyClient:
         """A session, a VM with a vGPU, BAR0 at BAR0_GPA with memory decode on; its vCPUs."""
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(sock, "guest", "vhm")
         sock.connect(self.vhm)
         self.socks.append(sock)
         sock.send(encode(m.Hello(role="guest", id=f"bench-{name}-{os.getpid()}", epoch=time.time_ns() // 1000,
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         relay_worker(argv[1])
         return 0
     if argv[:1] == ["flooder"]:
-        print(json.dumps(_flooder(argv[1], int(argv[2]), float(argv[3]))), flush=True)
+        print(json.dumps(_flooder(argv[1], int(argv[2]), float(argv[3]), *argv[4:5])), flush=True)
         return 0
     if argv[:1] == ["boot-storm"]:
         ctx = zmq.Context()
@@ -410,13 +412,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ flood
-def _flooder(endpoint: str, n: int, seconds: float) -> dict[str, int]:
+def _flooder(endpoint: str, n: int, seconds: float, server: str = "probe") -> dict[str, int]:
     """Send ``n`` messages in ``seconds`` to ``endpoint`` without a session: valid STATUS and garbage,
     alternating; replies are read and thrown away (a flooder that never reads is only pushed back by HWM)."""
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 1000)
+    curve.secure_client(sock, "probe", server)  # CURVE on: the flooder holds a key (the probe's), as a guest would
     sock.connect(endpoint)
     status = encode(m.StatusRequest(req=1))
     garbage = [b"\xc1\xff garbage", msgspec.msgpack.encode({"type": "IOREQ", "vm": -1}), b"\x00" * 64]
@@ -468,6 +471,7 @@ def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, in
     for i in range(vms):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        curve.secure_client(s, "guest", "vhm")
         s.connect(vhm)
         s.send(encode(m.Hello(role="guest", id=f"storm{i}-{os.getpid()}", epoch=i + 1, wire=WIRE_VERSION)))
         socks.append(s)
@@ -533,10 +537,11 @@ def flood(stack: HostStack, per_service: int = 20_000, seconds: float = 10.0, st
         # flooders and the boot storm are separate processes: in this one they would share the probe's GIL
         me = [sys.executable, "-m", "gvtsim.orchestration.bench_e2e"]
         targets = {"vhm": stack.vhm.endpoint, "gvt": stack.gvt.endpoint, "pgpu": stack.pgpu.endpoint}
-        procs = {k: subprocess.Popen([*me, "flooder", ep, str(per_service), str(seconds)], stdout=subprocess.PIPE,
-                                     text=True) for k, ep in targets.items()}
+        env = {**os.environ, **stack.env}  # the stack's CURVE keys (or --insecure)
+        procs = {k: subprocess.Popen([*me, "flooder", ep, str(per_service), str(seconds), k], stdout=subprocess.PIPE,
+                                     text=True, env=env) for k, ep in targets.items()}
         procs["boot_storm"] = subprocess.Popen([*me, "boot-storm", stack.vhm.endpoint, str(storm_vms), "6"],
-                                               stdout=subprocess.PIPE, text=True)
+                                               stdout=subprocess.PIPE, text=True, env=env)
         say(f"flood: {per_service} messages in {seconds:g} s at each of {', '.join(targets)}; "
             f"{storm_vms} VMs booting at once")
         t_flood_end = time.monotonic() + seconds

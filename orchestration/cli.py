@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top": ("gvtsim.orchestration.top", "live view of every vGPU (busy %, ioreqs/s, latency): top [--once --json]"),
     "metrics": ("gvtsim.orchestration.metrics", "the run's Prometheus endpoints and a scrape config for them"),
     "chaos": ("gvtsim.orchestration.chaos", "fault injection: kill SERVICE [--restart-after S] | schedule"),
+    "keys": ("gvtsim.orchestration.keys", "make the topology's CURVE keys in DIR (gvtsim up and compose do it)"),
+    "fuzz": ("gvtsim.orchestration.fuzz", "send N schema-generated, mutated messages to a live service endpoint"),
     "load": ("gvtsim.orchestration.load", "run N concurrent VMs for S seconds and write a report (--report DIR)"),
     "swarm": ("gvtsim.orchestration.swarm", "host stacks on Docker Swarm: config | deploy | rm (docs/SWARM.md)"),
     "screen": ("gvtsim.orchestration.screen", "a VM's screen as a PNG (plane query + framebuffer read): VM [-o FILE]"),

@@ -60,6 +60,7 @@ class ServiceSpec:
     depends_on: Mapping[str, str]  # service -> condition (service_started | service_healthy | ...)
     replicas: int
     volumes: Mapping[str, str]  # volume name -> mount point in the container
+    native: str = "run"  # ``x-gvtsim-native``: "run" it natively, or "launcher" (the launcher does its job itself)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,8 @@ def parse_topology(doc: Any, env: Mapping[str, str], project: str = "gvtsim") ->
                                      environment=_environment(raw.get("environment"), name),
                                      healthcheck=_healthcheck(raw.get("healthcheck"), name),
                                      depends_on=_depends_on(raw.get("depends_on")), replicas=replicas,
-                                     volumes=_volumes(raw.get("volumes"), named))
+                                     volumes=_volumes(raw.get("volumes"), named),
+                                     native=str(raw.get("x-gvtsim-native", "run")))
     for s in services.values():
         unknown = set(s.depends_on) - set(services)
         if unknown:
@@ -320,6 +322,8 @@ def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, gues
         for level in topo.start_levels():
             for name in level:
                 svc = topo.services[name]
+                if svc.native == "launcher":  # e.g. keygen: the launcher makes the keys itself (with_keys)
+                    continue
                 count = (replicas or {}).get(name, svc.replicas)
                 if name in guest_services and not guests:
                     count = 0
@@ -337,5 +341,7 @@ def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, gues
                     hc = svc.healthcheck
                     out.append(ProcSpec(name=pname, stack=stack, service=name, replica=r, argv=_exec_argv(argv),
                                         env=env, health=_exec_argv(tuple(tr(a) for a in hc.test)) if hc else None,
-                                        healthcheck=hc, endpoint=bind, depends_on=dict(svc.depends_on)))
+                                        healthcheck=hc, endpoint=bind,
+                                        depends_on={d: c for d, c in svc.depends_on.items()
+                                                    if topo.services[d].native != "launcher"}))
     return out

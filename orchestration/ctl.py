@@ -57,7 +57,7 @@ async def call(endpoint: str, msg: m.Message, timeout: float = 3.0) -> m.Message
     """
     fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k != "req"}
     try:
-        return await one_call(endpoint, "ctl", type(msg), timeout=timeout, **fields)
+        return await one_call(endpoint, "ctl", type(msg), timeout=timeout, server="gvt", **fields)
     except RemoteError as err:
         raise CtlError(err.code, err.error.reason) from None
     except zmq.ZMQError as err:

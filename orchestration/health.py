@@ -17,29 +17,42 @@ import zmq
 import zmq.asyncio
 
 from ..protocol import messages as m
+from ..services.common import curve
 from ..services.common.client import Connection
 from ..services.common.helptext import UserHelpFormatter
 from ..services.common.liveness import HeartbeatConfig
 from ..services.common.service import new_epoch
 
 
-async def probe(endpoint: str, timeout: float = 2.0) -> m.StatusReply:
+async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None) -> m.StatusReply:
     """One STATUS round trip to ``endpoint`` over a session (HELLO as role ``probe``, STATUS, BYE).
-    Raises TimeoutError or RuntimeError."""
-    reply = await one_call(endpoint, "probe", m.StatusRequest, timeout=timeout)
+    Raises TimeoutError or RuntimeError.
+
+    With CURVE on, the probe must know the server's key: ``server`` names it (vhm, gvt, pgpu), else every
+    server key is tried at once and the first answer wins (a session with the wrong server key never opens)."""
+    reply = await one_call(endpoint, "probe", m.StatusRequest, timeout=timeout, server=server)
     assert isinstance(reply, m.StatusReply)
     return reply
 
 
+#: The server keys a call to an unnamed server tries (CURVE on): the one whose key the server has answers.
+SERVER_KEYS = ("vhm", "gvt", "pgpu", "probe")
+
+
 async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: float = 2.0,
-                   **fields: Any) -> m.Message:
+                   server: str | None = None, **fields: Any) -> m.Message:
     """Open a session to ``endpoint`` (the same session layer every service uses), make one call, close.
+
+    With CURVE on, ``server`` names the server's key; None tries every server key at once (SERVER_KEYS),
+    the first session that opens makes the call.
 
     Raises:
         TimeoutError: no session or no answer within ``timeout`` seconds (in all).
         zmq.ZMQError: a malformed endpoint (EINVAL).
         RemoteError: the answer was ERROR.
     """
+    if server is None and curve.enabled():
+        return await _any_server(endpoint, role, cls, timeout, fields)
     ctx = zmq.asyncio.Context()
     check = ctx.socket(zmq.DEALER)  # a malformed endpoint fails here (zmq.ZMQError EINVAL), not as a timeout
     try:
@@ -50,7 +63,7 @@ async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: f
     finally:
         check.close(linger=0)
     conn = Connection(ctx, endpoint, role=role, ident=f"{role}-{os.getpid()}", epoch=new_epoch(),
-                      hb=HeartbeatConfig(), log=_quiet)
+                      hb=HeartbeatConfig(), log=_quiet, server_role=server or "probe")
     conn.start()
     try:
         async with asyncio.timeout(timeout):
@@ -58,6 +71,28 @@ async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: f
             return await conn.request(cls, **fields)
     finally:
         await conn.close()
+        ctx.destroy(linger=0)
+
+
+async def _any_server(endpoint: str, role: str, cls: type[m.Message], timeout: float,
+                      fields: dict[str, Any]) -> m.Message:
+    """Open one session per server key at once; the first that is up makes the call, the others close."""
+    ctx = zmq.asyncio.Context()
+    conns = [Connection(ctx, endpoint, role=role, ident=f"{role}-{os.getpid()}-{s}", epoch=new_epoch(),
+                        hb=HeartbeatConfig(), log=_quiet, server_role=s) for s in SERVER_KEYS]
+    for c in conns:
+        c.start()
+    waits = [asyncio.ensure_future(c.up.wait()) for c in conns]
+    try:
+        async with asyncio.timeout(timeout):
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            conn = conns[waits.index(next(iter(done)))]
+            return await conn.request(cls, **fields)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
         ctx.destroy(linger=0)
 
 

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 
+from ..services.common import curve
 from .health import probe_sync
 from .procs import ServiceProc
 
@@ -33,9 +34,19 @@ class HostStack:
         self.common = ["--heartbeat-ivl", str(heartbeat), "--mem-path", self.mem]
         self.procs: list[ServiceProc] = []
         self.guests = 0
+        self.env = self._curve_env()
+
+    def _curve_env(self) -> dict[str, str]:
+        """CURVE on, as everywhere: the topology's keys from GVTSIM_KEYS, else made in this stack's directory."""
+        if curve.insecure_from_env():
+            return {curve.ENV_INSECURE: "1"}
+        keys_dir = os.environ.get(curve.ENV_KEYS) or os.path.join(self.run_dir, "keys")
+        curve.generate(keys_dir)
+        curve.configure(keys_dir, insecure=False)
+        return {curve.ENV_KEYS: keys_dir}
 
     def _start(self, argv: list[str], name: str) -> ServiceProc:
-        p = ServiceProc(argv, name=name)
+        p = ServiceProc(argv, name=name, env=self.env)
         self.procs.append(p)
         p.start()
         return p

@@ -23,13 +23,14 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import psutil
 
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
 from ..services.common.gpu_profiles import PROFILES, get_profile
+from ..services.common import curve
 from .health import probe
 
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -119,7 +120,22 @@ class RunState:
         except FileNotFoundError:
             return None
         procs = {n: ProcState(**p) for n, p in raw.pop("procs", {}).items()}
-        return cls(**{**raw, "run_dir": run_dir}, procs=procs)
+        state = cls(**{**raw, "run_dir": run_dir}, procs=procs)
+        state.use_keys()
+        return state
+
+    def curve_env(self) -> dict[str, str]:
+        """The CURVE part of this run's process environment (its keys directory, or insecure)."""
+        env = next((p.env for p in self.procs.values()), {})
+        return {k: env[k] for k in (curve.ENV_KEYS, curve.ENV_INSECURE) if k in env}
+
+    def use_keys(self) -> None:
+        """Talk to this run as its processes do: with its CURVE keys, or insecure if it runs so."""
+        env = self.curve_env()
+        if env.get(curve.ENV_INSECURE):
+            curve.configure(insecure=True)
+        elif env.get(curve.ENV_KEYS):
+            curve.configure(env[curve.ENV_KEYS], insecure=False)
 
     def save(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
@@ -362,7 +378,8 @@ async def start_procs(state: RunState, specs: list[ProcSpec], owner: str = "up",
 
 
 def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", guests: bool = True,
-       replicas: dict[str, int] | None = None, timeout: float = 30.0, gpu_profile: str = "real") -> RunState:
+       replicas: dict[str, int] | None = None, timeout: float = 30.0, gpu_profile: str = "real",
+       insecure: bool = False) -> RunState:
     """Bring ``stacks`` host stacks up as local processes and record them in ``run_dir``; every stack runs
     GPU profile ``gpu_profile`` (docs/GPU_PROFILES.md).
 
@@ -384,14 +401,28 @@ def up(compose_file: str, run_dir: str, stacks: int, port_offset: str = "auto", 
                          layout={"port_offset": offset, "stride": port_stride(topo), "shm_root": shm},
                          stacks=list(range(stacks)), profiles={str(k): gpu_profile for k in range(stacks)})
         state.save()
-    specs = native_plan(topo, state.stacks, state.native_layout, guests=guests, replicas=replicas,
-                        stack_env=state.stack_env(state.stacks))
+    specs = with_keys(run_dir, native_plan(topo, state.stacks, state.native_layout, guests=guests, replicas=replicas,
+                                           stack_env=state.stack_env(state.stacks)), insecure)
     try:
         asyncio.run(start_procs(state, specs, "up", timeout))
     except BaseException:
         down(run_dir)
         raise
     return RunState.load(run_dir) or state
+
+
+def with_keys(run_dir: str, specs: list[ProcSpec], insecure: bool = False) -> list[ProcSpec]:
+    """CURVE for a native run: the topology's keys in ``$GVTSIM_KEYS`` if set, else ``RUN_DIR/keys`` (made once,
+    kept across runs, as the compose topology's keygen service does), and every process pointed at them;
+    ``insecure`` turns CURVE off for every process instead (each logs a loud warning)."""
+    if insecure or curve.insecure_from_env():
+        extra = {curve.ENV_INSECURE: "1"}
+    else:
+        keys_dir = os.path.abspath(os.environ.get(curve.ENV_KEYS) or os.path.join(run_dir, "keys"))
+        curve.generate(keys_dir)
+        curve.configure(keys_dir, insecure=False)  # our own health probes
+        extra = {curve.ENV_KEYS: keys_dir}
+    return [replace(s, env={**s.env, **extra}) for s in specs]
 
 
 async def add_stacks(run_dir: str, count: int, timeout: float = 30.0, gpu_profile: str = "real") -> list[int]:
@@ -409,8 +440,10 @@ async def add_stacks(run_dir: str, count: int, timeout: float = 30.0, gpu_profil
         state.stacks += new
         state.profiles.update({str(k): gpu_profile for k in new})
         state.save()
-    await start_procs(state, native_plan(topo, new, state.native_layout, guests=False,
-                                         stack_env=state.stack_env(new)), "up", timeout)
+    await start_procs(state, with_keys(run_dir, native_plan(topo, new, state.native_layout, guests=False,
+                                                            stack_env=state.stack_env(new)),
+                                       bool(next((p.env for p in state.procs.values()), {}).get(curve.ENV_INSECURE))),
+                      "up", timeout)
     return new
 
 

@@ -141,7 +141,7 @@ class NativeGuests:
         vtype = ["--vgpu-types", plan.vgpu_type] if plan.vgpu_type else []
         spec = replace(base, name=name, replica=plan.index,
                        argv=(*base.argv, "--vms", str(plan.vms), *vtype, *guest_args),
-                       env={**base.env, "GVTSIM_ID": ident, "GVTSIM_NAME_PREFIX": f"{ident}-vm"})
+                       env={**base.env, **state.curve_env(), "GVTSIM_ID": ident, "GVTSIM_NAME_PREFIX": f"{ident}-vm"})
         proc = spawn(ProcState.from_spec(spec, self.run_dir, owner="load"))
         update_proc(self.run_dir, proc)
         self.procs[name] = proc

@@ -79,7 +79,13 @@ def wait_prefix(doc: Mapping[str, Any], service: str) -> list[str]:
     names = list(deps) if isinstance(deps, (list, dict)) else []
     ready = []
     for dep in names:
-        ep = _health_endpoint(doc["services"].get(dep) or {}, dep)
+        dep_svc = doc["services"].get(dep) or {}
+        ep = _health_endpoint(dep_svc, dep)
+        if ep is None and (dep_svc.get("healthcheck") or {}).get("test"):
+            # a healthcheck that is a local check (keygen's `gvtsim keys --check`), not an endpoint: nothing
+            # to wait for from here; a service that starts before its keys exist stops with a clear message
+            # and the swarm's restart policy starts it again
+            continue
         if ep is None:
             raise ComposeError(f"service {service}: depends on {dep}, which has no healthcheck endpoint to wait for")
         ready += ["--ready", ep]

@@ -21,6 +21,7 @@ import time
 
 from ..services.common.gpu_profiles import PROFILES
 from .compose import ComposeError
+from ..services.common import curve
 from .launcher import DEFAULT_COMPOSE, LaunchError, default_run_dir, up
 from ..services.common.helptext import UserHelpFormatter
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(simulated: 512 small vGPUs; docs/GPU_PROFILES.md) [GVTSIM_GPU_PROFILE or real]")
     p.add_argument("--no-guests", action="store_true", help="start vhm, pgpu and gvt only")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each service to become healthy")
+    p.add_argument("--insecure", action="store_true", default=curve.insecure_from_env(),
+                   help="CURVE off on every socket: debugging only, every service logs a loud warning [GVTSIM_INSECURE]")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     try:
         state = up(args.file, args.run_dir, args.stacks, args.port_offset, not args.no_guests, replicas, args.timeout,
-                   gpu_profile=args.gpu_profile)
+                   gpu_profile=args.gpu_profile, insecure=args.insecure)
     except (LaunchError, ComposeError) as err:
         print(f"gvtsim up: {err}", file=sys.stderr)
         return 1
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for n, pr in state.procs.items():
             print(f"{n:<16} pid {pr.pid:<7} {pr.endpoint or ''}")
+        print("CURVE: OFF (--insecure): any local process can connect and claim any role" if args.insecure else
+              f"CURVE: on, keys in {state.curve_env().get(curve.ENV_KEYS, '?')}")
         print(f"up: {len(state.stacks)} stack(s) of GPU profile {args.gpu_profile}, {len(state.procs)} processes in "
               f"{summary['seconds']} s "
               f"(state in {state.run_dir})")

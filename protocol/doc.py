@@ -12,6 +12,7 @@ import sys
 
 import msgspec.inspect as mi
 
+from . import authz
 from . import messages as m
 from .constants import MAX_BATCH, MAX_BLOB, MAX_MESSAGE, WIRE_VERSION
 
@@ -29,6 +30,18 @@ This is the complete message catalogue. It is generated from `protocol/messages.
   most **{MAX_BLOB} bytes**; batches carry at most **{MAX_BATCH}** ioreqs.
 * ROUTERs set `ROUTER_MANDATORY` (an unreachable peer is an error, not a silent drop); request senders set
   `IMMEDIATE` (no queueing for a peer that is not connected); every socket has `LINGER 0`.
+
+## Security (CURVE)
+
+Every socket runs ZeroMQ CURVE (RFC 26) by default. The topology has one keypair per service and per client
+role: `vhm`, `gvt`, `pgpu`, `guest`, `ctl`, `probe`, made by `gvtsim keys DIR` as pyzmq `zmq.auth` certificates
+(z85 text): `DIR/public/NAME.key` and `DIR/private/NAME.key_secret`. A server is a CURVE server with its own
+service's key; a client connects as a CURVE client with its role's key and the server's public key. Servers
+run a ZAP handler (RFC 27, domain `gvtsim`) that admits only the topology's public keys: a peer without one
+never completes the handshake and gets nothing back; the refusal is counted (`curve_denied`). A key may say
+`HELLO` only as the roles it is bound to (`vhm`, `gvt`, `pgpu`, `guest`: their own; `ctl`: `ctl` or
+`probe`; `probe`: `probe`); any other `HELLO` gets `ERROR unexpected` and is counted (`curve_role_refused`).
+`--insecure` (or `GVTSIM_INSECURE=1`) turns CURVE off for debugging; every process says so in its log.
 
 ## Encoding
 
@@ -108,6 +121,26 @@ ERROR_MEANINGS = {
     "timeout": "the request could not be served in time",
     "internal": "a bug in the answering service: it was logged and counted, and the service stays up",
 }
+
+
+AUTHZ_INTRO = """## Who may send what (authorisation)
+
+Every server checks each message against this table (generated from `protocol/authz.py`) before acting on it.
+A column names a receiver and lists the roles that may send the message there; `-` means nobody. A `HELLO`
+with a role the server opens no session for is answered `ERROR unexpected` (and the peer has no session: what
+follows gets `not_hello`). A message from a role not listed gets `ERROR unexpected`; a message naming a VM or
+vGPU that belongs to another connection gets `ERROR forged_id`. Both are counted (`authz_refused`,
+`authz_refused_role_<TYPE>`, `authz_refused_owner_<TYPE>` in STATUS counters). A refused answer (`OK`,
+`ERROR`...) is counted and never answered. With CURVE on (the default, see Security below) the role given in
+`HELLO` must also be one the peer's key is bound to.
+
+Ownership rules: `vm_creator` - `vm` must be a VM created by this connection (VM_CREATE); `device_model` -
+`vm` must have no device model yet or be served by this connection; `vgpu_creator` - if the VM has a vGPU, the
+sender's role must be the one that created it (vhm for the VMs it hosts, ctl for its own); `per_entry` - each
+entry of the batch is checked by the receiver (a completion must answer a request dispatched to this client,
+frames freed must be frames it allocated); `reply` - an answer must match a call the receiver made; `session`
+- session control; `none` - names nothing that belongs to anyone.
+"""
 
 
 def _type_str(t: mi.Type) -> tuple[str, str]:
@@ -197,6 +230,7 @@ def render() -> str:
     """The full text of docs/PROTOCOL.md."""
     out = [INTRO.rstrip("\n")]
     out += [f"| `{code}` | {text} |" for code, text in ERROR_MEANINGS.items()] + [""]
+    out += [AUTHZ_INTRO, authz.markdown(), ""]
     grouped = [c for _, cs in GROUPS for c in cs]
     rest = [c for c in m.ALL_MESSAGES if c not in grouped]
     groups = GROUPS + ([("Other messages", rest)] if rest else [])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,6 +397,9 @@ class ServerSessions:
         self.sessions: dict[bytes, Session] = {}
         self.calls = _Calls()  # keys (ident, req)
         self._sweep_at: float | None = None
+        #: Checked on every well-versioned HELLO before a session opens: an ERROR to send back instead (no
+        #: session is opened) or None (the server's authorisation of the claimed role, CURVE key binding).
+        self.gate_hello: Callable[[bytes, m.Hello], m.Error | None] | None = None
 
     def hello_ack(self) -> m.HelloAck:
         return m.HelloAck(role=self.role, id=self.ident, epoch=self.epoch, wire=WIRE_VERSION,
@@ -445,6 +449,11 @@ class ServerSessions:
         if hello.wire != WIRE_VERSION:
             return [self._err(ident, ErrorCode.WIRE_VERSION,
                               f"wire version {hello.wire} not supported (this peer speaks {WIRE_VERSION})")]
+        if self.gate_hello is not None:
+            refusal = self.gate_hello(ident, hello)
+            if refusal is not None:
+                self.counters[f"error_sent_{refusal.code}"] += 1
+                return [Send(refusal, ident)]
         out: list[Event] = []
         old = self.sessions.get(ident)
         if old is not None:

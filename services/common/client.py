@@ -24,6 +24,7 @@ from ...protocol import messages as m
 from ...protocol import session as ps
 from .liveness import HeartbeatConfig
 from .reactor import Frames, Reactor
+from . import curve
 from .sockets import make_socket
 
 
@@ -63,7 +64,8 @@ class Connection:
     def __init__(self, ctx: zmq.Context, endpoint: str, *, role: str, ident: str, epoch: int,
                  hb: HeartbeatConfig, log: Any, counters: Counter[str] | None = None,
                  on_message: OnMessage | None = None, on_up: OnUp | None = None,
-                 on_down: OnDown | None = None, name: str = "", after_batch: OnBatchEnd | None = None) -> None:
+                 on_down: OnDown | None = None, name: str = "", after_batch: OnBatchEnd | None = None,
+                 server_role: str = "") -> None:
         self.ctx = ctx
         self.endpoint = endpoint
         self.role = role
@@ -77,6 +79,7 @@ class Connection:
         self.on_down = on_down
         self.after_batch = after_batch
         self.name = name or endpoint
+        self.server_role = server_role or (name if name in curve.KEY_NAMES else "probe")  # whose CURVE key to expect
         self.session = ps.ClientSession(role, ident, epoch, hb.intervals, self.counters)
         self.up = asyncio.Event()
         self._sock: zmq.Socket | None = None
@@ -185,6 +188,7 @@ class Connection:
 
     def _new_socket(self) -> None:
         self._sock = make_socket(self.ctx, zmq.DEALER, request_sender=True)
+        curve.secure_client(self._sock, self.role, self.server_role)
         self._sock.connect(self.endpoint)
         self.reactor.attach(self._sock, MONITOR_EVENTS)
 

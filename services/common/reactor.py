@@ -43,8 +43,10 @@ class Reactor:
     def __init__(self, name: str, on_batch: Callable[[list[Frames]], Awaitable[None]],
                  on_timer: Callable[[float], Awaitable[None]], deadline: Callable[[], float | None],
                  on_monitor: Callable[[dict[str, Any]], Awaitable[None]] | None = None, log: Any = None,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, copy: bool = True) -> None:
         self.name = name
+        #: False: the socket's messages come as zmq.Frame lists (a server under CURVE reads the ZAP User-Id)
+        self.copy = copy
         self.on_batch, self.on_timer, self.deadline, self.on_monitor = on_batch, on_timer, deadline, on_monitor
         self.log = log
         self.batch = batch
@@ -173,9 +175,10 @@ class Reactor:
         message: a receive that finds a message queued does not touch the kernel)."""
         out: list[Frames] = []
         recv = sock.recv_multipart
+        copy = self.copy or sock is not self.sock
         try:
             while len(out) < limit:
-                out.append(recv(zmq.NOBLOCK))
+                out.append(recv(zmq.NOBLOCK, copy=copy))
         except zmq.Again:
             pass
         except zmq.ZMQError as err:  # closed under us or a libzmq error: report, never stop

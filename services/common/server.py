@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import zmq
 
-from ...protocol import ErrorCode, encode
+from ...protocol import ErrorCode, authz, encode
 from ...protocol import messages as m
 from ...protocol import session as ps
 from ...protocol.session import Session
+from . import curve
 from .liveness import HeartbeatConfig
 from .reactor import Frames, Reactor
 from .sockets import make_socket
@@ -41,6 +42,8 @@ PROBE_DELAYS = (0.01, 0.1, 0.5)
 LOG_BUDGET = 20
 #: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
 TRANSIENT_ROLES = frozenset({"probe", "ctl"})
+#: What :meth:`RouterServer._authorised` returns for a refusal that is not answered (dropped, only counted).
+_SILENT = m.Error(code=ErrorCode.UNEXPECTED.value, reason="refused")
 
 
 class SessionHandler(Protocol):
@@ -74,8 +77,9 @@ class RouterServer:
         self.core = ps.ServerSessions(role, ident, epoch, hb.intervals, counters)
         self.sock: zmq.Socket | None = None
         self.endpoint = ""
+        self._curve = curve.enabled()  # frames come as zmq.Frame: the HELLO gate reads the peer's ZAP User-Id
         self.reactor = Reactor(f"{role}-router", self._on_batch, self._on_timer, self._deadline,
-                               on_monitor=self._on_monitor, log=log)
+                               on_monitor=self._on_monitor, log=log, copy=not self._curve)
         self._pending: dict[tuple[bytes, int], asyncio.Future[m.Message]] = {}
         self._req = itertools.count(1)
         self._probe_at: list[float] = []
@@ -85,7 +89,10 @@ class RouterServer:
         self._deferred: list[ps.Event] = []
         #: The one place every decoded message from a session passes before its handler: a check returning
         #: an ERROR to send back (the message is then not handled) or None to let it through.
-        self.admit: Callable[[Session, m.Message], m.Error | None] | None = None
+        self.admit: Callable[[Session, m.Message], m.Error | None] | None = \
+            self._authorised if role in authz.SERVICES else None
+        self._peer_key: str | None = None  # the ZAP User-Id of the message being received (CURVE on)
+        self.core.gate_hello = self._gate_hello
 
     @property
     def sessions(self) -> dict[bytes, Session]:
@@ -93,7 +100,13 @@ class RouterServer:
 
     async def start(self) -> str:
         """Bind and start serving. Returns the real endpoint (port resolved for ``tcp://host:*``)."""
-        self.sock = make_socket(self.ctx, zmq.ROUTER)
+        sock = make_socket(self.ctx, zmq.ROUTER)
+        try:
+            curve.secure_server(sock, self.role, self.counters, self.log)
+        except BaseException:
+            sock.close(linger=0)  # no keys: the service stops with one clear line, nothing left open
+            raise
+        self.sock = sock
         self.sock.bind(self.bind_addr)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED)
@@ -108,6 +121,8 @@ class RouterServer:
             if not fut.done():
                 fut.cancel()
         await self.reactor.stop()
+        if self.sock is not None:
+            curve.release_server(self.sock)
 
     # ------------------------------------------------------------------------------------------ send
     def send_now(self, session: Session, msg: m.Message) -> bool:
@@ -237,28 +252,36 @@ class RouterServer:
 
     async def _on_batch(self, batch: list[Frames]) -> None:
         now = time.monotonic()
-        by_peer: dict[bytes, deque[Frames]] = {}
+        by_peer: dict[bytes, deque[tuple[bytes, bytes, str | None]]] = {}
         for frames in batch:
+            key = None
+            if frames and not isinstance(frames[-1], bytes):
+                # zmq.Frame lists (CURVE on): keep the key name the ZAP handler gave the sender with its message
+                key = curve.peer_key(frames[-1])
+                frames = [f.bytes for f in frames]
             if len(frames) != 2:
                 self.counters["bad_framing"] += 1
                 if frames:
                     await self.reply_error(frames[0], ErrorCode.DECODE,
                                            f"expected 1 payload frame, got {len(frames) - 1}")
                 continue
+            item = (frames[0], frames[1], key)
             q = by_peer.get(frames[0])
             if q is None:
-                by_peer[frames[0]] = deque([frames])
+                by_peer[frames[0]] = deque([item])
             else:
-                q.append(frames)
+                q.append(item)
         if len(by_peer) == 1:
-            for ident, payload in by_peer.popitem()[1]:
+            for ident, payload, key in by_peer.popitem()[1]:
+                self._peer_key = key
                 await self._handle(self.core.receive(ident, payload, now), ident)
         else:
             queues = list(by_peer.values())
             first = True
             while queues:  # round-robin across peers, each peer's order kept
                 for q in queues:
-                    ident, payload = q.popleft()
+                    ident, payload, key = q.popleft()
+                    self._peer_key = key
                     await self._handle(self.core.receive(ident, payload, now), ident)
                 queues = [q for q in queues if q]
                 if first and queues and self._after_batch is not None:
@@ -268,6 +291,41 @@ class RouterServer:
                     await self._after_batch()
         if self._after_batch is not None:
             await self._after_batch()
+
+    # ---------------------------------------------------------------------------------- authorisation
+    def _gate_hello(self, ident: bytes, hello: m.Hello) -> m.Error | None:
+        """Before a session opens: may this service open one for the claimed role (protocol/authz.py), and
+        may the peer's CURVE key claim it (the ZAP handler named the key; services/common/curve.py)."""
+        if self.role in authz.SERVICES and not authz.may_hello(self.role, hello.role):
+            self.counters["authz_refused"] += 1
+            self.counters["authz_refused_hello_" + hello.role] += 1
+            return m.Error(code=ErrorCode.UNEXPECTED.value,
+                           reason=f"{self.role} opens no session for role {hello.role}"[:1024])
+        key = self._peer_key
+        if not curve.may_claim(key, hello.role):
+            self.counters["curve_role_refused"] += 1
+            self.log.warning("role_not_bound_to_key", key=key, claimed_role=hello.role, peer_id=hello.id)
+            return m.Error(code=ErrorCode.UNEXPECTED.value,
+                           reason=f"the {key} key may not say HELLO as {hello.role}"[:1024])
+        return None
+
+    def _authorised(self, session: Session, msg: m.Message) -> m.Error | None:
+        """The one authorisation check (protocol/authz.py): role and ownership; a refusal is counted, logged
+        and answered (an ERROR echoing the request's keys), or dropped silently when the table says so."""
+        owns = getattr(self.handler, "owns", None)
+        refusal = authz.check(self.role, session.role, msg,
+                              (lambda kind, vm: owns(session, kind, vm)) if owns is not None else None)
+        if refusal is None:
+            return None
+        self.counters["authz_refused"] += 1
+        self.counters[refusal.counter] += 1
+        self.log.warning("refused", peer_role=session.role, peer_id=session.id, code=refusal.code.value,
+                         reason=refusal.reason)
+        if not refusal.answer:
+            return _SILENT
+        self.counters[f"error_sent_{refusal.code.value}"] += 1
+        return m.Error(code=refusal.code.value, reason=refusal.reason[:1024],
+                       **{k: getattr(msg, k) for k in ("req", "vm", "vcpu", "seq") if hasattr(msg, k)})
 
     def _dispatch_now(self, events: list[ps.Event]) -> None:
         """Events produced outside the reactor's own turn (a send that found the peer gone): the reactor runs
@@ -295,7 +353,8 @@ class RouterServer:
             if self.admit is not None:
                 refusal = self.admit(session, ev.msg)
                 if refusal is not None:
-                    self.send_now(session, refusal)
+                    if refusal is not _SILENT:
+                        self.send_now(session, refusal)
                     return
             await self.handler.on_message(session, ev.msg)
         elif t is ps.Send:

@@ -29,6 +29,7 @@ import uvloop
 import zmq
 import zmq.asyncio
 
+from . import curve
 from . import log as logmod
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, HeartbeatConfig
 
@@ -59,6 +60,10 @@ def common_args(parser: argparse.ArgumentParser, role: str) -> argparse.Argument
                    help="serve Prometheus metrics at http://HOST:PORT/metrics; port 0 picks one [GVTSIM_METRICS, off]")
     g.add_argument("--trace", default=env("TRACE", ""), metavar="FILE",
                    help="record ioreq-path trace events (Chrome trace-event JSON lines) into FILE [GVTSIM_TRACE, off]")
+    g.add_argument("--keys", default=None, help="the topology's CURVE keys directory (made by `gvtsim keys`) "
+                   "[GVTSIM_KEYS, else GVTSIM_RUN_DIR/keys or .gvtsim/run/keys]")
+    g.add_argument("--insecure", action="store_true", default=None,
+                   help="CURVE off: no authentication, no encryption (debugging only) [GVTSIM_INSECURE=1]")
     return parser
 
 
@@ -83,6 +88,7 @@ class BaseService:
         self.hb = HeartbeatConfig(args.heartbeat_ivl, args.liveness)
         self.counters: Counter[str] = Counter()
         self.log = logmod.configure(self.role, self.ident, args.log_level)
+        curve.configure(getattr(args, "keys", None), getattr(args, "insecure", None), log=self.log)
         self.started = time.monotonic()
 
     async def start(self) -> dict[str, Any]:

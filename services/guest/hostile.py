@@ -71,8 +71,55 @@ async def foreign_pte(drv: VgpuDriver) -> dict[str, Any]:
             "pte_read_back": await drv.gem.read_pte(gm), "seconds": round(time.monotonic() - t0, 3)}
 
 
+def _outside(drv: VgpuDriver) -> int:
+    """A graphics address outside this vGPU's slices: the host's own low GM (another VM's or the host's)."""
+    target = 0x2000
+    mbase, msize, ubase, usize = drv.balloon
+    assert not (mbase <= target < mbase + msize or ubase <= target < ubase + usize)
+    return target
+
+
+async def pipe_control_oob(drv: VgpuDriver) -> dict[str, Any]:
+    """PIPE_CONTROL with a post-sync QW write to a GGTT address outside the vGPU's graphics memory."""
+    t = _outside(drv)
+    return {**await _expect_hang(drv, cmds.pipe_control(t, MARK), f"PIPE_CONTROL post-sync GGTT {t:#x}"), "gm": t}
+
+
+async def flush_dw_oob(drv: VgpuDriver) -> dict[str, Any]:
+    """MI_FLUSH_DW (on BCS, where it is legal) with a post-sync dword store outside the vGPU's graphics memory."""
+    t = _outside(drv)
+    out = await _expect_hang_on(drv, "bcs", cmds.flush_dw(t, MARK), f"MI_FLUSH_DW post-sync GGTT {t:#x}")
+    return {**out, "gm": t}
+
+
+async def blit_oob(drv: VgpuDriver) -> dict[str, Any]:
+    """XY_COLOR_BLT whose destination is outside the vGPU's graphics memory (on BCS)."""
+    t = _outside(drv)
+    out = await _expect_hang_on(drv, "bcs", cmds.color_blt(t, 64, 16, 4, MARK), f"XY_COLOR_BLT dst {t:#x}")
+    return {**out, "gm": t}
+
+
+async def bb_start_foreign(drv: VgpuDriver) -> dict[str, Any]:
+    """MI_BATCH_BUFFER_START chaining into graphics memory outside the vGPU (another VM's or the host's)."""
+    t = _outside(drv)
+    return {**await _expect_hang(drv, cmds.batch_buffer_start(t), f"MI_BATCH_BUFFER_START {t:#x}"), "gm": t}
+
+
+async def _expect_hang_on(drv: VgpuDriver, engine: str, commands: list[int], what: str) -> dict[str, Any]:
+    t0 = time.monotonic()
+    if engine not in drv.engines:
+        engine = ENGINE
+    try:
+        await drv.submit(engine, commands + [cmds.MI_USER_INTERRUPT], wait_user_irq=True)
+    except DriverError as err:
+        return {"what": what, "hang": True, "error": str(err), "seconds": round(time.monotonic() - t0, 3)}
+    return {"what": what, "hang": False, "seconds": round(time.monotonic() - t0, 3)}
+
+
 ATTACKS: dict[str, Callable[[VgpuDriver], Awaitable[dict[str, Any]]]] = {
     "lri": lri_off_whitelist, "update_gtt": update_gtt, "ggtt_oob": ggtt_oob_store, "foreign_pte": foreign_pte,
+    "pipe_control_oob": pipe_control_oob, "flush_dw_oob": flush_dw_oob, "blit_oob": blit_oob,
+    "bb_start_foreign": bb_start_foreign,
 }
 
 

@@ -287,7 +287,7 @@ class VgpuDriver:
                 await self._set_ring(c.context, head=0, tail=0, vcpu=vcpu)
                 c.tail = 0
             await self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
-            c.tail += len(data)
+            c.tail = (c.tail + len(data)) % RING_SIZE  # intel_ring_wrap: a ring filled to its end goes on at 0
             await self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
             loop = asyncio.get_running_loop()
             e.pending = loop.create_future()

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile", default=env("HOSTILE", ""), choices=["", *sorted(ATTACKS)],
                    help="after boot, try one attack on GVT (hostile.py) and report it as a 'hostile' event "
                         "[GVTSIM_HOSTILE]")
+    p.add_argument("--integrity", action="store_true", default=env("INTEGRITY", "") in ("1", "true", "yes"),
+                   help="keep canary pages and checksum their RAM, GGTT and PPGTT views before and after the "
+                        "workloads (events integrity_before / integrity_after) [GVTSIM_INTEGRITY]")
     p.add_argument("--recover", action="store_true", default=env("RECOVER", "") in ("1", "true", "yes"),
                    help="on a GPU reset (hang, device model or GPU gone) re-create the VM and go on [GVTSIM_RECOVER]")
     p.add_argument("--stats-interval", type=float, default=float(env("STATS_INTERVAL", "0")),

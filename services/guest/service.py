@@ -23,6 +23,7 @@ from ..common.histo import Histogram
 from ..common.memory import MachineMemory
 from ..common.service import BaseService
 from . import hostile
+from .integrity import Integrity
 from .cpu import GuestMachine, IoreqFailed
 from .display import DisplayError, GuestDisplay
 from .i915 import DriverError, VgpuDriver
@@ -347,6 +348,10 @@ class GuestService(BaseService):
         if vm.display is not None:
             vm.display_task = self._spawn(self._display_loop(vm, vm.display))
         vm.driver.hang_timeout = self.args.hang_timeout
+        integrity = None
+        if getattr(self.args, "integrity", False):  # integrity.py: canary views, checked after the workloads
+            integrity = Integrity(vm.driver, seed=vm.vm_id)
+            emit(event="integrity_before", vm=vm.vm_id, name=vm.name, **await integrity.setup())
         if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
             emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
         engines = list(vm.driver.engines)
@@ -357,6 +362,8 @@ class GuestService(BaseService):
                     tg.create_task(self._vcpu_loop(vm, vm.runner, v, engines[v % len(engines)]))
         finally:
             vm.run_s += time.monotonic() - t_run
+        if integrity is not None:
+            emit(event="integrity_after", vm=vm.vm_id, name=vm.name, **await integrity.snapshot())
 
     async def _vcpu_loop(self, vm: GuestVm, runner: WorkloadRunner, vcpu: int, engine: str) -> None:
         """Run this vCPU's share of the workloads (or run until the deadline with ``--duration``). A

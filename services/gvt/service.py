@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from ...protocol import authz
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH, IoreqType
 from ...protocol.errors import ErrorCode
@@ -342,6 +343,14 @@ class GvtService(BaseService):
     async def on_hello(self, session: Session) -> None:
         pass
 
+    def owns(self, session: Session | None, kind: authz.Owner, vm: int) -> bool | None:
+        """Ownership for the authorisation table: a vGPU belongs to the role that created it (vhm for the VMs
+        it hosts, ctl for its own); None when the VM has no vGPU."""
+        vgpu = self.core.vgpu_for_vm(vm)
+        if vgpu is None or kind is not authz.Owner.VGPU_CREATOR:
+            return None
+        return vgpu.owner == (session.role if session is not None else "vhm")
+
     async def on_message(self, session: Session, msg: m.Message) -> None:
         fresh = isinstance(msg, m.VgpuCreate) and msg.vm not in self.core.by_vm
         reply = self.manage(msg, owner="ctl")
@@ -389,6 +398,12 @@ class GvtService(BaseService):
             self._effect_reply("vhm", msg)
         elif isinstance(msg, (m.VgpuCreate, m.VgpuDestroy, m.VgpuReset)):
             await self._after_batch()  # earlier ioreqs of this batch complete first, in order
+            refusal = authz.check("gvt", "vhm", msg, lambda kind, vm: self.owns(None, kind, vm))
+            if refusal is not None:
+                self.counters["authz_refused"] += 1
+                self.counters[refusal.counter] += 1
+                await self._send("vhm", m.Error(code=refusal.code.value, reason=refusal.reason, req=msg.req, vm=msg.vm))
+                return
             reply = self.manage(msg, owner="vhm")
             await self._flush()
             await self._send("vhm", reply)

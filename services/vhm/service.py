@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq.asyncio
 
-from ...protocol import ErrorCode
+from ...protocol import ErrorCode, authz
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH
 from ..common import trace
@@ -168,6 +168,19 @@ class VhmService(BaseService):
             for td in self.core.guest_lost(session):
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
+
+    def owns(self, session: Session, kind: authz.Owner, vm_id: int) -> bool | None:
+        """Ownership for the authorisation table: a VM belongs to the guest connection that created it and
+        to the device model that serves its vGPU (None: no such VM, the core answers no_such_vm)."""
+        assert self.core is not None
+        vm = self.core.vms.get(vm_id)
+        if vm is None:
+            return None
+        if kind is authz.Owner.VM_CREATOR:
+            return vm.owner is session
+        if kind is authz.Owner.DEVICE_MODEL:
+            return vm.dm is None or vm.dm == session.data.get("client")
+        return None
 
     async def on_message(self, session: Session, msg: m.Message) -> None:
         """Route a message by the sender's role and the message type (ROLE_HANDLERS)."""

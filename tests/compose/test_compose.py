@@ -93,9 +93,29 @@ def test_up_status(topology: None) -> None:
     by_service = {}
     for s in st["services"]:
         by_service.setdefault(s["service"], []).append(s)
-    assert sorted(by_service) == ["guest", "gvt", "pgpu", "vhm"]
+    assert sorted(by_service) == ["guest", "gvt", "keygen", "pgpu", "vhm"]
     assert len(by_service["guest"]) == 2  # deploy.replicas
     assert st["stacks"]["0"]["vgpus"] >= 1  # the guest replicas' VMs got vGPUs
+
+
+def test_curve_is_on(topology: None) -> None:
+    """Every service runs CURVE with the keygen's keys: a probe whose own key is not the topology's gets no
+    answer (and vhm's ZAP handler counts it), a plain probe gets none either, the topology's probe key does."""
+    foreign = ("rm -rf /tmp/f && gvtsim keys /tmp/f >/dev/null && cp /keys/public/vhm.key /tmp/f/public/ && "
+               "GVTSIM_KEYS=/tmp/f gvtsim health tcp://127.0.0.1:5555 --timeout 2")
+    r = run(*COMPOSE, "exec", "-T", "vhm", "sh", "-c", foreign, timeout=60)
+    assert r.returncode == 1 and "unhealthy" in r.stderr, (r.stdout, r.stderr)
+    plain = run(*COMPOSE, "exec", "-T", "-e", "GVTSIM_INSECURE=1", "vhm", "gvtsim", "health", "tcp://127.0.0.1:5555",
+                "--timeout", "2", timeout=60)
+    assert plain.returncode == 1, plain.stdout
+    ok = run(*COMPOSE, "exec", "-T", "vhm", "gvtsim", "health", "tcp://127.0.0.1:5555", "--json", timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    counters = json.loads(ok.stdout)["counters"]
+    assert counters.get("curve_denied", 0) >= 1 and counters.get("curve_admitted", 0) >= 1, counters
+    for svc in ("vhm", "gvt", "pgpu", "guest"):  # the keys are mounted read-only in every service
+        assert run(*COMPOSE, "exec", "-T", svc, "sh", "-c", "touch /keys/x", timeout=60).returncode != 0, svc
+    logs = run(*COMPOSE, "logs", "--no-color", "vhm", timeout=60).stdout
+    assert "CURVE IS OFF" not in logs
 
 
 def test_load_verifies(topology: None) -> None:

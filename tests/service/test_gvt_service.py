@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from collections import Counter
+
+from gvtsim.services.common import curve
 import zmq
 import zmq.asyncio
 from support.procs import ServiceProc
@@ -105,6 +108,7 @@ class FakePeer:
     def __init__(self, ctx: zmq.asyncio.Context, role: str, auto: dict[type, Any], epoch: int = 1) -> None:
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        curve.secure_server(self.sock, role, Counter())  # gvt connects with CURVE: play the server's part
         self.sock.bind("tcp://127.0.0.1:*")
         self.epoch = epoch
         self.silent = False  # True: play dead (no heartbeats) until the client re-HELLOs
@@ -142,6 +146,7 @@ class FakePeer:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         self.sock.close(linger=0)
+        curve.release_server(self.sock)
 
 
 async def wait_status(endpoint: str, pred: Any, timeout: float = 10.0) -> dict[str, Any]:

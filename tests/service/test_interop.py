@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgpack
 import pytest
 import zmq
@@ -11,6 +13,14 @@ from support.procs import ServiceProc
 pytestmark = pytest.mark.service
 
 
+def _key(path: str, which: str) -> bytes:
+    for line in open(path):
+        k, _, v = line.strip().partition("=")
+        if k.strip() == which:
+            return v.strip().strip('"').encode()
+    raise KeyError(which)
+
+
 def test_plain_msgpack_client_follows_the_document():
     server = ServiceProc(["server", "--bind", "tcp://127.0.0.1:*"], module="gvtsim.services.common.echo")
     server.start()
@@ -18,6 +28,11 @@ def test_plain_msgpack_client_follows_the_document():
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 5000)
+    # CURVE as docs/PROTOCOL.md says: the topology's key files are zmq.auth certificates (z85 text)
+    keys = os.environ["GVTSIM_KEYS"]
+    sock.curve_serverkey = _key(f"{keys}/public/probe.key", "public-key")
+    sock.curve_publickey = _key(f"{keys}/private/probe.key_secret", "public-key")
+    sock.curve_secretkey = _key(f"{keys}/private/probe.key_secret", "secret-key")
     try:
         sock.connect(server.endpoint)
         sock.send(msgpack.packb({"type": "HELLO", "role": "probe", "id": "doc-client", "epoch": 42, "wire": 1}))

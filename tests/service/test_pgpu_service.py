@@ -47,7 +47,8 @@ async def connect(endpoint: str, events: asyncio.Queue | None = None) -> tuple[z
 
     ctx = zmq.asyncio.Context()
     conn = Connection(ctx, endpoint, role="gvt", ident=f"test-gvt-{os.getpid()}", epoch=time.time_ns(),
-                      hb=HeartbeatConfig(0.2, 5), log=structlog.get_logger(), on_message=on_message)
+                      hb=HeartbeatConfig(0.2, 5), log=structlog.get_logger(), on_message=on_message,
+                      server_role="pgpu")
     conn.start()
     await conn.wait_up(5)
     return ctx, conn

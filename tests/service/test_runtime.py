@@ -11,6 +11,8 @@ import time
 
 import msgspec
 import pytest
+
+from gvtsim.services.common import curve
 import zmq
 import zmq.asyncio
 
@@ -104,6 +106,7 @@ async def test_bad_input_gets_error_replies_and_counters(procs):
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    curve.secure_client(sock, "guest", "probe")
     sock.connect(server.endpoint)
     try:
         async with asyncio.timeout(10):

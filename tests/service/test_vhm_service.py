@@ -173,7 +173,9 @@ async def test_forged_vm_id_is_rejected_and_counted(vhm, peers):
         await mallory.conn.request(m.VmDestroy, vm=vm, timeout=5)
     assert err2.value.code == "forged_id"
     st = await status(vhm)
-    assert st.counters["error_forged_id"] == 2
+    # refused by the session layer's authorisation check (vm_creator rule), before the core saw them
+    assert st.counters["authz_refused_owner_IOREQ"] == 1 and st.counters["authz_refused_owner_VM_DESTROY"] == 1
+    assert st.counters["error_sent_forged_id"] == 2
     assert [v["vm"] for v in st.info["vms"]["list"]] == [vm]
     assert await alice.ioreq(vm, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF  # alice's VM is unaffected
 
@@ -275,7 +277,7 @@ async def test_bad_input_is_answered_and_counted(vhm, ctx, peers):
     assert isinstance(data, m.Data) and data.data == bytes(16)
     await client.conn.send(m.IoreqComplete(reqs=[m.IoreqResult(vm=vm, vcpu=0, seq=99, value=0)]))
     st = await wait_status(vhm, lambda s: s.counters.get("stale_completions") == 1)
-    assert st.counters["error_unexpected"] == 1 and st.counters["error_bad_request"] >= 1
+    assert st.counters["authz_refused_role_READ_GPA"] == 1 and st.counters["error_bad_request"] >= 1
     assert st.counters["error_bad_address"] == 1
     # the same guest carries on
     assert await guest.ioreq(vm, 1, MMIO, R, 0xFED0_0000, size=1) == 0xFF

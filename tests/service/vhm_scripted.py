@@ -72,7 +72,7 @@ class ScriptedGuest(Watched):
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str, hb: HeartbeatConfig) -> None:
         self.conn = Connection(ctx, endpoint, role="guest", ident=name, epoch=os.getpid(), hb=hb, log=_log(),
-                               on_message=self._on_message, name=name)
+                               on_message=self._on_message, name=name, server_role="vhm")
         self.waiters: dict[tuple[int, int, int], asyncio.Future[int]] = {}
         self.msis: dict[int, list[m.Msi]] = defaultdict(list)
         self.changed = asyncio.Condition()
@@ -144,7 +144,7 @@ class ScriptedClient(Watched):
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, name: str, hb: HeartbeatConfig,
                  hold: bool = False, on_dispatch: Any = None, vgpu_space: int = 0) -> None:
         self.conn = Connection(ctx, endpoint, role="gvt", ident=name, epoch=os.getpid(), hb=hb, log=_log(),
-                               on_message=self._on_message, name=name)
+                               on_message=self._on_message, name=name, server_role="vhm")
         self.hold = hold
         self.held: list[m.Ioreq] = []
         self.batches: list[int] = []

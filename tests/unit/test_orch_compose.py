@@ -41,18 +41,45 @@ def test_bad_duration() -> None:
 def test_the_real_compose_file() -> None:
     topo = load_topology(COMPOSE, {})
     assert topo.project == "gvtsim"
-    assert topo.start_levels() == [["vhm"], ["pgpu"], ["gvt"], ["guest"]]
+    assert topo.start_levels() == [["keygen"], ["vhm"], ["pgpu"], ["gvt"], ["guest"]]
     assert topo.services["guest"].replicas == 2
-    assert topo.services["gvt"].depends_on == {"vhm": "service_healthy", "pgpu": "service_healthy"}
+    assert topo.services["gvt"].depends_on == {"keygen": "service_healthy",
+                                               "vhm": "service_healthy", "pgpu": "service_healthy"}
     assert topo.services["vhm"].healthcheck is not None
     assert topo.services["vhm"].healthcheck.test == ("gvtsim", "health", "tcp://127.0.0.1:5555")
     assert topo.services["vhm"].healthcheck.interval == 2.0
-    assert topo.services["guest"].volumes == {"machine-memory": "/mem"}
+    assert topo.services["guest"].volumes == {"machine-memory": "/mem", "keys": "/keys"}
     assert topo.ports() == [5555, 5556, 5557]
     assert port_stride(topo) == 10
     scaled = load_topology(COMPOSE, {"GVTSIM_GUEST_REPLICAS": "5", "GVTSIM_VMS_PER_GUEST": "3"})
     assert scaled.services["guest"].replicas == 5
     assert scaled.services["guest"].environment["GVTSIM_VMS"] == "3"
+
+
+def test_curve_keys_in_the_compose_topology() -> None:
+    """keygen writes the keys once into the keys volume; every other service waits for it, mounts the volume
+    read-only and points GVTSIM_KEYS at it; natively the launcher makes the keys itself (no keygen process)."""
+    import yaml
+
+    topo = load_topology(COMPOSE, {})
+    keygen = topo.services["keygen"]
+    assert keygen.command == ("gvtsim", "keys", "/keys", "--stay") and keygen.volumes == {"keys": "/keys"}
+    assert keygen.native == "launcher" and keygen.replicas == 1
+    assert keygen.healthcheck is not None and keygen.healthcheck.test == ("gvtsim", "keys", "/keys", "--check")
+    raw = yaml.safe_load(open(COMPOSE))
+    assert "keys" in raw["volumes"]
+    for name, svc in topo.services.items():
+        if name == "keygen":
+            continue
+        assert svc.depends_on.get("keygen") == "service_healthy", name
+        assert svc.volumes.get("keys") == "/keys" and svc.environment["GVTSIM_KEYS"] == "/keys", name
+        assert "keys:/keys:ro" in raw["x-common"]["volumes"]
+        assert svc.environment["GVTSIM_INSECURE"] == "", name  # on unless GVTSIM_INSECURE is set
+    assert load_topology(COMPOSE, {"GVTSIM_INSECURE": "1"}).services["vhm"].environment["GVTSIM_INSECURE"] == "1"
+    layout = NativeLayout(port_offset=0, stride=10, shm_root="/dev/shm/gvtsim-x")
+    plan = native_plan(topo, [0], layout)
+    assert "s0/keygen" not in {p.name for p in plan}
+    assert all("keygen" not in p.depends_on for p in plan)
 
 
 def test_native_plan_gives_each_stack_its_ports_and_memory() -> None:
@@ -113,3 +140,22 @@ def test_web_service_runs_only_with_its_profile() -> None:
     layout = NativeLayout(port_offset=100, stride=10, shm_root="/dev/shm/x")
     web = next(p for p in native_plan(topo, [1], layout) if p.service == "web")
     assert web.argv[-4:] == ("--vhm", "tcp://127.0.0.1:5665", "--listen", "tcp://127.0.0.1:5668")
+
+
+def test_gvtsim_keys_makes_keeps_and_checks(tmp_path) -> None:
+    import subprocess
+
+    from gvtsim.services.common import curve
+
+    d = str(tmp_path / "keys")
+    cli = [sys.executable, "-m", "gvtsim.orchestration", "keys", d]
+    assert subprocess.run([*cli, "--check"], capture_output=True, timeout=30).returncode == 1
+    first = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert first.returncode == 0 and '"created": ["vhm", "gvt", "pgpu", "guest", "ctl", "probe"]' in first.stdout
+    pub = open(os.path.join(d, "public", "guest.key")).read()
+    again = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert '"created": []' in again.stdout and open(os.path.join(d, "public", "guest.key")).read() == pub
+    assert subprocess.run([*cli, "--check"], capture_output=True, timeout=30).returncode == 0
+    assert oct(os.stat(os.path.join(d, "private", "guest.key_secret")).st_mode & 0o777) == "0o600"
+    keys = curve.Keys.load(d)
+    assert set(keys.public) == set(curve.KEY_NAMES) and keys.pair("ctl")[1] is not None

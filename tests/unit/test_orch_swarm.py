@@ -37,8 +37,8 @@ def test_every_service_of_the_compose_file_is_in_the_stack_placed_on_one_node(do
         assert deploy["endpoint_mode"] == "dnsrr"
         assert "depends_on" not in svc and "build" not in svc
         assert svc["networks"] == ["hoststack"]
-        assert svc["environment"] == dict(topo.services[name].environment)  # the compose file's, unchanged
-        assert svc["volumes"] == ["machine-memory:/mem"]
+        assert svc.get("environment", {}) == dict(topo.services[name].environment)  # the compose file's, unchanged
+        assert name == "keygen" or "machine-memory:/mem" in svc["volumes"]
         hc = dict(topo.services[name].healthcheck.__dict__) if topo.services[name].healthcheck else None
         if hc:  # the compose file's check, with at least 30 s per probe: swarm replaces unhealthy tasks
             assert svc["healthcheck"]["test"][1:] == list(hc["test"])
@@ -51,7 +51,8 @@ def test_depends_on_becomes_a_wait_for_the_dependencies_health_endpoints(doc: di
     topo = load_topology(COMPOSE, env={})
     for name, svc in doc["services"].items():
         cmd = svc["command"]
-        deps = sorted(topo.services[name].depends_on)
+        # keygen's healthcheck is a local check (keys written), not an endpoint: not waited for
+        deps = sorted(d for d in topo.services[name].depends_on if d != "keygen")
         if not deps:
             assert cmd == list(topo.services[name].command)
             continue
