@@ -4,7 +4,7 @@ Pure (no processes, no sockets): :func:`load_topology` reads the compose file in
 (services, commands, environment, health checks, ``depends_on`` conditions, replicas, volumes), with
 compose's ``${VAR:-default}`` interpolation and its profiles (a service with ``profiles`` runs only when
 COMPOSE_PROFILES names one of them); :func:`native_plan` turns it into :class:`ProcSpec` s, one per
-process of N host stacks (DESIGN section 2: "scaling out means more host stacks"). The translation is what a
+process of N host stacks (docs/ARCHITECTURE.md, machine memory: "scaling out means more host stacks"). The translation is what a
 container network and a volume would do for us:
 
 * an endpoint ``tcp://HOST:PORT`` whose HOST is a service name or a wildcard becomes

@@ -1,6 +1,6 @@
 """Guest-side graphics memory management: pages of guest RAM bound into the vGPU's GGTT slice.
 
-After ballooning (gvt-facts 2) the guest owns exactly the host GGTT addresses of its slice: a mappable
+After ballooning (i915_vgpu.c) the guest owns exactly the host GGTT addresses of its slice: a mappable
 (aperture) range and a non-mappable range. A buffer object is a run of guest RAM pages plus a range of
 graphics memory; binding writes one 8-byte gen8 PTE ``gfn << 12 | PRESENT`` per page through BAR0 + 8 MB
 (each write traps: GVT translates gfn -> mfn and writes the host GGTT at the same index).

@@ -1,4 +1,4 @@
-"""A hostile guest: command buffers and GGTT entries GVT must not let through (gvt-facts 3, 5.3; DESIGN 7).
+"""A hostile guest: command buffers and GGTT entries GVT must not let through (gvt/gtt.c, gvt/aperture_gm.c, gvt/cmd_parser.c; docs/ARCHITECTURE.md, faults and restarts).
 
 Each attack runs on a booted :class:`~.i915.VgpuDriver` and returns what the guest saw. The command attacks
 are submitted like any request (ring -> ELSP) and should never complete: GVT's scanner refuses them and
@@ -18,7 +18,7 @@ from . import cmds
 from .i915 import DriverError, VgpuDriver
 
 ENGINE = "rcs"
-#: a register that is not F_CMD_ACCESS: the master interrupt control (gvt-facts 5.5)
+#: a register that is not F_CMD_ACCESS: the master interrupt control (gvt/interrupt.c)
 OFF_WHITELIST_REG = 0x44200
 #: the value the attacks try to write, easy to look for in machine memory
 MARK = 0x0BAD_F00D

@@ -1,4 +1,4 @@
-"""The guest's i915-like vGPU driver, in the real order (gvt-facts 2, 5.1, 5.5).
+"""The guest's i915-like vGPU driver, in the real order (i915_vgpu.c, gvt/handlers.c, gvt/execlist.c, gvt/interrupt.c).
 
 init(): PVINFO magic, version and caps (intel_vgpu_detect) -> GGTT ballooning from the four balloon registers
 (intel_vgt_balloon) -> fence count -> interrupts (IER/IMR per GT group, then the master enable) -> ring mode
@@ -9,7 +9,7 @@ RAM, no trap), then four ELSP dword writes (element 1 high, element 1 low, eleme
 4th submits). Completion arrives as an MSI; the handler reads the master IRQ, the GT IIR (and acks it), then
 the CSB pointer and entries: a context_complete entry for our context id completes the request.
 
-PPGTT (gvt-facts 2.4, 4): an engine may also get a second context with its own PPGTT
+PPGTT (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): an engine may also get a second context with its own PPGTT
 (:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
 gen8_ppgtt_notify_vgt (pdp[i].lo/hi then g2v_notify = L3/L4 CREATE), the context image's PDP values =
 the guest-physical roots, and the descriptor's addressing mode 1 (3-level) or 3 (4-level). Batches it
@@ -36,7 +36,7 @@ from . import regs as r
 RING_SIZE = 4 * 4096
 MSI_VECTOR = 0x40
 PPGTT_CTX_ID_BASE = 0x200
-PV_PDP0_LO = r.PVINFO + 0x838  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4 (gvt-facts 1)
+PV_PDP0_LO = r.PVINFO + 0x838  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4 (i915_pvinfo.h)
 #: PVINFO g2v_notify values (enum vgt_g2v_type) by (levels, create)
 G2V_PPGTT = {(3, True): 2, (3, False): 3, (4, True): 4, (4, False): 5}
 #: the ring-context register of pdp n's UDW / LDW value (engine base + 0x274 + 8n / 0x270 + 8n)
@@ -48,7 +48,7 @@ class DriverError(RuntimeError):
 
 
 async def ppgtt_notify_vgt(write: Callable[[int, int], Awaitable[None]], ppgtt: GuestPpgtt, create: bool) -> None:
-    """gen8_ppgtt_notify_vgt (gvt-facts 2.4): 4-level => pdp[0] = the PML4; 3-level => pdp[0..3] = the
+    """gen8_ppgtt_notify_vgt (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt): 4-level => pdp[0] = the PML4; 3-level => pdp[0..3] = the
     page directories; then g2v_notify = L3/L4 CREATE or DESTROY. ``write(offset, value)`` is a 32-bit
     MMIO write at BAR0 + offset (the caller serialises notifications, as i915 does under vgpu.lock)."""
     roots = ppgtt.roots[:1] if ppgtt.levels == 4 else ppgtt.roots

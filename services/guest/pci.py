@@ -3,7 +3,7 @@
 The order is the firmware/kernel one: find the device by vendor/class, size each BAR by writing all ones
 and reading back ~(size-1) (PCI spec; GVT cfg_space.c answers it), program the BARs, turn on memory decode
 and bus mastering in COMMAND (GVT traps BAR0 from then on), then program and enable the MSI capability
-(32-bit, single message: the only format GVT supports, gvt-facts 6 and 9).
+(32-bit, single message: the only format GVT supports, gvt/cfg_space.c and 9).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MSI_FLAGS_ENABLE = 1 << 0
 #: Where this guest's firmware places the GPU's BARs (32-bit MMIO hole below 4 GiB).
 BAR0_GPA = 0xF000_0000  # 16 MB GTTMMADR: MMIO at +0, GGTT at +8 MB
 BAR2_GPA = 0x8000_0000  # aperture (GMADR), up to 1 GiB below BAR0
-#: MSI address: the LAPIC window, destination APIC id in bits 19:12 (gvt-facts 9).
+#: MSI address: the LAPIC window, destination APIC id in bits 19:12 (gvt/hypercall.h, ACRN gvt/acrngt.c).
 MSI_ADDR_BASE = 0xFEE0_0000
 
 

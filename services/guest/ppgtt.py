@@ -1,4 +1,4 @@
-"""The guest's own PPGTT: gen8 page tables in guest RAM (i915 gen8_ppgtt.c; gvt-facts 2.4, 4).
+"""The guest's own PPGTT: gen8 page tables in guest RAM (i915 gen8_ppgtt.c; i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c).
 
 Entries are ``gpa | PRESENT | RW`` (i915's gen8 PTE/PDE encode, without PPAT bits). Two shapes:
 * 3-level (legacy 32-bit, context addressing mode 1): 4 page directories preallocated up front (i915's
@@ -34,7 +34,7 @@ def encode(gpa: int) -> int:
 
 
 def indices(va: int, levels: int) -> list[int]:
-    """Table indices from the top level down (gvt-facts 4 index math): L3 [pdp, pde, pte] with the pdp
+    """Table indices from the top level down (gvt/gtt.c, gvt/page_track.c index math): L3 [pdp, pde, pte] with the pdp
     from bits 31:30; L4 [pml4, pdp, pde, pte]."""
     pte, pde = (va >> 12) & 0x1FF, (va >> 21) & 0x1FF
     if levels == 3:

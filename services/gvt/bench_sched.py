@@ -29,7 +29,7 @@ from typing import Any
 
 from .sched_policy import GVT_DEFAULT_TIME_SLICE, GVT_SCHED_VGPU_PRI_TIME, TimeSlicePolicy
 
-WEIGHTS = (2, 4, 8, 16)  # GVTg_V5_8, _4, _2, _1 (gvt-facts 3)
+WEIGHTS = (2, 4, 8, 16)  # GVTg_V5_8, _4, _2, _1 (gvt/gtt.c, gvt/aperture_gm.c)
 ENGINES = ("rcs", "bcs")
 WINDOW = 1.0  # s
 

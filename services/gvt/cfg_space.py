@@ -25,7 +25,7 @@ from .effects import Effect, SetTrapArea
 from .errors import EmulationError
 from .types import MB, PhysicalGpu
 
-CFG_SPACE_SIZE = 4096  # PCI_CFG_SPACE_EXP_SIZE (gvt-facts 3: device info cfg_space_size)
+CFG_SPACE_SIZE = 4096  # PCI_CFG_SPACE_EXP_SIZE (gvt/gtt.c, gvt/aperture_gm.c: device info cfg_space_size)
 
 PCI_VENDOR_ID = 0x00
 PCI_DEVICE_ID = 0x02
@@ -74,9 +74,9 @@ HOST_CAPS: tuple[tuple[int, bytes], ...] = (
     (0xD0, bytes([PCI_CAP_ID_PM, 0, 0x22, 0x00, 0x00, 0x00, 0x00, 0x00])),
 )
 
-BAR0_SIZE = 16 * MB  # gvt-facts 3: 2 MB MMIO, 6 MB reserved, 8 MB GGTT
+BAR0_SIZE = 16 * MB  # gvt/gtt.c, gvt/aperture_gm.c: 2 MB MMIO, 6 MB reserved, 8 MB GGTT
 
-#: gvt-facts 6: writable bits of the standard header (pci_cfg_space_rw_bmp); offsets >= 0x40 are stored verbatim.
+#: gvt/cfg_space.c: writable bits of the standard header (pci_cfg_space_rw_bmp); offsets >= 0x40 are stored verbatim.
 _RW_TABLE: tuple[tuple[int, bytes], ...] = (
     (PCI_COMMAND, b"\xff\x07"),
     (PCI_STATUS, b"\x00\xf9"),  # the high byte holds the RW1C bits
@@ -110,7 +110,7 @@ class CfgSpace:
 
     # ------------------------------------------------------------------------------------ init / reset
     def init(self, primary: bool = True) -> None:
-        """intel_vgpu_init_cfg_space: the host snapshot, sanitised (gvt-facts 6)."""
+        """intel_vgpu_init_cfg_space: the host snapshot, sanitised (gvt/cfg_space.c)."""
         d = self.data
         d[:] = bytes(CFG_SPACE_SIZE)
         self._put(PCI_VENDOR_ID, 2, self.gpu.vendor)
@@ -120,7 +120,7 @@ class CfgSpace:
         # class 0x03 display: 0x0300 VGA when primary, INTEL_GVT_PCI_CLASS_VGA_OTHER 0x80 otherwise
         self._put(PCI_CLASS_DEVICE, 2, 0x0300 if primary else 0x0380)
         self._put(PCI_BASE_ADDRESS_0, 4, PCI_BASE_ADDRESS_MEM_TYPE_64)
-        # BAR2 preset to the host aperture PA; BAR1/BAR3 upper halves and BAR4 cleared (gvt-facts 6)
+        # BAR2 preset to the host aperture PA; BAR1/BAR3 upper halves and BAR4 cleared (gvt/cfg_space.c)
         self._put(PCI_BASE_ADDRESS_2, 4, (self.gpu.aperture_base & 0xFFFF_FFF0)
                   | PCI_BASE_ADDRESS_MEM_TYPE_64 | PCI_BASE_ADDRESS_MEM_PREFETCH)
         self._put(PCI_SUBSYSTEM_VENDOR_ID, 2, self.gpu.vendor)
@@ -275,7 +275,7 @@ class CfgSpace:
                 self.d3_entered = True
 
     def _command_write(self, data: int, size: int) -> None:
-        """emulate_pci_command_write: a MEMORY-enable toggle traps / untraps BAR0 (gvt-facts 6)."""
+        """emulate_pci_command_write: a MEMORY-enable toggle traps / untraps BAR0 (gvt/cfg_space.c)."""
         old = self.data[PCI_COMMAND]
         changed = old ^ (data & 0xFF)
         self._mem_write(PCI_COMMAND, data, size)

@@ -348,7 +348,7 @@ def _ok(p: Parser, dws: list[int], level: int, at: Where) -> None:
 
 
 def _user_interrupt(p: Parser, dws: list[int], level: int, at: Where) -> None:
-    """Recorded for injection after the guest context is written back, and NOOPed (gvt-facts 5.3)."""
+    """Recorded for injection after the guest context is written back, and NOOPed (gvt/cmd_parser.c)."""
     p.events.append(f"{p.engine.upper()}_MI_USER_INTERRUPT")
     dws[0] = MI_NOOP
 

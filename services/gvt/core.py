@@ -4,7 +4,7 @@ Sans-I/O and synchronous: the shell calls an entry point, then drains :attr:`Gvt
 them in order. No entry point lets an exception escape: a management request that cannot be met
 returns a :class:`Refusal`; a bad guest access is counted, logged, completed (reads of a refused
 access return all ones, as an access nobody claims does under ACRN) and puts that vGPU alone in
-failsafe (gvt-facts 8.4: AcrnGT enters failsafe on any emulation error).
+failsafe (ACRN gvt/acrngt.c: AcrnGT enters failsafe on any emulation error).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class Gvt:
         gpu: the physical GPU's identity and sizes (pgpu STATUS; defaults until it answers).
         mpt_factory: builds the MPT adapter of a VM from VGPU_CREATE's ept_root and ram_mb.
         scratch_mfn: machine frame of the scratch page (the shell gets one from vhm).
-        enable_out_of_sync: PPGTT out-of-sync pages (gvt-facts 4; off by default, as upstream).
+        enable_out_of_sync: PPGTT out-of-sync pages (gvt/gtt.c, gvt/page_track.c; off by default, as upstream).
     """
 
     def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
@@ -171,7 +171,7 @@ class Gvt:
 
     def create_vgpu(self, vm: int, spec: str, *, ept_root: int = 0, ram_mb: int = 0, owner: str = "",
                     now: float = 0.0) -> Vgpu | Refusal:
-        """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt-facts 3, 7).
+        """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt/gtt.c, gvt/aperture_gm.c, gvt/vgpu.c).
 
         ``owner`` says who asked ("vhm" or "ctl"). The same VM asking again for the same type gets its
         existing vGPU (a retried request).
@@ -344,7 +344,7 @@ class Gvt:
         return False
 
     def handle_ioreq(self, req: m.Ioreq, now: float = 0.0) -> int:
-        """One ioreq as AcrnGT's emulation thread handles it (gvt-facts 8.4). Returns the value to
+        """One ioreq as AcrnGT's emulation thread handles it (ACRN gvt/acrngt.c). Returns the value to
         complete it with (the read result, 0 for writes); always completes."""
         self.scheduler.now = max(self.scheduler.now, now)  # the scheduling policy's clock (ELSP writes)
         full = (1 << (8 * req.size)) - 1

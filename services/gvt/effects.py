@@ -14,7 +14,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class SetTrapArea:
     """MPT set_trap_area: trap (``add``) or untrap the MMIO range [start, end] of the VM (AcrnGT: an
-    ioreq range of type MMIO, gvt-facts 8.4)."""
+    ioreq range of type MMIO, ACRN gvt/acrngt.c)."""
 
     vm: int
     start: int
@@ -44,7 +44,7 @@ class AttachVgpu:
 
 @dataclass(frozen=True)
 class InjectMsi:
-    """MPT inject_msi(addr, data): vhm delivers it to the guest (gvt-facts 9)."""
+    """MPT inject_msi(addr, data): vhm delivers it to the guest (gvt/hypercall.h, ACRN gvt/acrngt.c)."""
 
     vm: int
     addr: int
@@ -99,7 +99,7 @@ class PgpuSubmit:
 @dataclass(frozen=True)
 class MapGfnToMfn:
     """MPT map_gfn_to_mfn: map (or unmap) guest frames onto machine frames in the VM's EPT, with no trap
-    (the aperture pass-through, gvt-facts 3 "CPU aperture access")."""
+    (the aperture pass-through, gvt/gtt.c, gvt/aperture_gm.c "CPU aperture access")."""
 
     vm: int
     gfn: int

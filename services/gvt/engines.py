@@ -1,7 +1,7 @@
 """Render engines as GVT sees them: MMIO bases, per-engine register offsets, reset bits.
 
-gvt-facts 5.1: ring bases RCS 0x2000, VCS 0x12000, VCS2 0x1C000, VECS 0x1A000, BCS 0x22000.
-gvt-facts 7: GEN6_GDRST 0x941C bits FULL 0, RENDER 1, MEDIA 2, BLT 3, VECS 4, GUC 5, MEDIA2 7.
+gvt/handlers.c, gvt/execlist.c: ring bases RCS 0x2000, VCS 0x12000, VCS2 0x1C000, VECS 0x1A000, BCS 0x22000.
+gvt/vgpu.c: GEN6_GDRST 0x941C bits FULL 0, RENDER 1, MEDIA 2, BLT 3, VECS 4, GUC 5, MEDIA2 7.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ for _e in ENGINES:
     ALL_ENGINES |= _e.mask
 BY_NAME: dict[str, Engine] = {e.name: e for e in ENGINES}
 
-# Per-engine register offsets from the engine base (gvt-facts 5.1).
+# Per-engine register offsets from the engine base (gvt/handlers.c, gvt/execlist.c).
 RING_TAIL = 0x30
 RING_HEAD = 0x34
 RING_START = 0x38

@@ -1,4 +1,4 @@
-"""Virtual execlists (i915/gvt execlist.c; gvt-facts 5.1).
+"""Virtual execlists (i915/gvt execlist.c; gvt/handlers.c, gvt/execlist.c).
 
 Per vGPU and engine: the ELSP port (4 dword writes: element 1 high, element 1 low, element 0 high,
 element 0 low; ``data[3 - index] = value``, the 4th write submits), two virtual slots (running / pending),

@@ -1,4 +1,4 @@
-"""Virtual GGTT and the gen8 entry helpers (i915/gvt gtt.c; gvt-facts 3). PPGTT shadowing is ppgtt.py.
+"""Virtual GGTT and the gen8 entry helpers (i915/gvt gtt.c; gvt/gtt.c, gvt/aperture_gm.c). PPGTT shadowing is ppgtt.py.
 
 The guest writes GGTT entries through BAR0 + 8 MB, 8 bytes per entry (gen8 PTE: bit 0 present, bits
 45:12 the page address). GVT keeps the guest's value (``virtual``), builds the host entry (the gfn
@@ -45,7 +45,7 @@ def pte_set_pfn(pte: int, pfn: int) -> int:
 
 
 def pte_encode(addr: int) -> int:
-    """The i915 guest's GGTT PTE encode: ``addr | PRESENT`` (gvt-facts 2.4)."""
+    """The i915 guest's GGTT PTE encode: ``addr | PRESENT`` (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt)."""
     return (addr & ADDR_4K_MASK) | GEN8_PAGE_PRESENT
 
 
@@ -114,7 +114,7 @@ class Ggtt:
         return (self.virtual.get(index, 0) >> shift) & ((1 << (8 * size)) - 1)
 
     def write(self, off: int, data: int, size: int) -> None:
-        """emulate_ggtt_mmio_write (gvt-facts 3 steps 1-5). An 8-byte write straddling two entries is
+        """emulate_ggtt_mmio_write (gvt/gtt.c, gvt/aperture_gm.c steps 1-5). An 8-byte write straddling two entries is
         taken as two 4-byte halves."""
         if size not in (4, 8):
             raise EmulationError(f"GGTT write of {size} bytes (must be 4 or 8)")

@@ -111,7 +111,7 @@ def gdrst_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
 
 def ring_mode_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """RING_MODE (GFX_MODE): enabling PPGTT or execlists before reading PVINFO => failsafe
-    UNSUPPORTED_GUEST (gvt-facts 2.6); enabling execlists selects execlist submission for the engine."""
+    UNSUPPORTED_GUEST (i915_vgpu.c); enabling execlists selects execlist submission for the engine."""
     from .vgpu import FailsafeReason
 
     vgpu.mmio.write(offset, data, size)
@@ -136,7 +136,7 @@ def ring_reset_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> Non
     vgpu.mmio.write32(offset, value)
 
 
-#: gvt-facts 10: forcewake request -> ack register (gen9); the ack is the new value's low 16 bits.
+#: i915_reg.h: forcewake request -> ack register (gen9); the ack is the new value's low 16 bits.
 FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
 
 
@@ -152,7 +152,7 @@ def write_zero(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     vgpu.mmio.write(offset, 0, size)
 
 
-FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4 (gvt-facts 10)
+FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4 (i915_reg.h)
 MAX_FENCES = 32
 
 

@@ -1,4 +1,4 @@
-"""Virtual interrupts (i915/gvt interrupt.c, gen8 layout; gvt-facts 5.5 and 9).
+"""Virtual interrupts (i915/gvt interrupt.c, gen8 layout; gvt/interrupt.c and 9).
 
 Each interrupt group has ISR/IMR/IIR/IER at base +0/+4/+8/+0xC. An event sets its IIR bit unless the
 IMR bit masks it; IIR & IER of a group drives its bit(s) in the master register 0x44200; when the
@@ -32,7 +32,7 @@ class IrqGroup:
     upstream: tuple[tuple[int, int], ...]  # (mask of IIR & IER, master bit)
 
 
-#: gvt-facts 5.5: GT groups 0x44300 + 0x10 n; DE pipes, port, misc, PCU; PCH (SDE) under master bit 23.
+#: gvt/interrupt.c: GT groups 0x44300 + 0x10 n; DE pipes, port, misc, PCU; PCH (SDE) under master bit 23.
 GROUPS: tuple[IrqGroup, ...] = (
     IrqGroup("GT0", 0x44300, ((LOW16, 0), (HIGH16, 1))),
     IrqGroup("GT1", 0x44310, ((LOW16, 2), (HIGH16, 3))),
@@ -49,7 +49,7 @@ GROUPS: tuple[IrqGroup, ...] = (
 GROUP_BY_NAME: dict[str, IrqGroup] = {g.name: g for g in GROUPS}
 GROUP_BY_BASE: dict[int, IrqGroup] = {g.base: g for g in GROUPS}
 
-#: Named events -> (group, IIR bit) (gvt-facts 5.5).
+#: Named events -> (group, IIR bit) (gvt/interrupt.c).
 EVENTS: dict[str, tuple[str, int]] = {
     "RCS_MI_USER_INTERRUPT": ("GT0", 0),
     "RCS_PIPE_CONTROL": ("GT0", 4),
@@ -106,7 +106,7 @@ def check_pending(vgpu: "Vgpu") -> None:
 
 
 def inject_msi(vgpu: "Vgpu") -> bool:
-    """inject_virtual_interrupt: only with MSI enabled and the single-message format (gvt-facts 9)."""
+    """inject_virtual_interrupt: only with MSI enabled and the single-message format (gvt/hypercall.h, ACRN gvt/acrngt.c)."""
     control, addr, data = vgpu.cfg.msi()
     if not control & 0x1:
         vgpu.count("irq_msi_suppressed_disabled")

@@ -1,4 +1,4 @@
-"""BAR0 access dispatch and the vGPU's virtual registers (i915/gvt mmio.c; gvt-facts 3).
+"""BAR0 access dispatch and the vGPU's virtual registers (i915/gvt mmio.c; gvt/gtt.c, gvt/aperture_gm.c).
 
 ``offset = gpa - BAR0 base`` (from the vGPU's config space). ``[8 MB, 8 MB + GGTT size)`` is the GGTT
 (4 or 8 bytes, 4-aligned); ``[0, 2 MB)`` the registers (naturally aligned unless the register allows
@@ -16,7 +16,7 @@ from .gtt import GTT_ENTRY_SHIFT
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-MMIO_SIZE = 2 << 20  # gvt-facts 3: mmio_size = 2 MB
+MMIO_SIZE = 2 << 20  # gvt/gtt.c, gvt/aperture_gm.c: mmio_size = 2 MB
 GTT_START = 8 << 20  # gtt_start_offset = 8 MB
 GEN8_MMIO_RESET_OFFSET = 0x44200  # a GT reset restores only [0, 0x44200): engines, not interrupts/display
 

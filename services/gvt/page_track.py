@@ -1,5 +1,5 @@
 """Guest page tracking: which guest frames are write-protected for this vGPU and who handles their writes
-(i915/gvt page_track.c; gvt-facts 4 "Page-track API" and 8.4).
+(i915/gvt page_track.c; gvt/gtt.c, gvt/page_track.c "Page-track API" and 8.4).
 
 A handler is registered per gfn (``register_page_track``, -EEXIST if the gfn already has one), then the
 page is write-protected through the hypervisor (``enable`` => a PageTrack effect => vhm PAGE_TRACK, which
@@ -7,7 +7,7 @@ clears the EPT W bit and routes the guest's writes to gvt as WP ioreqs). ``handl
 ``intel_vgpu_page_track_handler``: look the gfn up, and call its handler -- or, for a vGPU in failsafe,
 just remove the write protection.
 
-ACRN does not commit a trapped write (gvt-facts 8.2: "WP => no post-work"): whoever claims it must apply
+ACRN does not commit a trapped write (ACRN hypervisor dm/io_req.c: "WP => no post-work"): whoever claims it must apply
 it to guest RAM. Handlers do so; the failsafe path and a write that raced an un-protect do it here.
 """
 
@@ -86,7 +86,7 @@ class PageTrackTable:
         * no handler: -ENXIO upstream, and AcrnGT then emulates it as MMIO (not claimed). One exception:
           a gfn of guest RAM whose tracking was removed while this write was on its way (the un-protect
           and the trap crossed): the write is still the guest's, so it is committed, and claimed;
-        * failsafe vGPU: remove the write protection and commit the write (gvt-facts 4, 7);
+        * failsafe vGPU: remove the write protection and commit the write (gvt/gtt.c, gvt/page_track.c, gvt/vgpu.c);
         * else the handler applies it (and updates whatever shadows the page).
         """
         gfn = gpa >> PAGE_SHIFT

@@ -1,5 +1,5 @@
 """PPGTT mms: guest address spaces known by their root pointers, and their shadows (i915/gvt gtt.c, the
-ppgtt mm half; gvt-facts 4 and 5.2). The shadow page tables themselves are spt.py.
+ppgtt mm half; gvt/gtt.c, gvt/page_track.c and 5.2). The shadow page tables themselves are spt.py.
 
 * A **ppgtt mm** is named by its roots (L3: the 4 PDPs of a legacy 32-bit context; L4: pdp0 = the PML4).
   g2v CREATE takes a reference (creating and shadowing it), DESTROY drops one; a workload whose context
@@ -29,14 +29,14 @@ if TYPE_CHECKING:
 __all__ = ["PpgttError", "NoFrames", "PpgttGlobal", "PpgttMm", "VgpuPpgtt", "pdps_from_context",
            "pdps_to_context", "root_key", "ROOT_BY_MODE"]
 
-#: root type -> (root entries, level of the table a root entry points at) (gvt-facts 4: L3 = 4 PDPs -> PD,
+#: root type -> (root entries, level of the table a root entry points at) (gvt/gtt.c, gvt/page_track.c: L3 = 4 PDPs -> PD,
 #: L4 = pdp0 -> PML4)
 ROOTS: dict[str, tuple[int, int]] = {PPGTT_ROOT_L3: (4, LEVEL_PD), PPGTT_ROOT_L4: (1, LEVEL_PML4)}
-#: context descriptor addressing mode -> root type (gvt-facts 4, prepare_mm; others "not supported")
+#: context descriptor addressing mode -> root type (gvt/gtt.c, gvt/page_track.c, prepare_mm; others "not supported")
 ROOT_BY_MODE = {1: PPGTT_ROOT_L3, 3: PPGTT_ROOT_L4}
-#: value offsets of pdp3_UDW, pdp3_LDW ... pdp0_UDW, pdp0_LDW in the ring context (gvt-facts 5.1)
+#: value offsets of pdp3_UDW, pdp3_LDW ... pdp0_UDW, pdp0_LDW in the ring context (gvt/handlers.c, gvt/execlist.c)
 CTX_PDP_ORDER = ((3, 32), (3, 0), (2, 32), (2, 0), (1, 32), (1, 0), (0, 32), (0, 0))
-#: gvt-facts 4: preallocated_oos_pages
+#: gvt/gtt.c, gvt/page_track.c: preallocated_oos_pages
 PREALLOCATED_OOS_PAGES = 8192
 
 
@@ -228,7 +228,7 @@ class VgpuPpgtt:
 
     # ---------------------------------------------------------------------------- before dispatch
     def prepare_workload(self, desc: int, ctx_pdps: Sequence[int], workload_id: int) -> tuple[int, int, int, int]:
-        """prepare_mm + the PPGTT steps of prepare_workload (gvt-facts 4, 5.2): the mm of the context's
+        """prepare_mm + the PPGTT steps of prepare_workload (gvt/gtt.c, gvt/page_track.c, gvt/scheduler.c): the mm of the context's
         roots (lazily created), shadowed, OOS pages synced, post-shadow flushed. Returns the SHADOW root
         pointers for the shadow context (pdp0 first). Raises PpgttError."""
         mode = (desc >> 3) & 0x3

@@ -1,4 +1,4 @@
-"""The PVINFO page (``struct vgt_if``) at BAR0 + 0x78000 (i915_pvinfo.h, handlers.c; gvt-facts 1).
+"""The PVINFO page (``struct vgt_if``) at BAR0 + 0x78000 (i915_pvinfo.h, handlers.c; i915_pvinfo.h).
 
 Top half (0x000-0x7FF) is host -> guest info, bottom half (0x800-0xFFF) guest -> host. GVT fills it at
 create and on every DMLR / full GT reset; any guest read of it sets ``pv_notified`` (the guest is GVT
@@ -28,7 +28,7 @@ def vgtif_reg(off_in_page: int) -> int:
     return VGT_PVINFO_PAGE + off_in_page
 
 
-# Field offsets, absolute in BAR0 (gvt-facts 1, mainline 5.x/6.x layout).
+# Field offsets, absolute in BAR0 (i915_pvinfo.h, mainline 5.x/6.x layout).
 MAGIC = vgtif_reg(0x000)  # u64
 VERSION_MAJOR = vgtif_reg(0x008)  # u16
 VERSION_MINOR = vgtif_reg(0x00A)  # u16
@@ -89,7 +89,7 @@ class G2vNotify(enum.IntEnum):
 
 
 class PvG2vNotify(enum.IntEnum):
-    """The PV patchset inserts SHARED_PAGE_SETUP 8 and PV_SEND_TRIGGER 9 before VGT_G2V_MAX (gvt-facts 1);
+    """The PV patchset inserts SHARED_PAGE_SETUP 8 and PV_SEND_TRIGGER 9 before VGT_G2V_MAX (i915_pvinfo.h);
     PV_PPGTT_UPDATE 10 is gvtsim's (docs/PV.md)."""
 
     SHARED_PAGE_SETUP = 8
@@ -191,7 +191,7 @@ def guest_pdps(vgpu: "Vgpu") -> tuple[int, int, int, int]:
 
 def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
     """L3/L4 CREATE => get (or create) the PPGTT mm with these root pointers; DESTROY => put it;
-    EXECLIST_CONTEXT_CREATE/DESTROY and the legacy value 1 are ignored (gvt-facts 1)."""
+    EXECLIST_CONTEXT_CREATE/DESTROY and the legacy value 1 are ignored (i915_pvinfo.h)."""
     from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
 
     pdps = guest_pdps(vgpu)

@@ -1,4 +1,4 @@
-"""The weighted time-slice scheduler between vGPUs (i915/gvt sched_policy.c "tbs"; gvt-facts 5.4, 11).
+"""The weighted time-slice scheduler between vGPUs (i915/gvt sched_policy.c "tbs"; gvt/sched_policy.c).
 
 * A 1 ms timer (GVT_DEFAULT_TIME_SLICE) requests a scheduling pass; every 100 ms (GVT_TS_BALANCE_PERIOD_MS)
   ``gvt_balance_timeslice`` runs with a stage counter modulo 10 (GVT_TS_BALANCE_STAGE_NUM): stage 0 gives

@@ -1,4 +1,4 @@
-"""Workloads and their dispatch to the physical GPU (i915/gvt scheduler.c; gvt-facts 5.1, 5.2, 11).
+"""Workloads and their dispatch to the physical GPU (i915/gvt scheduler.c; gvt/handlers.c, gvt/execlist.c, gvt/scheduler.c).
 
 An ELSP submission becomes one workload per valid descriptor. Creating a workload reads the guest's ring
 context through the vGPU's GGTT (lrca + 1) with read_gpa, and copies the ring bytes [head, tail) out of
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 #: engines pgpu has (vcs2 is not emulated by the physical GPU model)
 PHYSICAL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
-# ring-context value offsets (struct execlist_ring_context; gvt-facts 5.1)
+# ring-context value offsets (struct execlist_ring_context; gvt/handlers.c, gvt/execlist.c)
 CTX_CONTEXT_CONTROL_VAL = 0x0C  # CTX_CONTEXT_CONTROL's value (dword 3 of the ring context)
 CTX_RESTORE_INHIBIT = 1 << 0  # CTX_CTRL_ENGINE_CTX_RESTORE_INHIBIT
 CTX_RING_HEAD = 0x14
@@ -311,7 +311,7 @@ class Scheduler:
             restore_inhibit=inhibit)
 
     def _scan(self, w: Workload) -> None:
-        """intel_gvt_scan_and_shadow_workload (gvt-facts 5.3): scan the ring and the privileged batches,
+        """intel_gvt_scan_and_shadow_workload (gvt/cmd_parser.c): scan the ring and the privileged batches,
         copy the batches into shadow batch buffers mapped in host GM, patch the ring to them, record the
         user interrupts. A ScanError puts this vGPU alone in failsafe; the workload is not queued."""
         from .vgpu import FailsafeReason  # vgpu -> ppgtt -> scheduler: imported late
@@ -437,7 +437,7 @@ class Scheduler:
         try:
             shadow_pdps = (0, 0, 0, 0)
             if any(w.guest_pdps):
-                # gvt-facts 4 / 5.2 prepare_workload: the mm of the context's roots (lazily created),
+                # gvt/gtt.c, gvt/page_track.c / 5.2 prepare_workload: the mm of the context's roots (lazily created),
                 # shadowed, OOS pages synced, post-shadow flushed; its SHADOW roots go in the context
                 shadow_pdps = vgpu.ppgtt.prepare_workload(w.desc, w.guest_pdps, w.id)
             sh = self._shadow_for(vgpu, w.engine)
@@ -543,7 +543,7 @@ class Scheduler:
         if kind == "user_interrupt":
             # The scanner records (and NOOPs) the MI_USER_INTERRUPTs of the ring and privileged batches;
             # what pgpu still reports comes from unscanned PPGTT batches or a PIPE_CONTROL / MI_FLUSH_DW
-            # notify: recorded as the matching event (gvt-facts 5.5 bits)
+            # notify: recorded as the matching event (gvt/interrupt.c bits)
             w.pending_events.append(notify_event(w.engine, reason))
             return
         del self.inflight[tag]
@@ -627,7 +627,7 @@ class Scheduler:
 
     def _fail(self, w: Workload, reason: str) -> None:
         """A failed workload emulates a vGPU hang: no schedule-out, no interrupt, the engine's queue of
-        that vGPU dropped (gvt-facts 5.1)."""
+        that vGPU dropped (gvt/handlers.c, gvt/execlist.c)."""
         w.status = "failed"
         w.vgpu.workloads_ended["failed"] += 1
         dropped = self.queues.pop((w.vgpu.id, w.engine), deque())

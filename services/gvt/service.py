@@ -57,7 +57,7 @@ EFFECT_ROUTES: dict[type, tuple[str, type[m.Message], Any]] = {
 #: Frames gvt asks vhm for, for shadow contexts and rings (7 vGPUs x 4 engines x 10 pages, rounded up)
 #: plus shadow batch buffers (cmd_parser.py: a few pages per queued workload).
 SHADOW_POOL_FRAMES = 320 + 256
-#: The time-slice policy's timer period (sched_policy.py, gvt-facts 5.4: GVT_DEFAULT_TIME_SLICE 1 ms).
+#: The time-slice policy's timer period (sched_policy.py, gvt/sched_policy.c: GVT_DEFAULT_TIME_SLICE 1 ms).
 SCHED_TICK = GVT_DEFAULT_TIME_SLICE
 #: More frames for PPGTT shadow page tables (per vGPU: 3 scratch tables + one SPT per guest table page).
 PPGTT_POOL_FRAMES = 1024

@@ -1,5 +1,5 @@
 """Shadow page tables (SPTs): one per guest page-table page, in a frame gvt owns, kept equal to the guest
-table with every guest frame replaced by a machine frame (i915/gvt gtt.c "ppgtt_spt"; gvt-facts 4).
+table with every guest frame replaced by a machine frame (i915/gvt gtt.c "ppgtt_spt"; gvt/gtt.c, gvt/page_track.c).
 
 * populate: a table entry -> the child SPT's frame (shared, refcounted, keyed by the guest gfn); a PTE ->
   ``gfn_to_mfn``; what the guest may not name -> scratch (the per-level scratch tables for a non-present
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 ENTRY_PRESENT = 1 << 0
 ENTRY_RW = 1 << 1
-ENTRY_PS = 1 << 7  # PDE: 2 MiB page, PDPE: 1 GiB page (gvt-facts 3)
+ENTRY_PS = 1 << 7  # PDE: 2 MiB page, PDPE: 1 GiB page (gvt/gtt.c, gvt/aperture_gm.c)
 ENTRY_IPS = 1 << 11  # PDE: 64 KiB pages in the PT below
 ENTRIES = PAGE_SIZE // 8
 GTT_64K_PTE_STRIDE = 16  # gtt.h: a 64K PTE is every 16th entry of its PT
@@ -53,7 +53,7 @@ _TABLE = struct.Struct(f"<{ENTRIES}Q")
 #: table levels: 1 = PT (PTEs), 2 = PD, 3 = PDP (4-level only), 4 = PML4
 LEVEL_PT, LEVEL_PD, LEVEL_PDP, LEVEL_PML4 = 1, 2, 3, 4
 LEVEL_NAMES = {LEVEL_PT: "PTE_PT", LEVEL_PD: "PDE_PT", LEVEL_PDP: "PDP_PT", LEVEL_PML4: "PML4_PT"}
-#: gvt-facts 4: a PTE-level table goes out of sync after 2 trapped writes
+#: gvt/gtt.c, gvt/page_track.c: a PTE-level table goes out of sync after 2 trapped writes
 OOS_WRITE_THRESHOLD = 2
 
 
@@ -360,7 +360,7 @@ class SptTable:
 
     # ----------------------------------------------------------------------------- WP handler
     def _on_write(self, spt: Spt, gpa: int, data: int, size: int) -> None:
-        """ppgtt_write_protection_handler (gvt-facts 4, WP fault path): apply the guest's write (ACRN
+        """ppgtt_write_protection_handler (gvt/gtt.c, gvt/page_track.c, WP fault path): apply the guest's write (ACRN
         does not), then shadow it: a full entry at once, a half entry after the next flush."""
         if size not in (4, 8) or gpa % size:
             raise EmulationError(f"page-table write of {size} bytes at {gpa:#x} (must be an aligned 4 or 8)")

@@ -1,4 +1,4 @@
-"""vGPU types, GM partitioning and fences (i915/gvt vgpu.c, aperture_gm.c; gvt-facts 3).
+"""vGPU types, GM partitioning and fences (i915/gvt vgpu.c, aperture_gm.c; gvt/gtt.c, gvt/aperture_gm.c).
 
 The physical GM (graphics memory) is split as on real hardware: the aperture (low GM, CPU-mappable)
 is ``[0, aperture)``, the hidden range (high GM) is ``[aperture, total)``. The host keeps 128 MB of low GM
@@ -19,7 +19,7 @@ from .errors import GvtError
 MB = 1 << 20
 GTT_PAGE_SIZE = 1 << 12
 
-# gvt-facts 3 / 10: host reserve and vGPU limits.
+# gvt/gtt.c, gvt/aperture_gm.c / 10: host reserve and vGPU limits.
 HOST_LOW_GM_SIZE = 128 * MB
 HOST_HIGH_GM_SIZE = 384 * MB
 HOST_FENCE = 4
@@ -32,7 +32,7 @@ class PhysicalGpu:
     """What gvt knows of the physical GPU: identity and sizes (pgpu's STATUS ``info["gpu"]``).
 
     The defaults describe a SKL GT2 (0x1912 rev 6) with 4 GB GM, a 512 MB aperture, MSI capability at 0xAC
-    (gvt-facts 3: the 2016 GVT hard-coded SKL 0xAC) and 32 fences.
+    (gvt/gtt.c, gvt/aperture_gm.c: the 2016 GVT hard-coded SKL 0xAC) and 32 fences.
     """
 
     vendor: int = 0x8086
@@ -110,7 +110,7 @@ class VgpuType:
                 f"weight: {self.weight}" + (f", resolution: {self.resolution}" if self.resolution else ""))
 
 
-#: intel_vgpu_configs[] (gvt-facts 3): suffix, low GM MB, high GM MB, fences, weight (16/n), EDID resolution.
+#: intel_vgpu_configs[] (gvt/gtt.c, gvt/aperture_gm.c): suffix, low GM MB, high GM MB, fences, weight (16/n), EDID resolution.
 VGPU_CONFIGS: tuple[tuple[str, int, int, int, int, str], ...] = (
     ("8", 64, 384, 4, 2, "1024x768"),
     ("4", 128, 512, 4, 4, "1920x1200"),
@@ -148,7 +148,7 @@ def parse_spec(spec: str, vm: int | None = None,
     """Resolve a create spec: a type name, or AcrnGT's ``"vmid,low_gm_MB,high_gm_MB,fence"`` (also
     ``"low_gm_MB,high_gm_MB,fence"`` when the VM is named elsewhere).
 
-    AcrnGT (gvt-facts 3, acrngt_sysfs_instance_manage) copies ``types[0]`` (its weight) and overrides the
+    AcrnGT (gvt/gtt.c, gvt/aperture_gm.c, acrngt_sysfs_instance_manage) copies ``types[0]`` (its weight) and overrides the
     sizes; it accepts ``vm_id > 0``, ``aperture > 0``, ``aperture <= aperture + high``, ``fence > 0``.
     ``types`` is the type table by name (the GPU profile's; the real four by default).
     Returns ``(vmid named by the spec or None, type)``.
@@ -195,7 +195,7 @@ class GmResource:
     fences: tuple[int, ...]
 
     def contains(self, gma: int, size: int = 1) -> bool:
-        """gvt-facts 3: validation = address and address+size-1 inside the aperture or hidden slice."""
+        """gvt/gtt.c, gvt/aperture_gm.c: validation = address and address+size-1 inside the aperture or hidden slice."""
         last = gma + size - 1
         return ((self.low_base <= gma and last < self.low_base + self.low_size)
                 or (self.high_base <= gma and last < self.high_base + self.high_size))

@@ -1,4 +1,4 @@
-"""A vGPU and its lifecycle (i915/gvt vgpu.c; gvt-facts 7).
+"""A vGPU and its lifecycle (i915/gvt vgpu.c; gvt/vgpu.c).
 
 A :class:`Vgpu` is composed of per-concern parts, each with init / reset / clean: config space
 (cfg_space), virtual registers (mmio), GGTT (gtt), page tracking (page_track), PPGTT shadows (ppgtt),
@@ -35,11 +35,11 @@ from .types import GmResource, VgpuType
 if TYPE_CHECKING:
     from .core import Gvt
 
-GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt-facts 6)
+GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt/cfg_space.c)
 
 
 class FailsafeReason(enum.IntEnum):
-    """enum GVT_FAILSAFE_* (gvt-facts 7)."""
+    """enum GVT_FAILSAFE_* (gvt/vgpu.c)."""
 
     UNSUPPORTED_GUEST = 0
     INSUFFICIENT_RESOURCE = 1
@@ -155,7 +155,7 @@ class Vgpu:
         self.cfg.d3_entered = False
 
     def reset(self, dmlr: bool, engine_mask: int = ALL_ENGINES) -> None:
-        """intel_gvt_reset_vgpu_locked (gvt-facts 7).
+        """intel_gvt_reset_vgpu_locked (gvt/vgpu.c).
 
         * always: reset the submission of the engines being reset;
         * full GT reset (all engines) or DMLR: execlists off, PPGTT shadows invalidated, MMIO restored

@@ -1,9 +1,9 @@
 """The command streamer: executes a context's ring [head, tail) and the batch buffers it starts.
 
-* The ring lives in the GGTT at RING_START; offsets wrap at the ring size (gvt-facts 5.1).
+* The ring lives in the GGTT at RING_START; offsets wrap at the ring size (gvt/handlers.c, gvt/execlist.c).
 * MI_BATCH_BUFFER_START from the ring starts a first-level batch; from a first-level batch with bit 22 it
   calls a second-level batch (whose BB_END returns to the first level); without bit 22 it chains (jumps, no
-  return). A second-level start from the ring, or from a second-level batch, is refused (gvt-facts 5.3).
+  return). A second-level start from the ring, or from a second-level batch, is refused (gvt/cmd_parser.c).
   Bit 8 puts the batch in the PPGTT, else in the GGTT.
 * Every command costs simulated time (timing.py). The watchdog stops a context whose simulated time or
   command count passes its limit (an endless batch loop): status HANG.

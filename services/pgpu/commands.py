@@ -46,7 +46,7 @@ PIPE_CONTROL_POST_SYNC_SHIFT = 14  # bits 15:14; 1 = write immediate (QW), 3 = t
 PIPE_CONTROL_GLOBAL_GTT_IVB = 1 << 24
 XY_COLOR_BLT = (2 << 29) | (0x50 << 22)
 XY_SRC_COPY_BLT = (2 << 29) | (0x53 << 22)
-MMIO_LIMIT = 0x200000  # registers live in the first 2 MiB of BAR0 (gvt-facts 3)
+MMIO_LIMIT = 0x200000  # registers live in the first 2 MiB of BAR0 (gvt/gtt.c, gvt/aperture_gm.c)
 
 POST_SYNC_NONE, POST_SYNC_IMM, POST_SYNC_DEPTH, POST_SYNC_TIMESTAMP = 0, 1, 2, 3
 

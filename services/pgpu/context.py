@@ -1,6 +1,6 @@
 """Execlist context descriptors and the logical ring context (LRC) image in graphics memory.
 
-gvt-facts 5.1: descriptor ldw bit0 valid, bit1 force_pd_restore, bit2 force_restore, bits 3-4 addressing mode,
+gvt/handlers.c, gvt/execlist.c: descriptor ldw bit0 valid, bit1 force_pd_restore, bit2 force_restore, bits 3-4 addressing mode,
 bit5 llc coherency, bits 6-7 fault handling, bit8 privilege access, bits 12-31 LRCA (the GGTT address of the
 LRC, page aligned); udw = context id. Page ``lrca`` is the per-process HW status page (PPHWSP), page
 ``lrca + 1`` the ring context: an LRI-format register state (``struct execlist_ring_context``: u32 nop1,
@@ -72,7 +72,7 @@ def make_descriptor(lrca: int, ctx_id: int, mode: int = MODE_LEGACY_64, privileg
 
 # ---------------------------------------------------------------------------------------- ring context
 #: name -> (byte offset of the mmio dword, byte offset of the value dword, mmio offset from the engine base)
-#: (gvt execlist.h struct execlist_ring_context; mmio offsets from i915 intel_lrc_reg.h / gvt-facts 5.1)
+#: (gvt execlist.h struct execlist_ring_context; mmio offsets from i915 intel_lrc_reg.h / gvt/handlers.c, gvt/execlist.c)
 RING_CTX: dict[str, tuple[int, int, int]] = {
     "ctx_ctrl": (0x08, 0x0C, 0x244),
     "ring_header": (0x10, 0x14, 0x34),

@@ -27,7 +27,7 @@ from .ppgtt import LEVELS_BY_MODE
 from .timing import TimingModel
 
 ENGINES = ("rcs", "bcs", "vcs", "vecs")
-#: the device gvt sees through STATUS (SKL GT2 0x1912 rev 6; gvt-facts 3: msi_cap 0xAC on SKL)
+#: the device gvt sees through STATUS (SKL GT2 0x1912 rev 6; gvt/gtt.c, gvt/aperture_gm.c: msi_cap 0xAC on SKL)
 GPU_IDENTITY = {"vendor": 0x8086, "device": 0x1912, "revision": 6, "msi_cap": 0xAC, "fences": NUM_FENCES}
 
 

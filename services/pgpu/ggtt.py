@@ -1,6 +1,6 @@
 """The physical GGTT: one gen8 PTE per 4 KiB page of graphics memory (GM), holding machine addresses.
 
-gvt-facts 3: "GGTT PTE format (gen8+): bit 0 = present; page address bits [45:12]"; the table has
+gvt/gtt.c, gvt/aperture_gm.c: "GGTT PTE format (gen8+): bit 0 = present; page address bits [45:12]"; the table has
 ``gm_bytes >> 12`` entries of 8 bytes (8 MiB for a 4 GiB GM). gvt writes the *host* entries here (same index
 as the guest's, pfn replaced by the mfn), then invalidates the GGTT TLB by writing
 ``GFX_FLSH_CNTL_GEN6 (0x101008) = GFX_FLSH_CNTL_EN (bit 0)``.
@@ -19,10 +19,10 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = PAGE_SIZE - 1
 
 PTE_PRESENT = 1 << 0
-#: gvt-facts 3: ADDR_4K_MASK = GENMASK(45, 12) (GTT_HAW 46)
+#: gvt/gtt.c, gvt/aperture_gm.c: ADDR_4K_MASK = GENMASK(45, 12) (GTT_HAW 46)
 PTE_ADDR_MASK = ((1 << 46) - 1) & ~PAGE_MASK
 
-#: gvt-facts 10: GGTT flush register and its enable bit
+#: i915_reg.h: GGTT flush register and its enable bit
 GFX_FLSH_CNTL = 0x101008
 GFX_FLSH_CNTL_EN = 1 << 0
 

@@ -1,10 +1,10 @@
 """The physical MMIO register file (BAR0's first 2 MiB) with the side effects the device model relies on.
 
 Plain registers are stored as written. A declarative table gives the special ones their behaviour:
-* GFX_FLSH_CNTL 0x101008 bit 0: invalidate the GGTT TLB (gvt-facts 3, step 5); reads back 0;
+* GFX_FLSH_CNTL 0x101008 bit 0: invalidate the GGTT TLB (gvt/gtt.c, gvt/aperture_gm.c, step 5); reads back 0;
 * GDRST 0x941C: engine reset by domain bit (i915 GEN6_GRDOM_FULL 0, RENDER 1, MEDIA 2, BLT 3, VECS 4);
   self-clearing, so it reads back 0 once the reset is done;
-* forcewake (gen9, gvt-facts 10): render 0xA278 -> ack 0x0D84, GT 0xA188 -> ack 0x130044, media 0xA270 -> ack
+* forcewake (gen9, i915_reg.h): render 0xA278 -> ack 0x0D84, GT 0xA188 -> ack 0x130044, media 0xA270 -> ack
   0x0D88; masked registers (bits 31:16 select bits 15:0), the ack follows the new low 16 bits;
 * per-engine RING_MODE (+0x29C) is masked too; RING_TAIL/HEAD/START/CTL (+0x30..0x3C) and EXECLIST_STATUS
   (+0x234) are kept up to date by the engines; fences 0x100000 + 8i (i < 32) are plain 64-bit registers.
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .ggtt import GFX_FLSH_CNTL, GFX_FLSH_CNTL_EN
 
-#: gvt-facts 5.1 ring bases
+#: gvt/handlers.c, gvt/execlist.c ring bases
 ENGINE_BASES: dict[str, int] = {"rcs": 0x2000, "vcs": 0x12000, "vecs": 0x1A000, "bcs": 0x22000}
 RING_TAIL, RING_HEAD, RING_START, RING_CTL = 0x30, 0x34, 0x38, 0x3C
 EXECLIST_STATUS = 0x234

@@ -1,6 +1,6 @@
 """Per-process GTT walks: 3-level legacy 32-bit (4 PDPs) and 4-level (PML4) tables in machine memory.
 
-gvt-facts 4 (index math, gen8): pte = (gma>>12)&0x1FF, pde = (gma>>21)&0x1FF, l3 pdp = (gma>>30)&0x3,
+gvt/gtt.c, gvt/page_track.c (index math, gen8): pte = (gma>>12)&0x1FF, pde = (gma>>21)&0x1FF, l3 pdp = (gma>>30)&0x3,
 l4 pdp = (gma>>30)&0x1FF, pml4 = (gma>>39)&0x1FF; 512 entries x 8 B per table page. Root entries (the PDPs in
 the context image) are "present" when ``val != 0`` (i915 writes root pointers without the present bit); every
 other level uses bit 0. PDE bit 7 = 2 MiB page, PDPE bit 7 = 1 GiB page (masks GENMASK(45, 21/30)).
@@ -21,7 +21,7 @@ ENTRY_PS = 1 << 7  # PDE: 2 MiB page; PDPE: 1 GiB page
 ADDR_2M_MASK = ((1 << 46) - 1) & ~((1 << 21) - 1)
 ADDR_1G_MASK = ((1 << 46) - 1) & ~((1 << 30) - 1)
 
-#: addressing mode (context descriptor bits 4:3) -> number of levels (gvt-facts 4: 1 legacy 32-bit = L3,
+#: addressing mode (context descriptor bits 4:3) -> number of levels (gvt/gtt.c, gvt/page_track.c: 1 legacy 32-bit = L3,
 #: 3 legacy 64-bit = L4; advanced/SVM are "not supported")
 LEVELS_BY_MODE = {1: 3, 3: 4}
 #: size of the address space each walk covers

@@ -1,8 +1,8 @@
 """What a guest may send as an ioreq, by type: a declarative table of admission checks.
 
-A guest sends PIO, MMIO and WP; PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF (gvt-facts 8.3). A
+A guest sends PIO, MMIO and WP; PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF (ACRN drivers/vhm/vhm_ioreq.c). A
 WP request is what the hypervisor raises for a write to a page whose EPT entry is readable but not writable
-(gvt-facts 8.2), so vhm accepts one only where that is true and a client tracks the page. Each check raises
+(ACRN hypervisor dm/io_req.c), so vhm accepts one only where that is true and a client tracks the page. Each check raises
 :class:`VhmError` (bad_request) or returns None.
 """
 
@@ -29,13 +29,13 @@ def _check_mmio(vm: Vm, req: m.Ioreq) -> None:
 
 
 def _check_pci(vm: Vm, req: m.Ioreq) -> None:
-    # gvt-facts 8.3: PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF; a guest uses the ports
+    # ACRN drivers/vhm/vhm_ioreq.c: PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF; a guest uses the ports
     raise VhmError(ErrorCode.BAD_REQUEST, "guests do not send PCI requests: use PIO 0xCF8 / 0xCFC-0xCFF",
                    vm=req.vm, vcpu=req.vcpu, seq=req.seq)
 
 
 def _check_wp(vm: Vm, req: m.Ioreq) -> None:
-    # gvt-facts 8.2: a WP exit is a write to a page whose EPT entry is readable but not writable
+    # ACRN hypervisor dm/io_req.c: a WP exit is a write to a page whose EPT entry is readable but not writable
     gfn = req.addr >> PAGE_SHIFT
     why = None
     if req.dir != IoreqDir.WRITE:

@@ -5,7 +5,7 @@ point that returns plain data (outcomes.py) and never raises into the shell. The
 models call live in mpt.py (mixed in here), routing rules in routing.py, guest RAM and EPT in
 guest_memory.py.
 
-The ioreq path (DESIGN section 3, gvt-facts 8.1-8.3), per vCPU slot:
+The ioreq path (docs/ARCHITECTURE.md, the ioreq path, ACRN acrn_common.h-8.3), per vCPU slot:
 
     insert_ioreq   FREE -> PENDING            the hypervisor queued the vCPU's request (acrn_insert_request)
     distribute     PENDING -> COMPLETE        0xCF8 latch, CONF1 disabled, fallback: done inside vhm
@@ -40,7 +40,7 @@ from .admission import GUEST_KIND_CHECKS
 from .routing import all_ones, fallback_value, handle_cf8cfc, route
 from .vm import Vm, VmState
 
-MAX_CLIENT_ID = 1023  # VHM client ids are 1..1023 (idr_alloc_cyclic), gvt-facts 8.3
+MAX_CLIENT_ID = 1023  # VHM client ids are 1..1023 (idr_alloc_cyclic), ACRN drivers/vhm/vhm_ioreq.c
 
 
 @dataclass(eq=False)
@@ -189,7 +189,7 @@ class VhmCore(MptServices, ClientSessions):
             raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {req.vcpu}", **keys)
         GUEST_KIND_CHECKS[IoreqType(req.kind)](vm, req)
         slot = vm.slots[req.vcpu]
-        if slot.busy:  # gvt-facts 8.1: a vCPU cannot issue a new request until its slot is FREE again
+        if slot.busy:  # ACRN acrn_common.h: a vCPU cannot issue a new request until its slot is FREE again
             raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {req.vcpu} of VM {vm.id} already has request "
                            f"seq {vm.request_of(slot).seq} {slot.state.name}", **keys)
         if req.dir == IoreqDir.WRITE and req.value > all_ones(req.size):
@@ -200,7 +200,7 @@ class VhmCore(MptServices, ClientSessions):
     def _distribute(self, vm: Vm, vcpu: int, now: float) -> Completed | Dispatched:
         slot = vm.slots[vcpu]
         req = vm.request_of(slot)
-        cf = handle_cf8cfc(vm.pci_conf_addr, req)  # gvt-facts 8.3: CONF1 first, before client lookup
+        cf = handle_cf8cfc(vm.pci_conf_addr, req)  # ACRN drivers/vhm/vhm_ioreq.c: CONF1 first, before client lookup
         if cf is not None:
             vm.pci_conf_addr = cf.latch
             if cf.request is None:
@@ -405,7 +405,7 @@ class VhmCore(MptServices, ClientSessions):
 
     # ==================================================================================== helpers
     def _guest_vm(self, peer: Peer, vm_id: int, **keys: int) -> Vm:
-        """A VM named by a guest: it must exist and belong to that guest's connection (DESIGN 4)."""
+        """A VM named by a guest: it must exist and belong to that guest's connection (docs/PROTOCOL.md)."""
         vm = self.vms.get(vm_id)
         if vm is None:
             raise VhmError(ErrorCode.NO_SUCH_VM, f"no VM {vm_id}", **keys)

@@ -1,6 +1,6 @@
 """The MPT services vhm offers to ioreq clients (device models), as AcrnGT implements them on ACRN.
 
-gvt-facts 8.4 and 9.1. Callers are role-gvt sessions: the Service VM, privileged, so they may name any VM
+ACRN gvt/acrngt.c and 9.1. Callers are role-gvt sessions: the Service VM, privileged, so they may name any VM
 (no ownership check), but every argument is checked: a VM that does not exist (no_such_vm), a gfn/gpa
 outside what the VM has (bad_address), a state that does not allow the call (bad_request). Calls that
 *release* something (delete a range, unintercept, disable page track, DMA unmap, unmap, detach) on a VM
@@ -25,7 +25,7 @@ from .vm import Vm, VmState
 if TYPE_CHECKING:
     from .core import Client
 
-#: gvt-facts 8.4: the range kinds a client may trap; PCI config goes through INTERCEPT_BDF instead
+#: ACRN gvt/acrngt.c: the range kinds a client may trap; PCI config goes through INTERCEPT_BDF instead
 RANGE_KINDS = (IoreqType.PIO, IoreqType.MMIO, IoreqType.WP)
 
 
@@ -135,7 +135,7 @@ class MptServices:
 
     @entry_point
     def map_gfn_to_mfn(self, client: int, vm_id: int, gfn: int, mfn: int, nr: int, map_: bool) -> Reply:
-        """MAP_GFN_TO_MFN (HC 0x42 add/del_memory_region, gvt-facts 8.4): map ``nr`` gfns above RAM onto
+        """MAP_GFN_TO_MFN (HC 0x42 add/del_memory_region, ACRN gvt/acrngt.c): map ``nr`` gfns above RAM onto
         existing machine frames, or unmap them; the VM's guest gets EPT_CHANGED."""
         self._client(client)
         vm = self._client_vm(vm_id, releasing=not map_)
@@ -158,7 +158,7 @@ class MptServices:
     # ------------------------------------------------------------------------------- page tracking
     @entry_point
     def page_track(self, client: int, vm_id: int, gfn: int, enable: bool) -> Reply:
-        """PAGE_TRACK, the ACRN way (gvt-facts 8.4): enable adds a WP range [gfn<<12, ((gfn+1)<<12)-1] for
+        """PAGE_TRACK, the ACRN way (ACRN gvt/acrngt.c): enable adds a WP range [gfn<<12, ((gfn+1)<<12)-1] for
         the client then write-protects the page (HC 0x43), so the guest's next write is a WP ioreq;
         disable un-protects then deletes the range."""
         self._client(client)
@@ -210,7 +210,7 @@ class MptServices:
     # -------------------------------------------------------------------------------------- MSI
     @entry_point
     def inject_msi(self, client: int, vm_id: int, addr: int, data: int) -> Reply:
-        """INJECT_MSI (vhm_inject_msi, gvt-facts 9): deliver an MSI to the VM's guest over the guest's own
+        """INJECT_MSI (vhm_inject_msi, gvt/hypercall.h, ACRN gvt/acrngt.c): deliver an MSI to the VM's guest over the guest's own
         connection, numbered per VM so the guest can see a gap. OK{value = the MSI's seq}."""
         vm = self._client_vm(vm_id)
         assert vm is not None

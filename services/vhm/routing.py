@@ -1,7 +1,7 @@
 """ioreq routing inside vhm: the PCI 0xCF8/0xCFC latch, range and BDF lookup, and the fallback client.
 
 Pure functions and small tables, no I/O. The order of the steps follows the Service-VM kernel
-dispatcher (gvt-facts 8.3, ``acrn_ioreq_distribute_request``):
+dispatcher (ACRN drivers/vhm/vhm_ioreq.c, ``acrn_ioreq_distribute_request``):
 
 1. ``handle_cf8cfc``: 0xCF8 (size 4) is latched or read back in vhm; 0xCFC-0xCFF are completed in vhm
    while CONF1_ENABLE (bit 31 of the latch) is clear, else rewritten in place to a PCI request;
@@ -19,7 +19,7 @@ import msgspec
 from ...protocol import IoreqDir, IoreqType
 from ...protocol import messages as m
 
-PCI_CONFIG_ADDRESS = 0xCF8  # CONF1 address port (gvt-facts 8.3: handled in the VHM kernel, size 4 only)
+PCI_CONFIG_ADDRESS = 0xCF8  # CONF1 address port (ACRN drivers/vhm/vhm_ioreq.c: handled in the VHM kernel, size 4 only)
 PCI_CONFIG_DATA = 0xCFC  # CONF1 data ports 0xCFC..0xCFF
 CONF1_ENABLE = 1 << 31  # bit 31 of the latched address: config cycles enabled
 PIO_LIMIT = 0xFFFF  # x86 port space is 64 KiB
@@ -28,7 +28,7 @@ Bdf = tuple[int, int, int]  # (bus, dev, func)
 
 
 def all_ones(size: int) -> int:
-    """The all-ones value of an access of ``size`` bytes (what an unclaimed read returns, gvt-facts 8.1)."""
+    """The all-ones value of an access of ``size`` bytes (what an unclaimed read returns, ACRN acrn_common.h)."""
     return (1 << (8 * size)) - 1
 
 
@@ -66,7 +66,7 @@ def is_cfg_data(req: m.Ioreq) -> bool:
 def decode_conf1(latch: int, port: int) -> tuple[int, int, int, int]:
     """``(bus, dev, func, reg)`` addressed by the CONF1 latch for a data-port access at ``port``.
 
-    gvt-facts 8.3: bus = addr[23:16], dev = addr[15:11], func = addr[10:8],
+    ACRN drivers/vhm/vhm_ioreq.c: bus = addr[23:16], dev = addr[15:11], func = addr[10:8],
     reg = (addr & 0xFF) + ((addr >> 16) & 0xF00) + (port - 0xCFC). ``reg`` is kept to 12 bits (the
     wire field's range): only a byte access at 0xCFF with reg 0xFFC+ could exceed it.
     """
@@ -78,7 +78,7 @@ def decode_conf1(latch: int, port: int) -> tuple[int, int, int, int]:
 
 
 def handle_cf8cfc(latch: int, req: m.Ioreq) -> Cf8Cfc | None:
-    """The VHM kernel's CONF1 handling for one PIO request (gvt-facts 8.3 ``handle_cf8cfc``).
+    """The VHM kernel's CONF1 handling for one PIO request (ACRN drivers/vhm/vhm_ioreq.c ``handle_cf8cfc``).
 
     Args:
         latch: the VM's current ``pci_conf_addr``.

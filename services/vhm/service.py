@@ -489,7 +489,7 @@ class VhmService(BaseService):
             await self._reject(session, res, msg.req)
 
 
-#: Who may send what (DESIGN section 4): guests only manage their VMs and send ioreqs; device models send
+#: Who may send what (docs/PROTOCOL.md): guests only manage their VMs and send ioreqs; device models send
 #: completions and MPT calls (MPT_CALLS); ctl/probe sessions get STATUS only (answered by the server).
 ROLE_HANDLERS: dict[str, dict[type[m.Message], Handler]] = {
     "guest": {

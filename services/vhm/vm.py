@@ -1,6 +1,6 @@
 """One VM as vhm sees it: its vCPU ioreq slots, guest memory, PCI latch, trapped ranges, page tracks.
 
-The per-VM state of the ACRN hypervisor and the Service-VM VHM together (gvt-facts 8.1-8.3): one ioreq slot
+The per-VM state of the ACRN hypervisor and the Service-VM VHM together (ACRN acrn_common.h-8.3): one ioreq slot
 per vCPU (``VHM_REQUEST_MAX`` = 16 slots of one 4 KiB page), ``pci_conf_addr`` (the CONF1 latch, per VM),
 the ranges and BDFs each ioreq client registered for this VM, and which client tracks which page.
 """
@@ -44,7 +44,7 @@ class Vm:
     vgpu_spec: str = ""
     vgpu_id: int = 0
     dm: int | None = None  # id of the ioreq client (device model) that holds the vGPU
-    pci_conf_addr: int = 0  # gvt-facts 8.3: the CONF1 latch, one per VM
+    pci_conf_addr: int = 0  # ACRN drivers/vhm/vhm_ioreq.c: the CONF1 latch, one per VM
     msi_seq: int = 0
     slots: list[IoreqSlot] = field(default_factory=list)
     dispatched_at: list[float] = field(default_factory=list)  # per vCPU: when the slot went PROCESSING

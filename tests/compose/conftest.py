@@ -1,4 +1,4 @@
-"""The compose tier: the real docker-compose.yml on a real Docker engine (DESIGN section 9).
+"""The compose tier: the real docker-compose.yml on a real Docker engine (docs/ARCHITECTURE.md, tests).
 
 It runs only when asked (``GVTSIM_COMPOSE_TIER=1``, which ``.ci/compose-tier`` sets after starting the
 engine); a plain ``make test`` reports these tests as skipped with that reason. Once asked, a missing

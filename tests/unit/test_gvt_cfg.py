@@ -1,4 +1,4 @@
-"""Conformance: the vGPU's PCI configuration space (gvt-facts 6)."""
+"""Conformance: the vGPU's PCI configuration space (gvt/cfg_space.c)."""
 
 from __future__ import annotations
 

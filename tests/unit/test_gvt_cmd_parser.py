@@ -1,4 +1,4 @@
-"""The command scanner (cmd_parser.py, gvt-facts 5.3) as a pure object: forbidden and unknown commands,
+"""The command scanner (cmd_parser.py, gvt/cmd_parser.c) as a pure object: forbidden and unknown commands,
 the register whitelist, the GGTT address audit, batch-buffer walking and shadow layout, user interrupts."""
 
 from __future__ import annotations

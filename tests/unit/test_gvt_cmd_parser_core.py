@@ -13,7 +13,7 @@ from gvtsim.services.guest import cmds
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.cmd_parser import SHADOW_BB_GM_OFFSET
 
-RCS_USER = 1 << 0  # GT0 bit of RCS_MI_USER_INTERRUPT (gvt-facts 5.5)
+RCS_USER = 1 << 0  # GT0 bit of RCS_MI_USER_INTERRUPT (gvt/interrupt.c)
 
 
 @pytest.fixture

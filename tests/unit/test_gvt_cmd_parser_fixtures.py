@@ -116,7 +116,7 @@ class Guest:
         self.contexts[engine] = (ctx, ring, tail)
         state = ctx.gpa + PAGE_SIZE
         self.write(state + r.CTX_RING_TAIL_VAL, [tail])
-        for off, val in zip((0xCC, 0xBC, 0xAC, 0x9C), pdps):  # pdp0..3 LDW (gvt-facts 5.1)
+        for off, val in zip((0xCC, 0xBC, 0xAC, 0x9C), pdps):  # pdp0..3 LDW (gvt/handlers.c, gvt/execlist.c)
             self.write(state + off, [val])
         desc = (0x100 + list(BY_NAME).index(engine)) << 32 | r.DESC_VALID | r.DESC_ADDRESSING_LEGACY32 \
             | r.DESC_PRIVILEGE | ctx.gm

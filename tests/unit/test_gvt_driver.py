@@ -1,5 +1,5 @@
 """The core driven like the i915 guest driver drives a vGPU, through ioreqs as vhm dispatches them
-(gvt-facts 2: detect, balloon, fences, GGTT, interrupts)."""
+(i915_vgpu.c: detect, balloon, fences, GGTT, interrupts)."""
 
 from __future__ import annotations
 

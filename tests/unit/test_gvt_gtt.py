@@ -1,4 +1,4 @@
-"""Conformance: gen8 GGTT PTEs and GGTT emulation through BAR0 + 8 MB (gvt-facts 3)."""
+"""Conformance: gen8 GGTT PTEs and GGTT emulation through BAR0 + 8 MB (gvt/gtt.c, gvt/aperture_gm.c)."""
 
 from __future__ import annotations
 

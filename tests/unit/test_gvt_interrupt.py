@@ -1,4 +1,4 @@
-"""Conformance: virtual interrupts, master IRQ, IIR semantics and MSI gating (gvt-facts 5.5, 9)."""
+"""Conformance: virtual interrupts, master IRQ, IIR semantics and MSI gating (gvt/interrupt.c, gvt/hypercall.h, ACRN gvt/acrngt.c)."""
 
 from __future__ import annotations
 

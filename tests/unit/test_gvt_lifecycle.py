@@ -1,4 +1,4 @@
-"""vGPU lifecycle: create, destroy, activate, deactivate, DMLR (gvt-facts 7) and the MPT glue."""
+"""vGPU lifecycle: create, destroy, activate, deactivate, DMLR (gvt/vgpu.c) and the MPT glue."""
 
 from __future__ import annotations
 

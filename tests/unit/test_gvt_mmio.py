@@ -1,4 +1,4 @@
-"""MMIO dispatch, the register table's rules, and bad input (gvt-facts 3, 7)."""
+"""MMIO dispatch, the register table's rules, and bad input (gvt/gtt.c, gvt/aperture_gm.c, gvt/vgpu.c)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PPGTT shadowing, driven by a real guest's page-table edits (gvt-facts 4).
+"""PPGTT shadowing, driven by a real guest's page-table edits (gvt/gtt.c, gvt/page_track.c).
 
 The property: for random sequences of guest page-table edits (map, unmap, remap, half-entry writes, page
 tables unlinked, re-used and shared between two directory entries), after the pre-submission flush every

@@ -1,5 +1,5 @@
 """PPGTT shadowing around the edges: a hostile PTE, the mm and SPT lifecycle, sharing, failsafe, resets,
-running out of frames (gvt-facts 4, 7). Real memory, EPTs and guests (test_gvt_ppgtt_fixtures)."""
+running out of frames (gvt/gtt.c, gvt/page_track.c, gvt/vgpu.c). Real memory, EPTs and guests (test_gvt_ppgtt_fixtures)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _writable(g: GuestVm, gpa: int) -> bool:
 def test_context_pdp_order_round_trips() -> None:
     pdps = (0x1_2345_6000, 0x2000, 0xFFFF_FFFF_F000, 0)
     values = pdps_to_context(pdps)
-    assert values[6:] == (0x1, 0x2345_6000)  # pdp0_UDW, pdp0_LDW come last (gvt-facts 5.1)
+    assert values[6:] == (0x1, 0x2345_6000)  # pdp0_UDW, pdp0_LDW come last (gvt/handlers.c, gvt/execlist.c)
     assert pdps_from_context(values) == pdps
 
 

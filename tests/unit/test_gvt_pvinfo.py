@@ -1,4 +1,4 @@
-"""Conformance: the PVINFO page, g2v notifications and the read-PVINFO-first rule (gvt-facts 1, 2, 7)."""
+"""Conformance: the PVINFO page, g2v notifications and the read-PVINFO-first rule (i915_pvinfo.h, i915_vgpu.c, gvt/vgpu.c)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The weighted time-slice policy (sched_policy.py, gvt-facts 5.4) as a pure object, and its fairness in
+"""The weighted time-slice policy (sched_policy.py, gvt/sched_policy.c) as a pure object, and its fairness in
 simulated time (bench_sched.py: simulated time is deterministic, so the 10% bound is not a timed assertion)."""
 
 from __future__ import annotations

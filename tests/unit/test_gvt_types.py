@@ -1,4 +1,4 @@
-"""Conformance: vGPU types, GM partitioning with the host reserve, available instances (gvt-facts 3)."""
+"""Conformance: vGPU types, GM partitioning with the host reserve, available instances (gvt/gtt.c, gvt/aperture_gm.c)."""
 
 from __future__ import annotations
 

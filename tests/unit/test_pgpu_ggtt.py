@@ -1,4 +1,4 @@
-"""Physical GGTT: gen8 PTEs, translation, the TLB and its flush register (gvt-facts 3)."""
+"""Physical GGTT: gen8 PTEs, translation, the TLB and its flush register (gvt/gtt.c, gvt/aperture_gm.c)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_pte_roundtrip_keeps_bits_45_12(pfn: int, present: bool) -> None:
 
 
 def test_size_follows_gm() -> None:
-    assert Ggtt(4096 * MIB).num_entries == 1 << 20  # 8 MiB of entries for 4 GiB (gvt-facts 3)
+    assert Ggtt(4096 * MIB).num_entries == 1 << 20  # 8 MiB of entries for 4 GiB (gvt/gtt.c, gvt/aperture_gm.c)
     assert Ggtt(64 * MIB).num_entries == 16384
 
 

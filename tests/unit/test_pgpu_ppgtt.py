@@ -1,4 +1,4 @@
-"""PPGTT walks in machine memory: legacy 32-bit (4 PDPs) and 4-level (PML4), gvt-facts 4 index math."""
+"""PPGTT walks in machine memory: legacy 32-bit (4 PDPs) and 4-level (PML4), gvt/gtt.c, gvt/page_track.c index math."""
 
 from __future__ import annotations
 

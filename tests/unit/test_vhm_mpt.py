@@ -1,4 +1,4 @@
-"""The MPT services of the vhm core (gvt-facts 8.4 / 9.1), driven directly: translation, DMA pins, aperture
+"""The MPT services of the vhm core (ACRN gvt/acrngt.c / 9.1), driven directly: translation, DMA pins, aperture
 mappings, page tracking, guest memory access with bounds, MSI, frames for device models, vGPU binding."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""vhm routing rules, pure: the 0xCF8/0xCFC latch and rewrite (gvt-facts 8.3), range boundaries, BDFs."""
+"""vhm routing rules, pure: the 0xCF8/0xCFC latch and rewrite (ACRN drivers/vhm/vhm_ioreq.c), range boundaries, BDFs."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_cfc_rewrite_by_latched_bdf(bus, dev, func, dword, ext, off, d):
     assert out is not None and out.request is not None and out.latch == latch
     req = out.request
     assert (req.bus, req.dev, req.func) == (bus, dev, func)
-    # gvt-facts 8.3: reg = (addr & 0xFF) + ((addr >> 16) & 0xF00) + (port - 0xCFC); bits 27:24 extend it
+    # ACRN drivers/vhm/vhm_ioreq.c: reg = (addr & 0xFF) + ((addr >> 16) & 0xF00) + (port - 0xCFC); bits 27:24 extend it
     assert req.reg == (ext << 8 | dword << 2) + off
     assert req.kind == IoreqType.PCI and req.dir == d and req.value == 0x5A
 
