@@ -69,7 +69,7 @@ class GvtSession:
         self.timeout = timeout
         self.ctx = zmq.Context()
         self.conn = Connection(self.ctx, endpoint, role="ctl", ident=f"screen-{os.getpid()}", epoch=new_epoch(),
-                               hb=HeartbeatConfig(), log=_quiet)
+                               hb=HeartbeatConfig(), log=_quiet, server_role="gvt")
 
     async def __aenter__(self) -> "GvtSession":
         self.conn.start()

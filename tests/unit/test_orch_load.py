@@ -262,7 +262,9 @@ def test_resource_sampler_measures_this_process(tmp_path) -> None:
         ["gvt", "guest", "guest", "vhm"]
     s = ResourceSampler()
     base = s.sample({"s0/vhm": os.getpid()}, 0, now=0.0)
-    blob = bytearray(32 << 20)  # 32 MB touched
+    import mmap
+    # 32 MB of fresh pages, touched (an anonymous map: malloc could hand back memory already resident)
+    blob = mmap.mmap(-1, 32 << 20)
     for i in range(0, len(blob), 4096):
         blob[i] = 1
     s.samples.clear()
@@ -270,4 +272,4 @@ def test_resource_sampler_measures_this_process(tmp_path) -> None:
     summary = s.summary(base)
     assert summary["pss_by_service_mb"]["vhm"] >= base["pss_mb"] + 30
     assert summary["pss_per_vm_kb"] >= 30 * 1024 / 8
-    del blob
+    blob.close()
