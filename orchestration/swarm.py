@@ -141,6 +141,10 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
             if parse_duration(hc.get("timeout"), 30.0) < SWARM_PROBE_TIMEOUT_S:
                 hc["timeout"] = f"{SWARM_PROBE_TIMEOUT_S:g}s"
             svc["healthcheck"] = hc
+        if "ports" in svc:
+            ports = swarm_ports(svc.pop("ports"))
+            if ports:
+                svc["ports"] = ports
         svc.setdefault("networks", ["hoststack"])
         services[name] = svc
     out: dict[str, Any] = {"version": "3.8", "services": services,
@@ -150,6 +154,35 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
         out["volumes"] = doc["volumes"]  # the tmpfs machine memory: created by each node's local driver
     if doc.get("secrets"):
         out["secrets"] = doc["secrets"]  # CURVE keys as swarm secrets: created by `docker stack deploy`
+    return out
+
+
+def swarm_ports(ports: Any) -> list[dict[str, Any]]:
+    """The compose file's ``ports`` as swarm can publish them next to ``endpoint_mode: dnsrr``.
+
+    Swarm refuses ingress-mode ports on a dnsrr service ("port published with ingress mode can't be used
+    with dnsrr mode"), so every port is published in ``mode: host`` on the node that runs the task. Swarm
+    has no host address for a published port (it always binds every address of the node): a port the
+    compose file publishes only on loopback (``127.0.0.1::9100``, the metrics) is left out rather than
+    opened to the node's network; it stays reachable inside the stack's attachable overlay network.
+    """
+    out: list[dict[str, Any]] = []
+    for entry in ports or []:
+        if isinstance(entry, Mapping):
+            host_ip, published = str(entry.get("host_ip", "")), entry.get("published")
+            target, protocol = int(entry["target"]), str(entry.get("protocol", "tcp"))
+        else:
+            spec, _, protocol = str(entry).partition("/")
+            parts = spec.rsplit(":", 2)
+            host_ip = parts[0] if len(parts) == 3 else ""
+            published = parts[-2] if len(parts) >= 2 and parts[-2] else None
+            target, protocol = int(parts[-1]), protocol or "tcp"
+        if host_ip and host_ip not in ("0.0.0.0", "::"):
+            continue  # bound to one address (loopback) in compose: swarm cannot say that
+        port: dict[str, Any] = {"target": target, "protocol": protocol, "mode": "host"}
+        if published not in (None, ""):
+            port["published"] = int(str(published))
+        out.append(port)
     return out
 
 

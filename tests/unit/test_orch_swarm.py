@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gvtsim.orchestration.compose import ComposeError, load_topology
 from gvtsim.orchestration.swarm import NODE_LABEL, SERVICE_LABEL, STACK_LABEL, SwarmError, assign, load_compose, \
-    stack_document, wait_prefix
+    stack_document, swarm_ports, wait_prefix
 from gvtsim.orchestration.swarmload import ClockAlign, spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -158,3 +158,16 @@ def test_wait_with_nothing_to_wait_for_execs_the_command() -> None:
     out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "swarm", "wait", "--", "gvtsim", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "usage: gvtsim COMMAND" in out.stdout
+
+
+def test_ports_are_published_in_host_mode_and_loopback_only_ports_are_left_out(doc: dict) -> None:
+    # swarm refuses ingress-mode ports on a dnsrr service and cannot bind one address of a node
+    for svc in doc["services"].values():
+        assert all(p["mode"] == "host" for p in svc.get("ports", [])), svc.get("ports")
+    assert swarm_ports(["127.0.0.1::9100", "127.0.0.1:8080:5558"]) == []
+    assert swarm_ports(["9100", "8080:5558/udp", "0.0.0.0:81:80"]) == [
+        {"target": 9100, "protocol": "tcp", "mode": "host"},
+        {"target": 5558, "protocol": "udp", "mode": "host", "published": 8080},
+        {"target": 80, "protocol": "tcp", "mode": "host", "published": 81}]
+    assert swarm_ports([{"target": 9100, "host_ip": "127.0.0.1"}, {"target": 5, "published": 6}]) == [
+        {"target": 5, "protocol": "tcp", "mode": "host", "published": 6}]
