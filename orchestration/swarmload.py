@@ -156,11 +156,15 @@ class SwarmGuests:
             time.sleep(0.3)
 
 
-def free_slots(c: Any, stacks: list[SwarmStack], vgpu_type: str) -> dict[str, int]:
-    """Free vGPU slots of ``vgpu_type`` on each stack (its gvt's STATUS, asked on its node, in parallel)."""
-    def one(st: SwarmStack) -> int:
-        gvt = probe_stack(c, st).get("gvt")
-        return free_vgpus((gvt or {}).get("info", {}), vgpu_type) if gvt else 0
+def free_slots(c: Any, stacks: list[SwarmStack], vgpu_type: str | None) -> dict[str, tuple[str, int]]:
+    """Each stack's vGPU type and its free slots of it (its gvt's STATUS, asked on its node, in parallel).
+
+    The type is ``vgpu_type`` or, when None, the default type of the stack's GPU profile (as a native load
+    picks it)."""
+    def one(st: SwarmStack) -> tuple[str, int]:
+        info = (probe_stack(c, st).get("gvt") or {}).get("info", {})
+        kind = vgpu_type or (info.get("profile") or {}).get("default_type") or "GVTg_V5_8"
+        return kind, free_vgpus(info, kind)
 
     with ThreadPoolExecutor(max_workers=max(1, len(stacks))) as pool:
         return dict(zip((s.name for s in stacks), pool.map(one, stacks)))
@@ -177,10 +181,11 @@ def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
                          + ": run `gvtsim swarm deploy --wait 120` and `gvtsim status --swarm`")
     progress(f"{len(stacks)} host stacks on {len({s.node for s in stacks})} nodes: "
              + ", ".join(f"{s.name}@{s.node}" for s in stacks))
-    free = free_slots(c, stacks, args.vgpu_type)
-    plans = spread(args.vms, free, args.vms_per_guest)
+    kinds = free_slots(c, stacks, args.vgpu_type)
+    plans = spread(args.vms, {k: free for k, (_, free) in kinds.items()}, args.vms_per_guest)
     node_of = {s.name: s.node for s in stacks}
-    guest_args = ["--vgpu-types", args.vgpu_type, "--vcpus", str(args.vcpus), "--recover", "--stats-interval", "1"]
+    guest_args = {k: ["--vgpu-types", kind, "--vcpus", str(args.vcpus), "--recover", "--stats-interval", "1"]
+                  for k, (kind, _) in kinds.items()}
     t0 = time.monotonic()
     stats = LoadStats(t0, args.vms)
     by_node = {n: LoadStats(t0, sum(p.vms for p in plans if node_of[p.stack] == n)) for n in set(node_of.values())}
@@ -274,7 +279,7 @@ def row(node: str, fig: dict[str, Any], stacks: list[str]) -> dict[str, Any]:
             "failures_by_reason": fig["failures_by_reason"]}
 
 
-def ramp_up(guests: SwarmGuests, plans: list[SwarmGuest], guest_args: list[str], stats: LoadStats,
+def ramp_up(guests: SwarmGuests, plans: list[SwarmGuest], guest_args: dict[str, list[str]], stats: LoadStats,
             drain: Any, args: argparse.Namespace, boot_timeout: float = 120.0) -> None:
     """Start the guest services, at most ``--ramp`` booting at a time on each stack (booting VMs all at
     once starves a small node's services); each runs ``--duration`` plus the ramp-up still ahead of it
@@ -290,7 +295,7 @@ def ramp_up(guests: SwarmGuests, plans: list[SwarmGuest], guest_args: list[str],
             pending.remove(g)
             ahead = sum(boot_times) / len(boot_times) * \
                 (sum(1 for p in pending if p.stack == g.stack) + 1) / args.ramp
-            guests.start(g, [*guest_args, "--duration", str(round(args.duration + ahead, 1))])
+            guests.start(g, [*guest_args[g.stack], "--duration", str(round(args.duration + ahead, 1))])
             booting[g.source] = (g, time.monotonic())
         time.sleep(0.2)
         drain()

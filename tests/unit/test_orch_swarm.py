@@ -171,3 +171,19 @@ def test_ports_are_published_in_host_mode_and_loopback_only_ports_are_left_out(d
         {"target": 80, "protocol": "tcp", "mode": "host", "published": 81}]
     assert swarm_ports([{"target": 9100, "host_ip": "127.0.0.1"}, {"target": 5, "published": 6}]) == [
         {"target": 5, "protocol": "tcp", "mode": "host", "published": 6}]
+
+
+def test_free_slots_take_each_stacks_profile_default_type_when_no_type_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `load --swarm` without --vgpu-type counted the slots of type None (always 0) and refused every load
+    from gvtsim.orchestration import swarmload
+    from gvtsim.orchestration.swarm import SwarmStack
+
+    def gvt_info(default: str, avail: int) -> dict:
+        return {"gvt": {"info": {"profile": {"default_type": default},
+                                 "types": [{"name": "GVTg_V5_8", "avail": 7}, {"name": default, "avail": avail}]}}}
+
+    infos = {"a": gvt_info("GVTg_V5_8", 7), "b": gvt_info("AcrnGT_dense_1_2", 500)}
+    monkeypatch.setattr(swarmload, "probe_stack", lambda c, st: infos[st.name])
+    stacks = [SwarmStack("a"), SwarmStack("b")]
+    assert swarmload.free_slots(None, stacks, None) == {"a": ("GVTg_V5_8", 7), "b": ("AcrnGT_dense_1_2", 500)}
+    assert swarmload.free_slots(None, stacks, "GVTg_V5_8") == {"a": ("GVTg_V5_8", 7), "b": ("GVTg_V5_8", 7)}
