@@ -21,7 +21,7 @@ from ..services.common import curve
 from ..services.common.client import Connection
 from ..services.common.helptext import UserHelpFormatter
 from ..services.common.liveness import HeartbeatConfig
-from ..services.common.service import new_epoch
+from ..protocol.session import new_epoch
 
 
 async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None) -> m.StatusReply:

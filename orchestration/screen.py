@@ -27,7 +27,7 @@ from ..protocol import messages as m
 from ..protocol.constants import MAX_BLOB
 from ..services.common.client import Connection, RemoteError
 from ..services.common.liveness import HeartbeatConfig
-from ..services.common.service import new_epoch
+from ..protocol.session import new_epoch
 from ..services.gvt import fb_decoder as fb
 from .ctl import DEFAULT_ENDPOINT, CtlError
 from .health import _quiet

@@ -52,6 +52,11 @@ SERVICE_LABEL = "gvtsim.service"  # service label: the compose service name (vhm
 ROLE_LABEL = "gvtsim.role"  # service label on services gvtsim creates itself: "load", "probe"
 WAIT_SEPARATOR = "--"
 SWARM_PROBE_TIMEOUT_S = 30.0  # least healthcheck timeout on a swarm, where an unhealthy task is replaced
+# Least healthcheck interval on a swarm. Every probe starts a `gvtsim health` process in the container
+# (about 0.3 s of CPU): at the compose file's 2 s, two stacks' probes alone take more than half a core. On a
+# swarm the check only replaces a task that stopped answering (start order comes from `gvtsim swarm wait`,
+# and a container that exits is replaced at once), so it need not run often.
+SWARM_PROBE_INTERVAL_S = 10.0
 _ENDPOINT = re.compile(r"tcp://(?P<host>[A-Za-z0-9_.-]+|\*):(?P<port>[0-9]+)")
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0", "*"})
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -140,6 +145,8 @@ def stack_document(compose: Mapping[str, Any], env: Mapping[str, str], stack: st
             hc = dict(svc["healthcheck"])
             if parse_duration(hc.get("timeout"), 30.0) < SWARM_PROBE_TIMEOUT_S:
                 hc["timeout"] = f"{SWARM_PROBE_TIMEOUT_S:g}s"
+            if parse_duration(hc.get("interval"), 30.0) < SWARM_PROBE_INTERVAL_S:
+                hc["interval"] = f"{SWARM_PROBE_INTERVAL_S:g}s"
             svc["healthcheck"] = hc
         if "ports" in svc:
             ports = swarm_ports(svc.pop("ports"))

@@ -184,7 +184,8 @@ def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
     kinds = free_slots(c, stacks, args.vgpu_type)
     plans = spread(args.vms, {k: free for k, (_, free) in kinds.items()}, args.vms_per_guest)
     node_of = {s.name: s.node for s in stacks}
-    guest_args = {k: ["--vgpu-types", kind, "--vcpus", str(args.vcpus), "--recover", "--stats-interval", "1"]
+    hang = ["--hang-timeout", str(args.hang_timeout)] if args.hang_timeout else []
+    guest_args = {k: ["--vgpu-types", kind, "--vcpus", str(args.vcpus), "--recover", "--stats-interval", "1", *hang]
                   for k, (kind, _) in kinds.items()}
     t0 = time.monotonic()
     stats = LoadStats(t0, args.vms)

@@ -26,6 +26,8 @@ The rules (docs/PROTOCOL.md "Sessions" is their prose form):
 from __future__ import annotations
 
 import heapq
+import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,11 @@ HELLO_RETRY = 0.02
 #: First and largest pause before reconnecting after a loss (seconds, doubling).
 BACKOFF_MIN, BACKOFF_MAX = 0.02, 1.0
 
+
+
+def new_epoch() -> int:
+    """This incarnation's epoch: changes on every restart (time-based, with the pid to break ties)."""
+    return (time.time_ns() // 1000) << 8 | (os.getpid() & 0xFF)
 
 @dataclass(frozen=True)
 class Intervals:

@@ -29,6 +29,7 @@ import uvloop
 import zmq
 import zmq.asyncio
 
+from ...protocol.session import new_epoch
 from . import curve
 from . import log as logmod
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, HeartbeatConfig
@@ -37,11 +38,6 @@ from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, HeartbeatConfig
 def env(name: str, default: str) -> str:
     """The value of environment variable ``GVTSIM_<name>``, else ``default``."""
     return os.environ.get(f"GVTSIM_{name}", default)
-
-
-def new_epoch() -> int:
-    """This incarnation's epoch: changes on every restart (time-based, with the pid to break ties)."""
-    return (time.time_ns() // 1000) << 8 | (os.getpid() & 0xFF)
 
 
 def common_args(parser: argparse.ArgumentParser, role: str) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ def test_every_service_of_the_compose_file_is_in_the_stack_placed_on_one_node(do
         hc = dict(topo.services[name].healthcheck.__dict__) if topo.services[name].healthcheck else None
         if hc:  # the compose file's check, with at least 30 s per probe: swarm replaces unhealthy tasks
             assert svc["healthcheck"]["test"][1:] == list(hc["test"])
-            assert svc["healthcheck"]["interval"] == "2s" and svc["healthcheck"]["timeout"] == "30s"
+            assert svc["healthcheck"]["interval"] == "10s" and svc["healthcheck"]["timeout"] == "30s"
     assert doc["networks"]["hoststack"]["driver"] == "overlay"
     assert doc["volumes"]["machine-memory"]["driver_opts"]["type"] == "tmpfs"  # node-local machine memory
 
