@@ -8,28 +8,22 @@ engine is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
-TIER = os.environ.get("GVTSIM_COMPOSE_TIER") == "1"
+from support.tier import Tier, docker
+
+TIER = Tier("compose", os.path.dirname(__file__), "GVTSIM_COMPOSE_TIER", ".ci/compose-tier")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = os.path.dirname(__file__)
-    skip = pytest.mark.skip(reason="compose tier: run .ci/compose-tier (sets GVTSIM_COMPOSE_TIER=1)")
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(pytest.mark.compose)
-            if not TIER:
-                item.add_marker(skip)
+    TIER.mark(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def docker_engine() -> None:
     """Fail loudly when the tier is asked for and no engine answers."""
-    if not TIER:
-        return
-    r = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        pytest.fail(f"compose tier: no Docker engine: {r.stderr.strip()}", pytrace=False)
+    def check() -> str | None:
+        r = docker("info")
+        return None if r.returncode == 0 else f"no Docker engine: {r.stderr.strip()}"
+    TIER.require(check)

@@ -8,30 +8,24 @@ reason. Once asked, a missing swarm is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
-TIER = os.environ.get("GVTSIM_SWARM_TIER") == "1"
+from support.tier import Tier, docker
+
+TIER = Tier("swarm", os.path.dirname(__file__), "GVTSIM_SWARM_TIER", ".ci/swarm-tier")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = os.path.dirname(__file__)
-    skip = pytest.mark.skip(reason="swarm tier: run .ci/swarm-tier (sets GVTSIM_SWARM_TIER=1)")
-    for item in items:
-        if str(item.fspath).startswith(here):
-            item.add_marker(pytest.mark.swarm)
-            if not TIER:
-                item.add_marker(skip)
+    TIER.mark(items)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def swarm_manager() -> None:
     """Fail loudly when the tier is asked for and no swarm manager answers."""
-    if not TIER:
-        return
-    r = subprocess.run(["docker", "info", "-f", "{{.Swarm.ControlAvailable}}"], capture_output=True, text=True,
-                       timeout=30)
-    if r.returncode != 0 or r.stdout.strip() != "true":
-        pytest.fail(f"swarm tier: no swarm manager at DOCKER_HOST={os.environ.get('DOCKER_HOST')}: "
-                    f"{r.stderr.strip() or r.stdout.strip()}", pytrace=False)
+    def check() -> str | None:
+        r = docker("info", "-f", "{{.Swarm.ControlAvailable}}")
+        if r.returncode == 0 and r.stdout.strip() == "true":
+            return None
+        return f"no swarm manager at DOCKER_HOST={os.environ.get('DOCKER_HOST')}: {r.stderr.strip() or r.stdout.strip()}"
+    TIER.require(check)
