@@ -252,9 +252,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             stats.sample(now)
             if now - last_progress >= 1.0:
                 last_progress = now
-                tot = stats.totals()
-                progress(f"{now - t0:6.1f}s  VMs running {stats.vms_running()}/{args.vms}  verified "
-                         f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+                progress(stats.progress_line(now, args.vms))
             if finish_at is not None and now >= finish_at:  # the window is over: every guest ends its run now
                 finish_at = None
                 progress(f"{args.duration:g} s since the ramp-up ended: ending the guests' runs (SIGUSR1)")

@@ -177,6 +177,12 @@ class LoadStats:
     def vms_running(self) -> int:
         return sum(len(i.vms_ready) - len(i.vm_done) for i in self.incarnations if not i.ended)
 
+    def progress_line(self, now: float, vms: int) -> str:
+        """The once-a-second progress line of a load: time since its start, VMs running, workloads."""
+        tot = self.totals()
+        return (f"{now - self.t0:6.1f}s  VMs running {self.vms_running()}/{vms}  verified "
+                f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+
     def totals(self) -> dict[str, int]:
         out = Counter[str]()
         for inc in self.incarnations:

@@ -227,9 +227,7 @@ def run_swarm_load(args: argparse.Namespace) -> dict[str, Any]:
                 s.sample(now)
             if now - last >= 1.0:
                 last = now
-                tot = stats.totals()
-                progress(f"{now - t0:6.1f}s  VMs running {stats.vms_running()}/{args.vms}  verified "
-                         f"{tot['workloads_verified']}  failed {tot['workloads_failed']}")
+                progress(stats.progress_line(now, args.vms))
             done = all(stats.current.get(p.source) is not None and stats.current[p.source].done for p in plans)
             if done or now > deadline:
                 break
