@@ -1,13 +1,17 @@
 """The guest's i915-like vGPU driver, in the real order (i915_vgpu.c, gvt/handlers.c, gvt/execlist.c, gvt/interrupt.c).
 
-init(): PVINFO magic, version and caps (intel_vgpu_detect) -> GGTT ballooning from the four balloon registers
-(intel_vgt_balloon) -> fence count -> interrupts (IER/IMR per GT group, then the master enable) -> ring mode
-with execlists (RING_MODE is masked) -> contexts and ring buffers in the GGTT slice -> display_ready last.
+init(): PVINFO magic, version and caps (intel_vgpu_detect) -> the PVMMIO levels (ACRN: the guest's
+i915.enable_pvmmio written to PVINFO enable_pvmmio, what reads back is what it may use) -> GGTT ballooning
+from the four balloon registers (intel_vgt_balloon) -> fence count -> interrupts (IER/IMR per GT group,
+then the master enable) -> ring mode with execlists (RING_MODE is masked) -> contexts and ring buffers in
+the GGTT slice -> display_ready last.
 
 submit(): commands go into the engine's ring (guest RAM, no trap), the new tail into the context image (guest
 RAM, no trap), then four ELSP dword writes (element 1 high, element 1 low, element 0 high, element 0 low; the
-4th submits). Completion arrives as an MSI; the handler reads the master IRQ, the GT IIR (and acks it), then
-the CSB pointer and entries: a context_complete entry for our context id completes the request.
+4th submits); with ACRN's PVMMIO_ELSP_SUBMIT granted the first three go into the PVMMIO shared page at BAR0 +
+2 MB (memory, no trap) and only the 4th is written to ELSP. Completion arrives as an MSI; the handler reads
+the master IRQ, the GT IIR (and acks it), then the CSB pointer and entries: a context_complete entry for our
+context id completes the request.
 
 PPGTT (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): an engine may also get a second context with its own PPGTT
 (:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
@@ -104,7 +108,7 @@ class VgpuDriver:
     """Drives one vGPU of one VM. ``engines`` are the engines this VM uses."""
 
     def __init__(self, machine: GuestMachine, gpu: PciDevice, engines: tuple[str, ...] = ("rcs", "bcs"),
-                 log: Any = None, ram_reserved: int = 1 << 20) -> None:
+                 log: Any = None, ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
         self.machine = machine
         self.gpu = gpu
         self.bar0 = gpu.bar0
@@ -115,6 +119,9 @@ class VgpuDriver:
             base, gt, ub, cb = r.ENGINES[name]
             self.engines[name] = EngineState(name, base, gt, ub, cb, ctx_id=0x100 + i)
         self.caps = 0
+        self.want_pvmmio = enable_pvmmio  # this guest's i915.enable_pvmmio (ACRN)
+        self.pvmmio = 0  # the PVMMIO levels gvt granted (PVINFO enable_pvmmio read back)
+        self.pvmmio_lock = asyncio.Lock()  # the shared page's elsp_data, from fill to the consuming ELSP write
         self.vgt_id = 0
         self.fences = 0
         self.balloon: tuple[int, int, int, int] = (0, 0, 0, 0)
@@ -155,6 +162,9 @@ class VgpuDriver:
             raise DriverError(f"VGT interface version mismatch: {major}")
         self.caps = await self.rd(r.PV_VGT_CAPS)
         self.vgt_id = await self.rd(r.PV_VGT_ID)
+        if self.want_pvmmio:  # ACRN: ask through vgt_if, use only what the host leaves in the field
+            await self.wr(r.PV_ENABLE_PVMMIO, self.want_pvmmio)
+            self.pvmmio = await self.rd(r.PV_ENABLE_PVMMIO)
         # GGTT ballooning: the four registers, in order (intel_vgt_balloon)
         mbase = await self.rd(r.PV_MAPPABLE_BASE)
         msize = await self.rd(r.PV_MAPPABLE_SIZE)
@@ -304,6 +314,14 @@ class VgpuDriver:
                 before = vc.traps
                 if self.pv is not None and self.pv.submission:
                     e.pv_wait_seq = await self.pv.submit(engine, desc, 0, vcpu)
+                elif self.pvmmio & r.PVMMIO_ELSP_SUBMIT:  # ACRN PVMMIO: 3 dwords in the shared page, 1 trap
+                    # one elsp_data for every engine of the vGPU: a submission on another engine (another
+                    # vCPU) must not rewrite it between these writes and the ELSP write that consumes it
+                    async with self.pvmmio_lock:
+                        shared = self.bar0 + r.PVMMIO_SHARED_PAGE + r.PVMMIO_ELSP_DATA
+                        for i, value in enumerate((0, 0, desc >> 32)):
+                            await self.machine.mmio_write(shared + 4 * i, 4, value, vcpu)
+                        await self.wr(e.base + r.ELSP, desc & 0xFFFF_FFFF, vcpu=vcpu)
                 else:
                     for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid), element 0
                         await self.wr(e.base + r.ELSP, value, vcpu=vcpu)

@@ -20,6 +20,13 @@ PV_G2V_NOTIFY = PVINFO + 0x818
 # ACRN's PVMMIO fields (acrn-kernel i915_pvinfo.h) keep their offsets 0x860..0x86C; gvtsim's shared-page
 # negotiation fields sit past them, in ACRN's rsv7 (docs/PV.md)
 PV_ENABLE_PVMMIO = PVINFO + 0x860
+PV_PV_MMIO = PVINFO + 0x864
+PVMMIO_ELSP_SUBMIT = 0x1  # enum pvmmio_levels (ACRN include/drm/i915_pvinfo.h)
+#: The PVMMIO shared page (struct gvt_shared_page): the first page after BAR0's 2 MB of registers;
+#: u32 elsp_data[4] at 0x00, u32 reg_addr at 0x10
+PVMMIO_SHARED_PAGE = 0x200000
+PVMMIO_ELSP_DATA = 0x00
+PVMMIO_REG_ADDR = 0x10
 PV_CAPS = PVINFO + 0x880
 PV_SHARED_PAGE_GPA = PVINFO + 0x884
 PV_VERSIONS = PVINFO + 0x88C

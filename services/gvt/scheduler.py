@@ -32,6 +32,8 @@ from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, 
 from .gtt import pte_encode, pte_pfn, pte_present
 from .handlers import F
 from .sched_policy import TimeSlicePolicy
+from .pvinfo import ENABLE_PVMMIO
+from .pvmmio import PvmmioLevel
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -671,6 +673,11 @@ class Scheduler:
         self.frame_pool.clear()
         self.shadows.clear()
         self.host_ptes.clear()
+        for vgpu in self.gvt.vgpus.values():  # the PVMMIO shared pages were such frames too: no grant now
+            if vgpu.pvmmio.mfn is not None:
+                vgpu.pvmmio.mfn = vgpu.pvmmio.gfn = None
+                vgpu.pvmmio.granted = PvmmioLevel(0)
+                vgpu.mmio.write32(ENABLE_PVMMIO, 0)
 
     def engine_lost(self, reason: str) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""
