@@ -225,6 +225,11 @@ class VgpuDriver:
                              (r.CTX_RING_TAIL_VAL, r.RING_TAIL), (r.CTX_RB_START_VAL, r.RING_START),
                              (r.CTX_RB_CTRL_VAL, r.RING_CTL)):
             put(val_off - 4, e.base + reg)
+        if e.name == "rcs":  # the render context's workaround batch registers (values 0: none programmed)
+            for val_off, reg in ((r.CTX_BB_PER_CTX_PTR_VAL, r.RING_BB_PER_CTX_PTR),
+                                 (r.CTX_RCS_INDIRECT_CTX_VAL, r.RING_INDIRECT_CTX),
+                                 (r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL, r.RING_INDIRECT_CTX_OFFSET)):
+                put(val_off - 4, e.base + reg)
         put(r.CTX_RB_START_VAL, ring.gm)
         put(r.CTX_RB_CTRL_VAL, (RING_SIZE - 4096) | r.RING_VALID)
         put(0x84, cmds.MI_INSTR(0x22, 2 * 9 - 1))  # the second LRI block: timestamp and the PDPs
@@ -278,11 +283,15 @@ class VgpuDriver:
         return c.ctx_id << 32 | ldw
 
     async def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
-                     wait_user_irq: bool = False, ppgtt: bool = False) -> None:
+                     wait_user_irq: bool = False, ppgtt: bool = False,
+                     wa: tuple[int, int, int | None] | None = None) -> None:
         """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
         commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
         breadcrumb interrupt), so one request's interrupt is never merged with the next one's in IIR.
-        ``ppgtt`` submits on the engine's PPGTT context (create_ppgtt_context first).
+        ``ppgtt`` submits on the engine's PPGTT context (create_ppgtt_context first). ``wa`` (render engine)
+        = (indirect-ctx buffer GGTT address, its size in cachelines, per-ctx batch address or None): the
+        context image carries them for this request (i915 lrc_init_wa_ctx / lrc_setup_indirect_ctx: they run
+        at context restore), and they are cleared again once it completed.
 
         Raises DriverError on a GPU hang (no completion in time, or the vGPU failed the request)."""
         e = self.engines[engine]
@@ -299,6 +308,8 @@ class VgpuDriver:
             await self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
             c.tail = (c.tail + len(data)) % RING_SIZE  # intel_ring_wrap: a ring filled to its end goes on at 0
             await self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
+            if wa is not None:
+                await self._set_wa(c.context, wa, vcpu)
             loop = asyncio.get_running_loop()
             e.pending = loop.create_future()
             e.user_wait = loop.create_future() if wait_user_irq else None
@@ -331,6 +342,18 @@ class VgpuDriver:
             finally:
                 e.pending = None
                 e.user_wait = None
+                if wa is not None:
+                    await self._set_wa(c.context, None, vcpu)
+
+    async def _set_wa(self, context: Bo, wa: tuple[int, int, int | None] | None, vcpu: int) -> None:
+        """RCS_INDIRECT_CTX = address | cachelines, RCS_INDIRECT_CTX_OFFSET (gen9 default), BB_PER_CTX_PTR =
+        address | valid in the context image; ``None`` clears them."""
+        state = context.gpa + 4096
+        ind, lines, per = wa if wa is not None else (0, 0, None)
+        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_VAL, (ind | lines) if lines else 0, vcpu)
+        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
+                                     r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu)
+        await self.machine.write_u32(state + r.CTX_BB_PER_CTX_PTR_VAL, (per | 1) if per is not None else 0, vcpu)
 
     async def _hangcheck_wait(self, e: EngineState, timeout: float) -> None:
         """Wait for the request's completion (and its user interrupt), checking the engine once a
