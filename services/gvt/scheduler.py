@@ -432,7 +432,7 @@ class Scheduler:
         ind_len = up(wa.indirect_size + CACHELINE_BYTES) if wa is not None and p_ind is not None else 0
         ind_bb = p_ind.shadow_size() if p_ind is not None else 0
         per_bb = p_per.shadow_size() if p_per is not None else 0
-        regions = (up(ring_len), ind_len, up(ind_bb), up(per_bb)) if wa is not None else (ring_len,)
+        regions: tuple[int, ...] = (up(ring_len), ind_len, up(ind_bb), up(per_bb)) if wa is not None else (ring_len,)
         size = sum(regions)
         base = self._alloc_shadow_bb(w, size) if size else 0
         ring, image = p.layout(base)
@@ -590,6 +590,7 @@ class Scheduler:
         w.mmio_save_for = pre.id if pre is not None else None
         self.engine_owner[w.engine] = w.vgpu.id
         self.gvt.counters["mmio_switches"] += 1
+        mmio_context.handle_tlb_pending_event(w.vgpu, w.engine)  # switch_mmio ends with it, for next
         return b"".join((d & 0xFFFF_FFFF).to_bytes(4, "little") for d in dws)
 
     def _inhibit(self, w: Workload) -> bool:

@@ -53,6 +53,7 @@ class Submission:
     execlist_enabled: set[str] = field(default_factory=set)
     resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
     execlists: dict[str, VirtualExeclist] = field(default_factory=dict)
+    tlb_handle_pending: set[str] = field(default_factory=set)  # engines whose TLB the guest asked to invalidate
 
     def reset(self, engine_mask: int) -> None:
         """intel_vgpu_reset_submission: re-init the engines' virtual execlists (CSB wp 7, slots empty);
