@@ -124,6 +124,7 @@ class VgpuDriver:
         self.pvmmio_lock = asyncio.Lock()  # the shared page's elsp_data, from fill to the consuming ELSP write
         self.vgt_id = 0
         self.fences = 0
+        self.mem_latency = 0  # what the pcode mailbox answered for the memory latency (skl_read_wm_latency)
         self.balloon: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.gem: Gem | None = None
         self.msis = 0
@@ -175,6 +176,7 @@ class VgpuDriver:
             raise DriverError(f"Invalid ballooning configuration {mbase:#x}+{msize:#x} {ubase:#x}+{usize:#x}")
         self.balloon = (mbase, msize, ubase, usize)
         self.fences = await self.rd(r.PV_FENCE_NUM)
+        await self._init_power()
         # interrupts: unmask and enable user + context-switch events of our engines, then the master
         groups: dict[int, int] = {}
         for e in self.engines.values():
@@ -195,6 +197,34 @@ class VgpuDriver:
             await modeset()
         await self.wr(r.PV_DISPLAY_READY, 1)
         self.ready = True
+
+    async def _wait_for(self, off: int, mask: int, want: int, what: str, tries: int = 10) -> int:
+        """intel_wait_for_register: poll until ``reg & mask == want`` (a device that never answers is an
+        error, as i915's timeout is)."""
+        for _ in range(tries):
+            value = await self.rd(off)
+            if value & mask == want:
+                return value
+        raise DriverError(f"{what}: register {off:#x} never reached {want:#x} under mask {mask:#x}")
+
+    async def _init_power(self) -> None:
+        """The gen9 bring-up i915 does before it touches the engines (gvt/handlers.c answers each one as
+        the hardware would): render forcewake taken and acked (intel_uncore forcewake get), power well 1 and
+        misc IO requested and powered (skl_display_core_init), the DBUF powered (gen9_dbuf_enable), the
+        memory latency read through the pcode mailbox (skl_read_wm_latency), forcewake released."""
+        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.masked_enable(r.FORCEWAKE_KERNEL))
+        await self._wait_for(r.FORCEWAKE_ACK_RENDER_GEN9, r.FORCEWAKE_KERNEL, r.FORCEWAKE_KERNEL, "forcewake ack")
+        await self.wr(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_REQ | r.SKL_MISC_IO_REQ)
+        await self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
+                             r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1")
+        await self.wr(r.DBUF_CTL, r.DBUF_POWER_REQUEST)
+        await self._wait_for(r.DBUF_CTL, r.DBUF_POWER_STATE, r.DBUF_POWER_STATE, "DBUF power")
+        await self.wr(r.GEN6_PCODE_DATA, 0)
+        await self.wr(r.GEN6_PCODE_DATA1, 0)
+        await self.wr(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY | r.GEN9_PCODE_READ_MEM_LATENCY)
+        await self._wait_for(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY, 0, "pcode mailbox")
+        self.mem_latency = await self.rd(r.GEN6_PCODE_DATA)
+        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16)  # _MASKED_BIT_DISABLE: forcewake put
 
     async def _init_hwsp(self, e: EngineState) -> None:
         """The engine's status page (intel_engine_init_status_page + RING_HWS_PGA), its CSB write pointer

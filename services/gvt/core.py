@@ -20,7 +20,7 @@ import structlog
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode
-from . import display, dmabuf, interrupt, mmio, pvinfo, pvmmio
+from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
@@ -100,8 +100,8 @@ class Gvt:
         # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py), the display's
         # rows (pipes, planes, DP AUX, GMBUS: display.py) among them
         self.table = MmioTable(real_regs())
-        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs(),
-                           default_blocks())
+        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs()
+                           + pm.pm_regs(), default_blocks())
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)

@@ -205,6 +205,7 @@ def force_nonpriv_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None
 
 
 FORCE_NONPRIV_WHITELIST = frozenset(mmio_info.FORCE_NONPRIV_WHITELIST)
+RING_IMR = 0xA8
 RING_NOPID = 0x94
 
 
@@ -244,6 +245,8 @@ def real_regs() -> list[Reg]:
 
 def _interrupt_regs() -> list[Reg]:
     regs = [Reg(irq.GEN8_MASTER_IRQ, write=irq.master_write)]
+    # RING_IMR of every engine (MMIO_RING_DFH(RING_IMR, ..., intel_vgpu_reg_imr_handler)): store, check pending
+    regs += [Reg(e.base + RING_IMR, flags=F.CMD_ACCESS, write=irq.imr_write) for e in eng.ENGINES]
     for g in irq.GROUPS:
         regs += [Reg(g.base + irq.ISR), Reg(g.base + irq.IMR, write=irq.imr_write),
                  Reg(g.base + irq.IIR, write=irq.iir_write), Reg(g.base + irq.IER, write=irq.ier_write)]

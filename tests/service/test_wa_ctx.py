@@ -27,3 +27,5 @@ def test_wa_store_workloads_run_their_shadowed_workaround_batches():
     assert wa_runs > 0  # the render engine ran some
     assert counters["wa_ctx_shadowed"] == wa_runs  # each one's buffers shadowed and scanned, no other
     assert counters.get("wa_ctx_scan_errors", 0) == 0 and counters.get("failsafe_guest_err", 0) == 0
+    # the driver's power bring-up went through gvt's handlers (pm.py): its pcode memory-latency read
+    assert counters["pcode_mailbox_commands"] >= 1
