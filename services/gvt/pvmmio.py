@@ -126,9 +126,11 @@ def follow_bar0(vgpu: "Vgpu", decoded: bool) -> None:
     """BAR0 was trapped (memory decode on, or the BAR placed) or untrapped: the shared page is mapped
     exactly while BAR0 is, at its current base + 2 MB (a moved BAR takes the page along)."""
     st = vgpu.pvmmio
+    gfn = (vgpu.cfg.bar0_base() + SHARED_PAGE_OFFSET) >> PAGE_SHIFT
+    if decoded and st.mfn is not None and st.gfn == gfn:
+        return  # already mapped there: a guest asking again costs the hypervisor nothing
     _unmap(vgpu)
     if decoded and st.mfn is not None:
-        gfn = (vgpu.cfg.bar0_base() + SHARED_PAGE_OFFSET) >> PAGE_SHIFT
         vgpu.emit(MapGfnToMfn(vgpu.vm, gfn, st.mfn, 1, True))
         st.gfn = gfn
 

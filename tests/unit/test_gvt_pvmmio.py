@@ -196,7 +196,8 @@ def test_the_shared_page_follows_bar0_and_a_dmlr_drops_the_grant(rig: Rig) -> No
     maps = _maps(rig.gvt.drain_effects())
     assert maps[0] == ((old + SHARED) >> PAGE_SHIFT, mfn, False)
     assert _net(maps) == {(0xD000_0000 + SHARED) >> PAGE_SHIFT: mfn}
-    wr(rig.gvt, v, pv.ENABLE_PVMMIO, 1)  # asking again while granted keeps the one mapping
+    wr(rig.gvt, v, pv.ENABLE_PVMMIO, 1)  # asking again while granted keeps the one mapping, no effect
+    assert _maps(rig.gvt.drain_effects()) == []
     rig.gvt.emulate_cfg_write(v, 0x04, 0, 2)  # memory decode off: BAR0 untrapped, the page unmapped
     assert _net(maps + _maps(rig.gvt.drain_effects())) == {}
     rig.gvt.emulate_cfg_write(v, 0x04, 0x6, 2)
