@@ -62,6 +62,7 @@ PER_CTX_VALID = 1 << 0
 CACHELINE_BYTES = 64
 #: combine_wa_ctx: the MI_BATCH_BUFFER_START (GGTT, 3 dwords) appended after the indirect-ctx buffer
 PER_CTX_BB_START = 0x1880_0001
+MI_BATCH_BUFFER_END = 0x0A << 23
 CTX_PDP_VALUES = (0x94, 0x9C, 0xA4, 0xAC, 0xB4, 0xBC, 0xC4, 0xCC)
 EXECLIST_RING_CONTEXT_SIZE = 0xD0  # sizeof(struct execlist_ring_context): through pdp0_LDW
 RB_HEAD_MASK = 0x001F_FFFC
@@ -443,6 +444,10 @@ class Scheduler:
             if p_ind is not None:
                 ind_ring, ind_image = p_ind.layout(base + at + ind_len)
                 buf[at:at + len(ind_ring)] = ind_ring
+                # the cacheline after the copy (prepare_shadow_wa_ctx clears the combined per-ctx start there):
+                # MI_BATCH_BUFFER_END, so the copy can also be called as a batch from the ring (_wa_calls);
+                # the context restore runs only ``indirect_size`` bytes and never reaches it
+                buf[at + wa.indirect_size:at + wa.indirect_size + 4] = MI_BATCH_BUFFER_END.to_bytes(4, "little")
                 buf[at + ind_len:at + ind_len + len(ind_image)] = ind_image
                 wa.indirect_shadow_gma = base + at
                 w.pending_events.extend(p_ind.events)
@@ -628,6 +633,10 @@ class Scheduler:
         self.mem.write(sh.maddr(0), pphwsp)
         image = bytearray(state)
         commands = prologue + w.ring
+        wa_in_ring = w.wa is not None and bool(prologue)
+        if wa_in_ring:
+            assert w.wa is not None
+            commands = prologue + self._wa_calls(w.wa) + w.ring
         if len(commands) > (SHADOW_RING_PAGES - 1) * PAGE_SIZE:
             raise WorkloadError(f"{len(commands)} bytes of ring with the engine switch: larger than the shadow ring")
         tail = (len(commands) + 7) & ~7
@@ -638,12 +647,30 @@ class Scheduler:
 
         for off, val in zip(CTX_PDP_VALUES, pdps_to_context(shadow_pdps)):
             image[off:off + 4] = val.to_bytes(4, "little")
-        if w.wa is not None:
+        if wa_in_ring:
+            # the engine's registers are switched by the prologue in the ring: the workaround batches must
+            # run after it (restore, then the WA batches, as the hardware orders a context restore), so they
+            # are called from the ring and the shadow context names none
+            for off in (CTX_RCS_INDIRECT_CTX, CTX_BB_PER_CTX_PTR):
+                image[off:off + 4] = bytes(4)
+            self.gvt.counters["wa_ctx_after_switch"] += 1
+        elif w.wa is not None:
             self._update_wa_ctx_2_shadow_ctx(w.wa, image)
         self.mem.write(sh.maddr(1), bytes(image))
         ring = commands + bytes(tail - len(commands))
         for i in range(0, len(ring), PAGE_SIZE):
             self.mem.write(sh.maddr(2 + i // PAGE_SIZE), ring[i:i + PAGE_SIZE])
+
+    @staticmethod
+    def _wa_calls(wa: WaCtx) -> bytes:
+        """MI_BATCH_BUFFER_START (GGTT, privileged) of the indirect-ctx shadow (it ends with the
+        MI_BATCH_BUFFER_END gvt put after it) and of the per-ctx shadow, each padded to a qword."""
+        dws: list[int] = []
+        if wa.indirect_size:
+            dws += [PER_CTX_BB_START, wa.indirect_shadow_gma, 0, 0]
+        if wa.per_ctx_valid:
+            dws += [PER_CTX_BB_START, wa.per_ctx_shadow_gma, 0, 0]
+        return struct.pack(f"<{len(dws)}I", *dws)
 
     @staticmethod
     def _update_wa_ctx_2_shadow_ctx(wa: WaCtx, image: bytearray) -> None:

@@ -44,6 +44,8 @@ def _program_wa(g: Guest, engine: str, indirect: Bo | None, lines: int, per_ctx:
 def test_indirect_ctx_and_per_ctx_batch_run_at_restore_from_their_checked_shadows(rig: Rig) -> None:
     g = rig.boot(1)
     ind, per, dst = g.bo(4096), g.bo(4096), g.bo(4096)
+    g.submit("rcs", [cmds.MI_NOOP])  # the engine becomes this vGPU's: the next workload needs no switch
+    rig.pump()
     body = _padded(cmds.store_dword(dst.gm, 0x11) + cmds.store_dword(dst.gm + 12, 0x44))
     g.write(ind.gpa, body)
     g.write(per.gpa, cmds.store_dword(dst.gm + 4, 0x22) + [cmds.MI_BATCH_BUFFER_END])
@@ -68,8 +70,32 @@ def test_indirect_ctx_and_per_ctx_batch_run_at_restore_from_their_checked_shadow
     rig.pump()
     assert [g.u32(dst.gpa + 4 * i) for i in range(4)] == [0x11, 0x22, 0x33, 0x44]
     assert rig.events[-1][0] == "ctx_complete" and not g.vgpu.failsafe
-    assert rig.pgpu is not None and rig.pgpu.engines["rcs"].stats["wa_batches"] == 1
-    assert rig.gvt.counters["wa_ctx_shadowed"] == 1
+    assert rig.pgpu is not None and rig.pgpu.engines["rcs"].stats["wa_batches"] == 1  # run at context restore
+    assert rig.gvt.counters["wa_ctx_shadowed"] == 1 and rig.gvt.counters["wa_ctx_after_switch"] == 0
+
+
+def test_after_a_switch_the_wa_batches_run_after_the_register_restore(rig: Rig) -> None:
+    """The engine's registers are switched by commands ahead of the guest's in the shadow ring (mmio_context);
+    the workaround batches must see the incoming vGPU's registers, never the previous owner's, and must not
+    change what is saved for the previous owner: on such a dispatch they are called from the ring after the
+    switch (the hardware's order: registers restored, then the indirect-ctx buffer, then the per-ctx batch)."""
+    a, b = rig.boot(1), rig.boot(2)
+    da, db, ind = a.bo(4096), b.bo(4096), b.bo(4096)
+    srm = 0x24 << 23 | 2 | 1 << 22  # MI_STORE_REGISTER_MEM (GGTT); 0xB118 is one of the switched registers
+    a.submit("rcs", cmds.load_register_imm([(0xB118, 0xA11CE)]))
+    rig.pump()
+    body = _padded([srm, 0xB118, db.gm, 0] + cmds.load_register_imm([(0xB118, 0xB0B)]))
+    b.write(ind.gpa, body)
+    _program_wa(b, "rcs", ind, len(body) // 16, None)
+    b.submit("rcs", [srm, 0xB118, db.gm + 4, 0])
+    rig.pump()
+    assert b.u32(db.gpa) != 0xA11CE  # b's indirect-ctx buffer read b's register, not a's
+    assert b.u32(db.gpa + 4) == 0xB0B  # b's ring sees what its own WA batch loaded
+    a.submit("rcs", [srm, 0xB118, da.gm, 0])
+    rig.pump()
+    assert a.u32(da.gpa) == 0xA11CE  # what was saved for a is a's value, not the one b's WA batch loaded
+    assert rig.gvt.counters["wa_ctx_after_switch"] == 1 and not a.vgpu.failsafe and not b.vgpu.failsafe
+    assert rig.pgpu is not None and rig.pgpu.engines["rcs"].stats["wa_batches"] == 0  # none from the context
 
 
 def test_the_per_ctx_batch_alone_is_scanned_and_shadowed_too(rig: Rig) -> None:
