@@ -1,13 +1,17 @@
 """The guest's i915-like vGPU driver, in the real order (i915_vgpu.c, gvt/handlers.c, gvt/execlist.c, gvt/interrupt.c).
 
-init(): PVINFO magic, version and caps (intel_vgpu_detect) -> GGTT ballooning from the four balloon registers
-(intel_vgt_balloon) -> fence count -> interrupts (IER/IMR per GT group, then the master enable) -> ring mode
-with execlists (RING_MODE is masked) -> contexts and ring buffers in the GGTT slice -> display_ready last.
+init(): PVINFO magic, version and caps (intel_vgpu_detect) -> the PVMMIO levels (ACRN: the guest's
+i915.enable_pvmmio written to PVINFO enable_pvmmio, what reads back is what it may use) -> GGTT ballooning
+from the four balloon registers (intel_vgt_balloon) -> fence count -> interrupts (IER/IMR per GT group,
+then the master enable) -> ring mode with execlists (RING_MODE is masked) -> contexts and ring buffers in
+the GGTT slice -> display_ready last.
 
 submit(): commands go into the engine's ring (guest RAM, no trap), the new tail into the context image (guest
 RAM, no trap), then four ELSP dword writes (element 1 high, element 1 low, element 0 high, element 0 low; the
-4th submits). Completion arrives as an MSI; the handler reads the master IRQ, the GT IIR (and acks it), then
-the CSB pointer and entries: a context_complete entry for our context id completes the request.
+4th submits); with ACRN's PVMMIO_ELSP_SUBMIT granted the first three go into the PVMMIO shared page at BAR0 +
+2 MB (memory, no trap) and only the 4th is written to ELSP. Completion arrives as an MSI; the handler reads
+the master IRQ, the GT IIR (and acks it), then the CSB pointer and entries: a context_complete entry for our
+context id completes the request.
 
 PPGTT (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): an engine may also get a second context with its own PPGTT
 (:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
@@ -104,7 +108,7 @@ class VgpuDriver:
     """Drives one vGPU of one VM. ``engines`` are the engines this VM uses."""
 
     def __init__(self, machine: GuestMachine, gpu: PciDevice, engines: tuple[str, ...] = ("rcs", "bcs"),
-                 log: Any = None, ram_reserved: int = 1 << 20) -> None:
+                 log: Any = None, ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
         self.machine = machine
         self.gpu = gpu
         self.bar0 = gpu.bar0
@@ -115,8 +119,12 @@ class VgpuDriver:
             base, gt, ub, cb = r.ENGINES[name]
             self.engines[name] = EngineState(name, base, gt, ub, cb, ctx_id=0x100 + i)
         self.caps = 0
+        self.want_pvmmio = enable_pvmmio  # this guest's i915.enable_pvmmio (ACRN)
+        self.pvmmio = 0  # the PVMMIO levels gvt granted (PVINFO enable_pvmmio read back)
+        self.pvmmio_lock = asyncio.Lock()  # the shared page's elsp_data, from fill to the consuming ELSP write
         self.vgt_id = 0
         self.fences = 0
+        self.mem_latency = 0  # what the pcode mailbox answered for the memory latency (skl_read_wm_latency)
         self.balloon: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.gem: Gem | None = None
         self.msis = 0
@@ -155,6 +163,9 @@ class VgpuDriver:
             raise DriverError(f"VGT interface version mismatch: {major}")
         self.caps = await self.rd(r.PV_VGT_CAPS)
         self.vgt_id = await self.rd(r.PV_VGT_ID)
+        if self.want_pvmmio:  # ACRN: ask through vgt_if, use only what the host leaves in the field
+            await self.wr(r.PV_ENABLE_PVMMIO, self.want_pvmmio)
+            self.pvmmio = await self.rd(r.PV_ENABLE_PVMMIO)
         # GGTT ballooning: the four registers, in order (intel_vgt_balloon)
         mbase = await self.rd(r.PV_MAPPABLE_BASE)
         msize = await self.rd(r.PV_MAPPABLE_SIZE)
@@ -165,6 +176,7 @@ class VgpuDriver:
             raise DriverError(f"Invalid ballooning configuration {mbase:#x}+{msize:#x} {ubase:#x}+{usize:#x}")
         self.balloon = (mbase, msize, ubase, usize)
         self.fences = await self.rd(r.PV_FENCE_NUM)
+        await self._init_power()
         # interrupts: unmask and enable user + context-switch events of our engines, then the master
         groups: dict[int, int] = {}
         for e in self.engines.values():
@@ -185,6 +197,34 @@ class VgpuDriver:
             await modeset()
         await self.wr(r.PV_DISPLAY_READY, 1)
         self.ready = True
+
+    async def _wait_for(self, off: int, mask: int, want: int, what: str, tries: int = 10) -> int:
+        """intel_wait_for_register: poll until ``reg & mask == want`` (a device that never answers is an
+        error, as i915's timeout is)."""
+        for _ in range(tries):
+            value = await self.rd(off)
+            if value & mask == want:
+                return value
+        raise DriverError(f"{what}: register {off:#x} never reached {want:#x} under mask {mask:#x}")
+
+    async def _init_power(self) -> None:
+        """The gen9 bring-up i915 does before it touches the engines (gvt/handlers.c answers each one as
+        the hardware would): render forcewake taken and acked (intel_uncore forcewake get), power well 1 and
+        misc IO requested and powered (skl_display_core_init), the DBUF powered (gen9_dbuf_enable), the
+        memory latency read through the pcode mailbox (skl_read_wm_latency), forcewake released."""
+        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.masked_enable(r.FORCEWAKE_KERNEL))
+        await self._wait_for(r.FORCEWAKE_ACK_RENDER_GEN9, r.FORCEWAKE_KERNEL, r.FORCEWAKE_KERNEL, "forcewake ack")
+        await self.wr(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_REQ | r.SKL_MISC_IO_REQ)
+        await self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
+                             r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1")
+        await self.wr(r.DBUF_CTL, r.DBUF_POWER_REQUEST)
+        await self._wait_for(r.DBUF_CTL, r.DBUF_POWER_STATE, r.DBUF_POWER_STATE, "DBUF power")
+        await self.wr(r.GEN6_PCODE_DATA, 0)
+        await self.wr(r.GEN6_PCODE_DATA1, 0)
+        await self.wr(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY | r.GEN9_PCODE_READ_MEM_LATENCY)
+        await self._wait_for(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY, 0, "pcode mailbox")
+        self.mem_latency = await self.rd(r.GEN6_PCODE_DATA)
+        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16)  # _MASKED_BIT_DISABLE: forcewake put
 
     async def _init_hwsp(self, e: EngineState) -> None:
         """The engine's status page (intel_engine_init_status_page + RING_HWS_PGA), its CSB write pointer
@@ -215,6 +255,11 @@ class VgpuDriver:
                              (r.CTX_RING_TAIL_VAL, r.RING_TAIL), (r.CTX_RB_START_VAL, r.RING_START),
                              (r.CTX_RB_CTRL_VAL, r.RING_CTL)):
             put(val_off - 4, e.base + reg)
+        if e.name == "rcs":  # the render context's workaround batch registers (values 0: none programmed)
+            for val_off, reg in ((r.CTX_BB_PER_CTX_PTR_VAL, r.RING_BB_PER_CTX_PTR),
+                                 (r.CTX_RCS_INDIRECT_CTX_VAL, r.RING_INDIRECT_CTX),
+                                 (r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL, r.RING_INDIRECT_CTX_OFFSET)):
+                put(val_off - 4, e.base + reg)
         put(r.CTX_RB_START_VAL, ring.gm)
         put(r.CTX_RB_CTRL_VAL, (RING_SIZE - 4096) | r.RING_VALID)
         put(0x84, cmds.MI_INSTR(0x22, 2 * 9 - 1))  # the second LRI block: timestamp and the PDPs
@@ -268,11 +313,15 @@ class VgpuDriver:
         return c.ctx_id << 32 | ldw
 
     async def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
-                     wait_user_irq: bool = False, ppgtt: bool = False) -> None:
+                     wait_user_irq: bool = False, ppgtt: bool = False,
+                     wa: tuple[int, int, int | None] | None = None) -> None:
         """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
         commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
         breadcrumb interrupt), so one request's interrupt is never merged with the next one's in IIR.
-        ``ppgtt`` submits on the engine's PPGTT context (create_ppgtt_context first).
+        ``ppgtt`` submits on the engine's PPGTT context (create_ppgtt_context first). ``wa`` (render engine)
+        = (indirect-ctx buffer GGTT address, its size in cachelines, per-ctx batch address or None): the
+        context image carries them for this request (i915 lrc_init_wa_ctx / lrc_setup_indirect_ctx: they run
+        at context restore), and they are cleared again once it completed.
 
         Raises DriverError on a GPU hang (no completion in time, or the vGPU failed the request)."""
         e = self.engines[engine]
@@ -289,6 +338,8 @@ class VgpuDriver:
             await self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
             c.tail = (c.tail + len(data)) % RING_SIZE  # intel_ring_wrap: a ring filled to its end goes on at 0
             await self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
+            if wa is not None:
+                await self._set_wa(c.context, wa, vcpu)
             loop = asyncio.get_running_loop()
             e.pending = loop.create_future()
             e.user_wait = loop.create_future() if wait_user_irq else None
@@ -304,6 +355,14 @@ class VgpuDriver:
                 before = vc.traps
                 if self.pv is not None and self.pv.submission:
                     e.pv_wait_seq = await self.pv.submit(engine, desc, 0, vcpu)
+                elif self.pvmmio & r.PVMMIO_ELSP_SUBMIT:  # ACRN PVMMIO: 3 dwords in the shared page, 1 trap
+                    # one elsp_data for every engine of the vGPU: a submission on another engine (another
+                    # vCPU) must not rewrite it between these writes and the ELSP write that consumes it
+                    async with self.pvmmio_lock:
+                        shared = self.bar0 + r.PVMMIO_SHARED_PAGE + r.PVMMIO_ELSP_DATA
+                        for i, value in enumerate((0, 0, desc >> 32)):
+                            await self.machine.mmio_write(shared + 4 * i, 4, value, vcpu)
+                        await self.wr(e.base + r.ELSP, desc & 0xFFFF_FFFF, vcpu=vcpu)
                 else:
                     for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid), element 0
                         await self.wr(e.base + r.ELSP, value, vcpu=vcpu)
@@ -313,6 +372,18 @@ class VgpuDriver:
             finally:
                 e.pending = None
                 e.user_wait = None
+                if wa is not None:
+                    await self._set_wa(c.context, None, vcpu)
+
+    async def _set_wa(self, context: Bo, wa: tuple[int, int, int | None] | None, vcpu: int) -> None:
+        """RCS_INDIRECT_CTX = address | cachelines, RCS_INDIRECT_CTX_OFFSET (gen9 default), BB_PER_CTX_PTR =
+        address | valid in the context image; ``None`` clears them."""
+        state = context.gpa + 4096
+        ind, lines, per = wa if wa is not None else (0, 0, None)
+        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_VAL, (ind | lines) if lines else 0, vcpu)
+        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
+                                     r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu)
+        await self.machine.write_u32(state + r.CTX_BB_PER_CTX_PTR_VAL, (per | 1) if per is not None else 0, vcpu)
 
     async def _hangcheck_wait(self, e: EngineState, timeout: float) -> None:
         """Wait for the request's completion (and its user interrupt), checking the engine once a

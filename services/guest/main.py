@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="use the paravirtualized path when the host accepts the shared page [GVTSIM_PV]")
     p.add_argument("--pv-version", type=int, default=int(env("PV_VERSION", "1")),
                    help="shared-page format version this guest speaks (a newer one than the host's falls back)")
+    p.add_argument("--pvmmio", type=lambda v: int(v, 0), default=env("PVMMIO", "0"),
+                   help="ACRN's i915.enable_pvmmio in the guest: the PVMMIO levels to ask gvt for (1 = "
+                        "PVMMIO_ELSP_SUBMIT: one trapped ELSP write per submission; 0 = do not ask; docs/PV.md) "
+                        "[GVTSIM_PVMMIO]")
     p.add_argument("--pv-corrupt", action="store_true", help="write a corrupt shared-page header (tests)")
     p.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "3")),
                    help="seconds without a completion before a request is declared hung [GVTSIM_HANG_TIMEOUT]")

@@ -20,6 +20,13 @@ PV_G2V_NOTIFY = PVINFO + 0x818
 # ACRN's PVMMIO fields (acrn-kernel i915_pvinfo.h) keep their offsets 0x860..0x86C; gvtsim's shared-page
 # negotiation fields sit past them, in ACRN's rsv7 (docs/PV.md)
 PV_ENABLE_PVMMIO = PVINFO + 0x860
+PV_PV_MMIO = PVINFO + 0x864
+PVMMIO_ELSP_SUBMIT = 0x1  # enum pvmmio_levels (ACRN include/drm/i915_pvinfo.h)
+#: The PVMMIO shared page (struct gvt_shared_page): the first page after BAR0's 2 MB of registers;
+#: u32 elsp_data[4] at 0x00, u32 reg_addr at 0x10
+PVMMIO_SHARED_PAGE = 0x200000
+PVMMIO_ELSP_DATA = 0x00
+PVMMIO_REG_ADDR = 0x10
 PV_CAPS = PVINFO + 0x880
 PV_SHARED_PAGE_GPA = PVINFO + 0x884
 PV_VERSIONS = PVINFO + 0x88C
@@ -31,6 +38,17 @@ G2V_PV_PPGTT_UPDATE = 10
 VGT_CAPS_FULL_PPGTT = 1 << 2
 VGT_CAPS_HWSP_EMULATION = 1 << 3
 VGT_CAPS_HUGE_GTT = 1 << 4
+
+# GT / display power bring-up (i915_reg.h, gen9)
+FORCEWAKE_RENDER_GEN9, FORCEWAKE_ACK_RENDER_GEN9 = 0xA278, 0x0D84
+FORCEWAKE_KERNEL = 1 << 0
+HSW_PWR_WELL_CTL2 = 0x45404  # the driver's power well request register
+SKL_PW1_REQ, SKL_PW1_STATE = 1 << 29, 1 << 28
+SKL_MISC_IO_REQ, SKL_MISC_IO_STATE = 1 << 1, 1 << 0
+DBUF_CTL, DBUF_POWER_REQUEST, DBUF_POWER_STATE = 0x45008, 1 << 31, 1 << 30
+GEN6_PCODE_MAILBOX, GEN6_PCODE_DATA, GEN6_PCODE_DATA1 = 0x138124, 0x138128, 0x13812C
+GEN6_PCODE_READY = 1 << 31
+GEN9_PCODE_READ_MEM_LATENCY = 0x6
 
 # GGTT inside BAR0 (gen8: 8-byte PTEs at +8 MB)
 GGTT_OFFSET = 0x800000
@@ -94,5 +112,13 @@ CTX_RING_TAIL_VAL = 0x1C
 CTX_RB_START_VAL = 0x24
 CTX_RB_CTRL_VAL = 0x2C
 CTX_TIMESTAMP_VAL = 0x8C
+# the render context's workaround batches (i915 intel_lrc_reg.h CTX_BB_PER_CTX_PTR / CTX_RCS_INDIRECT_CTX /
+# CTX_RCS_INDIRECT_CTX_OFFSET): value offsets and the registers (engine base + 0x1C0 / 0x1C4 / 0x1C8)
+CTX_BB_PER_CTX_PTR_VAL = 0x64
+CTX_RCS_INDIRECT_CTX_VAL = 0x6C
+CTX_RCS_INDIRECT_CTX_OFFSET_VAL = 0x74
+RING_BB_PER_CTX_PTR, RING_INDIRECT_CTX, RING_INDIRECT_CTX_OFFSET = 0x1C0, 0x1C4, 0x1C8
+#: gen9's CTX_RCS_INDIRECT_CTX_OFFSET_DEFAULT (0x26), in bits 15:6 of the register
+INDIRECT_CTX_OFFSET_GEN9 = 0x26 << 6
 CTX_PDP_VAL = {3: (0x94, 0x9C), 2: (0xA4, 0xAC), 1: (0xB4, 0xBC), 0: (0xC4, 0xCC)}  # pdp n: (UDW, LDW)
 RING_VALID = 1 << 0

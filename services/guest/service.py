@@ -310,7 +310,7 @@ class GuestService(BaseService):
                                   self.args.ram_mb << 20, self.send_ioreq)
         vm.state = "booting"
         gpu = await probe_gpu(vm.machine)
-        vm.driver = VgpuDriver(vm.machine, gpu, log=self.log)
+        vm.driver = VgpuDriver(vm.machine, gpu, log=self.log, enable_pvmmio=getattr(self.args, "pvmmio", 0))
         vm.display = None
         if getattr(self.args, "display", False):  # a screen: the modeset runs inside init, before display_ready
             tiling = self.args.display_tiling
@@ -338,7 +338,8 @@ class GuestService(BaseService):
         surfaces, fence = await allocate(vm.driver)
         vm.state = "running"
         emit(event="vm_ready", vm=vm.vm_id, name=vm.name, vgpu_id=reply.vgpu_id, vgt_id=vm.driver.vgt_id,
-             caps=vm.driver.caps, balloon=list(vm.driver.balloon), ept_root=reply.ept_root, ram_mb=self.args.ram_mb)
+             caps=vm.driver.caps, pvmmio=vm.driver.pvmmio, balloon=list(vm.driver.balloon), ept_root=reply.ept_root,
+             ram_mb=self.args.ram_mb)
         if vm.reset_started is not None:
             emit(event="vm_recovered", vm=vm.vm_id, name=vm.name,
                  recovery_s=round(time.monotonic() - vm.reset_started, 3))

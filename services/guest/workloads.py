@@ -12,6 +12,11 @@ address, and it writes a window of GPU virtual pages that the guest's page table
 pages. Before each one the guest edits its page tables (map, unmap, remap: ``ppgtt_remap`` moves every
 window page), each edit a trapped write GVT must shadow before the batch runs; afterwards every pool page
 must hold exactly what the mapping at submission time says (written where mapped, untouched elsewhere).
+
+``wa_store`` (render engine) also programs the context's workaround batches for its request, as i915 does
+for its own: an indirect-ctx buffer (RCS_INDIRECT_CTX, whole cachelines, NOOP padded) and a per-ctx batch
+(BB_PER_CTX_PTR), each storing a fresh value the guest checks with the batch's own stores; GVT must shadow
+and scan them, and the GPU runs them at context restore.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from .i915 import PpgttContext, VgpuDriver
 WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
 SURFACE = PITCH * HEIGHT
-KINDS = ("fill", "copy", "store", "aperture_copy", "ppgtt_store", "ppgtt_fill", "ppgtt_remap")
+KINDS = ("fill", "copy", "store", "aperture_copy", "ppgtt_store", "ppgtt_fill", "ppgtt_remap", "wa_store")
 ALL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 #: which engines can run a kind (real hardware: the XY_* blits are blitter-engine commands)
 ENGINES_FOR: dict[str, tuple[str, ...]] = {
     "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": ALL_ENGINES,
     "ppgtt_store": ALL_ENGINES, "ppgtt_fill": ("bcs",), "ppgtt_remap": ALL_ENGINES,
+    "wa_store": ("rcs",),  # the workaround batches are the render context's
 }
 #: PPGTT shape of each engine's PPGTT context (both i915 shapes get exercised)
 PPGTT_LEVELS = {"rcs": 3, "bcs": 4, "vcs": 3, "vecs": 4}
@@ -78,6 +84,7 @@ class Surfaces:
     dst: Bo
     batch: Bo
     aperture_src: Bo
+    wa: Bo | None = None  # render engine: page 0 the indirect-ctx buffer, page 1 the per-ctx batch
 
 
 async def allocate(drv: VgpuDriver) -> tuple[dict[str, Surfaces], Bo]:
@@ -85,7 +92,8 @@ async def allocate(drv: VgpuDriver) -> tuple[dict[str, Surfaces], Bo]:
     assert drv.gem is not None
     g = drv.gem
     surfaces = {e: Surfaces(src=await g.create(SURFACE), dst=await g.create(SURFACE), batch=await g.create(4096),
-                            aperture_src=await g.create(SURFACE, mappable=True)) for e in drv.engines}
+                            aperture_src=await g.create(SURFACE, mappable=True),
+                            wa=await g.create(2 * 4096) if e == "rcs" else None) for e in drv.engines}
     return surfaces, await g.create(4096)
 
 
@@ -111,6 +119,7 @@ class WorkloadRunner:
         seq = self.seqno
         m = self.drv.machine
         s = self.surfaces[engine]
+        wa: tuple[int, int, int | None] | None = None
         if kind == "fill":
             color = self.rng.getrandbits(32)
             body = cmds.color_blt(s.dst.gm, PITCH, WIDTH, HEIGHT, color)
@@ -130,6 +139,21 @@ class WorkloadRunner:
             for i, v in enumerate(values):
                 body += cmds.store_dword(s.dst.gm + 256 * i, v)
             expect = b""
+        elif kind == "wa_store":
+            if s.wa is None:
+                raise ValueError(f"wa_store on {engine}: only the render engine has workaround batches")
+            values = [self.rng.getrandbits(32) for _ in range(4)]
+            body = []
+            for i, v in enumerate(values):
+                body += cmds.store_dword(s.dst.gm + 256 * i, v)
+            wa_values = (self.rng.getrandbits(32), self.rng.getrandbits(32))
+            indirect = cmds.store_dword(s.dst.gm + 4, wa_values[0])
+            indirect += [cmds.MI_NOOP] * (-len(indirect) % 16)  # whole cachelines
+            await m.write_mem(s.wa.gpa, cmds.to_bytes(indirect), vcpu)
+            await m.write_mem(s.wa.gpa + 4096, cmds.to_bytes(cmds.store_dword(s.dst.gm + 8, wa_values[1])
+                                                            + [cmds.MI_BATCH_BUFFER_END]), vcpu)
+            wa = (s.wa.gm, len(indirect) // 16, s.wa.gm + 4096)
+            expect = b""
         else:
             raise ValueError(kind)
         batch = s.batch
@@ -138,11 +162,16 @@ class WorkloadRunner:
         if user_irq:
             ring.append(cmds.MI_USER_INTERRUPT)
             self.asked_user_irq[engine] += 1
-        await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq)
+        await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, wa=wa)
         fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
         if fence != seq:
             raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
-        if kind == "store":
+        if kind == "wa_store":
+            for off, v, what in ((4, wa_values[0], "indirect-ctx"), (8, wa_values[1], "per-ctx")):
+                stored = m.read_u32(s.dst.gpa + off)
+                if stored != v:
+                    raise VerifyError(f"wa_store#{seq}: the {what} batch's store = {stored:#x}, expected {v:#x}")
+        if kind in ("store", "wa_store"):
             for i, v in enumerate(values):
                 got = m.read_u32(s.dst.gpa + 256 * i)
                 if got != v:

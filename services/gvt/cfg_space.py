@@ -107,6 +107,7 @@ class CfgSpace:
         self.on_asls: Callable[[int], None] | None = None
         self.init()
         self.on_memory_decode: Callable[[bool], None] | None = None  # set by the vGPU (aperture mapping)
+        self.on_bar0_trap: Callable[[bool], None] | None = None  # set by the vGPU (the PVMMIO shared page)
 
     # ------------------------------------------------------------------------------------ init / reset
     def init(self, primary: bool = True) -> None:
@@ -207,6 +208,8 @@ class CfgSpace:
             start, end = self.trapped
             self.trapped = None
             self.emit(SetTrapArea(self.vm, start, end, False))
+        if self.on_bar0_trap is not None:  # what lives at a BAR0 offset follows the BAR (pvmmio.py)
+            self.on_bar0_trap(trap)
 
     # ----------------------------------------------------------------------------------- emulation
     def read(self, offset: int, size: int) -> int:

@@ -20,7 +20,7 @@ import structlog
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode
-from . import display, dmabuf, interrupt, mmio, pvinfo
+from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
@@ -82,12 +82,16 @@ class Gvt:
         mpt_factory: builds the MPT adapter of a VM from VGPU_CREATE's ept_root and ram_mb.
         scratch_mfn: machine frame of the scratch page (the shell gets one from vhm).
         enable_out_of_sync: PPGTT out-of-sync pages (gvt/gtt.c, gvt/page_track.c; off by default, as upstream).
+        enable_pvmmio: the host's i915.enable_pvmmio: the PVMMIO levels a guest may be granted (pvmmio.py;
+            limited to those gvtsim implements, ACRN's default PVMMIO_ELSP_SUBMIT).
     """
 
     def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
                  counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0,
-                 enable_out_of_sync: bool = False) -> None:
+                 enable_out_of_sync: bool = False,
+                 enable_pvmmio: int = int(pvmmio.DEFAULT_HOST_LEVELS)) -> None:
         self.gpu = gpu or PhysicalGpu()
+        self.enable_pvmmio = pvmmio.host_levels(enable_pvmmio)
         self.mpt_factory = mpt_factory or _null_mpt
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
@@ -96,8 +100,8 @@ class Gvt:
         # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py), the display's
         # rows (pipes, planes, DP AUX, GMBUS: display.py) among them
         self.table = MmioTable(real_regs())
-        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs(),
-                           default_blocks())
+        self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs()
+                           + pm.pm_regs(), default_blocks())
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)

@@ -327,9 +327,47 @@ def display_regs() -> list[Reg]:
                  Reg(fb.cursor_reg(pipe, fb.CURBASE_OFF), write=cursor_base_write)]
     regs.append(Reg(PCH_GMBUS0, size=PCH_GMBUS5 + 4 - PCH_GMBUS0, read=gmbus_read, write=gmbus_write))
     regs.append(Reg(aux_ctl(PORT_D), size=6 * 4, write=dp_aux_ch_ctl_write))
-    regs += [Reg(SFUSE_STRAP, flags=F.RO), Reg(DDI_BUF_CTL_D), Reg(DPLL_CTRL1), Reg(DPLL_STATUS, flags=F.RO),
-             Reg(PCH_PORT_HOTPLUG)]
+    regs += [Reg(SFUSE_STRAP, flags=F.RO), Reg(DPLL_CTRL1), Reg(DPLL_STATUS, flags=F.RO), Reg(PCH_PORT_HOTPLUG)]
+    regs += [Reg(DDI_BUF_CTL_A + DDI_PORT_STRIDE * port, write=ddi_buf_ctl_write) for port in range(5)]
+    regs += [Reg(DP_TP_CTL_A + DDI_PORT_STRIDE * port, write=dp_tp_ctl_write) for port in range(5)]
+    regs += [Reg(DP_TP_STATUS_A + DDI_PORT_STRIDE * port, write=dp_tp_status_write) for port in range(4)]
     return regs
+
+
+# DDI ports A..E (i915_reg.h): DDI_BUF_CTL, DP_TP_CTL, DP_TP_STATUS every 0x100 from 0x64000 / 0x64040 / 0x64044
+DDI_BUF_CTL_A, DP_TP_CTL_A, DP_TP_STATUS_A, DDI_PORT_STRIDE = 0x64000, 0x64040, 0x64044, 0x100
+DP_TP_STATUS_AUTOTRAIN_DONE = 1 << 12
+DP_TP_STATUS_IDLE_DONE = 1 << 25
+DP_TP_STATUS_STICKY = 0b11 << 26 | 1 << 24  # write-one-to-clear bits
+
+
+def ddi_buf_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """ddi_buf_ctl_mmio_write (gvt/handlers.c): an enabled DDI buffer is not idle; a disabled one is, and
+    disabling port E's clears its DP_TP_STATUS autotrain-done bit."""
+    v = data & 0xFFFF_FFFF
+    if v & DDI_BUF_CTL_ENABLE:
+        vgpu.mmio.write32(offset, v & ~DDI_BUF_IS_IDLE)
+        return
+    vgpu.mmio.write32(offset, v | DDI_BUF_IS_IDLE)
+    if offset == DDI_BUF_CTL_A + 4 * DDI_PORT_STRIDE:
+        st = DP_TP_STATUS_A + 4 * DDI_PORT_STRIDE
+        vgpu.mmio.write32(st, vgpu.mmio.read32(st) & ~DP_TP_STATUS_AUTOTRAIN_DONE)
+
+
+def dp_tp_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """dp_tp_ctl_mmio_write: link training pattern idle (bits 10:8 = 2) sets the port's DP_TP_STATUS
+    idle-done bit (25)."""
+    vgpu.mmio.write32(offset, data & 0xFFFF_FFFF)
+    if (data >> 8) & 0x7 == 0x2:
+        st = offset + (DP_TP_STATUS_A - DP_TP_CTL_A)
+        vgpu.mmio.write32(st, vgpu.mmio.read32(st) | DP_TP_STATUS_IDLE_DONE)
+
+
+def dp_tp_status_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """dp_tp_status_mmio_write: bits 27:26 and 24 are sticky (write one to clear), the rest as written."""
+    old = vgpu.mmio.read32(offset)
+    v = (data & ~DP_TP_STATUS_STICKY) | (old & DP_TP_STATUS_STICKY)
+    vgpu.mmio.write32(offset, v & ~(data & DP_TP_STATUS_STICKY) & 0xFFFF_FFFF)
 
 
 # ------------------------------------------------------------------------------------- device level

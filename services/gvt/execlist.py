@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from . import engines as eng
+from . import pvmmio
 from .handlers import F, Reg
 
 if TYPE_CHECKING:
@@ -91,6 +92,14 @@ class VirtualExeclist:
         self.elsp_index = (self.elsp_index + 1) & 3
         if not submit:
             return None
+        d = self.elsp
+        return (d[1] << 32 | d[0], d[3] << 32 | d[2])
+
+    def elsp_write_pvmmio(self, shared: tuple[int, int, int], value: int) -> tuple[int, int]:
+        """elsp_mmio_write with PVMMIO_ELSP_SUBMIT (ACRN handlers.c): the first three dwords come from the
+        shared page's elsp_data[0..2], this write is the fourth and submits."""
+        self.elsp = [value & 0xFFFF_FFFF, shared[2], shared[1], shared[0]]
+        self.elsp_index = 0
         d = self.elsp
         return (d[1] << 32 | d[0], d[3] << 32 | d[2])
 
@@ -208,7 +217,12 @@ def elsp_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     vgpu.cfg.d3_entered = False  # elsp_mmio_write: engines run only in D0, so the first ELSP write clears it
     if el.engine.name not in vgpu.submission.execlist_enabled:
         raise EmulationError(f"ELSP write on {el.engine.name} with execlists disabled")
-    pair = el.elsp_write(data)
+    pair: tuple[int, int] | None
+    if vgpu.pvmmio.granted & pvmmio.PvmmioLevel.ELSP_SUBMIT:
+        pair = el.elsp_write_pvmmio(pvmmio.elsp_data(vgpu), data)
+        vgpu.count("pvmmio_elsp_submits")
+    else:
+        pair = el.elsp_write(data)
     if pair is not None:
         vgpu.gvt.scheduler.submit_execlist(vgpu, el, pair)
 

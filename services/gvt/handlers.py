@@ -147,9 +147,17 @@ def forcewake_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     vgpu.mmio.write32(FORCEWAKE_ACKS[offset], new & 0xFFFF)
 
 
-def write_zero(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
-    """TLB invalidate registers: the invalidation completes at once, the vreg reads back 0."""
+#: gvt_reg_tlb_control_handler: TLB invalidation register -> engine (gen8_tlb_mmio_offset_list)
+TLB_CONTROL: dict[int, str] = {0x4260: "rcs", 0x4264: "vcs", 0x4268: "vcs2", 0x426C: "bcs", 0x4270: "vecs"}
+
+
+def tlb_control_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
+    """gvt_reg_tlb_control_handler: the vreg reads back 0 at once (the guest's wait ends), and the engine's
+    bit in submission.tlb_handle_pending is set: the physical invalidation is done at the next switch of the
+    engine to this vGPU (mmio_context.handle_tlb_pending_event)."""
     vgpu.mmio.write(offset, 0, size)
+    vgpu.submission.tlb_handle_pending.add(TLB_CONTROL[offset])
+    vgpu.count("tlb_invalidate_requests")
 
 
 FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4 (i915_reg.h)
@@ -197,6 +205,7 @@ def force_nonpriv_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None
 
 
 FORCE_NONPRIV_WHITELIST = frozenset(mmio_info.FORCE_NONPRIV_WHITELIST)
+RING_IMR = 0xA8
 RING_NOPID = 0x94
 
 
@@ -236,6 +245,8 @@ def real_regs() -> list[Reg]:
 
 def _interrupt_regs() -> list[Reg]:
     regs = [Reg(irq.GEN8_MASTER_IRQ, write=irq.master_write)]
+    # RING_IMR of every engine (MMIO_RING_DFH(RING_IMR, ..., intel_vgpu_reg_imr_handler)): store, check pending
+    regs += [Reg(e.base + RING_IMR, flags=F.CMD_ACCESS, write=irq.imr_write) for e in eng.ENGINES]
     for g in irq.GROUPS:
         regs += [Reg(g.base + irq.ISR), Reg(g.base + irq.IMR, write=irq.imr_write),
                  Reg(g.base + irq.IIR, write=irq.iir_write), Reg(g.base + irq.IER, write=irq.ier_write)]
@@ -265,7 +276,7 @@ def _misc_regs() -> list[Reg]:
     ]
     regs += [Reg(req, write=forcewake_write) for req in FORCEWAKE_ACKS]  # masked by its handler
     regs += [Reg(ack, flags=F.RO) for ack in FORCEWAKE_ACKS.values()]
-    regs += [Reg(off, write=write_zero) for off in (0x4260, 0x4264, 0x4268, 0x426C, 0x4270)]
+    regs += [Reg(off, write=tlb_control_write) for off in TLB_CONTROL]
     regs += [Reg(FENCE_REG_GEN6_LO + 8 * i, size=8, read=fence_read, write=fence_write) for i in range(MAX_FENCES)]
     # FORCE_NONPRIV slots of the render engine: 0x24d0, 12 registers (MMIO_F(_MMIO(0x24d0), 48, ...))
     regs += [Reg(0x24D0 + 4 * i, flags=F.CMD_ACCESS | F.CMD_WRITE_PATCH, write=force_nonpriv_write) for i in range(12)]

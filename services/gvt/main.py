@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-oos", action="store_true", default=env("ENABLE_OOS", "") in ("1", "true", "yes"),
                    help="PPGTT out-of-sync pages: PTE tables written twice lose write protection until the "
                         "next submission (off by default, as upstream) [GVTSIM_ENABLE_OOS]")
+    p.add_argument("--enable-pvmmio", type=lambda v: int(v, 0), default=env("ENABLE_PVMMIO", "1"),
+                   help="ACRN's i915.enable_pvmmio on the host: the PVMMIO levels a guest may be granted "
+                        "(1 = PVMMIO_ELSP_SUBMIT, the only one gvtsim implements; 0 = none; docs/PV.md) "
+                        "[GVTSIM_ENABLE_PVMMIO]")
     return p
 
 

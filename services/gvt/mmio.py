@@ -104,6 +104,12 @@ def _is_mmio(offset: int) -> bool:
     return 0 <= offset < MMIO_SIZE
 
 
+def _is_pvmmio_page(vgpu: "Vgpu", offset: int, size: int) -> bool:
+    from . import pvmmio
+
+    return pvmmio.is_shared_page(vgpu, offset, size)
+
+
 def _check_register_access(vgpu: "Vgpu", offset: int, size: int) -> None:
     if not _is_mmio(offset + size - 1):
         raise EmulationError(f"register access [{offset:#x}, +{size}) crosses the end of the 2 MB MMIO range")
@@ -129,6 +135,10 @@ def emulate_mmio_read(vgpu: "Vgpu", gpa: int, size: int) -> int:
         _check_gtt_access(vgpu, offset, size)
         return vgpu.gtt.read(offset - GTT_START, size)
     if not _is_mmio(offset):
+        if _is_pvmmio_page(vgpu, offset, size):
+            from . import pvmmio
+
+            return pvmmio.page_read(vgpu, offset - pvmmio.SHARED_PAGE_OFFSET, size)
         vgpu.count("mmio_hole_read")
         return 0
     _check_register_access(vgpu, offset, size)
@@ -149,6 +159,12 @@ def emulate_mmio_write(vgpu: "Vgpu", gpa: int, data: int, size: int) -> None:
         vgpu.gtt.write(offset - GTT_START, data, size)
         return
     if not _is_mmio(offset):
+        if _is_pvmmio_page(vgpu, offset, size):  # the PVMMIO shared page before the hypervisor mapped it
+            from . import pvmmio
+
+            pvmmio.page_write(vgpu, offset - pvmmio.SHARED_PAGE_OFFSET, data, size)
+            vgpu.count("pvmmio_page_trapped")
+            return
         vgpu.count("mmio_hole_write")
         return
     _check_register_access(vgpu, offset, size)

@@ -19,9 +19,13 @@ switched here too.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..common.memory import PAGE_SIZE
+from .effects import PgpuMmioWrite
+
+if TYPE_CHECKING:
+    from .vgpu import Vgpu
 
 MI_STORE_REGISTER_MEM_GGTT = 0x24 << 23 | 2 | 1 << 22  # MI_STORE_REGISTER_MEM_GEN8 | MI_USE_GGTT
 GEN9_MOCS_SIZE = 64
@@ -68,6 +72,25 @@ MOCS_BASE: dict[str, int] = {"rcs": 0xC800, "vcs": 0xC900, "vcs2": 0xCA00, "bcs"
 #: its trapped handler): switching it would hand the hardware the guest's mode bits. Upstream the host
 #: programs the physical GFX_MODE; pgpu does not model its bits, so it is left out here.
 _NOT_SWITCHED = frozenset({0x229C, 0x2229C})
+
+
+#: gen8_tlb_mmio_offset_list: the register that invalidates each engine's TLBs
+TLB_MMIO_OFFSET: dict[str, int] = {"rcs": 0x4260, "vcs": 0x4264, "vcs2": 0x4268, "bcs": 0x426C, "vecs": 0x4270}
+
+
+def handle_tlb_pending_event(vgpu: "Vgpu", engine: str) -> bool:
+    """handle_tlb_pending_event (switch_mmio, for next): if the guest asked for a TLB invalidation of this
+    engine (test_and_clear_bit of submission.tlb_handle_pending), write 1 to the physical register (it
+    completes at once on pgpu) and clear the vreg. Returns whether one was done."""
+    pending = vgpu.submission.tlb_handle_pending
+    if engine not in pending:
+        return False
+    pending.discard(engine)
+    reg = TLB_MMIO_OFFSET[engine]
+    vgpu.emit(PgpuMmioWrite(reg, 4, 0x1))
+    vgpu.mmio.write32(reg, 0)
+    vgpu.count("tlb_invalidations")
+    return True
 
 
 def engine_registers(engine: str) -> list[tuple[int, int]]:

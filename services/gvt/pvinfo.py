@@ -48,9 +48,9 @@ PDP0_LO = vgtif_reg(0x838)  # pdp[i].lo = 0x838 + 8i, .hi = +4
 EXECLIST_CTX_DESC_LO = vgtif_reg(0x858)
 EXECLIST_CTX_DESC_HI = vgtif_reg(0x85C)
 # ACRN's PVMMIO fields (acrn-kernel include/drm/i915_pvinfo.h, struct vgt_if after
-# execlist_context_descriptor_hi): the guest asks for PVMMIO features in enable_pvmmio; the host keeps the
-# features it grants (data & i915.enable_pvmmio, 0 when PVMMIO is off) and maps the MMIO page for reads
-# through the MPT's set_pvmmio.
+# execlist_context_descriptor_hi): the guest asks for PVMMIO levels in enable_pvmmio; the host keeps the
+# levels it grants (data & i915.enable_pvmmio, 0 when PVMMIO is off) and maps the shared page through the
+# MPT's set_pvmmio; a read of pv_mmio is redirected to the register named in the shared page (pvmmio.py).
 ENABLE_PVMMIO = vgtif_reg(0x860)
 PV_MMIO = vgtif_reg(0x864)  # a trapped MMIO read is redirected here
 SCALER_OWNED = vgtif_reg(0x868)
@@ -113,12 +113,6 @@ _STORED_WRITES: frozenset[int] = frozenset(
      PV_MMIO, SCALER_OWNED, CHECK_PENDING_IRQ, SHARED_PAGE_GPA, SHARED_PAGE_GPA + 4]
     + [PDP0_LO + 4 * i for i in range(8)])
 _RSV5 = frozenset(range(RSV5, RSV5 + 16, 4))
-#: ACRN's PVMMIO feature bits (PVMMIO_ELSP_SUBMIT 0x1, PLANE_UPDATE 0x2, PLANE_WM_UPDATE 0x4, MASTER_IRQ 0x8,
-#: PPGTT_UPDATE 0x10, GGTT_UPDATE 0x20) this host grants: none (i915.enable_pvmmio=0). gvtsim's own PV path
-#: (docs/PV.md) replaces them; a guest asking reads back 0 and stays on trapped MMIO.
-HOST_ENABLE_PVMMIO = 0
-
-
 def populate(vgpu: "Vgpu") -> None:
     """populate_pvinfo_page: magic, version 1.0, display_ready 0, vgt_id, caps, ballooning info,
     fence_num, cursor hot spots UINT_MAX."""
@@ -150,6 +144,11 @@ def populate(vgpu: "Vgpu") -> None:
 
 def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:
     """pvinfo_mmio_read: return the vreg; an unexpected window is logged; ANY read sets pv_notified."""
+    if offset == PV_MMIO:  # ACRN: the register named by shared_page->reg_addr, through its handler
+        from . import pvmmio
+
+        vgpu.pv_notified = True
+        return pvmmio.pv_mmio_read(vgpu, size)
     value = vgpu.mmio.read(offset, size)
     if not any(lo <= offset and offset + size <= hi for lo, hi in _VALID_READS):
         vgpu.count("pvinfo_invalid_read")
@@ -167,11 +166,11 @@ def pvinfo_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     elif offset == G2V_NOTIFY:
         handle_g2v_notification(vgpu, data & 0xFFFF_FFFF)
     elif offset == ENABLE_PVMMIO:
-        # ACRN handlers.c keeps what the host grants (data & i915.enable_pvmmio) and, for a grant, maps
-        # the MMIO page into the guest with the MPT's set_pvmmio; this host grants nothing, so no mapping
-        granted = data & HOST_ENABLE_PVMMIO
-        vgpu.count("pvinfo_enable_pvmmio_requests")
-        vgpu.mmio.write(offset, granted, 4)
+        # ACRN handlers.c pvinfo_mmio_write: the vreg keeps what the host grants (data & i915.enable_pvmmio),
+        # 0 if set_pvmmio could not map the shared page (pvmmio.py)
+        from . import pvmmio
+
+        vgpu.mmio.write(offset, pvmmio.negotiate(vgpu, data & 0xFFFF_FFFF), 4)
         return
     elif offset in _RSV5:
         vgpu.count("pvinfo_rsv5_write")

@@ -18,6 +18,7 @@ weighted time-slice policy's choice (sched_policy.py), run at every 1 ms ``tick`
 from __future__ import annotations
 
 import itertools
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, 
 from .gtt import pte_encode, pte_pfn, pte_present
 from .handlers import F
 from .sched_policy import TimeSlicePolicy
+from .pvinfo import ENABLE_PVMMIO
+from .pvmmio import PvmmioLevel
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -47,6 +50,19 @@ CTX_RING_TAIL = 0x1C
 CTX_RB_START = 0x24
 CTX_RB_CTRL = 0x2C
 CTX_TIMESTAMP = 0x8C
+# the render engine's workaround batches in the ring context (gvt/scheduler.c intel_vgpu_create_workload:
+# RING_CTX_OFF(bb_per_ctx_ptr.val) / rcs_indirect_ctx.val / rcs_indirect_ctx_offset.val; gvt/scheduler.h)
+CTX_BB_PER_CTX_PTR = 0x64
+CTX_RCS_INDIRECT_CTX = 0x6C
+CTX_RCS_INDIRECT_CTX_OFFSET = 0x74
+INDIRECT_CTX_ADDR_MASK = 0xFFFF_FFC0
+INDIRECT_CTX_SIZE_MASK = 0x3F  # in cachelines
+PER_CTX_ADDR_MASK = 0xFFFF_F000
+PER_CTX_VALID = 1 << 0
+CACHELINE_BYTES = 64
+#: combine_wa_ctx: the MI_BATCH_BUFFER_START (GGTT, 3 dwords) appended after the indirect-ctx buffer
+PER_CTX_BB_START = 0x1880_0001
+MI_BATCH_BUFFER_END = 0x0A << 23
 CTX_PDP_VALUES = (0x94, 0x9C, 0xA4, 0xAC, 0xB4, 0xBC, 0xC4, 0xCC)
 EXECLIST_RING_CONTEXT_SIZE = 0xD0  # sizeof(struct execlist_ring_context): through pdp0_LDW
 RB_HEAD_MASK = 0x001F_FFFC
@@ -65,6 +81,23 @@ class WorkloadError(Exception):
 class WorkloadRefused(WorkloadError):
     """A workload refused without marking the VM unhealthy (a -EPERM scan error): the submission fails,
     the vGPU stays out of failsafe (scheduler.c intel_vgpu_create_workload + vgpu_is_vm_unhealthy)."""
+
+
+@dataclass
+class WaCtx:
+    """struct intel_shadow_wa_ctx: the render context's indirect-ctx buffer and per-ctx batch, as the guest
+    programmed them, and where their scanned shadows sit in host GM."""
+
+    indirect_gma: int = 0
+    indirect_size: int = 0  # bytes (a whole number of cachelines)
+    per_ctx_gma: int = 0
+    per_ctx_valid: bool = False
+    indirect_shadow_gma: int = 0
+    per_ctx_shadow_gma: int = 0
+
+    @property
+    def present(self) -> bool:
+        return bool(self.indirect_size or self.per_ctx_valid)
 
 
 @dataclass
@@ -89,6 +122,7 @@ class Workload:
     status: str = "queued"
     pv: bool = False  # submitted through the PV shared page (no execlist emulation)
     pv_seq: int | None = None  # the slot's submit_seq, on the last element of a PV submission
+    wa: WaCtx | None = None  # the render context's workaround batches (rcs only)
 
     @property
     def ctx_id(self) -> int:
@@ -284,8 +318,31 @@ class Scheduler:
         pdps = tuple(self._u32(vgpu, ctx_gpa + off) for off in CTX_PDP_VALUES)
         w = Workload(next(self._ids), vgpu, engine, desc, pair, emulate_schedule_in, ctx_gpa, head, tail,
                      ring, pdps)
+        if engine == "rcs":
+            w.wa = self._wa_ctx(vgpu, ctx_gpa)
         self._scan(w)  # scanned and shadowed at creation: the GPU runs the bytes that were checked
         return w
+
+    def _wa_ctx(self, vgpu: "Vgpu", ctx_gpa: int) -> WaCtx | None:
+        """intel_vgpu_create_workload (RCS0): RCS_INDIRECT_CTX gives the indirect-ctx buffer (address bits
+        31:6, size in cachelines bits 5:0), BB_PER_CTX_PTR the per-ctx batch (bits 31:12, valid bit 0); each
+        must lie in the vGPU's GM (intel_gvt_ggtt_validate_range, else -EINVAL)."""
+        indirect = self._u32(vgpu, ctx_gpa + CTX_RCS_INDIRECT_CTX)
+        per_ctx = self._u32(vgpu, ctx_gpa + CTX_BB_PER_CTX_PTR)
+        wa = WaCtx(indirect & INDIRECT_CTX_ADDR_MASK, (indirect & INDIRECT_CTX_SIZE_MASK) * CACHELINE_BYTES,
+                   per_ctx & PER_CTX_ADDR_MASK, bool(per_ctx & PER_CTX_VALID))
+        if not wa.present:
+            return None
+        if wa.indirect_size and not vgpu.resource.contains(wa.indirect_gma, wa.indirect_size):
+            self.gvt.counters["wa_ctx_invalid"] += 1
+            raise WorkloadError(f"invalid wa_ctx at {wa.indirect_gma:#x} (+{wa.indirect_size:#x})")
+        if wa.per_ctx_valid and not vgpu.resource.contains(wa.per_ctx_gma, CACHELINE_BYTES):
+            self.gvt.counters["wa_ctx_invalid"] += 1
+            raise WorkloadError(f"invalid per_ctx at {wa.per_ctx_gma:#x}")
+        if wa.indirect_size and wa.indirect_gma % PAGE_SIZE:  # scan_wa_ctx: "ring base is page aligned"
+            self.gvt.counters["wa_ctx_invalid"] += 1
+            raise WorkloadRefused(f"indirect ctx at {wa.indirect_gma:#x} is not page aligned")
+        return wa
 
     # -------------------------------------------------------------------------------- command scan
     def _scan_hooks(self, w: Workload) -> "cmd_parser.ScanHooks":
@@ -324,30 +381,90 @@ class Scheduler:
             except WorkloadError as err:
                 raise cmd_parser.ScanError(cmd_parser.Errno.EFAULT, f"batch buffer: {err}") from None
 
-        p = cmd_parser.Parser(w.engine, vgpu.resource.contains, cmd_parser.whitelist(self.gvt.table),
-                              any(w.guest_pdps), read_gm, self._scan_hooks(w))
-        try:
-            p.scan(w.ring)
-        except cmd_parser.ScanError as err:
-            self.gvt.counters["cmd_scan_errors"] += 1
-            self.gvt.counters[f"cmd_scan_{err.errno.value.lower()}"] += 1
-            self.gvt.log.warning("cmd_scan_error", vgpu=vgpu.id, vm=vgpu.vm, engine=w.engine, errno=err.errno.value,
-                                 reason=err.reason)
-            if err.errno in cmd_parser.VM_UNHEALTHY:  # vgpu_is_vm_unhealthy: -EBADRQC, -EFAULT only
-                vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan: {err}")
-                raise WorkloadError(f"command scan: {err}") from None
-            raise WorkloadRefused(f"command scan: {err}") from None
-        size = p.shadow_size()
+        def parser() -> cmd_parser.Parser:
+            return cmd_parser.Parser(w.engine, vgpu.resource.contains, cmd_parser.whitelist(self.gvt.table),
+                                     any(w.guest_pdps), read_gm, self._scan_hooks(w))
+
+        def scan(p: cmd_parser.Parser, data: bytes, what: str) -> None:
+            try:
+                p.scan(data)
+            except cmd_parser.ScanError as err:
+                self.gvt.counters["cmd_scan_errors"] += 1
+                self.gvt.counters[f"cmd_scan_{err.errno.value.lower()}"] += 1
+                if what != "ring":
+                    self.gvt.counters["wa_ctx_scan_errors"] += 1
+                self.gvt.log.warning("cmd_scan_error", vgpu=vgpu.id, vm=vgpu.vm, engine=w.engine, buffer=what,
+                                     errno=err.errno.value, reason=err.reason)
+                if err.errno in cmd_parser.VM_UNHEALTHY:  # vgpu_is_vm_unhealthy: -EBADRQC, -EFAULT only
+                    vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, f"command scan ({what}): {err}")
+                    raise WorkloadError(f"command scan ({what}): {err}") from None
+                raise WorkloadRefused(f"command scan ({what}): {err}") from None
+
+        p = parser()
+        scan(p, w.ring, "ring")
+        wa = w.wa
+        p_ind = p_per = None
+        if wa is not None:
+            # intel_gvt_scan_and_shadow_wa_ctx: shadow_indirect_ctx copies the buffer, scan_wa_ctx scans it as
+            # a privileged ring. combine_wa_ctx appends MI_BATCH_BUFFER_START(per-ctx batch) to the copy, so
+            # the per-ctx batch is shadowed as a batch the buffer starts; upstream does it only when an
+            # indirect-ctx buffer exists (its size check comes first): gvtsim scans a per-ctx batch either
+            # way, so no unscanned batch of the guest reaches the GPU.
+            if wa.indirect_size:
+                p_ind = parser()
+                scan(p_ind, read_gm(wa.indirect_gma, wa.indirect_size), "indirect_ctx")
+            if wa.per_ctx_valid:
+                p_per = parser()
+                scan(p_per, struct.pack("<3I", PER_CTX_BB_START, wa.per_ctx_gma, 0), "per_ctx")
+        self._shadow_scanned(w, p, p_ind, p_per)
+        self.gvt.counters["workloads_scanned"] += 1
+
+    def _shadow_scanned(self, w: Workload, p: "cmd_parser.Parser", p_ind: "cmd_parser.Parser | None",
+                        p_per: "cmd_parser.Parser | None") -> None:
+        """Lay the scanned buffers out in one shadow allocation of host GM: the ring's batches, then (page
+        aligned) the indirect-ctx copy followed by a zeroed cacheline (prepare_shadow_wa_ctx clears the
+        combined per-ctx start), its batches, and the per-ctx batch (page aligned: BB_PER_CTX_PTR keeps bits
+        31:12). Patch the ring to the shadows; record the WA shadows' addresses for the shadow context."""
+        def up(n: int) -> int:
+            return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+        wa = w.wa
+        ring_len = p.shadow_size()
+        ind_len = up(wa.indirect_size + CACHELINE_BYTES) if wa is not None and p_ind is not None else 0
+        ind_bb = p_ind.shadow_size() if p_ind is not None else 0
+        per_bb = p_per.shadow_size() if p_per is not None else 0
+        regions: tuple[int, ...] = (up(ring_len), ind_len, up(ind_bb), up(per_bb)) if wa is not None else (ring_len,)
+        size = sum(regions)
         base = self._alloc_shadow_bb(w, size) if size else 0
         ring, image = p.layout(base)
+        buf = bytearray(size)
+        buf[:len(image)] = image
+        if wa is not None:
+            at = regions[0]
+            if p_ind is not None:
+                ind_ring, ind_image = p_ind.layout(base + at + ind_len)
+                buf[at:at + len(ind_ring)] = ind_ring
+                # the cacheline after the copy (prepare_shadow_wa_ctx clears the combined per-ctx start there):
+                # MI_BATCH_BUFFER_END, so the copy can also be called as a batch from the ring (_wa_calls);
+                # the context restore runs only ``indirect_size`` bytes and never reaches it
+                buf[at + wa.indirect_size:at + wa.indirect_size + 4] = MI_BATCH_BUFFER_END.to_bytes(4, "little")
+                buf[at + ind_len:at + ind_len + len(ind_image)] = ind_image
+                wa.indirect_shadow_gma = base + at
+                w.pending_events.extend(p_ind.events)
+            at += ind_len + regions[2]
+            if p_per is not None:
+                per_ring, per_image = p_per.layout(base + at)
+                buf[at:at + len(per_image)] = per_image
+                wa.per_ctx_shadow_gma = int.from_bytes(per_ring[4:8], "little")  # the patched start
+                w.pending_events.extend(p_per.events)
+            self.gvt.counters["wa_ctx_shadowed"] += 1
         if size:
             assert self.mem is not None  # _alloc_shadow_bb checked it
             for i, mfn in enumerate(self.shadow_bbs[w.id].mfns):
-                self.mem.write(mfn << PAGE_SHIFT, image[i * PAGE_SIZE:(i + 1) * PAGE_SIZE].ljust(PAGE_SIZE, b"\0"))
+                self.mem.write(mfn << PAGE_SHIFT, bytes(buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]).ljust(PAGE_SIZE, b"\0"))
             self.gvt.counters["shadow_bb_bytes"] += size
         w.ring = ring
         w.pending_events.extend(p.events)
-        self.gvt.counters["workloads_scanned"] += 1
 
     def _alloc_shadow_bb(self, w: Workload, size: int) -> int:
         """Frames from the pool mapped at a free run of the shadow-batch window of host GM. Returns the
@@ -478,6 +595,7 @@ class Scheduler:
         w.mmio_save_for = pre.id if pre is not None else None
         self.engine_owner[w.engine] = w.vgpu.id
         self.gvt.counters["mmio_switches"] += 1
+        mmio_context.handle_tlb_pending_event(w.vgpu, w.engine)  # switch_mmio ends with it, for next
         return b"".join((d & 0xFFFF_FFFF).to_bytes(4, "little") for d in dws)
 
     def _inhibit(self, w: Workload) -> bool:
@@ -515,6 +633,10 @@ class Scheduler:
         self.mem.write(sh.maddr(0), pphwsp)
         image = bytearray(state)
         commands = prologue + w.ring
+        wa_in_ring = w.wa is not None and bool(prologue)
+        if wa_in_ring:
+            assert w.wa is not None
+            commands = prologue + self._wa_calls(w.wa) + w.ring
         if len(commands) > (SHADOW_RING_PAGES - 1) * PAGE_SIZE:
             raise WorkloadError(f"{len(commands)} bytes of ring with the engine switch: larger than the shadow ring")
         tail = (len(commands) + 7) & ~7
@@ -525,10 +647,43 @@ class Scheduler:
 
         for off, val in zip(CTX_PDP_VALUES, pdps_to_context(shadow_pdps)):
             image[off:off + 4] = val.to_bytes(4, "little")
+        if wa_in_ring:
+            # the engine's registers are switched by the prologue in the ring: the workaround batches must
+            # run after it (restore, then the WA batches, as the hardware orders a context restore), so they
+            # are called from the ring and the shadow context names none
+            for off in (CTX_RCS_INDIRECT_CTX, CTX_BB_PER_CTX_PTR):
+                image[off:off + 4] = bytes(4)
+            self.gvt.counters["wa_ctx_after_switch"] += 1
+        elif w.wa is not None:
+            self._update_wa_ctx_2_shadow_ctx(w.wa, image)
         self.mem.write(sh.maddr(1), bytes(image))
         ring = commands + bytes(tail - len(commands))
         for i in range(0, len(ring), PAGE_SIZE):
             self.mem.write(sh.maddr(2 + i // PAGE_SIZE), ring[i:i + PAGE_SIZE])
+
+    @staticmethod
+    def _wa_calls(wa: WaCtx) -> bytes:
+        """MI_BATCH_BUFFER_START (GGTT, privileged) of the indirect-ctx shadow (it ends with the
+        MI_BATCH_BUFFER_END gvt put after it) and of the per-ctx shadow, each padded to a qword."""
+        dws: list[int] = []
+        if wa.indirect_size:
+            dws += [PER_CTX_BB_START, wa.indirect_shadow_gma, 0, 0]
+        if wa.per_ctx_valid:
+            dws += [PER_CTX_BB_START, wa.per_ctx_shadow_gma, 0, 0]
+        return struct.pack(f"<{len(dws)}I", *dws)
+
+    @staticmethod
+    def _update_wa_ctx_2_shadow_ctx(wa: WaCtx, image: bytearray) -> None:
+        """update_wa_ctx_2_shadow_ctx (gvt/scheduler.c): the shadow context's BB_PER_CTX_PTR and
+        RCS_INDIRECT_CTX point at the shadows (their flag / size bits kept); RCS_INDIRECT_CTX_OFFSET stays."""
+        def patch(off: int, mask: int, gma: int) -> None:
+            val = int.from_bytes(image[off:off + 4], "little")
+            image[off:off + 4] = ((val & ~mask & 0xFFFF_FFFF) | (gma & mask)).to_bytes(4, "little")
+
+        if wa.indirect_size:
+            patch(CTX_RCS_INDIRECT_CTX, INDIRECT_CTX_ADDR_MASK, wa.indirect_shadow_gma)
+        if wa.per_ctx_valid:
+            patch(CTX_BB_PER_CTX_PTR, PER_CTX_ADDR_MASK, wa.per_ctx_shadow_gma)
 
     # ---------------------------------------------------------------------------------- completion
     def on_gpu_event(self, engine: str, kind: str, tag: int, status: int = 0, busy_ns: int = 0,
@@ -671,6 +826,11 @@ class Scheduler:
         self.frame_pool.clear()
         self.shadows.clear()
         self.host_ptes.clear()
+        for vgpu in self.gvt.vgpus.values():  # the PVMMIO shared pages were such frames too: no grant now
+            if vgpu.pvmmio.mfn is not None:
+                vgpu.pvmmio.mfn = vgpu.pvmmio.gfn = None
+                vgpu.pvmmio.granted = PvmmioLevel(0)
+                vgpu.mmio.write32(ENABLE_PVMMIO, 0)
 
     def engine_lost(self, reason: str) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""

@@ -110,7 +110,8 @@ class GvtService(BaseService):
         super().__init__(ctx, args)
         self.core = Gvt(PhysicalGpu(profile=getattr(args, "gpu_profile", "real")),
                         counters=self.counters, log=self.log, mpt_factory=self._mpt,
-                        enable_out_of_sync=bool(getattr(args, "enable_oos", False)))
+                        enable_out_of_sync=bool(getattr(args, "enable_oos", False)),
+                        enable_pvmmio=int(getattr(args, "enable_pvmmio", 1)))
         self._mem: MachineMemory | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sent: dict[tuple[str, int], str] = {}  # (peer, req) -> what, for refused effects

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import pvinfo
+from . import pvinfo, pvmmio
 from .aperture import Aperture
 from .cfg_space import CfgSpace
 from .display import VgpuDisplay
@@ -53,6 +53,7 @@ class Submission:
     execlist_enabled: set[str] = field(default_factory=set)
     resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
     execlists: dict[str, VirtualExeclist] = field(default_factory=dict)
+    tlb_handle_pending: set[str] = field(default_factory=set)  # engines whose TLB the guest asked to invalidate
 
     def reset(self, engine_mask: int) -> None:
         """intel_vgpu_reset_submission: re-init the engines' virtual execlists (CSB wp 7, slots empty);
@@ -86,6 +87,7 @@ class Vgpu:
         self.failsafe_reason: FailsafeReason | None = None
         self.pv_notified = False
         self.pv = PvState()  # the PV shared page, once the guest sets one up (pv.py)
+        self.pvmmio = pvmmio.PvmmioState()  # ACRN's PVMMIO grant and shared page (pvmmio.py)
         self.traps: Counter[str] = Counter()  # trapped accesses of this VM by kind (STATUS, the PV figures)
         self.msis_injected = 0
         # figures `gvtsim top` shows (from STATUS): GPU time per engine and workloads ended, by how
@@ -100,6 +102,7 @@ class Vgpu:
         self.submission.execlists = {e.name: VirtualExeclist(self, e) for e in ENGINES}
         self.aperture = Aperture(self)
         self.cfg.on_memory_decode = self.aperture.set_enabled
+        self.cfg.on_bar0_trap = lambda trapped: pvmmio.follow_bar0(self, trapped)
         self.opregion = Opregion(self)
         self.cfg.on_swsci = lambda value: self.opregion.swsci(value, self.cfg.get(0xE8, 4))
         self.cfg.on_asls = self.opregion.base_write
@@ -132,6 +135,7 @@ class Vgpu:
         self.deactivate()
         self.display.clean()
         self.aperture.clean()
+        pvmmio.clean(self)
         self.cfg.clean()
         self.gtt.clean()
         self.ppgtt.clear()
@@ -177,6 +181,7 @@ class Vgpu:
             self.ppgtt.invalidate()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
         if dmlr:
             pv.reset(self)
+            pvmmio.reset(self)
             self.aperture.clean()
             if not d3:
                 self.ppgtt.clear()

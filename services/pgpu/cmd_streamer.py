@@ -41,6 +41,7 @@ class Frame:
     dma: Dma
     gma: int
     level: int
+    end: int | None = None  # a buffer of fixed length (the indirect-ctx buffer) ends here, not by BB_END
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,16 @@ class Streamer:
         self.counts: dict[str, int] = {}
         self.result: StreamResult | None = None
         self._cost = {c.name: timing.command(c.name) for c in COMMANDS}
+        self._restore: list[Frame] = []  # workaround batches run at context restore, before the ring
+
+    def restore_batches(self, indirect: tuple[int, int] | None, per_ctx: int | None) -> None:
+        """The render context's workaround batches (GGTT): the indirect-ctx buffer (``(address, bytes)``:
+        it ends after that many bytes) then the per-ctx batch (it ends with MI_BATCH_BUFFER_END), both
+        privileged first-level batches run before the ring's commands."""
+        if per_ctx is not None:
+            self._restore.append(Frame(self.ggtt_dma, per_ctx, 1))
+        if indirect is not None:
+            self._restore.append(Frame(self.ggtt_dma, indirect[0], 1, indirect[0] + indirect[1]))
 
     # --------------------------------------------------------------------------------- Exec protocol
     def space(self, ggtt: bool) -> Dma:
@@ -93,7 +104,7 @@ class Streamer:
 
     def batch_start(self, gma: int, ppgtt: bool, second_level: bool) -> None:
         dma = self.ppgtt_dma if ppgtt else self.ggtt_dma
-        level = len(self.stack)
+        level = sum(1 for f in self.stack if f.end is None)  # the indirect-ctx buffer starts batches as a ring
         if second_level and level != 1:
             where = "the ring" if level == 0 else "a second-level batch"
             raise CommandError(CtxStatus.BAD_COMMAND, f"second-level MI_BATCH_BUFFER_START from {where}")
@@ -156,8 +167,13 @@ class Streamer:
         engine, stack, cost, counts = self.engine, self.stack, self._cost, self.counts
         limits = self.limits
         for _ in range(budget):
+            if not stack and self._restore:
+                stack.append(self._restore.pop())
             if stack:
                 frame = stack[-1]
+                if frame.end is not None and frame.gma >= frame.end:
+                    stack.pop()
+                    continue
                 hdr = frame.dma.dwords(frame.gma, 1)[0]
             elif self.head == self.tail:
                 return StreamResult(CtxStatus.OK)

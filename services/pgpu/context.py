@@ -130,25 +130,41 @@ class RingContext:
     ctl: int
     pdps: tuple[int, int, int, int]  # pdp0..pdp3 (64-bit)
     timestamp: int
+    indirect_ctx: int = 0  # RCS_INDIRECT_CTX: buffer address bits 31:6, size in cachelines bits 5:0
+    indirect_ctx_offset: int = 0  # RCS_INDIRECT_CTX_OFFSET
+    per_ctx: int = 0  # BB_PER_CTX_PTR: batch address bits 31:12, valid bit 0
 
     @property
     def size(self) -> int:
         return ring_size(self.ctl)
+
+    def wa_batches(self) -> tuple[tuple[int, int] | None, int | None]:
+        """The render context's workaround batches, run at context restore before the ring (i915
+        intel_lrc.c: the indirect-ctx buffer, then the per-ctx batch): ((address, bytes) of the indirect-ctx
+        buffer or None, the per-ctx batch address or None)."""
+        size = (self.indirect_ctx & 0x3F) * 64
+        indirect = (self.indirect_ctx & 0xFFFF_FFC0, size) if size else None
+        per_ctx = self.per_ctx & 0xFFFF_F000 if self.per_ctx & 1 else None
+        return indirect, per_ctx
 
 
 def _value(mem: MachineMemory, page: int, name: str) -> int:
     return mem.read_u32(page + RING_CTX[name][1])
 
 
-def read_ring_context(mem: MachineMemory, page: int) -> RingContext:
-    """Read the ring context at machine address ``page``."""
+def read_ring_context(mem: MachineMemory, page: int, rcs: bool = False) -> RingContext:
+    """Read the ring context at machine address ``page`` (``rcs``: with the render engine's workaround
+    batch registers, which only its context image has)."""
     pdps = tuple(_value(mem, page, f"pdp{i}_UDW") << 32 | _value(mem, page, f"pdp{i}_LDW") for i in range(4))
+    wa = {name: _value(mem, page, name) if rcs else 0 for name in RCS_ONLY}
     return RingContext(head=_value(mem, page, "ring_header") & RB_HEAD_MASK,
                        tail=_value(mem, page, "ring_tail") & RB_TAIL_MASK,
                        start=_value(mem, page, "rb_start") & 0xFFFF_F000,
                        ctl=_value(mem, page, "rb_ctrl"),
                        pdps=pdps,  # type: ignore[arg-type]
-                       timestamp=_value(mem, page, "ctx_timestamp"))
+                       timestamp=_value(mem, page, "ctx_timestamp"),
+                       indirect_ctx=wa["rcs_indirect_ctx"], indirect_ctx_offset=wa["rcs_indirect_ctx_offset"],
+                       per_ctx=wa["bb_per_ctx_ptr"])
 
 
 def write_back(mem: MachineMemory, page: int, head: int, busy_ns: float) -> None:

@@ -206,7 +206,8 @@ class PgpuCore:
             engines[name] = {"busy_ns": s["busy_ns"], "contexts": s["contexts"], "commands": s["commands"],
                              "resets": s["resets"], "submissions": s["submissions"],
                              "queued": sum(len(x.elements) for x in eng.port) + (eng.running is not None),
-                             "mmio_base": ENGINE_BASES[name]}
+                             "mmio_base": ENGINE_BASES[name], "tlb_invalidations": self.mmio.tlb_invalidations[name],
+                             "wa_batches": s["wa_batches"]}
         return {
             "gpu": {**GPU_IDENTITY, "gm_mb": cfg.gm_mb, "aperture_mb": cfg.aperture_mb, "profile": cfg.profile},
             "engines": engines,

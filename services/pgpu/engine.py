@@ -153,7 +153,7 @@ class Engine:
         self.stats["contexts"] += 1
         try:
             ring_ctx = self.ggtt.translate(desc.ring_context)
-            ring = read_ring_context(self.mem, ring_ctx)
+            ring = read_ring_context(self.mem, ring_ctx, rcs=self.name == "rcs")
         except PageFault as fault:
             self._terminal(element, start, 0.0, StreamResult(CtxStatus.PAGE_FAULT, fault.gma, fault.reason))
             return
@@ -171,6 +171,10 @@ class Engine:
         for reg, value in ((RING_HEAD, ring.head), (RING_TAIL, ring.tail), (RING_START, ring.start),
                            (RING_CTL, ring.ctl), (EXECLIST_STATUS, 1 << 18), (EXECLIST_STATUS + 4, desc.ctx_id)):
             self.mmio.set(self.base + reg, value)  # execlist_0_active, current context id
+        indirect, per_ctx = ring.wa_batches()
+        if indirect is not None or per_ctx is not None:  # run at context restore, before the ring
+            streamer.restore_batches(indirect, per_ctx)
+            self.stats["wa_batches"] += 1
         self.running = Running(element, streamer, start, ring_ctx)
 
     def _finish(self, run: Running, result: StreamResult) -> None:

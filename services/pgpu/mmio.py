@@ -7,11 +7,15 @@ Plain registers are stored as written. A declarative table gives the special one
 * forcewake (gen9, i915_reg.h): render 0xA278 -> ack 0x0D84, GT 0xA188 -> ack 0x130044, media 0xA270 -> ack
   0x0D88; masked registers (bits 31:16 select bits 15:0), the ack follows the new low 16 bits;
 * per-engine RING_MODE (+0x29C) is masked too; RING_TAIL/HEAD/START/CTL (+0x30..0x3C) and EXECLIST_STATUS
-  (+0x234) are kept up to date by the engines; fences 0x100000 + 8i (i < 32) are plain 64-bit registers.
+  (+0x234) are kept up to date by the engines; fences 0x100000 + 8i (i < 32) are plain 64-bit registers;
+* the TLB invalidation registers (gen8_tlb_mmio_offset_list: RCS 0x4260, VCS 0x4264, VCS2 0x4268, BCS 0x426C,
+  VECS 0x4270): writing 1 invalidates that engine's TLBs, which completes at once (reads back 0, the wait in
+  handle_tlb_pending_event ends); each invalidation is counted per engine.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from .ggtt import GFX_FLSH_CNTL, GFX_FLSH_CNTL_EN
@@ -32,6 +36,8 @@ GDRST_DOMAINS: dict[int, tuple[str, ...]] = {
 }
 #: forcewake request register -> its ack register
 FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
+#: TLB invalidation register -> engine (gen8_tlb_mmio_offset_list; vcs2 is not emulated by this GPU)
+TLB_INVALIDATE: dict[int, str] = {0x4260: "rcs", 0x4264: "vcs", 0x4268: "vcs2", 0x426C: "bcs", 0x4270: "vecs"}
 FENCE_BASE = 0x100000
 NUM_FENCES = 32
 MMIO_SIZE = 0x200000
@@ -59,9 +65,11 @@ class Mmio:
             GFX_FLSH_CNTL: self._write_flush,
             GDRST: self._write_gdrst,
             **{reg: self._write_forcewake for reg in FORCEWAKE_ACKS},
+            **{reg: self._write_tlb_invalidate for reg in TLB_INVALIDATE},
         }
         #: offsets that always read 0 (self-clearing / write-only)
-        self.read_zero = {GFX_FLSH_CNTL, GDRST}
+        self.read_zero = {GFX_FLSH_CNTL, GDRST, *TLB_INVALIDATE}
+        self.tlb_invalidations: Counter[str] = Counter()  # engine -> TLB invalidations done
 
     @staticmethod
     def _check(offset: int, size: int) -> None:
@@ -124,6 +132,10 @@ class Mmio:
     def _write_forcewake(self, offset: int, value: int) -> None:
         self.regs[offset] = self._masked(offset, value)
         self.regs[FORCEWAKE_ACKS[offset]] = self.regs[offset]
+
+    def _write_tlb_invalidate(self, offset: int, value: int) -> None:
+        if value & 1:
+            self.tlb_invalidations[TLB_INVALIDATE[offset]] += 1
 
     def fence(self, index: int) -> int:
         """Fence register ``index`` (64-bit)."""

@@ -77,3 +77,19 @@ def test_pv_and_trap_vms_side_by_side(stack):
         done = g.wait_event("done", timeout=120)
         assert done["workloads_failed"] == 0 and done["workloads_verified"] == WORKLOADS
         assert done["per_vm"][0]["submission_traps"] == {traps: WORKLOADS}
+
+
+def test_acrn_pvmmio_elsp_submit_takes_one_trapped_write_per_submission(stack):
+    """ACRN's PVMMIO (handlers.c pvinfo_mmio_write / elsp_mmio_write): the guest asks for every level, gvt
+    grants PVMMIO_ELSP_SUBMIT only, maps the shared page at BAR0 + 2 MB, and each submission is three
+    memory writes to that page plus one trapped ELSP write; every workload verifies."""
+    g = stack["guest"]("pvmmio", "--pvmmio", "0x3f")
+    ready = g.wait_event("vm_ready", timeout=30)
+    done = g.wait_event("done", timeout=120)
+    g.terminate()
+    assert ready["pvmmio"] == 1  # PVMMIO_ELSP_SUBMIT, the only level gvt offers
+    assert done["workloads_failed"] == 0 and done["workloads_verified"] == WORKLOADS, done["per_vm"][0]["failures"]
+    assert done["per_vm"][0]["submission_traps"] == {"1": WORKLOADS}
+    counters = probe_sync(stack["gvt"].endpoint, want_reply=True).counters
+    assert counters["pvmmio_elsp_submits"] >= WORKLOADS and counters["pvmmio_granted"] >= 1
+    assert counters.get("pvmmio_page_trapped", 0) == 0  # the page was mapped: no access to it trapped

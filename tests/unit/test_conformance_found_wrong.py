@@ -269,8 +269,9 @@ def test_asls_places_the_opregion_and_swsci_answers_capability_queries() -> None
 # ------------------------------------------------------------------------------ PVINFO layout
 def test_pvinfo_keeps_acrns_pvmmio_offsets_and_gvtsims_pv_fields_do_not_overlap_them() -> None:
     """ACRN's acrn-kernel include/drm/i915_pvinfo.h struct vgt_if: enable_pvmmio 0x860, pv_mmio 0x864,
-    scaler_owned 0x868, check_pending_irq 0x86C. This host grants no PVMMIO feature (enable_pvmmio reads
-    back 0, as with i915.enable_pvmmio=0); gvtsim's shared-page fields live past them (docs/PV.md)."""
+    scaler_owned 0x868, check_pending_irq 0x86C; gvtsim's shared-page fields live past them (docs/PV.md).
+    A host started with i915.enable_pvmmio=0 grants nothing: enable_pvmmio reads back 0 (handlers.c
+    pvinfo_mmio_write); grants are tested in test_gvt_pvmmio.py."""
     acrn = {pvinfo.ENABLE_PVMMIO, pvinfo.PV_MMIO, pvinfo.SCALER_OWNED, pvinfo.CHECK_PENDING_IRQ}
     assert sorted(o - pvinfo.VGT_PVINFO_PAGE for o in acrn) == [0x860, 0x864, 0x868, 0x86C]
     ours = [pvinfo.PV_CAPS, pvinfo.SHARED_PAGE_GPA, pvinfo.SHARED_PAGE_GPA + 4, pvinfo.PV_VERSIONS,
@@ -278,7 +279,7 @@ def test_pvinfo_keeps_acrns_pvmmio_offsets_and_gvtsims_pv_fields_do_not_overlap_
     assert not acrn & set(ours) and min(ours) > pvinfo.CHECK_PENDING_IRQ
     assert (r.PV_CAPS, r.PV_SHARED_PAGE_GPA, r.PV_VERSIONS, r.PV_STATUS, r.PV_ENABLED) == tuple(
         o for o in ours if o != pvinfo.SHARED_PAGE_GPA + 4)
-    gvt = make_gvt()
+    gvt = make_gvt(enable_pvmmio=0)
     v = create(gvt, 1)
     program_bar0(gvt, v)
     gvt.emulate_mmio_write(v, BAR0_GPA + pvinfo.ENABLE_PVMMIO, 0x3F, 4)

@@ -143,6 +143,7 @@ class Rig:
         self.now = 0.0
         self.submits: list[fx.PgpuSubmit] = []
         self.events: list[tuple[str, int, str]] = []  # (kind, tag, reason)
+        self.effects: list[fx.Effect] = []  # every effect gvt emitted, in order
 
     def boot(self, vm: int, spec: str | None = None) -> Guest:
         """Create the vGPU (small custom slices keep the scratch fills cheap), probe it, read PVINFO,
@@ -168,8 +169,11 @@ class Rig:
             moved = False
             for e in self.gvt.drain_effects():
                 moved = True
+                self.effects.append(e)
                 if self.pgpu is None:
                     continue
+                if isinstance(e, fx.PgpuMmioWrite):
+                    self.pgpu.mmio_write(e.offset, e.size, e.value, self.now)
                 if isinstance(e, fx.PgpuGgttWrite):
                     self.pgpu.ggtt_write(e.entries)
                 elif isinstance(e, fx.PgpuGgttFill):
