@@ -662,7 +662,17 @@ REPLY_TYPES: tuple[type[Message], ...] = (
     VgpuSyncReply, PlaneInfo,
 )
 
+# a Union built from the catalogue at runtime (msgspec decodes it as one tagged union); a type checker cannot
+# evaluate a Union of a runtime tuple, hence the ignore
 AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]
 
+
+def tag_of(msg: Message | type[Message]) -> str:
+    """The wire name of a message or message class (its msgspec tag, a str for every message here)."""
+    tag = msg.__struct_config__.tag
+    assert isinstance(tag, str), f"{msg!r} has no str tag"
+    return tag
+
+
 #: wire name -> class
-BY_TAG: dict[str, type[Message]] = {m.__struct_config__.tag: m for m in ALL_MESSAGES}  # type: ignore[misc]
+BY_TAG: dict[str, type[Message]] = {tag_of(m): m for m in ALL_MESSAGES}
