@@ -226,7 +226,8 @@ async function tick() {
     const r = await fetch("/api/screens", {cache: "no-store"});
     const data = await r.json();
     document.getElementById("summary").textContent =
-      `${data.screens.length} VMs on ${data.stacks} host stack(s), ${data.captures} captures, refreshed ${new Date().toLocaleTimeString()}`;
+      `${data.screens.length} VMs on ${data.stacks} host stack(s), ${data.captures} captures, ` +
+      `refreshed ${new Date().toLocaleTimeString()}`;
     const wall = document.getElementById("wall"), keys = new Set();
     for (const t of data.screens) {
       keys.add(t.key);
