@@ -91,7 +91,8 @@ def test_up_status_chaos_down(run_dir: str) -> None:
 
 def test_up_reports_a_service_that_cannot_start(run_dir: str, tmp_path) -> None:
     bad = tmp_path / "compose.yml"
-    bad.write_text("services:\n  broken:\n    command: [gvtsim, vhm, --bind, 'tcp://0.0.0.0:5555', --ram-max-run, '0']\n"
+    bad.write_text("services:\n  broken:\n"
+                   "    command: [gvtsim, vhm, --bind, 'tcp://0.0.0.0:5555', --ram-max-run, '0']\n"
                    "    healthcheck: {test: [CMD, gvtsim, health, 'tcp://127.0.0.1:5555'], interval: 1s}\n")
     r = gvtsim("up", "-f", str(bad), "--run-dir", run_dir, "--timeout", "10")
     assert r.returncode == 1 and "s0/broken exited during start-up" in r.stderr
