@@ -106,8 +106,15 @@ class RouterServer:
         except BaseException:
             sock.close(linger=0)  # no keys: the service stops with one clear line, nothing left open
             raise
+        try:
+            sock.bind(self.bind_addr)
+        except BaseException:
+            # the reactor never saw this socket, so nothing else closes it: left open, it would block the
+            # context's term() and the service would hang instead of exiting with its error (port taken)
+            curve.release_server(sock)
+            sock.close(linger=0)
+            raise
         self.sock = sock
-        self.sock.bind(self.bind_addr)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED)
         self.reactor.start()
