@@ -36,6 +36,7 @@ from ..protocol import messages as m
 from ..protocol import DecodeError
 from ..services.common import curve
 from .fuzzgen import Mutator, random_instance, strategy
+from ..services.common.helptext import UserHelpFormatter
 
 SERVERS = ("vhm", "gvt", "pgpu")
 #: how often each mutation is applied (the rest of the weight goes to valid messages)
@@ -371,7 +372,7 @@ def identify(endpoint: str, timeout: float = 3.0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gvtsim fuzz", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("endpoint", help="a vhm, gvt (management) or pgpu endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--messages", type=int, default=10_000, help="messages to send [10000]")
     p.add_argument("--sessions", type=int, default=8, help="interleaved connections [8]")
