@@ -63,3 +63,19 @@ def test_readme_shows_every_subcommand() -> None:
     text = open(os.path.join(ROOT, "README.md")).read()
     missing = [c for c in COMMANDS if f"gvtsim {c}" not in text]
     assert not missing, f"README.md has no example of: {', '.join(missing)}"
+
+
+def test_the_recovery_plot_and_summary_show_the_vms_that_never_came_back(monkeypatch) -> None:
+    from gvtsim.orchestration import report
+
+    saved: list = []
+    monkeypatch.setattr(report, "_save", lambda f, path: saved.append(f))
+    kills = [{"service": "pgpu", "target": "s0/pgpu", "at": 10.0, "ready_s": 0.3, "serving_s": 0.8, "vms_reset": 3,
+              "vms_recovered_s": 1.2, "vm_recovery_s": {"x": 1.2}, "vms_not_back": ["y", "z"]}]
+    report._recovery(kills, "recovery.png")
+    [f] = saved
+    assert [t.get_text() for t in f.axes[0].texts] == ["2 VM(s)\nnever back"]
+    report.plt.close(f)
+    s = LoadStats(100.0, vms_requested=3)
+    data = {"figures": s.figures(101.0), "kills": kills, "problems": ["2 VM(s) never came back"], "verdict": []}
+    assert "| 10.0 | pgpu | s0/pgpu | 0.3 | 0.8 | 3 | 1.2 | 2 |" in report.summary_md(data)
