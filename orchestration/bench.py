@@ -1,7 +1,8 @@
 """``gvtsim bench``: measure and print figures (never pass/fail thresholds).
 
 Sections: the wire codec, machine memory access, the frame allocator, the vhm core (ioreq path), and the
-pgpu emulator (commands/s, blit MB/s), and e2e: ioreqs through real vhm and gvt processes, plain and with CURVE. Each figure is the median of several repetitions; ``--json`` prints one JSON object.
+pgpu emulator (commands/s, blit MB/s), and e2e: ioreqs through real vhm and gvt processes, plain and with CURVE.
+Each figure is the median of several repetitions; ``--json`` prints one JSON object.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def bench_e2e(n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
-        from . import bench_e2e
-        return bench_e2e.main(argv[1:])
+        # imported under another name: a local ``bench_e2e`` would shadow the section function below for the
+        # whole of main(), and the e2e section's lambda would fail with NameError
+        from . import bench_e2e as e2e_cli
+        return e2e_cli.main(argv[1:])
     p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__, formatter_class=UserHelpFormatter,
                                 epilog="gvtsim bench e2e --help: the guest MMIO round trip through the real "
                                        "topology against a raw relay")

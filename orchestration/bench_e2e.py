@@ -232,7 +232,7 @@ class TopologyClient:
             raise RuntimeError(f"VM_CREATE failed: {created}")
         v = Vcpu(sock, created.vm, 0)
 
-        def pio(port: int, size: int, value: int = 0, write: bool = False) -> int:
+        def pio(port: int, size: m.AccessSize, value: int = 0, write: bool = False) -> int:
             v.seq += 1
             sock.send(encode(m.Ioreq(vm=v.vm, vcpu=0, seq=v.seq, kind=PIO, dir=WRITE if write else READ,
                                      addr=port, size=size, value=value)))
@@ -241,7 +241,7 @@ class TopologyClient:
                 raise RuntimeError(f"config access failed: {done}")
             return done.value
 
-        def cfg_write(reg: int, size: int, value: int) -> None:  # bus 0, device 2, function 0
+        def cfg_write(reg: int, size: m.AccessSize, value: int) -> None:  # bus 0, device 2, function 0
             pio(PCI_CONFIG_ADDRESS, 4, 0x8000_0000 | 2 << 11 | (reg & 0xFC), write=True)
             pio(PCI_CONFIG_DATA + (reg & 3), size, value, write=True)
 
@@ -340,7 +340,10 @@ def run(rounds: int, vms: int, vcpus: int, seconds: float, sync_n: int, idle_s: 
         }
         if idle_s > 0:
             say(f"idle CPU over {idle_s:g} s ...")
-            procs = {"vhm": stack.vhm.proc.pid, "gvt": stack.gvt.proc.pid, "pgpu": stack.pgpu.proc.pid}
+            procs = {}
+            for name, svc in (("vhm", stack.vhm), ("gvt", stack.gvt), ("pgpu", stack.pgpu)):
+                assert svc.proc is not None, f"{name} is not running"
+                procs[name] = svc.proc.pid
             result["idle_cpu_percent"] = idle_cpu(procs, idle_s, topo.heartbeat, topo.heartbeat_s)
         return result
     finally:
@@ -415,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 def _flooder(endpoint: str, n: int, seconds: float, server: str = "probe") -> dict[str, int]:
     """Send ``n`` messages in ``seconds`` to ``endpoint`` without a session: valid STATUS and garbage,
     alternating; replies are read and thrown away (a flooder that never reads is only pushed back by HWM)."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 1000)
@@ -465,7 +468,7 @@ def mmio_probe(v: Vcpu, until: Callable[[], bool], keepalive: Callable[[], None]
     return lat
 
 
-def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, int]:
+def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, int | list[int]]:
     """``vms`` VMs created at once (``vgpus`` of them with a vGPU), each then probing its PCI bus."""
     socks = []
     for i in range(vms):
@@ -517,7 +520,7 @@ def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, in
         except zmq.ZMQError:
             pass
         s.close(linger=2000)
-    out = {"created": created, "refused": failed, "ioreqs_done": probed}
+    out: dict[str, int | list[int]] = {"created": created, "refused": failed, "ioreqs_done": probed}
     if created + failed < vms:
         out["unanswered"] = [i for i in range(vms) if i not in vm_ids][:10]
     return out
@@ -554,8 +557,8 @@ def flood(stack: HostStack, per_service: int = 20_000, seconds: float = 10.0, st
             out, _ = proc.communicate(timeout=120)
             results[k] = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": proc.returncode}
         b, d = _figures(before, None), _figures(during, None)
-        return {"before": b, "during": d, "p99_ratio": d["p99_us"] / b["p99_us"], "p50_ratio": d["p50_us"] / b["p50_us"],
-                **results}
+        return {"before": b, "during": d, "p99_ratio": d["p99_us"] / b["p99_us"],
+                "p50_ratio": d["p50_us"] / b["p50_us"], **results}
     finally:
         topo.close()
         ctx.destroy(0)

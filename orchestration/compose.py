@@ -4,8 +4,8 @@ Pure (no processes, no sockets): :func:`load_topology` reads the compose file in
 (services, commands, environment, health checks, ``depends_on`` conditions, replicas, volumes), with
 compose's ``${VAR:-default}`` interpolation and its profiles (a service with ``profiles`` runs only when
 COMPOSE_PROFILES names one of them); :func:`native_plan` turns it into :class:`ProcSpec` s, one per
-process of N host stacks (docs/ARCHITECTURE.md, machine memory: "scaling out means more host stacks"). The translation is what a
-container network and a volume would do for us:
+process of N host stacks (docs/ARCHITECTURE.md, machine memory: "scaling out means more host stacks"). The
+translation is what a container network and a volume would do for us:
 
 * an endpoint ``tcp://HOST:PORT`` whose HOST is a service name or a wildcard becomes
   ``tcp://127.0.0.1:PORT+offset+stack*stride`` (each stack gets its own block of ports);
@@ -16,6 +16,7 @@ container network and a volume would do for us:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -329,7 +330,7 @@ def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, gues
                     count = 0
                 for r in range(1, count + 1):
                     pname = f"s{stack}/{name}" + (f".{r}" if count > 1 else "")
-                    tr = lambda t: translate(t, topo, layout, stack, svc.volumes)  # noqa: E731
+                    tr = functools.partial(translate, topo=topo, layout=layout, stack=stack, mounts=svc.volumes)
                     argv = tuple(tr(a) for a in svc.command)
                     env = {k: tr(v) for k, v in svc.environment.items()}
                     env.update((stack_env or {}).get(stack, {}))

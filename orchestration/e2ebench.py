@@ -46,7 +46,7 @@ class _Guest:
             if not isinstance(reply, m.Heartbeat):
                 return reply
 
-    def io(self, vm: int, vcpu: int, kind: int, d: int, addr: int, value: int = 0, size: int = 4) -> int:
+    def io(self, vm: int, vcpu: int, kind: int, d: int, addr: int, value: int = 0, size: m.AccessSize = 4) -> int:
         self.seq += 1
         reply = self.call(m.Ioreq(vm=vm, vcpu=vcpu, seq=self.seq, kind=kind, dir=d, addr=addr, size=size,
                                   value=value))

@@ -29,7 +29,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import zmq
 
 from ..protocol import WIRE_VERSION, authz, decode, encode
@@ -37,6 +36,7 @@ from ..protocol import messages as m
 from ..protocol import DecodeError
 from ..services.common import curve
 from .fuzzgen import Mutator, random_instance, strategy
+from ..services.common.helptext import UserHelpFormatter
 
 SERVERS = ("vhm", "gvt", "pgpu")
 #: how often each mutation is applied (the rest of the weight goes to valid messages)
@@ -77,7 +77,7 @@ class Session:
 
     index: int
     sock: zmq.Socket
-    role: str = ""
+    role: m.Role | None = None  # None until the session is first opened
     key: str = ""
     helloed: bool = False
     vms: list[int] = field(default_factory=list)
@@ -128,7 +128,8 @@ class Report:
             "endpoint": self.endpoint, "service": self.service, "ok": self.ok, "messages": self.sent,
             "frames": self.frames, "seconds": round(self.seconds, 2),
             "rate_per_s": round(self.sent / self.seconds) if self.seconds else 0,
-            "hangs": self.hangs, "hang_detail": self.hang_detail, "barriers": self.barriers, "sessions_opened": self.sessions_opened,
+            "hangs": self.hangs, "hang_detail": self.hang_detail, "barriers": self.barriers,
+            "sessions_opened": self.sessions_opened,
             "hello_refused": self.hello_refused, "still_serving": self.still_serving,
             "service_restarted": self.epoch_changed, "accounting": self.accounting(),
             "server_counters": {k: self.server_after.get(k, 0) - self.server_before.get(k, 0) for k in keys},
@@ -174,7 +175,7 @@ class Fuzzer:
         served = [r for r in self.roles if authz.may_hello(self.service, r)]
         role = self.rng.choice(served) if self.rng.random() < 0.85 else self.rng.choice(self.roles)
         key = role if self.rng.random() < 0.9 else self.rng.choice(curve.KEY_NAMES)
-        if s.role:  # a connected socket
+        if s.role is not None:  # a connected socket
             self._barrier(s)  # everything sent on the old socket has arrived before LINGER 0 closes it
         s.sock.close(0)
         s.sock = self._socket(key if curve.enabled() else None)
@@ -220,7 +221,7 @@ class Fuzzer:
             except DecodeError:
                 self.report.replies["undecodable"] += 1
                 continue
-            name = msg.__struct_config__.tag  # type: ignore[attr-defined]
+            name = m.tag_of(msg)
             if isinstance(msg, m.Error):
                 name = f"ERROR {msg.code}"
                 if msg.code == "unexpected" and ("opens no session" in msg.reason or "may not say HELLO" in msg.reason):
@@ -257,7 +258,7 @@ class Fuzzer:
             msg = self.pool[i]
         else:
             msg = random_instance(rng.choice(self.fresh_types), rng)
-        self.report.types[msg.__struct_config__.tag] += 1  # type: ignore[attr-defined]
+        self.report.types[m.tag_of(msg)] += 1
         if "vm" in msg.__struct_fields__ and rng.random() < 0.6:
             choices = s.vms + self.live_vms
             if choices:  # a live VM: this session's own, or another's (a forged id)
@@ -295,7 +296,7 @@ class Fuzzer:
                     rep.mutations["bye"] += 1
                     s.helloed = False
                     continue
-                elif r < 0.0015:
+                elif r < 0.0015 and s.role is not None:  # (every session is open by now)
                     self._send(s, encode(m.Hello(role=s.role, id=f"fuzz-re-{s.index}", epoch=s.index,
                                                  wire=WIRE_VERSION)))  # re-HELLO on the same socket
                     rep.mutations["re_hello"] += 1
@@ -371,7 +372,7 @@ def identify(endpoint: str, timeout: float = 3.0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gvtsim fuzz", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("endpoint", help="a vhm, gvt (management) or pgpu endpoint, e.g. tcp://127.0.0.1:5555")
     p.add_argument("--messages", type=int, default=10_000, help="messages to send [10000]")
     p.add_argument("--sessions", type=int, default=8, help="interleaved connections [8]")

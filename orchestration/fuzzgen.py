@@ -133,7 +133,11 @@ class Mutator:
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.infos = {cls: mi.type_info(cls) for cls in m.ALL_MESSAGES}
+        self.infos: dict[type[m.Message], mi.StructType] = {}
+        for cls in m.ALL_MESSAGES:
+            info = mi.type_info(cls)
+            assert isinstance(info, mi.StructType)
+            self.infos[cls] = info
 
     def mutate(self, msg: m.Message, kind: str) -> bytes:
         """The frame for ``msg`` mutated by ``kind`` (one of KINDS)."""
@@ -144,10 +148,10 @@ class Mutator:
         if kind == "valid":
             return msgpack.packb(raw)
         if kind in ("boundary", "out_of_range") and fields:
-            ints = [f for f in fields if isinstance(f.type, mi.IntType)]
+            ints = [(f, f.type) for f in fields if isinstance(f.type, mi.IntType)]
             if ints:
-                f = rng.choice(ints)
-                lo, hi = _bounds(f.type)
+                f, int_type = rng.choice(ints)
+                lo, hi = _bounds(int_type)
                 if kind == "boundary":
                     raw[f.encode_name] = rng.choice((lo, hi))
                 else:

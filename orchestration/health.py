@@ -39,7 +39,7 @@ async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None) 
 SERVER_KEYS = ("vhm", "gvt", "pgpu", "probe")
 
 
-async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: float = 2.0,
+async def one_call(endpoint: str, role: m.Role, cls: type[m.Message], /, timeout: float = 2.0,
                    server: str | None = None, **fields: Any) -> m.Message:
     """Open a session to ``endpoint`` (the same session layer every service uses), make one call, close.
 
@@ -74,7 +74,7 @@ async def one_call(endpoint: str, role: str, cls: type[m.Message], /, timeout: f
         ctx.destroy(linger=0)
 
 
-async def _any_server(endpoint: str, role: str, cls: type[m.Message], timeout: float,
+async def _any_server(endpoint: str, role: m.Role, cls: type[m.Message], timeout: float,
                       fields: dict[str, Any]) -> m.Message:
     """Open one session per server key at once; the first that is up makes the call, the others close."""
     ctx = zmq.asyncio.Context()

@@ -21,10 +21,12 @@ import signal
 import sys
 
 from ..services.common import curve
+from ..services.common.helptext import UserHelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gvtsim keys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="gvtsim keys", description=__doc__,
+                                formatter_class=UserHelpFormatter)
     p.add_argument("dir", help="keys directory (created if missing)")
     p.add_argument("--force", action="store_true", help="replace existing keys (running services must restart)")
     p.add_argument("--stay", action="store_true", help="after writing, wait for SIGTERM (a compose service)")

@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
-from ..services.common.gpu_profiles import PROFILES, get_profile
+from ..services.common.gpu_profiles import get_profile
 from ..services.common import curve
 from .health import probe
 

@@ -40,7 +40,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .chaos import ChaosError, NativeChaos, parse_kills, plan_schedule, run_schedule
+from .chaos import ChaosError, KillRecord, NativeChaos, parse_kills, plan_schedule, run_schedule
 from .compose import load_topology, native_plan
 from .launcher import LaunchError, ProcState, RunState, add_stacks, alive, default_run_dir, group_members, \
     read_events, signal_group, spawn, update_proc
@@ -165,6 +165,18 @@ class NativeGuests:
             update_proc(self.run_dir, p, remove=True)
 
 
+def kill_progress(r: KillRecord) -> str:
+    """The progress line of one kill of the load's chaos schedule: recovered with its times, recovered
+    without a restart, or not recovered with the reason."""
+    if r.recovered and r.serving_s is not None:
+        outcome = f"recovered (ready in {r.ready_s} s, stack serving in {r.serving_s} s)"
+    elif r.recovered:
+        outcome = "recovered (not restarted)"
+    else:
+        outcome = f"NOT recovered: {r.error or 'no reason given'}"
+    return f"kill {r.service} {r.target}: {outcome}"
+
+
 def _respawn_with_remaining(deadline: float) -> Any:
     """Chaos restarts a load guest with the run's remaining duration, not the whole one."""
     def respawn(proc: ProcState) -> ProcState:
@@ -240,11 +252,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             backend = NativeChaos(args.run_dir, args.seed, owners={"guest": "load"}, stacks={p.stack for p in plans},
                                   respawn=_respawn_with_remaining(t_load + args.duration))
             plan = [replace(k, at=k.at + (t_load - t0)) for k in plan]  # kill times count from the ramp's end
-            chaos_task = asyncio.create_task(run_schedule(backend, plan, t0, lambda r: progress(
-                f"kill {r.service} {r.target}: "
-                + (f"recovered (ready in {r.ready_s} s, stack serving in {r.serving_s} s)" if r.recovered and
-                   r.serving_s is not None else "recovered (not restarted)" if r.recovered else
-                   f"NOT recovered: {r.error or 'no reason given'}"))))
+            chaos_task = asyncio.create_task(run_schedule(backend, plan, t0,
+                                                          lambda r: progress(kill_progress(r))))
         last_progress = 0.0
         while True:
             now = time.monotonic()

@@ -77,7 +77,8 @@ class ServiceProc:
             if pred(ev):
                 return ev
             if ev.get("event") == "_exit":
-                raise RuntimeError(f"{self.name} exited ({self.proc.poll() if self.proc else None}); log: {self.tail()}")
+                code = self.proc.poll() if self.proc else None
+                raise RuntimeError(f"{self.name} exited ({code}); log: {self.tail()}")
 
     async def astart(self, timeout: float = 20.0) -> Event:
         """:meth:`start` for async tests: waits in a thread so the test's event loop keeps running."""

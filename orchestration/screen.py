@@ -31,6 +31,7 @@ from ..protocol.session import new_epoch
 from ..services.gvt import fb_decoder as fb
 from .ctl import DEFAULT_ENDPOINT, CtlError
 from .health import _quiet
+from ..services.common.helptext import UserHelpFormatter
 
 CHUNK = MAX_BLOB  # bytes per FB_READ (the largest payload a message may carry)
 RETRIES = 4
@@ -135,7 +136,7 @@ async def capture(endpoint: str, vm: int, plane: str = "primary", pipe: int = 0,
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim screen``."""
     p = argparse.ArgumentParser(prog="gvtsim screen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("vm", type=int, help="the VM id (as `gvtsim ctl list` shows it)")
     p.add_argument("-o", "--output", default="", help="PNG file to write (default: screen-vmN.png)")
     p.add_argument("--endpoint", default=os.environ.get("GVTSIM_GVT_ENDPOINT", DEFAULT_ENDPOINT),

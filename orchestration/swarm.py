@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from .compose import ComposeError, _interp_tree, parse_duration
+from ..services.common.helptext import UserHelpFormatter
 
 NODE_LABEL = "gvtsim.node"  # node label: which host stacks a node holds (the stack file's placement)
 ENGINE_LABEL = "gvtsim.engine"  # node label: the node's engine address, for chaos (unix://, tcp://, ssh://)
@@ -614,7 +615,7 @@ def _rm(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``gvtsim swarm``."""
     p = argparse.ArgumentParser(prog="gvtsim swarm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     cf = sub.add_parser("config", help="print the stack file of one host stack (derived from docker-compose.yml)")
     cf.add_argument("-f", "--file", default=DEFAULT_COMPOSE)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-guests", action="store_true", help="start vhm, pgpu and gvt only")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for each service to become healthy")
     p.add_argument("--insecure", action="store_true", default=curve.insecure_from_env(),
-                   help="CURVE off on every socket: debugging only, every service logs a loud warning [GVTSIM_INSECURE]")
+                   help="CURVE off on every socket: debugging only, every service logs a loud warning "
+                        "[GVTSIM_INSECURE]")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except (LaunchError, ComposeError) as err:
         print(f"gvtsim up: {err}", file=sys.stderr)
         return 1
-    summary = {"run_dir": state.run_dir, "stacks": state.stacks, "gpu_profile": args.gpu_profile, "seconds": round(time.monotonic() - t0, 2),
+    summary = {"run_dir": state.run_dir, "stacks": state.stacks, "gpu_profile": args.gpu_profile,
+               "seconds": round(time.monotonic() - t0, 2),
                "procs": {n: {"pid": pr.pid, "endpoint": pr.endpoint} for n, pr in state.procs.items()}}
     if args.json:
         print(json.dumps(summary))

@@ -37,6 +37,7 @@ from ..services.common import log as slog
 from .ctl import CtlError
 from .health import probe, status_dict
 from .screen import GvtSession
+from ..services.common.helptext import UserHelpFormatter
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:8080"
 
@@ -226,7 +227,8 @@ async function tick() {
     const r = await fetch("/api/screens", {cache: "no-store"});
     const data = await r.json();
     document.getElementById("summary").textContent =
-      `${data.screens.length} VMs on ${data.stacks} host stack(s), ${data.captures} captures, refreshed ${new Date().toLocaleTimeString()}`;
+      `${data.screens.length} VMs on ${data.stacks} host stack(s), ${data.captures} captures, ` +
+      `refreshed ${new Date().toLocaleTimeString()}`;
     const wall = document.getElementById("wall"), keys = new Set();
     for (const t of data.screens) {
       keys.add(t.key);
@@ -338,7 +340,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gvtsim web", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=UserHelpFormatter)
     p.add_argument("--gvt", action="append", default=[], help="a gvt management endpoint (repeat per host stack)")
     p.add_argument("--vhm", action="append", default=[], help="the matching vhm endpoint (VM names)")
     p.add_argument("--listen", default=os.environ.get("GVTSIM_WEB_LISTEN", DEFAULT_LISTEN),

@@ -35,7 +35,7 @@ from .errors import ErrorCode
 SERVICES: tuple[str, ...] = ("vhm", "gvt", "pgpu")
 #: Every receiver in the table: the servers, and the clients that receive over their own connections.
 RECEIVERS: tuple[str, ...] = ("vhm", "gvt", "pgpu", "guest", "ctl", "probe")
-ALL_ROLES: frozenset[str] = frozenset(("guest", "vhm", "gvt", "pgpu", "ctl", "probe"))
+ALL_ROLES: frozenset[m.Role] = frozenset(("guest", "vhm", "gvt", "pgpu", "ctl", "probe"))
 
 
 class Owner(str, enum.Enum):

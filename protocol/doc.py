@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Sequence
 
 import msgspec.inspect as mi
 
 from . import authz
 from . import messages as m
 from .constants import MAX_BATCH, MAX_BLOB, MAX_MESSAGE, WIRE_VERSION
+
+# the wire names of every reply type, listed in the intro
+_REPLY_TAGS = ", ".join(f"`{c.__struct_config__.tag}`" for c in m.REPLY_TYPES)
 
 INTRO = f"""# gvtsim wire protocol (wire version {WIRE_VERSION})
 
@@ -89,7 +93,7 @@ Small structures travel as MessagePack **arrays** inside messages: `Extent` = `[
 
 A request carries `req`, a u64 the **requester** chooses (unique among its outstanding calls); the answer
 echoes it. Answers are `OK`, `DATA`, `ERROR` or the specific reply named for the request. Many calls may be
-in flight on one connection (pipelining). Messages that answer a request are: {", ".join(f"`{c.__struct_config__.tag}`" for c in m.REPLY_TYPES)}.
+in flight on one connection (pipelining). Messages that answer a request are: {_REPLY_TAGS}.
 A request that arrives from the other side carries a `req` in the *sender's* id space.
 
 ioreqs are keyed by `(vm, vcpu, seq)` instead: one outstanding ioreq per vCPU (ACRN: one slot per vCPU,
@@ -199,7 +203,7 @@ def _fields_table(cls: type) -> list[str]:
     return rows
 
 
-def _section(title: str, classes: list[type]) -> list[str]:
+def _section(title: str, classes: Sequence[type]) -> list[str]:
     out = [f"## {title}", ""]
     for cls in classes:
         name = cls.__struct_config__.tag if issubclass(cls, m.Message) else cls.__name__

@@ -48,7 +48,11 @@ ErrorCodeName = Literal[
 
 class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True,
               omit_defaults=True):
-    """Base of every message. Subclasses set ``tag`` to their wire name."""
+    """Base of every message. Subclasses set ``tag`` to their wire name.
+
+    Each subclass repeats ``frozen=True``: msgspec inherits it at runtime, but type checkers follow PEP 681
+    (``dataclass_transform``), under which a subclass that does not say ``frozen=True`` is a non-frozen class
+    inheriting from a frozen one (the fix msgspec's maintainers recommend, msgspec issue #657)."""
 
 
 class Extent(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
@@ -67,7 +71,7 @@ class Run(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=Tr
 
 
 # ================================================================================ session (every connection)
-class Hello(Message, tag="HELLO"):
+class Hello(Message, tag="HELLO", frozen=True):
     """First message on every connection (client -> server). ``epoch`` changes each time the sender restarts."""
 
     role: Role
@@ -76,7 +80,7 @@ class Hello(Message, tag="HELLO"):
     wire: U16
 
 
-class HelloAck(Message, tag="HELLO_ACK"):
+class HelloAck(Message, tag="HELLO_ACK", frozen=True):
     """The server's answer to HELLO: its own role, id and epoch (a changed epoch means the server restarted),
     and the session's intervals: send HEARTBEAT whenever you have sent nothing for ``heartbeat_ms``; a side
     silent for ``timeout_ms`` is declared lost (a backstop: a dead peer is normally found by the transport)."""
@@ -89,19 +93,19 @@ class HelloAck(Message, tag="HELLO_ACK"):
     timeout_ms: U32 = 0
 
 
-class Heartbeat(Message, tag="HEARTBEAT"):
+class Heartbeat(Message, tag="HEARTBEAT", frozen=True):
     """Liveness, both ways, sent when a direction has been idle for one heartbeat interval."""
 
     epoch: U64
 
 
-class Bye(Message, tag="BYE"):
+class Bye(Message, tag="BYE", frozen=True):
     """The sender is closing the session on purpose (clean shutdown); the peer may forget it at once."""
 
     reason: Text = ""
 
 
-class Error(Message, tag="ERROR"):
+class Error(Message, tag="ERROR", frozen=True):
     """A request failed or a message was refused. Echoes whichever keys identified the request."""
 
     code: ErrorCodeName
@@ -112,27 +116,27 @@ class Error(Message, tag="ERROR"):
     seq: U64 | None = None
 
 
-class Ok(Message, tag="OK"):
+class Ok(Message, tag="OK", frozen=True):
     """Generic success answer to a request; ``value`` carries a scalar result where the call has one."""
 
     req: ReqId
     value: U64 = 0
 
 
-class Data(Message, tag="DATA"):
+class Data(Message, tag="DATA", frozen=True):
     """Answer carrying bytes (READ_GPA, PGPU_MEM_READ)."""
 
     req: ReqId
     data: Blob
 
 
-class StatusRequest(Message, tag="STATUS"):
+class StatusRequest(Message, tag="STATUS", frozen=True):
     """Ask any service for its health and figures (the health probe and ``gvtsim status`` use it)."""
 
     req: ReqId
 
 
-class StatusReply(Message, tag="STATUS_REPLY"):
+class StatusReply(Message, tag="STATUS_REPLY", frozen=True):
     """Health and figures of a service."""
 
     req: ReqId
@@ -145,7 +149,7 @@ class StatusReply(Message, tag="STATUS_REPLY"):
 
 
 # ============================================================================================ guest <-> vhm
-class VmCreate(Message, tag="VM_CREATE"):
+class VmCreate(Message, tag="VM_CREATE", frozen=True):
     """guest -> vhm: create a VM. ``vgpu_type`` is a type name (``GVTg_V5_8``), an AcrnGT spec
     ``"low_gm_MB,high_gm_MB,fence"``, or empty for no vGPU."""
 
@@ -156,7 +160,7 @@ class VmCreate(Message, tag="VM_CREATE"):
     vgpu_type: Annotated[str, Meta(max_length=64)] = ""
 
 
-class VmCreated(Message, tag="VM_CREATED"):
+class VmCreated(Message, tag="VM_CREATED", frozen=True):
     """vhm -> guest: the VM exists. ``ram`` is the gfn->mfn map (deliberately not identity);
     ``ept_root`` is the machine frame of the VM's simulated EPT root (services/common/ept.py)."""
 
@@ -167,21 +171,21 @@ class VmCreated(Message, tag="VM_CREATED"):
     vgpu_id: U16 = 0
 
 
-class VmDestroy(Message, tag="VM_DESTROY"):
+class VmDestroy(Message, tag="VM_DESTROY", frozen=True):
     """guest -> vhm: destroy a VM this connection created. Answer: OK."""
 
     req: ReqId
     vm: VmId
 
 
-class VmReset(Message, tag="VM_RESET"):
+class VmReset(Message, tag="VM_RESET", frozen=True):
     """guest -> vhm: reset a VM (in-flight ioreqs are cleared, its vGPU gets a device-model-level reset)."""
 
     req: ReqId
     vm: VmId
 
 
-class Ioreq(Message, tag="IOREQ"):
+class Ioreq(Message, tag="IOREQ", frozen=True):
     """An I/O request of one vCPU. guest -> vhm with kind PIO/MMIO/WP; vhm -> client (inside
     IOREQ_DISPATCH) with kind rewritten to PCI and ``bus/dev/func/reg`` set for 0xCFC-0xCFF accesses."""
 
@@ -199,7 +203,7 @@ class Ioreq(Message, tag="IOREQ"):
     reg: Annotated[int, Meta(ge=0, le=0xFFF)] = 0
 
 
-class IoreqDone(Message, tag="IOREQ_DONE"):
+class IoreqDone(Message, tag="IOREQ_DONE", frozen=True):
     """vhm -> guest: the vCPU's request completed; ``value`` is the read result (0 for writes)."""
 
     vm: VmId
@@ -208,7 +212,7 @@ class IoreqDone(Message, tag="IOREQ_DONE"):
     value: U64 = 0
 
 
-class Msi(Message, tag="MSI"):
+class Msi(Message, tag="MSI", frozen=True):
     """vhm -> guest: an MSI for the VM (addr[19:12] = destination APIC id, data[7:0] = vector).
     ``seq`` counts MSIs per VM so the guest can see a gap."""
 
@@ -218,7 +222,7 @@ class Msi(Message, tag="MSI"):
     seq: U64
 
 
-class VgpuLost(Message, tag="VGPU_LOST"):
+class VgpuLost(Message, tag="VGPU_LOST", frozen=True):
     """vhm -> guest: the VM's vGPU is gone (its device model restarted, stayed away longer than vhm's grace, or
     no longer holds it). The guest handles it as a GPU reset: it destroys the VM and creates it again with a
     new vGPU. Every ioreq of the VM in flight at that moment has failed with ERROR gpu_reset."""
@@ -227,7 +231,7 @@ class VgpuLost(Message, tag="VGPU_LOST"):
     reason: Text
 
 
-class EptChanged(Message, tag="EPT_CHANGED"):
+class EptChanged(Message, tag="EPT_CHANGED", frozen=True):
     """vhm -> guest: the VM's EPT mappings changed (map_gfn_to_mfn); the guest drops cached leaf lookups.
     Write-protect changes need no message: the guest reads the EPT entry before every write."""
 
@@ -235,7 +239,7 @@ class EptChanged(Message, tag="EPT_CHANGED"):
 
 
 # ==================================================================================== client (gvt) <-> vhm
-class IoreqDispatch(Message, tag="IOREQ_DISPATCH"):
+class IoreqDispatch(Message, tag="IOREQ_DISPATCH", frozen=True):
     """vhm -> client: a batch of requests now PROCESSING for that client (pipelined across VMs and vCPUs)."""
 
     reqs: Annotated[list[Ioreq], Meta(min_length=1, max_length=MAX_BATCH)]
@@ -250,13 +254,13 @@ class IoreqResult(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
     value: U64
 
 
-class IoreqComplete(Message, tag="IOREQ_COMPLETE"):
+class IoreqComplete(Message, tag="IOREQ_COMPLETE", frozen=True):
     """client -> vhm: a batch of completions (``acrn_ioreq_complete_request``)."""
 
     reqs: Annotated[list[IoreqResult], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class IoRange(Message, tag="IO_RANGE"):
+class IoRange(Message, tag="IO_RANGE", frozen=True):
     """client -> vhm: add or delete a trapped range of ``kind`` PIO/MMIO/WP, inclusive ``[start, end]``
     (``acrn_ioreq_add_iorange`` / ``del_iorange``; set_trap_area is an MMIO range). Answer: OK."""
 
@@ -268,7 +272,7 @@ class IoRange(Message, tag="IO_RANGE"):
     add: bool
 
 
-class InterceptBdf(Message, tag="INTERCEPT_BDF"):
+class InterceptBdf(Message, tag="INTERCEPT_BDF", frozen=True):
     """client -> vhm: claim (or release) PCI config requests for bus:dev.func. Answer: OK."""
 
     req: ReqId
@@ -279,7 +283,7 @@ class InterceptBdf(Message, tag="INTERCEPT_BDF"):
     add: bool
 
 
-class GfnToMfn(Message, tag="GFN_TO_MFN"):
+class GfnToMfn(Message, tag="GFN_TO_MFN", frozen=True):
     """client -> vhm: translate a guest frame. Answer: OK{value = mfn} or ERROR bad_address."""
 
     req: ReqId
@@ -287,7 +291,7 @@ class GfnToMfn(Message, tag="GFN_TO_MFN"):
     gfn: U64
 
 
-class DmaMapGuestPage(Message, tag="DMA_MAP_GUEST_PAGE"):
+class DmaMapGuestPage(Message, tag="DMA_MAP_GUEST_PAGE", frozen=True):
     """client -> vhm: pin a guest page for device DMA. Answer: OK{value = mfn} (the DMA address >> 12)."""
 
     req: ReqId
@@ -295,7 +299,7 @@ class DmaMapGuestPage(Message, tag="DMA_MAP_GUEST_PAGE"):
     gfn: U64
 
 
-class DmaUnmapGuestPage(Message, tag="DMA_UNMAP_GUEST_PAGE"):
+class DmaUnmapGuestPage(Message, tag="DMA_UNMAP_GUEST_PAGE", frozen=True):
     """client -> vhm: drop one pin taken by DMA_MAP_GUEST_PAGE on machine frame ``mfn``. Answer: OK."""
 
     req: ReqId
@@ -303,7 +307,7 @@ class DmaUnmapGuestPage(Message, tag="DMA_UNMAP_GUEST_PAGE"):
     mfn: U64
 
 
-class MapGfnToMfn(Message, tag="MAP_GFN_TO_MFN"):
+class MapGfnToMfn(Message, tag="MAP_GFN_TO_MFN", frozen=True):
     """client -> vhm: map (``map``=true) or unmap ``nr`` guest frames at ``gfn`` onto machine frames at
     ``mfn`` in the VM's EPT (the aperture pass-through). Answer: OK."""
 
@@ -315,7 +319,7 @@ class MapGfnToMfn(Message, tag="MAP_GFN_TO_MFN"):
     map: bool
 
 
-class PageTrack(Message, tag="PAGE_TRACK"):
+class PageTrack(Message, tag="PAGE_TRACK", frozen=True):
     """client -> vhm: enable (write-protect; writes become WP ioreqs to this client) or disable tracking
     of guest frame ``gfn``. Visible to the guest before its next write. Answer: OK."""
 
@@ -325,7 +329,7 @@ class PageTrack(Message, tag="PAGE_TRACK"):
     enable: bool
 
 
-class ReadGpa(Message, tag="READ_GPA"):
+class ReadGpa(Message, tag="READ_GPA", frozen=True):
     """client -> vhm: read guest-physical memory (must lie inside the VM's RAM). Answer: DATA."""
 
     req: ReqId
@@ -334,7 +338,7 @@ class ReadGpa(Message, tag="READ_GPA"):
     length: Annotated[int, Meta(ge=1, le=MAX_BLOB)]
 
 
-class WriteGpa(Message, tag="WRITE_GPA"):
+class WriteGpa(Message, tag="WRITE_GPA", frozen=True):
     """client -> vhm: write guest-physical memory (must lie inside the VM's RAM). Answer: OK."""
 
     req: ReqId
@@ -343,7 +347,7 @@ class WriteGpa(Message, tag="WRITE_GPA"):
     data: Annotated[bytes, Meta(min_length=1, max_length=MAX_BLOB)]
 
 
-class InjectMsi(Message, tag="INJECT_MSI"):
+class InjectMsi(Message, tag="INJECT_MSI", frozen=True):
     """client -> vhm: deliver an MSI to the VM's guest over the guest's own connection. Answer: OK."""
 
     req: ReqId
@@ -352,7 +356,7 @@ class InjectMsi(Message, tag="INJECT_MSI"):
     data: U32
 
 
-class AllocFrames(Message, tag="ALLOC_FRAMES"):
+class AllocFrames(Message, tag="ALLOC_FRAMES", frozen=True):
     """client -> vhm: allocate machine frames for the device model (shadow tables, scratch, contexts).
     Answer: FRAMES. Frames are released by FREE_FRAMES or when the client's session ends."""
 
@@ -361,21 +365,21 @@ class AllocFrames(Message, tag="ALLOC_FRAMES"):
     contiguous: bool = False
 
 
-class FramesReply(Message, tag="FRAMES"):
+class FramesReply(Message, tag="FRAMES", frozen=True):
     """vhm -> client: the runs of machine frames allocated."""
 
     req: ReqId
     runs: list[Run]
 
 
-class FreeFrames(Message, tag="FREE_FRAMES"):
+class FreeFrames(Message, tag="FREE_FRAMES", frozen=True):
     """client -> vhm: release machine frames this client allocated. Answer: OK."""
 
     req: ReqId
     runs: Annotated[list[Run], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class AttachVgpu(Message, tag="ATTACH_VGPU"):
+class AttachVgpu(Message, tag="ATTACH_VGPU", frozen=True):
     """client -> vhm: bind (``attach``) or unbind vGPU ``vgpu_id`` to the VM (MPT attach/detach_vgpu). Answer: OK."""
 
     req: ReqId
@@ -391,7 +395,7 @@ class VgpuEntry(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fie
     vgpu_id: U16
 
 
-class VgpuSync(Message, tag="VGPU_SYNC"):
+class VgpuSync(Message, tag="VGPU_SYNC", frozen=True):
     """client -> vhm, after every HELLO_ACK (reconciliation): the vGPUs this device model holds for vhm's VMs.
     vhm compares them with its VM table and answers VGPU_SYNC_REPLY; it re-sends the ioreqs that were waiting
     for this client only after it (a device model that never sends VGPU_SYNC gets them on its own next call)."""
@@ -400,7 +404,7 @@ class VgpuSync(Message, tag="VGPU_SYNC"):
     vgpus: Annotated[list[VgpuEntry], Meta(max_length=MAX_BATCH)]
 
 
-class VgpuSyncReply(Message, tag="VGPU_SYNC_REPLY"):
+class VgpuSyncReply(Message, tag="VGPU_SYNC_REPLY", frozen=True):
     """vhm -> client: the outcome of VGPU_SYNC. ``resumed``: vhm kept this client's state from before the
     reconnect (same id and epoch, back within the grace period: ranges, BDFs, page tracks, frames). ``keep``:
     VMs whose vGPU stays attached to this client (the client re-registers their ranges and BDF, which is
@@ -413,14 +417,14 @@ class VgpuSyncReply(Message, tag="VGPU_SYNC_REPLY"):
     destroy: Annotated[list[VmId], Meta(max_length=MAX_BATCH)] = []
 
 
-class Dom0Ready(Message, tag="DOM0_READY"):
+class Dom0Ready(Message, tag="DOM0_READY", frozen=True):
     """client -> vhm: the device model is ready to serve (MPT dom0_ready, uevent GVT_DOM0_READY=1). Answer: OK."""
 
     req: ReqId
 
 
 # ======================================================================= vhm / ctl -> gvt (management API)
-class VgpuCreate(Message, tag="VGPU_CREATE"):
+class VgpuCreate(Message, tag="VGPU_CREATE", frozen=True):
     """vhm or ctl -> gvt: create the VM's vGPU (acrn-dm writing ``create_gvt_instance``). ``spec`` is a
     type name or ``"low_gm_MB,high_gm_MB,fence"``. Answer: VGPU_CREATED or ERROR no_space/bad_request."""
 
@@ -431,7 +435,7 @@ class VgpuCreate(Message, tag="VGPU_CREATE"):
     ram_mb: Annotated[int, Meta(ge=0, le=4096)] = 0  # the VM's RAM size (guest frames >= this are invalid gfns)
 
 
-class VgpuCreated(Message, tag="VGPU_CREATED"):
+class VgpuCreated(Message, tag="VGPU_CREATED", frozen=True):
     """gvt -> requester: the vGPU exists (ids 1..7, as GVT's idr range [1, 8))."""
 
     req: ReqId
@@ -439,14 +443,14 @@ class VgpuCreated(Message, tag="VGPU_CREATED"):
     vgpu_id: U16
 
 
-class VgpuDestroy(Message, tag="VGPU_DESTROY"):
+class VgpuDestroy(Message, tag="VGPU_DESTROY", frozen=True):
     """vhm or ctl -> gvt: destroy the VM's vGPU (``create_gvt_instance`` with ``-vmid``). Answer: OK."""
 
     req: ReqId
     vm: VmId
 
 
-class VgpuReset(Message, tag="VGPU_RESET"):
+class VgpuReset(Message, tag="VGPU_RESET", frozen=True):
     """vhm or ctl -> gvt: device-model-level reset (DMLR) of the VM's vGPU. Answer: OK."""
 
     req: ReqId
@@ -479,30 +483,30 @@ class VgpuInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     failsafe: bool = False
 
 
-class MgmtTypes(Message, tag="MGMT_TYPES"):
+class MgmtTypes(Message, tag="MGMT_TYPES", frozen=True):
     """ctl -> gvt: list vGPU types with available instances. Answer: MGMT_TYPES_REPLY."""
 
     req: ReqId
 
 
-class MgmtTypesReply(Message, tag="MGMT_TYPES_REPLY"):
+class MgmtTypesReply(Message, tag="MGMT_TYPES_REPLY", frozen=True):
     req: ReqId
     types: list[VgpuTypeInfo]
 
 
-class MgmtList(Message, tag="MGMT_LIST"):
+class MgmtList(Message, tag="MGMT_LIST", frozen=True):
     """ctl -> gvt: list vGPUs (VM id -> vGPU id). Answer: MGMT_LIST_REPLY."""
 
     req: ReqId
 
 
-class MgmtListReply(Message, tag="MGMT_LIST_REPLY"):
+class MgmtListReply(Message, tag="MGMT_LIST_REPLY", frozen=True):
     req: ReqId
     vgpus: list[VgpuInfo]
 
 
 # ============================================================================================ gvt <-> pgpu
-class GgttWrite(Message, tag="GGTT_WRITE"):
+class GgttWrite(Message, tag="GGTT_WRITE", frozen=True):
     """gvt -> pgpu: write physical GGTT entries ``[index, pte]`` (gen8 PTE: bit0 present, bits 45:12 the
     machine address). Answer: OK. The GGTT TLB is flushed after the batch (GFX_FLSH_CNTL)."""
 
@@ -510,7 +514,7 @@ class GgttWrite(Message, tag="GGTT_WRITE"):
     entries: Annotated[list[tuple[U32, U64]], Meta(min_length=1, max_length=MAX_BATCH * 64)]
 
 
-class GgttFill(Message, tag="GGTT_FILL"):
+class GgttFill(Message, tag="GGTT_FILL", frozen=True):
     """gvt -> pgpu: write ``count`` physical GGTT entries from ``index`` with the same ``pte`` (the scratch
     fill of a vGPU's slices at create, destroy, reset and after a pgpu restart: one message instead of one
     entry per 4 KiB page). Answer: OK{value = count}. The GGTT TLB is flushed afterwards."""
@@ -521,7 +525,7 @@ class GgttFill(Message, tag="GGTT_FILL"):
     pte: U64
 
 
-class GgttRead(Message, tag="GGTT_READ"):
+class GgttRead(Message, tag="GGTT_READ", frozen=True):
     """gvt -> pgpu: read ``count`` physical GGTT entries from ``index``. Answer: GGTT_ENTRIES."""
 
     req: ReqId
@@ -529,12 +533,12 @@ class GgttRead(Message, tag="GGTT_READ"):
     count: Annotated[int, Meta(ge=1, le=MAX_BATCH * 64)]
 
 
-class GgttEntries(Message, tag="GGTT_ENTRIES"):
+class GgttEntries(Message, tag="GGTT_ENTRIES", frozen=True):
     req: ReqId
     ptes: list[U64]
 
 
-class PgpuMmioRead(Message, tag="PGPU_MMIO_READ"):
+class PgpuMmioRead(Message, tag="PGPU_MMIO_READ", frozen=True):
     """gvt -> pgpu: read a physical MMIO register. Answer: OK{value}."""
 
     req: ReqId
@@ -542,7 +546,7 @@ class PgpuMmioRead(Message, tag="PGPU_MMIO_READ"):
     size: Literal[4, 8]
 
 
-class PgpuMmioWrite(Message, tag="PGPU_MMIO_WRITE"):
+class PgpuMmioWrite(Message, tag="PGPU_MMIO_WRITE", frozen=True):
     """gvt -> pgpu: write a physical MMIO register. Answer: OK."""
 
     req: ReqId
@@ -551,7 +555,7 @@ class PgpuMmioWrite(Message, tag="PGPU_MMIO_WRITE"):
     value: U64
 
 
-class ElspSubmit(Message, tag="ELSP_SUBMIT"):
+class ElspSubmit(Message, tag="ELSP_SUBMIT", frozen=True):
     """gvt -> pgpu: submit one or two context descriptors (element 0 first) to an engine's execlist port,
     as the four ELSP dword writes would. ``tag`` is echoed in the GPU_EVENTs of this submission.
     Answer: OK (accepted) or ERROR (port busy / bad descriptor)."""
@@ -565,7 +569,7 @@ class ElspSubmit(Message, tag="ELSP_SUBMIT"):
 GpuEventKind = Literal["ctx_complete", "user_interrupt", "page_fault", "hang", "error"]
 
 
-class GpuEvent(Message, tag="GPU_EVENT"):
+class GpuEvent(Message, tag="GPU_EVENT", frozen=True):
     """pgpu -> gvt: an engine event. ``status`` 0 = success; for page_fault ``detail`` holds the faulting
     graphics address; ``busy_ns`` is the simulated GPU time the context ran."""
 
@@ -580,7 +584,7 @@ class GpuEvent(Message, tag="GPU_EVENT"):
     reason: Text = ""
 
 
-class EngineReset(Message, tag="ENGINE_RESET"):
+class EngineReset(Message, tag="ENGINE_RESET", frozen=True):
     """gvt -> pgpu: reset an engine (drops its running and pending contexts). Answer: OK."""
 
     req: ReqId
@@ -592,7 +596,7 @@ PlaneName = Literal["primary", "cursor"]
 PipeIndex = Annotated[int, Meta(ge=0, le=2)]
 
 
-class PlaneQuery(Message, tag="PLANE_QUERY"):
+class PlaneQuery(Message, tag="PLANE_QUERY", frozen=True):
     """ctl -> gvt: the current primary or cursor plane of the VM's vGPU on ``pipe`` (0 = A), decoded from
     its registers (the VFIO_DEVICE_QUERY_GFX_PLANE analogue). Answer: PLANE_INFO."""
 
@@ -602,7 +606,7 @@ class PlaneQuery(Message, tag="PLANE_QUERY"):
     pipe: PipeIndex = 0
 
 
-class PlaneInfo(Message, tag="PLANE_INFO"):
+class PlaneInfo(Message, tag="PLANE_INFO", frozen=True):
     """The decoded plane. ``format`` is a DRM fourcc name (XRGB8888, XBGR8888, XRGB2101010, XBGR2101010,
     RGB565, ARGB8888 for the cursor); ``stride`` is bytes per pixel row; ``tiling`` linear or x;
     ``ggtt_addr`` the surface's graphics-memory address; ``size`` the bytes it spans; ``generation`` moves on
@@ -627,7 +631,7 @@ class PlaneInfo(Message, tag="PLANE_INFO"):
     generation: U32 = 0
 
 
-class FbRead(Message, tag="FB_READ"):
+class FbRead(Message, tag="FB_READ", frozen=True):
     """ctl -> gvt: ``length`` bytes at ``ggtt_addr + offset`` of the VM's graphics memory, read through the
     vGPU's GGTT from machine memory (what a dma-buf export of the surface gives the host). A range outside
     the vGPU's graphics memory is refused (bad_address). Answer: DATA."""
@@ -658,7 +662,17 @@ REPLY_TYPES: tuple[type[Message], ...] = (
     VgpuSyncReply, PlaneInfo,
 )
 
+# a Union built from the catalogue at runtime (msgspec decodes it as one tagged union); a type checker cannot
+# evaluate a Union of a runtime tuple, hence the ignore
 AnyMessage = Union[ALL_MESSAGES]  # type: ignore[valid-type]
 
+
+def tag_of(msg: Message | type[Message]) -> str:
+    """The wire name of a message or message class (its msgspec tag, a str for every message here)."""
+    tag = msg.__struct_config__.tag
+    assert isinstance(tag, str), f"{msg!r} has no str tag"
+    return tag
+
+
 #: wire name -> class
-BY_TAG: dict[str, type[Message]] = {m.__struct_config__.tag: m for m in ALL_MESSAGES}  # type: ignore[misc]
+BY_TAG: dict[str, type[Message]] = {tag_of(m): m for m in ALL_MESSAGES}

@@ -223,7 +223,7 @@ class ClientSession:
 
     IDLE, HELLO_WAIT, UP, BACKOFF, CLOSED = "idle", "hello_wait", "up", "backoff", "closed"
 
-    def __init__(self, role: str, ident: str, epoch: int, intervals: Intervals,
+    def __init__(self, role: m.Role, ident: str, epoch: int, intervals: Intervals,
                  counters: Counter[str] | None = None) -> None:
         self.role, self.ident, self.epoch = role, ident, epoch
         self.intervals = intervals  # ours until HELLO_ACK announces the server's
@@ -396,7 +396,7 @@ class ClientSession:
 class ServerSessions:
     """The server side: every peer of one ROUTER socket, by routing id."""
 
-    def __init__(self, role: str, ident: str, epoch: int, intervals: Intervals,
+    def __init__(self, role: m.Role, ident: str, epoch: int, intervals: Intervals,
                  counters: Counter[str] | None = None) -> None:
         self.role, self.ident, self.epoch = role, ident, epoch
         self.intervals = intervals

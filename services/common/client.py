@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import zmq
@@ -61,7 +61,7 @@ class Connection:
         after_batch: awaited after each drained batch (a service sends what the batch produced).
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, role: str, ident: str, epoch: int,
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, role: m.Role, ident: str, epoch: int,
                  hb: HeartbeatConfig, log: Any, counters: Counter[str] | None = None,
                  on_message: OnMessage | None = None, on_up: OnUp | None = None,
                  on_down: OnDown | None = None, name: str = "", after_batch: OnBatchEnd | None = None,
@@ -195,7 +195,7 @@ class Connection:
     async def _on_timer(self, now: float) -> None:
         await self._handle(self.session.timers(now))
 
-    async def _on_monitor(self, event: dict[str, Any]) -> None:
+    async def _on_monitor(self, event: Mapping[str, Any]) -> None:
         kind = event.get("event")
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.session.transport_ready(time.monotonic())  # a HELLO that found no connection goes now
@@ -208,7 +208,10 @@ class Connection:
             if len(frames) != 1:
                 self.counters["bad_framing"] += 1
                 continue
-            await self._handle(session.receive(frames[0], time.monotonic()))
+            payload = frames[0]  # bytes: this reactor copies (a zmq.Frame only from a copy=False reactor)
+            if not isinstance(payload, bytes):
+                payload = payload.bytes
+            await self._handle(session.receive(payload, time.monotonic()))
         if self.after_batch is not None:
             await self.after_batch()
 

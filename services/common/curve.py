@@ -28,7 +28,6 @@ from typing import Any
 
 import zmq
 import zmq.auth
-from zmq.auth.base import Authenticator
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 

@@ -172,7 +172,9 @@ class FrameRun(NamedTuple):
     """A run of machine frames ``[mfn, mfn + count)`` (a tuple: a VM's RAM is thousands of them)."""
 
     mfn: int
-    count: int
+    # shadows tuple.count() on purpose: the field is named as on the wire (Run.count) and read as run.count
+    # everywhere; nothing calls the tuple method on a run
+    count: int  # type: ignore[assignment]
 
 
 def coalesce(runs: list[FrameRun]) -> list[FrameRun]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, cast, overload
 
 import zmq
 
@@ -26,7 +26,8 @@ import zmq
 #: well-behaved peer by a few milliseconds at most; large enough to amortise the per-batch work.
 BATCH = 64
 
-Frames = list[bytes]
+#: one multipart message: bytes, or zmq.Frame objects from a socket read without copying (``copy=False``)
+Frames = list[bytes] | list[zmq.Frame]
 _MONITOR_IDS = itertools.count()
 
 
@@ -42,7 +43,7 @@ class Reactor:
 
     def __init__(self, name: str, on_batch: Callable[[list[Frames]], Awaitable[None]],
                  on_timer: Callable[[float], Awaitable[None]], deadline: Callable[[], float | None],
-                 on_monitor: Callable[[dict[str, Any]], Awaitable[None]] | None = None, log: Any = None,
+                 on_monitor: Callable[[Mapping[str, Any]], Awaitable[None]] | None = None, log: Any = None,
                  batch: int = BATCH, copy: bool = True) -> None:
         self.name = name
         #: False: the socket's messages come as zmq.Frame lists (a server under CURVE reads the ZAP User-Id)
@@ -97,7 +98,7 @@ class Reactor:
         assert self._loop is not None
         for s, cb in ((self.sock, self._wake), (self.monitor, self._wake_monitor)):
             if s is not None:
-                fd = s.getsockopt(zmq.FD)
+                fd = s.fileno()  # the socket's ZMQ_FD (an int; getsockopt is typed int | bytes)
                 self._loop.add_reader(fd, cb)
                 self._fds.append(fd)
 
@@ -144,7 +145,7 @@ class Reactor:
 
     def _readable(self) -> bool:
         try:
-            return self.sock is not None and bool(self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            return self.sock is not None and bool(cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
         except zmq.ZMQError:
             return False
 
@@ -170,12 +171,17 @@ class Reactor:
         self._timer_at = None
         self._wake()
 
-    def _drain(self, sock: zmq.Socket, limit: int) -> list[Frames]:
+    @overload
+    def _drain(self, sock: zmq.Socket, limit: int, copy: Literal[True]) -> list[list[bytes]]: ...
+
+    @overload
+    def _drain(self, sock: zmq.Socket, limit: int, copy: bool) -> list[Frames]: ...
+
+    def _drain(self, sock: zmq.Socket, limit: int, copy: bool) -> list[Frames] | list[list[bytes]]:
         """Up to ``limit`` messages, receiving until EAGAIN (one exception per batch, no syscall per
         message: a receive that finds a message queued does not touch the kernel)."""
         out: list[Frames] = []
         recv = sock.recv_multipart
-        copy = self.copy or sock is not self.sock
         try:
             while len(out) < limit:
                 out.append(recv(zmq.NOBLOCK, copy=copy))
@@ -193,12 +199,12 @@ class Reactor:
         while not self._closing:
             # messages first (a BYE that arrived before the disconnect is handled as a BYE), then the
             # monitor's connection events, then timers that fell due
-            batch = self._drain(self.sock, self.batch) if self.sock is not None else []
+            batch = self._drain(self.sock, self.batch, self.copy) if self.sock is not None else []
             if batch:
                 await self._guard(self.on_batch(batch))
             if self._monitor_ready and self.monitor is not None and self.on_monitor is not None:
                 self._monitor_ready = False
-                events = self._drain(self.monitor, 64)
+                events = self._drain(self.monitor, 64, True)  # parse_monitor_message wants bytes
                 self.monitor.getsockopt(zmq.EVENTS)  # clears its FD (see below)
                 for frames in events:
                     try:

@@ -19,8 +19,8 @@ import asyncio
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import zmq
 
@@ -63,7 +63,7 @@ class SessionHandler(Protocol):
 class RouterServer:
     """A bound ROUTER socket that speaks the session layer and hands messages to a handler."""
 
-    def __init__(self, ctx: zmq.Context, bind: str, *, role: str, ident: str, epoch: int,
+    def __init__(self, ctx: zmq.Context, bind: str, *, role: m.Role, ident: str, epoch: int,
                  hb: HeartbeatConfig, handler: SessionHandler, log: Any, counters: Counter[str]) -> None:
         self.ctx = ctx
         self.bind_addr = bind
@@ -106,8 +106,15 @@ class RouterServer:
         except BaseException:
             sock.close(linger=0)  # no keys: the service stops with one clear line, nothing left open
             raise
+        try:
+            sock.bind(self.bind_addr)
+        except BaseException:
+            # the reactor never saw this socket, so nothing else closes it: left open, it would block the
+            # context's term() and the service would hang instead of exiting with its error (port taken)
+            curve.release_server(sock)
+            sock.close(linger=0)
+            raise
         self.sock = sock
-        self.sock.bind(self.bind_addr)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED)
         self.reactor.start()
@@ -219,7 +226,7 @@ class RouterServer:
             await self._probe_pipes()
         await self._handle(self.core.timers(now))
 
-    async def _on_monitor(self, event: dict[str, Any]) -> None:
+    async def _on_monitor(self, event: Mapping[str, Any]) -> None:
         if event.get("event") == zmq.EVENT_DISCONNECTED:
             self.counters["transport_disconnects"] += 1
             now = time.monotonic()
@@ -253,12 +260,15 @@ class RouterServer:
     async def _on_batch(self, batch: list[Frames]) -> None:
         now = time.monotonic()
         by_peer: dict[bytes, deque[tuple[bytes, bytes, str | None]]] = {}
-        for frames in batch:
+        for msg_frames in batch:
             key = None
-            if frames and not isinstance(frames[-1], bytes):
+            # one recv_multipart gives all bytes or all zmq.Frame, so the last frame tells the whole list's type
+            if msg_frames and not isinstance(msg_frames[-1], bytes):
                 # zmq.Frame lists (CURVE on): keep the key name the ZAP handler gave the sender with its message
-                key = curve.peer_key(frames[-1])
-                frames = [f.bytes for f in frames]
+                key = curve.peer_key(msg_frames[-1])
+                frames = [f.bytes for f in msg_frames]
+            else:
+                frames = cast(list[bytes], msg_frames)
             if len(frames) != 2:
                 self.counters["bad_framing"] += 1
                 if frames:

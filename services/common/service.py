@@ -29,6 +29,7 @@ import uvloop
 import zmq
 import zmq.asyncio
 
+from ...protocol import messages as m
 from ...protocol.session import new_epoch
 from . import curve
 from . import log as logmod
@@ -74,7 +75,7 @@ def mem_args(parser: argparse.ArgumentParser) -> None:
 class BaseService:
     """Common state of a service: role, id, epoch, heartbeat config, counters, logger."""
 
-    role = "probe"
+    role: m.Role = "probe"  # the HELLO role this service says (each service sets its own)
 
     def __init__(self, ctx: zmq.asyncio.Context, args: argparse.Namespace) -> None:
         self.ctx = ctx

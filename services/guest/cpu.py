@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ...protocol import IoreqDir, IoreqType
 from ...protocol import messages as m
@@ -73,8 +74,9 @@ class Vcpu:
 
     async def ioreq(self, kind: IoreqType, direction: IoreqDir, addr: int, size: int, value: int = 0) -> int:
         """Trap: build an ioreq, block until it completes, return the read value (0 for writes)."""
+        # not checked here: the receiver's codec refuses a size other than 1, 2, 4 or 8 (a hostile guest may try)
         req = m.Ioreq(vm=self.vm.vm_id, vcpu=self.index, seq=next(self._seq), kind=int(kind), dir=int(direction),
-                      addr=addr, size=size, value=value & ((1 << (8 * size)) - 1))
+                      addr=addr, size=cast(m.AccessSize, size), value=value & ((1 << (8 * size)) - 1))
         if self._owner is not None and self._owner is asyncio.current_task():
             return await self._trap(kind, req)
         async with self._lock:

@@ -391,7 +391,8 @@ class GuestDisplay:
                 cmd = cmds.xy_src_copy_blt(fbo.bo.gm, pitch_field, x1, y1, x2, y2, src, w * 4)
                 text = staging_rows[arg]
                 for i, y in enumerate(range(y1, y2)):
-                    expected[y * fbo.stride + 4 * x1:y * fbo.stride + 4 * x2] = text[i * w * 4:i * w * 4 + 4 * (x2 - x1)]
+                    row = y * fbo.stride
+                    expected[row + 4 * x1:row + 4 * x2] = text[i * w * 4:i * w * 4 + 4 * (x2 - x1)]
             if fbo.tiled:
                 cmd[0] |= XY_DST_TILED
             body += cmd

@@ -1,4 +1,5 @@
-"""A hostile guest: command buffers and GGTT entries GVT must not let through (gvt/gtt.c, gvt/aperture_gm.c, gvt/cmd_parser.c; docs/ARCHITECTURE.md, faults and restarts).
+"""A hostile guest: command buffers and GGTT entries GVT must not let through (gvt/gtt.c, gvt/aperture_gm.c,
+gvt/cmd_parser.c; docs/ARCHITECTURE.md, faults and restarts).
 
 Each attack runs on a booted :class:`~.i915.VgpuDriver` and returns what the guest saw. The command attacks
 are submitted like any request (ring -> ELSP) and should never complete: GVT's scanner refuses them and

@@ -13,8 +13,8 @@ RAM, no trap), then four ELSP dword writes (element 1 high, element 1 low, eleme
 the master IRQ, the GT IIR (and acks it), then the CSB pointer and entries: a context_complete entry for our
 context id completes the request.
 
-PPGTT (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): an engine may also get a second context with its own PPGTT
-(:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
+PPGTT (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): an engine may also get a second context
+with its own PPGTT (:meth:`VgpuDriver.create_ppgtt_context`): guest page tables in RAM (ppgtt.py), announced to GVT with
 gen8_ppgtt_notify_vgt (pdp[i].lo/hi then g2v_notify = L3/L4 CREATE), the context image's PDP values =
 the guest-physical roots, and the descriptor's addressing mode 1 (3-level) or 3 (4-level). Batches it
 runs are non-privileged PPGTT batches.
@@ -52,8 +52,8 @@ class DriverError(RuntimeError):
 
 
 async def ppgtt_notify_vgt(write: Callable[[int, int], Awaitable[None]], ppgtt: GuestPpgtt, create: bool) -> None:
-    """gen8_ppgtt_notify_vgt (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt): 4-level => pdp[0] = the PML4; 3-level => pdp[0..3] = the
-    page directories; then g2v_notify = L3/L4 CREATE or DESTROY. ``write(offset, value)`` is a 32-bit
+    """gen8_ppgtt_notify_vgt (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt): 4-level => pdp[0] = the PML4; 3-level =>
+    pdp[0..3] = the page directories; then g2v_notify = L3/L4 CREATE or DESTROY. ``write(offset, value)`` is a 32-bit
     MMIO write at BAR0 + offset (the caller serialises notifications, as i915 does under vgpu.lock)."""
     roots = ppgtt.roots[:1] if ppgtt.levels == 4 else ppgtt.roots
     for i, root in enumerate(roots):
@@ -345,10 +345,10 @@ class VgpuDriver:
             e.user_wait = loop.create_future() if wait_user_irq else None
             e.inflight_ctx = c.ctx_id
             desc = self.descriptor(e, ppgtt)
-            if ppgtt and self.pv is not None and self.pv.ppgtt:
-                for lo, hi in c.ppgtt.dirty:  # PV PPGTT: one update per edited range, no WP fault per entry
-                    await self.pv.ppgtt_update(c.ppgtt.roots[0], lo, hi - lo, vcpu)
-            if ppgtt:
+            if isinstance(c, PpgttContext):  # ppgtt: the engine's PPGTT context
+                if self.pv is not None and self.pv.ppgtt:
+                    for lo, hi in c.ppgtt.dirty:  # PV PPGTT: one update per edited range, no WP fault per entry
+                        await self.pv.ppgtt_update(c.ppgtt.roots[0], lo, hi - lo, vcpu)
                 c.ppgtt.dirty.clear()
             vc = self.machine.vcpus[vcpu]
             async with vc.irqs_off():  # the submission's traps, with nothing interleaved on this vCPU

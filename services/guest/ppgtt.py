@@ -1,4 +1,5 @@
-"""The guest's own PPGTT: gen8 page tables in guest RAM (i915 gen8_ppgtt.c; i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c).
+"""The guest's own PPGTT: gen8 page tables in guest RAM (i915 gen8_ppgtt.c; i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt,
+gvt/gtt.c, gvt/page_track.c).
 
 Entries are ``gpa | PRESENT | RW`` (i915's gen8 PTE/PDE encode, without PPAT bits). Two shapes:
 * 3-level (legacy 32-bit, context addressing mode 1): 4 page directories preallocated up front (i915's

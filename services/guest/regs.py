@@ -1,4 +1,5 @@
-"""Register offsets and encodings the guest driver uses (i915 names; values from i915_pvinfo.h, gvt/scheduler.c, i915_reg.h)."""
+"""Register offsets and encodings the guest driver uses (i915 names; values from i915_pvinfo.h, gvt/scheduler.c,
+i915_reg.h)."""
 
 from __future__ import annotations
 

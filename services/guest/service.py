@@ -217,8 +217,8 @@ class GuestService(BaseService):
             if msg.vm in self.by_id:
                 self._vgpu_lost[msg.vm] = msg.reason
                 emit(event="vgpu_lost", vm=msg.vm, name=self.by_id[msg.vm].name, reason=msg.reason)
-                for (vm, _, _), fut in self._waiters.items():
-                    if vm == msg.vm and not fut.done():
+                for (waiter_vm, _, _), fut in self._waiters.items():
+                    if waiter_vm == msg.vm and not fut.done():
                         fut.set_exception(IoreqFailed("gpu_reset", f"vGPU lost: {msg.reason}"))
         elif isinstance(msg, m.EptChanged):
             self.counters["ept_changed"] += 1

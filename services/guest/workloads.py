@@ -177,9 +177,9 @@ class WorkloadRunner:
                 if got != v:
                     raise VerifyError(f"store#{seq}: dword {i} = {got:#x}, expected {v:#x}")
         else:
-            got = m.read_mem(s.dst.gpa, SURFACE)
-            if got != expect:
-                bad = next(i for i in range(SURFACE) if got[i] != expect[i])
+            surface = m.read_mem(s.dst.gpa, SURFACE)
+            if surface != expect:
+                bad = next(i for i in range(SURFACE) if surface[i] != expect[i])
                 raise VerifyError(f"{kind}#{seq} on {engine}: first wrong byte at {bad}")
 
     # ------------------------------------------------------------------------------------------ PPGTT

@@ -1,4 +1,5 @@
-"""The aperture pass-through (i915/gvt cfg_space.c ``map_aperture``; gvt/gtt.c, gvt/aperture_gm.c "CPU aperture access").
+"""The aperture pass-through (i915/gvt cfg_space.c ``map_aperture``; gvt/gtt.c, gvt/aperture_gm.c "CPU aperture
+access").
 
 When the guest enables memory decode, the guest BAR2 window is mapped 1:1 onto the host aperture: guest
 gpa ``BAR2 + gm`` for every ``gm`` in the vGPU's aperture slice reaches, with no trap, the page the host

@@ -112,7 +112,7 @@ def run(seconds: float = 5.0, weights: Sequence[int] = WEIGHTS, seed: int = 1, m
         dev = {vid: 100.0 * (sh[vid] - w / total_w) / (w / total_w) for vid, w in zip(vids, weights)}
         return ({str(v): round(100.0 * x, 2) for v, x in sh.items()}, {str(v): round(d, 2) for v, d in dev.items()})
 
-    windows = []
+    windows: list[dict[str, Any]] = []
     for i, b in enumerate(busy[:int(seconds // WINDOW)]):
         gpu_shares, gpu_dev = shares(b)
         prev = owned[i - 1] if i else {}

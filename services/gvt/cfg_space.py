@@ -85,10 +85,10 @@ _RW_TABLE: tuple[tuple[int, bytes], ...] = (
     (PCI_ROM_ADDRESS, b"\x01\xf8\xff\xff"),
     (PCI_INTERRUPT_LINE, b"\xff"),
 )
-RW_BITMAP = bytearray(0x40)
+_rw = bytearray(0x40)
 for _off, _bits in _RW_TABLE:
-    RW_BITMAP[_off:_off + len(_bits)] = _bits
-RW_BITMAP = bytes(RW_BITMAP)
+    _rw[_off:_off + len(_bits)] = _bits
+RW_BITMAP = bytes(_rw)
 
 
 class CfgSpace:
@@ -150,7 +150,8 @@ class CfgSpace:
 
     def capabilities(self) -> list[tuple[int, int]]:
         """(offset, capability id) of every capability in the chain, in chain order."""
-        out, nxt = [], self.data[PCI_CAPABILITY_LIST]
+        out: list[tuple[int, int]] = []
+        nxt = self.data[PCI_CAPABILITY_LIST]
         while nxt and len(out) < 48:
             out.append((nxt, self.data[nxt]))
             nxt = self.data[nxt + 1]

@@ -31,7 +31,7 @@ from .handlers import MmioTable, default_blocks, default_regs, real_regs
 from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
-from .types import GVT_MAX_VGPU, TYPES, GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
+from .types import GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
 from .vgpu import GVT_BDF, FailsafeReason, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
@@ -175,7 +175,8 @@ class Gvt:
 
     def create_vgpu(self, vm: int, spec: str, *, ept_root: int = 0, ram_mb: int = 0, owner: str = "",
                     now: float = 0.0) -> Vgpu | Refusal:
-        """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt/gtt.c, gvt/aperture_gm.c, gvt/vgpu.c).
+        """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt/gtt.c, gvt/aperture_gm.c,
+        gvt/vgpu.c).
 
         ``owner`` says who asked ("vhm" or "ctl"). The same VM asking again for the same type gets its
         existing vGPU (a retried request).
@@ -320,7 +321,11 @@ class Gvt:
 
     def emulate_cfg_write(self, vgpu: Vgpu, offset: int, data: int, size: int) -> None:
         """intel_gvt_ops.emulate_cfg_write."""
-        self._guard(vgpu, "cfg_write", lambda: vgpu.cfg.write(offset, data, size) or 0, offset, size)
+        def write() -> int:
+            vgpu.cfg.write(offset, data, size)
+            return 0
+
+        self._guard(vgpu, "cfg_write", write, offset, size)
 
     def emulate_mmio_read(self, vgpu: Vgpu, gpa: int, size: int) -> int:
         """intel_gvt_ops.emulate_mmio_read of guest-physical ``gpa`` in BAR0."""
@@ -328,7 +333,11 @@ class Gvt:
 
     def emulate_mmio_write(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> None:
         """intel_gvt_ops.emulate_mmio_write of guest-physical ``gpa`` in BAR0."""
-        self._guard(vgpu, "mmio_write", lambda: mmio.emulate_mmio_write(vgpu, gpa, data, size) or 0, gpa, size)
+        def write() -> int:
+            mmio.emulate_mmio_write(vgpu, gpa, data, size)
+            return 0
+
+        self._guard(vgpu, "mmio_write", write, gpa, size)
 
     def write_protect_handler(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> bool:
         """intel_gvt_ops.write_protect_handler: the page-track handler of the written gfn (page_track.py)

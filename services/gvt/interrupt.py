@@ -106,7 +106,8 @@ def check_pending(vgpu: "Vgpu") -> None:
 
 
 def inject_msi(vgpu: "Vgpu") -> bool:
-    """inject_virtual_interrupt: only with MSI enabled and the single-message format (gvt/hypercall.h, ACRN gvt/acrngt.c)."""
+    """inject_virtual_interrupt: only with MSI enabled and the single-message format (gvt/hypercall.h,
+    ACRN gvt/acrngt.c)."""
     control, addr, data = vgpu.cfg.msi()
     if not control & 0x1:
         vgpu.count("irq_msi_suppressed_disabled")

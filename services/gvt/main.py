@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem_args(p)
     p.add_argument("--bind", default=env("GVT_BIND", "tcp://127.0.0.1:5556"),
                    help="management endpoint (gvtsim ctl, health probes) [GVTSIM_GVT_BIND]")
-    p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"), help="vhm endpoint [GVTSIM_VHM_ENDPOINT]")
+    p.add_argument("--vhm", default=env("VHM_ENDPOINT", "tcp://127.0.0.1:5555"),
+                   help="vhm endpoint [GVTSIM_VHM_ENDPOINT]")
     p.add_argument("--pgpu", default=env("PGPU_ENDPOINT", "tcp://127.0.0.1:5557"),
                    help="pgpu endpoint [GVTSIM_PGPU_ENDPOINT]")
     p.add_argument("--gpu-profile", default=env("GPU_PROFILE", "real"), choices=sorted(PROFILES),

@@ -19,6 +19,7 @@ switched here too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..common.memory import PAGE_SIZE
@@ -134,7 +135,7 @@ def inhibit_registers(engine: str) -> list[tuple[int, int]]:
     return out
 
 
-def lri(regs: list[tuple[int, int]], vreg: "callable") -> list[int]:  # type: ignore[valid-type]
+def lri(regs: list[tuple[int, int]], vreg: Callable[[int], int]) -> list[int]:
     """MI_LOAD_REGISTER_IMMs (63 pairs at most each) of ``vreg``'s values, masked registers with their mask
     half set, padded to an even number of dwords."""
     out: list[int] = []

@@ -113,11 +113,16 @@ MMIO_INFO: tuple[MmioInfo, ...] = (
     M('RING_START(vcs)', 0x12038, 4, F_GMADR, 0x0, 0xffff0000, None, None, 'generic'),
     M('RING_START(vecs)', 0x1a038, 4, F_GMADR, 0x0, 0xffff0000, None, None, 'generic'),
     M('RING_START(vcs2)', 0x1c038, 4, F_GMADR, 0x0, 0xffff0000, None, None, 'generic', vcs2=True),
-    M('RING+0x29c(rcs)', 0x0229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None, 'ring_mode_mmio_write', 'generic'),
-    M('RING+0x29c(bcs)', 0x2229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None, 'ring_mode_mmio_write', 'generic'),
-    M('RING+0x29c(vcs)', 0x1229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None, 'ring_mode_mmio_write', 'generic'),
-    M('RING+0x29c(vecs)', 0x1a29c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None, 'ring_mode_mmio_write', 'generic'),
-    M('RING+0x29c(vcs2)', 0x1c29c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None, 'ring_mode_mmio_write', 'generic', vcs2=True),
+    M('RING+0x29c(rcs)', 0x0229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None,
+      'ring_mode_mmio_write', 'generic'),
+    M('RING+0x29c(bcs)', 0x2229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None,
+      'ring_mode_mmio_write', 'generic'),
+    M('RING+0x29c(vcs)', 0x1229c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None,
+      'ring_mode_mmio_write', 'generic'),
+    M('RING+0x29c(vecs)', 0x1a29c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None,
+      'ring_mode_mmio_write', 'generic'),
+    M('RING+0x29c(vcs2)', 0x1c29c, 4, F_MODE_MASK | F_CMD_ACCESS | F_CMD_WRITE_PATCH, 0x0, 0x0, None,
+      'ring_mode_mmio_write', 'generic', vcs2=True),
     M('RING_MI_MODE(rcs)', 0x0209c, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, None, 'generic'),
     M('RING_MI_MODE(bcs)', 0x2209c, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, None, 'generic'),
     M('RING_MI_MODE(vcs)', 0x1209c, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, None, 'generic'),
@@ -1080,18 +1085,27 @@ MMIO_INFO: tuple[MmioInfo, ...] = (
     M('_MMIO(_PLANE_KEYMSK_1(PIPE_B))', 0x71198, 4, 0, 0x0, 0x0, None, None, 'skl'),
     M('_MMIO(_PLANE_KEYMSK_1(PIPE_C))', 0x72198, 4, 0, 0x0, 0x0, None, None, 'skl'),
     M('_MMIO(0x44500)', 0x44500, 4, 0, 0x0, 0x0, None, None, 'skl'),
-    M('CSFE_CHICKEN1_REG(rcs)', 0x020d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write', 'skl'),
-    M('CSFE_CHICKEN1_REG(bcs)', 0x220d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write', 'skl'),
-    M('CSFE_CHICKEN1_REG(vcs)', 0x120d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write', 'skl'),
-    M('CSFE_CHICKEN1_REG(vecs)', 0x1a0d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write', 'skl'),
-    M('CSFE_CHICKEN1_REG(vcs2)', 0x1c0d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write', 'skl', vcs2=True),
+    M('CSFE_CHICKEN1_REG(rcs)', 0x020d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write',
+      'skl'),
+    M('CSFE_CHICKEN1_REG(bcs)', 0x220d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write',
+      'skl'),
+    M('CSFE_CHICKEN1_REG(vcs)', 0x120d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write',
+      'skl'),
+    M('CSFE_CHICKEN1_REG(vecs)', 0x1a0d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write',
+      'skl'),
+    M('CSFE_CHICKEN1_REG(vcs2)', 0x1c0d4, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, 'csfe_chicken1_mmio_write',
+      'skl', vcs2=True),
     M('GEN8_HDC_CHICKEN1', 0x07304, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, None, 'skl'),
     M('GEN9_WM_CHICKEN3', 0x05588, 4, F_MODE_MASK | F_CMD_ACCESS, 0x0, 0x0, None, None, 'skl'),
     M('GEN9_CTX_PREEMPT_REG', 0x02248, 4, 0, 0x0, 0x0, None, None, 'skl'),
 )
 
 #: handlers.c force_nonpriv_white_list (sorted, bsearched by in_whitelist)
-FORCE_NONPRIV_WHITELIST: tuple[int, ...] = (0xd80, 0x20ec, 0x2248, 0x2340, 0x2348, 0x2350, 0x2580, 0x2690, 0x2694, 0x2698, 0x2754, 0x28a0, 0x4de0, 0x4de4, 0x4dfc, 0x7010, 0x7014, 0x7300, 0x7304, 0x7700, 0x7704, 0x7708, 0x770c, 0x83a8, 0xb110, 0xb118, 0xe100, 0xe18c, 0xe48c, 0xe5f4, 0x64844)
+FORCE_NONPRIV_WHITELIST: tuple[int, ...] = (
+    0xd80, 0x20ec, 0x2248, 0x2340, 0x2348, 0x2350, 0x2580, 0x2690, 0x2694, 0x2698, 0x2754, 0x28a0, 0x4de0, 0x4de4,
+    0x4dfc, 0x7010, 0x7014, 0x7300, 0x7304, 0x7700, 0x7704, 0x7708, 0x770c, 0x83a8, 0xb110, 0xb118, 0xe100, 0xe18c,
+    0xe48c, 0xe5f4, 0x64844,
+)
 
 #: The figures above, for the tests that compare the table with the source.
 ROWS = 1038

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["PpgttError", "NoFrames", "PpgttGlobal", "PpgttMm", "VgpuPpgtt", "pdps_from_context",
            "pdps_to_context", "root_key", "ROOT_BY_MODE"]
 
-#: root type -> (root entries, level of the table a root entry points at) (gvt/gtt.c, gvt/page_track.c: L3 = 4 PDPs -> PD,
-#: L4 = pdp0 -> PML4)
+#: root type -> (root entries, level of the table a root entry points at) (gvt/gtt.c, gvt/page_track.c:
+#: L3 = 4 PDPs -> PD, L4 = pdp0 -> PML4)
 ROOTS: dict[str, tuple[int, int]] = {PPGTT_ROOT_L3: (4, LEVEL_PD), PPGTT_ROOT_L4: (1, LEVEL_PML4)}
 #: context descriptor addressing mode -> root type (gvt/gtt.c, gvt/page_track.c, prepare_mm; others "not supported")
 ROOT_BY_MODE = {1: PPGTT_ROOT_L3, 3: PPGTT_ROOT_L4}
@@ -228,9 +228,9 @@ class VgpuPpgtt:
 
     # ---------------------------------------------------------------------------- before dispatch
     def prepare_workload(self, desc: int, ctx_pdps: Sequence[int], workload_id: int) -> tuple[int, int, int, int]:
-        """prepare_mm + the PPGTT steps of prepare_workload (gvt/gtt.c, gvt/page_track.c, gvt/scheduler.c): the mm of the context's
-        roots (lazily created), shadowed, OOS pages synced, post-shadow flushed. Returns the SHADOW root
-        pointers for the shadow context (pdp0 first). Raises PpgttError."""
+        """prepare_mm + the PPGTT steps of prepare_workload (gvt/gtt.c, gvt/page_track.c, gvt/scheduler.c): the mm
+        of the context's roots (lazily created), shadowed, OOS pages synced, post-shadow flushed. Returns the
+        SHADOW root pointers for the shadow context (pdp0 first). Raises PpgttError."""
         mode = (desc >> 3) & 0x3
         root = ROOT_BY_MODE.get(mode)
         if root is None:

@@ -138,8 +138,8 @@ def populate(vgpu: "Vgpu") -> None:
     w(PV_CAPS, int(pv.HOST_CAPS), 4)
     w(PV_VERSIONS, pv.versions_mask(), 4)
     w(PV_STATUS, int(pv.PvStatus.ACCEPTED if active else pv.PvStatus.NONE), 4)
-    w(PV_ENABLED, int(state.enabled) if active else 0, 4)
-    w(SHARED_PAGE_GPA, state.gpa if active else 0, 8)
+    w(PV_ENABLED, int(state.enabled) if state is not None and active else 0, 4)
+    w(SHARED_PAGE_GPA, state.gpa if state is not None and active else 0, 8)
 
 
 def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:

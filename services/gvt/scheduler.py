@@ -1,4 +1,5 @@
-"""Workloads and their dispatch to the physical GPU (i915/gvt scheduler.c; gvt/handlers.c, gvt/execlist.c, gvt/scheduler.c).
+"""Workloads and their dispatch to the physical GPU (i915/gvt scheduler.c; gvt/handlers.c, gvt/execlist.c,
+gvt/scheduler.c).
 
 An ELSP submission becomes one workload per valid descriptor. Creating a workload reads the guest's ring
 context through the vGPU's GGTT (lrca + 1) with read_gpa, and copies the ring bytes [head, tail) out of
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from . import cmd_parser
-from . import engines as eng
 from . import mmio_context
 from .cmd_parser import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES, ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
@@ -753,7 +753,7 @@ class Scheduler:
         for ev in w.pending_events:
             self.gvt.trigger_event(vgpu, ev)
         q = self.queues.get((vgpu.id, w.engine))
-        nxt_same = bool(q) and same_context(q[0].desc, w.desc)
+        nxt_same = same_context(q[0].desc, w.desc) if q else False
         vgpu.submission.execlists[w.engine].schedule_out(w.desc, nxt_same)
         self.gvt.counters["workloads_completed"] += 1
 

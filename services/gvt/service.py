@@ -277,7 +277,7 @@ class GvtService(BaseService):
                 self._attaches[req] = fields["vm"]
             if len(self._sent) > 10_000:
                 self._sent.clear()
-            self._sent[(peer, req)] = cls.__struct_config__.tag  # type: ignore[attr-defined]
+            self._sent[(peer, req)] = m.tag_of(cls)
         if failed_submits:
             for tag, why in failed_submits:
                 self.core.scheduler.submit_failed(tag, why)

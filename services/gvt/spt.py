@@ -24,6 +24,7 @@ The mms that own the roots of these trees are ppgtt.py.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -228,7 +229,7 @@ class SptTable:
             return None
         spt = Spt(self, gfn, level, self.glob.take_frame(), ips=ips)
         self.spts[gfn] = spt
-        self.vgpu.page_track.register(gfn, lambda gpa, data, size, s=spt: self._on_write(s, gpa, data, size))
+        self.vgpu.page_track.register(gfn, functools.partial(self._on_write, spt))
         if not self.pv:
             self.vgpu.page_track.enable(gfn)
         self._count("spts_created")

@@ -110,7 +110,8 @@ class VgpuType:
                 f"weight: {self.weight}" + (f", resolution: {self.resolution}" if self.resolution else ""))
 
 
-#: intel_vgpu_configs[] (gvt/gtt.c, gvt/aperture_gm.c): suffix, low GM MB, high GM MB, fences, weight (16/n), EDID resolution.
+#: intel_vgpu_configs[] (gvt/gtt.c, gvt/aperture_gm.c): suffix, low GM MB, high GM MB, fences, weight (16/n),
+#: EDID resolution.
 VGPU_CONFIGS: tuple[tuple[str, int, int, int, int, str], ...] = (
     ("8", 64, 384, 4, 2, "1024x768"),
     ("4", 128, 512, 4, 4, "1920x1200"),
@@ -148,8 +149,8 @@ def parse_spec(spec: str, vm: int | None = None,
     """Resolve a create spec: a type name, or AcrnGT's ``"vmid,low_gm_MB,high_gm_MB,fence"`` (also
     ``"low_gm_MB,high_gm_MB,fence"`` when the VM is named elsewhere).
 
-    AcrnGT (gvt/gtt.c, gvt/aperture_gm.c, acrngt_sysfs_instance_manage) copies ``types[0]`` (its weight) and overrides the
-    sizes; it accepts ``vm_id > 0``, ``aperture > 0``, ``aperture <= aperture + high``, ``fence > 0``.
+    AcrnGT (gvt/gtt.c, gvt/aperture_gm.c, acrngt_sysfs_instance_manage) copies ``types[0]`` (its weight) and
+    overrides the sizes; it accepts ``vm_id > 0``, ``aperture > 0``, ``aperture <= aperture + high``, ``fence > 0``.
     ``types`` is the type table by name (the GPU profile's; the real four by default).
     Returns ``(vmid named by the spec or None, type)``.
 
@@ -173,7 +174,8 @@ def parse_spec(spec: str, vm: int | None = None,
         if vm is not None and vm != spec_vm:
             raise GvtError(ErrorCode.BAD_REQUEST, f"spec names vm {spec_vm} but the request is for vm {vm}")
     if low <= 0 or high < 0 or fence <= 0:
-        raise GvtError(ErrorCode.BAD_REQUEST, f"sizes must be low_gm > 0, high_gm >= 0, fence > 0 (got {low},{high},{fence})")
+        raise GvtError(ErrorCode.BAD_REQUEST,
+                       f"sizes must be low_gm > 0, high_gm >= 0, fence > 0 (got {low},{high},{fence})")
     if high == 0:  # i915_gem_gtt_insert of a 0-byte node is a BUG_ON in i915: refuse it cleanly
         raise GvtError(ErrorCode.BAD_REQUEST, "high_gm_MB must be > 0")
     if low > 4096 or high > 4096 or fence > 32:

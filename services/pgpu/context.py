@@ -1,8 +1,8 @@
 """Execlist context descriptors and the logical ring context (LRC) image in graphics memory.
 
-gvt/handlers.c, gvt/execlist.c: descriptor ldw bit0 valid, bit1 force_pd_restore, bit2 force_restore, bits 3-4 addressing mode,
-bit5 llc coherency, bits 6-7 fault handling, bit8 privilege access, bits 12-31 LRCA (the GGTT address of the
-LRC, page aligned); udw = context id. Page ``lrca`` is the per-process HW status page (PPHWSP), page
+gvt/handlers.c, gvt/execlist.c: descriptor ldw bit0 valid, bit1 force_pd_restore, bit2 force_restore, bits 3-4
+addressing mode, bit5 llc coherency, bits 6-7 fault handling, bit8 privilege access, bits 12-31 LRCA (the GGTT address
+of the LRC, page aligned); udw = context id. Page ``lrca`` is the per-process HW status page (PPHWSP), page
 ``lrca + 1`` the ring context: an LRI-format register state (``struct execlist_ring_context``: u32 nop1,
 u32 lri_cmd_1, then {mmio, value} pairs). gvt reads the values at ring_context + offset; so does pgpu.
 Ring size = (ctl & bits 12-20) + 4096; head mask bits 2-20, tail mask bits 3-20.
@@ -72,7 +72,8 @@ def make_descriptor(lrca: int, ctx_id: int, mode: int = MODE_LEGACY_64, privileg
 
 # ---------------------------------------------------------------------------------------- ring context
 #: name -> (byte offset of the mmio dword, byte offset of the value dword, mmio offset from the engine base)
-#: (gvt execlist.h struct execlist_ring_context; mmio offsets from i915 intel_lrc_reg.h / gvt/handlers.c, gvt/execlist.c)
+#: (gvt execlist.h struct execlist_ring_context; mmio offsets from i915 intel_lrc_reg.h / gvt/handlers.c,
+#: gvt/execlist.c)
 RING_CTX: dict[str, tuple[int, int, int]] = {
     "ctx_ctrl": (0x08, 0x0C, 0x244),
     "ring_header": (0x10, 0x14, 0x34),

@@ -1,7 +1,7 @@
 """One engine (RCS, BCS, VCS, VECS) with its execlist port.
 
-gvt/handlers.c, gvt/execlist.c: an ELSP write submits one or two context descriptors (element 0 runs first, then element 1).
-The port holds the running submission and one pending submission; a third is refused ("port busy"). Each
+gvt/handlers.c, gvt/execlist.c: an ELSP write submits one or two context descriptors (element 0 runs first, then
+element 1). The port holds the running submission and one pending submission; a third is refused ("port busy"). Each
 element is loaded from its context image (GGTT page lrca + 1), run by the command streamer, and on success
 saved back (ring_header := tail, ctx_timestamp advanced), as gvt's ``update_guest_context`` expects.
 

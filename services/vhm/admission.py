@@ -1,9 +1,9 @@
 """What a guest may send as an ioreq, by type: a declarative table of admission checks.
 
-A guest sends PIO, MMIO and WP; PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF (ACRN drivers/vhm/vhm_ioreq.c). A
-WP request is what the hypervisor raises for a write to a page whose EPT entry is readable but not writable
-(ACRN hypervisor dm/io_req.c), so vhm accepts one only where that is true and a client tracks the page. Each check raises
-:class:`VhmError` (bad_request) or returns None.
+A guest sends PIO, MMIO and WP; PCI requests only exist as VHM's rewrite of 0xCFC-0xCFF (ACRN
+drivers/vhm/vhm_ioreq.c). A WP request is what the hypervisor raises for a write to a page whose EPT entry is
+readable but not writable (ACRN hypervisor dm/io_req.c), so vhm accepts one only where that is true and a client
+tracks the page. Each check raises :class:`VhmError` (bad_request) or returns None.
 """
 
 from __future__ import annotations

@@ -210,8 +210,8 @@ class MptServices:
     # -------------------------------------------------------------------------------------- MSI
     @entry_point
     def inject_msi(self, client: int, vm_id: int, addr: int, data: int) -> Reply:
-        """INJECT_MSI (vhm_inject_msi, gvt/hypercall.h, ACRN gvt/acrngt.c): deliver an MSI to the VM's guest over the guest's own
-        connection, numbered per VM so the guest can see a gap. OK{value = the MSI's seq}."""
+        """INJECT_MSI (vhm_inject_msi, gvt/hypercall.h, ACRN gvt/acrngt.c): deliver an MSI to the VM's guest over
+        the guest's own connection, numbered per VM so the guest can see a gap. OK{value = the MSI's seq}."""
         vm = self._client_vm(vm_id)
         assert vm is not None
         if vm.state is not VmState.RUNNING:

@@ -78,9 +78,10 @@ class ClientSessions:
     client_grace: float
     ioreq_timeout: float
 
-    def add_client(self, peer: Peer, name: str) -> int: ...  # core.py
-    def client_lost(self, client: int) -> ClientLoss: ...  # core.py
-    def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed: ...  # core.py
+    if TYPE_CHECKING:  # declared for the type checker only: VhmCore (core.py) defines them
+        def add_client(self, peer: Peer, name: str) -> int: ...
+        def client_lost(self, client: int) -> ClientLoss: ...
+        def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed: ...
 
     # ------------------------------------------------------------------------------------ sessions
     def client_hello(self, peer: Peer, name: str, epoch: int, now: float) -> ClientHello:

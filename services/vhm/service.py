@@ -35,8 +35,8 @@ from ..common.server import RouterServer, Session
 from .admission import CreateAdmission
 from ..common.service import BaseService
 from .core import VhmCore
-from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice, Rejected,
-                       Reply, Teardown, VmPlan)
+from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice,
+                       Rejected, Reply, Teardown, VmPlan)
 
 Handler = Callable[["VhmService", Session, Any], Awaitable[None]]
 
@@ -347,7 +347,7 @@ class VhmService(BaseService):
         client = self.core.clients.get(vg.client)
         failure: Rejected | None = None
         try:
-            if client is None or client.peer is None:
+            if client is None or not isinstance(client.peer, Session):  # the core's peers are our Sessions
                 raise PeerLost("device model gone")
             async with self._vgpu_inflight:
                 reply = await self.server.request(client.peer, m.VgpuCreate, vm=plan.vm, spec=vg.spec,
@@ -434,7 +434,7 @@ class VhmService(BaseService):
         """A call to a device model that must not block forever (gone or silent: logged, counted, False)."""
         assert self.core is not None and self.server is not None
         c = self.core.clients.get(client)
-        if c is None or c.peer is None:  # a detached one reconciles when it comes back
+        if c is None or not isinstance(c.peer, Session):  # detached (None): it reconciles when it comes back
             self.counters["dm_call_no_client"] += 1
             return False
         try:

@@ -44,7 +44,8 @@ def main() -> int:
         out: dict = {"target": target, "messages": n}
         gvt = None
         if target == "gvt":
-            gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint, *common], "gvt")
+            gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
+                         *common], "gvt")
             while not probe_sync(gvt.endpoint, timeout=1.0):
                 pass
         ep = {"vhm": vhm.endpoint, "pgpu": pgpu.endpoint, "gvt": gvt.endpoint if gvt else ""}[target]
@@ -56,7 +57,8 @@ def main() -> int:
                                          "server_counters", "mutations", "replies")}
         print(json.dumps({"event": "fuzz_done", **out}), file=sys.stderr, flush=True)  # the figures, whatever follows
         if gvt is None:
-            gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint, *common], "gvt")
+            gvt = start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", vhm.endpoint, "--pgpu", pgpu.endpoint,
+                         *common], "gvt")
             deadline = time.monotonic() + 120
             while not probe_sync(gvt.endpoint, timeout=1.0) and time.monotonic() < deadline:
                 pass

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gvtsim.orchestration import cli
 from gvtsim.orchestration.launcher import RunState
 from test_launcher import COMPOSE, gvtsim
 
@@ -118,8 +119,7 @@ def test_demo_headline_counts_the_vms_that_failed_to_boot() -> None:
     assert out["rtt_us_by_type"]["MMIO"]["n"] == out["ioreqs_by_type"]["MMIO"]  # from the histogram itself
 
 
-COMMANDS = ["vhm", "gvt", "pgpu", "guest", "ctl", "health", "demo", "bench", "up", "down", "status", "restart",
-            "trace", "top", "metrics", "chaos", "load"]
+COMMANDS = sorted(cli.COMMANDS)  # every subcommand, present and future
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -144,3 +144,14 @@ def test_load_refuses_an_unknown_type_and_an_impossible_chaos_plan_before_starti
     assert r.returncode == 2 and "foo" in r.stderr and "services: guest, gvt, pgpu, vhm" in r.stderr
     after = RunState.load(run)
     assert after.stacks == before.stacks and sorted(after.procs) == sorted(before.procs)  # nothing was added
+
+
+def test_chaos_kill_of_a_guest_that_comes_back_reports_it_recovered(run: str) -> None:
+    # (killing a guest once exited 1 with "error": "" although the guest had restarted)
+    r = gvtsim("chaos", "--run-dir", run, "--json", "kill", "guest", "--restart-after", "0.3")
+    rec = json.loads(r.stdout)
+    assert r.returncode == 0 and rec["recovered"] and rec["error"] == "", (rec, r.stderr)
+    assert rec["target"] == "s0/guest" and rec["new_pid"] != rec["old_pid"] and rec["ready_s"] is not None
+    r = gvtsim("chaos", "--run-dir", run, "kill", "guest", "--restart-after", "0.3")
+    assert r.returncode == 0 and "FAILED" not in r.stdout and "None" not in r.stdout, r.stdout + r.stderr
+    assert "ready in" in r.stdout and "stack serving in" in r.stdout

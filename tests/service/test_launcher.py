@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -91,8 +92,28 @@ def test_up_status_chaos_down(run_dir: str) -> None:
 
 def test_up_reports_a_service_that_cannot_start(run_dir: str, tmp_path) -> None:
     bad = tmp_path / "compose.yml"
-    bad.write_text("services:\n  broken:\n    command: [gvtsim, vhm, --bind, 'tcp://0.0.0.0:5555', --ram-max-run, '0']\n"
+    bad.write_text("services:\n  broken:\n"
+                   "    command: [gvtsim, vhm, --bind, 'tcp://0.0.0.0:5555', --ram-max-run, '0']\n"
                    "    healthcheck: {test: [CMD, gvtsim, health, 'tcp://127.0.0.1:5555'], interval: 1s}\n")
     r = gvtsim("up", "-f", str(bad), "--run-dir", run_dir, "--timeout", "10")
     assert r.returncode == 1 and "s0/broken exited during start-up" in r.stderr
     assert RunState.load(run_dir) is None  # what started was torn down
+
+
+def test_up_with_a_taken_port_says_so_in_one_line(run_dir: str, tmp_path) -> None:
+    with socket.socket() as held:  # something else holds the port vhm is told to bind
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        compose = tmp_path / "compose.yml"
+        endpoint = f"tcp://127.0.0.1:{port}"
+        compose.write_text("services:\n  vhm:\n"
+                           f"    command: [gvtsim, vhm, --bind, '{endpoint}']\n"
+                           f"    healthcheck: {{test: [CMD, gvtsim, health, '{endpoint}'], interval: 1s}}\n")
+        r = gvtsim("up", "-f", str(compose), "--run-dir", run_dir, "--port-offset", "0", "--timeout", "20")
+    # vhm exits with its error at once (it once hung in zmq_ctx_term on the unbound socket, and `up` could only
+    # say "not ready within 20 s"), and up says what to do, in one line without a traceback
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "s0/vhm exited during start-up" in r.stderr and "its port is taken" in r.stderr, r.stderr
+    assert "--port-offset auto" in r.stderr and "Traceback" not in r.stderr and "\\n" not in r.stderr
+    assert RunState.load(run_dir) is None

@@ -137,3 +137,35 @@ async def test_bad_input_gets_error_replies_and_counters(procs):
     finally:
         sock.close(0)
         ctx.destroy(0)
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_a_health_probe_is_logged_only_at_debug_level(level: str) -> None:
+    """Every `gvtsim health` opens and closes a session: at info level that must not log a peer_hello /
+    peer_lost pair per probe (a healthcheck every second would flood the log); at debug level it does."""
+    import json
+    import os
+    import uuid
+
+    path = f"/dev/shm/gvtsim-test-probelog-{uuid.uuid4().hex[:12]}.mem"
+    proc = ServiceProc(["pgpu", "--bind", "tcp://127.0.0.1:*", "--mem-path", path, "--create-mem",
+                        "--mem-size-mb", "64", "--gm-mb", "256", "--aperture-mb", "64", "--log-level", level])
+    try:
+        proc.start()
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "health", proc.endpoint],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+        assert proc.terminate() == 0  # its log is complete once it has exited
+        with open(proc.stderr_path) as f:
+            events = [json.loads(line) for line in f if line.startswith("{")]
+        probes = [e for e in events if e.get("event") in ("peer_hello", "peer_lost") and e.get("peer_role") == "probe"]
+        if level == "info":
+            assert probes == [], probes
+            assert any(e.get("event") == "ready" for e in events)  # the log itself is there
+        else:
+            assert [e["event"] for e in probes].count("peer_hello") == 2, probes
+    finally:
+        proc.stop()
+        if os.path.exists(path):
+            os.unlink(path)

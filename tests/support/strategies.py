@@ -1,61 +1,20 @@
 """Hypothesis strategies derived from the message schemas themselves (msgspec.inspect), so every message
-type, present and future, is generated from its declared field types and bounds."""
+type, present and future, is generated from its declared field types and bounds.
+
+The strategies are the package's own (``gvtsim fuzz`` draws from the same ones, orchestration/fuzzgen.py):
+one definition, biased to the ends of every range. This module adds what only the tests need: values that
+violate a field type."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 import msgspec.inspect as mi
-from hypothesis import strategies as st
 
-U64_MAX = 2**64 - 1
-I64_MIN = -(2**63)
+from gvtsim.orchestration.fuzzgen import for_type
+from gvtsim.orchestration.fuzzgen import strategy as for_struct
 
-
-def for_type(t: mi.Type) -> st.SearchStrategy[Any]:
-    """A strategy producing valid values of a msgspec type description."""
-    if isinstance(t, mi.IntType):
-        lo = t.ge if t.ge is not None else (t.gt + 1 if t.gt is not None else I64_MIN)
-        hi = t.le if t.le is not None else (t.lt - 1 if t.lt is not None else U64_MAX)
-        return st.integers(lo, hi)
-    if isinstance(t, mi.BoolType):
-        return st.booleans()
-    if isinstance(t, mi.StrType):
-        return st.text(min_size=t.min_length or 0, max_size=min(t.max_length or 20, 20))
-    if isinstance(t, mi.BytesType):
-        return st.binary(min_size=t.min_length or 0, max_size=min(t.max_length or 64, 64))
-    if isinstance(t, mi.LiteralType):
-        return st.sampled_from(t.values)
-    if isinstance(t, mi.ListType):
-        lo = t.min_length or 0
-        hi = max(lo, 4) if t.max_length is None else min(max(lo, 4), t.max_length)
-        return st.lists(for_type(t.item_type), min_size=lo, max_size=hi)
-    if isinstance(t, mi.TupleType):
-        return st.tuples(*(for_type(x) for x in t.item_types))
-    if isinstance(t, mi.DictType):
-        return st.dictionaries(for_type(t.key_type), for_type(t.value_type), max_size=3)
-    if isinstance(t, mi.UnionType):
-        return st.one_of(*(for_type(x) for x in t.types))
-    if isinstance(t, mi.NoneType):
-        return st.none()
-    if isinstance(t, mi.AnyType):
-        return st.one_of(st.integers(0, 1000), st.text(max_size=8), st.booleans())
-    if isinstance(t, mi.StructType):
-        return for_struct(t.cls)
-    raise NotImplementedError(f"no strategy for {t!r}")
-
-
-def for_struct(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
-    """A strategy producing valid instances of a message/struct class."""
-    info = mi.type_info(cls)
-    assert isinstance(info, mi.StructType)
-    fields = {}
-    for f in info.fields:
-        s = for_type(f.type)
-        fields[f.name] = s if f.required else st.one_of(st.just(msgspec.UNSET), s)
-    return st.fixed_dictionaries(fields).map(
-        lambda kw: cls(**{k: v for k, v in kw.items() if v is not msgspec.UNSET}))
+__all__ = ["for_type", "for_struct", "bad_value_for", "object_not_in"]
 
 
 def bad_value_for(t: mi.Type) -> list[Any]:

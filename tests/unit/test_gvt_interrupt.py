@@ -1,4 +1,5 @@
-"""Conformance: virtual interrupts, master IRQ, IIR semantics and MSI gating (gvt/interrupt.c, gvt/hypercall.h, ACRN gvt/acrngt.c)."""
+"""Conformance: virtual interrupts, master IRQ, IIR semantics and MSI gating (gvt/interrupt.c, gvt/hypercall.h,
+ACRN gvt/acrngt.c)."""
 
 from __future__ import annotations
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given as _given
+from hypothesis import settings as _settings
+from hypothesis import strategies as _st
 from test_gvt_fixtures import create, make_gvt, masked, program_bar0, rd, wr
 
 from gvtsim.services.gvt import engines as eng
 from gvtsim.services.gvt import interrupt as irq
 from gvtsim.services.gvt.effects import InjectMsi, PgpuMmioWrite
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO, F, MmioTable, Reg, default_regs
+from gvtsim.services.gvt.mmio import GEN8_MMIO_RESET_OFFSET, MMIO_SIZE, MmioState
 from gvtsim.services.gvt.vgpu import FailsafeReason
 
 UNTRACKED = 0x1234_0  # inside the 2 MB, no handler
@@ -160,17 +164,12 @@ def test_table_is_declarative_and_extensible() -> None:
 
 
 # ------------------------------------------------------------------------ compact vreg (copy-on-write)
-from hypothesis import given as _given
-from hypothesis import settings as _settings
-from hypothesis import strategies as _st
-
-from gvtsim.services.gvt.mmio import GEN8_MMIO_RESET_OFFSET, MMIO_SIZE, MmioState
-
 _SNAPSHOT = bytes(range(256)) * (MMIO_SIZE // 256)
 
 
 @_given(_st.lists(_st.one_of(
-    _st.tuples(_st.just("w"), _st.integers(0, MMIO_SIZE - 8), _st.sampled_from([1, 2, 4, 8]), _st.integers(0, 2**64 - 1)),
+    _st.tuples(_st.just("w"), _st.integers(0, MMIO_SIZE - 8), _st.sampled_from([1, 2, 4, 8]),
+               _st.integers(0, 2**64 - 1)),
     _st.tuples(_st.just("gt"), _st.just(0), _st.just(0), _st.just(0)),
     _st.tuples(_st.just("dmlr"), _st.just(0), _st.just(0), _st.just(0))), max_size=40))
 @_settings(deadline=None, max_examples=60)

@@ -1,5 +1,6 @@
 """PPGTT shadowing around the edges: a hostile PTE, the mm and SPT lifecycle, sharing, failsafe, resets,
-running out of frames (gvt/gtt.c, gvt/page_track.c, gvt/vgpu.c). Real memory, EPTs and guests (test_gvt_ppgtt_fixtures)."""
+running out of frames (gvt/gtt.c, gvt/page_track.c, gvt/vgpu.c). Real memory, EPTs and guests
+(test_gvt_ppgtt_fixtures)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The guest driver's PPGTT context against the real GVT core (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c, gvt/page_track.c): gen8_ppgtt_notify_vgt
-through PVINFO, the context image's PDPs, the descriptor's addressing mode, and the teardown."""
+"""The guest driver's PPGTT context against the real GVT core (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt, gvt/gtt.c,
+gvt/page_track.c): gen8_ppgtt_notify_vgt through PVINFO, the context image's PDPs, the descriptor's addressing mode,
+and the teardown."""
 
 from __future__ import annotations
 

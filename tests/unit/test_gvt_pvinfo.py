@@ -1,4 +1,5 @@
-"""Conformance: the PVINFO page, g2v notifications and the read-PVINFO-first rule (i915_pvinfo.h, i915_vgpu.c, gvt/vgpu.c)."""
+"""Conformance: the PVINFO page, g2v notifications and the read-PVINFO-first rule (i915_pvinfo.h, i915_vgpu.c,
+gvt/vgpu.c)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Conformance: vGPU types, GM partitioning with the host reserve, available instances (gvt/gtt.c, gvt/aperture_gm.c)."""
+"""Conformance: vGPU types, GM partitioning with the host reserve, available instances (gvt/gtt.c,
+gvt/aperture_gm.c)."""
 
 from __future__ import annotations
 
@@ -158,9 +159,9 @@ def test_partition_invariants(aperture: int, fences: int, ops: list[tuple[bool, 
             gm.free(held.pop(which % len(held)))
         lows = sorted((r.low_base, r.low_base + r.low_size) for r in held)
         highs = sorted((r.high_base, r.high_base + r.high_size) for r in held)
-        for (a0, a1), (b0, b1) in zip(lows, lows[1:]):
+        for (_, a1), (b0, _) in zip(lows, lows[1:]):
             assert a1 <= b0
-        for (a0, a1), (b0, b1) in zip(highs, highs[1:]):
+        for (_, a1), (b0, _) in zip(highs, highs[1:]):
             assert a1 <= b0
         assert all(HOST_LOW_GM_SIZE <= s and e <= gpu.aperture_size for s, e in lows)
         assert all(gpu.aperture_size + HOST_HIGH_GM_SIZE <= s and e <= gpu.gm_size for s, e in highs)
