@@ -27,5 +27,6 @@ def swarm_manager() -> None:
         r = docker("info", "-f", "{{.Swarm.ControlAvailable}}")
         if r.returncode == 0 and r.stdout.strip() == "true":
             return None
-        return f"no swarm manager at DOCKER_HOST={os.environ.get('DOCKER_HOST')}: {r.stderr.strip() or r.stdout.strip()}"
+        why = r.stderr.strip() or r.stdout.strip()
+        return f"no swarm manager at DOCKER_HOST={os.environ.get('DOCKER_HOST')}: {why}"
     TIER.require(check)

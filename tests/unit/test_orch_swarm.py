@@ -173,7 +173,8 @@ def test_ports_are_published_in_host_mode_and_loopback_only_ports_are_left_out(d
         {"target": 5, "protocol": "tcp", "mode": "host", "published": 6}]
 
 
-def test_free_slots_take_each_stacks_profile_default_type_when_no_type_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_free_slots_take_each_stacks_profile_default_type_when_no_type_is_given(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # `load --swarm` without --vgpu-type counted the slots of type None (always 0) and refused every load
     from gvtsim.orchestration import swarmload
     from gvtsim.orchestration.swarm import SwarmStack
