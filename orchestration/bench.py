@@ -106,8 +106,8 @@ def bench_e2e(n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
-        from . import bench_e2e
-        return bench_e2e.main(argv[1:])
+        from . import bench_e2e as e2e_topology  # not "bench_e2e": that would shadow the section below in main
+        return e2e_topology.main(argv[1:])
     p = argparse.ArgumentParser(prog="gvtsim bench", description=__doc__, formatter_class=UserHelpFormatter,
                                 epilog="gvtsim bench e2e --help: the guest MMIO round trip through the real "
                                        "topology against a raw relay")
