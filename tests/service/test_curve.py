@@ -114,9 +114,10 @@ def test_insecure_runs_without_keys_and_says_so_loudly(tmp_path) -> None:
             os.unlink(mem)
 
 
-#: how the intruder dials -> the reason the server's socket monitor reports for its failed handshake
-HANDSHAKE_REASONS = {"wrong_server_key": "zmtp_cryptographic", "plain": "zmtp_mechanism_mismatch",
-                     "foreign_key": "auth_400"}
+#: how the intruder dials -> the reasons the server's socket monitor may report for its failed handshake (a plain
+#: client that reads the server's CURVE greeting first may hang up before the server reads its own: no detail)
+HANDSHAKE_REASONS = {"wrong_server_key": ("zmtp_cryptographic",), "plain": ("zmtp_mechanism_mismatch", "no_detail"),
+                     "foreign_key": ("auth_400",)}
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -130,7 +131,7 @@ def test_a_failed_handshake_is_counted_by_reason(stack, service: str, how: str) 
     ep = _eps(stack)[service]
     admin = RawPeer(ep, service, key="ctl")
     assert isinstance(admin.hello("ctl" if service != "vhm" else "probe"), m.HelloAck)
-    name = f"curve_handshake_failed_{HANDSHAKE_REASONS[how]}"
+    names = [f"curve_handshake_failed_{r}" for r in HANDSHAKE_REASONS[how]]
     before = admin.status().counters
     if how == "wrong_server_key":
         other = next(s for s in SERVICES if s != service)
@@ -143,11 +144,12 @@ def test_a_failed_handshake_is_counted_by_reason(stack, service: str, how: str) 
         deadline = time.monotonic() + 10  # the monitor event is counted on the server's loop, soon after
         while True:
             after = admin.status().counters
-            if after.get(name, 0) > before.get(name, 0) or time.monotonic() > deadline:
+            grew = [n for n in names if after.get(n, 0) > before.get(n, 0)]
+            if grew or time.monotonic() > deadline:
                 break
     finally:
         intruder.close()
-    assert after.get(name, 0) > before.get(name, 0), {k: v for k, v in after.items() if "curve" in k}
+    assert grew, {k: v for k, v in after.items() if "curve" in k}
     assert after["curve_handshake_failed"] > before.get("curve_handshake_failed", 0)
     assert after.get("hellos", 0) == before.get("hellos", 0)  # it never reached the session layer
     admin.close()
