@@ -13,7 +13,11 @@ Each is measured with 1 vCPU synchronous (p50, p99 of single round trips) and wi
 as many clients) each keeping one request outstanding (throughput, p50, p99). The figures are medians over
 the rounds, with the ratios topology/relay. Then the idle CPU of each service over 10 s (psutil).
 
-    gvtsim bench e2e [--rounds 3] [--vms 6 --vcpus 4] [--seconds 2] [--json]
+The topology runs with CURVE on every socket, as it always does; ``--insecure`` measures it with CURVE off
+(the relay baseline is plain ZeroMQ either way), so two runs give the cost of CURVE. ``gvtsim bench --only
+e2e`` alternates the two in one run.
+
+    gvtsim bench e2e [--rounds 3] [--vms 6 --vcpus 4] [--seconds 2] [--insecure] [--json]
 """
 
 from __future__ import annotations
@@ -332,7 +336,7 @@ def run(rounds: int, vms: int, vcpus: int, seconds: float, sync_n: int, idle_s: 
                 f"topology {tc['per_s']:.0f}/s ({tc['per_s'] / rc['per_s']:.2f}x)")
         med = {k: {f: statistics.median(x[f] for x in v) for f in v[0]} for k, v in per.items()}
         result: dict[str, Any] = {
-            "rounds": rounds, "concurrent_vcpus": n, "median": med,
+            "rounds": rounds, "concurrent_vcpus": n, "median": med, "curve": curve.enabled(),
             "ratio_sync_p50": med["topo_sync"]["p50_us"] / med["relay_sync"]["p50_us"],
             "ratio_sync_p99": med["topo_sync"]["p99_us"] / med["relay_sync"]["p99_us"],
             "ratio_conc_throughput": med["topo_conc"]["per_s"] / med["relay_conc"]["per_s"],
@@ -355,7 +359,8 @@ def run(rounds: int, vms: int, vcpus: int, seconds: float, sync_n: int, idle_s: 
 
 def report(res: dict[str, Any]) -> str:
     med = res["median"]
-    lines = [f"medians of {res['rounds']} alternating rounds", "",
+    on = "CURVE on" if res.get("curve", True) else "CURVE off (--insecure)"
+    lines = [f"medians of {res['rounds']} alternating rounds, topology with {on}, relay plain", "",
              f"{'':26}{'p50 us':>10}{'p99 us':>10}{'per s':>10}"]
     for key, label in (("relay_sync", "relay, 1 client sync"), ("topo_sync", "topology, 1 vCPU sync"),
                        ("relay_conc", f"relay, {res['concurrent_vcpus']} clients"),
@@ -398,8 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood", action="store_true",
                    help="instead: a well-behaved VM's MMIO p50/p99 before and during a flood (20k messages in "
                         "10 s at each service, 64 VMs booting at once)")
+    p.add_argument("--insecure", action="store_true",
+                   help="run the topology with CURVE off (to measure what CURVE costs against a run without)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    if args.insecure:  # the stack's processes and this one's clients, both (hoststack.py reads the variable)
+        os.environ[curve.ENV_INSECURE] = "1"
+        curve.configure(insecure=True)
     if args.flood:
         return _flood_main(args)
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))

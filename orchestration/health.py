@@ -106,10 +106,11 @@ class _Quiet:
 _quiet = _Quiet()
 
 
-def probe_sync(endpoint: str, timeout: float = 2.0, want_reply: bool = False) -> Any:
-    """Blocking probe for synchronous callers: True/False for readiness, or the reply (None on failure)."""
+def probe_sync(endpoint: str, timeout: float = 2.0, want_reply: bool = False, server: str | None = None) -> Any:
+    """Blocking probe for synchronous callers: True/False for readiness, or the reply (None on failure).
+    ``server`` names the server's key (see :func:`probe`)."""
     try:
-        reply = asyncio.run(probe(endpoint, timeout))
+        reply = asyncio.run(probe(endpoint, timeout, server=server))
     except Exception:
         return None if want_reply else False
     return reply if want_reply else reply.ready
@@ -134,10 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gvtsim health", description=__doc__, formatter_class=UserHelpFormatter)
     p.add_argument("endpoint", help="e.g. tcp://127.0.0.1:5555 (vhm), :5556 (gvt), :5557 (pgpu)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer [2]")
+    p.add_argument("--server", choices=list(SERVER_KEYS), default=None,
+                   help="which service it is (its CURVE key); without it every server key is tried at once and "
+                        "the service counts the wrong ones as failed handshakes (curve_handshake_failed)")
     p.add_argument("--json", action="store_true", help="print the STATUS reply as JSON")
     args = p.parse_args(argv)
     try:
-        reply = asyncio.run(probe(args.endpoint, args.timeout))
+        reply = asyncio.run(probe(args.endpoint, args.timeout, server=args.server))
     except Exception as err:
         print(f"unhealthy: {args.endpoint}: {explain(err, args.endpoint, args.timeout)}", file=sys.stderr)
         return 1

@@ -60,7 +60,7 @@ class HostStack:
         self.gvt = self._start(["gvt", "--bind", "tcp://127.0.0.1:*", "--vhm", self.vhm.endpoint, "--pgpu",
                                 self.pgpu.endpoint, *profile, *self.gvt_args, *self.common], "gvt")
         deadline = time.monotonic() + ready_timeout
-        while not probe_sync(self.gvt.endpoint, timeout=0.5):  # ready = both peers connected and set up
+        while not probe_sync(self.gvt.endpoint, timeout=0.5, server="gvt"):  # ready = both peers connected and set up
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gvt not ready: {self.gvt.tail()}")
         return self
@@ -97,7 +97,7 @@ class HostStack:
 
     def gvt_status(self):  # -> m.StatusReply | None
         """gvt's STATUS reply (counters and info), or None if it does not answer."""
-        return probe_sync(self.gvt.endpoint, timeout=2.0, want_reply=True)
+        return probe_sync(self.gvt.endpoint, timeout=2.0, want_reply=True, server="gvt")
 
     def stop(self, graceful: bool = False) -> None:
         """End every process (SIGTERM with ``graceful``, else SIGKILL) and remove the memory file."""

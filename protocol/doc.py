@@ -45,6 +45,9 @@ run a ZAP handler (RFC 27, domain `gvtsim`) that admits only the topology's publ
 never completes the handshake and gets nothing back; the refusal is counted (`curve_denied`). A key may say
 `HELLO` only as the roles it is bound to (`vhm`, `gvt`, `pgpu`, `guest`: their own; `ctl`: `ctl` or
 `probe`; `probe`: `probe`); any other `HELLO` gets `ERROR unexpected` and is counted (`curve_role_refused`).
+Every failed handshake, seen by the server's socket monitor, is counted by reason: `curve_handshake_failed`
+and `curve_handshake_failed_REASON`, REASON `zmtp_cryptographic` (a client that dialled with the wrong server
+key), `zmtp_mechanism_mismatch` (no CURVE at all), `auth_400` (a key the ZAP handler refused).
 `--insecure` (or `GVTSIM_INSECURE=1`) turns CURVE off for debugging; every process says so in its log.
 
 ## Encoding

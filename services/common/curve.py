@@ -9,7 +9,10 @@ The topology has one CURVE keypair per service and per client role (:data:`KEY_N
   pyzmq's ``ThreadAuthenticator`` in its own thread, so a busy event loop never stalls a handshake) admits
   only the topology's public keys and names the peer by its key (the ZAP User-Id). A peer without a
   topology key never completes the handshake: it gets nothing back, and the refusal is counted
-  (``curve_denied``).
+  (``curve_denied``). A peer that fails the handshake before ZAP is asked (it dialled with the wrong server
+  key, so its HELLO does not decrypt; or it speaks no CURVE at all) is seen by the server's socket monitor
+  and counted by reason: ``curve_handshake_failed`` and ``curve_handshake_failed_REASON``
+  (:func:`handshake_failure`).
 * A client socket (DEALER) is a CURVE client with its role's key and the server's public key.
 * After the handshake the session layer checks that the role claimed in HELLO is one the key is bound to
   (:data:`KEY_ROLES`): a guest key cannot HELLO as ``ctl`` or ``gvt``.
@@ -278,6 +281,30 @@ def peer_key(frame: Any) -> str | None:
         return frame.get("User-Id")
     except (zmq.ZMQError, AttributeError):
         return None
+
+
+#: the socket monitor events of a failed handshake (libzmq zmq_socket_monitor: HANDSHAKE_FAILED_*)
+HANDSHAKE_FAILED_EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                           | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_PROTOCOL_ERRORS = {getattr(zmq, n): n.removeprefix("PROTOCOL_ERROR_").lower()
+                    for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
+
+
+def handshake_failure(event: dict[str, Any]) -> str | None:
+    """The reason of a failed handshake from a socket monitor event (None for any other event).
+
+    libzmq reports HANDSHAKE_FAILED_PROTOCOL with a ZMTP protocol error as its value: a client with the wrong
+    server key is ``zmtp_cryptographic`` (the server cannot open its HELLO box), a plain client at a CURVE
+    server ``zmtp_mechanism_mismatch``; HANDSHAKE_FAILED_AUTH carries the ZAP status code (``auth_400``:
+    the key is not the topology's); HANDSHAKE_FAILED_NO_DETAIL an errno (``no_detail``)."""
+    kind, value = event.get("event"), event.get("value", 0)
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return _PROTOCOL_ERRORS.get(value, f"protocol_{value:#x}")
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return f"auth_{value}"
+    if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return "no_detail"
+    return None
 
 
 def may_claim(key_name: str | None, role: str) -> bool:

@@ -116,7 +116,7 @@ class RouterServer:
             raise
         self.sock = sock
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED)
+        self.reactor.attach(self.sock, zmq.EVENT_DISCONNECTED | curve.HANDSHAKE_FAILED_EVENTS)
         self.reactor.start()
         return self.endpoint
 
@@ -227,6 +227,15 @@ class RouterServer:
         await self._handle(self.core.timers(now))
 
     async def _on_monitor(self, event: Mapping[str, Any]) -> None:
+        failed = curve.handshake_failure(event)
+        if failed is not None:  # wrong server key, no CURVE, or a key ZAP refused: counted by reason
+            self.counters["curve_handshake_failed"] += 1
+            self.counters[f"curve_handshake_failed_{failed}"] += 1
+            if self.counters["curve_handshake_failed"] <= 100:  # a flood of them is counted, not logged
+                ep = event.get("endpoint", b"")
+                self.log.warning("curve_handshake_failed", reason=failed,
+                                 endpoint=ep.decode(errors="replace") if isinstance(ep, bytes) else str(ep))
+            return
         if event.get("event") == zmq.EVENT_DISCONNECTED:
             self.counters["transport_disconnects"] += 1
             now = time.monotonic()

@@ -42,6 +42,15 @@ class Integrity:
             await self.ctx.ppgtt.map(CANARY_VA + i * PAGE_SIZE, self.bo.gpa + i * PAGE_SIZE)
         return await self.snapshot()
 
+    def targets(self) -> dict[str, int]:
+        """Where the canary and this VM's rcs context live (graphics addresses, the first canary machine
+        frame): what an attacker would aim at, handed to the hostile guests of the malicious-guest suite."""
+        assert self.bo is not None
+        e = self.drv.engines.get("rcs") or next(iter(self.drv.engines.values()))
+        t = self.drv.machine.ept.translate(self.bo.gpa >> PAGE_SHIFT)
+        return {"canary_gm": self.bo.gm, "canary_mfn": t[0] if t else 0,
+                "ctx_gm": e.context.gm if e.context else 0, "ring_gm": e.ring.gm if e.ring else 0}
+
     async def snapshot(self) -> dict[str, str]:
         """SHA-256 of the RAM, GGTT and PPGTT views of the canary."""
         assert self.bo is not None and self.ctx is not None and self.drv.gem is not None

@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hostile", default=env("HOSTILE", ""), choices=["", *sorted(ATTACKS)],
                    help="after boot, try one attack on GVT (hostile.py) and report it as a 'hostile' event "
                         "[GVTSIM_HOSTILE]")
+    p.add_argument("--hostile-target", default=env("HOSTILE_TARGET", ""),
+                   help="what the attack aims at, as JSON: another VM's canary_gm, canary_mfn, ctx_gm, ring_gm "
+                        "(the victim's integrity_before targets); default: addresses outside its own slices "
+                        "[GVTSIM_HOSTILE_TARGET]")
     p.add_argument("--integrity", action="store_true", default=env("INTEGRITY", "") in ("1", "true", "yes"),
                    help="keep canary pages and checksum their RAM, GGTT and PPGTT views before and after the "
                         "workloads (events integrity_before / integrity_after) [GVTSIM_INTEGRITY]")

@@ -352,9 +352,12 @@ class GuestService(BaseService):
         integrity = None
         if getattr(self.args, "integrity", False):  # integrity.py: canary views, checked after the workloads
             integrity = Integrity(vm.driver, seed=vm.vm_id)
-            emit(event="integrity_before", vm=vm.vm_id, name=vm.name, **await integrity.setup())
+            views = await integrity.setup()
+            emit(event="integrity_before", vm=vm.vm_id, name=vm.name, **views, targets=integrity.targets())
         if getattr(self.args, "hostile", ""):  # hostile.py: one attack after boot, reported as an event
-            emit(event="hostile", vm=vm.vm_id, name=vm.name, **await hostile.attack(self.args.hostile, vm.driver))
+            target = hostile.parse_target(getattr(self.args, "hostile_target", ""))
+            outcome = await hostile.attack(self.args.hostile, vm.driver, target)
+            emit(event="hostile", vm=vm.vm_id, name=vm.name, **outcome)
         engines = list(vm.driver.engines)
         t_run = time.monotonic()
         try:

@@ -255,6 +255,20 @@ class Parser:
             done += 1
 
     # ------------------------------------------------------------------------------- output
+    def guest_bytes(self) -> list[tuple[int, bytes]]:
+        """The guest's bytes of every scanned batch as they were read for the scan: (graphics address,
+        bytes), the original dwords before any patch."""
+        out = []
+        for seg in self.segments:
+            gm, n, data = seg.gm, 4 * len(seg.data), bytearray()
+            while n:
+                page = gm & ~(PAGE_SIZE - 1)
+                k = min(n, PAGE_SIZE - (gm - page))
+                data += self._pages[page][gm - page:gm - page + k]
+                gm, n = gm + k, n - k
+            out.append((seg.gm, bytes(data)))
+        return out
+
     def shadow_size(self) -> int:
         """Bytes of the shadow batch image (each segment 8-byte aligned)."""
         return sum((4 * len(s.data) + 7) & ~7 for s in self.segments)

@@ -123,6 +123,9 @@ class Workload:
     pv: bool = False  # submitted through the PV shared page (no execlist emulation)
     pv_seq: int | None = None  # the slot's submit_seq, on the last element of a PV submission
     wa: WaCtx | None = None  # the render context's workaround batches (rcs only)
+    # the guest's ring and batch bytes as scanned (graphics address, bytes): checked again at completion to
+    # count a guest that changed them after the scan (the GPU ran the shadow copies all the same)
+    scanned: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def ctx_id(self) -> int:
@@ -246,9 +249,11 @@ class Scheduler:
         from .errors import EmulationError
 
         if not desc_valid(pair[0]):
+            self.gvt.counters["elsp_refused_element0_invalid"] += 1
             raise EmulationError("ELSP submission with element 0 invalid")
         for d in pair:
             if desc_valid(d) and not d & DESC_PRIVILEGE:
+                self.gvt.counters["elsp_refused_unprivileged"] += 1
                 raise EmulationError("unexpected GGTT elsp submission (privilege_access = 0)")
         engine = el.engine.name
         if engine not in PHYSICAL_ENGINES:
@@ -298,7 +303,11 @@ class Scheduler:
                 emulate_schedule_in: bool) -> Workload:
         """intel_vgpu_create_workload: read head/tail/start/ctl from the guest ring context."""
         lrca = desc & 0xFFFF_F000
-        ctx_gpa = self._gm_to_gpa(vgpu, lrca + PAGE_SIZE) & ~(PAGE_SIZE - 1)
+        try:  # intel_vgpu_create_workload: "invalid guest context LRCA" outside the vGPU's GGTT range
+            ctx_gpa = self._gm_to_gpa(vgpu, lrca + PAGE_SIZE) & ~(PAGE_SIZE - 1)
+        except WorkloadError:
+            self.gvt.counters["workload_create_failed_lrca"] += 1
+            raise
         head = self._u32(vgpu, ctx_gpa + CTX_RING_HEAD) & RB_HEAD_MASK
         tail = self._u32(vgpu, ctx_gpa + CTX_RING_TAIL) & RB_TAIL_MASK
         start = self._u32(vgpu, ctx_gpa + CTX_RB_START) & 0xFFFF_F000
@@ -309,15 +318,21 @@ class Scheduler:
             head = queue[-1].tail  # the guest's head may be stale: continue after the queued one
         if head >= size or tail >= size:
             raise WorkloadError(f"ring head {head:#x} / tail {tail:#x} outside the {size:#x}-byte ring")
-        if tail >= head:
-            ring = self._read_gm(vgpu, start + head, tail - head)
-        else:
-            ring = self._read_gm(vgpu, start + head, size - head) + self._read_gm(vgpu, start, tail)
+        try:  # the ring is read through the vGPU's own GGTT view (gvt/scheduler.c copy_workload_to_ring_buffer)
+            if tail >= head:
+                pieces = [(start + head, self._read_gm(vgpu, start + head, tail - head))]
+            else:
+                pieces = [(start + head, self._read_gm(vgpu, start + head, size - head)),
+                          (start, self._read_gm(vgpu, start, tail))]
+        except WorkloadError:
+            self.gvt.counters["workload_create_failed_ring"] += 1
+            raise
+        ring = b"".join(data for _gm, data in pieces)
         if len(ring) > (SHADOW_RING_PAGES - 1) * PAGE_SIZE:
             raise WorkloadError(f"{len(ring)} bytes of ring: larger than the shadow ring")
         pdps = tuple(self._u32(vgpu, ctx_gpa + off) for off in CTX_PDP_VALUES)
         w = Workload(next(self._ids), vgpu, engine, desc, pair, emulate_schedule_in, ctx_gpa, head, tail,
-                     ring, pdps)
+                     ring, pdps, scanned=[p for p in pieces if p[1]])
         if engine == "rcs":
             w.wa = self._wa_ctx(vgpu, ctx_gpa)
         self._scan(w)  # scanned and shadowed at creation: the GPU runs the bytes that were checked
@@ -437,6 +452,7 @@ class Scheduler:
         size = sum(regions)
         base = self._alloc_shadow_bb(w, size) if size else 0
         ring, image = p.layout(base)
+        w.scanned += p.guest_bytes()
         buf = bytearray(size)
         buf[:len(image)] = image
         if wa is not None:
@@ -741,6 +757,7 @@ class Scheduler:
         vgpu.workloads_ended["completed"] += 1
         if vgpu.id not in self.gvt.vgpus:  # destroyed meanwhile
             return
+        self._check_scanned(w)
         ctx = w.ring_ctx_gpa
         self._update_guest_context(w)
         ts = self._u32(vgpu, ctx + CTX_TIMESTAMP)
@@ -756,6 +773,20 @@ class Scheduler:
         nxt_same = same_context(q[0].desc, w.desc) if q else False
         vgpu.submission.execlists[w.engine].schedule_out(w.desc, nxt_same)
         self.gvt.counters["workloads_completed"] += 1
+
+    def _check_scanned(self, w: Workload) -> None:
+        """Count a workload whose ring or batch bytes the guest changed after the scan (from the CPU, or by the
+        GPU writing its own commands): a self-modifying or racing guest. What ran was the shadow copy
+        (cmd_parser.c perform_bb_shadow, scheduler.c copy_workload_to_ring_buffer), so nothing else follows."""
+        for gm, data in w.scanned:
+            try:
+                now = self._read_gm(w.vgpu, gm, len(data))
+            except WorkloadError:
+                now = b""
+            if now != data:
+                self.gvt.counters["shadow_guest_modified"] += 1
+                self.gvt.log.info("shadow_guest_modified", vgpu=w.vgpu.id, vm=w.vgpu.vm, engine=w.engine, gm=hex(gm))
+                return
 
     def _update_guest_context(self, w: Workload) -> None:
         """update_guest_context: the ring-context page past ``struct execlist_ring_context`` (the register

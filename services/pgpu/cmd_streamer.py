@@ -5,6 +5,12 @@
   calls a second-level batch (whose BB_END returns to the first level); without bit 22 it chains (jumps, no
   return). A second-level start from the ring, or from a second-level batch, is refused (gvt/cmd_parser.c).
   Bit 8 puts the batch in the PPGTT, else in the GGTT.
+* A PPGTT batch of a context that has a PPGTT is non-privileged (gvt does not scan it: cmd_parser.c
+  batch_buffer_needs_scan), and so is every batch it starts. The hardware no-ops privileged commands in
+  such a batch (i915_cmd_parser.c: "the hardware will noop these commands in unsecure batches"): here a
+  register load (MI_LOAD_REGISTER_IMM) and any GGTT access (the Use Global GTT bit of MI_STORE_DATA_IMM,
+  MI_STORE_REGISTER_MEM, MI_FLUSH_DW and PIPE_CONTROL post-sync writes) are skipped, and a batch start from
+  it stays in the PPGTT whatever its address-space bit says; each is counted by reason (``refused``).
 * Every command costs simulated time (timing.py). The watchdog stops a context whose simulated time or
   command count passes its limit (an endless batch loop): status HANG.
 * Execution is resumable: :meth:`Streamer.run` executes at most ``budget`` commands, so the shell can
@@ -13,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,7 +48,16 @@ class Frame:
     dma: Dma
     gma: int
     level: int
+    privileged: bool = True  # False: a PPGTT batch of a context with a PPGTT, or a batch it started
     end: int | None = None  # a buffer of fixed length (the indirect-ctx buffer) ends here, not by BB_END
+
+
+class Nooped(Exception):
+    """A privileged command in a non-privileged batch: the hardware skips it (see the module docstring)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class Streamer:
         self.commands = 0
         self.notifies: list[tuple[float, str]] = []  # (simulated ns into the run, why)
         self.counts: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()  # privileged commands skipped in non-privileged batches, by reason
         self.result: StreamResult | None = None
         self._cost = {c.name: timing.command(c.name) for c in COMMANDS}
         self._restore: list[Frame] = []  # workaround batches run at context restore, before the ring
@@ -95,23 +112,34 @@ class Streamer:
         if per_ctx is not None:
             self._restore.append(Frame(self.ggtt_dma, per_ctx, 1))
         if indirect is not None:
-            self._restore.append(Frame(self.ggtt_dma, indirect[0], 1, indirect[0] + indirect[1]))
+            self._restore.append(Frame(self.ggtt_dma, indirect[0], 1, end=indirect[0] + indirect[1]))
 
     # --------------------------------------------------------------------------------- Exec protocol
+    def _privileged(self) -> bool:
+        return not self.stack or self.stack[-1].privileged
+
     def space(self, ggtt: bool) -> Dma:
-        """The GGTT, or the context's PPGTT."""
+        """The GGTT, or the context's PPGTT. Raises Nooped for a GGTT access from a non-privileged batch."""
+        if ggtt and not self._privileged():
+            raise Nooped("nonpriv_ggtt_access")
         return self.ggtt_dma if ggtt else self.ppgtt_dma
 
     def batch_start(self, gma: int, ppgtt: bool, second_level: bool) -> None:
+        privileged = self._privileged()
+        if not ppgtt and not privileged:  # a non-privileged batch cannot start a privileged (GGTT) one
+            self.refused["nonpriv_ggtt_batch_start"] += 1
+            ppgtt = True
         dma = self.ppgtt_dma if ppgtt else self.ggtt_dma
+        # aliasing PPGTT (no PPGTT roots): "PPGTT" batches are GGTT ones, scanned and shadowed by gvt
+        privileged = privileged and not (ppgtt and self.ppgtt_dma is not self.ggtt_dma)
         level = sum(1 for f in self.stack if f.end is None)  # the indirect-ctx buffer starts batches as a ring
         if second_level and level != 1:
             where = "the ring" if level == 0 else "a second-level batch"
             raise CommandError(CtxStatus.BAD_COMMAND, f"second-level MI_BATCH_BUFFER_START from {where}")
         if level == 0 or second_level:
-            self.stack.append(Frame(dma, gma, level + 1))
+            self.stack.append(Frame(dma, gma, level + 1, privileged))
         else:  # chained: jump, keep the level (and the return point of the level below)
-            self.stack[-1] = Frame(dma, gma, level)
+            self.stack[-1] = Frame(dma, gma, level, privileged)
 
     def batch_end(self) -> None:
         if not self.stack:
@@ -122,6 +150,8 @@ class Streamer:
         self.notifies.append((self.cost_ns, why))
 
     def load_register(self, offset: int, value: int) -> None:
+        if not self._privileged():
+            raise Nooped("nonpriv_register_load")
         self._load_register(offset, value)
 
     def read_register(self, offset: int) -> int:
@@ -195,7 +225,10 @@ class Streamer:
                 dws = self._ring_dwords(n)
                 self.head = (self.head + 4 * n) % self.ring_size
             self.cost_ns += cost[spec.name]
-            spec.handler(self, dws)
+            try:
+                spec.handler(self, dws)
+            except Nooped as skipped:  # the command does nothing (its checks ran before any effect)
+                self.refused[skipped.reason] += 1
             self.commands += 1
             counts[spec.name] = counts.get(spec.name, 0) + 1
             if self.cost_ns > limits.watchdog_ns or self.commands >= limits.watchdog_cmds:

@@ -179,6 +179,9 @@ class PgpuCore:
             if eng.runnable(now):
                 eng.step(now, self.config.budget)
             events.extend(eng.pop_due(now))
+            if eng.refused:  # counted by reason in STATUS: what the hardware no-op'd in non-privileged batches
+                self.counters.update(eng.refused)
+                eng.refused.clear()
         for ev in events:
             self.counters[f"events_{ev.kind}"] += 1
         return events

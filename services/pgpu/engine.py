@@ -75,6 +75,7 @@ class Engine:
         self.clock_ns = 0.0  # GPU time this engine has been busy (also its timestamp base)
         self.seq = 0
         self.stats: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # commands no-op'd in non-privileged batches (cmd_streamer.py)
 
     # ----------------------------------------------------------------------------------- submission
     def accept(self, descs: list[ContextDescriptor], tag: int, owner: Any, now: float) -> None:
@@ -183,6 +184,7 @@ class Engine:
         self.stats["commands"] += st.commands
         for name, n in st.counts.items():
             self.stats[f"cmd_{name}"] += n
+        self.refused.update(st.refused)
         for offset_ns, why in st.notifies:
             self._event(run.element, "user_interrupt", run.start + offset_ns * 1e-9 * self.time_scale, 0, 0,
                         int(offset_ns), why)

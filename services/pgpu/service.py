@@ -49,6 +49,9 @@ class PgpuService(BaseService):
                                                   gpu_speed=a.gpu_speed, watchdog_ms=a.watchdog_ms,
                                                   watchdog_cmds=a.watchdog_cmds,
                                                   profile=getattr(a, "gpu_profile", "real")))
+        # the core's refusals (GGTT/MMIO out of range, submits refused, commands no-op'd in non-privileged
+        # batches) are counted where STATUS reads them
+        self.core.counters = self.counters
         self.handlers: dict[type[m.Message], Callable[[Session, Any], m.Message]] = {
             m.GgttWrite: self._ggtt_write,
             m.GgttFill: self._ggtt_fill,

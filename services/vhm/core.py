@@ -187,7 +187,11 @@ class VhmCore(MptServices, ClientSessions):
             raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm.id} is {vm.state.value}", **keys)
         if req.vcpu >= vm.vcpus:
             raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {req.vcpu}", **keys)
-        GUEST_KIND_CHECKS[IoreqType(req.kind)](vm, req)
+        try:
+            GUEST_KIND_CHECKS[IoreqType(req.kind)](vm, req)
+        except VhmError:  # admission.py: counted by request type (a forged WP ioreq is ioreq_refused_wp)
+            self.counters[f"ioreq_refused_{IoreqType(req.kind).name.lower()}"] += 1
+            raise
         slot = vm.slots[req.vcpu]
         if slot.busy:  # ACRN acrn_common.h: a vCPU cannot issue a new request until its slot is FREE again
             raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {req.vcpu} of VM {vm.id} already has request "

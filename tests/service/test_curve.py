@@ -112,3 +112,44 @@ def test_insecure_runs_without_keys_and_says_so_loudly(tmp_path) -> None:
         proc.stop()
         if os.path.exists(mem):
             os.unlink(mem)
+
+
+#: how the intruder dials -> the reasons the server's socket monitor may report for its failed handshake (a plain
+#: client that reads the server's CURVE greeting first may hang up before the server reads its own: no detail)
+HANDSHAKE_REASONS = {"wrong_server_key": ("zmtp_cryptographic",), "plain": ("zmtp_mechanism_mismatch", "no_detail"),
+                     "foreign_key": ("auth_400",)}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("how", sorted(HANDSHAKE_REASONS))
+def test_a_failed_handshake_is_counted_by_reason(stack, service: str, how: str) -> None:
+    """A peer with a topology key that dials with another service's public key (its HELLO box does not open),
+    one with no CURVE, one with a key of its own: no reply, and the server counts the failed handshake by
+    reason (STATUS counters, hence /metrics) from its socket monitor."""
+    import time
+
+    ep = _eps(stack)[service]
+    admin = RawPeer(ep, service, key="ctl")
+    assert isinstance(admin.hello("ctl" if service != "vhm" else "probe"), m.HelloAck)
+    names = [f"curve_handshake_failed_{r}" for r in HANDSHAKE_REASONS[how]]
+    before = admin.status().counters
+    if how == "wrong_server_key":
+        other = next(s for s in SERVICES if s != service)
+        intruder = RawPeer(ep, other, key="ctl")  # the operator's own key, but the wrong server's public key
+    else:
+        intruder = RawPeer(ep, service, plain=True) if how == "plain" else RawPeer(ep, service, key=False)
+    try:
+        intruder.send(m.Hello(role="ctl", id="intruder", epoch=1, wire=1), timeout=0.5)
+        assert intruder.recv(timeout=1.0, skip_heartbeats=False) is None
+        deadline = time.monotonic() + 10  # the monitor event is counted on the server's loop, soon after
+        while True:
+            after = admin.status().counters
+            grew = [n for n in names if after.get(n, 0) > before.get(n, 0)]
+            if grew or time.monotonic() > deadline:
+                break
+    finally:
+        intruder.close()
+    assert grew, {k: v for k, v in after.items() if "curve" in k}
+    assert after["curve_handshake_failed"] > before.get("curve_handshake_failed", 0)
+    assert after.get("hellos", 0) == before.get("hellos", 0)  # it never reached the session layer
+    admin.close()

@@ -103,3 +103,134 @@ def test_attackers_get_nowhere_and_the_victim_is_untouched() -> None:
     # the vanished guest's VM and vGPU are gone
     assert gone_vm not in {v["vm"] for v in final.info["vgpus"]}
     assert MARK and MachineMemory  # imported for the reasons documented above
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The rest of the issue's attacks: page-table entries at foreign frames (GGTT and PPGTT), privileged commands in
+# an unscanned PPGTT batch, forged ELSP descriptors (and their PV twin), forged WP ioreqs, interrupt-register
+# games, self-modifying batches and rings, forged MSIs and foreign roles. Each attacker aims at the victim's own
+# canary and context (the targets its integrity_before event names). For each: the attacker's vGPU in failsafe
+# or its access refused or defused, the reason counted in a service's STATUS; the victim: 0 changes, every
+# workload verified.
+
+#: attack -> (expect the attacker's vGPU in failsafe, {service: {counter: minimum increase}})
+EXPECT: dict[str, tuple[bool, dict[str, dict[str, int]]]] = {
+    "ppgtt_foreign_pte": (False, {"gvt": {"ppgtt_invalid_gfn": 2}}),
+    "ggtt_foreign_frames": (False, {"gvt": {"ggtt_invalid_gfn": 2}}),
+    "ppgtt_batch_privileged": (False, {"pgpu": {"nonpriv_ggtt_access": 2, "nonpriv_register_load": 2,
+                                                "nonpriv_ggtt_batch_start": 1}}),
+    "elsp_foreign_lrca": (True, {"gvt": {"workload_create_failed_lrca": 1, "failsafe_guest_err": 1}}),
+    "elsp_foreign_ring": (True, {"gvt": {"workload_create_failed_ring": 1, "failsafe_guest_err": 1}}),
+    "elsp_unprivileged": (True, {"gvt": {"elsp_refused_unprivileged": 1, "failsafe_guest_err": 1}}),
+    "pv_forged": (True, {"gvt": {"ppgtt_pv_update_unknown_root": 1, "workload_create_failed_lrca": 1,
+                                 "failsafe_guest_err": 1}}),
+    "wp_forged": (False, {"vhm": {"ioreq_refused_wp": 3}}),
+    "irq_games": (False, {"gvt": {"irq_event_masked": 2}}),
+    "self_modifying_batch": (False, {"gvt": {"shadow_guest_modified": 1}}),
+    # the CPU's rewrite races the GPU: shadow_guest_modified is counted when it lands before the completion
+    "rewrite_after_scan": (False, {"gvt": {"workloads_scanned": 1}}),
+}
+
+
+def _counters(hs: HostStack) -> dict[str, dict[str, int]]:
+    from gvtsim.orchestration.health import probe_sync
+
+    out = {}
+    for name in ("vhm", "gvt", "pgpu"):
+        st = probe_sync(getattr(hs, name).endpoint, timeout=3.0, want_reply=True, server=name)
+        assert st is not None, f"{name} does not answer STATUS"
+        out[name] = dict(st.counters)
+    return out
+
+
+def _delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {s: {k: v - before[s].get(k, 0) for k, v in after[s].items() if v != before[s].get(k, 0)} for s in after}
+
+
+def _check_outcome(kind: str, ev: dict) -> None:
+    """What the attacker itself saw: defused attacks completed with only their own memory written."""
+    from gvtsim.services.guest.hostile import MARK as mark
+
+    if kind in ("ppgtt_foreign_pte", "ggtt_foreign_frames"):
+        assert ev["hang"] is False, ev  # completed: the stores went to the scratch page
+    if kind == "ppgtt_foreign_pte":
+        assert ev["guest_entries_kept"] is True, ev
+    if kind == "ppgtt_batch_privileged":
+        assert ev["hang"] is False and ev["own_store_landed"] is True, ev
+    if kind.startswith("elsp_") or kind == "pv_forged":
+        assert ev["hang"] is True and not ev.get("skipped"), ev  # never completes
+    if kind == "wp_forged":
+        assert set(ev["results"].values()) == {"bad_request"} and ev["own_page"] == 0, ev
+    if kind == "irq_games":
+        sp = ev["spoof"]
+        # ISR is a plain register (its write drives nothing), the master's summary bits and IIR cannot be set
+        assert sp["msis"] == 0 and sp["iir_after_w1c"] == 0 and sp["master"] & 0x7FFF_FFFF == 0, ev
+        assert ev["masked"]["hang"] is True and ev["masked"]["msis"] == 0, ev  # swallowed its own interrupts
+        assert ev["after"]["hang"] is False and ev["own_stores"] == [mark, mark], ev
+    if kind in ("self_modifying_batch", "rewrite_after_scan"):
+        assert ev["hang"] is False and ev["own_stores"] == [mark, mark], ev  # the commands as scanned ran
+    if kind == "self_modifying_batch":
+        assert ev["batch_rewritten"] and ev["ring_rewritten"], ev  # the rewrites landed in its own copies
+    if kind == "rewrite_after_scan":
+        assert ev["rewrites"] == 1, ev
+
+
+@pytest.mark.timeout(900)
+def test_every_other_attack_gets_nowhere_and_the_victim_is_untouched() -> None:
+    import json
+
+    with HostStack(heartbeat=2.0) as hs:
+        victim = hs.guest("--vms", "1", "--vcpus", "2", "--ram-mb", "16", "--vgpu-types", "GVTg_V5_4", "--integrity",
+                          "--duration", "40", "--name-prefix", "victim",
+                          name="victim")
+        before = victim.wait_event("integrity_before", timeout=60)
+        vvm, targets = before["vm"], before["targets"]
+        table: list[tuple[str, str, dict]] = []
+        for kind, (failsafe, want) in EXPECT.items():
+            c0 = _counters(hs)
+            attacker = hs.guest("--vms", "1", "--vcpus", "1", "--ram-mb", "16", "--vgpu-types", "GVTg_V5_8",
+                                "--workloads", "0", "--hang-timeout", "1", "--hostile", kind,
+                                "--hostile-target", json.dumps(targets), "--name-prefix", f"b_{kind}_",
+                                name=f"attacker-{kind}")
+            ev = attacker.wait_event("hostile", timeout=120)
+            d = _delta(c0, _counters(hs))
+            st = hs.gvt_status()
+            assert st is not None
+            vgpus = {v["vm"]: v for v in st.info["vgpus"]}
+            assert vgpus[ev["vm"]]["failsafe"] is failsafe, (kind, ev, vgpus[ev["vm"]])
+            assert vgpus[vvm]["failsafe"] is False, kind
+            for service, counters in want.items():
+                for name, least in counters.items():
+                    assert d[service].get(name, 0) >= least, (kind, service, name, d[service], ev)
+            _check_outcome(kind, ev)
+            table.append((kind, "failsafe" if failsafe else "refused/defused",
+                          {s: {k: d[s][k] for k in c} for s, c in want.items()}))
+            attacker.stop()
+
+        # raw peers: a guest connection forging another VM's WP ioreq and an MSI for it; a guest key claiming
+        # the device model's role at gvt and pgpu
+        intruder = RawPeer(hs.vhm.endpoint, "vhm", key="guest")
+        assert isinstance(intruder.hello("guest"), m.HelloAck)
+        intruder.send(m.Ioreq(vm=vvm, vcpu=0, seq=1, kind=3, dir=1, addr=0x10_0000, size=8, value=MARK))
+        err = intruder.recv()
+        assert isinstance(err, m.Error) and err.code == "forged_id", err
+        err = intruder.ask(m.InjectMsi(req=7, vm=vvm, addr=0xFEE0_0000, data=0x40))
+        assert isinstance(err, m.Error) and err.code == "unexpected", err
+        vc = intruder.status().counters
+        assert vc["authz_refused_owner_IOREQ"] >= 1 and vc["authz_refused_role_INJECT_MSI"] >= 1, vc
+        intruder.close()
+        for server in ("gvt", "pgpu"):
+            p = RawPeer(getattr(hs, server).endpoint, server, key="guest")
+            reply = p.hello("gvt" if server == "pgpu" else "ctl")
+            assert isinstance(reply, m.Error) and reply.code == "unexpected", (server, reply)
+            p.close()
+        table.append(("forged WP ioreq / MSI for the victim, guest key as gvt or ctl", "refused",
+                      {"vhm": {"authz_refused_owner_IOREQ": vc["authz_refused_owner_IOREQ"],
+                               "authz_refused_role_INJECT_MSI": vc["authz_refused_role_INJECT_MSI"]}}))
+
+        after = victim.wait_event("integrity_after", timeout=300)
+        done = victim.wait_event("done", timeout=30)
+    for row in table:
+        print(f"{row[0]}: {row[1]}, counted as {row[2]}")
+    assert {k: after[k] for k in ("ram", "ggtt", "ppgtt")} == {k: before[k] for k in ("ram", "ggtt", "ppgtt")}
+    assert done["workloads_failed"] == 0 and done["workloads_verified"] == done["workloads_submitted"] > 0, done

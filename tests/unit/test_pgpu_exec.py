@@ -211,3 +211,27 @@ def test_ring_wraps(rig: Rig) -> None:
     assert ctx.tail == 24  # wrapped: 8 bytes before the end + 32 bytes of commands
     assert terminal(rig.run(ctx)).status == CtxStatus.OK
     assert (rig.u32(buf), rig.u32(buf + 4)) == (0x11, 0x22)
+
+
+def test_privileged_commands_in_a_ppgtt_batch_are_nooped_and_counted(rig: Rig) -> None:
+    """A PPGTT batch of a context with a PPGTT is non-privileged: its GGTT stores, register loads and a GGTT
+    batch start are no-op'd (the start goes through the PPGTT), its PPGTT stores land; the ring is privileged."""
+    pt = b.PpgttBuilder(rig.lay, levels=4)
+    (bb,) = pt.map_new(0x7_0000_0000, 1)
+    (data,) = pt.map_new(0x7_0000_1000, 1)
+    ggtt_buf, ggtt_bb = rig.lay.gm(1), rig.lay.gm(1)
+    (chained,) = pt.map_new(ggtt_bb, 1)  # the GGTT batch's address, in the PPGTT: what the start really reads
+    words = (b.mi_store_dword(ggtt_buf, 0xBAD) + b.mi_lri([(0x20C0, 0xABCD)])
+             + b.mi_store_dword(0x7_0000_1004, 0xB0B, ggtt=False) + b.mi_bb_start(ggtt_bb))
+    rig.mem.write(bb, b"".join(d.to_bytes(4, "little") for d in words))
+    rig.lay.write_dwords(ggtt_bb, b.mi_store_dword(ggtt_buf + 4, 0xBAD) + b.mi_bb_end())  # never runs
+    rig.mem.write(chained, b"".join(d.to_bytes(4, "little") for d in
+                                    b.mi_store_dword(0x7_0000_1008, 0xC0C, ggtt=False) + b.mi_bb_end()))
+    ctx = rig.lay.context("rcs", 2, pdps=pt.roots)
+    rig.lay.emit(ctx, b.mi_bb_start(0x7_0000_0000, ppgtt=True) + b.mi_store_dword(ggtt_buf + 8, 0x600D))
+    assert terminal(rig.run(ctx)).status == CtxStatus.OK
+    assert rig.u32(ggtt_buf) == 0 and rig.u32(ggtt_buf + 4) == 0 and rig.core.mmio_read(0x20C0, 4, 0.0) != 0xABCD
+    assert rig.mem.read_u32(data + 4) == 0xB0B and rig.mem.read_u32(data + 8) == 0xC0C
+    assert rig.u32(ggtt_buf + 8) == 0x600D  # back in the (privileged) ring
+    c = rig.core.counters
+    assert (c["nonpriv_ggtt_access"], c["nonpriv_register_load"], c["nonpriv_ggtt_batch_start"]) == (1, 1, 1)
