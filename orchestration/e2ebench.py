@@ -58,7 +58,7 @@ class _Guest:
         self.ctx.term()
 
 
-def _cfg(g: _Guest, vm: int, reg: int, value: int | None = None, size: int = 4) -> int:
+def _cfg(g: _Guest, vm: int, reg: int, value: int | None = None, size: m.AccessSize = 4) -> int:
     g.io(vm, 0, PIO, WRITE, 0xCF8, 0x8000_0000 | (2 << 11) | reg)
     return g.io(vm, 0, PIO, WRITE if value is not None else READ, 0xCFC, value or 0, size=size)
 

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,7 +291,7 @@ _PROTOCOL_ERRORS = {getattr(zmq, n): n.removeprefix("PROTOCOL_ERROR_").lower()
                     for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")}
 
 
-def handshake_failure(event: dict[str, Any]) -> str | None:
+def handshake_failure(event: Mapping[str, Any]) -> str | None:
     """The reason of a failed handshake from a socket monitor event (None for any other event).
 
     libzmq reports HANDSHAKE_FAILED_PROTOCOL with a ZMTP protocol error as its value: a client with the wrong
