@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-oos", action="store_true", default=env("ENABLE_OOS", "") in ("1", "true", "yes"),
                    help="PPGTT out-of-sync pages: PTE tables written twice lose write protection until the "
                         "next submission (off by default, as upstream) [GVTSIM_ENABLE_OOS]")
+    p.add_argument("--state-dir", default=env("GVT_STATE_DIR", ""),
+                   help="where each vGPU's state is kept so that a restarted gvt with the same --id carries its "
+                        "vGPUs on (docs/STATE.md); default: beside --mem-path, in the machine memory; 'off' "
+                        "keeps none (a restart resets every guest's GPU) [GVTSIM_GVT_STATE_DIR]")
     return p
 
 
