@@ -125,3 +125,41 @@ async def test_gvt_sigkill_20_times_every_request_answered_once_with_the_right_v
     finally:
         await guest.close()
         ctx.destroy(linger=0)
+
+
+async def test_idle_vms_left_without_a_vgpu_are_told_and_come_back() -> None:
+    """A guest whose VMs finished their workloads issues no ioreq that would see a GPU reset. gvt restarts
+    under another id (the default id names the pid): vhm loses the old one when --client-grace runs out and
+    tells each VM VGPU_LOST; the guest driver takes the reset at once and creates its vGPU again, so no VM
+    is left idle without a GPU."""
+    stack = HostStack(mem_size_mb=256, heartbeat=HB)
+    await asyncio.to_thread(stack.start)
+    try:
+        guest = await asyncio.to_thread(
+            stack.guest, "--vms", "2", "--vgpu-types", "GVTg_V5_4", "--ram-mb", "16", "--recover",
+            "--workloads", "4", "--mix", "store,fill,copy")
+        for _ in range(2):
+            await guest.await_event("vm_done", 60)
+        await asyncio.to_thread(stack.restart, "gvt")
+        t0 = time.monotonic()
+        for _ in range(2):
+            e = await guest.await_event(lambda e: e.get("event") == "vm_reset" and "idle" in e.get("reason", ""), 30)
+            assert "no reconnect within" in e["reason"], e
+        for _ in range(2):
+            await guest.await_event("vm_recovered", 30)
+        # gvt's vGPUs are exactly vhm's VMs, each with a vGPU again
+        deadline = time.monotonic() + 20
+        while True:
+            g = await asyncio.to_thread(probe_sync, stack.gvt.endpoint, 2.0, True)
+            v = await asyncio.to_thread(probe_sync, stack.vhm.endpoint, 2.0, True)
+            assert g is not None and v is not None
+            gvt = {x["vm"]: x["vgpu_id"] for x in g.info["vgpus"]}
+            vhm = {x["vm"]: x["vgpu_id"] for x in v.info["vms"]["list"] if x["state"] == "running"}
+            if len(vhm) == 2 and gvt == vhm and all(vhm.values()):
+                break
+            assert time.monotonic() < deadline, (gvt, vhm)
+            await asyncio.sleep(0.1)
+        print(f"\nidle VMs after a gvt restart under a new id: told after the grace, both back with a vGPU "
+              f"{time.monotonic() - t0:.1f}s after the restart")
+    finally:
+        stack.stop()
