@@ -32,6 +32,7 @@ import msgpack
 import msgspec
 
 from ...protocol import messages as m
+from ...protocol.constants import MAX_VCPUS
 from .execlist import VirtualExeclist
 from .pv import PvCaps
 
@@ -48,6 +49,8 @@ REC_HEADER = struct.Struct("<IIQ")  # payload length, crc32(seq + payload), seq
 COMPACT_BYTES = 256 << 10
 #: a record is never larger than this (a corrupt length is not an allocation)
 MAX_RECORD = 64 << 20
+#: a changed vreg page is written as the changed chunks of this size, not whole (a fence write is 8 bytes)
+VREG_CHUNK = 256
 
 
 class StateRefused(Exception):
@@ -120,6 +123,14 @@ def fold(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for key, value in rec.items():
             if key == "vregs":
                 state["vregs"].update(value)
+            elif key == "vregs_chunks":
+                for pn, chunks in value.items():
+                    page = bytearray(state["vregs"].get(pn, b""))
+                    for off, data in chunks:
+                        if off + len(data) > len(page):
+                            raise StateRefused(f"vreg page {pn} changed past its end")
+                        page[off:off + len(data)] = data
+                    state["vregs"][pn] = bytes(page)
             elif key == "vregs_drop":
                 for pn in value:
                     state["vregs"].pop(pn, None)
@@ -241,9 +252,19 @@ def _misc(vgpu: "Vgpu") -> dict[str, Any]:
     }
 
 
-def _last_done(gvt: "Gvt", vm: int) -> dict[int, list[Any]]:
-    return {vcpu: [msgspec.structs.asdict(req), value]
-            for (v, vcpu), (req, value) in gvt.last_done.items() if v == vm}
+def _misc_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    """A cheap key of what :func:`_misc` depends on that changes often (compared before building it); the
+    rest (PV page, OpRegion, aperture, resets) changes only along with one of these or the vregs."""
+    sched = vgpu.gvt.scheduler
+    cfg, pv, sub = vgpu.cfg, vgpu.pv, vgpu.submission
+    return (vgpu.active, vgpu.failsafe, vgpu.pv_notified, vgpu.msis_injected, cfg.trapped, cfg.d3_entered,
+            len(sched.inflight), len(sched.queues), sum(len(q) for q in sched.queues.values()),
+            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers),
+            tuple((el.elsp_index, el.elsp[0], el.elsp[1], el.elsp[2], el.elsp[3], el.running is None,
+                   el.pending is None) for el in sub.execlists.values()),
+            len(sub.execlist_enabled), sum(sub.resets.values()), vgpu.aperture.enabled, vgpu.aperture.base,
+            len(vgpu.aperture.mapped), vgpu.opregion.gpa, vgpu.opregion.requests, pv.gpa, pv.version,
+            int(pv.enabled), pv.seen_update, tuple(pv.seen_submit.items()))
 
 
 @dataclass
@@ -254,7 +275,10 @@ class VgpuRecorder:
     pages: dict[int, bytes] = field(default_factory=dict)
     cfg: bytes = b""
     misc: bytes = b""
-    last_done: dict[int, list[Any]] = field(default_factory=dict)
+    misc_key: tuple[Any, ...] = ()
+    done_seen: dict[int, Any] = field(default_factory=dict)  # vcpu -> the (request, value) last written
+    done_len: int = -1  # len(gvt.last_done) when ``vcpus`` was computed
+    vcpus: list[int] = field(default_factory=list)  # this VM's vCPUs that have a last completion
 
     def full(self, ept_root: int, ram_mb: int) -> dict[str, Any]:
         """A full record of the vGPU (and what it takes to build it again)."""
@@ -266,7 +290,8 @@ class VgpuRecorder:
             "resource": [r.low_base, r.low_size, r.high_base, r.high_size, list(r.fences)],
             "ept_root": ept_root, "ram_mb": ram_mb, "created_at": v.created_at,
         }
-        self.pages, self.cfg, self.misc, self.last_done = {}, b"", b"", {}
+        self.pages, self.cfg, self.misc, self.misc_key, self.done_seen = {}, b"", b"", (), {}
+        self.done_len = -1
         delta = self.delta(full=True)
         assert delta is not None
         rec.update(delta)
@@ -277,11 +302,24 @@ class VgpuRecorder:
         v = self.vgpu
         out: dict[str, Any] = {}
         pages = v.mmio._pages
-        changed = {pn: bytes(p) for pn, p in pages.items() if self.pages.get(pn) != p}
+        changed: dict[int, bytes] = {}
+        chunks: dict[int, list[tuple[int, bytes]]] = {}
+        for pn, p in pages.items():
+            old = self.pages.get(pn)
+            if old == p:
+                continue
+            now = bytes(p)
+            self.pages[pn] = now
+            if old is None or len(old) != len(now):
+                changed[pn] = now
+                continue
+            chunks[pn] = [(o, now[o:o + VREG_CHUNK]) for o in range(0, len(now), VREG_CHUNK)
+                          if old[o:o + VREG_CHUNK] != now[o:o + VREG_CHUNK]]
         dropped = [pn for pn in self.pages if pn not in pages]
         if changed:
             out["vregs"] = changed
-            self.pages.update(changed)
+        if chunks:
+            out["vregs_chunks"] = chunks
         if dropped:
             out["vregs_drop"] = dropped
             for pn in dropped:
@@ -290,23 +328,33 @@ class VgpuRecorder:
             self.cfg = bytes(v.cfg.data)
             out["cfg"] = self.cfg
         ggtt = {}
-        for key, name in (("v", "virtual"), ("h", "host"), ("p", "partial")):
+        for short, name in (("v", "virtual"), ("h", "host"), ("p", "partial")):
             table = getattr(v.gtt, name)
             d = table.take(full) if isinstance(table, TrackedDict) else {"clear": True, "set": dict(table)}
             if d is not None:
-                ggtt[key] = d
+                ggtt[short] = d
         if ggtt:
             out["ggtt"] = ggtt
-        misc = _misc(v)
-        packed = msgpack.packb(misc, use_bin_type=True)
-        if packed != self.misc:
-            self.misc = packed
-            out["misc"] = misc
-        done = _last_done(v.gvt, v.vm)
-        changed_done = {k: x for k, x in done.items() if self.last_done.get(k) != x}
+        key = _misc_key(v)
+        if key != self.misc_key:
+            self.misc_key = key
+            misc = _misc(v)
+            packed = msgpack.packb(misc, use_bin_type=True)
+            if packed != self.misc:
+                self.misc = packed
+                out["misc"] = misc
+        changed_done = {}
+        gvt_done = v.gvt.last_done
+        if len(gvt_done) != self.done_len:  # a vCPU answered for the first time (or a VM went): look again
+            self.done_len = len(gvt_done)
+            self.vcpus = [vcpu for vcpu in range(MAX_VCPUS) if (v.vm, vcpu) in gvt_done]
+        for vcpu in self.vcpus:
+            entry = gvt_done.get((v.vm, vcpu))
+            if entry is not None and self.done_seen.get(vcpu) is not entry:  # a new completion object
+                self.done_seen[vcpu] = entry
+                changed_done[vcpu] = [msgspec.structs.asdict(entry[0]), entry[1]]
         if changed_done:
             out["last_done"] = changed_done
-            self.last_done.update(changed_done)
         return out or None
 
 
@@ -402,7 +450,7 @@ class StateStore:
         self.recorders: dict[int, VgpuRecorder] = {}
         self._fds: dict[str, tuple[int, int, int]] = {}  # name -> (fd, next seq, size)
         self._full_size: dict[str, int] = {}  # name -> size of the journal right after its last compaction
-        self._device = b""
+        self._device_sig: tuple[Any, ...] = ()
         self.bytes_written = 0
         self.records_written = 0
         self.mpt_args: dict[int, tuple[int, int]] = {}  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
@@ -460,13 +508,17 @@ class StateStore:
             else:
                 self._append(name, delta)
         sched = gvt.scheduler
-        device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(sched.frame_pool),
-                  "vhm_epoch": vhm_epoch,
-                  "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in sched.shadows.items()],
-                  "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
-        packed = msgpack.packb(device, use_bin_type=True)
-        if packed != self._device:
-            self._device = packed
+        pool = sched.frame_pool
+        # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
+        # frame change whenever its content does; the payload is built only then
+        sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(sched.shadows), vhm_epoch,
+               tuple(sorted(vid for vid in self.mpt_args if vid in gvt.vgpus)))
+        if sig != self._device_sig:
+            self._device_sig = sig
+            device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(pool),
+                      "vhm_epoch": vhm_epoch,
+                      "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in sched.shadows.items()],
+                      "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
             fds = self._fds.get("device")
             self._write_full("device", device, fds[1] if fds else 1)
         return self.records_written - before
