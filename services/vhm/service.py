@@ -141,8 +141,11 @@ class VhmService(BaseService):
 
     async def _redispatch(self, cid: int) -> None:
         assert self.core is not None
+        # a request queued in this batch before the client came back is in the batch already: once only
+        queued = {(r.vm, r.vcpu, r.seq) for r in self._batches.get(cid, ())}
         for d in self.core.redispatch(cid, time.monotonic()):
-            self._batches[d.client].append(d.ioreq)
+            if (d.ioreq.vm, d.ioreq.vcpu, d.ioreq.seq) not in queued:
+                self._batches[d.client].append(d.ioreq)
         await self._flush()
 
     async def _client_loss(self, loss: ClientLoss, peer_id: str, reason: str) -> None:

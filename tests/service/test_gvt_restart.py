@@ -138,6 +138,7 @@ async def test_gvt_sigkill_20_times_every_request_answered_once_with_the_right_v
     c: dict[str, Any] = v.counters
     assert c.get("clients_taken_over", 0) == KILLS and c.get("clients_restored", 0) == KILLS, c
     assert c.get("vgpus_lost", 0) == 0 and c.get("clients_lost", 0) == 0, c
+    assert c.get("stale_completions", 0) == 0, c  # no request was sent to gvt twice
     assert g.counters.get("vgpus_restored", 0) == 1  # this incarnation carried the vGPU on
     assert await fp.guest.ioreq(fp.vm, 0, MMIO, R, BAR0 + VGT_PVINFO_PAGE, 8) == VGT_MAGIC
     print(f"\n{KILLS} gvt SIGKILLs: {sum(fp.pairs)} write+read pairs verified on {VCPUS} vCPUs, 0 wrong, "
