@@ -13,7 +13,9 @@ has a workload queued or running.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -33,7 +35,7 @@ from . import effects as fx
 from .core import Gvt, Refusal
 from .mpt import EptMpt, Mpt
 from .sched_policy import GVT_DEFAULT_TIME_SLICE
-from .state import StateRefused, StateStore
+from .state import StateRefused, StateStore, sweep_dead
 from .types import PhysicalGpu
 
 #: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
@@ -161,6 +163,10 @@ class GvtService(BaseService):
         directory = self._state_dir()
         if not directory:
             return 0
+        default_id = f"gvt-{socket.gethostname()[:32]}-"  # common_args: the default --id names host and pid
+        if not getattr(self.args, "state_dir", "") and self.ident.startswith(default_id):
+            for name in sweep_dead(directory, f"{os.path.basename(self.args.mem_path)}.{default_id}", os.getpid()):
+                self.log.info("state_swept", state_dir=name, reason="left by a gvt that died under a default --id")
         try:
             self.state = StateStore(directory)
             got = self.state.restore(self.core, self._mpt)

@@ -429,6 +429,36 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
 
 
 # ===================================================================================== the store
+def sweep_dead(directory: str, prefix: str, me: int) -> list[str]:
+    """Delete the state directories ``<prefix><pid>.state`` beside ``directory`` whose pid is not a live
+    process (other than ``me``): a gvt with the default --id (its host name and pid) that died left one no
+    later process can re-open. Returns what was deleted."""
+    import shutil
+
+    parent = os.path.dirname(directory) or "."
+    gone: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return gone
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".state")):
+            continue
+        pid = name[len(prefix):-len(".state")]
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): its state stays
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        gone.append(name)
+    return gone
+
+
 @dataclass
 class Restored:
     """What :meth:`StateStore.restore` found: the vGPUs carried on, those refused (vm, vgpu id, why), the

@@ -267,3 +267,16 @@ def test_a_bad_device_record_refuses_every_vgpu_cleanly(tmp_path) -> None:
     (tmp_path / "device.journal").write_bytes(bytes(dev))
     g2, got = restore_into(str(tmp_path))
     assert got.vgpus == [] and got.device and got.refused and g2.vgpus == {}
+
+
+def test_state_left_by_dead_default_ids_is_swept(tmp_path) -> None:
+    mine = tmp_path / "m.mem.gvt-h-100.state"
+    prefix = "m.mem.gvt-h-"
+    dead_pid = 2**22 + 12345  # above pid_max's default: no such process
+    for pid in (os.getpid(), 1, dead_pid):
+        (tmp_path / f"{prefix}{pid}.state").mkdir()
+    (tmp_path / "m.mem.other.state").mkdir()
+    gone = gs.sweep_dead(str(mine), prefix, me=100)
+    assert gone == [f"{prefix}{dead_pid}.state"]
+    assert sorted(os.listdir(tmp_path)) == sorted([f"{prefix}{os.getpid()}.state", f"{prefix}1.state",
+                                                   "m.mem.other.state"])
