@@ -220,6 +220,9 @@ class GuestService(BaseService):
                 for (waiter_vm, _, _), fut in self._waiters.items():
                     if waiter_vm == msg.vm and not fut.done():
                         fut.set_exception(IoreqFailed("gpu_reset", f"vGPU lost: {msg.reason}"))
+                idle = self.by_id[msg.vm]
+                if idle.state == "done":  # no vCPU of it will trap and see the reset: handle it now
+                    self._spawn(self._reset_idle(idle, msg.reason), "idle_reset")
         elif isinstance(msg, m.EptChanged):
             self.counters["ept_changed"] += 1
         else:
@@ -282,6 +285,29 @@ class GuestService(BaseService):
                 vm.reset_started = t_reset
         emit(event="vm_done", **self._vm_summary(vm))
 
+    async def _reset_idle(self, vm: GuestVm, why: str) -> None:
+        """A VM that finished its workloads lost its vGPU (the device model restarted without its state):
+        the driver takes the GPU reset now, as i915 does on a reset interrupt, instead of the VM sitting
+        without a GPU until it next touches it. With ``--recover`` it is created and booted again (no
+        workloads: it was done); without, it is marked failed with the reason."""
+        reason = f"vGPU lost while idle: {why}"
+        vm.state = "resetting"
+        emit(event="vm_reset", vm=vm.vm_id, name=vm.name, reason=reason, attempt=0)
+        if not self.args.recover:
+            vm.failures.append(reason)
+            vm.state = "failed"
+            return
+        t_reset = time.monotonic()
+        await self._teardown_vm(vm)
+        vm.reset_started = t_reset
+        try:
+            await self._boot_and_run(vm, workloads=False)
+            vm.state = "done"
+        except Exception as err:  # reported with its reason, as any failed boot
+            vm.failures.append(f"{type(err).__name__}: {err}")
+            vm.state = "failed"
+            emit(event="vm_failed", vm=vm.vm_id, name=vm.name, reason=vm.failures[-1])
+
     async def _teardown_vm(self, vm: GuestVm) -> None:
         """Best effort: destroy the VM in vhm (it may already be gone with a restarted vhm)."""
         vm.fold()
@@ -299,7 +325,7 @@ class GuestService(BaseService):
         vm.machine = vm.driver = vm.runner = None
         vm.vm_id = 0
 
-    async def _boot_and_run(self, vm: GuestVm) -> None:
+    async def _boot_and_run(self, vm: GuestVm, workloads: bool = True) -> None:
         await self.conn.wait_up(timeout=30)
         reply = await self.conn.request(m.VmCreate, name=vm.name, vcpus=self.args.vcpus, ram_mb=self.args.ram_mb,
                                         vgpu_type=vm.vgpu_type, timeout=30)
@@ -346,6 +372,8 @@ class GuestService(BaseService):
             vm.recoveries += 1
             vm.reset_started = None
         vm.runner = WorkloadRunner(vm.driver, surfaces, fence, seed=vm.vm_id)
+        if not workloads:  # an idle VM brought back after a GPU reset: its driver is up again, nothing to run
+            return
         if vm.display is not None:
             vm.display_task = self._spawn(self._display_loop(vm, vm.display))
         vm.driver.hang_timeout = self.args.hang_timeout

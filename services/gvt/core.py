@@ -155,11 +155,12 @@ class Gvt:
         self.resync_host_ggtt()
 
     def resync_host_ggtt(self) -> None:
-        """Queue the physical GGTT content of every vGPU again (pgpu restarted or scratch changed)."""
+        """Queue the physical GGTT content and fences of every vGPU again (pgpu restarted or scratch changed)."""
         self.scheduler.resync_host_ggtt()
         for v in sorted(self.vgpus.values(), key=lambda v: v.id):
             try:
                 v.gtt.resync_host()
+                v.resync_fences()
             except Exception as err:
                 self._internal("ggtt_resync", err, vgpu=v.id)
 

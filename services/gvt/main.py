@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ACRN's i915.enable_pvmmio on the host: the PVMMIO levels a guest may be granted "
                         "(1 = PVMMIO_ELSP_SUBMIT, the only one gvtsim implements; 0 = none; docs/PV.md) "
                         "[GVTSIM_ENABLE_PVMMIO]")
+    p.add_argument("--state-dir", default=env("GVT_STATE_DIR", ""),
+                   help="where each vGPU's state is kept so that a restarted gvt with the same --id carries its "
+                        "vGPUs on (docs/STATE.md); default: beside --mem-path, in the machine memory; 'off' "
+                        "keeps none (a restart resets every guest's GPU) [GVTSIM_GVT_STATE_DIR]")
     return p
 
 

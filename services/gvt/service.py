@@ -13,7 +13,9 @@ has a workload queued or running.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -33,6 +35,7 @@ from . import effects as fx
 from .core import Gvt, Refusal
 from .mpt import EptMpt, Mpt
 from .sched_policy import GVT_DEFAULT_TIME_SLICE
+from .state import StateRefused, StateStore, sweep_dead
 from .types import PhysicalGpu
 
 #: Entries per GGTT_WRITE message: 15 bytes each at most on the wire keeps a message under 0.5 MiB.
@@ -123,9 +126,16 @@ class GvtService(BaseService):
         self._results: list[m.IoreqResult] = []  # completions of this batch's dispatches
         self._vblank: asyncio.TimerHandle | None = None  # armed at the core's next deadline (display.py)
         self._vblank_at: float | None = None
+        # the vGPUs' state in machine memory (state.py, docs/STATE.md): what changed is written after each
+        # batch, before its completions leave, so a restarted gvt with the same --id carries on from there
+        self.state: StateStore | None = None
+        self._dirty: set[int] = set()  # vGPU ids whose state may have changed since the last commit
+        self._vhm_epoch: int | None = None  # the vhm our vGPUs belong to
+        self._restored_epoch: int | None = None  # the vhm the restored vGPUs belonged to
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, Any]:
+        restored = self._open_state()
         self.mgmt = RouterServer(self.ctx, self.args.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                  hb=self.hb, handler=self, log=self.log, counters=self.counters)
         endpoint = await self.mgmt.start()
@@ -137,7 +147,81 @@ class GvtService(BaseService):
             self.conns[name] = conn
             conn.start()
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._debug_reconnect)
-        return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu}
+        return {"endpoint": endpoint, "vhm": self.args.vhm, "pgpu": self.args.pgpu,
+                "state_dir": self.state.dir if self.state else "off", "vgpus_restored": restored}
+
+    # ------------------------------------------------------------------------------------ saved state
+    def _state_dir(self) -> str:
+        d = getattr(self.args, "state_dir", "") or ""
+        if d == "off":
+            return ""
+        return d or f"{self.args.mem_path}.{self.ident}.state"
+
+    def _open_state(self) -> int:
+        """Re-open the state an earlier gvt of this --id left (state.py): every vGPU whose record is whole
+        and restorable comes back as it was; the others are refused with their reason (their guests get a
+        GPU reset from vhm's reconciliation). Returns how many came back."""
+        directory = self._state_dir()
+        if not directory:
+            return 0
+        default_id = f"gvt-{socket.gethostname()[:32]}-"  # common_args: the default --id names host and pid
+        if not getattr(self.args, "state_dir", "") and self.ident.startswith(default_id):
+            for name in sweep_dead(directory, f"{os.path.basename(self.args.mem_path)}.{default_id}", os.getpid()):
+                self.log.info("state_swept", state_dir=name, reason="left by a gvt that died under a default --id")
+        try:
+            self.state = StateStore(directory)
+            got = self.state.restore(self.core, self._mpt)
+        except (OSError, StateRefused) as err:
+            self.counters["state_unavailable"] += 1
+            self.log.warning("state_unavailable", state_dir=directory, error=f"{type(err).__name__}: {err}")
+            return 0
+        for vm, vid, why in got.refused:
+            self.counters["vgpus_restore_refused"] += 1
+            self.log.warning("vgpu_restore_refused", vm=vm, vgpu=vid, reason=why)
+        if got.device:
+            self.log.warning("state_refused", reason=got.device)
+        if got.vgpus:
+            self._restored_epoch = got.vhm_epoch
+            self.counters["vgpus_restored"] += len(got.vgpus)
+            try:
+                if self._mem is None:
+                    self._mem = MachineMemory(self.args.mem_path)
+                self.core.scheduler.mem = self._mem
+            except OSError as err:
+                self.counters["machine_memory_unavailable"] += 1
+                self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
+            self.log.info("vgpus_restored", vgpus=sorted((v.vm, v.id) for v in got.vgpus),
+                          vhm_epoch=got.vhm_epoch, scratch_mfn=self.core.scratch_mfn,
+                          frame_pool=len(self.core.scheduler.frame_pool))
+        self._dirty.update(v.id for v in got.vgpus)  # recorded again from scratch, in this incarnation's files
+        return len(got.vgpus)
+
+    def _mark_vm(self, vm: int) -> None:
+        v = self.core.by_vm.get(vm)
+        if v is not None:
+            self._dirty.add(v.id)
+
+    def _mark_busy(self) -> None:
+        """The vGPUs the scheduler or the display may have changed (those with work, or a pipe running)."""
+        sched = self.core.scheduler
+        self._dirty.update(w.vgpu.id for w in sched.inflight.values())
+        self._dirty.update(vid for (vid, _), q in sched.queues.items() if q)
+        self._dirty.update(v.id for v in self.core.vgpus.values() if v.display.timers)
+
+    def _commit(self) -> None:
+        """Write what changed (state.py). Never raises: a failure is counted and logged, the state is off."""
+        if self.state is None:
+            return
+        dirty, self._dirty = self._dirty, set()
+        try:
+            for vid in [vid for vid, rec in self.state.recorders.items() if self.core.vgpus.get(vid) is not rec.vgpu]:
+                self.state.forget(vid)  # destroyed (or replaced): its journal goes
+            self.state.commit(self.core, dirty, self._vhm_epoch)
+        except Exception as err:
+            self.counters["state_write_failed"] += 1
+            self.log.error("state_write_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+            self.state.close()
+            self.state = None
 
     def _sched_busy(self) -> bool:
         sched = self.core.scheduler
@@ -168,6 +252,7 @@ class GvtService(BaseService):
         """A connection's reactor finished a batch: the ioreq completions, then the scheduler timer."""
         if self._results:
             self._flush_now()  # trap ranges, MSIs, GGTT writes go out before the completion
+            self._commit()  # then the state they leave: a redispatch after a kill finds them in last_done
             results, self._results = self._results, []
             for i in range(0, len(results), MAX_BATCH):
                 await self._send("vhm", m.IoreqComplete(reqs=results[i:i + MAX_BATCH]))
@@ -211,6 +296,10 @@ class GvtService(BaseService):
         for conn in self.conns.values():
             await conn.close()
         await self.mgmt.stop()
+        if self.state is not None:
+            self._commit()
+            if self.state is not None:
+                self.state.close()
         if self._mem is not None:
             self._mem.close()
 
@@ -282,6 +371,10 @@ class GvtService(BaseService):
             for tag, why in failed_submits:
                 self.core.scheduler.submit_failed(tag, why)
             self._flush_now()  # the next workloads (if any) try again
+        if self.state is not None and not self._results:  # _after_batch commits before its completions
+            self._mark_busy()
+            if self._dirty:
+                self._commit()
 
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
         req = getattr(msg, "req", -1)
@@ -307,8 +400,12 @@ class GvtService(BaseService):
                                       now=time.monotonic())
             if isinstance(r, Refusal):
                 return m.Error(code=r.code.value, reason=r.reason, req=req, vm=msg.vm)
+            if self.state is not None:
+                self.state.mpt_args[r.id] = (msg.ept_root, msg.ram_mb)
+                self._dirty.add(r.id)
             return m.VgpuCreated(req=msg.req, vm=msg.vm, vgpu_id=r.id)
         if isinstance(msg, (m.VgpuDestroy, m.VgpuReset)):
+            self._mark_vm(msg.vm)
             r2 = self.core.destroy_vgpu(msg.vm) if isinstance(msg, m.VgpuDestroy) else self.core.reset_vgpu(msg.vm)
             if isinstance(r2, Refusal):
                 return m.Error(code=r2.code.value, reason=r2.reason, req=req, vm=msg.vm)
@@ -392,6 +489,9 @@ class GvtService(BaseService):
             t0 = trace.now_us() if trace.on else 0.0
             self._results.extend(m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=handle(r, now))
                                  for r in msg.reqs)
+            if self.state is not None:
+                for vm in {r.vm for r in msg.reqs}:
+                    self._mark_vm(vm)
             if trace.on:
                 trace.complete("gvt emulate", "ioreq", t0, trace.now_us() - t0, ioreqs=len(msg.reqs),
                                first=f"vm{msg.reqs[0].vm}/{msg.reqs[0].vcpu}/{msg.reqs[0].seq}" if msg.reqs else "")
@@ -421,6 +521,13 @@ class GvtService(BaseService):
             self.counters[f"replies_dropped_{peer}"] += 1
 
     async def _vhm_up(self, server_epoch: int, restarted: bool) -> None:
+        if self._restored_epoch is not None and self._restored_epoch != server_epoch:
+            # the vGPUs restored from the saved state belong to a vhm that is gone: nothing to carry on
+            self.log.warning("restored_state_stale", saved_vhm_epoch=self._restored_epoch, vhm_epoch=server_epoch)
+            restarted = True
+        self._restored_epoch = None
+        self._vhm_epoch = server_epoch
+        self._dirty.update(self.core.vgpus)  # the device record names the vhm
         if restarted:
             # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay)
             for vgpu in [v for v in self.core.vgpus.values() if v.owner == "vhm"]:
@@ -504,6 +611,9 @@ class GvtService(BaseService):
             self.counters[f"gpu_events_{msg.kind}"] += 1
             if trace.on:
                 trace.instant(f"workload {msg.kind}", "gpu", engine=msg.engine, tag=msg.tag, busy_ns=msg.busy_ns)
+            w = self.core.scheduler.inflight.get(msg.tag)
+            if w is not None:
+                self._dirty.add(w.vgpu.id)
             self.core.scheduler.on_gpu_event(msg.engine, msg.kind, msg.tag, msg.status, msg.busy_ns, msg.reason,
                                              now=time.monotonic())
             await self._flush()  # guest context written back; MSIs and the next submission go out

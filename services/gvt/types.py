@@ -284,6 +284,23 @@ class GmPartition:
         self._fences_used.update(free_fences)
         return GmResource(low_base, low_sz, high_base, high_sz, tuple(free_fences))
 
+    def claim(self, res: GmResource) -> bool:
+        """Take exactly these slices and fences (a restarted gvt re-opening a vGPU's saved state,
+        services/gvt/state.py). False, changing nothing, if they leave their region or overlap a holder."""
+        def fits(base: int, size: int, region: tuple[int, int], used: list[tuple[int, int]]) -> bool:
+            lo, hi = region
+            return lo <= base and base + size <= hi and all(base + size <= b or b + n <= base for b, n in used)
+
+        if not (fits(res.low_base, res.low_size, self.low_region, self._low)
+                and fits(res.high_base, res.high_size, self.high_region, self._high)):
+            return False
+        if any(f in self._fences_used or not HOST_FENCE <= f < self.gpu.fences for f in res.fences):
+            return False
+        self._low = sorted(self._low + [(res.low_base, res.low_size)])
+        self._high = sorted(self._high + [(res.high_base, res.high_size)])
+        self._fences_used.update(res.fences)
+        return True
+
     def free(self, res: GmResource) -> None:
         """free_resource: give the slices and fences back (idempotent)."""
         self._low = [iv for iv in self._low if iv != (res.low_base, res.low_size)]

@@ -209,6 +209,12 @@ class Vgpu:
         self.count(f"failsafe_{reason.name.lower()}")
         self.log.warning("vgpu_failsafe", vgpu=self.id, vm=self.vm, reason=reason.name, why=why)
 
+    def resync_fences(self) -> None:
+        """Program the host fences the vGPU owns from its fence vregs again (pgpu restarted: a new GPU's
+        fence registers are zero; i915 restores fences after a GPU reset, i915_gem_restore_fences)."""
+        for i, host in enumerate(self.resource.fences):
+            self.emit(PgpuMmioWrite(FENCE_REG_GEN6_LO + 8 * host, 8, self.mmio.read(FENCE_REG_GEN6_LO + 8 * i, 8)))
+
     def _clear_fences(self) -> None:
         """_clear_vgpu_fence: zero the host fences the vGPU owns (and its fence vregs)."""
         for i, host in enumerate(self.resource.fences):

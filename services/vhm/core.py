@@ -55,7 +55,14 @@ class Client:
     detached_at: float | None = None  # when its session ended (it is lost ``client_grace`` later)
     resumed: bool = False  # its last HELLO resumed the client (same id and epoch)
     synced: bool = False  # sent VGPU_SYNC since its last HELLO
+    restarting: bool = False  # a new incarnation took it over (new epoch) and has not sent VGPU_SYNC yet
     held: set[tuple[int, int, int]] = field(default_factory=set)  # (vm, vcpu, seq) to send again on resume
+
+    @property
+    def accepting(self) -> bool:
+        """Dispatches may be sent to it now: it has a session, and a new incarnation has said (VGPU_SYNC)
+        which vGPUs it carries on (until then what it would get might be for a vGPU it no longer has)."""
+        return self.peer is not None and not self.restarting
 
     @property
     def owner(self) -> str:
@@ -125,10 +132,11 @@ class VhmCore(MptServices, ClientSessions):
         ready = [c.id for c in live if c.ready]
         return (ready or [c.id for c in live])[-1]
 
-    def client_lost(self, client: int) -> ClientLoss:
+    def client_lost(self, client: int, why: str = "") -> ClientLoss:
         """A client's session ended: fail what was PROCESSING at it (ERROR client_lost, slots FREE), drop its
         ranges/BDFs/page tracks (later accesses go to the fallback), unmap what it mapped into guests, free
-        the frames it allocated. Every RUNNING VM whose vGPU it held is told VGPU_LOST (the guest resets)."""
+        the frames it allocated. Every RUNNING VM whose vGPU it held is told VGPU_LOST (the guest resets),
+        with ``why`` in the reason."""
         c = self.clients.pop(client, None)
         if c is None:
             return ClientLoss([], [], 0)
@@ -137,11 +145,11 @@ class VhmCore(MptServices, ClientSessions):
         self.counters["clients_lost"] += 1
         failed: list[IoreqFailed] = []
         notices: list[Notice] = []
-        why = f"ioreq client {c.name} (#{c.id}) lost while the request was PROCESSING"
+        lost = f"ioreq client {c.name} (#{c.id}) lost while the request was PROCESSING" + (f": {why}" if why else "")
         for vm in self.vms.values():
             for slot in vm.slots:
                 if slot.state is IoreqState.PROCESSING and slot.client == client:
-                    failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, why))
+                    failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, lost))
             had_vgpu = vm.dm == client and vm.vgpu_id and vm.state is VmState.RUNNING
             mapped = vm.forget_client(client)
             for gfn in mapped:  # its frames are about to be freed: the guest must not keep them
@@ -151,7 +159,8 @@ class VhmCore(MptServices, ClientSessions):
                 notices.append(Notice(vm.owner, m.EptChanged(vm=vm.id)))
             if had_vgpu:
                 self.counters["vgpus_lost"] += 1
-                notices.append(Notice(vm.owner, m.VgpuLost(vm=vm.id, reason=f"device model {c.name} lost")))
+                reason = f"device model {c.name} lost" + (f": {why}" if why else "")
+                notices.append(Notice(vm.owner, m.VgpuLost(vm=vm.id, reason=reason[:1024])))
         return ClientLoss(failed, notices, self.frames.free_owner(c.owner), c.id)
 
     # ======================================================================================= ioreqs
@@ -221,7 +230,7 @@ class VhmCore(MptServices, ClientSessions):
             return self._complete_in_vhm(vm, vcpu, fallback_value(req))
         slot.dispatch(client)
         vm.dispatched_at[vcpu] = now
-        if self.clients[client].peer is None:  # detached: it waits PROCESSING for the client's return
+        if not self.clients[client].accepting:  # detached or restarting: it waits PROCESSING (reconcile.py)
             self.clients[client].held.add((vm.id, vcpu, req.seq))
         self.counters["ioreq_dispatched"] += 1
         return Dispatched(client, req)

@@ -10,11 +10,18 @@ mappings and frames belong to its client id, not to the connection that carried 
   client back (``resumed``), and the waiting requests are sent again right away
   (:meth:`redispatch`; gvt answers a request it had already completed from its last completion, so a
   request still completes exactly once).
-* A HELLO with the same id and a **new** epoch is a restart: the old incarnation is lost at once
+* A HELLO with the same id and a **new** epoch is a restart. With a grace period the new incarnation
+  **takes over** the client (``taken_over``): its ranges, claims, page tracks, frames and the requests
+  PROCESSING at it stay, and nothing is dispatched to it until its VGPU_SYNC has said which vGPUs it carries
+  on (a device model that kept its state in machine memory lists them; one that did not lists none). Then
+  the VMs whose vGPU it kept get their waiting requests (:meth:`redispatch`; the slot's seq lets the device
+  model answer a request it had completed before dying from its saved last completion, never twice) and
+  the others take the reset path below; if it kept no vGPU at all, the old incarnation's frames are freed.
+  Without a grace period (``client_grace`` 0) the old incarnation is lost at once
   (:meth:`~.core.VhmCore.client_lost`). A detached client that does not come back within ``client_grace``
   seconds is lost too (:meth:`expire_clients`, due at :meth:`next_deadline`). Losing a client fails what was
   PROCESSING at it (``client_lost``), drops what it owned and tells every VM that had a vGPU there:
-  VGPU_LOST (the guest resets and creates the VM again).
+  VGPU_LOST with the reason (the guest resets and creates the VM again).
 * On every HELLO the device model sends its vGPU list (VGPU_SYNC) and :meth:`reconcile` compares it with
   the VM table: a vGPU whose VM vhm does not have (or is destroying, or that belongs to another client) is
   to be destroyed; a VM whose vGPU the client no longer holds is told VGPU_LOST. Afterwards every RUNNING
@@ -37,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from ...protocol import ErrorCode, IoreqState
 from ...protocol import messages as m
+from ..common.memory import FrameAllocator
 from .outcomes import ClientLoss, Dispatched, IoreqFailed, Notice, Peer
 from .vm import Vm, VmState
 
@@ -46,12 +54,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ClientHello:
-    """A device model said HELLO. ``resumed``: it got its client (and all its state) back; ``losses``: an
-    earlier incarnation (same id, other epoch) that is now lost, to be reported like any client loss."""
+    """A device model said HELLO. ``resumed``: it got its client (and all its state) back; ``taken_over``: a
+    new incarnation took over the client of the old one (held until its VGPU_SYNC); ``losses``: an earlier
+    incarnation (same id, other epoch) that is now lost, to be reported like any client loss."""
 
     client: int
     resumed: bool
     losses: list[ClientLoss] = field(default_factory=list)
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,31 +87,48 @@ class ClientSessions:
     counters: Counter[str]
     client_grace: float
     ioreq_timeout: float
+    frames: FrameAllocator
 
-    if TYPE_CHECKING:  # declared for the type checker only: VhmCore (core.py) defines them
+    if TYPE_CHECKING:  # defined by VhmCore (core.py)
         def add_client(self, peer: Peer, name: str) -> int: ...
-        def client_lost(self, client: int) -> ClientLoss: ...
+        def client_lost(self, client: int, why: str = "") -> ClientLoss: ...
         def _fail_slot(self, vm: Vm, vcpu: int, code: ErrorCode, reason: str) -> IoreqFailed: ...
 
     # ------------------------------------------------------------------------------------ sessions
     def client_hello(self, peer: Peer, name: str, epoch: int, now: float) -> ClientHello:
-        """HELLO from a device model: resume its client (same ``name`` and ``epoch``), or register a new one
-        after losing every earlier incarnation of ``name``."""
+        """HELLO from a device model: resume its client (same ``name`` and ``epoch``), let a new incarnation
+        take it over (same ``name``, new ``epoch``, a grace period configured), or register a new one after
+        losing every earlier incarnation of ``name``."""
         losses: list[ClientLoss] = []
-        for c in [c for c in self.clients.values() if c.name == name]:
+        same = [c for c in self.clients.values() if c.name == name]
+        for c in same:
             if c.epoch == epoch:
-                if c.peer is not None:
-                    self._client_by_peer.pop(c.peer, None)
-                c.peer, c.detached_at, c.synced, c.resumed = peer, None, False, True
-                self._hold_processing(c)  # sent on the old connection: maybe never arrived
-                self._client_by_peer[peer] = c.id
+                self._attach(c, peer)
+                c.resumed = True
                 self.counters["clients_resumed"] += 1
                 return ClientHello(c.id, True)
+        if same and self.client_grace > 0:
+            c = same[-1]  # the newest incarnation (there is only ever one per name)
+            for older in same[:-1]:
+                losses.append(self.client_lost(older.id, "replaced by a newer incarnation"))
+            self._attach(c, peer)
+            c.epoch, c.resumed, c.restarting = epoch, False, True
+            self.counters["clients_taken_over"] += 1
+            return ClientHello(c.id, False, losses, taken_over=True)
+        for c in same:
             self.counters["clients_restarted"] += 1
-            losses.append(self.client_lost(c.id))
+            losses.append(self.client_lost(c.id, "restarted (new epoch)"))
         cid = self.add_client(peer, name)
         self.clients[cid].epoch = epoch
         return ClientHello(cid, False, losses)
+
+    def _attach(self, c: "Client", peer: Peer) -> None:
+        """Move ``c`` to the session ``peer``; what was PROCESSING at it is held for a new send."""
+        if c.peer is not None:
+            self._client_by_peer.pop(c.peer, None)
+        c.peer, c.detached_at, c.synced = peer, None, False
+        self._hold_processing(c)  # sent on the old connection (or to the dead process): maybe never arrived
+        self._client_by_peer[peer] = c.id
 
     def client_session_ended(self, client: int, peer: Peer, now: float) -> ClientLoss | None:
         """The session ``peer`` of ``client`` ended. If it still carries the client, the client is detached
@@ -130,7 +157,7 @@ class ClientSessions:
         late = [c.id for c in self.clients.values()
                 if c.detached_at is not None and now - c.detached_at >= self.client_grace]
         self.counters["clients_expired"] += len(late)
-        return [self.client_lost(cid) for cid in late]
+        return [self.client_lost(cid, f"no reconnect within {self.client_grace:g}s") for cid in late]
 
     def next_deadline(self) -> float:
         """When :meth:`expire_clients` or ``tick`` (ioreq timeouts) next has something to do (inf: never)."""
@@ -147,11 +174,13 @@ class ClientSessions:
         c = self.clients.get(client)
         return c is not None and c.peer is not None
 
-    def redispatch(self, client: int) -> list[Dispatched]:
+    def redispatch(self, client: int, now: float | None = None) -> list[Dispatched]:
         """The requests still PROCESSING at ``client`` that were sent on a session that died or arrived while
-        it was detached, to be sent to it again (once), in VM / vCPU order."""
+        it was detached, to be sent to it again (once), in VM / vCPU order. Nothing while the client does
+        not accept dispatches (detached, or restarting before its VGPU_SYNC). With ``now`` their ioreq
+        timeout starts again (the time spent waiting for the device model's return does not count)."""
         c = self.clients.get(client)
-        if c is None:
+        if c is None or not c.accepting:
             return []
         out = []
         for vm_id, vcpu, seq in sorted(c.held):
@@ -161,6 +190,8 @@ class ClientSessions:
             slot = vm.slots[vcpu]
             if slot.state is IoreqState.PROCESSING and slot.client == client and vm.request_of(slot).seq == seq:
                 out.append(Dispatched(client, vm.request_of(slot)))
+                if now is not None:
+                    vm.dispatched_at[vcpu] = now
         c.held.clear()
         self.counters["ioreqs_redispatched"] += len(out)
         return out
@@ -190,16 +221,26 @@ class ClientSessions:
                 destroy.append(vm_id)
         failed: list[IoreqFailed] = []
         notices: list[Notice] = []
+        why = (f"device model {c.name} restarted without the state of vGPU" if c.restarting
+               else "the device model no longer holds vGPU")
         for vm in self.vms.values():
             if vm.state is VmState.RUNNING and vm.dm == client and vm.vgpu_id and vm.id not in held:
-                f, n = self.vgpu_gone(vm, f"the device model no longer holds vGPU {vm.vgpu_id}")
+                f, n = self.vgpu_gone(vm, f"{why} {vm.vgpu_id}")
                 failed += f
                 notices += n
+        resumed = c.resumed
+        if c.restarting:
+            c.restarting = False
+            resumed = bool(keep)  # it carries on with the old incarnation's state (and frames)
+            if keep:
+                self.counters["clients_restored"] += 1
+            else:  # a fresh start: nothing uses the old incarnation's frames any more
+                self.counters["restart_frames_freed"] += self.frames.free_owner(c.owner)
         c.synced = True
         self.counters["reconciliations"] += 1
         self.counters["reconcile_kept"] += len(keep)
         self.counters["reconcile_destroyed"] += len(destroy)
-        return Reconciliation(keep, destroy, c.resumed, failed, notices)
+        return Reconciliation(keep, destroy, resumed, failed, notices)
 
     def vgpu_gone(self, vm: Vm, reason: str) -> tuple[list[IoreqFailed], list[Notice]]:
         """The VM's vGPU no longer exists at its device model: fail the VM's in-flight ioreqs (gpu_reset),

@@ -131,17 +131,21 @@ class VhmService(BaseService):
         if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
             hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
             session.data["client"] = hello.client
-            self.log.info("client_resumed" if hello.resumed else "client_added", client=hello.client,
-                          peer_id=session.id)
+            event = "client_resumed" if hello.resumed else "client_taken_over" if hello.taken_over else "client_added"
+            self.log.info(event, client=hello.client, peer_id=session.id, epoch=session.epoch)
             for loss in hello.losses:
                 await self._client_loss(loss, session.id, "restarted (new epoch)")
             if hello.resumed:  # its state is intact: what it may not have received goes out again now
                 await self._redispatch(hello.client)
+            # taken over by a new incarnation: what waits for it goes out after its VGPU_SYNC
 
     async def _redispatch(self, cid: int) -> None:
         assert self.core is not None
-        for d in self.core.redispatch(cid):
-            self._batches[d.client].append(d.ioreq)
+        # a request queued in this batch before the client came back is in the batch already: once only
+        queued = {(r.vm, r.vcpu, r.seq) for r in self._batches.get(cid, ())}
+        for d in self.core.redispatch(cid, time.monotonic()):
+            if (d.ioreq.vm, d.ioreq.vcpu, d.ioreq.seq) not in queued:
+                self._batches[d.client].append(d.ioreq)
         await self._flush()
 
     async def _client_loss(self, loss: ClientLoss, peer_id: str, reason: str) -> None:
@@ -252,7 +256,7 @@ class VhmService(BaseService):
             client = self.core.clients.get(cid)
             if client is None:  # lost since: client_lost already failed these requests
                 continue
-            if client.peer is None:  # detached: they wait PROCESSING, sent again when it resumes
+            if not client.accepting or client.peer is None:  # detached or restarting: they wait, sent once it is back
                 self.counters["dispatch_held"] += len(reqs)
                 continue
             for i in range(0, len(reqs), MAX_BATCH):

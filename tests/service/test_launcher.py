@@ -64,12 +64,17 @@ def test_up_status_chaos_down(run_dir: str) -> None:
     gvt_after = next(s for s in st["services"] if s["name"] == "s1/gvt")
     assert gvt_after["restarts"] == 1 and gvt_after["epoch"] != gvt_before["epoch"]
     assert not group_members(gvt_before["pid"])  # the old incarnation is gone
-    # the restarted gvt holds no vGPU for stack 1's idle VM: status must not call that healthy
-    assert not st["healthy"] and st["stacks"]["1"]["vgpus"] == 0 and st["stacks"]["1"]["vms"] >= 1
-    assert any("runs without a vGPU" in p and "gvtsim restart s1/guest" in p for p in st["problems"]), st["problems"]
+    # the restarted gvt (the same id, s1-gvt) carried stack 1's idle VM's vGPU on from its saved state
+    # (docs/STATE.md): the VM never lost it, status is healthy (a VM left without one is stack_summary's
+    # problem "runs without a vGPU": tests/unit/test_orch_status.py)
+    for _ in range(100):
+        st = status(run_dir)
+        if st["healthy"]:
+            break
+    assert st["healthy"], st["problems"]
+    assert st["stacks"]["1"]["vgpus"] == st["stacks"]["1"]["vms"] >= 1
     text = gvtsim("status", "--run-dir", run_dir)
-    assert text.returncode == 1 and "NOT healthy" in text.stdout and "runs without a vGPU" in text.stdout
-    assert "None" not in text.stdout
+    assert text.returncode == 0 and "None" not in text.stdout
     # restarting the guest gives its VMs vGPUs again
     r = gvtsim("restart", "s1/guest", "--run-dir", run_dir, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stderr

@@ -1,7 +1,8 @@
 """Device models across reconnects, driven on the vhm core alone (no sockets, time passed in): detach and
-resume with the same epoch keeps every piece of state and re-sends waiting ioreqs once; a new epoch or the end
-of the grace period loses the client and tells its VMs VGPU_LOST; VGPU_SYNC keeps, destroys and reports lost
-vGPUs so that afterwards no VM has a dead vGPU and no vGPU lacks a VM."""
+resume with the same epoch keeps every piece of state and re-sends waiting ioreqs once; a new epoch within
+the grace takes the client over and holds its requests until its VGPU_SYNC says which vGPUs it carries on;
+no grace or the end of the grace period loses the client and tells its VMs VGPU_LOST with a reason;
+VGPU_SYNC keeps, destroys and reports lost vGPUs so that afterwards no VM has a dead vGPU and no vGPU lacks a VM."""
 
 from __future__ import annotations
 
@@ -99,23 +100,107 @@ def test_a_stale_session_ending_after_the_resume_changes_nothing(core):
     assert [(d.ioreq.vcpu, d.ioreq.seq) for d in core.redispatch(cid)] == [(0, 1)]  # sent again, on the new one
 
 
-def test_new_epoch_loses_the_old_incarnation_and_tells_its_vms(core):
+def test_new_epoch_without_grace_loses_the_old_incarnation_and_tells_its_vms(mem):
+    core = VhmCore(mem, client_grace=0.0)
     cid = core.client_hello("s1", "gvt-a", EPOCH, 0.0).client
     vm = vm_with_vgpu(core, cid)
     core.submit_ioreq("guestA", ioreq(vm, 0, 1), 0.5)
-    core.client_session_ended(cid, "s1", 1.0)
     hello = core.client_hello("s2", "gvt-a", EPOCH + 1, 2.0)
-    assert not hello.resumed and hello.client != cid and cid not in core.clients
+    assert not hello.resumed and not hello.taken_over and hello.client != cid and cid not in core.clients
     [loss] = hello.losses
     assert [(f.vcpu, f.code) for f in loss.failed] == [(0, ErrorCode.CLIENT_LOST)]
     lost = [n for n in loss.notices if isinstance(n.message, m.VgpuLost)]
     assert [(n.peer, n.message.vm) for n in lost] == [("guestA", vm)]
+    assert "restarted (new epoch)" in lost[0].message.reason
     v = core.vms[vm]
     assert (v.vgpu_id, v.dm, v.page_tracks) == (0, None, {}) and not v.memory.is_write_protected(7)
     assert core.frames.owned_count(f"client:{cid}") == 0
     # the restarted device model has no vGPU for it; nothing is kept, the guest was already told
     rec = core.reconcile(hello.client, [], 2.0)
     assert (rec.keep, rec.destroy, rec.notices, rec.resumed) == ([], [], [], False)
+
+
+def restarted_with_work_waiting(core: VhmCore) -> tuple[int, int, int]:
+    """A device model with one VM (vCPU 0 PROCESSING when it died), detached at 1.0; a request for its range
+    arrives while it is away (vCPU 1), then a new incarnation (new epoch) says HELLO at 2.0. Returns
+    (client, vm, frames it had allocated)."""
+    cid = core.client_hello("s1", "gvt-a", EPOCH, 0.0).client
+    vm = vm_with_vgpu(core, cid)
+    frames = core.alloc_frames(cid, 3, False)
+    assert isinstance(core.submit_ioreq("guestA", ioreq(vm, 0, 1, W, BAR0 + 0x100000, 0x11), 0.5), Dispatched)
+    assert core.client_session_ended(cid, "s1", 1.0) is None
+    away = core.submit_ioreq("guestA", ioreq(vm, 1, 1, W, BAR0 + 0x100008, 0x22), 1.5)
+    assert isinstance(away, Dispatched)  # never the fallback's dropped write for a range with a client
+    hello = core.client_hello("s2", "gvt-a", EPOCH + 1, 2.0)
+    assert hello.taken_over and not hello.resumed and hello.client == cid and hello.losses == []
+    assert core.connected(cid) and core.client_of("s2") == cid and core.clients[cid].epoch == EPOCH + 1
+    return cid, vm, sum(r.count for r in frames.runs)
+
+
+def test_new_epoch_takes_over_and_nothing_is_sent_before_its_vgpu_sync(core):
+    cid, vm, nframes = restarted_with_work_waiting(core)
+    assert core.redispatch(cid, 2.0) == []  # it has not said yet which vGPUs it carries on
+    # the VM's own requests keep waiting at it, PROCESSING (not PENDING for the fallback, not failed)
+    v = core.vms[vm]
+    assert [s.state for s in v.slots] == [IoreqState.PROCESSING, IoreqState.PROCESSING]
+    assert core.expire_clients(2.0 + 10 * GRACE) == []  # it is back: no grace runs any more
+    assert core.clients[cid].restarting and not core.clients[cid].accepting
+
+    rec = core.reconcile(cid, [(vm, 1)], 2.1)  # it restored the vGPU from its saved state
+    assert rec.resumed and rec.keep == [vm] and rec.notices == [] and rec.failed == []
+    assert core.counters["clients_restored"] == 1
+    assert core.frames.owned_count(f"client:{cid}") == nframes  # its shadows' frames stay its own
+    resent = core.redispatch(cid, 2.1)
+    assert [(d.ioreq.vcpu, d.ioreq.seq, d.ioreq.value) for d in resent] == [(0, 1, 0x11), (1, 1, 0x22)]
+    assert core.redispatch(cid, 2.2) == []  # once
+    assert core.next_deadline() == pytest.approx(2.1 + core.ioreq_timeout)  # timed from the new send
+    done = core.complete(cid, [m.IoreqResult(vm=vm, vcpu=0, seq=1, value=0),
+                               m.IoreqResult(vm=vm, vcpu=1, seq=1, value=0)], 2.2)
+    assert all(isinstance(d, Completed) for d in done)
+    # a second answer for the same request (e.g. one the dead incarnation sent late) is refused: once only
+    [dup] = core.complete(cid, [m.IoreqResult(vm=vm, vcpu=0, seq=1, value=0)], 2.3)
+    assert not isinstance(dup, Completed)
+    assert core.vms[vm].ranges.lookup(MMIO, BAR0, 4) == cid
+
+
+def test_new_epoch_without_the_old_state_takes_the_reset_path(core):
+    cid, vm, _ = restarted_with_work_waiting(core)
+    rec = core.reconcile(cid, [], 2.1)  # a fresh start: no saved state, or its check failed
+    assert not rec.resumed and rec.keep == []
+    assert sorted((f.vcpu, f.code) for f in rec.failed) == [(0, ErrorCode.GPU_RESET), (1, ErrorCode.GPU_RESET)]
+    [n] = rec.notices
+    assert n.peer == "guestA" and isinstance(n.message, m.VgpuLost) and n.message.vm == vm
+    assert "restarted without the state of vGPU 1" in n.message.reason
+    assert core.frames.owned_count(f"client:{cid}") == 0  # the old incarnation's frames went
+    assert core.redispatch(cid, 2.1) == []
+    out = core.submit_ioreq("guestA", ioreq(vm, 0, 2), 2.2)
+    assert isinstance(out, Completed) and out.value == 0xFFFF_FFFF  # its ranges went with the vGPU
+
+
+def test_new_epoch_before_the_old_session_is_noticed_dead(core):
+    cid = core.client_hello("s1", "gvt-a", EPOCH, 0.0).client
+    vm = vm_with_vgpu(core, cid)
+    core.submit_ioreq("guestA", ioreq(vm, 0, 1), 0.5)  # went out to the process that is now dead
+    hello = core.client_hello("s2", "gvt-a", EPOCH + 1, 1.0)
+    assert hello.taken_over and hello.client == cid
+    assert core.client_session_ended(cid, "s1", 1.5) is None  # the dead session ending changes nothing now
+    assert core.connected(cid)
+    assert core.reconcile(cid, [(vm, 1)], 1.6).keep == [vm]
+    assert [(d.ioreq.vcpu, d.ioreq.seq) for d in core.redispatch(cid, 1.6)] == [(0, 1)]
+
+
+def test_a_restarted_device_model_that_never_comes_back_is_lost_after_the_grace(core):
+    cid = core.client_hello("s1", "gvt-a", EPOCH, 0.0).client
+    vm = vm_with_vgpu(core, cid)
+    core.submit_ioreq("guestA", ioreq(vm, 0, 1), 0.5)
+    core.client_session_ended(cid, "s1", 1.0)
+    assert core.next_deadline() == pytest.approx(1.0 + GRACE)
+    [loss] = core.expire_clients(1.0 + GRACE)
+    [n] = [n for n in loss.notices if isinstance(n.message, m.VgpuLost)]
+    assert n.message.vm == vm and "no reconnect within 5s" in n.message.reason
+    assert [(f.vcpu, f.code) for f in loss.failed] == [(0, ErrorCode.CLIENT_LOST)]
+    late = core.client_hello("s2", "gvt-a", EPOCH + 1, 9.0)  # too late: a new client, nothing to take over
+    assert not late.taken_over and late.client != cid
 
 
 def test_grace_expiry_loses_the_client(core):

@@ -1,0 +1,635 @@
+"""gvt's state in machine memory: what a restarted gvt re-opens to carry its vGPUs on (docs/STATE.md).
+
+A GVT-g host keeps every vGPU's state in the i915 module's memory, so a crash of it takes the host down;
+ACRN's device model keeps it in the acrn-dm process, so a crash takes the VM down. Here each vGPU's state
+is also written, as it changes, to a file in the machine-memory tmpfs next to vhm's machine memory (a
+process's SIGKILL does not take it; a host's power cut would, as it takes the guests' RAM too).
+
+Format (one **journal** per vGPU, one for the device): a file header (magic, format version, its CRC), then
+records, each ``length, crc32, seq`` and a msgpack payload. The first record is a full snapshot; each later
+one holds only what changed in one batch (the vreg pages, GGTT entries, ...), so the trap path pays for what
+it changed, not for the whole state. Records are appended with one ``write``; a journal grown past a bound is
+compacted into a new file holding one full record and renamed over the old one (``os.replace`` is atomic).
+Reading stops at a record cut short at the end of the file (the write the crash interrupted: the state is
+that of the batch before); a record that fails its CRC with data after it, a sequence gap, a wrong magic or
+version refuse the whole journal cleanly (the vGPU then takes the reset path: its guest is told VGPU_LOST
+with the reason).
+
+Sans-I/O parts (records, folding, capture and restore of a vGPU) are plain functions; :class:`StateStore`
+does the file I/O and is driven by the gvt shell after each batch, before the batch's completions leave.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import msgspec
+
+from ...protocol import messages as m
+from ...protocol.constants import MAX_VCPUS
+from .execlist import VirtualExeclist
+from .pv import PvCaps
+
+if TYPE_CHECKING:
+    from .core import Gvt
+    from .vgpu import Vgpu
+
+FILE_MAGIC = b"GVTSTATE"
+#: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
+FORMAT_VERSION = 1
+FILE_HEADER = struct.Struct("<8sII")  # magic, version, crc32(magic + version)
+REC_HEADER = struct.Struct("<IIQ")  # payload length, crc32(seq + payload), seq
+#: a journal is compacted (one full record, atomically renamed in) when it grows past this many bytes
+COMPACT_BYTES = 256 << 10
+#: a record is never larger than this (a corrupt length is not an allocation)
+MAX_RECORD = 64 << 20
+#: a changed vreg page is written as the changed chunks of this size, not whole (a fence write is 8 bytes)
+VREG_CHUNK = 256
+
+
+class StateRefused(Exception):
+    """A journal that cannot be trusted (bad magic, version, checksum, sequence or content)."""
+
+
+# ================================================================================= record format
+def file_header() -> bytes:
+    """The 16 bytes every journal starts with."""
+    head = FILE_MAGIC + struct.pack("<I", FORMAT_VERSION)
+    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, zlib.crc32(head))
+
+
+def encode_record(seq: int, payload: dict[str, Any]) -> bytes:
+    """One record: header then the msgpack payload."""
+    body = msgpack.packb(payload, use_bin_type=True)
+    crc = zlib.crc32(body, zlib.crc32(struct.pack("<Q", seq)))
+    return REC_HEADER.pack(len(body), crc, seq) + body
+
+
+def decode_journal(data: bytes) -> tuple[list[dict[str, Any]], int, bool]:
+    """The payloads of a journal's records, in order, the next sequence number, and whether its last write
+    was cut short (ignored: the state is that of the records before it). Raises :class:`StateRefused`."""
+    if len(data) < FILE_HEADER.size:
+        raise StateRefused(f"journal of {len(data)} bytes has no header")
+    magic, version, crc = FILE_HEADER.unpack_from(data)
+    if magic != FILE_MAGIC or crc != zlib.crc32(data[:12]):
+        raise StateRefused("not a gvt state journal (bad magic or header checksum)")
+    if version != FORMAT_VERSION:
+        raise StateRefused(f"state format version {version}, this gvt reads version {FORMAT_VERSION}")
+    out: list[dict[str, Any]] = []
+    off, seq, torn = FILE_HEADER.size, None, False
+    while off < len(data):
+        if len(data) - off < REC_HEADER.size:
+            torn = True  # the header of the last write was cut
+            break
+        length, crc, rseq = REC_HEADER.unpack_from(data, off)
+        end = off + REC_HEADER.size + length
+        if length > MAX_RECORD or end > len(data):
+            torn = True  # the last write was cut (or its length is garbage: nothing valid can follow it)
+            break
+        body = data[off + REC_HEADER.size:end]
+        if zlib.crc32(body, zlib.crc32(struct.pack("<Q", rseq))) != crc:
+            if end == len(data):
+                torn = True  # the last record, partly written
+                break
+            raise StateRefused(f"record at byte {off} fails its checksum and is not the last")
+        if seq is not None and rseq != seq + 1:
+            raise StateRefused(f"record at byte {off} has seq {rseq}, expected {seq + 1}")
+        try:
+            payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception as err:
+            raise StateRefused(f"record at byte {off} does not decode: {err}") from None
+        if not isinstance(payload, dict) or (seq is None and not payload.get("full")):
+            raise StateRefused(f"record at byte {off} is not a state record (or the first is not a full one)")
+        out.append(payload)
+        seq, off = rseq, end
+    if not out:
+        raise StateRefused("journal holds no complete record")
+    assert seq is not None
+    return out, seq + 1, torn
+
+
+def fold(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The state the records describe: the last full record with every later delta applied."""
+    state: dict[str, Any] = {}
+    for rec in records:
+        if rec.get("full"):
+            state = {"vregs": {}, "ggtt": {"v": {}, "h": {}, "p": {}}, "last_done": {}}
+        for key, value in rec.items():
+            if key == "vregs":
+                state["vregs"].update(value)
+            elif key == "vregs_chunks":
+                for pn, chunks in value.items():
+                    page = bytearray(state["vregs"].get(pn, b""))
+                    for off, data in chunks:
+                        if off + len(data) > len(page):
+                            raise StateRefused(f"vreg page {pn} changed past its end")
+                        page[off:off + len(data)] = data
+                    state["vregs"][pn] = bytes(page)
+            elif key == "vregs_drop":
+                for pn in value:
+                    state["vregs"].pop(pn, None)
+            elif key == "ggtt":
+                for name, delta in value.items():
+                    table = state["ggtt"][name]
+                    if delta.get("clear"):
+                        table.clear()
+                    table.update(delta.get("set", {}))
+                    for idx in delta.get("del", ()):
+                        table.pop(idx, None)
+            elif key == "last_done":
+                state["last_done"].update(value)
+            elif key != "full":
+                state[key] = value
+    return state
+
+
+# ============================================================================ change tracking
+class TrackedDict(dict):  # type: ignore[type-arg]
+    """A dict that remembers which keys changed since :meth:`take` (the GGTT's sparse tables: a batch
+    writes a few entries of up to a million, so only those are written out)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.dirty: set[Any] = set()
+        self.cleared = False
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.dirty.add(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.dirty.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.dirty.add(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.dirty.add(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        other = dict(*args, **kw)
+        self.dirty.update(other)
+        super().update(other)
+
+    def popitem(self) -> tuple[Any, Any]:
+        k, v = super().popitem()
+        self.dirty.add(k)
+        return k, v
+
+    def clear(self) -> None:
+        self.cleared = True
+        self.dirty.clear()
+        super().clear()
+
+    def take(self, full: bool = False) -> dict[str, Any] | None:
+        """The changes since the last take ({clear, set, del}), None if nothing changed."""
+        if full or self.cleared:
+            out: dict[str, Any] = {"clear": True, "set": dict(self)}
+        elif self.dirty:
+            out = {"set": {k: self[k] for k in self.dirty if k in self},
+                   "del": [k for k in self.dirty if k not in self]}
+        else:
+            return None
+        self.dirty = set()
+        self.cleared = False
+        return out
+
+
+def track(vgpu: "Vgpu") -> None:
+    """Put change tracking on the vGPU's GGTT tables (idempotent)."""
+    g = vgpu.gtt
+    for name in ("virtual", "host", "partial"):
+        table = getattr(g, name)
+        if not isinstance(table, TrackedDict):
+            setattr(g, name, TrackedDict(table))
+
+
+# ============================================================================= capture / restore
+def not_restorable(vgpu: "Vgpu") -> str:
+    """Why the vGPU's state, as it is now, could not be carried on by a restarted gvt ("" if it could).
+
+    The record holds registers, config space, GGTT, execlist ports and PV page, not yet the PPGTT shadows,
+    the workloads or the display timers: a vGPU with any of those is recorded as not restorable, and a
+    restart gives its guest a GPU reset with this reason instead of a vGPU that is wrong."""
+    sched = vgpu.gvt.scheduler
+    if any(w.vgpu is vgpu for w in sched.inflight.values()) or any(
+            q for (vid, _), q in sched.queues.items() if vid == vgpu.id):
+        return "workloads were queued or running"
+    if vgpu.ppgtt.mms or vgpu.page_track.pages:
+        return "PPGTT shadows existed (they are not recorded yet)"
+    if any(el.running is not None or el.pending is not None for el in vgpu.submission.execlists.values()):
+        return "an execlist context was scheduled in"
+    if vgpu.display.timers:
+        return "a display pipe was running"
+    return ""
+
+
+def _misc(vgpu: "Vgpu") -> dict[str, Any]:
+    """The small fields, written whole whenever one of them changed."""
+    cfg, pv = vgpu.cfg, vgpu.pv
+    return {
+        "active": vgpu.active, "failsafe": vgpu.failsafe,
+        "failsafe_reason": None if vgpu.failsafe_reason is None else int(vgpu.failsafe_reason),
+        "pv_notified": vgpu.pv_notified, "msis": vgpu.msis_injected,
+        "cfg_trapped": list(cfg.trapped) if cfg.trapped else None, "pmcsr_off": cfg.pmcsr_off,
+        "d3": cfg.d3_entered,
+        "execlist_enabled": sorted(vgpu.submission.execlist_enabled),
+        "resets": dict(vgpu.submission.resets),
+        "elsp": {n: [list(el.elsp), el.elsp_index] for n, el in vgpu.submission.execlists.items()},
+        "aperture": [vgpu.aperture.enabled, vgpu.aperture.base, dict(vgpu.aperture.mapped)],
+        "opregion": [vgpu.opregion.gpa, vgpu.opregion.requests],
+        "pv": [pv.gpa, pv.version, int(pv.enabled), dict(pv.seen_submit), pv.seen_update],
+        "restorable": not_restorable(vgpu),
+    }
+
+
+def _misc_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    """A cheap key of what :func:`_misc` depends on that changes often (compared before building it); the
+    rest (PV page, OpRegion, aperture, resets) changes only along with one of these or the vregs."""
+    sched = vgpu.gvt.scheduler
+    cfg, pv, sub = vgpu.cfg, vgpu.pv, vgpu.submission
+    return (vgpu.active, vgpu.failsafe, vgpu.pv_notified, vgpu.msis_injected, cfg.trapped, cfg.d3_entered,
+            len(sched.inflight), len(sched.queues), sum(len(q) for q in sched.queues.values()),
+            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers),
+            tuple((el.elsp_index, el.elsp[0], el.elsp[1], el.elsp[2], el.elsp[3], el.running is None,
+                   el.pending is None) for el in sub.execlists.values()),
+            len(sub.execlist_enabled), sum(sub.resets.values()), vgpu.aperture.enabled, vgpu.aperture.base,
+            len(vgpu.aperture.mapped), vgpu.opregion.gpa, vgpu.opregion.requests, pv.gpa, pv.version,
+            int(pv.enabled), pv.seen_update, tuple(pv.seen_submit.items()))
+
+
+@dataclass
+class VgpuRecorder:
+    """What was last written of one vGPU, to write only what changed."""
+
+    vgpu: "Vgpu"
+    pages: dict[int, bytes] = field(default_factory=dict)
+    cfg: bytes = b""
+    misc: bytes = b""
+    misc_key: tuple[Any, ...] = ()
+    done_seen: dict[int, Any] = field(default_factory=dict)  # vcpu -> the (request, value) last written
+    done_len: int = -1  # len(gvt.last_done) when ``vcpus`` was computed
+    vcpus: list[int] = field(default_factory=list)  # this VM's vCPUs that have a last completion
+
+    def full(self, ept_root: int, ram_mb: int) -> dict[str, Any]:
+        """A full record of the vGPU (and what it takes to build it again)."""
+        v = self.vgpu
+        track(v)
+        r = v.resource
+        rec: dict[str, Any] = {
+            "full": True, "id": v.id, "vm": v.vm, "type": v.type.name, "owner": v.owner,
+            "resource": [r.low_base, r.low_size, r.high_base, r.high_size, list(r.fences)],
+            "ept_root": ept_root, "ram_mb": ram_mb, "created_at": v.created_at,
+        }
+        self.pages, self.cfg, self.misc, self.misc_key, self.done_seen = {}, b"", b"", (), {}
+        self.done_len = -1
+        delta = self.delta(full=True)
+        assert delta is not None
+        rec.update(delta)
+        return rec
+
+    def delta(self, full: bool = False) -> dict[str, Any] | None:
+        """What changed since the last record (None: nothing)."""
+        v = self.vgpu
+        out: dict[str, Any] = {}
+        pages = v.mmio._pages
+        changed: dict[int, bytes] = {}
+        chunks: dict[int, list[tuple[int, bytes]]] = {}
+        for pn, p in pages.items():
+            old = self.pages.get(pn)
+            if old == p:
+                continue
+            now = bytes(p)
+            self.pages[pn] = now
+            if old is None or len(old) != len(now):
+                changed[pn] = now
+                continue
+            chunks[pn] = [(o, now[o:o + VREG_CHUNK]) for o in range(0, len(now), VREG_CHUNK)
+                          if old[o:o + VREG_CHUNK] != now[o:o + VREG_CHUNK]]
+        dropped = [pn for pn in self.pages if pn not in pages]
+        if changed:
+            out["vregs"] = changed
+        if chunks:
+            out["vregs_chunks"] = chunks
+        if dropped:
+            out["vregs_drop"] = dropped
+            for pn in dropped:
+                del self.pages[pn]
+        if v.cfg.data != self.cfg:
+            self.cfg = bytes(v.cfg.data)
+            out["cfg"] = self.cfg
+        ggtt = {}
+        for short, name in (("v", "virtual"), ("h", "host"), ("p", "partial")):
+            table = getattr(v.gtt, name)
+            d = table.take(full) if isinstance(table, TrackedDict) else {"clear": True, "set": dict(table)}
+            if d is not None:
+                ggtt[short] = d
+        if ggtt:
+            out["ggtt"] = ggtt
+        key = _misc_key(v)
+        if key != self.misc_key:
+            self.misc_key = key
+            misc = _misc(v)
+            packed = msgpack.packb(misc, use_bin_type=True)
+            if packed != self.misc:
+                self.misc = packed
+                out["misc"] = misc
+        changed_done = {}
+        gvt_done = v.gvt.last_done
+        if len(gvt_done) != self.done_len:  # a vCPU answered for the first time (or a VM went): look again
+            self.done_len = len(gvt_done)
+            self.vcpus = [vcpu for vcpu in range(MAX_VCPUS) if (v.vm, vcpu) in gvt_done]
+        for vcpu in self.vcpus:
+            entry = gvt_done.get((v.vm, vcpu))
+            if entry is not None and self.done_seen.get(vcpu) is not entry:  # a new completion object
+                self.done_seen[vcpu] = entry
+                changed_done[vcpu] = [msgspec.structs.asdict(entry[0]), entry[1]]
+        if changed_done:
+            out["last_done"] = changed_done
+        return out or None
+
+
+def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
+    """Build a vGPU from its folded record (:func:`fold`) and put it in ``gvt``, as it was when the record
+    was written; nothing is emitted (vhm and pgpu already hold what it had set up). Raises
+    :class:`StateRefused` if the record cannot be carried on."""
+    from .types import GmResource
+    from .vgpu import FailsafeReason, Vgpu
+
+    misc = st.get("misc")
+    if not isinstance(misc, dict):
+        raise StateRefused("record has no register state")
+    if misc.get("restorable"):
+        raise StateRefused(f"not restorable: {misc['restorable']}")
+    vid, vm = st.get("id"), st.get("vm")
+    if not isinstance(vid, int) or not 1 <= vid <= gvt.max_vgpu or vid in gvt.vgpus:
+        raise StateRefused(f"vGPU id {vid!r} is not free here")
+    if not isinstance(vm, int) or vm in gvt.by_vm:
+        raise StateRefused(f"VM {vm!r} already has a vGPU")
+    vtype = gvt.types_by_name.get(st.get("type", ""))
+    if vtype is None:
+        raise StateRefused(f"vGPU type {st.get('type')!r} is not one of this GPU profile's")
+    lo, lo_n, hi, hi_n, fences = st["resource"]
+    res = GmResource(lo, lo_n, hi, hi_n, tuple(fences))
+    if not gvt.gm.claim(res):
+        raise StateRefused("its GM slices or fences overlap another vGPU's")
+    effects_before = len(gvt.effects)
+    try:
+        v = Vgpu(gvt, vid, vm, vtype, res, mpt, float(st.get("created_at", 0.0)))
+        v.owner = st.get("owner", "")
+        v.display.init()  # the monitor and its EDID (their registers come back below)
+        cfg = st.get("cfg", b"")
+        if len(cfg) != len(v.cfg.data):
+            raise StateRefused("config space of the wrong size")
+        v.cfg.data[:] = cfg
+        v.cfg.trapped = tuple(misc["cfg_trapped"]) if misc["cfg_trapped"] else None  # type: ignore[assignment]
+        v.cfg.pmcsr_off, v.cfg.d3_entered = misc["pmcsr_off"], misc["d3"]
+        v.mmio._pages = {int(pn): bytearray(p) for pn, p in st["vregs"].items()}
+        g = st["ggtt"]
+        v.gtt.virtual, v.gtt.host = dict(g["v"]), dict(g["h"])
+        v.gtt.partial = {i: (x[0], x[1]) for i, x in g["p"].items()}
+        track(v)
+        v.active, v.failsafe, v.pv_notified = misc["active"], misc["failsafe"], misc["pv_notified"]
+        v.failsafe_reason = None if misc["failsafe_reason"] is None else FailsafeReason(misc["failsafe_reason"])
+        v.msis_injected = misc["msis"]
+        v.submission.execlist_enabled = set(misc["execlist_enabled"])
+        v.submission.resets = dict(misc["resets"])
+        for name, (elsp, index) in misc["elsp"].items():
+            el: VirtualExeclist | None = v.submission.execlists.get(name)
+            if el is not None:
+                el.elsp, el.elsp_index = list(elsp), index
+        v.aperture.enabled, v.aperture.base = misc["aperture"][0], misc["aperture"][1]
+        v.aperture.mapped = {int(k): x for k, x in misc["aperture"][2].items()}
+        v.opregion.gpa, v.opregion.requests = misc["opregion"]
+        gpa, version, enabled, seen_submit, seen_update = misc["pv"]
+        v.pv.gpa, v.pv.version, v.pv.enabled = gpa, version, PvCaps(enabled)
+        v.pv.seen_submit, v.pv.seen_update = dict(seen_submit), seen_update
+    except StateRefused:
+        gvt.gm.free(res)
+        raise
+    except Exception as err:  # a record that decodes but does not fit: refused, never half-applied
+        gvt.gm.free(res)
+        raise StateRefused(f"record does not fit this gvt: {type(err).__name__}: {err}") from None
+    finally:
+        del gvt.effects[effects_before:]
+    gvt.vgpus[vid] = v
+    gvt.by_vm[vm] = v
+    for vcpu, (req, value) in st["last_done"].items():
+        gvt.last_done[(vm, int(vcpu))] = (m.Ioreq(**req), value)
+    return v
+
+
+# ===================================================================================== the store
+def sweep_dead(directory: str, prefix: str, me: int) -> list[str]:
+    """Delete the state directories ``<prefix><pid>.state`` beside ``directory`` whose pid is not a live
+    process (other than ``me``): a gvt with the default --id (its host name and pid) that died left one no
+    later process can re-open. Returns what was deleted."""
+    import shutil
+
+    parent = os.path.dirname(directory) or "."
+    gone: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return gone
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".state")):
+            continue
+        pid = name[len(prefix):-len(".state")]
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): its state stays
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        gone.append(name)
+    return gone
+
+
+@dataclass
+class Restored:
+    """What :meth:`StateStore.restore` found: the vGPUs carried on, those refused (vm, vgpu id, why), the
+    device record's vhm epoch."""
+
+    vgpus: list["Vgpu"] = field(default_factory=list)
+    refused: list[tuple[int, int, str]] = field(default_factory=list)
+    vhm_epoch: int | None = None
+    device: str = ""  # why the device record was refused ("" if it was read or absent)
+
+
+class StateStore:
+    """The journals of one gvt identity, in ``directory`` (created if missing)."""
+
+    def __init__(self, directory: str, compact_bytes: int = COMPACT_BYTES) -> None:
+        self.dir = directory
+        self.compact_bytes = compact_bytes
+        os.makedirs(directory, exist_ok=True)
+        self.recorders: dict[int, VgpuRecorder] = {}
+        self._fds: dict[str, tuple[int, int, int]] = {}  # name -> (fd, next seq, size)
+        self._full_size: dict[str, int] = {}  # name -> size of the journal right after its last compaction
+        self._device_sig: tuple[Any, ...] = ()
+        self.bytes_written = 0
+        self.records_written = 0
+        self.mpt_args: dict[int, tuple[int, int]] = {}  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, f"{name}.journal")
+
+    # --------------------------------------------------------------------------------- writing
+    def _write_full(self, name: str, payload: dict[str, Any], seq: int) -> None:
+        """A new journal with one full record, atomically in place of the old."""
+        old = self._fds.pop(name, None)
+        if old is not None:
+            os.close(old[0])
+        path = self._path(name)
+        tmp = path + ".tmp"
+        data = file_header() + encode_record(seq, payload)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._fds[name] = (fd, seq + 1, len(data))
+        self._full_size[name] = len(data)
+        self.bytes_written += len(data)
+        self.records_written += 1
+
+    def _append(self, name: str, payload: dict[str, Any]) -> None:
+        fd, seq, size = self._fds[name]
+        rec = encode_record(seq, payload)
+        os.write(fd, rec)  # one write: a kill leaves it whole or cut short at the end of the file
+        self._fds[name] = (fd, seq + 1, size + len(rec))
+        self.bytes_written += len(rec)
+        self.records_written += 1
+
+    def commit(self, gvt: "Gvt", dirty: Iterable[int], vhm_epoch: int | None) -> int:
+        """Write what changed of the vGPUs ``dirty`` (ids) and of the device. Returns records written."""
+        before = self.records_written
+        for vid in dirty:
+            v = gvt.vgpus.get(vid)
+            if v is None:
+                continue
+            name = f"vgpu-{vid}"
+            rec = self.recorders.get(vid)
+            if rec is None or rec.vgpu is not v:
+                rec = self.recorders[vid] = VgpuRecorder(v)
+                self._write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), 1)
+                continue
+            delta = rec.delta()
+            if delta is None:
+                continue
+            if self._fds[name][2] > self.compact_bytes + self._full_size[name]:  # deltas outgrew the bound
+                self._write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), self._fds[name][1])
+            else:
+                self._append(name, delta)
+        sched = gvt.scheduler
+        pool = sched.frame_pool
+        # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
+        # frame change whenever its content does; the payload is built only then
+        sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(sched.shadows), vhm_epoch,
+               tuple(sorted(vid for vid in self.mpt_args if vid in gvt.vgpus)))
+        if sig != self._device_sig:
+            self._device_sig = sig
+            device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(pool),
+                      "vhm_epoch": vhm_epoch,
+                      "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in sched.shadows.items()],
+                      "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
+            fds = self._fds.get("device")
+            self._write_full("device", device, fds[1] if fds else 1)
+        return self.records_written - before
+
+    def forget(self, vgpu_id: int) -> None:
+        """The vGPU was destroyed: its journal goes."""
+        self.recorders.pop(vgpu_id, None)
+        self.mpt_args.pop(vgpu_id, None)
+        fds = self._fds.pop(f"vgpu-{vgpu_id}", None)
+        if fds is not None:
+            os.close(fds[0])
+        try:
+            os.unlink(self._path(f"vgpu-{vgpu_id}"))
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        for fd, _, _ in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # --------------------------------------------------------------------------------- reading
+    def read(self, name: str) -> dict[str, Any]:
+        """The folded state of one journal. Raises :class:`StateRefused` (FileNotFoundError if absent)."""
+        with open(self._path(name), "rb") as f:
+            data = f.read()
+        records, _, _ = decode_journal(data)
+        return fold(records)
+
+    def restore(self, gvt: "Gvt", mpt_factory: Any) -> Restored:
+        """Re-open every journal: the device's (scratch page, frame pool, shadow contexts) and each vGPU's.
+        A refused journal is deleted and reported; what was restored is recorded again from scratch."""
+        out = Restored()
+        for name in os.listdir(self.dir):
+            if name.endswith(".tmp"):  # a compaction the crash interrupted: the journal itself is whole
+                os.unlink(os.path.join(self.dir, name))
+        try:
+            dev = self.read("device")
+        except FileNotFoundError:
+            dev = {}
+        except StateRefused as err:
+            out.device, dev = str(err), {}
+        if out.device or not dev:
+            for name in sorted(os.listdir(self.dir)):
+                if name.startswith("vgpu-") and name.endswith(".journal"):
+                    vid = int(name[5:-8]) if name[5:-8].isdigit() else 0
+                    out.refused.append((0, vid, out.device or "the device record is missing"))
+                    os.unlink(os.path.join(self.dir, name))
+            return out
+        out.vhm_epoch = dev.get("vhm_epoch")
+        mpt_args = {int(k): tuple(a) for k, a in dev.get("mpt", {}).items()}
+        for name in sorted(os.listdir(self.dir)):
+            if not (name.startswith("vgpu-") and name.endswith(".journal")):
+                continue
+            vid = int(name[5:-8]) if name[5:-8].isdigit() else 0
+            vm = 0
+            try:
+                st = self.read(name[:-8])
+                vm = int(st.get("vm", 0))
+                ept_root, ram_mb = mpt_args.get(vid, (st.get("ept_root", 0), st.get("ram_mb", 0)))
+                try:
+                    mpt = mpt_factory(vm, ept_root, ram_mb) if ept_root else None
+                except Exception as err:
+                    raise StateRefused(f"guest memory of VM {vm} not reachable: {err}") from None
+                if mpt is None:
+                    from .mpt import NullMpt
+                    mpt = NullMpt()
+                v = restore_vgpu(gvt, st, mpt)
+                self.mpt_args[vid] = (ept_root, ram_mb)
+                out.vgpus.append(v)
+            except StateRefused as err:
+                out.refused.append((vm, vid, str(err)))
+                os.unlink(os.path.join(self.dir, name))
+        kept = {v.id for v in out.vgpus}
+        gvt.scratch_mfn = int(dev.get("scratch_mfn", 0))
+        sched = gvt.scheduler
+        sched.frame_pool = [int(x) for x in dev.get("frame_pool", [])]
+        from .scheduler import ShadowContext
+        for vid, eng, gm, mfns in dev.get("shadows", []):
+            if vid in kept:
+                sched.shadows[(vid, eng)] = ShadowContext(gm, list(mfns))
+            else:  # its vGPU is not carried on: the frames go back to the pool
+                sched.frame_pool.extend(mfns)
+        return out
