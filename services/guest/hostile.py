@@ -30,6 +30,7 @@ from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from . import cmds
 from . import regs as r
 from .cpu import IoreqFailed
+from .gem import Bo
 from .i915 import RING_SIZE, DriverError, EngineState, VgpuDriver
 
 #: what an attack aims at (``--hostile-target``): graphics addresses and a machine frame of another VM
@@ -378,18 +379,24 @@ def _ring_offset(e: EngineState, commands: list[int]) -> int:
     return e.tail if e.tail + n <= RING_SIZE else 0
 
 
+async def _rewrite_setup(drv: VgpuDriver, target: Target) -> tuple[EngineState, int, Bo, Bo]:
+    """What a rewrite attack needs: the engine (its ring set up), the victim's canary address, and two pages
+    of the attacker's own: one its honest stores land in, one for the batch."""
+    assert drv.gem is not None
+    e = drv.engines[ENGINE]
+    assert e.ring is not None
+    return e, _foreign(drv, target, "canary_gm"), await drv.gem.create(PAGE_SIZE), await drv.gem.create(PAGE_SIZE)
+
+
 async def self_modifying_batch(drv: VgpuDriver, target: Target) -> dict[str, Any]:
     """A privileged batch whose first commands rewrite, after GVT scanned it, a later command of the same
     batch and a later command of the ring, both into a store at the victim's canary (the stores target the
     guest's own graphics memory, so the audit passes them). GVT runs shadow copies of the ring and of the
     batch (cmd_parser.c perform_bb_shadow, scheduler.c copy_workload_to_ring_buffer): the rewrites land in
     the guest's own copies, and the GPU runs the commands as scanned."""
-    assert drv.gem is not None
-    m, e = drv.machine, drv.engines[ENGINE]
+    e, victim, own, batch = await _rewrite_setup(drv, target)
+    m = drv.machine
     assert e.ring is not None
-    victim = _foreign(drv, target, "canary_gm")
-    own = await drv.gem.create(PAGE_SIZE)
-    batch = await drv.gem.create(PAGE_SIZE)
     later = 64  # byte offset of the batch's own later store
     ring = cmds.batch_buffer_start(batch.gm) + cmds.store_dword(own.gm + 4, MARK)
     ring_later = _ring_offset(e, ring + [cmds.MI_USER_INTERRUPT]) + 12  # the ring's store, after the start
@@ -406,12 +413,9 @@ async def rewrite_after_scan(drv: VgpuDriver, target: Target) -> dict[str, Any]:
     """The CPU rewrites the batch and the ring right after the ELSP write that made GVT scan them (a
     time-of-check / time-of-use race): the batch's store now aims at the victim's canary. The GPU runs
     the shadow copies made at the scan."""
-    assert drv.gem is not None
-    m, e = drv.machine, drv.engines[ENGINE]
+    e, victim, own, batch = await _rewrite_setup(drv, target)
+    m = drv.machine
     assert e.ring is not None
-    victim = _foreign(drv, target, "canary_gm")
-    own = await drv.gem.create(PAGE_SIZE)
-    batch = await drv.gem.create(PAGE_SIZE)
     await m.write_mem(batch.gpa, cmds.to_bytes(cmds.store_dword(own.gm, MARK) + [cmds.MI_BATCH_BUFFER_END]))
     ring = cmds.batch_buffer_start(batch.gm) + cmds.store_dword(own.gm + 4, MARK)
     ring_at = _ring_offset(e, ring + [cmds.MI_USER_INTERRUPT])
