@@ -3,7 +3,6 @@ core, fallback, client loss, timeouts, forged ids, page tracking seen by a guest
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,13 +19,6 @@ from gvtsim.services.vhm.vm import VmState
 R, W = IoreqDir.READ, IoreqDir.WRITE
 MMIO, PIO, PCI, WP = IoreqType.MMIO, IoreqType.PIO, IoreqType.PCI, IoreqType.WP
 BAR0 = 0xC000_0000  # above any RAM these tests create
-
-
-@pytest.fixture
-def mem(tmp_path) -> Iterator[MachineMemory]:
-    mm = MachineMemory(str(tmp_path / "machine.mem"), 64 << 20, create=True)
-    yield mm
-    mm.close()
 
 
 @pytest.fixture

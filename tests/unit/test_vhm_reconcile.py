@@ -6,13 +6,11 @@ VGPU_SYNC keeps, destroys and reports lost vGPUs so that afterwards no VM has a 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from gvtsim.protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
 from gvtsim.protocol import messages as m
-from gvtsim.services.common.memory import MachineMemory
 from gvtsim.services.vhm.core import VhmCore
 from gvtsim.services.vhm.outcomes import Completed, Dispatched, VmPlan
 from gvtsim.services.vhm.vm import VmState
@@ -22,13 +20,6 @@ MMIO = IoreqType.MMIO
 BAR0 = 0xC000_0000
 GRACE = 5.0
 EPOCH = 1111
-
-
-@pytest.fixture
-def mem(tmp_path) -> Iterator[MachineMemory]:
-    mm = MachineMemory(str(tmp_path / "machine.mem"), 64 << 20, create=True)
-    yield mm
-    mm.close()
 
 
 @pytest.fixture
