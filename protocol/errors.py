@@ -7,6 +7,7 @@ Two families, h11-style: a :class:`DecodeError` is what a peer sent (remote faul
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ErrorCode(str, enum.Enum):
@@ -29,6 +30,22 @@ class ErrorCode(str, enum.Enum):
     GPU_RESET = "gpu_reset"  # the (virtual) GPU was reset under the request
     TIMEOUT = "timeout"
     INTERNAL = "internal"  # a bug: logged and counted, the service stays up
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request a core did not carry out: the ERROR code and the reason to answer with.
+
+    Every sans-I/O core (vhm, gvt, pgpu, guest) returns this one type for a refusal instead of raising; the
+    shell turns it into an ERROR message. ``vm``, ``vcpu`` and ``seq`` are echoed when the refused request was
+    an ioreq (the guest matches the ERROR to its vCPU slot by them).
+    """
+
+    code: ErrorCode
+    reason: str
+    vm: int | None = None
+    vcpu: int | None = None
+    seq: int | None = None
 
 
 class ProtocolError(Exception):
