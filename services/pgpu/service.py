@@ -64,15 +64,17 @@ class PgpuService(BaseService):
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
                                    handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
-        self._wake = {name: asyncio.Event() for name in ENGINES}
-        self._tasks = [asyncio.create_task(self._engine_loop(name), name=f"pgpu-{name}") for name in ENGINES]
+        self._loop = asyncio.get_running_loop()
+        self._run_soon: asyncio.Handle | None = None  # a pass over the engines is due now
+        self._timer: asyncio.TimerHandle | None = None  # the earliest engine deadline (a context's end, an event)
+        self._timer_at: float | None = None
         return {"endpoint": endpoint, "mem_path": a.mem_path, "mem_mb": self.mem.size >> 20, "gm_mb": a.gm_mb,
                 "time_scale": a.time_scale, "gpu_speed": a.gpu_speed}
 
     async def stop(self) -> None:
-        for t in getattr(self, "_tasks", []):
-            t.cancel()
-        await asyncio.gather(*getattr(self, "_tasks", []), return_exceptions=True)
+        for h in (getattr(self, "_run_soon", None), getattr(self, "_timer", None)):
+            if h is not None:
+                h.cancel()
         if hasattr(self, "server"):
             await self.server.stop()
 
@@ -120,8 +122,7 @@ class PgpuService(BaseService):
 
     def _mmio_write(self, session: Session, msg: m.PgpuMmioWrite) -> m.Message:
         self.core.mmio_write(msg.offset, msg.size, msg.value, time.monotonic())
-        for wake in self._wake.values():  # GDRST may have freed an engine
-            wake.set()
+        self._kick()  # GDRST may have freed an engine
         return m.Ok(req=msg.req)
 
     def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message:
@@ -129,40 +130,59 @@ class PgpuService(BaseService):
         if trace.on:
             trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
                           engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
-        self._wake[msg.engine].set()
+        self._kick()
         return m.Ok(req=msg.req)
 
     def _engine_reset(self, session: Session, msg: m.EngineReset) -> m.Message:
         dropped = self.core.reset_engine(msg.engine, time.monotonic())
-        self._wake[msg.engine].set()
+        self._kick()
         return m.Ok(req=msg.req, value=dropped)
 
     # -------------------------------------------------------------------------------------- engines
-    async def _engine_loop(self, name: str) -> None:
-        """Run the engine's contexts in chunks and deliver its events when they fall due."""
-        wake = self._wake[name]
-        while True:
-            wake.clear()
+    def _kick(self) -> None:
+        """Run the engines on the loop's next turn (after the current batch of requests is answered)."""
+        if self._run_soon is None:
+            self._run_soon = self._loop.call_soon(self._run_engines)
+
+    def _run_engines(self) -> None:
+        """One pass: a chunk of every engine that can run, the events that fell due delivered; then either
+        another pass on the next turn (an engine still has work now: the sockets get a turn in between) or
+        one timer at the earliest engine deadline, or nothing at all while the GPU is idle. No task and no
+        polling loop: an idle GPU costs nothing."""
+        self._run_soon = None
+        now = time.monotonic()
+        busy = False
+        for name in ENGINES:
             try:
-                events = self.core.advance(time.monotonic(), name)
+                events = self.core.advance(now, name)
             except Exception:  # the core catches its own faults; this is a last line of defence
                 self.counters["internal_errors"] += 1
-                self.log.exception("engine_loop_failed", engine=name)
+                self.log.exception("engine_failed", engine=name)
                 events = []
             for ev in events:
-                await self._deliver(ev)
-            if self.core.runnable(name, time.monotonic()):
-                await asyncio.sleep(0)  # let the sockets breathe between chunks
-                continue
-            deadline = self.core.next_deadline(name)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                async with asyncio.timeout(timeout):
-                    await wake.wait()
-            except TimeoutError:
-                pass
+                self._deliver(ev)
+            busy = busy or self.core.runnable(name, time.monotonic())
+        if busy:
+            self._kick()
+            return
+        deadlines = [d for d in (self.core.next_deadline(name) for name in ENGINES) if d is not None]
+        self._arm(min(deadlines) if deadlines else None)
 
-    async def _deliver(self, ev: EngineEvent) -> None:
+    def _arm(self, at: float | None) -> None:
+        if at == self._timer_at and (at is None or self._timer is not None):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, None
+        self._kick()
+
+    def _deliver(self, ev: EngineEvent) -> None:
         session = ev.owner
         if not isinstance(session, Session) or not session.alive:
             self.counters["events_dropped_peer_lost"] += 1
@@ -172,5 +192,5 @@ class PgpuService(BaseService):
         if trace.on:
             trace.instant(f"GPU {ev.kind}", "gpu", tid=ENGINES.index(ev.engine) if ev.engine in ENGINES else 0,
                           **ev.fields())
-        await self.server.send(session, m.GpuEvent(**ev.fields()))
+        self.server.send_now(session, m.GpuEvent(**ev.fields()))
         self.counters[f"events_sent_{ev.kind}"] += 1
