@@ -126,6 +126,8 @@ class Workload:
     # the guest's ring and batch bytes as scanned (graphics address, bytes): checked again at completion to
     # count a guest that changed them after the scan (the GPU ran the shadow copies all the same)
     scanned: list[tuple[int, bytes]] = field(default_factory=list)
+    scan_events: int = 0  # how many of pending_events the scan recorded (the rest came from the GPU)
+    resubmits: int = 0  # times it went to a new pgpu because the one running it restarted
 
     @property
     def ctx_id(self) -> int:
@@ -173,6 +175,8 @@ class Scheduler:
         # mmio_context.c: whose engine registers each physical engine holds (None: the host's)
         self.engine_owner: dict[str, int | None] = {e: None for e in PHYSICAL_ENGINES}
         self.inflight: dict[int, Workload] = {}  # tag -> workload on pgpu
+        #: no submission while the GPU is away or its GGTT not yet rewritten (a new pgpu maps nothing)
+        self.paused = False
         self.order: list[int] = []  # vGPU ids, round robin
         self.shadows: dict[tuple[int, str], ShadowContext] = {}
         self.frame_pool: list[int] = []
@@ -556,6 +560,8 @@ class Scheduler:
         self._reclaim_shadow_bbs()
         if schedule:
             self._schedule(timer=False)
+        if self.paused:
+            return
         for engine in PHYSICAL_ENGINES:
             while self.current[engine] is None:
                 w = self._pick(engine)
@@ -581,6 +587,8 @@ class Scheduler:
             return False
         self.current[w.engine] = w
         self.inflight[w.id] = w
+        if w.status == "queued":
+            w.scan_events = len(w.pending_events)
         w.status = "running"
         w.dispatched_at = self.now
         el = vgpu.submission.execlists[w.engine]
@@ -862,6 +870,31 @@ class Scheduler:
                 vgpu.pvmmio.mfn = vgpu.pvmmio.gfn = None
                 vgpu.pvmmio.granted = PvmmioLevel(0)
                 vgpu.mmio.write32(ENABLE_PVMMIO, 0)
+
+    def requeue_inflight(self, only: set[int] | None = None) -> int:
+        """pgpu restarted: the new GPU ran nothing of what the old one had been given, so every workload that
+        had not completed goes back to the head of its queue, to be submitted again once the physical GGTT is
+        rewritten (the guest sees only latency). A re-run starts from the guest's context as it was at the
+        first submission: the guest context is written back only at completion. The schedule-in CSB event
+        was already emulated; the GPU's own user interrupts of the first run are dropped. ``only``: just
+        these tags (submissions that never reached the GPU). Returns how many."""
+        n = 0
+        tags = [t for t in self.inflight if only is None or t in only]
+        for tag in sorted(tags, reverse=True):  # newest first: appendleft keeps the queue's order
+            w = self.inflight.pop(tag)
+            if self.current.get(w.engine) is w:
+                self.current[w.engine] = None
+            self.engine_owner[w.engine] = None  # the new GPU's registers hold nobody's values
+            if w.status == "abandoned":
+                continue
+            w.status = "requeued"
+            w.emulate_schedule_in = False
+            del w.pending_events[w.scan_events:]
+            w.resubmits += 1
+            self.queues.setdefault((w.vgpu.id, w.engine), deque()).appendleft(w)
+            n += 1
+        self.gvt.counters["workloads_resubmitted"] += n
+        return n
 
     def engine_lost(self, reason: str) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""

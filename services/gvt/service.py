@@ -132,6 +132,8 @@ class GvtService(BaseService):
         self._dirty: set[int] = set()  # vGPU ids whose state may have changed since the last commit
         self._vhm_epoch: int | None = None  # the vhm our vGPUs belong to
         self._restored_epoch: int | None = None  # the vhm the restored vGPUs belonged to
+        self._pgpu_grace: asyncio.TimerHandle | None = None  # pgpu is away: when its workloads fail
+        self._unsent: set[int] = set()  # workload tags whose ELSP_SUBMIT found no pgpu to send to
 
     # ------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, Any]:
@@ -290,6 +292,8 @@ class GvtService(BaseService):
             self._sched.cancel()
         if self._vblank is not None:
             self._vblank.cancel()
+        if self._pgpu_grace is not None:
+            self._pgpu_grace.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -339,7 +343,7 @@ class GvtService(BaseService):
         for e in effects:
             if isinstance(e, fx.Uevent):
                 self.log.info("uevent", vm=e.vm, name=e.name, value=e.value)
-        failed_submits = []
+        unsent: list[int] = []
         for peer, cls, fields in effects_to_messages(effects):
             conn = self.conns.get(peer)
             req = conn.next_req() if conn is not None else 0
@@ -347,10 +351,10 @@ class GvtService(BaseService):
                 if conn is None or not conn.up.is_set():
                     raise PeerLost(f"{peer} not connected")
                 conn.send_now(cls(req=req, **fields))
-            except PeerLost as err:
+            except PeerLost:
                 self.counters[f"effects_dropped_{peer}"] += 1
-                if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it
-                    failed_submits.append((fields["tag"], str(err)))
+                if cls is m.ElspSubmit:  # never leave a workload waiting for a GPU that did not get it:
+                    unsent.append(fields["tag"])  # it goes again when pgpu is back, or fails after the grace
                 if cls is m.AttachVgpu:  # no vhm to ask: the vGPU stands (it attaches when vhm comes)
                     waiter = self._attach_waiters.pop(int(fields["vm"]), None)
                     if waiter is not None and not waiter.done():
@@ -367,10 +371,9 @@ class GvtService(BaseService):
             if len(self._sent) > 10_000:
                 self._sent.clear()
             self._sent[(peer, req)] = m.tag_of(cls)
-        if failed_submits:
-            for tag, why in failed_submits:
-                self.core.scheduler.submit_failed(tag, why)
-            self._flush_now()  # the next workloads (if any) try again
+        if unsent:
+            self._unsent.update(unsent)
+            self._pgpu_away("a submission found no GPU to send to")
         if self.state is not None and not self._results:  # _after_batch commits before its completions
             self._mark_busy()
             if self._dirty:
@@ -621,9 +624,23 @@ class GvtService(BaseService):
             self.counters["unexpected_messages"] += 1
 
     async def _pgpu_up(self, server_epoch: int, restarted: bool) -> None:
-        if restarted:  # a new GPU knows nothing of what the old one was running: those workloads hung
+        if self._pgpu_grace is not None:
+            self._pgpu_grace.cancel()
+            self._pgpu_grace = None
+        unsent, self._unsent = self._unsent, set()
+        if restarted:
+            # a new GPU knows nothing of what the old one was running: those workloads go to it again once
+            # _pgpu_setup has rewritten the physical GGTT (the effects leave in order: the GGTT first)
             self._submits.clear()
-            self.core.scheduler.engine_lost("pgpu restarted")
+            n = self.core.scheduler.requeue_inflight()
+            if n:
+                self.log.info("workloads_resubmitted", count=n, reason="pgpu restarted")
+        elif unsent:
+            # same epoch (the connection was reset, the GPU kept running): pgpu sends the events of what it
+            # ran to our new session; only what never reached it goes again
+            n = self.core.scheduler.requeue_inflight(unsent)
+            if n:
+                self.log.info("workloads_resubmitted", count=n, reason="never reached pgpu")
         self._spawn(self._pgpu_setup())
 
     async def _pgpu_setup(self) -> None:
@@ -638,14 +655,39 @@ class GvtService(BaseService):
             self.counters["pgpu_setup_failed"] += 1
             self.log.warning("pgpu_setup_failed", error=f"{type(err).__name__}: {err}")
         self.core.resync_host_ggtt()
+        if conn.session.state == conn.session.UP:  # not lost again meanwhile (then the next setup resumes)
+            self.core.scheduler.paused = False
+        self.core.scheduler.kick()  # the resubmitted and waiting workloads, behind the GGTT they need
         await self._flush()
 
     def _down_cb(self, name: str) -> Any:
         async def down(reason: str) -> None:
             self.counters[f"{name}_lost"] += 1
             self.log.warning("peer_down", peer=name, reason=reason)
-            if name == "pgpu":  # workloads on the GPU are lost: their guests see a hang
-                self._submits.clear()
-                self.core.scheduler.engine_lost(f"pgpu lost: {reason}")
-                await self._flush()
+            if name == "pgpu":
+                self._pgpu_away(reason)
         return down
+
+    def _pgpu_away(self, reason: str) -> None:
+        """pgpu is gone or unreachable. Nothing goes to a GPU until _pgpu_setup has rewritten its GGTT; the
+        workloads on it wait (a restart resubmits them, a reconnect finishes them); only if it stays away
+        for --pgpu-grace do they fail and their guests see a hang."""
+        self.core.scheduler.paused = True
+        if self._pgpu_grace is None:
+            self._pgpu_grace = asyncio.get_running_loop().call_later(
+                self._grace_s(), lambda: self._spawn(self._pgpu_gone(reason)))
+
+    def _grace_s(self) -> float:
+        return float(getattr(self.args, "pgpu_grace", 10.0))
+
+    async def _pgpu_gone(self, reason: str) -> None:
+        self._pgpu_grace = None
+        self.counters["pgpu_grace_expired"] += 1
+        self._submits.clear()
+        self._unsent.clear()
+        self.core.scheduler.engine_lost(f"pgpu lost: {reason} (not back within {self._grace_s():g} s)")
+        conn = self.conns.get("pgpu")
+        if conn is not None and conn.session.state == conn.session.UP:  # it was never down: submit again
+            self.core.scheduler.paused = False
+            self.core.scheduler.kick()
+        await self._flush()

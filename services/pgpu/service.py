@@ -184,6 +184,10 @@ class PgpuService(BaseService):
 
     def _deliver(self, ev: EngineEvent) -> None:
         session = ev.owner
+        if isinstance(session, Session) and not session.alive:
+            # the gvt that submitted it reconnected (same identity, new session): the event is its
+            session = next((s for s in self.server.sessions.values()
+                            if s.alive and s.role == session.role and s.id == session.id), session)
         if not isinstance(session, Session) or not session.alive:
             self.counters["events_dropped_peer_lost"] += 1
             return

@@ -40,13 +40,14 @@ def pgpu():
     os.unlink(path)
 
 
-async def connect(endpoint: str, events: asyncio.Queue | None = None) -> tuple[zmq.asyncio.Context, Connection]:
+async def connect(endpoint: str, events: asyncio.Queue | None = None,
+                  ident: str = "") -> tuple[zmq.asyncio.Context, Connection]:
     async def on_message(msg: m.Message) -> None:
         if events is not None and isinstance(msg, m.GpuEvent):
             events.put_nowait(msg)
 
     ctx = zmq.asyncio.Context()
-    conn = Connection(ctx, endpoint, role="gvt", ident=f"test-gvt-{os.getpid()}", epoch=time.time_ns(),
+    conn = Connection(ctx, endpoint, role="gvt", ident=ident or f"test-gvt-{os.getpid()}", epoch=time.time_ns(),
                       hb=HeartbeatConfig(0.2, 5), log=structlog.get_logger(), on_message=on_message,
                       server_role="pgpu")
     conn.start()
@@ -142,6 +143,34 @@ async def test_bad_requests_get_errors_and_the_service_stays_up(pgpu) -> None:
         mem.close()
 
 
+async def test_a_gvt_that_reconnects_with_its_identity_gets_the_events_of_its_workloads() -> None:
+    """The connection was reset, the GPU ran on: the completion goes to the submitter's new session."""
+    proc, path = start_pgpu("--time-scale", "200000")  # 1.2 us of GPU time = 0.24 s
+    mem = MachineMemory(path)
+    try:
+        zctx, conn = await connect(proc.endpoint, ident="gvt-reconnects")
+        lay = b.Layout(mem, next_mfn=mem.frames)
+        ctx = lay.context("rcs", 1)
+        buf = lay.gm(1)
+        lay.emit(ctx, b.mi_store_dword(buf, 42))
+        await conn.request(m.GgttWrite, entries=lay.take_pending())
+        await conn.request(m.ElspSubmit, engine="rcs", descs=[ctx.desc], tag=7)
+        await conn.close()  # the old session is gone before the completion is due
+        zctx.destroy(linger=0)
+        q: asyncio.Queue = asyncio.Queue()
+        zctx2, again = await connect(proc.endpoint, q, ident="gvt-reconnects")
+        try:
+            (ev,) = await next_events(q, 1)
+            assert ev.kind == "ctx_complete" and ev.tag == 7 and ev.status == 0
+        finally:
+            await again.close()
+            zctx2.destroy(linger=0)
+        assert int.from_bytes(lay.read(buf, 4), "little") == 42
+    finally:
+        proc.stop()
+        mem.close()
+
+
 async def test_events_of_a_lost_session_are_dropped_and_counted() -> None:
     proc, path = start_pgpu("--time-scale", "200000")  # 1.2 us of GPU time = 0.24 s
     mem = MachineMemory(path)
@@ -155,7 +184,7 @@ async def test_events_of_a_lost_session_are_dropped_and_counted() -> None:
         await conn.request(m.ElspSubmit, engine="rcs", descs=[ctx.desc])
         await conn.close()  # BYE: the session is gone before the completion is due
         zctx.destroy(linger=0)
-        zctx2, probe = await connect(proc.endpoint)
+        zctx2, probe = await connect(proc.endpoint, ident="another-gvt")  # not the submitter's identity
         try:
             async with asyncio.timeout(10):
                 while True:
