@@ -23,7 +23,7 @@ from ...protocol.errors import ErrorCode
 from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
-from .errors import EmulationError, GvtError
+from .errors import EmulationError, FailsafeReason, GvtError
 from ..common import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
@@ -32,7 +32,7 @@ from .scheduler import Scheduler
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
 from .types import GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
-from .vgpu import GVT_BDF, FailsafeReason, Vgpu
+from .vgpu import GVT_BDF, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
 

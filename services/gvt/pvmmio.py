@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .effects import MapGfnToMfn
 from .errors import EmulationError
-from .mmio import MMIO_SIZE
+from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -179,25 +179,6 @@ def elsp_data(vgpu: "Vgpu") -> tuple[int, int, int]:
     assert mem is not None
     a, b, c = _ELSP.unpack(mem.read(addr, _ELSP.size))
     return a, b, c
-
-
-def pv_mmio_read(vgpu: "Vgpu", size: int) -> int:
-    """pvinfo_mmio_read(pv_mmio): the register named by shared_page->reg_addr, through its handler. The
-    offset must lie in the 2 MB register range and not be pv_mmio itself (a redirect to itself would
-    recurse); anything else is refused and counted, and reads 0."""
-    from .pvinfo import PV_MMIO
-
-    if vgpu.pvmmio.mfn is None:
-        vgpu.count("pvmmio_read_without_grant")
-        return 0
-    reg = page_read(vgpu, REG_ADDR, 4)
-    if (reg + size > MMIO_SIZE or reg % min(size, 4)
-            or (reg < PV_MMIO + 4 and PV_MMIO < reg + size)):
-        vgpu.count("pvmmio_bad_reg_addr")
-        vgpu.log.warning("pvmmio_bad_reg_addr", vgpu=vgpu.id, reg_addr=hex(reg))
-        return 0
-    vgpu.count("pvmmio_redirected_reads")
-    return vgpu.gvt.table.read(vgpu, reg, size)
 
 
 def reset(vgpu: "Vgpu") -> None:

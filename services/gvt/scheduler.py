@@ -25,16 +25,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
-from . import cmd_parser
-from . import mmio_context
+from . import cmd_parser, mmio_context, pv
 from .cmd_parser import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES, ShadowBb, ShadowBbWindow
 from .effects import PgpuGgttWrite, PgpuSubmit
+from .engines import BY_NAME, RING_HWS_PGA
+from .errors import EmulationError, FailsafeReason, WorkloadError, WorkloadRefused
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_ctx_id, desc_valid, same_context
-from .gtt import pte_encode, pte_pfn, pte_present
+from .gtt import PPGTT_ROOT_L4, pte_encode, pte_pfn, pte_present
 from .handlers import F
-from .sched_policy import TimeSlicePolicy
+from .ppgtt import pdps_to_context
 from .pvinfo import ENABLE_PVMMIO
 from .pvmmio import PvmmioLevel
+from .sched_policy import TimeSlicePolicy
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -72,15 +74,6 @@ RB_VALID = 1
 SHADOW_RING_PAGES = 8
 SHADOW_PAGES = 2 + SHADOW_RING_PAGES  # PPHWSP + ring context + ring
 TIMESTAMP_NS_PER_TICK = 1000.0 / 12.0  # gen9 CS timestamp, 12 MHz
-
-
-class WorkloadError(Exception):
-    """A workload that cannot be built from the guest's context (bad LRCA, ring outside guest memory)."""
-
-
-class WorkloadRefused(WorkloadError):
-    """A workload refused without marking the VM unhealthy (a -EPERM scan error): the submission fails,
-    the vGPU stays out of failsafe (scheduler.c intel_vgpu_create_workload + vgpu_is_vm_unhealthy)."""
 
 
 @dataclass
@@ -246,8 +239,6 @@ class Scheduler:
     def submit_execlist(self, vgpu: "Vgpu", el: VirtualExeclist, pair: tuple[int, int]) -> None:
         """intel_vgpu_submit_execlist: one workload per valid descriptor; desc0 must be valid and every
         valid descriptor privileged ("unexpected GGTT elsp submission" otherwise)."""
-        from .errors import EmulationError
-
         if not desc_valid(pair[0]):
             self.gvt.counters["elsp_refused_element0_invalid"] += 1
             raise EmulationError("ELSP submission with element 0 invalid")
@@ -277,8 +268,6 @@ class Scheduler:
         """PV submission (pv.py): the descriptors came from the shared page with one trap. The same checks
         and workload creation as an ELSP write, but no execlist emulation: no CSB, no context-switch
         interrupt (the PV patchset skips them); completion is published in the slot, then an MSI."""
-        from .errors import EmulationError
-
         if engine not in PHYSICAL_ENGINES:
             raise EmulationError(f"no physical engine for {engine}")
         descs = [d for d in pair if desc_valid(d)]
@@ -362,9 +351,6 @@ class Scheduler:
     # -------------------------------------------------------------------------------- command scan
     def _scan_hooks(self, w: Workload) -> "cmd_parser.ScanHooks":
         """The vGPU side of the scanner's LRI patches and index mode for workload ``w``."""
-        from .engines import BY_NAME, RING_HWS_PGA
-        from .gtt import PPGTT_ROOT_L4
-
         vgpu, table = w.vgpu, self.gvt.table
 
         def shadow_pml4(pml4: int) -> int | None:
@@ -386,8 +372,6 @@ class Scheduler:
         """intel_gvt_scan_and_shadow_workload (gvt/cmd_parser.c): scan the ring and the privileged batches,
         copy the batches into shadow batch buffers mapped in host GM, patch the ring to them, record the
         user interrupts. A ScanError puts this vGPU alone in failsafe; the workload is not queued."""
-        from .vgpu import FailsafeReason  # vgpu -> ppgtt -> scheduler: imported late
-
         vgpu = w.vgpu
 
         def read_gm(gm: int, n: int) -> bytes:
@@ -659,8 +643,6 @@ class Scheduler:
         for off, val in ((CTX_RING_HEAD, 0), (CTX_RING_TAIL, tail), (CTX_RB_START, sh.gm + 2 * PAGE_SIZE),
                          (CTX_RB_CTRL, ((SHADOW_RING_PAGES - 1) * PAGE_SIZE) | RB_VALID)):
             image[off:off + 4] = val.to_bytes(4, "little")
-        from .ppgtt import pdps_to_context  # here: ppgtt imports this module
-
         for off, val in zip(CTX_PDP_VALUES, pdps_to_context(shadow_pdps)):
             image[off:off + 4] = val.to_bytes(4, "little")
         if wa_in_ring:
@@ -801,8 +783,6 @@ class Scheduler:
     def _complete_pv(self, w: Workload) -> None:
         """PV completion: done_seq in the slot, then the engine's user interrupt (always: it is how the
         guest learns of a PV completion), the scanner's recorded ones merged into it."""
-        from . import pv
-
         self.gvt.counters["workloads_completed"] += 1
         if w.pv_seq is None:
             return  # element 0 of a two-element submission: the slot completes with element 1

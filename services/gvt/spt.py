@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
-from .errors import EmulationError
+from .errors import EmulationError, WorkloadError
 from .gtt import pte_pfn, pte_set_pfn
-from .scheduler import WorkloadError
 
 if TYPE_CHECKING:
-    from .ppgtt import PpgttGlobal
+    from .core import Gvt
     from .vgpu import Vgpu
 
 ENTRY_PRESENT = 1 << 0
@@ -56,6 +55,8 @@ LEVEL_PT, LEVEL_PD, LEVEL_PDP, LEVEL_PML4 = 1, 2, 3, 4
 LEVEL_NAMES = {LEVEL_PT: "PTE_PT", LEVEL_PD: "PDE_PT", LEVEL_PDP: "PDP_PT", LEVEL_PML4: "PML4_PT"}
 #: gvt/gtt.c, gvt/page_track.c: a PTE-level table goes out of sync after 2 trapped writes
 OOS_WRITE_THRESHOLD = 2
+#: gvt/gtt.c, gvt/page_track.c: preallocated_oos_pages
+PREALLOCATED_OOS_PAGES = 8192
 
 
 class PpgttError(WorkloadError):
@@ -473,3 +474,62 @@ class SptTable:
         self.oos_list.clear()
         self.scratch = {}
         self.vgpu.page_track.pages.clear()
+
+
+# ------------------------------------------------------------------------------------ device-global
+class PpgttGlobal:
+    """Device-wide PPGTT resources (struct intel_gvt_gtt): shadow frames, the OOS page pool, the
+    ``enable_out_of_sync`` switch. Frames come from the scheduler's pool (ALLOC_FRAMES from vhm); a freed
+    frame is held back until every workload that was on the GPU when it was freed has finished, so a
+    stale walk never reads a frame already reused for someone else's table."""
+
+    def __init__(self, gvt: "Gvt", enable_out_of_sync: bool = False,
+                 oos_pages: int = PREALLOCATED_OOS_PAGES) -> None:
+        self.gvt = gvt
+        self.enable_out_of_sync = enable_out_of_sync
+        self.oos_free = oos_pages
+        self.oos_in_use: list["Spt"] = []  # attach order: the oldest is detached first when none is free
+        self.quarantine: list[tuple[frozenset[int], list[int]]] = []
+
+    def take_frame(self) -> int:
+        """A zeroed machine frame for a shadow table. Raises NoFrames / PpgttError."""
+        sched = self.gvt.scheduler
+        if sched.mem is None:
+            raise PpgttError("machine memory is not mapped in gvt")
+        self.reap()
+        if not sched.frame_pool:
+            self.gvt.counters["ppgtt_no_frames"] += 1
+            raise NoFrames("no frames for shadow page tables (vhm ALLOC_FRAMES pending or exhausted)")
+        mfn = sched.frame_pool.pop()
+        sched.mem.zero_frames(mfn)
+        return mfn
+
+    def give_frames(self, mfns: list[int]) -> None:
+        """Return frames; they go back to the pool once the workloads running now are done."""
+        if not mfns:
+            return
+        busy = frozenset(self.gvt.scheduler.inflight)
+        if busy:
+            self.quarantine.append((busy, mfns))
+        else:
+            self.gvt.scheduler.frame_pool.extend(mfns)
+
+    def reap(self) -> None:
+        """Release quarantined frames whose workloads have all left the GPU."""
+        if not self.quarantine:
+            return
+        inflight = self.gvt.scheduler.inflight
+        keep = []
+        for busy, mfns in self.quarantine:
+            if any(w in inflight for w in busy):
+                keep.append((busy, mfns))
+            else:
+                self.gvt.scheduler.frame_pool.extend(mfns)
+        self.quarantine = keep
+
+    def forget(self) -> None:
+        """vhm restarted: its frames are gone. Every shadow is dropped without returning frames."""
+        self.quarantine.clear()
+        for v in self.gvt.vgpus.values():
+            v.ppgtt.forget()
+        self.oos_in_use.clear()

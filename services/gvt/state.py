@@ -33,12 +33,16 @@ import msgspec
 
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS
+from .errors import FailsafeReason
 from .execlist import VirtualExeclist
+from .mpt import NullMpt
 from .pv import PvCaps
+from .scheduler import ShadowContext
+from .types import GmResource
+from .vgpu import Vgpu
 
 if TYPE_CHECKING:
     from .core import Gvt
-    from .vgpu import Vgpu
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
@@ -362,9 +366,6 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
     """Build a vGPU from its folded record (:func:`fold`) and put it in ``gvt``, as it was when the record
     was written; nothing is emitted (vhm and pgpu already hold what it had set up). Raises
     :class:`StateRefused` if the record cannot be carried on."""
-    from .types import GmResource
-    from .vgpu import FailsafeReason, Vgpu
-
     misc = st.get("misc")
     if not isinstance(misc, dict):
         raise StateRefused("record has no register state")
@@ -614,7 +615,6 @@ class StateStore:
                 except Exception as err:
                     raise StateRefused(f"guest memory of VM {vm} not reachable: {err}") from None
                 if mpt is None:
-                    from .mpt import NullMpt
                     mpt = NullMpt()
                 v = restore_vgpu(gvt, st, mpt)
                 self.mpt_args[vid] = (ept_root, ram_mb)
@@ -626,7 +626,6 @@ class StateStore:
         gvt.scratch_mfn = int(dev.get("scratch_mfn", 0))
         sched = gvt.scheduler
         sched.frame_pool = [int(x) for x in dev.get("frame_pool", [])]
-        from .scheduler import ShadowContext
         for vid, eng, gm, mfns in dev.get("shadows", []):
             if vid in kept:
                 sched.shadows[(vid, eng)] = ShadowContext(gm, list(mfns))

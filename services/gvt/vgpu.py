@@ -8,7 +8,6 @@ device-global side (GM allocation, ids, the register table, the effects outbox) 
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from .cfg_space import CfgSpace
 from .display import VgpuDisplay
 from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
 from .engines import ALL_ENGINES, ENGINES, mask_names
+from .errors import FailsafeReason
 from .execlist import VirtualExeclist
 from .figures import VgpuFigures
 from .gtt import Ggtt
@@ -36,14 +36,6 @@ if TYPE_CHECKING:
     from .core import Gvt
 
 GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt/cfg_space.c)
-
-
-class FailsafeReason(enum.IntEnum):
-    """enum GVT_FAILSAFE_* (gvt/vgpu.c)."""
-
-    UNSUPPORTED_GUEST = 0
-    INSUFFICIENT_RESOURCE = 1
-    GUEST_ERR = 2
 
 
 @dataclass

@@ -15,7 +15,7 @@ from gvtsim.services.gvt import gtt
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.effects import PgpuGgttFill, PgpuGgttWrite
 from gvtsim.services.gvt.mpt import EptMpt
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 GTT = 8 << 20  # GGTT at BAR0 + 8 MB
 

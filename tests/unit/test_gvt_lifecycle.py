@@ -10,7 +10,7 @@ from gvtsim.services.gvt import pvinfo as pv
 from gvtsim.services.gvt.core import Refusal
 from gvtsim.services.gvt.effects import AttachVgpu, InterceptBdf, PgpuMmioWrite, SetTrapArea
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 MB = 1 << 20
 

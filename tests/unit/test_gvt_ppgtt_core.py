@@ -14,7 +14,7 @@ from gvtsim.protocol import messages as m
 from gvtsim.protocol.constants import IoreqDir, IoreqType
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE
 from gvtsim.services.guest.ppgtt import GuestPpgtt
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 from gvtsim.services.gvt.ppgtt import PpgttError, pdps_from_context, pdps_to_context
 from gvtsim.services.pgpu.dma import Dma
 from gvtsim.services.pgpu.ppgtt import Ppgtt

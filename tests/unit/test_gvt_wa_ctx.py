@@ -13,7 +13,7 @@ from test_gvt_cmd_parser_fixtures import Bo, Guest, Rig
 from gvtsim.services.common.memory import PAGE_SIZE
 from gvtsim.services.guest import cmds
 from gvtsim.services.gvt import scheduler as sch
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 GDRST = 0x941C  # not F_CMD_ACCESS: a command buffer may not touch it (handlers.c)
 INDIRECT_CTX_OFFSET = 0x26 << 6  # i915 gen9 CTX_RCS_INDIRECT_CTX_OFFSET_DEFAULT, shifted as the register holds it
