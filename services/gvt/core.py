@@ -29,6 +29,7 @@ from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs, real_regs
 from .scheduler import Scheduler
+from .shadow import ShadowResources
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
 from .types import GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
@@ -102,6 +103,7 @@ class Gvt:
         self.table = MmioTable(real_regs())
         self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs()
                            + pm.pm_regs(), default_blocks())
+        self.shadow = ShadowResources(self)  # shadow.py: the frames gvt owns, its host-GM mappings
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
@@ -156,7 +158,7 @@ class Gvt:
 
     def resync_host_ggtt(self) -> None:
         """Queue the physical GGTT content and fences of every vGPU again (pgpu restarted or scratch changed)."""
-        self.scheduler.resync_host_ggtt()
+        self.shadow.resync_host_ggtt()
         for v in sorted(self.vgpus.values(), key=lambda v: v.id):
             try:
                 v.gtt.resync_host()
@@ -455,8 +457,8 @@ class Gvt:
                              for v in self.vgpus.values() if v.pv.active},
                 "scheduler": {"queued": sum(len(q) for q in self.scheduler.queues.values()),
                               "running": {e: (w.id if w else None) for e, w in self.scheduler.current.items()},
-                              "frame_pool": len(self.scheduler.frame_pool),
-                              "shadow_bbs": len(self.scheduler.shadow_bbs),
+                              "frame_pool": len(self.shadow.frame_pool),
+                              "shadow_bbs": len(self.shadow.batches),
                               "policy": self.scheduler.policy.info()},
                 "display_by_vm": {str(v.vm): v.display.info() for v in self.vgpus.values()},
                 "figures_by_vm": {str(v.vm): v.figures.info() for v in self.vgpus.values()},

@@ -29,6 +29,8 @@ ALL_ENGINES = 0
 for _e in ENGINES:
     ALL_ENGINES |= _e.mask
 BY_NAME: dict[str, Engine] = {e.name: e for e in ENGINES}
+#: the engines pgpu has (vcs2 is not emulated by the physical GPU model): the engines gvt dispatches to
+PHYSICAL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 
 # Per-engine register offsets from the engine base (gvt/handlers.c, gvt/execlist.c).
 RING_TAIL = 0x30

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from . import engines as eng
 from . import pvmmio
 from .errors import EmulationError, WorkloadError
+from .gtt import gma_to_gpa
 from .handlers import F, Reg
 from .interrupt import trigger_event
 
@@ -148,7 +149,7 @@ class VirtualExeclist:
         if not hws:
             return
         try:
-            gpa = self.vgpu.gvt.scheduler._gm_to_gpa(self.vgpu, hws & ~0xFFF)
+            gpa = gma_to_gpa(self.vgpu, hws & ~0xFFF)
         except WorkloadError:
             self.vgpu.count("csb_hwsp_unmapped")
             return

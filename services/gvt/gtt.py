@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .effects import PgpuGgttFill, PgpuGgttWrite
-from .errors import EmulationError
+from .errors import EmulationError, WorkloadError
+from .types import GTT_PAGE_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -52,6 +53,33 @@ def pte_encode(addr: int) -> int:
 def scratch_pte(scratch_mfn: int) -> int:
     """A present entry pointing at the scratch page (intel_vgpu_reset_ggtt)."""
     return pte_set_pfn(GEN8_PAGE_PRESENT, scratch_mfn)
+
+
+# ------------------------------------------------------------------------ guest graphics memory
+def gma_to_gpa(vgpu: "Vgpu", gma: int) -> int:
+    """intel_vgpu_gma_to_gpa (gvt/gtt.c): a guest graphics address through the vGPU's virtual GGTT to a
+    guest physical address (guest and host GM are the same addresses thanks to ballooning; the guest PTE
+    holds the gfn). Raises WorkloadError outside the vGPU's GM or on a page the guest has not mapped."""
+    if not vgpu.resource.contains(gma):
+        raise WorkloadError(f"graphics address {gma:#x} outside the vGPU's GM")
+    pte = vgpu.gtt.virtual.get(gma >> GTT_PAGE_SHIFT, 0)
+    if not pte_present(pte):
+        raise WorkloadError(f"graphics address {gma:#x} not mapped in the guest GGTT")
+    return (pte_pfn(pte) << GTT_PAGE_SHIFT) | (gma & (GTT_PAGE_SIZE - 1))
+
+
+def read_gma(vgpu: "Vgpu", gma: int, length: int) -> bytes:
+    """``length`` bytes of guest graphics memory from ``gma``, page by page through the virtual GGTT
+    (copy_gma_to_hva, gvt/cmd_parser.c). Raises WorkloadError on an address that is not guest RAM."""
+    out = bytearray()
+    while length:
+        n = min(length, GTT_PAGE_SIZE - (gma & (GTT_PAGE_SIZE - 1)))
+        data = vgpu.mpt.read_gpa(gma_to_gpa(vgpu, gma), n)
+        if data is None:
+            raise WorkloadError(f"graphics address {gma:#x} is not guest RAM")
+        out += data
+        gma, length = gma + n, length - n
+    return bytes(out)
 
 
 # ----------------------------------------------------------------------------------- the GGTT

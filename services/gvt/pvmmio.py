@@ -108,16 +108,16 @@ def set_pvmmio(vgpu: "Vgpu", map_: bool) -> bool:
     if not map_:
         _unmap(vgpu)
         if st.mfn is not None:
-            vgpu.gvt.scheduler.frame_pool.append(st.mfn)
+            vgpu.gvt.shadow.frame_pool.append(st.mfn)
             st.mfn = None
         st.granted = PvmmioLevel(0)
         return True
-    sched = vgpu.gvt.scheduler
+    shadow = vgpu.gvt.shadow
     if st.mfn is None:
-        if sched.mem is None or not sched.frame_pool:
+        if shadow.mem is None or not shadow.frame_pool:
             return False
-        st.mfn = sched.frame_pool.pop()
-        sched.mem.write(st.mfn << PAGE_SHIFT, bytes(PAGE_SIZE))
+        st.mfn = shadow.frame_pool.pop()
+        shadow.mem.write(st.mfn << PAGE_SHIFT, bytes(PAGE_SIZE))
     follow_bar0(vgpu, vgpu.cfg.trapped is not None)
     return True
 
@@ -150,7 +150,7 @@ def is_shared_page(vgpu: "Vgpu", offset: int, size: int) -> bool:
 
 
 def _page_addr(vgpu: "Vgpu", off: int) -> int:
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     if vgpu.pvmmio.mfn is None or mem is None:
         raise EmulationError("PVMMIO shared page used without a grant")
     return (vgpu.pvmmio.mfn << PAGE_SHIFT) + off
@@ -158,14 +158,14 @@ def _page_addr(vgpu: "Vgpu", off: int) -> int:
 
 def page_read(vgpu: "Vgpu", off: int, size: int) -> int:
     """Read ``size`` bytes of the shared page (little-endian)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     assert mem is not None
     return int.from_bytes(mem.read(_page_addr(vgpu, off), size), "little")
 
 
 def page_write(vgpu: "Vgpu", off: int, data: int, size: int) -> None:
     """Write ``size`` bytes of the shared page (a trapped access to it)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     addr = _page_addr(vgpu, off)
     assert mem is not None
     mem.write(addr, (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
@@ -174,7 +174,7 @@ def page_write(vgpu: "Vgpu", off: int, data: int, size: int) -> None:
 def elsp_data(vgpu: "Vgpu") -> tuple[int, int, int]:
     """shared_page->elsp_data[0..2]: element 1 high, element 1 low, element 0 high (as the guest wrote
     them in ELSP order)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     addr = _page_addr(vgpu, ELSP_DATA)
     assert mem is not None
     a, b, c = _ELSP.unpack(mem.read(addr, _ELSP.size))

@@ -186,13 +186,13 @@ class GvtService(BaseService):
             try:
                 if self._mem is None:
                     self._mem = MachineMemory(self.args.mem_path)
-                self.core.scheduler.mem = self._mem
+                self.core.shadow.init(self._mem)
             except OSError as err:
                 self.counters["machine_memory_unavailable"] += 1
                 self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
             self.log.info("vgpus_restored", vgpus=sorted((v.vm, v.id) for v in got.vgpus),
                           vhm_epoch=got.vhm_epoch, scratch_mfn=self.core.scratch_mfn,
-                          frame_pool=len(self.core.scheduler.frame_pool))
+                          frame_pool=len(self.core.shadow.frame_pool))
         self._dirty.update(v.id for v in got.vgpus)  # recorded again from scratch, in this incarnation's files
         return len(got.vgpus)
 
@@ -544,7 +544,7 @@ class GvtService(BaseService):
         conn = self.conns["vhm"]
         try:
             resumed = await self._vhm_sync(conn)
-            if not (resumed and self.core.scheduler.frame_pool and self.core.scratch_mfn):
+            if not (resumed and self.core.shadow.frame_pool and self.core.scratch_mfn):
                 await self._vhm_frames(conn)
             await conn.request(m.Dom0Ready)
             self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn, resumed=resumed)
@@ -569,18 +569,18 @@ class GvtService(BaseService):
         reply = await conn.request(m.AllocFrames, count=1)
         assert isinstance(reply, m.FramesReply) and reply.runs
         self.core.set_scratch_mfn(reply.runs[0].mfn)
-        if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
+        if not self.core.shadow.frame_pool:  # a new vhm: shadows built on the old one's frames go
             self.core.ppgtt.forget()
         pool = await conn.request(m.AllocFrames, count=pool_frames(self.core.max_vgpu))
         assert isinstance(pool, m.FramesReply)
         try:
             if self._mem is None:
                 self._mem = MachineMemory(self.args.mem_path)
-            self.core.scheduler.mem = self._mem
+            self.core.shadow.init(self._mem)
         except OSError as err:  # workloads will fail with a clear reason until it can be mapped
             self.counters["machine_memory_unavailable"] += 1
             self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
-        self.core.scheduler.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
+        self.core.shadow.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
         await self._flush()
 
     def _debug_reconnect(self) -> None:

@@ -188,7 +188,7 @@ class SptTable:
         (present | RW), as i915's own scratch tree."""
         if self.scratch:
             return
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         made: dict[int, int] = {}
         try:
             for level in (LEVEL_PT, LEVEL_PD, LEVEL_PDP):
@@ -349,13 +349,13 @@ class SptTable:
             self.glob.give_frames([old_split])
 
     def _set_shadow(self, spt: Spt, index: int, se: int) -> None:
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         if mem is None:
             raise PpgttError("machine memory is not mapped in gvt")
         mem.write_u64((spt.mfn << PAGE_SHIFT) + index * 8, se)
 
     def _mem_write(self, mfn: int, data: bytes) -> None:
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         if mem is None:
             raise PpgttError("machine memory is not mapped in gvt")
         mem.write(mfn << PAGE_SHIFT, data)
@@ -493,15 +493,15 @@ class PpgttGlobal:
 
     def take_frame(self) -> int:
         """A zeroed machine frame for a shadow table. Raises NoFrames / PpgttError."""
-        sched = self.gvt.scheduler
-        if sched.mem is None:
+        shadow = self.gvt.shadow
+        if shadow.mem is None:
             raise PpgttError("machine memory is not mapped in gvt")
         self.reap()
-        if not sched.frame_pool:
+        if not shadow.frame_pool:
             self.gvt.counters["ppgtt_no_frames"] += 1
             raise NoFrames("no frames for shadow page tables (vhm ALLOC_FRAMES pending or exhausted)")
-        mfn = sched.frame_pool.pop()
-        sched.mem.zero_frames(mfn)
+        mfn = shadow.frame_pool.pop()
+        shadow.mem.zero_frames(mfn)
         return mfn
 
     def give_frames(self, mfns: list[int]) -> None:
@@ -512,7 +512,7 @@ class PpgttGlobal:
         if busy:
             self.quarantine.append((busy, mfns))
         else:
-            self.gvt.scheduler.frame_pool.extend(mfns)
+            self.gvt.shadow.frame_pool.extend(mfns)
 
     def reap(self) -> None:
         """Release quarantined frames whose workloads have all left the GPU."""
@@ -524,7 +524,7 @@ class PpgttGlobal:
             if any(w in inflight for w in busy):
                 keep.append((busy, mfns))
             else:
-                self.gvt.scheduler.frame_pool.extend(mfns)
+                self.gvt.shadow.frame_pool.extend(mfns)
         self.quarantine = keep
 
     def forget(self) -> None:

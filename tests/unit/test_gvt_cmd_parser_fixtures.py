@@ -137,8 +137,8 @@ class Rig:
         self.mem = MachineMemory(path, size=64 << 20, create=True)
         self.mpts: dict[int, RamMpt] = {}
         self.gvt = Gvt(mpt_factory=lambda vm, root, ram: self.mpts[vm], scratch_mfn=SCRATCH_MFN)
-        self.gvt.scheduler.mem = self.mem
-        self.gvt.scheduler.add_frames(list(range(POOL_BASE, POOL_BASE + POOL_FRAMES)))
+        self.gvt.shadow.init(self.mem)
+        self.gvt.shadow.add_frames(list(range(POOL_BASE, POOL_BASE + POOL_FRAMES)))
         self.pgpu = PgpuCore(self.mem, PgpuConfig(time_scale=0)) if pgpu else None
         self.now = 0.0
         self.submits: list[fx.PgpuSubmit] = []

@@ -60,8 +60,8 @@ class Host:
         self.frames = FrameAllocator(frames)
         self.gvt = Gvt(mpt_factory=lambda vm, root, ram: EptMpt(self.mem, root, ram), enable_out_of_sync=oos)
         self.gvt.set_scratch_mfn(self._one("gvt"))
-        self.gvt.scheduler.mem = self.mem
-        self.gvt.scheduler.add_frames([self._one("gvt") for _ in range(pool)])
+        self.gvt.shadow.init(self.mem)
+        self.gvt.shadow.add_frames([self._one("gvt") for _ in range(pool)])
         self.vms: dict[int, GuestVm] = {}
         self.page_tracks: Counter[str] = Counter()
 

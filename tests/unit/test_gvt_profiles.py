@@ -9,9 +9,9 @@ from test_gvt_fixtures import create, make_gvt, program_bar0, rd
 from gvtsim.protocol.errors import ErrorCode
 from gvtsim.services.common.gpu_profiles import DENSE, PROFILES, REAL, get_profile
 from gvtsim.services.gvt import pvinfo as pv
-from gvtsim.services.gvt.cmd_parser import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES
 from gvtsim.services.gvt.core import Gvt, Refusal
-from gvtsim.services.gvt.scheduler import PHYSICAL_ENGINES, shadow_context_gm
+from gvtsim.services.gvt.engines import PHYSICAL_ENGINES
+from gvtsim.services.gvt.shadow import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES, shadow_context_gm
 from gvtsim.services.gvt.service import SHADOW_POOL_FRAMES, PPGTT_POOL_FRAMES, pool_frames
 from gvtsim.services.gvt.types import HOST_HIGH_GM_SIZE, TYPES, PhysicalGpu
 
