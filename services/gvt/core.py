@@ -225,7 +225,7 @@ class Gvt:
             return self._refuse("vgpu_destroy", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
         try:
             vgpu.destroy()
-            self.scheduler.forget_vgpu(vgpu)
+            self.scheduler.clean_vgpu(vgpu)
         except Exception as err:
             self._internal("vgpu_destroy", err, vm=vm)
         finally:

@@ -53,7 +53,7 @@ class InjectMsi:
 
 @dataclass(frozen=True)
 class PageTrack:
-    """MPT enable/disable_page_track of one guest frame (PPGTT shadowing, a later issue)."""
+    """MPT enable/disable_page_track of one guest frame (PPGTT shadowing: page_track.py)."""
 
     vm: int
     gfn: int

@@ -93,7 +93,11 @@ class Ggtt:
         self.partial: dict[int, tuple[int, int]] = {}  # index -> (byte offset of the half, value so far)
 
     # -------------------------------------------------------------------------------- lifecycle
-    def reset_host(self) -> None:
+    def init(self) -> None:
+        """intel_vgpu_init_gtt: the vGPU's slices of the physical GGTT point at the scratch page."""
+        self._scratch_fill()
+
+    def _scratch_fill(self) -> None:
         """intel_vgpu_reset_ggtt: every entry of the vGPU's slices -> the scratch page (present)."""
         self.host.clear()
         pte = scratch_pte(self.vgpu.gvt.scratch_mfn)
@@ -105,7 +109,7 @@ class Ggtt:
         """Re-send everything this vGPU put in the physical GGTT (pgpu restarted, or the scratch page
         changed): the scratch fill, then every entry the guest wrote, rebuilt from its guest value."""
         written = sorted(self.host)
-        self.reset_host()
+        self._scratch_fill()
         entries = []
         for index in written:
             self.host[index] = self._host_entry(self.virtual.get(index, 0))
@@ -116,11 +120,11 @@ class Ggtt:
     def reset(self) -> None:
         """DMLR: host slices to scratch; a half-written entry is forgotten (the guest starts over)."""
         self.partial.clear()
-        self.reset_host()
+        self._scratch_fill()
 
     def clean(self) -> None:
         """vGPU destroy: host slices to scratch, virtual GGTT freed."""
-        self.reset_host()
+        self._scratch_fill()
         self.virtual.clear()
         self.partial.clear()
 

@@ -230,22 +230,22 @@ class VgpuPpgtt:
         self._count("pv_updates")
 
     # ------------------------------------------------------------------------------ lifecycle
-    def invalidate(self) -> None:
+    def reset(self) -> None:
         """intel_vgpu_invalidate_ppgtt (full GT reset): tear every shadow down, keep the mms."""
         for mm in self.mms:
             self._unshadow(mm)
 
-    def clear(self) -> None:
+    def clean(self) -> None:
         """intel_vgpu_destroy_all_ppgtt_mm (DMLR, destroy): every mm, SPT and tracked page goes."""
         for mm in list(self.mms):
             self._unshadow(mm)
         self.mms.clear()
         self.users.clear()
-        self.spt.clear()
+        self.spt.clean()
 
-    def forget(self) -> None:
+    def frames_lost(self) -> None:
         """The frames are gone with vhm: drop all shadow state without returning or writing anything."""
-        self.spt.forget()
+        self.spt.frames_lost()
         for mm in self.mms:
             mm.roots = [None, None, None, None]
             mm.shadow_pdps = [0, 0, 0, 0]

@@ -311,7 +311,7 @@ class Scheduler:
                              reason=reason, dropped=len(dropped))
 
     # ------------------------------------------------------------------------------------- resets
-    def drop(self, vgpu: "Vgpu", engines: list[str]) -> None:
+    def reset_vgpu(self, vgpu: "Vgpu", engines: list[str]) -> None:
         """intel_vgpu_reset_submission / destroy: forget queued workloads of these engines; a running one
         finishes on the GPU but its completion is not reported to the guest."""
         for e in engines:
@@ -325,14 +325,14 @@ class Scheduler:
             if w.vgpu is vgpu and w.engine in engines:
                 w.status = "abandoned"
 
-    def forget_vgpu(self, vgpu: "Vgpu") -> list[int]:
+    def clean_vgpu(self, vgpu: "Vgpu") -> list[int]:
         """vGPU destroyed: drop its queues and return its shadow frames to the pool."""
-        self.drop(vgpu, list(PHYSICAL_ENGINES))
-        return self.gvt.shadow.clean(vgpu)
+        self.reset_vgpu(vgpu, list(PHYSICAL_ENGINES))
+        return self.gvt.shadow.clean_vgpu(vgpu)
 
-    def forget_frames(self) -> None:
+    def frames_lost(self) -> None:
         """vhm restarted: the frames it gave us are gone; shadow contexts are rebuilt from a new pool."""
-        self.gvt.shadow.reset()
+        self.gvt.shadow.frames_lost()
         for vgpu in self.gvt.vgpus.values():  # the PVMMIO shared pages were such frames too: no grant now
             if vgpu.pvmmio.mfn is not None:
                 vgpu.pvmmio.mfn = vgpu.pvmmio.gfn = None

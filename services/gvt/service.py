@@ -534,7 +534,7 @@ class GvtService(BaseService):
                 self.core.destroy_vgpu(vgpu.vm)
             # the new vhm never knew those VMs: only the physical GGTT clean-up is worth sending
             self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
-            self.core.scheduler.forget_frames()  # the old vhm's frames are not ours any more
+            self.core.scheduler.frames_lost()  # the old vhm's frames are not ours any more
             self.log.warning("vhm_restarted", server_epoch=server_epoch)
         self._spawn(self._vhm_setup())
 
@@ -560,7 +560,7 @@ class GvtService(BaseService):
         assert isinstance(reply, m.VgpuSyncReply)
         destroyed = self.core.reconcile(list(reply.keep), list(reply.destroy))
         if not reply.resumed:  # vhm freed whatever frames it had given us: shadows built on them are void
-            self.core.scheduler.forget_frames()
+            self.core.scheduler.frames_lost()
         self.log.info("vhm_reconciled", resumed=reply.resumed, kept=list(reply.keep), destroyed=destroyed)
         await self._flush()
         return reply.resumed
@@ -570,7 +570,7 @@ class GvtService(BaseService):
         assert isinstance(reply, m.FramesReply) and reply.runs
         self.core.set_scratch_mfn(reply.runs[0].mfn)
         if not self.core.shadow.frame_pool:  # a new vhm: shadows built on the old one's frames go
-            self.core.ppgtt.forget()
+            self.core.ppgtt.frames_lost()
         pool = await conn.request(m.AllocFrames, count=pool_frames(self.core.max_vgpu))
         assert isinstance(pool, m.FramesReply)
         try:

@@ -162,7 +162,7 @@ class ShadowResources:
         if self.host_ptes:
             self.gvt.effects.append(PgpuGgttWrite(tuple(sorted(self.host_ptes.items()))))
 
-    def clean(self, vgpu: "Vgpu") -> list[int]:
+    def clean_vgpu(self, vgpu: "Vgpu") -> list[int]:
         """vGPU destroyed: its shadow contexts' frames go back to the pool (returned)."""
         freed = []
         for e in PHYSICAL_ENGINES:
@@ -174,7 +174,7 @@ class ShadowResources:
                 freed.extend(sh.mfns)
         return freed
 
-    def reset(self) -> None:
+    def frames_lost(self) -> None:
         """vhm restarted: the frames it gave us are gone; shadow contexts are rebuilt from a new pool. The
         batch window keeps the runs of workloads still queued (reclaim_batches frees them, frames not)."""
         self.frame_pool.clear()

@@ -454,7 +454,7 @@ class SptTable:
 
 
     # ------------------------------------------------------------------------------ lifecycle
-    def clear(self) -> None:
+    def clean(self) -> None:
         """After every mm let go: free whatever is left (only a bug leaves an SPT behind; never leak
         tracking) and the scratch tables."""
         for spt in list(self.spts.values()):
@@ -464,7 +464,7 @@ class SptTable:
             self.glob.give_frames(list(self.scratch.values()))
             self.scratch = {}
 
-    def forget(self) -> None:
+    def frames_lost(self) -> None:
         """The frames are gone with vhm: drop all state without returning or writing anything."""
         for spt in self.spts.values():
             spt.alive = False
@@ -527,9 +527,9 @@ class PpgttGlobal:
                 self.gvt.shadow.frame_pool.extend(mfns)
         self.quarantine = keep
 
-    def forget(self) -> None:
+    def frames_lost(self) -> None:
         """vhm restarted: its frames are gone. Every shadow is dropped without returning frames."""
         self.quarantine.clear()
         for v in self.gvt.vgpus.values():
-            v.ppgtt.forget()
+            v.ppgtt.frames_lost()
         self.oos_in_use.clear()

@@ -40,7 +40,7 @@ GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt/cfg_space.c)
 
 @dataclass
 class Submission:
-    """Per-engine submission state (the execlist emulation of the next issue plugs in here)."""
+    """Per-engine submission state (struct intel_vgpu_submission): the virtual execlists (execlist.py)."""
 
     execlist_enabled: set[str] = field(default_factory=set)
     resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
@@ -115,7 +115,7 @@ class Vgpu:
         cleared, then the MPT glue (AcrnGT: intercept BDF 00:02.0; attach)."""
         pvinfo.populate(self)
         self.display.init()
-        self.gtt.reset_host()
+        self.gtt.init()
         self._clear_fences()
         bus, dev, func = GVT_BDF
         self.emit(InterceptBdf(self.vm, bus, dev, func, True))
@@ -130,7 +130,7 @@ class Vgpu:
         pvmmio.clean(self)
         self.cfg.clean()
         self.gtt.clean()
-        self.ppgtt.clear()
+        self.ppgtt.clean()
         self.page_track.clean()
         self._clear_fences()
         bus, dev, func = GVT_BDF
@@ -164,19 +164,19 @@ class Vgpu:
         self.count("vgpu_dmlr" if dmlr else "vgpu_gt_reset")
         self.log.info("vgpu_reset", vgpu=self.id, vm=self.vm, dmlr=dmlr, engines=mask_names(resetting))
         self.submission.reset(resetting)
-        self.gvt.scheduler.drop(self, mask_names(resetting))
+        self.gvt.scheduler.reset_vgpu(self, mask_names(resetting))
         if engine_mask != ALL_ENGINES and not dmlr:
             return
         self.submission.disable()
         d3 = self.cfg.d3_entered
         if not dmlr or not d3:
-            self.ppgtt.invalidate()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
+            self.ppgtt.reset()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
         if dmlr:
             pv.reset(self)
             pvmmio.reset(self)
             self.aperture.clean()
             if not d3:
-                self.ppgtt.clear()
+                self.ppgtt.clean()
             self.opregion.reset()
             self.gtt.reset()
             self._clear_fences()
