@@ -19,7 +19,7 @@ import structlog
 
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
@@ -36,14 +36,6 @@ from .types import GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
 from .vgpu import GVT_BDF, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A management request that was not carried out: the ERROR code and reason to answer with."""
-
-    code: ErrorCode
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -177,7 +169,7 @@ class Gvt:
         return self.by_vm.get(vm)
 
     def create_vgpu(self, vm: int, spec: str, *, ept_root: int = 0, ram_mb: int = 0, owner: str = "",
-                    now: float = 0.0) -> Vgpu | Refusal:
+                    now: float) -> Vgpu | Refusal:
         """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt/gtt.c, gvt/aperture_gm.c,
         gvt/vgpu.c).
 
@@ -359,7 +351,7 @@ class Gvt:
             self._internal("trigger_event", err, vgpu=vgpu.id)
         return False
 
-    def handle_ioreq(self, req: m.Ioreq, now: float = 0.0) -> int:
+    def handle_ioreq(self, req: m.Ioreq, now: float) -> int:
         """One ioreq as AcrnGT's emulation thread handles it (ACRN gvt/acrngt.c). Returns the value to
         complete it with (the read result, 0 for writes); always completes."""
         self.scheduler.now = max(self.scheduler.now, now)  # the scheduling policy's clock (ELSP writes)

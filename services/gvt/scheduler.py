@@ -219,10 +219,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------------------------- completion
     def on_gpu_event(self, engine: str, kind: str, tag: int, status: int = 0, busy_ns: int = 0,
-                     reason: str = "", now: float | None = None) -> None:
-        """A GPU_EVENT from pgpu for workload ``tag``."""
-        if now is not None:
-            self.now = max(self.now, now)
+                     reason: str = "", *, now: float) -> None:
+        """A GPU_EVENT from pgpu for workload ``tag``, at time ``now`` (the policy's clock)."""
+        self.now = max(self.now, now)
         w = self.inflight.get(tag)
         if w is None:
             self.gvt.counters["gpu_event_unknown_tag"] += 1
@@ -255,8 +254,9 @@ class Scheduler:
         cur = self.policy.current
         self.kick(schedule=self.policy.need_reschedule or cur is None or not self._has_work(cur))
 
-    def submit_failed(self, tag: int, reason: str) -> None:
-        """pgpu refused the ELSP_SUBMIT (or is gone): the workload fails like a hang."""
+    def submit_failed(self, tag: int, reason: str, now: float) -> None:
+        """pgpu refused the ELSP_SUBMIT (or is gone) at time ``now``: the workload fails like a hang."""
+        self.now = max(self.now, now)
         w = self.inflight.pop(tag, None)
         if w is None:
             return
@@ -339,7 +339,7 @@ class Scheduler:
                 vgpu.pvmmio.granted = PvmmioLevel(0)
                 vgpu.mmio.write32(ENABLE_PVMMIO, 0)
 
-    def engine_lost(self, reason: str) -> None:
+    def engine_lost(self, reason: str, now: float) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""
         for tag in list(self.inflight):
-            self.submit_failed(tag, reason)
+            self.submit_failed(tag, reason, now)

@@ -25,14 +25,14 @@ import zmq.asyncio
 from ...protocol import authz
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH, IoreqType
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
 from . import effects as fx
-from .core import Gvt, Refusal
+from .core import Gvt
 from .mpt import EptMpt, Mpt
 from .sched_policy import GVT_DEFAULT_TIME_SLICE
 from .state import StateRefused, StateStore, sweep_dead
@@ -369,7 +369,7 @@ class GvtService(BaseService):
             self._sent[(peer, req)] = m.tag_of(cls)
         if failed_submits:
             for tag, why in failed_submits:
-                self.core.scheduler.submit_failed(tag, why)
+                self.core.scheduler.submit_failed(tag, why, time.monotonic())
             self._flush_now()  # the next workloads (if any) try again
         if self.state is not None and not self._results:  # _after_batch commits before its completions
             self._mark_busy()
@@ -386,7 +386,7 @@ class GvtService(BaseService):
             if waiter is not None and not waiter.done():
                 waiter.set_result(f"{msg.code}: {msg.reason}" if isinstance(msg, m.Error) else "")
         if tag is not None and isinstance(msg, m.Error):
-            self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}")
+            self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}", time.monotonic())
         if isinstance(msg, m.Error):
             self.counters[f"effects_refused_{peer}"] += 1
             self.log.warning("effect_refused", peer=peer, what=what, code=msg.code, reason=msg.reason)
@@ -623,7 +623,7 @@ class GvtService(BaseService):
     async def _pgpu_up(self, server_epoch: int, restarted: bool) -> None:
         if restarted:  # a new GPU knows nothing of what the old one was running: those workloads hung
             self._submits.clear()
-            self.core.scheduler.engine_lost("pgpu restarted")
+            self.core.scheduler.engine_lost("pgpu restarted", time.monotonic())
         self._spawn(self._pgpu_setup())
 
     async def _pgpu_setup(self) -> None:
@@ -646,6 +646,6 @@ class GvtService(BaseService):
             self.log.warning("peer_down", peer=name, reason=reason)
             if name == "pgpu":  # workloads on the GPU are lost: their guests see a hang
                 self._submits.clear()
-                self.core.scheduler.engine_lost(f"pgpu lost: {reason}")
+                self.core.scheduler.engine_lost(f"pgpu lost: {reason}", time.monotonic())
                 await self._flush()
         return down

@@ -64,7 +64,7 @@ class Vgpu:
     """One vGPU. Created by :meth:`core.Gvt.create_vgpu`, never directly."""
 
     def __init__(self, gvt: "Gvt", vgpu_id: int, vm: int, vtype: VgpuType, resource: GmResource,
-                 mpt: Mpt, now: float = 0.0) -> None:
+                 mpt: Mpt, now: float) -> None:
         self.gvt = gvt
         self.id = vgpu_id
         self.vm = vm

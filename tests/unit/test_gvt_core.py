@@ -20,23 +20,23 @@ def ioreq(**kw: object) -> m.Ioreq:
 
 def test_ioreq_for_a_vm_without_vgpu_completes_with_all_ones() -> None:
     gvt = make_gvt()
-    assert gvt.handle_ioreq(ioreq(vm=42, size=2)) == 0xFFFF
-    assert gvt.handle_ioreq(ioreq(vm=42, dir=IoreqDir.WRITE)) == 0
+    assert gvt.handle_ioreq(ioreq(vm=42, size=2), 0.0) == 0xFFFF
+    assert gvt.handle_ioreq(ioreq(vm=42, dir=IoreqDir.WRITE), 0.0) == 0
     assert gvt.counters["ioreq_no_vgpu"] == 2
 
 
 def test_pci_ioreq_for_another_bdf_is_not_ours() -> None:
     gvt = make_gvt()
     create(gvt, 1)
-    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=3, reg=0)) == 0xFFFF_FFFF
-    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=2, reg=0)) == 0x1912_8086
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=3, reg=0), 0.0) == 0xFFFF_FFFF
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=2, reg=0), 0.0) == 0x1912_8086
 
 
 def test_wp_ioreq_without_tracked_page_falls_to_mmio_emulation() -> None:
     gvt = make_gvt()
     v = create(gvt, 1)
     program_bar0(gvt, v)
-    gvt.handle_ioreq(ioreq(kind=IoreqType.WP, dir=IoreqDir.WRITE, addr=0x5000, value=1))
+    gvt.handle_ioreq(ioreq(kind=IoreqType.WP, dir=IoreqDir.WRITE, addr=0x5000, value=1), 0.0)
     assert not v.failsafe and gvt.counters["mmio_hole_write"] == 1
 
 
@@ -55,7 +55,7 @@ def test_no_ioreq_raises_and_every_value_fits_its_size(reqs: list[m.Ioreq]) -> N
     program_bar0(gvt, a)
     program_bar0(gvt, b)
     for r in reqs:
-        value = gvt.handle_ioreq(r)
+        value = gvt.handle_ioreq(r, 0.0)
         assert 0 <= value < 1 << (8 * r.size)
     # whatever vm 1/2 did, each effect the core produced maps onto a valid wire message
     for _, cls, fields in effects_to_messages(gvt.drain_effects()):

@@ -140,7 +140,7 @@ def test_a_malformed_page_table_write_fails_only_that_vgpu(host: Host) -> None:
     pa, pb = run(_space(host, a)), run(_space(host, b))
     req = m.Ioreq(vm=1, vcpu=0, seq=1, kind=int(IoreqType.WP), dir=int(IoreqDir.WRITE), addr=pa.top[0] + 2,
                   size=2, value=0xFFFF)
-    host.gvt.handle_ioreq(req)  # 2 bytes: ppgtt_write_protection_handler accepts only 4 or 8 (-EINVAL)
+    host.gvt.handle_ioreq(req, 0.0)  # 2 bytes: ppgtt_write_protection_handler accepts only 4 or 8 (-EINVAL)
     assert a.vgpu.failsafe and host.gvt.counters["wp_errors"] == 1
     run(pb.map(0x1000, 0x3000))
     assert not b.vgpu.failsafe
