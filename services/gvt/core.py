@@ -1,10 +1,11 @@
 """The GVT device model core: device-global state and the intel_gvt_ops-like entry points.
 
 Sans-I/O and synchronous: the shell calls an entry point, then drains :attr:`Gvt.effects` and sends
-them in order. No entry point lets an exception escape: a management request that cannot be met
-returns a :class:`Refusal`; a bad guest access is counted, logged, completed (reads of a refused
-access return all ones, as an access nobody claims does under ACRN) and puts that vGPU alone in
-failsafe (ACRN gvt/acrngt.c: AcrnGT enters failsafe on any emulation error).
+them in order, and drains :attr:`Gvt.log` (events.py) and logs what it holds. No entry point lets an
+exception escape: a management request that cannot be met returns a :class:`Refusal`; a bad guest
+access is counted, logged, completed (reads of a refused access return all ones, as an access nobody
+claims does under ACRN) and puts that vGPU alone in failsafe (ACRN gvt/acrngt.c: AcrnGT enters
+failsafe on any emulation error).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
 from ...protocol.errors import ErrorCode, Refusal
 from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
-from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
+from .effects import PGPU_STATE_EFFECTS, AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, FailsafeReason, GvtError
+from .events import EventLog
 from ..common import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
@@ -80,14 +80,14 @@ class Gvt:
     """
 
     def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
-                 counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0,
+                 counters: Counter[str] | None = None, scratch_mfn: int = 0,
                  enable_out_of_sync: bool = False,
                  enable_pvmmio: int = int(pvmmio.DEFAULT_HOST_LEVELS)) -> None:
         self.gpu = gpu or PhysicalGpu()
         self.enable_pvmmio = pvmmio.host_levels(enable_pvmmio)
         self.mpt_factory = mpt_factory or _null_mpt
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
+        self.log = EventLog()  # events.py: what the core has to say, drained and logged by the shell
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
         # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py), the display's
@@ -283,6 +283,18 @@ class Gvt:
         if destroyed:
             self.log.warning("reconcile_destroyed", vms=destroyed)
         return destroyed
+
+    def vhm_restarted(self) -> list[int]:
+        """vhm restarted and lost its VMs: the vGPUs created through it go with them (those made with
+        ``gvtsim ctl`` stay), and the frames the old vhm gave are not gvt's any more. The new vhm never knew
+        those VMs: what waits in the outbox for the old one is void, and of the destroys only the physical
+        GPU's clean-up goes out (GGTT slices to scratch, registers). Returns the VMs whose vGPUs went."""
+        gone = [v.vm for v in self.vgpus.values() if v.owner == "vhm"]
+        for vm in gone:
+            self.destroy_vgpu(vm)
+        self.effects = [e for e in self.effects if isinstance(e, PGPU_STATE_EFFECTS)]
+        self.scheduler.frames_lost()
+        return gone
 
     def _refuse(self, what: str, code: ErrorCode, reason: str, **kw: Any) -> Refusal:
         self.counters[f"{what}_refused_{code.value}"] += 1

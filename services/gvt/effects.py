@@ -119,3 +119,5 @@ class Uevent:
 
 Effect = (SetTrapArea | InterceptBdf | AttachVgpu | InjectMsi | PageTrack | PgpuGgttWrite | PgpuGgttFill
           | PgpuMmioWrite | PgpuSubmit | MapGfnToMfn | Uevent)
+#: what changes the physical GPU's own state (its GGTT and registers), as opposed to vhm's routing
+PGPU_STATE_EFFECTS = (PgpuGgttWrite, PgpuGgttFill, PgpuMmioWrite)

@@ -72,9 +72,6 @@ def pool_frames(max_vgpu: int) -> int:
     return -(-(SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES) * max(7, max_vgpu) // 7)
 
 
-PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
-
-
 def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
     """Map effects to messages, in order. Consecutive GGTT writes are merged into batches of at most
     GGTT_BATCH entries; a fill is one GGTT_FILL. Uevents produce no message (the shell logs them)."""
@@ -112,7 +109,7 @@ class GvtService(BaseService):
     def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
         super().__init__(ctx, args)
         self.core = Gvt(PhysicalGpu(profile=getattr(args, "gpu_profile", "real")),
-                        counters=self.counters, log=self.log, mpt_factory=self._mpt,
+                        counters=self.counters, mpt_factory=self._mpt,
                         enable_out_of_sync=bool(getattr(args, "enable_oos", False)),
                         enable_pvmmio=int(getattr(args, "enable_pvmmio", 1)))
         self._mem: MachineMemory | None = None
@@ -244,7 +241,7 @@ class GvtService(BaseService):
         except Exception as err:  # a bug must not stop the timer: counted and logged
             self.counters["internal_errors"] += 1
             self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-        if self.core.effects:
+        if self.core.effects or self.core.log.events:
             self._flush_now()
         self._arm_sched()
 
@@ -280,7 +277,7 @@ class GvtService(BaseService):
         except Exception as err:  # a bug must not stop the timer: counted and logged
             self.counters["internal_errors"] += 1
             self.log.error("vblank_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-        if self.core.effects:
+        if self.core.effects or self.core.log.events:
             self._flush_now()  # MSIs of the vblank / flip-done events; _flush_now re-arms
         else:
             self._arm_vblank()
@@ -333,7 +330,9 @@ class GvtService(BaseService):
         self._flush_now()
 
     def _flush_now(self) -> None:
-        """Send the core's effects in order (fire-and-forget requests; refusals are logged on reply)."""
+        """Log what the core had to say, then send its effects in order (fire-and-forget requests;
+        refusals are logged on reply)."""
+        self._log_core()
         effects = self.core.drain_effects()
         self._arm_vblank()  # whatever just ran may have enabled or disabled a pipe
         for e in effects:
@@ -375,6 +374,12 @@ class GvtService(BaseService):
             self._mark_busy()
             if self._dirty:
                 self._commit()
+
+    def _log_core(self) -> None:
+        """The core's log events (events.py) through this service's logger."""
+        if self.core.log.events:
+            for ev in self.core.log.drain():
+                getattr(self.log, ev.level)(ev.event, **ev.fields)
 
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
         req = getattr(msg, "req", -1)
@@ -529,12 +534,8 @@ class GvtService(BaseService):
         self._vhm_epoch = server_epoch
         self._dirty.update(self.core.vgpus)  # the device record names the vhm
         if restarted:
-            # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay)
-            for vgpu in [v for v in self.core.vgpus.values() if v.owner == "vhm"]:
-                self.core.destroy_vgpu(vgpu.vm)
-            # the new vhm never knew those VMs: only the physical GGTT clean-up is worth sending
-            self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
-            self.core.scheduler.frames_lost()  # the old vhm's frames are not ours any more
+            # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay), and its frames
+            self.core.vhm_restarted()
             self.log.warning("vhm_restarted", server_epoch=server_epoch)
         self._spawn(self._vhm_setup())
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_gvt_fixtures import create, make_gvt, program_bar0
@@ -10,7 +13,8 @@ from gvtsim.protocol import messages as m
 from gvtsim.protocol.codec import decode, encode
 from gvtsim.protocol.constants import MAX_MESSAGE, IoreqDir, IoreqType
 from gvtsim.services.gvt import effects as fx
-from gvtsim.services.gvt.service import GGTT_BATCH, effects_to_messages
+from gvtsim.services.gvt.events import LEVELS, EventLog
+from gvtsim.services.gvt.service import GGTT_BATCH, GvtService, effects_to_messages
 
 
 def ioreq(**kw: object) -> m.Ioreq:
@@ -95,3 +99,44 @@ def test_ggtt_writes_are_split_into_batches_that_fit_a_message() -> None:
     assert [len(f["entries"]) for _, _, f in out] == [GGTT_BATCH, GGTT_BATCH, 10]
     raw = encode(m.GgttWrite(req=1, entries=out[0][2]["entries"]))
     assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), m.GgttWrite)
+
+
+# -- the core's log outbox (events.py): the core logs nothing itself, its shell does -----------------------
+
+def test_the_core_keeps_its_log_events_for_the_shell() -> None:
+    gvt = make_gvt()
+    v = create(gvt, 1)
+    events = gvt.log.drain()
+    assert [e for e in events if e.event == "vgpu_created"][0].fields["vgpu"] == v.id
+    assert all(e.level in LEVELS for e in events)
+    assert gvt.log.drain() == []  # drained once
+
+
+def test_event_log_is_bounded_and_keeps_a_traceback_as_text() -> None:
+    log = EventLog(limit=2)
+    for i in range(3):
+        log.warning("w", i=i)
+    assert log.dropped == 1 and [e.fields["i"] for e in log.events] == [1, 2]  # the oldest went
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.error("failed", vm=1, exc_info=True)
+    last = log.drain()[-1]
+    assert last.level == "error" and last.fields["vm"] == 1
+    assert "exc_info" not in last.fields and "ValueError: boom" in last.fields["exception"]
+
+
+def test_the_shell_logs_what_the_core_had_to_say() -> None:
+    """GvtService._log_core on a stand-in service: each event goes to the logger at its level, in order."""
+    calls: list[tuple[str, str, dict[str, object]]] = []
+
+    class Logger:
+        def __getattr__(self, level: str) -> Callable[..., None]:
+            return lambda event, **fields: calls.append((level, event, fields))
+
+    svc = SimpleNamespace(core=SimpleNamespace(log=EventLog()), log=Logger())
+    svc.core.log.info("a", x=1)
+    svc.core.log.warning("b")
+    GvtService._log_core(svc)  # type: ignore[arg-type]
+    assert calls == [("info", "a", {"x": 1}), ("warning", "b", {})]
+    assert not svc.core.log.events

@@ -63,3 +63,20 @@ def test_an_ioreq_sent_again_is_answered_from_its_completion_once_emulated() -> 
     assert gvt.handle_ioreq(mmio(1, 0, 9, pte_addr, size=8), 0.0) == 0x9001  # a new request is emulated
     gvt.destroy_vgpu(1)
     assert not [k for k in gvt.last_done if k[0] == 1]
+
+
+def test_vhm_restart_destroys_its_vgpus_and_sends_only_the_physical_gpu_clean_up() -> None:
+    gvt = make_gvt()
+    old, ctl = create(gvt, 1), create(gvt, 2)
+    old.owner, ctl.owner = "vhm", "ctl"
+    program_bar0(gvt, old)
+    gvt.shadow.add_frames([0x900, 0x901])
+    gvt.drain_effects()
+    gvt.effects.append(fx.InjectMsi(1, 0xFEE0_0000, 0x41))  # queued for the old vhm, never sent
+
+    assert gvt.vhm_restarted() == [1]
+    assert set(gvt.by_vm) == {2}  # the vGPU made with ctl stays
+    effects = gvt.drain_effects()
+    assert effects and all(isinstance(e, fx.PGPU_STATE_EFFECTS) for e in effects)
+    assert any(isinstance(e, fx.PgpuGgttFill) for e in effects)  # its GGTT slices back to scratch
+    assert gvt.shadow.frame_pool == []  # the old vhm's frames are not gvt's any more

@@ -159,6 +159,26 @@ def import_edges(root: Path) -> list[Edge]:
     return edges
 
 
+def external_imports(root: Path, package: str) -> dict[str, set[str]]:
+    """Module of ``package`` -> the top-level names it imports from outside the tree (any level)."""
+    mods = find_modules(root)
+    out: dict[str, set[str]] = {}
+    for mod, (path, _is_pkg) in mods.items():
+        if not (mod == package or mod.startswith(package + ".")):
+            continue
+        col = _Collector()
+        col.visit(ast.parse(path.read_text(), filename=str(path)))
+        names = out.setdefault(mod, set())
+        for node, _kind in col.found:
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names
+                             if _owning_module(_strip(a.name), mods) is None and not a.name.startswith("gvtsim"))
+            elif not node.level and node.module and not node.module.startswith("gvtsim") \
+                    and _owning_module(node.module, mods) is None:
+                names.add(node.module.split(".")[0])
+    return out
+
+
 def service_of(mod: str) -> str | None:
     parts = mod.split(".")
     return parts[1] if len(parts) > 1 and parts[0] == "services" else None
@@ -355,6 +375,17 @@ def test_walker_flags_a_type_only_import_of_anything_but_the_owners(tmp_path):
     assert [(e.src, e.dst, e.names) for e in bad] == [("services.gvt.spt", "services.gvt.ppgtt", ("PpgttGlobal",))]
 
 
+def test_walker_lists_the_libraries_a_module_imports(tmp_path):
+    root = _tree(tmp_path, {
+        "services/gvt/core.py": "import structlog\nfrom collections import deque\nfrom . import vgpu\n"
+                                "def f():\n    import logging.handlers\n",
+        "services/gvt/vgpu.py": "from ...protocol import messages\n", "protocol/messages.py": "",
+    })
+    assert external_imports(root, GVT) == {"services.gvt": set(), "services.gvt.core": {"structlog", "collections",
+                                                                                         "logging"},
+                                           "services.gvt.vgpu": set()}
+
+
 # -- the tree ----------------------------------------------------------------------------------------------
 
 def test_the_tree_is_walked():
@@ -389,3 +420,15 @@ def test_no_function_level_import_within_the_package(package):
     bad = [e for e in import_edges(REPO) if e.kind == "function" and e.src.startswith(prefix)
            and e.dst.startswith(prefix)]
     assert not bad, "function-level imports among gvt's modules (import at module level):\n" + _describe(REPO, bad)
+
+
+#: gvt's asyncio shell and its command line: the only modules of gvt that do I/O
+GVT_SHELL = {"services.gvt.service", "services.gvt.main"}
+IO_LIBRARIES = {"structlog", "logging", "asyncio", "zmq", "uvloop", "socket"}
+
+
+def test_the_gvt_core_imports_no_logging_or_io_library():
+    """A core returns events (events.py) and effects; its shell logs and sends them."""
+    bad = {mod: sorted(names & IO_LIBRARIES) for mod, names in external_imports(REPO, GVT).items()
+           if mod not in GVT_SHELL and names & IO_LIBRARIES}
+    assert not bad, f"gvt core modules importing a logging or I/O library: {bad}"
