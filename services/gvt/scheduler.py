@@ -163,7 +163,7 @@ class Scheduler:
         try:
             shadow_pdps = (0, 0, 0, 0)
             if any(w.guest_pdps):
-                # gvt/gtt.c, gvt/page_track.c / 5.2 prepare_workload: the mm of the context's roots (lazily created),
+                # gvt/scheduler.c prepare_workload, gvt/gtt.c: the mm of the context's roots (lazily created),
                 # shadowed, OOS pages synced, post-shadow flushed; its SHADOW roots go in the context
                 shadow_pdps = vgpu.ppgtt.prepare_workload(w.desc, w.guest_pdps, w.id)
             sh = self.gvt.shadow.context_for(vgpu, w.engine)
