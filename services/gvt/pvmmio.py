@@ -181,6 +181,17 @@ def elsp_data(vgpu: "Vgpu") -> tuple[int, int, int]:
     return a, b, c
 
 
+def frames_lost(vgpu: "Vgpu") -> bool:
+    """vhm restarted: the shared page was one of its frames, gone with it; no grant stands (nothing is
+    unmapped or written: the new vhm never mapped it). Returns whether a grant was dropped."""
+    st = vgpu.pvmmio
+    if st.mfn is None:
+        return False
+    st.mfn = st.gfn = None
+    st.granted = PvmmioLevel(0)
+    return True
+
+
 def reset(vgpu: "Vgpu") -> None:
     """A DMLR: the vreg goes back to 0 with the rest of PVINFO, so the grant and the page go too (the
     guest negotiates again after its reset). A GT reset keeps both."""

@@ -24,8 +24,6 @@ from .effects import PgpuSubmit
 from .engines import PHYSICAL_ENGINES
 from .errors import EmulationError, WorkloadError, WorkloadRefused
 from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_valid, same_context
-from .pvinfo import ENABLE_PVMMIO
-from .pvmmio import PvmmioLevel
 from .sched_policy import TimeSlicePolicy
 from .shadow import SHADOW_PAGES, ShadowContext
 from .workload import Workload
@@ -333,11 +331,8 @@ class Scheduler:
     def frames_lost(self) -> None:
         """vhm restarted: the frames it gave us are gone; shadow contexts are rebuilt from a new pool."""
         self.gvt.shadow.frames_lost()
-        for vgpu in self.gvt.vgpus.values():  # the PVMMIO shared pages were such frames too: no grant now
-            if vgpu.pvmmio.mfn is not None:
-                vgpu.pvmmio.mfn = vgpu.pvmmio.gfn = None
-                vgpu.pvmmio.granted = PvmmioLevel(0)
-                vgpu.mmio.write32(ENABLE_PVMMIO, 0)
+        for vgpu in self.gvt.vgpus.values():
+            vgpu.frames_lost()
 
     def engine_lost(self, reason: str, now: float) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""

@@ -137,6 +137,12 @@ class Vgpu:
         self.emit(AttachVgpu(self.vm, self.id, False))
         self.emit(InterceptBdf(self.vm, bus, dev, func, False))
 
+    def frames_lost(self) -> None:
+        """vhm restarted: the frames it gave are gone. The PVMMIO shared page was one: the grant goes and
+        the guest reads ENABLE_PVMMIO 0 (it negotiates again)."""
+        if pvmmio.frames_lost(self):
+            self.mmio.write32(pvinfo.ENABLE_PVMMIO, 0)
+
     def activate(self) -> None:
         """intel_gvt_activate_vgpu: dispatch allowed."""
         self.active = True

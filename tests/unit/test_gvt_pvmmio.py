@@ -217,3 +217,17 @@ def test_destroy_gives_the_shared_page_back(rig: Rig) -> None:
     rig.gvt.destroy_vgpu(1)
     assert len(rig.gvt.shadow.frame_pool) >= pool + 1
     assert any(not mp for _, _, mp in _maps(rig.gvt.drain_effects()))
+
+
+def test_a_vhm_restart_drops_the_grant_without_touching_the_lost_frame(rig: Rig) -> None:
+    """The shared page was a frame of the old vhm: after frames_lost no grant stands, the guest reads
+    ENABLE_PVMMIO 0, nothing is unmapped (the new vhm never mapped it) and the frame is not reused."""
+    g = rig.boot(1)
+    v = g.vgpu
+    wr(rig.gvt, v, pv.ENABLE_PVMMIO, int(PvmmioLevel.ELSP_SUBMIT))
+    mfn = v.pvmmio.mfn
+    assert mfn is not None
+    rig.gvt.drain_effects()
+    rig.gvt.scheduler.frames_lost()
+    assert v.pvmmio.mfn is None and v.pvmmio.granted == 0 and rd(rig.gvt, v, pv.ENABLE_PVMMIO) == 0
+    assert _maps(rig.gvt.drain_effects()) == [] and mfn not in rig.gvt.shadow.frame_pool
