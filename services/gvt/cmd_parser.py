@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..common import cmd_table as ct
-from ..common.memory import PAGE_SHIFT, PAGE_SIZE
+from ..common.memory import PAGE_SIZE
 from .handlers import F, MmioTable, Reg
 from .mmio import MMIO_SIZE
 
@@ -66,9 +66,6 @@ MI_WAIT_FLIP_PENDING = (1 << 15) | (1 << 9) | (1 << 1) | (1 << 20) | (1 << 10) |
 REG_MASK = 0x7F_FFFC  # register offset bits 22:2 of LRI/SRM/LRM
 #: SRM/LRM may only touch GEN8_L3SQCREG4 and 0x21F0 (cmd_reg_handler; INSTPM only on BDW)
 SRM_LRM_REGS = frozenset({0xB118, 0x21F0})
-#: shadow batch buffers: a window of the host's reserved high GM past the shadow contexts' first 2 MB
-SHADOW_BB_GM_OFFSET = 16 << 20
-SHADOW_BB_GM_PAGES = 4096
 BLT_DST_TILED, BLT_SRC_TILED = 1 << 11, 1 << 15  # XY_* header: X-tiled destination / source
 BLT_BPP = {0: 1, 1: 2, 2: 2, 3: 4}  # BR13 bits 25:24 colour depth -> bytes per pixel
 #: scan budget per workload: a batch that never reaches MI_BATCH_BUFFER_END is refused, not walked forever
@@ -304,38 +301,6 @@ def whitelist(table: MmioTable) -> Callable[[int], bool]:
 def cmd_access_regs() -> list[Reg]:
     """Register-table rows the scanner needs: the two SRM/LRM targets are F_CMD_ACCESS in handlers.c."""
     return [Reg(off, flags=F.CMD_ACCESS) for off in sorted(SRM_LRM_REGS)]
-
-
-@dataclass(frozen=True)
-class ShadowBb:
-    """A workload's shadow batch buffers: ``mfns`` mapped at ``gm`` (page ``first`` of the window)."""
-
-    gm: int
-    first: int
-    mfns: list[int]
-
-
-class ShadowBbWindow:
-    """First-fit page runs in the host-GM window for shadow batch buffers."""
-
-    def __init__(self, pages: int = SHADOW_BB_GM_PAGES) -> None:
-        self.used = bytearray(pages)
-
-    def alloc(self, n: int) -> int | None:
-        """The first page of a free run of ``n`` pages (marked used), or None."""
-        i = self.used.find(bytes(n))
-        if i < 0 or n <= 0:
-            return None
-        self.used[i:i + n] = b"\1" * n
-        return i
-
-    def free(self, first: int, n: int) -> None:
-        self.used[first:first + n] = bytes(n)
-
-    @staticmethod
-    def gm(aperture_size: int, first: int) -> int:
-        """The graphics address of window page ``first`` (host high GM starts at the aperture end)."""
-        return aperture_size + SHADOW_BB_GM_OFFSET + (first << PAGE_SHIFT)
 
 
 def _to_bytes(dws: list[int]) -> bytes:

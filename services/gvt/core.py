@@ -1,10 +1,11 @@
 """The GVT device model core: device-global state and the intel_gvt_ops-like entry points.
 
 Sans-I/O and synchronous: the shell calls an entry point, then drains :attr:`Gvt.effects` and sends
-them in order. No entry point lets an exception escape: a management request that cannot be met
-returns a :class:`Refusal`; a bad guest access is counted, logged, completed (reads of a refused
-access return all ones, as an access nobody claims does under ACRN) and puts that vGPU alone in
-failsafe (ACRN gvt/acrngt.c: AcrnGT enters failsafe on any emulation error).
+them in order, and drains :attr:`Gvt.log` (events.py) and logs what it holds. No entry point lets an
+exception escape: a management request that cannot be met returns a :class:`Refusal`; a bad guest
+access is counted, logged, completed (reads of a refused access return all ones, as an access nobody
+claims does under ACRN) and puts that vGPU alone in failsafe (ACRN gvt/acrngt.c: AcrnGT enters
+failsafe on any emulation error).
 """
 
 from __future__ import annotations
@@ -15,34 +16,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
-
 from ...protocol import messages as m
 from ...protocol.constants import IoreqDir, IoreqType
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
-from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
+from .effects import PGPU_STATE_EFFECTS, AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
-from .errors import EmulationError, GvtError
+from .errors import EmulationError, FailsafeReason, GvtError
+from .events import EventLog
 from ..common import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs, real_regs
 from .scheduler import Scheduler
+from .shadow import ShadowResources
 from .mpt import Mpt, NullMpt
 from .ppgtt import PpgttGlobal
 from .types import GmPartition, PhysicalGpu, VgpuType, parse_spec, profile_types
-from .vgpu import GVT_BDF, FailsafeReason, Vgpu
+from .vgpu import GVT_BDF, Vgpu
 
 MptFactory = Callable[[int, int, int], Mpt]  # (vm, ept_root, ram_mb) -> Mpt
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A management request that was not carried out: the ERROR code and reason to answer with."""
-
-    code: ErrorCode
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -87,14 +80,14 @@ class Gvt:
     """
 
     def __init__(self, gpu: PhysicalGpu | None = None, *, mpt_factory: MptFactory | None = None,
-                 counters: Counter[str] | None = None, log: Any = None, scratch_mfn: int = 0,
+                 counters: Counter[str] | None = None, scratch_mfn: int = 0,
                  enable_out_of_sync: bool = False,
                  enable_pvmmio: int = int(pvmmio.DEFAULT_HOST_LEVELS)) -> None:
         self.gpu = gpu or PhysicalGpu()
         self.enable_pvmmio = pvmmio.host_levels(enable_pvmmio)
         self.mpt_factory = mpt_factory or _null_mpt
         self.counters: Counter[str] = counters if counters is not None else Counter()
-        self.log = log if log is not None else structlog.get_logger().bind(role="gvt")
+        self.log = EventLog()  # events.py: what the core has to say, drained and logged by the shell
         self.scratch_mfn = scratch_mfn
         self.effects: list[Effect] = []
         # the real SKL/KBL table, with gvtsim's rows with behaviour laid over it (handlers.py), the display's
@@ -102,6 +95,7 @@ class Gvt:
         self.table = MmioTable(real_regs())
         self.table.overlay(default_regs() + execlist_regs() + cmd_access_regs() + display.display_regs()
                            + pm.pm_regs(), default_blocks())
+        self.shadow = ShadowResources(self)  # shadow.py: the frames gvt owns, its host-GM mappings
         self.scheduler = Scheduler(self)
         self.ppgtt = PpgttGlobal(self, enable_out_of_sync)
         self.mmio_snapshot = self.table.snapshot(mmio.MMIO_SIZE)
@@ -156,7 +150,7 @@ class Gvt:
 
     def resync_host_ggtt(self) -> None:
         """Queue the physical GGTT content and fences of every vGPU again (pgpu restarted or scratch changed)."""
-        self.scheduler.resync_host_ggtt()
+        self.shadow.resync_host_ggtt()
         for v in sorted(self.vgpus.values(), key=lambda v: v.id):
             try:
                 v.gtt.resync_host()
@@ -175,7 +169,7 @@ class Gvt:
         return self.by_vm.get(vm)
 
     def create_vgpu(self, vm: int, spec: str, *, ept_root: int = 0, ram_mb: int = 0, owner: str = "",
-                    now: float = 0.0) -> Vgpu | Refusal:
+                    now: float) -> Vgpu | Refusal:
         """Create and activate the VM's vGPU from a type name or an AcrnGT spec (gvt/gtt.c, gvt/aperture_gm.c,
         gvt/vgpu.c).
 
@@ -223,7 +217,7 @@ class Gvt:
             return self._refuse("vgpu_destroy", ErrorCode.NO_SUCH_VM, f"vm {vm} has no vGPU", vm=vm)
         try:
             vgpu.destroy()
-            self.scheduler.forget_vgpu(vgpu)
+            self.scheduler.clean_vgpu(vgpu)
         except Exception as err:
             self._internal("vgpu_destroy", err, vm=vm)
         finally:
@@ -289,6 +283,18 @@ class Gvt:
         if destroyed:
             self.log.warning("reconcile_destroyed", vms=destroyed)
         return destroyed
+
+    def vhm_restarted(self) -> list[int]:
+        """vhm restarted and lost its VMs: the vGPUs created through it go with them (those made with
+        ``gvtsim ctl`` stay), and the frames the old vhm gave are not gvt's any more. The new vhm never knew
+        those VMs: what waits in the outbox for the old one is void, and of the destroys only the physical
+        GPU's clean-up goes out (GGTT slices to scratch, registers). Returns the VMs whose vGPUs went."""
+        gone = [v.vm for v in self.vgpus.values() if v.owner == "vhm"]
+        for vm in gone:
+            self.destroy_vgpu(vm)
+        self.effects = [e for e in self.effects if isinstance(e, PGPU_STATE_EFFECTS)]
+        self.scheduler.frames_lost()
+        return gone
 
     def _refuse(self, what: str, code: ErrorCode, reason: str, **kw: Any) -> Refusal:
         self.counters[f"{what}_refused_{code.value}"] += 1
@@ -357,7 +363,7 @@ class Gvt:
             self._internal("trigger_event", err, vgpu=vgpu.id)
         return False
 
-    def handle_ioreq(self, req: m.Ioreq, now: float = 0.0) -> int:
+    def handle_ioreq(self, req: m.Ioreq, now: float) -> int:
         """One ioreq as AcrnGT's emulation thread handles it (ACRN gvt/acrngt.c). Returns the value to
         complete it with (the read result, 0 for writes); always completes."""
         self.scheduler.now = max(self.scheduler.now, now)  # the scheduling policy's clock (ELSP writes)
@@ -455,8 +461,8 @@ class Gvt:
                              for v in self.vgpus.values() if v.pv.active},
                 "scheduler": {"queued": sum(len(q) for q in self.scheduler.queues.values()),
                               "running": {e: (w.id if w else None) for e, w in self.scheduler.current.items()},
-                              "frame_pool": len(self.scheduler.frame_pool),
-                              "shadow_bbs": len(self.scheduler.shadow_bbs),
+                              "frame_pool": len(self.shadow.frame_pool),
+                              "shadow_bbs": len(self.shadow.batches),
                               "policy": self.scheduler.policy.info()},
                 "display_by_vm": {str(v.vm): v.display.info() for v in self.vgpus.values()},
                 "figures_by_vm": {str(v.vm): v.figures.info() for v in self.vgpus.values()},

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from . import fb_decoder as fb
 from .edid import (DP_AUX_CH_CTL_INTERRUPT, PCH_GMBUS0, PCH_GMBUS5, EdidChannel, Monitor, aux_ctl)
 from .handlers import F, Reg
+from .interrupt import trigger_event
 
 if TYPE_CHECKING:
     from .core import Gvt
@@ -138,8 +139,6 @@ class VgpuDisplay:
     def hotplug(self, connected: bool) -> None:
         """intel_vgpu_emulate_hotplug (SKL): SFUSE_STRAP and SDEISR follow the link, SDEIIR and the
         hotplug status latch, DP_D_HOTPLUG is raised."""
-        from .interrupt import trigger_event
-
         mmio = self.vgpu.mmio
         if connected:
             if self.monitor is None:
@@ -201,8 +200,6 @@ class VgpuDisplay:
         """Emulate the vblanks due by ``now`` (emulate_vblank_on_pipe). Frames that a late wake-up missed
         are counted on the frame counter; their interrupts merge into one (IIR is a bit). Returns how many
         vblanks were emulated."""
-        from .interrupt import trigger_event
-
         total = 0
         for pipe, t in sorted(self.timers.items()):
             if t.next > now:
@@ -262,8 +259,6 @@ def transconf_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
 
 def plane_surf_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """pri_surf_mmio_write (skl_plane_surf_write): a page flip."""
-    from .interrupt import trigger_event
-
     pipe = (offset - fb.PLANE_CTL_BASE) // PIPE_REG_STRIDE
     vgpu.mmio.write(offset, data, size)
     vgpu.mmio.write32(fb.plane_reg(pipe, fb.PLANE_SURFLIVE_OFF), vgpu.mmio.read32(offset))
@@ -298,8 +293,6 @@ def gmbus_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
 
 def dp_aux_ch_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """dp_aux_ch_ctl_mmio_write for DDI D; AUX_CHANNEL_D is raised when the guest asked for it."""
-    from .interrupt import trigger_event
-
     d = vgpu.display.edid
     if d is None:
         vgpu.mmio.write(offset, data, size)

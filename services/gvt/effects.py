@@ -53,7 +53,7 @@ class InjectMsi:
 
 @dataclass(frozen=True)
 class PageTrack:
-    """MPT enable/disable_page_track of one guest frame (PPGTT shadowing, a later issue)."""
+    """MPT enable/disable_page_track of one guest frame (PPGTT shadowing: page_track.py)."""
 
     vm: int
     gfn: int
@@ -119,3 +119,5 @@ class Uevent:
 
 Effect = (SetTrapArea | InterceptBdf | AttachVgpu | InjectMsi | PageTrack | PgpuGgttWrite | PgpuGgttFill
           | PgpuMmioWrite | PgpuSubmit | MapGfnToMfn | Uevent)
+#: what changes the physical GPU's own state (its GGTT and registers), as opposed to vhm's routing
+PGPU_STATE_EFFECTS = (PgpuGgttWrite, PgpuGgttFill, PgpuMmioWrite)

@@ -29,6 +29,8 @@ ALL_ENGINES = 0
 for _e in ENGINES:
     ALL_ENGINES |= _e.mask
 BY_NAME: dict[str, Engine] = {e.name: e for e in ENGINES}
+#: the engines pgpu has (vcs2 is not emulated by the physical GPU model): the engines gvt dispatches to
+PHYSICAL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 
 # Per-engine register offsets from the engine base (gvt/handlers.c, gvt/execlist.c).
 RING_TAIL = 0x30
@@ -37,13 +39,13 @@ RING_START = 0x38
 RING_CTL = 0x3C
 RING_HWS_PGA = 0x80
 RING_RESET_CTL = 0xD0
-RING_ELSP = 0x230  # next issue (execlist.py)
-RING_EXECLIST_STATUS = 0x234  # next issue
+RING_ELSP = 0x230  # the execlist submit port (execlist.py)
+RING_EXECLIST_STATUS = 0x234
 RING_CTX_SR_CTL = 0x244
 RING_PDP_BASE = 0x270  # pdp n: LDW +0x270+8n, UDW +0x274+8n
 RING_MODE = 0x29C
-RING_CSB = 0x370  # next issue
-RING_CSB_PTR = 0x3A0  # next issue
+RING_CSB = 0x370  # the context status buffer, 6 entries
+RING_CSB_PTR = 0x3A0
 
 # GFX_MODE (RING_MODE) bits, a masked register.
 GFX_PPGTT_ENABLE = 1 << 9

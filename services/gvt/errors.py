@@ -3,7 +3,17 @@
 
 from __future__ import annotations
 
+import enum
+
 from ...protocol.errors import ErrorCode
+
+
+class FailsafeReason(enum.IntEnum):
+    """enum GVT_FAILSAFE_* (gvt/vgpu.c)."""
+
+    UNSUPPORTED_GUEST = 0
+    INSUFFICIENT_RESOURCE = 1
+    GUEST_ERR = 2
 
 
 class GvtError(Exception):
@@ -26,3 +36,12 @@ class EmulationError(Exception):
     def __init__(self, reason: str, failsafe: bool = True) -> None:
         super().__init__(reason)
         self.failsafe = failsafe
+
+
+class WorkloadError(Exception):
+    """A workload that cannot be built from the guest's context (bad LRCA, ring outside guest memory)."""
+
+
+class WorkloadRefused(WorkloadError):
+    """A workload refused without marking the VM unhealthy (a -EPERM scan error): the submission fails,
+    the vGPU stays out of failsafe (scheduler.c intel_vgpu_create_workload + vgpu_is_vm_unhealthy)."""

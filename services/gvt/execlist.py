@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 
 from . import engines as eng
 from . import pvmmio
+from .errors import EmulationError, WorkloadError
+from .gtt import gma_to_gpa
 from .handlers import F, Reg
+from .interrupt import trigger_event
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -142,13 +145,11 @@ class VirtualExeclist:
     def _mirror_to_hwsp(self, wp: int, status: int, ctx_id: int) -> None:
         """emulate_csb_update: the entry and the write pointer also go to the guest's HWS page (its
         RING_HWS_PGA, vgpu->hws_pga), where a guest with VGT_CAPS_HWSP_EMULATION reads them, as i915 does."""
-        from .scheduler import WorkloadError
-
         hws = self.vgpu.mmio.read32(self.engine.base + eng.RING_HWS_PGA)
         if not hws:
             return
         try:
-            gpa = self.vgpu.gvt.scheduler._gm_to_gpa(self.vgpu, hws & ~0xFFF)
+            gpa = gma_to_gpa(self.vgpu, hws & ~0xFFF)
         except WorkloadError:
             self.vgpu.count("csb_hwsp_unmapped")
             return
@@ -159,8 +160,6 @@ class VirtualExeclist:
         self.vgpu.count("csb_hwsp_entries")
 
     def _ctx_switch_irq(self) -> None:
-        from .interrupt import trigger_event
-
         trigger_event(self.vgpu, f"{self.engine.name.upper()}_AS_CONTEXT_SWITCH")
 
     def schedule_in(self, ctx: tuple[int, int]) -> None:
@@ -211,8 +210,6 @@ def _execlist(vgpu: "Vgpu", offset: int) -> VirtualExeclist:
 
 def elsp_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """ELSP (write-only): collect 4 dwords, then hand the pair of descriptors to the scheduler."""
-    from .errors import EmulationError
-
     el = _execlist(vgpu, offset)
     vgpu.cfg.d3_entered = False  # elsp_mmio_write: engines run only in D0, so the first ELSP write clears it
     if el.engine.name not in vgpu.submission.execlist_enabled:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .effects import PgpuGgttFill, PgpuGgttWrite
-from .errors import EmulationError
+from .errors import EmulationError, WorkloadError
+from .types import GTT_PAGE_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -54,6 +55,33 @@ def scratch_pte(scratch_mfn: int) -> int:
     return pte_set_pfn(GEN8_PAGE_PRESENT, scratch_mfn)
 
 
+# ------------------------------------------------------------------------ guest graphics memory
+def gma_to_gpa(vgpu: "Vgpu", gma: int) -> int:
+    """intel_vgpu_gma_to_gpa (gvt/gtt.c): a guest graphics address through the vGPU's virtual GGTT to a
+    guest physical address (guest and host GM are the same addresses thanks to ballooning; the guest PTE
+    holds the gfn). Raises WorkloadError outside the vGPU's GM or on a page the guest has not mapped."""
+    if not vgpu.resource.contains(gma):
+        raise WorkloadError(f"graphics address {gma:#x} outside the vGPU's GM")
+    pte = vgpu.gtt.virtual.get(gma >> GTT_PAGE_SHIFT, 0)
+    if not pte_present(pte):
+        raise WorkloadError(f"graphics address {gma:#x} not mapped in the guest GGTT")
+    return (pte_pfn(pte) << GTT_PAGE_SHIFT) | (gma & (GTT_PAGE_SIZE - 1))
+
+
+def read_gma(vgpu: "Vgpu", gma: int, length: int) -> bytes:
+    """``length`` bytes of guest graphics memory from ``gma``, page by page through the virtual GGTT
+    (copy_gma_to_hva, gvt/cmd_parser.c). Raises WorkloadError on an address that is not guest RAM."""
+    out = bytearray()
+    while length:
+        n = min(length, GTT_PAGE_SIZE - (gma & (GTT_PAGE_SIZE - 1)))
+        data = vgpu.mpt.read_gpa(gma_to_gpa(vgpu, gma), n)
+        if data is None:
+            raise WorkloadError(f"graphics address {gma:#x} is not guest RAM")
+        out += data
+        gma, length = gma + n, length - n
+    return bytes(out)
+
+
 # ----------------------------------------------------------------------------------- the GGTT
 class Ggtt:
     """One vGPU's view of the GGTT: guest values, partial (4-byte) writes, host entries it wrote."""
@@ -65,7 +93,11 @@ class Ggtt:
         self.partial: dict[int, tuple[int, int]] = {}  # index -> (byte offset of the half, value so far)
 
     # -------------------------------------------------------------------------------- lifecycle
-    def reset_host(self) -> None:
+    def init(self) -> None:
+        """intel_vgpu_init_gtt: the vGPU's slices of the physical GGTT point at the scratch page."""
+        self._scratch_fill()
+
+    def _scratch_fill(self) -> None:
         """intel_vgpu_reset_ggtt: every entry of the vGPU's slices -> the scratch page (present)."""
         self.host.clear()
         pte = scratch_pte(self.vgpu.gvt.scratch_mfn)
@@ -77,7 +109,7 @@ class Ggtt:
         """Re-send everything this vGPU put in the physical GGTT (pgpu restarted, or the scratch page
         changed): the scratch fill, then every entry the guest wrote, rebuilt from its guest value."""
         written = sorted(self.host)
-        self.reset_host()
+        self._scratch_fill()
         entries = []
         for index in written:
             self.host[index] = self._host_entry(self.virtual.get(index, 0))
@@ -88,11 +120,11 @@ class Ggtt:
     def reset(self) -> None:
         """DMLR: host slices to scratch; a half-written entry is forgotten (the guest starts over)."""
         self.partial.clear()
-        self.reset_host()
+        self._scratch_fill()
 
     def clean(self) -> None:
         """vGPU destroy: host slices to scratch, virtual GGTT freed."""
-        self.reset_host()
+        self._scratch_fill()
         self.virtual.clear()
         self.partial.clear()
 

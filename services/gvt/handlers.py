@@ -21,7 +21,7 @@ from . import interrupt as irq
 from . import mmio_info
 from . import pvinfo
 from .effects import PgpuMmioWrite
-from .errors import EmulationError
+from .errors import EmulationError, FailsafeReason
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -112,8 +112,6 @@ def gdrst_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
 def ring_mode_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """RING_MODE (GFX_MODE): enabling PPGTT or execlists before reading PVINFO => failsafe
     UNSUPPORTED_GUEST (i915_vgpu.c); enabling execlists selects execlist submission for the engine."""
-    from .vgpu import FailsafeReason
-
     vgpu.mmio.write(offset, data, size)
     d = data & 0xFFFF_FFFF
     if ((_masked_enabled(d, eng.GFX_PPGTT_ENABLE) or _masked_enabled(d, eng.GFX_RUN_LIST_ENABLE))
@@ -167,8 +165,6 @@ MAX_FENCES = 32
 def _fence_check(vgpu: "Vgpu", offset: int) -> int:
     """sanitize_fence_mmio_access: an out-of-range fence is an error; before PVINFO it also marks the
     guest as not GVT-aware (failsafe UNSUPPORTED_GUEST)."""
-    from .vgpu import FailsafeReason
-
     num = (offset - FENCE_REG_GEN6_LO) >> 3
     if num >= len(vgpu.resource.fences):
         if not vgpu.pv_notified:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import pvmmio
 from .errors import EmulationError
 from .gtt import GTT_ENTRY_SHIFT
+from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-MMIO_SIZE = 2 << 20  # gvt/gtt.c, gvt/aperture_gm.c: mmio_size = 2 MB
 GTT_START = 8 << 20  # gtt_start_offset = 8 MB
 GEN8_MMIO_RESET_OFFSET = 0x44200  # a GT reset restores only [0, 0x44200): engines, not interrupts/display
 
@@ -105,8 +106,6 @@ def _is_mmio(offset: int) -> bool:
 
 
 def _is_pvmmio_page(vgpu: "Vgpu", offset: int, size: int) -> bool:
-    from . import pvmmio
-
     return pvmmio.is_shared_page(vgpu, offset, size)
 
 
@@ -136,8 +135,6 @@ def emulate_mmio_read(vgpu: "Vgpu", gpa: int, size: int) -> int:
         return vgpu.gtt.read(offset - GTT_START, size)
     if not _is_mmio(offset):
         if _is_pvmmio_page(vgpu, offset, size):
-            from . import pvmmio
-
             return pvmmio.page_read(vgpu, offset - pvmmio.SHARED_PAGE_OFFSET, size)
         vgpu.count("mmio_hole_read")
         return 0
@@ -160,8 +157,6 @@ def emulate_mmio_write(vgpu: "Vgpu", gpa: int, data: int, size: int) -> None:
         return
     if not _is_mmio(offset):
         if _is_pvmmio_page(vgpu, offset, size):  # the PVMMIO shared page before the hypervisor mapped it
-            from . import pvmmio
-
             pvmmio.page_write(vgpu, offset - pvmmio.SHARED_PAGE_OFFSET, data, size)
             vgpu.count("pvmmio_page_trapped")
             return

@@ -1,4 +1,4 @@
-"""The MPT adapter (AcrnGT's role, ACRN gvt/acrngt.c / 9.1): hypervisor look-ups the core calls synchronously.
+"""The MPT adapter (AcrnGT's role, ACRN gvt/acrngt.c): hypervisor look-ups the core calls synchronously.
 
 AcrnGT maps guest memory into the Service VM (``map_guest_phys``) and translates gfn -> mfn itself;
 gvtsim does the same by walking the VM's simulated EPT in the shared machine memory (read-only view).

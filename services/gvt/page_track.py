@@ -76,10 +76,6 @@ class PageTrackTable:
         self.vgpu.emit(PageTrack(self.vgpu.vm, gfn, False))
         self.vgpu.count("page_track_disable")
 
-    def is_tracked(self, gfn: int) -> bool:
-        page = self.pages.get(gfn)
-        return page is not None and page.tracked
-
     def handle(self, gpa: int, data: int, size: int) -> bool:
         """intel_vgpu_page_track_handler for a WP ioreq. Returns True when the write was claimed.
 

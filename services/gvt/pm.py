@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import engines as eng
 from .effects import PgpuMmioWrite
-from .errors import EmulationError
+from .errors import EmulationError, FailsafeReason
 from .handlers import F, Reg
 
 if TYPE_CHECKING:
@@ -133,8 +133,6 @@ def gamw_echo_dev_rw_ia_write(vgpu: "Vgpu", offset: int, data: int, size: int) -
 def csfe_chicken1_mmio_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """csfe_chicken1_mmio_write: the masked enables of bits 3 and 4 (preemption controls) are dropped from
     the value stored; a guest asking for either is not supported (failsafe UNSUPPORTED_GUEST)."""
-    from .vgpu import FailsafeReason
-
     d = data & 0xFFFF_FFFF
     _store(vgpu, offset, d & ~(0x18 << 16 | 0x18))  # the table applies the mask half (F_MODE_MASK)
     if any((d >> 16) & bit and d & bit for bit in (0x10, 0x8)):

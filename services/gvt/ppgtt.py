@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4, pte_pfn
-from .spt import LEVEL_PD, LEVEL_PML4, LEVEL_PT, NoFrames, PpgttError, Spt, SptTable
+from .spt import LEVEL_PD, LEVEL_PML4, LEVEL_PT, NoFrames, PpgttError, PpgttGlobal, Spt, SptTable
 
 if TYPE_CHECKING:
-    from .core import Gvt
     from .vgpu import Vgpu
 
 __all__ = ["PpgttError", "NoFrames", "PpgttGlobal", "PpgttMm", "VgpuPpgtt", "pdps_from_context",
@@ -36,8 +35,6 @@ ROOTS: dict[str, tuple[int, int]] = {PPGTT_ROOT_L3: (4, LEVEL_PD), PPGTT_ROOT_L4
 ROOT_BY_MODE = {1: PPGTT_ROOT_L3, 3: PPGTT_ROOT_L4}
 #: value offsets of pdp3_UDW, pdp3_LDW ... pdp0_UDW, pdp0_LDW in the ring context (gvt/handlers.c, gvt/execlist.c)
 CTX_PDP_ORDER = ((3, 32), (3, 0), (2, 32), (2, 0), (1, 32), (1, 0), (0, 32), (0, 0))
-#: gvt/gtt.c, gvt/page_track.c: preallocated_oos_pages
-PREALLOCATED_OOS_PAGES = 8192
 
 
 def pdps_from_context(values: Sequence[int]) -> tuple[int, int, int, int]:
@@ -56,65 +53,6 @@ def pdps_to_context(pdps: Sequence[int]) -> tuple[int, ...]:
 def root_key(root: str, pdps: Sequence[int]) -> tuple[int, int, int, int]:
     """What identifies an mm: all 4 PDPs for L3, pdp0 only for L4 (the guest leaves pdp1..3 stale)."""
     return (pdps[0], 0, 0, 0) if root == PPGTT_ROOT_L4 else (pdps[0], pdps[1], pdps[2], pdps[3])
-
-
-# ------------------------------------------------------------------------------------ device-global
-class PpgttGlobal:
-    """Device-wide PPGTT resources (struct intel_gvt_gtt): shadow frames, the OOS page pool, the
-    ``enable_out_of_sync`` switch. Frames come from the scheduler's pool (ALLOC_FRAMES from vhm); a freed
-    frame is held back until every workload that was on the GPU when it was freed has finished, so a
-    stale walk never reads a frame already reused for someone else's table."""
-
-    def __init__(self, gvt: "Gvt", enable_out_of_sync: bool = False,
-                 oos_pages: int = PREALLOCATED_OOS_PAGES) -> None:
-        self.gvt = gvt
-        self.enable_out_of_sync = enable_out_of_sync
-        self.oos_free = oos_pages
-        self.oos_in_use: list["Spt"] = []  # attach order: the oldest is detached first when none is free
-        self.quarantine: list[tuple[frozenset[int], list[int]]] = []
-
-    def take_frame(self) -> int:
-        """A zeroed machine frame for a shadow table. Raises NoFrames / PpgttError."""
-        sched = self.gvt.scheduler
-        if sched.mem is None:
-            raise PpgttError("machine memory is not mapped in gvt")
-        self.reap()
-        if not sched.frame_pool:
-            self.gvt.counters["ppgtt_no_frames"] += 1
-            raise NoFrames("no frames for shadow page tables (vhm ALLOC_FRAMES pending or exhausted)")
-        mfn = sched.frame_pool.pop()
-        sched.mem.zero_frames(mfn)
-        return mfn
-
-    def give_frames(self, mfns: list[int]) -> None:
-        """Return frames; they go back to the pool once the workloads running now are done."""
-        if not mfns:
-            return
-        busy = frozenset(self.gvt.scheduler.inflight)
-        if busy:
-            self.quarantine.append((busy, mfns))
-        else:
-            self.gvt.scheduler.frame_pool.extend(mfns)
-
-    def reap(self) -> None:
-        """Release quarantined frames whose workloads have all left the GPU."""
-        if not self.quarantine:
-            return
-        inflight = self.gvt.scheduler.inflight
-        keep = []
-        for busy, mfns in self.quarantine:
-            if any(w in inflight for w in busy):
-                keep.append((busy, mfns))
-            else:
-                self.gvt.scheduler.frame_pool.extend(mfns)
-        self.quarantine = keep
-
-    def forget(self) -> None:
-        """vhm restarted: its frames are gone. Every shadow is dropped without returning frames."""
-        self.quarantine.clear()
-        for v in self.gvt.vgpus.values():
-            v.ppgtt.forget()
-        self.oos_in_use.clear()
 
 
 # ------------------------------------------------------------------------------------------- mms
@@ -292,22 +230,22 @@ class VgpuPpgtt:
         self._count("pv_updates")
 
     # ------------------------------------------------------------------------------ lifecycle
-    def invalidate(self) -> None:
+    def reset(self) -> None:
         """intel_vgpu_invalidate_ppgtt (full GT reset): tear every shadow down, keep the mms."""
         for mm in self.mms:
             self._unshadow(mm)
 
-    def clear(self) -> None:
+    def clean(self) -> None:
         """intel_vgpu_destroy_all_ppgtt_mm (DMLR, destroy): every mm, SPT and tracked page goes."""
         for mm in list(self.mms):
             self._unshadow(mm)
         self.mms.clear()
         self.users.clear()
-        self.spt.clear()
+        self.spt.clean()
 
-    def forget(self) -> None:
+    def frames_lost(self) -> None:
         """The frames are gone with vhm: drop all shadow state without returning or writing anything."""
-        self.spt.forget()
+        self.spt.frames_lost()
         for mm in self.mms:
             mm.roots = [None, None, None, None]
             mm.shadow_pdps = [0, 0, 0, 0]

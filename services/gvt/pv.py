@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SIZE
+from .errors import EmulationError
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -136,8 +137,6 @@ def _slot(page: bytes, engine: str) -> tuple[int, int, int]:
 def send_trigger(vgpu: "Vgpu") -> int:
     """g2v PV_SEND_TRIGGER: take every engine slot whose submit_seq moved and submit its descriptors
     (one trap instead of four ELSP writes). Returns the number of submissions taken."""
-    from .errors import EmulationError
-
     pv = vgpu.pv
     if not pv.active or not pv.enabled & PvCaps.SUBMISSION:
         raise EmulationError("PV_SEND_TRIGGER without an accepted PV submission shared page")
@@ -170,8 +169,6 @@ def complete(vgpu: "Vgpu", engine: str, seq: int, ok: bool) -> None:
 def ppgtt_update(vgpu: "Vgpu") -> None:
     """g2v PV_PPGTT_UPDATE: the guest changed its page tables for [start, start + length) of the PPGTT
     rooted at ``pdp`` (and did not fault: PV PPGTT tables are not write-protected); re-shadow that range."""
-    from .errors import EmulationError
-
     pv = vgpu.pv
     if not pv.active or not pv.enabled & PvCaps.PPGTT:
         raise EmulationError("PV_PPGTT_UPDATE without an accepted PV PPGTT shared page")

@@ -11,7 +11,11 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
+from . import pv, pvmmio
 from .effects import Uevent
+from .errors import FailsafeReason
+from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
+from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -131,8 +135,7 @@ def populate(vgpu: "Vgpu") -> None:
     w(FENCE_NUM, len(res.fences), 4)
     w(CURSOR_X_HOT, 0xFFFF_FFFF, 4)
     w(CURSOR_Y_HOT, 0xFFFF_FFFF, 4)
-    from . import pv  # PV: caps and known formats; no shared page until the guest sets one up
-
+    # PV: caps and known formats; no shared page until the guest sets one up
     state = getattr(vgpu, "pv", None)
     active = state is not None and state.active  # a GT reset keeps an accepted page; a DMLR drops it first
     w(PV_CAPS, int(pv.HOST_CAPS), 4)
@@ -145,10 +148,8 @@ def populate(vgpu: "Vgpu") -> None:
 def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:
     """pvinfo_mmio_read: return the vreg; an unexpected window is logged; ANY read sets pv_notified."""
     if offset == PV_MMIO:  # ACRN: the register named by shared_page->reg_addr, through its handler
-        from . import pvmmio
-
         vgpu.pv_notified = True
-        return pvmmio.pv_mmio_read(vgpu, size)
+        return pv_mmio_read(vgpu, size)
     value = vgpu.mmio.read(offset, size)
     if not any(lo <= offset and offset + size <= hi for lo, hi in _VALID_READS):
         vgpu.count("pvinfo_invalid_read")
@@ -157,10 +158,25 @@ def pvinfo_read(vgpu: "Vgpu", offset: int, size: int) -> int:
     return value
 
 
+def pv_mmio_read(vgpu: "Vgpu", size: int) -> int:
+    """pvinfo_mmio_read(pv_mmio): the register named by shared_page->reg_addr, through its handler. The
+    offset must lie in the 2 MB register range and not be pv_mmio itself (a redirect to itself would
+    recurse); anything else is refused and counted, and reads 0."""
+    if vgpu.pvmmio.mfn is None:
+        vgpu.count("pvmmio_read_without_grant")
+        return 0
+    reg = pvmmio.page_read(vgpu, pvmmio.REG_ADDR, 4)
+    if (reg + size > MMIO_SIZE or reg % min(size, 4)
+            or (reg < PV_MMIO + 4 and PV_MMIO < reg + size)):
+        vgpu.count("pvmmio_bad_reg_addr")
+        vgpu.log.warning("pvmmio_bad_reg_addr", vgpu=vgpu.id, reg_addr=hex(reg))
+        return 0
+    vgpu.count("pvmmio_redirected_reads")
+    return vgpu.gvt.table.read(vgpu, reg, size)
+
+
 def pvinfo_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """pvinfo_mmio_write: act on display_ready / g2v_notify, store the handled fields, rsv5 => failsafe."""
-    from .vgpu import FailsafeReason
-
     if offset == DISPLAY_READY:
         vgpu.emit(Uevent(vgpu.vm, "GVT_DISPLAY_READY", 1 if data else 0))
     elif offset == G2V_NOTIFY:
@@ -168,8 +184,6 @@ def pvinfo_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     elif offset == ENABLE_PVMMIO:
         # ACRN handlers.c pvinfo_mmio_write: the vreg keeps what the host grants (data & i915.enable_pvmmio),
         # 0 if set_pvmmio could not map the shared page (pvmmio.py)
-        from . import pvmmio
-
         vgpu.mmio.write(offset, pvmmio.negotiate(vgpu, data & 0xFFFF_FFFF), 4)
         return
     elif offset in _RSV5:
@@ -191,8 +205,6 @@ def guest_pdps(vgpu: "Vgpu") -> tuple[int, int, int, int]:
 def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
     """L3/L4 CREATE => get (or create) the PPGTT mm with these root pointers; DESTROY => put it;
     EXECLIST_CONTEXT_CREATE/DESTROY and the legacy value 1 are ignored (i915_pvinfo.h)."""
-    from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
-
     pdps = guest_pdps(vgpu)
     if notification in (G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE, G2vNotify.PPGTT_L4_PAGE_TABLE_CREATE):
         root = PPGTT_ROOT_L3 if notification == G2vNotify.PPGTT_L3_PAGE_TABLE_CREATE else PPGTT_ROOT_L4
@@ -206,18 +218,12 @@ def handle_g2v_notification(vgpu: "Vgpu", notification: int) -> None:
         else:
             vgpu.count("g2v_ppgtt_destroy")
     elif notification == PvG2vNotify.SHARED_PAGE_SETUP:
-        from . import pv
-
         status = pv.setup(vgpu, vgpu.mmio.read(SHARED_PAGE_GPA, 8))
         vgpu.mmio.write(PV_STATUS, int(status), 4)
         vgpu.mmio.write(PV_ENABLED, int(vgpu.pv.enabled), 4)
     elif notification == PvG2vNotify.PV_SEND_TRIGGER:
-        from . import pv
-
         pv.send_trigger(vgpu)
     elif notification == PvG2vNotify.PV_PPGTT_UPDATE:
-        from . import pv
-
         pv.ppgtt_update(vgpu)
     elif notification in (G2vNotify.EXECLIST_CONTEXT_CREATE, G2vNotify.EXECLIST_CONTEXT_DESTROY, 1):
         pass

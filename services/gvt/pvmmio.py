@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .effects import MapGfnToMfn
 from .errors import EmulationError
-from .mmio import MMIO_SIZE
+from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -108,16 +108,16 @@ def set_pvmmio(vgpu: "Vgpu", map_: bool) -> bool:
     if not map_:
         _unmap(vgpu)
         if st.mfn is not None:
-            vgpu.gvt.scheduler.frame_pool.append(st.mfn)
+            vgpu.gvt.shadow.frame_pool.append(st.mfn)
             st.mfn = None
         st.granted = PvmmioLevel(0)
         return True
-    sched = vgpu.gvt.scheduler
+    shadow = vgpu.gvt.shadow
     if st.mfn is None:
-        if sched.mem is None or not sched.frame_pool:
+        if shadow.mem is None or not shadow.frame_pool:
             return False
-        st.mfn = sched.frame_pool.pop()
-        sched.mem.write(st.mfn << PAGE_SHIFT, bytes(PAGE_SIZE))
+        st.mfn = shadow.frame_pool.pop()
+        shadow.mem.write(st.mfn << PAGE_SHIFT, bytes(PAGE_SIZE))
     follow_bar0(vgpu, vgpu.cfg.trapped is not None)
     return True
 
@@ -150,7 +150,7 @@ def is_shared_page(vgpu: "Vgpu", offset: int, size: int) -> bool:
 
 
 def _page_addr(vgpu: "Vgpu", off: int) -> int:
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     if vgpu.pvmmio.mfn is None or mem is None:
         raise EmulationError("PVMMIO shared page used without a grant")
     return (vgpu.pvmmio.mfn << PAGE_SHIFT) + off
@@ -158,14 +158,14 @@ def _page_addr(vgpu: "Vgpu", off: int) -> int:
 
 def page_read(vgpu: "Vgpu", off: int, size: int) -> int:
     """Read ``size`` bytes of the shared page (little-endian)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     assert mem is not None
     return int.from_bytes(mem.read(_page_addr(vgpu, off), size), "little")
 
 
 def page_write(vgpu: "Vgpu", off: int, data: int, size: int) -> None:
     """Write ``size`` bytes of the shared page (a trapped access to it)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     addr = _page_addr(vgpu, off)
     assert mem is not None
     mem.write(addr, (data & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
@@ -174,30 +174,22 @@ def page_write(vgpu: "Vgpu", off: int, data: int, size: int) -> None:
 def elsp_data(vgpu: "Vgpu") -> tuple[int, int, int]:
     """shared_page->elsp_data[0..2]: element 1 high, element 1 low, element 0 high (as the guest wrote
     them in ELSP order)."""
-    mem = vgpu.gvt.scheduler.mem
+    mem = vgpu.gvt.shadow.mem
     addr = _page_addr(vgpu, ELSP_DATA)
     assert mem is not None
     a, b, c = _ELSP.unpack(mem.read(addr, _ELSP.size))
     return a, b, c
 
 
-def pv_mmio_read(vgpu: "Vgpu", size: int) -> int:
-    """pvinfo_mmio_read(pv_mmio): the register named by shared_page->reg_addr, through its handler. The
-    offset must lie in the 2 MB register range and not be pv_mmio itself (a redirect to itself would
-    recurse); anything else is refused and counted, and reads 0."""
-    from .pvinfo import PV_MMIO
-
-    if vgpu.pvmmio.mfn is None:
-        vgpu.count("pvmmio_read_without_grant")
-        return 0
-    reg = page_read(vgpu, REG_ADDR, 4)
-    if (reg + size > MMIO_SIZE or reg % min(size, 4)
-            or (reg < PV_MMIO + 4 and PV_MMIO < reg + size)):
-        vgpu.count("pvmmio_bad_reg_addr")
-        vgpu.log.warning("pvmmio_bad_reg_addr", vgpu=vgpu.id, reg_addr=hex(reg))
-        return 0
-    vgpu.count("pvmmio_redirected_reads")
-    return vgpu.gvt.table.read(vgpu, reg, size)
+def frames_lost(vgpu: "Vgpu") -> bool:
+    """vhm restarted: the shared page was one of its frames, gone with it; no grant stands (nothing is
+    unmapped or written: the new vhm never mapped it). Returns whether a grant was dropped."""
+    st = vgpu.pvmmio
+    if st.mfn is None:
+        return False
+    st.mfn = st.gfn = None
+    st.granted = PvmmioLevel(0)
+    return True
 
 
 def reset(vgpu: "Vgpu") -> None:

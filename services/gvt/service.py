@@ -25,14 +25,14 @@ import zmq.asyncio
 from ...protocol import authz
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH, IoreqType
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
 from . import effects as fx
-from .core import Gvt, Refusal
+from .core import Gvt
 from .mpt import EptMpt, Mpt
 from .sched_policy import GVT_DEFAULT_TIME_SLICE
 from .state import StateRefused, StateStore, sweep_dead
@@ -72,9 +72,6 @@ def pool_frames(max_vgpu: int) -> int:
     return -(-(SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES) * max(7, max_vgpu) // 7)
 
 
-PGPU_EFFECTS = (fx.PgpuGgttWrite, fx.PgpuGgttFill, fx.PgpuMmioWrite)
-
-
 def effects_to_messages(effects: list[fx.Effect]) -> list[Outgoing]:
     """Map effects to messages, in order. Consecutive GGTT writes are merged into batches of at most
     GGTT_BATCH entries; a fill is one GGTT_FILL. Uevents produce no message (the shell logs them)."""
@@ -112,7 +109,7 @@ class GvtService(BaseService):
     def __init__(self, ctx: zmq.asyncio.Context, args: Any) -> None:
         super().__init__(ctx, args)
         self.core = Gvt(PhysicalGpu(profile=getattr(args, "gpu_profile", "real")),
-                        counters=self.counters, log=self.log, mpt_factory=self._mpt,
+                        counters=self.counters, mpt_factory=self._mpt,
                         enable_out_of_sync=bool(getattr(args, "enable_oos", False)),
                         enable_pvmmio=int(getattr(args, "enable_pvmmio", 1)))
         self._mem: MachineMemory | None = None
@@ -188,13 +185,13 @@ class GvtService(BaseService):
             try:
                 if self._mem is None:
                     self._mem = MachineMemory(self.args.mem_path)
-                self.core.scheduler.mem = self._mem
+                self.core.shadow.init(self._mem)
             except OSError as err:
                 self.counters["machine_memory_unavailable"] += 1
                 self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
             self.log.info("vgpus_restored", vgpus=sorted((v.vm, v.id) for v in got.vgpus),
                           vhm_epoch=got.vhm_epoch, scratch_mfn=self.core.scratch_mfn,
-                          frame_pool=len(self.core.scheduler.frame_pool))
+                          frame_pool=len(self.core.shadow.frame_pool))
         self._dirty.update(v.id for v in got.vgpus)  # recorded again from scratch, in this incarnation's files
         return len(got.vgpus)
 
@@ -246,7 +243,7 @@ class GvtService(BaseService):
         except Exception as err:  # a bug must not stop the timer: counted and logged
             self.counters["internal_errors"] += 1
             self.log.error("sched_tick_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-        if self.core.effects:
+        if self.core.effects or self.core.log.events:
             self._flush_now()
         self._arm_sched()
 
@@ -282,7 +279,7 @@ class GvtService(BaseService):
         except Exception as err:  # a bug must not stop the timer: counted and logged
             self.counters["internal_errors"] += 1
             self.log.error("vblank_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
-        if self.core.effects:
+        if self.core.effects or self.core.log.events:
             self._flush_now()  # MSIs of the vblank / flip-done events; _flush_now re-arms
         else:
             self._arm_vblank()
@@ -337,7 +334,9 @@ class GvtService(BaseService):
         self._flush_now()
 
     def _flush_now(self) -> None:
-        """Send the core's effects in order (fire-and-forget requests; refusals are logged on reply)."""
+        """Log what the core had to say, then send its effects in order (fire-and-forget requests;
+        refusals are logged on reply)."""
+        self._log_core()
         effects = self.core.drain_effects()
         self._arm_vblank()  # whatever just ran may have enabled or disabled a pipe
         for e in effects:
@@ -379,6 +378,12 @@ class GvtService(BaseService):
             if self._dirty:
                 self._commit()
 
+    def _log_core(self) -> None:
+        """The core's log events (events.py) through this service's logger."""
+        if self.core.log.events:
+            for ev in self.core.log.drain():
+                getattr(self.log, ev.level)(ev.event, **ev.fields)
+
     def _effect_reply(self, peer: str, msg: m.Message) -> None:
         req = getattr(msg, "req", -1)
         what = self._sent.pop((peer, req), None)
@@ -389,7 +394,7 @@ class GvtService(BaseService):
             if waiter is not None and not waiter.done():
                 waiter.set_result(f"{msg.code}: {msg.reason}" if isinstance(msg, m.Error) else "")
         if tag is not None and isinstance(msg, m.Error):
-            self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}")
+            self.core.scheduler.submit_failed(tag, f"{msg.code}: {msg.reason}", time.monotonic())
         if isinstance(msg, m.Error):
             self.counters[f"effects_refused_{peer}"] += 1
             self.log.warning("effect_refused", peer=peer, what=what, code=msg.code, reason=msg.reason)
@@ -532,12 +537,8 @@ class GvtService(BaseService):
         self._vhm_epoch = server_epoch
         self._dirty.update(self.core.vgpus)  # the device record names the vhm
         if restarted:
-            # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay)
-            for vgpu in [v for v in self.core.vgpus.values() if v.owner == "vhm"]:
-                self.core.destroy_vgpu(vgpu.vm)
-            # the new vhm never knew those VMs: only the physical GGTT clean-up is worth sending
-            self.core.effects = [e for e in self.core.effects if isinstance(e, PGPU_EFFECTS)]
-            self.core.scheduler.forget_frames()  # the old vhm's frames are not ours any more
+            # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay), and its frames
+            self.core.vhm_restarted()
             self.log.warning("vhm_restarted", server_epoch=server_epoch)
         self._spawn(self._vhm_setup())
 
@@ -547,7 +548,7 @@ class GvtService(BaseService):
         conn = self.conns["vhm"]
         try:
             resumed = await self._vhm_sync(conn)
-            if not (resumed and self.core.scheduler.frame_pool and self.core.scratch_mfn):
+            if not (resumed and self.core.shadow.frame_pool and self.core.scratch_mfn):
                 await self._vhm_frames(conn)
             await conn.request(m.Dom0Ready)
             self.log.info("vhm_setup_done", scratch_mfn=self.core.scratch_mfn, resumed=resumed)
@@ -563,7 +564,7 @@ class GvtService(BaseService):
         assert isinstance(reply, m.VgpuSyncReply)
         destroyed = self.core.reconcile(list(reply.keep), list(reply.destroy))
         if not reply.resumed:  # vhm freed whatever frames it had given us: shadows built on them are void
-            self.core.scheduler.forget_frames()
+            self.core.scheduler.frames_lost()
         self.log.info("vhm_reconciled", resumed=reply.resumed, kept=list(reply.keep), destroyed=destroyed)
         await self._flush()
         return reply.resumed
@@ -572,18 +573,18 @@ class GvtService(BaseService):
         reply = await conn.request(m.AllocFrames, count=1)
         assert isinstance(reply, m.FramesReply) and reply.runs
         self.core.set_scratch_mfn(reply.runs[0].mfn)
-        if not self.core.scheduler.frame_pool:  # a new vhm: shadows built on the old one's frames go
-            self.core.ppgtt.forget()
+        if not self.core.shadow.frame_pool:  # a new vhm: shadows built on the old one's frames go
+            self.core.ppgtt.frames_lost()
         pool = await conn.request(m.AllocFrames, count=pool_frames(self.core.max_vgpu))
         assert isinstance(pool, m.FramesReply)
         try:
             if self._mem is None:
                 self._mem = MachineMemory(self.args.mem_path)
-            self.core.scheduler.mem = self._mem
+            self.core.shadow.init(self._mem)
         except OSError as err:  # workloads will fail with a clear reason until it can be mapped
             self.counters["machine_memory_unavailable"] += 1
             self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
-        self.core.scheduler.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
+        self.core.shadow.add_frames([r.mfn + i for r in pool.runs for i in range(r.count)])
         await self._flush()
 
     def _debug_reconnect(self) -> None:
@@ -685,7 +686,8 @@ class GvtService(BaseService):
         self.counters["pgpu_grace_expired"] += 1
         self._submits.clear()
         self._unsent.clear()
-        self.core.scheduler.engine_lost(f"pgpu lost: {reason} (not back within {self._grace_s():g} s)")
+        self.core.scheduler.engine_lost(f"pgpu lost: {reason} (not back within {self._grace_s():g} s)",
+                                         time.monotonic())
         conn = self.conns.get("pgpu")
         if conn is not None and conn.session.state == conn.session.UP:  # it was never down: submit again
             self.core.scheduler.paused = False

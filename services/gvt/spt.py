@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
-from .errors import EmulationError
+from .errors import EmulationError, WorkloadError
 from .gtt import pte_pfn, pte_set_pfn
-from .scheduler import WorkloadError
 
 if TYPE_CHECKING:
-    from .ppgtt import PpgttGlobal
+    from .core import Gvt
     from .vgpu import Vgpu
 
 ENTRY_PRESENT = 1 << 0
@@ -56,6 +55,8 @@ LEVEL_PT, LEVEL_PD, LEVEL_PDP, LEVEL_PML4 = 1, 2, 3, 4
 LEVEL_NAMES = {LEVEL_PT: "PTE_PT", LEVEL_PD: "PDE_PT", LEVEL_PDP: "PDP_PT", LEVEL_PML4: "PML4_PT"}
 #: gvt/gtt.c, gvt/page_track.c: a PTE-level table goes out of sync after 2 trapped writes
 OOS_WRITE_THRESHOLD = 2
+#: gvt/gtt.c, gvt/page_track.c: preallocated_oos_pages
+PREALLOCATED_OOS_PAGES = 8192
 
 
 class PpgttError(WorkloadError):
@@ -187,7 +188,7 @@ class SptTable:
         (present | RW), as i915's own scratch tree."""
         if self.scratch:
             return
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         made: dict[int, int] = {}
         try:
             for level in (LEVEL_PT, LEVEL_PD, LEVEL_PDP):
@@ -348,13 +349,13 @@ class SptTable:
             self.glob.give_frames([old_split])
 
     def _set_shadow(self, spt: Spt, index: int, se: int) -> None:
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         if mem is None:
             raise PpgttError("machine memory is not mapped in gvt")
         mem.write_u64((spt.mfn << PAGE_SHIFT) + index * 8, se)
 
     def _mem_write(self, mfn: int, data: bytes) -> None:
-        mem = self.vgpu.gvt.scheduler.mem
+        mem = self.vgpu.gvt.shadow.mem
         if mem is None:
             raise PpgttError("machine memory is not mapped in gvt")
         mem.write(mfn << PAGE_SHIFT, data)
@@ -453,7 +454,7 @@ class SptTable:
 
 
     # ------------------------------------------------------------------------------ lifecycle
-    def clear(self) -> None:
+    def clean(self) -> None:
         """After every mm let go: free whatever is left (only a bug leaves an SPT behind; never leak
         tracking) and the scratch tables."""
         for spt in list(self.spts.values()):
@@ -463,7 +464,7 @@ class SptTable:
             self.glob.give_frames(list(self.scratch.values()))
             self.scratch = {}
 
-    def forget(self) -> None:
+    def frames_lost(self) -> None:
         """The frames are gone with vhm: drop all state without returning or writing anything."""
         for spt in self.spts.values():
             spt.alive = False
@@ -473,3 +474,62 @@ class SptTable:
         self.oos_list.clear()
         self.scratch = {}
         self.vgpu.page_track.pages.clear()
+
+
+# ------------------------------------------------------------------------------------ device-global
+class PpgttGlobal:
+    """Device-wide PPGTT resources (struct intel_gvt_gtt): shadow frames, the OOS page pool, the
+    ``enable_out_of_sync`` switch. Frames come from the scheduler's pool (ALLOC_FRAMES from vhm); a freed
+    frame is held back until every workload that was on the GPU when it was freed has finished, so a
+    stale walk never reads a frame already reused for someone else's table."""
+
+    def __init__(self, gvt: "Gvt", enable_out_of_sync: bool = False,
+                 oos_pages: int = PREALLOCATED_OOS_PAGES) -> None:
+        self.gvt = gvt
+        self.enable_out_of_sync = enable_out_of_sync
+        self.oos_free = oos_pages
+        self.oos_in_use: list["Spt"] = []  # attach order: the oldest is detached first when none is free
+        self.quarantine: list[tuple[frozenset[int], list[int]]] = []
+
+    def take_frame(self) -> int:
+        """A zeroed machine frame for a shadow table. Raises NoFrames / PpgttError."""
+        shadow = self.gvt.shadow
+        if shadow.mem is None:
+            raise PpgttError("machine memory is not mapped in gvt")
+        self.reap()
+        if not shadow.frame_pool:
+            self.gvt.counters["ppgtt_no_frames"] += 1
+            raise NoFrames("no frames for shadow page tables (vhm ALLOC_FRAMES pending or exhausted)")
+        mfn = shadow.frame_pool.pop()
+        shadow.mem.zero_frames(mfn)
+        return mfn
+
+    def give_frames(self, mfns: list[int]) -> None:
+        """Return frames; they go back to the pool once the workloads running now are done."""
+        if not mfns:
+            return
+        busy = frozenset(self.gvt.scheduler.inflight)
+        if busy:
+            self.quarantine.append((busy, mfns))
+        else:
+            self.gvt.shadow.frame_pool.extend(mfns)
+
+    def reap(self) -> None:
+        """Release quarantined frames whose workloads have all left the GPU."""
+        if not self.quarantine:
+            return
+        inflight = self.gvt.scheduler.inflight
+        keep = []
+        for busy, mfns in self.quarantine:
+            if any(w in inflight for w in busy):
+                keep.append((busy, mfns))
+            else:
+                self.gvt.shadow.frame_pool.extend(mfns)
+        self.quarantine = keep
+
+    def frames_lost(self) -> None:
+        """vhm restarted: its frames are gone. Every shadow is dropped without returning frames."""
+        self.quarantine.clear()
+        for v in self.gvt.vgpus.values():
+            v.ppgtt.frames_lost()
+        self.oos_in_use.clear()

@@ -33,12 +33,16 @@ import msgspec
 
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS
+from .errors import FailsafeReason
 from .execlist import VirtualExeclist
+from .mpt import NullMpt
 from .pv import PvCaps
+from .shadow import ShadowContext
+from .types import GmResource
+from .vgpu import Vgpu
 
 if TYPE_CHECKING:
     from .core import Gvt
-    from .vgpu import Vgpu
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
@@ -362,9 +366,6 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
     """Build a vGPU from its folded record (:func:`fold`) and put it in ``gvt``, as it was when the record
     was written; nothing is emitted (vhm and pgpu already hold what it had set up). Raises
     :class:`StateRefused` if the record cannot be carried on."""
-    from .types import GmResource
-    from .vgpu import FailsafeReason, Vgpu
-
     misc = st.get("misc")
     if not isinstance(misc, dict):
         raise StateRefused("record has no register state")
@@ -537,17 +538,17 @@ class StateStore:
                 self._write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), self._fds[name][1])
             else:
                 self._append(name, delta)
-        sched = gvt.scheduler
-        pool = sched.frame_pool
+        shadow = gvt.shadow
+        pool = shadow.frame_pool
         # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
         # frame change whenever its content does; the payload is built only then
-        sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(sched.shadows), vhm_epoch,
+        sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(shadow.contexts), vhm_epoch,
                tuple(sorted(vid for vid in self.mpt_args if vid in gvt.vgpus)))
         if sig != self._device_sig:
             self._device_sig = sig
             device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(pool),
                       "vhm_epoch": vhm_epoch,
-                      "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in sched.shadows.items()],
+                      "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in shadow.contexts.items()],
                       "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
             fds = self._fds.get("device")
             self._write_full("device", device, fds[1] if fds else 1)
@@ -614,7 +615,6 @@ class StateStore:
                 except Exception as err:
                     raise StateRefused(f"guest memory of VM {vm} not reachable: {err}") from None
                 if mpt is None:
-                    from .mpt import NullMpt
                     mpt = NullMpt()
                 v = restore_vgpu(gvt, st, mpt)
                 self.mpt_args[vid] = (ept_root, ram_mb)
@@ -624,12 +624,11 @@ class StateStore:
                 os.unlink(os.path.join(self.dir, name))
         kept = {v.id for v in out.vgpus}
         gvt.scratch_mfn = int(dev.get("scratch_mfn", 0))
-        sched = gvt.scheduler
-        sched.frame_pool = [int(x) for x in dev.get("frame_pool", [])]
-        from .scheduler import ShadowContext
+        shadow = gvt.shadow
+        shadow.frame_pool = [int(x) for x in dev.get("frame_pool", [])]
         for vid, eng, gm, mfns in dev.get("shadows", []):
             if vid in kept:
-                sched.shadows[(vid, eng)] = ShadowContext(gm, list(mfns))
+                shadow.contexts[(vid, eng)] = ShadowContext(gm, list(mfns))
             else:  # its vGPU is not carried on: the frames go back to the pool
-                sched.frame_pool.extend(mfns)
+                shadow.frame_pool.extend(mfns)
         return out

@@ -17,9 +17,10 @@ from ..common.gpu_profiles import PROFILES, REAL_MAX_VGPU, GpuProfile, get_profi
 from .errors import GvtError
 
 MB = 1 << 20
+MMIO_SIZE = 2 * MB  # intel_gvt_device_info.mmio_size (gvt/gvt.c init_device_info): BAR0's register range
 GTT_PAGE_SIZE = 1 << 12
 
-# gvt/gtt.c, gvt/aperture_gm.c / 10: host reserve and vGPU limits.
+# gvt/aperture_gm.c, gvt/vgpu.c: host reserve and vGPU limits.
 HOST_LOW_GM_SIZE = 128 * MB
 HOST_HIGH_GM_SIZE = 384 * MB
 HOST_FENCE = 4

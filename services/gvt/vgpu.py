@@ -8,7 +8,6 @@ device-global side (GM allocation, ids, the register table, the effects outbox) 
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from .cfg_space import CfgSpace
 from .display import VgpuDisplay
 from .effects import AttachVgpu, Effect, InterceptBdf, PgpuMmioWrite
 from .engines import ALL_ENGINES, ENGINES, mask_names
+from .errors import FailsafeReason
 from .execlist import VirtualExeclist
 from .figures import VgpuFigures
 from .gtt import Ggtt
@@ -38,17 +38,9 @@ if TYPE_CHECKING:
 GVT_BDF = (0, 2, 0)  # AcrnGT intercepts 00:02.0 (gvt/cfg_space.c)
 
 
-class FailsafeReason(enum.IntEnum):
-    """enum GVT_FAILSAFE_* (gvt/vgpu.c)."""
-
-    UNSUPPORTED_GUEST = 0
-    INSUFFICIENT_RESOURCE = 1
-    GUEST_ERR = 2
-
-
 @dataclass
 class Submission:
-    """Per-engine submission state (the execlist emulation of the next issue plugs in here)."""
+    """Per-engine submission state (struct intel_vgpu_submission): the virtual execlists (execlist.py)."""
 
     execlist_enabled: set[str] = field(default_factory=set)
     resets: dict[str, int] = field(default_factory=dict)  # engine -> how many times it was reset
@@ -72,7 +64,7 @@ class Vgpu:
     """One vGPU. Created by :meth:`core.Gvt.create_vgpu`, never directly."""
 
     def __init__(self, gvt: "Gvt", vgpu_id: int, vm: int, vtype: VgpuType, resource: GmResource,
-                 mpt: Mpt, now: float = 0.0) -> None:
+                 mpt: Mpt, now: float) -> None:
         self.gvt = gvt
         self.id = vgpu_id
         self.vm = vm
@@ -123,7 +115,7 @@ class Vgpu:
         cleared, then the MPT glue (AcrnGT: intercept BDF 00:02.0; attach)."""
         pvinfo.populate(self)
         self.display.init()
-        self.gtt.reset_host()
+        self.gtt.init()
         self._clear_fences()
         bus, dev, func = GVT_BDF
         self.emit(InterceptBdf(self.vm, bus, dev, func, True))
@@ -138,12 +130,18 @@ class Vgpu:
         pvmmio.clean(self)
         self.cfg.clean()
         self.gtt.clean()
-        self.ppgtt.clear()
+        self.ppgtt.clean()
         self.page_track.clean()
         self._clear_fences()
         bus, dev, func = GVT_BDF
         self.emit(AttachVgpu(self.vm, self.id, False))
         self.emit(InterceptBdf(self.vm, bus, dev, func, False))
+
+    def frames_lost(self) -> None:
+        """vhm restarted: the frames it gave are gone. The PVMMIO shared page was one: the grant goes and
+        the guest reads ENABLE_PVMMIO 0 (it negotiates again)."""
+        if pvmmio.frames_lost(self):
+            self.mmio.write32(pvinfo.ENABLE_PVMMIO, 0)
 
     def activate(self) -> None:
         """intel_gvt_activate_vgpu: dispatch allowed."""
@@ -172,19 +170,19 @@ class Vgpu:
         self.count("vgpu_dmlr" if dmlr else "vgpu_gt_reset")
         self.log.info("vgpu_reset", vgpu=self.id, vm=self.vm, dmlr=dmlr, engines=mask_names(resetting))
         self.submission.reset(resetting)
-        self.gvt.scheduler.drop(self, mask_names(resetting))
+        self.gvt.scheduler.reset_vgpu(self, mask_names(resetting))
         if engine_mask != ALL_ENGINES and not dmlr:
             return
         self.submission.disable()
         d3 = self.cfg.d3_entered
         if not dmlr or not d3:
-            self.ppgtt.invalidate()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
+            self.ppgtt.reset()  # a full GT reset, or a DMLR not resuming from D3, invalidates shadows
         if dmlr:
             pv.reset(self)
             pvmmio.reset(self)
             self.aperture.clean()
             if not d3:
-                self.ppgtt.clear()
+                self.ppgtt.clean()
             self.opregion.reset()
             self.gtt.reset()
             self._clear_fences()

@@ -386,7 +386,7 @@ def test_the_context_image_the_gpu_saved_is_written_back_to_the_guest(rig: Rig) 
     a = rig.boot(1)
     a.submit("rcs", [cmds.MI_NOOP])
     (w,) = rig.gvt.scheduler.inflight.values()
-    sh = rig.gvt.scheduler.shadows[(a.vgpu.id, "rcs")]
+    sh = rig.gvt.shadow.contexts[(a.vgpu.id, "rcs")]
     rig.mem.write(sh.maddr(1) + 0x100, (0x5EED_0001).to_bytes(4, "little"))  # state the GPU saved
     rig.pump()
     ctx, _, _ = a.context("rcs")

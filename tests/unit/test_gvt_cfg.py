@@ -7,7 +7,7 @@ from test_gvt_fixtures import BAR0_GPA, create, make_gvt, program_bar0
 from gvtsim.services.gvt import cfg_space as cfg
 from gvtsim.services.gvt.effects import SetTrapArea
 from gvtsim.services.gvt.types import PhysicalGpu
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 MB = 1 << 20
 

@@ -11,7 +11,7 @@ from test_gvt_cmd_parser_fixtures import POOL_FRAMES, Rig
 from gvtsim.services.common.memory import PAGE_SHIFT
 from gvtsim.services.guest import cmds
 from gvtsim.services.gvt import effects as fx
-from gvtsim.services.gvt.cmd_parser import SHADOW_BB_GM_OFFSET
+from gvtsim.services.gvt.shadow import SHADOW_BB_GM_OFFSET
 
 RCS_USER = 1 << 0  # GT0 bit of RCS_MI_USER_INTERRUPT (gvt/interrupt.c)
 
@@ -30,7 +30,7 @@ def test_privileged_batch_runs_from_its_shadow_and_the_user_interrupt_is_injecte
             + [cmds.MI_BATCH_BUFFER_END])
     g.submit("rcs", cmds.batch_buffer_start(batch.gm) + [cmds.MI_USER_INTERRUPT])
     (w,) = rig.gvt.scheduler.inflight.values()
-    bb = rig.gvt.scheduler.shadow_bbs[w.id]
+    bb = rig.gvt.shadow.batches[w.id]
     assert bb.gm >= rig.gvt.gpu.aperture_size + SHADOW_BB_GM_OFFSET and not g.vgpu.resource.contains(bb.gm)
     assert w.ring[:12] == cmds.to_bytes(cmds.batch_buffer_start(bb.gm))  # patched to the shadow
     assert w.pending_events == ["RCS_MI_USER_INTERRUPT"]
@@ -41,8 +41,8 @@ def test_privileged_batch_runs_from_its_shadow_and_the_user_interrupt_is_injecte
     assert [k for k, _, _ in rig.events] == ["ctx_complete"]  # the NOOPed interrupt never reached pgpu
     assert g.iir() & RCS_USER  # gvt injected it after the write-back
     assert not g.vgpu.failsafe
-    assert rig.gvt.scheduler.shadow_bbs == {}  # reclaimed once the workload ended
-    assert len(rig.gvt.scheduler.frame_pool) == POOL_FRAMES - 10  # only the shadow context's pages stay out
+    assert rig.gvt.shadow.batches == {}  # reclaimed once the workload ended
+    assert len(rig.gvt.shadow.frame_pool) == POOL_FRAMES - 10  # only the shadow context's pages stay out
 
 
 def test_chained_and_second_level_batches_execute_through_their_shadows(rig: Rig) -> None:

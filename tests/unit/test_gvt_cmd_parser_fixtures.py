@@ -14,7 +14,8 @@ from gvtsim.services.guest import regs as r
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt import interrupt as irq
 from gvtsim.services.gvt import pvinfo as pv
-from gvtsim.services.gvt.core import Gvt, Refusal
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.engines import BY_NAME
 from gvtsim.services.gvt.gtt import pte_encode
 from gvtsim.services.gvt.vgpu import Vgpu
@@ -137,8 +138,8 @@ class Rig:
         self.mem = MachineMemory(path, size=64 << 20, create=True)
         self.mpts: dict[int, RamMpt] = {}
         self.gvt = Gvt(mpt_factory=lambda vm, root, ram: self.mpts[vm], scratch_mfn=SCRATCH_MFN)
-        self.gvt.scheduler.mem = self.mem
-        self.gvt.scheduler.add_frames(list(range(POOL_BASE, POOL_BASE + POOL_FRAMES)))
+        self.gvt.shadow.init(self.mem)
+        self.gvt.shadow.add_frames(list(range(POOL_BASE, POOL_BASE + POOL_FRAMES)))
         self.pgpu = PgpuCore(self.mem, PgpuConfig(time_scale=0)) if pgpu else None
         self.now = 0.0
         self.submits: list[fx.PgpuSubmit] = []
@@ -149,7 +150,7 @@ class Rig:
         """Create the vGPU (small custom slices keep the scratch fills cheap), probe it, read PVINFO,
         unmask GT0 interrupts, enable execlists on rcs and bcs."""
         self.mpts[vm] = RamMpt(self.mem, 0x1000 + vm * RAM_PAGES)
-        v = self.gvt.create_vgpu(vm, spec or f"{vm},8,8,1", ept_root=1, ram_mb=RAM_PAGES >> 8)
+        v = self.gvt.create_vgpu(vm, spec or f"{vm},8,8,1", ept_root=1, ram_mb=RAM_PAGES >> 8, now=0.0)
         assert not isinstance(v, Refusal), v
         program_bar0(self.gvt, v, base=0xE000_0000)
         bar0 = v.cfg.bar0_base()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_gvt_fixtures import create, make_gvt, program_bar0
@@ -10,7 +13,8 @@ from gvtsim.protocol import messages as m
 from gvtsim.protocol.codec import decode, encode
 from gvtsim.protocol.constants import MAX_MESSAGE, IoreqDir, IoreqType
 from gvtsim.services.gvt import effects as fx
-from gvtsim.services.gvt.service import GGTT_BATCH, effects_to_messages
+from gvtsim.services.gvt.events import LEVELS, EventLog
+from gvtsim.services.gvt.service import GGTT_BATCH, GvtService, effects_to_messages
 
 
 def ioreq(**kw: object) -> m.Ioreq:
@@ -20,23 +24,23 @@ def ioreq(**kw: object) -> m.Ioreq:
 
 def test_ioreq_for_a_vm_without_vgpu_completes_with_all_ones() -> None:
     gvt = make_gvt()
-    assert gvt.handle_ioreq(ioreq(vm=42, size=2)) == 0xFFFF
-    assert gvt.handle_ioreq(ioreq(vm=42, dir=IoreqDir.WRITE)) == 0
+    assert gvt.handle_ioreq(ioreq(vm=42, size=2), 0.0) == 0xFFFF
+    assert gvt.handle_ioreq(ioreq(vm=42, dir=IoreqDir.WRITE), 0.0) == 0
     assert gvt.counters["ioreq_no_vgpu"] == 2
 
 
 def test_pci_ioreq_for_another_bdf_is_not_ours() -> None:
     gvt = make_gvt()
     create(gvt, 1)
-    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=3, reg=0)) == 0xFFFF_FFFF
-    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=2, reg=0)) == 0x1912_8086
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=3, reg=0), 0.0) == 0xFFFF_FFFF
+    assert gvt.handle_ioreq(ioreq(kind=IoreqType.PCI, dev=2, reg=0), 0.0) == 0x1912_8086
 
 
 def test_wp_ioreq_without_tracked_page_falls_to_mmio_emulation() -> None:
     gvt = make_gvt()
     v = create(gvt, 1)
     program_bar0(gvt, v)
-    gvt.handle_ioreq(ioreq(kind=IoreqType.WP, dir=IoreqDir.WRITE, addr=0x5000, value=1))
+    gvt.handle_ioreq(ioreq(kind=IoreqType.WP, dir=IoreqDir.WRITE, addr=0x5000, value=1), 0.0)
     assert not v.failsafe and gvt.counters["mmio_hole_write"] == 1
 
 
@@ -55,7 +59,7 @@ def test_no_ioreq_raises_and_every_value_fits_its_size(reqs: list[m.Ioreq]) -> N
     program_bar0(gvt, a)
     program_bar0(gvt, b)
     for r in reqs:
-        value = gvt.handle_ioreq(r)
+        value = gvt.handle_ioreq(r, 0.0)
         assert 0 <= value < 1 << (8 * r.size)
     # whatever vm 1/2 did, each effect the core produced maps onto a valid wire message
     for _, cls, fields in effects_to_messages(gvt.drain_effects()):
@@ -95,3 +99,44 @@ def test_ggtt_writes_are_split_into_batches_that_fit_a_message() -> None:
     assert [len(f["entries"]) for _, _, f in out] == [GGTT_BATCH, GGTT_BATCH, 10]
     raw = encode(m.GgttWrite(req=1, entries=out[0][2]["entries"]))
     assert len(raw) < MAX_MESSAGE and isinstance(decode(raw), m.GgttWrite)
+
+
+# -- the core's log outbox (events.py): the core logs nothing itself, its shell does -----------------------
+
+def test_the_core_keeps_its_log_events_for_the_shell() -> None:
+    gvt = make_gvt()
+    v = create(gvt, 1)
+    events = gvt.log.drain()
+    assert [e for e in events if e.event == "vgpu_created"][0].fields["vgpu"] == v.id
+    assert all(e.level in LEVELS for e in events)
+    assert gvt.log.drain() == []  # drained once
+
+
+def test_event_log_is_bounded_and_keeps_a_traceback_as_text() -> None:
+    log = EventLog(limit=2)
+    for i in range(3):
+        log.warning("w", i=i)
+    assert log.dropped == 1 and [e.fields["i"] for e in log.events] == [1, 2]  # the oldest went
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.error("failed", vm=1, exc_info=True)
+    last = log.drain()[-1]
+    assert last.level == "error" and last.fields["vm"] == 1
+    assert "exc_info" not in last.fields and "ValueError: boom" in last.fields["exception"]
+
+
+def test_the_shell_logs_what_the_core_had_to_say() -> None:
+    """GvtService._log_core on a stand-in service: each event goes to the logger at its level, in order."""
+    calls: list[tuple[str, str, dict[str, object]]] = []
+
+    class Logger:
+        def __getattr__(self, level: str) -> Callable[..., None]:
+            return lambda event, **fields: calls.append((level, event, fields))
+
+    svc = SimpleNamespace(core=SimpleNamespace(log=EventLog()), log=Logger())
+    svc.core.log.info("a", x=1)
+    svc.core.log.warning("b")
+    GvtService._log_core(svc)  # type: ignore[arg-type]
+    assert calls == [("info", "a", {"x": 1}), ("warning", "b", {})]
+    assert not svc.core.log.events

@@ -12,7 +12,7 @@ from gvtsim.services.gvt import display as dpy
 from gvtsim.services.gvt import edid
 from gvtsim.services.gvt import fb_decoder as fb
 from gvtsim.services.gvt import interrupt as irq
-from gvtsim.services.gvt.core import Refusal
+from gvtsim.protocol.errors import Refusal
 
 PIPE_A_IIR = irq.GROUP_BY_NAME["DE_PIPE_A"].base + irq.IIR
 PIPE_A_IMR = irq.GROUP_BY_NAME["DE_PIPE_A"].base + irq.IMR

@@ -48,7 +48,7 @@ class I915Guest:
 def test_i915_sequence() -> None:
     mpt = FakeMpt({gfn: 0x8000 + gfn for gfn in range(0x100, 0x140)})
     gvt = make_gvt({VM: mpt})
-    v = gvt.create_vgpu(VM, "GVTg_V5_4", ept_root=1, ram_mb=64)
+    v = gvt.create_vgpu(VM, "GVTg_V5_4", ept_root=1, ram_mb=64, now=0.0)
     assert not hasattr(v, "code")
     gvt.drain_effects()
     g = I915Guest(gvt)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gvtsim.services.gvt import cfg_space as cfg
-from gvtsim.services.gvt.core import Gvt, Refusal
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.vgpu import Vgpu
 
 SCRATCH_MFN = 0x5A5
@@ -42,7 +43,7 @@ def make_gvt(mpts: dict[int, FakeMpt] | None = None, **kw: object) -> Gvt:
 
 
 def create(gvt: Gvt, vm: int, spec: str = "GVTg_V5_4", mpt: bool = True) -> Vgpu:
-    v = gvt.create_vgpu(vm, spec, ept_root=1 if mpt else 0, ram_mb=64)
+    v = gvt.create_vgpu(vm, spec, ept_root=1 if mpt else 0, ram_mb=64, now=0.0)
     assert not isinstance(v, Refusal), v
     return v
 

@@ -15,7 +15,7 @@ from gvtsim.services.gvt import gtt
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.effects import PgpuGgttFill, PgpuGgttWrite
 from gvtsim.services.gvt.mpt import EptMpt
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 GTT = 8 << 20  # GGTT at BAR0 + 8 MB
 
@@ -190,7 +190,7 @@ def test_ept_mpt_translates_through_machine_memory(tmp_path: Path) -> None:
     assert mpt.read_gpa(16 << 12, 4) is None
 
     gvt = Gvt(mpt_factory=lambda vm, r, ram_mb: EptMpt(mem, r, ram_mb), scratch_mfn=SCRATCH_MFN)
-    v = gvt.create_vgpu(1, "GVTg_V5_8", ept_root=root, ram_mb=1)
+    v = gvt.create_vgpu(1, "GVTg_V5_8", ept_root=root, ram_mb=1, now=0.0)
     assert not isinstance(v, Exception) and hasattr(v, "gtt")
     program_bar0(gvt, v)  # type: ignore[arg-type]
     gvt.drain_effects()

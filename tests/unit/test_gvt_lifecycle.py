@@ -7,10 +7,10 @@ from test_gvt_fixtures import BAR0_GPA, create, make_gvt, program_bar0, rd, wr
 from gvtsim.protocol.errors import ErrorCode
 from gvtsim.services.gvt import engines as eng
 from gvtsim.services.gvt import pvinfo as pv
-from gvtsim.services.gvt.core import Refusal
+from gvtsim.protocol.errors import Refusal
 from gvtsim.services.gvt.effects import AttachVgpu, InterceptBdf, PgpuMmioWrite, SetTrapArea
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 MB = 1 << 20
 
@@ -29,8 +29,8 @@ def test_create_intercepts_bdf_attaches_and_activates() -> None:
 def test_repeated_create_for_the_same_vm() -> None:
     gvt = make_gvt()
     v = create(gvt, 9)
-    assert gvt.create_vgpu(9, "GVTg_V5_4") is v  # a retried request
-    r = gvt.create_vgpu(9, "GVTg_V5_8")
+    assert gvt.create_vgpu(9, "GVTg_V5_4", now=0.0) is v  # a retried request
+    r = gvt.create_vgpu(9, "GVTg_V5_8", now=0.0)
     assert isinstance(r, Refusal) and r.code == ErrorCode.BAD_REQUEST
 
 

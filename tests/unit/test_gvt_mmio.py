@@ -13,7 +13,7 @@ from gvtsim.services.gvt import interrupt as irq
 from gvtsim.services.gvt.effects import InjectMsi, PgpuMmioWrite
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO, F, MmioTable, Reg, default_regs
 from gvtsim.services.gvt.mmio import GEN8_MMIO_RESET_OFFSET, MMIO_SIZE, MmioState
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 UNTRACKED = 0x1234_0  # inside the 2 MB, no handler
 

@@ -14,7 +14,8 @@ from gvtsim.services.gvt import mmio_info
 from gvtsim.services.gvt import pm
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.effects import PgpuMmioWrite
-from gvtsim.services.gvt.vgpu import FailsafeReason, Vgpu
+from gvtsim.services.gvt.errors import FailsafeReason
+from gvtsim.services.gvt.vgpu import Vgpu
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def test_bench_pte_wp_trap(benchmark: Any) -> None:
         def trap() -> int:
             req = m.Ioreq(vm=1, vcpu=0, seq=next(seq), kind=int(IoreqType.WP), dir=int(IoreqDir.WRITE), addr=pte,
                           size=8, value=encode(next(flip)))
-            return host.gvt.handle_ioreq(req)
+            return host.gvt.handle_ioreq(req, 0.0)
 
         assert benchmark(trap) == 0
         assert not g.vgpu.failsafe and host.gvt.counters["ppgtt_wp_traps"] > 0

@@ -14,7 +14,7 @@ from gvtsim.protocol import messages as m
 from gvtsim.protocol.constants import IoreqDir, IoreqType
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE
 from gvtsim.services.guest.ppgtt import GuestPpgtt
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 from gvtsim.services.gvt.ppgtt import PpgttError, pdps_from_context, pdps_to_context
 from gvtsim.services.pgpu.dma import Dma
 from gvtsim.services.pgpu.ppgtt import Ppgtt
@@ -86,7 +86,7 @@ def test_pte_naming_another_vms_frame_reaches_only_the_scratch_page(host: Host) 
 
 def test_g2v_create_tracks_every_table_and_destroy_releases_them(host: Host) -> None:
     g = host.add_vm(1)
-    pool = len(host.gvt.scheduler.frame_pool)
+    pool = len(host.gvt.shadow.frame_pool)
 
     async def scenario() -> GuestPpgtt:
         ppgtt = await _space(host, g, levels=4)
@@ -98,11 +98,11 @@ def test_g2v_create_tracks_every_table_and_destroy_releases_them(host: Host) -> 
     assert len(tables) == 4  # PML4 -> PDP -> PD -> PT
     assert all(not _writable(g, gpa) for gpa in tables)
     assert host.gvt.counters["ppgtt_wp_traps"] >= 3  # the PDP, PD and PT links and the PTE after shadowing
-    assert len(host.gvt.scheduler.frame_pool) == pool - 3 - 4  # scratch PT/PD/PDP + 4 SPTs
+    assert len(host.gvt.shadow.frame_pool) == pool - 3 - 4  # scratch PT/PD/PDP + 4 SPTs
     run(host.notify(g, ppgtt, create=False))
     assert g.vgpu.ppgtt.mms == [] and g.vgpu.ppgtt.spts == {} and g.vgpu.page_track.pages == {}
     assert all(_writable(g, gpa) for gpa in tables)
-    assert len(host.gvt.scheduler.frame_pool) == pool - 3
+    assert len(host.gvt.shadow.frame_pool) == pool - 3
 
 
 def test_a_pt_named_by_two_pdes_is_one_refcounted_spt(host: Host) -> None:
@@ -140,7 +140,7 @@ def test_a_malformed_page_table_write_fails_only_that_vgpu(host: Host) -> None:
     pa, pb = run(_space(host, a)), run(_space(host, b))
     req = m.Ioreq(vm=1, vcpu=0, seq=1, kind=int(IoreqType.WP), dir=int(IoreqDir.WRITE), addr=pa.top[0] + 2,
                   size=2, value=0xFFFF)
-    host.gvt.handle_ioreq(req)  # 2 bytes: ppgtt_write_protection_handler accepts only 4 or 8 (-EINVAL)
+    host.gvt.handle_ioreq(req, 0.0)  # 2 bytes: ppgtt_write_protection_handler accepts only 4 or 8 (-EINVAL)
     assert a.vgpu.failsafe and host.gvt.counters["wp_errors"] == 1
     run(pb.map(0x1000, 0x3000))
     assert not b.vgpu.failsafe
@@ -200,10 +200,10 @@ def test_frames_freed_under_a_running_workload_are_not_reused_until_it_ends(host
     pt = run(ppgtt._pt_of(0x1000)) or 0
     freed = g.vgpu.ppgtt.spts[pt >> PAGE_SHIFT].mfn
     run(ppgtt.unlink_table(0x1000))
-    assert freed not in sched.frame_pool
+    assert freed not in host.gvt.shadow.frame_pool
     del sched.inflight[1]
     host.gvt.ppgtt.reap()
-    assert freed in sched.frame_pool
+    assert freed in host.gvt.shadow.frame_pool
 
 
 def test_resets_gt_invalidates_dmlr_destroys(host: Host) -> None:
@@ -226,13 +226,13 @@ def test_no_frames_fails_the_workload_not_the_vgpu(host: Host) -> None:
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
     run(ppgtt.create())
     run(ppgtt.map(0x1000, 0x3000))
-    sched = host.gvt.scheduler
-    saved, sched.frame_pool = sched.frame_pool, sched.frame_pool[:4]  # scratch tables + one PD: not enough
+    pool = host.gvt.shadow
+    saved, pool.frame_pool = pool.frame_pool, pool.frame_pool[:4]  # scratch tables + one PD: not enough
     run(host.notify(g, ppgtt))  # shadowing is deferred, not an error
     with pytest.raises(PpgttError):
         host.prepare(g, ppgtt)
     assert not g.vgpu.failsafe and g.vgpu.ppgtt.spts == {} and host.gvt.counters["ppgtt_no_frames"] >= 1
-    sched.frame_pool = sched.frame_pool + saved
+    pool.frame_pool = pool.frame_pool + saved
     shadow = host.prepare(g, ppgtt)
     assert host.shadow_walk(3, shadow, 0x1000) == host.guest_walk(g, ppgtt, 0x1000) is not None
 

@@ -22,7 +22,8 @@ from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE, FrameAllocator,
 from gvtsim.services.guest.cpu import GuestMachine
 from gvtsim.services.guest.i915 import ppgtt_notify_vgt
 from gvtsim.services.guest.ppgtt import GuestPpgtt
-from gvtsim.services.gvt.core import Gvt, Refusal
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.effects import PageTrack
 from gvtsim.services.gvt.mpt import EptMpt
 from gvtsim.services.gvt.ppgtt import pdps_to_context
@@ -60,8 +61,8 @@ class Host:
         self.frames = FrameAllocator(frames)
         self.gvt = Gvt(mpt_factory=lambda vm, root, ram: EptMpt(self.mem, root, ram), enable_out_of_sync=oos)
         self.gvt.set_scratch_mfn(self._one("gvt"))
-        self.gvt.scheduler.mem = self.mem
-        self.gvt.scheduler.add_frames([self._one("gvt") for _ in range(pool)])
+        self.gvt.shadow.init(self.mem)
+        self.gvt.shadow.add_frames([self._one("gvt") for _ in range(pool)])
         self.vms: dict[int, GuestVm] = {}
         self.page_tracks: Counter[str] = Counter()
 
@@ -80,7 +81,7 @@ class Host:
             self.mem.zero_frames(run.mfn, run.count)
             ept.map(gfn, run.mfn, run.count)
             gfn += run.count
-        v = self.gvt.create_vgpu(vm, "GVTg_V5_4", ept_root=root.mfn, ram_mb=ram_mb)
+        v = self.gvt.create_vgpu(vm, "GVTg_V5_4", ept_root=root.mfn, ram_mb=ram_mb, now=0.0)
         assert not isinstance(v, Refusal), v
         program_bar0(self.gvt, v, BAR0)
         self.gvt.drain_effects()
@@ -90,7 +91,7 @@ class Host:
         return g
 
     async def _send(self, req: m.Ioreq) -> int:
-        value = self.gvt.handle_ioreq(req)
+        value = self.gvt.handle_ioreq(req, 0.0)
         self.apply_effects()
         return value
 

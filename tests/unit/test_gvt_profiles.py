@@ -9,9 +9,10 @@ from test_gvt_fixtures import create, make_gvt, program_bar0, rd
 from gvtsim.protocol.errors import ErrorCode
 from gvtsim.services.common.gpu_profiles import DENSE, PROFILES, REAL, get_profile
 from gvtsim.services.gvt import pvinfo as pv
-from gvtsim.services.gvt.cmd_parser import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES
-from gvtsim.services.gvt.core import Gvt, Refusal
-from gvtsim.services.gvt.scheduler import PHYSICAL_ENGINES, shadow_context_gm
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.gvt.core import Gvt
+from gvtsim.services.gvt.engines import PHYSICAL_ENGINES
+from gvtsim.services.gvt.shadow import SHADOW_BB_GM_OFFSET, SHADOW_BB_GM_PAGES, shadow_context_gm
 from gvtsim.services.gvt.service import SHADOW_POOL_FRAMES, PPGTT_POOL_FRAMES, pool_frames
 from gvtsim.services.gvt.types import HOST_HIGH_GM_SIZE, TYPES, PhysicalGpu
 
@@ -26,7 +27,7 @@ def test_the_default_profile_is_the_real_gpu() -> None:
     assert pool_frames(gvt.max_vgpu) == SHADOW_POOL_FRAMES + PPGTT_POOL_FRAMES  # unchanged for the real GPU
     assert gvt.status_info()["profile"] == {"name": "real", "max_vgpu": 7, "default_type": "GVTg_V5_8",
                                             "simulated": False, "departures": []}
-    r = gvt.create_vgpu(1, "AcrnGT_dense_1_2")  # the dense type does not exist on real hardware
+    r = gvt.create_vgpu(1, "AcrnGT_dense_1_2", now=0.0)  # the dense type does not exist on real hardware
     assert isinstance(r, Refusal) and r.code == ErrorCode.BAD_REQUEST
 
 
@@ -59,7 +60,7 @@ def test_dense_profile_holds_512_fenceless_vgpus_and_gives_everything_back() -> 
     vgpus = [create(gvt, vm, "AcrnGT_dense_1_2") for vm in range(1, 513)]
     assert sorted(v.id for v in vgpus) == list(range(1, 513))
     assert all(v.resource.fences == () for v in vgpus)
-    r = gvt.create_vgpu(600, "AcrnGT_dense_1_2")
+    r = gvt.create_vgpu(600, "AcrnGT_dense_1_2", now=0.0)
     assert isinstance(r, Refusal) and r.code == ErrorCode.NO_SPACE
     assert {s.type.name: s.avail for s in gvt.types()}["GVTg_V5_8"] == 0  # no id left for any type
     program_bar0(gvt, vgpus[-1])

@@ -11,7 +11,7 @@ from gvtsim.services.gvt import pvinfo as pv
 from gvtsim.services.gvt.effects import Uevent
 from gvtsim.services.gvt.gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 
 def test_pvinfo_constants() -> None:

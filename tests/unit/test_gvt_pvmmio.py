@@ -64,20 +64,20 @@ def test_the_grant_is_what_the_guest_asked_and_the_host_offers_and_maps_the_shar
     g = rig.boot(1)
     v, bar0 = g.vgpu, g.vgpu.cfg.bar0_base()
     rig.gvt.drain_effects()
-    rig.mem.write((rig.gvt.scheduler.frame_pool[-1]) << PAGE_SHIFT, b"\xAA" * 16)  # a stale frame
+    rig.mem.write((rig.gvt.shadow.frame_pool[-1]) << PAGE_SHIFT, b"\xAA" * 16)  # a stale frame
     wr(rig.gvt, v, pv.ENABLE_PVMMIO, 0x3F)  # a guest asking for every level
     assert rd(rig.gvt, v, pv.ENABLE_PVMMIO) == int(PvmmioLevel.ELSP_SUBMIT)
     mfn = v.pvmmio.mfn
     assert mfn is not None and _maps(rig.gvt.drain_effects()) == [((bar0 + SHARED) >> PAGE_SHIFT, mfn, True)]
     assert rig.mem.read(mfn << PAGE_SHIFT, 16) == bytes(16)  # handed over zeroed
-    assert len(rig.gvt.scheduler.frame_pool) < POOL_FRAMES
+    assert len(rig.gvt.shadow.frame_pool) < POOL_FRAMES
     assert rig.gvt.counters["pvmmio_granted"] == 1
     # asking for nothing unmaps the page and gives the frame back
-    pool = len(rig.gvt.scheduler.frame_pool)
+    pool = len(rig.gvt.shadow.frame_pool)
     wr(rig.gvt, v, pv.ENABLE_PVMMIO, 0)
     assert rd(rig.gvt, v, pv.ENABLE_PVMMIO) == 0 and v.pvmmio.mfn is None
     assert _maps(rig.gvt.drain_effects()) == [((bar0 + SHARED) >> PAGE_SHIFT, mfn, False)]
-    assert len(rig.gvt.scheduler.frame_pool) == pool + 1
+    assert len(rig.gvt.shadow.frame_pool) == pool + 1
 
 
 def test_a_host_with_pvmmio_off_grants_nothing(tmp_path: object) -> None:
@@ -204,16 +204,30 @@ def test_the_shared_page_follows_bar0_and_a_dmlr_drops_the_grant(rig: Rig) -> No
     assert _net(_maps(rig.gvt.drain_effects())) == {(0xD000_0000 + SHARED) >> PAGE_SHIFT: mfn}
     v.reset(dmlr=False)  # a full GT reset: PVINFO is outside [0, 0x44200), the grant stays
     assert rd(rig.gvt, v, pv.ENABLE_PVMMIO) == 1 and v.pvmmio.mfn == mfn
-    pool = len(rig.gvt.scheduler.frame_pool)
+    pool = len(rig.gvt.shadow.frame_pool)
     v.reset(dmlr=True)
-    assert v.pvmmio.mfn is None and v.pvmmio.granted == 0 and len(rig.gvt.scheduler.frame_pool) == pool + 1
+    assert v.pvmmio.mfn is None and v.pvmmio.granted == 0 and len(rig.gvt.shadow.frame_pool) == pool + 1
     assert ((0xD000_0000 + SHARED) >> PAGE_SHIFT, mfn, False) in _maps(rig.gvt.drain_effects())
 
 
 def test_destroy_gives_the_shared_page_back(rig: Rig) -> None:
     g = rig.boot(1)
     wr(rig.gvt, g.vgpu, pv.ENABLE_PVMMIO, 1)
-    pool = len(rig.gvt.scheduler.frame_pool)
+    pool = len(rig.gvt.shadow.frame_pool)
     rig.gvt.destroy_vgpu(1)
-    assert len(rig.gvt.scheduler.frame_pool) >= pool + 1
+    assert len(rig.gvt.shadow.frame_pool) >= pool + 1
     assert any(not mp for _, _, mp in _maps(rig.gvt.drain_effects()))
+
+
+def test_a_vhm_restart_drops_the_grant_without_touching_the_lost_frame(rig: Rig) -> None:
+    """The shared page was a frame of the old vhm: after frames_lost no grant stands, the guest reads
+    ENABLE_PVMMIO 0, nothing is unmapped (the new vhm never mapped it) and the frame is not reused."""
+    g = rig.boot(1)
+    v = g.vgpu
+    wr(rig.gvt, v, pv.ENABLE_PVMMIO, int(PvmmioLevel.ELSP_SUBMIT))
+    mfn = v.pvmmio.mfn
+    assert mfn is not None
+    rig.gvt.drain_effects()
+    rig.gvt.scheduler.frames_lost()
+    assert v.pvmmio.mfn is None and v.pvmmio.granted == 0 and rd(rig.gvt, v, pv.ENABLE_PVMMIO) == 0
+    assert _maps(rig.gvt.drain_effects()) == [] and mfn not in rig.gvt.shadow.frame_pool

@@ -52,14 +52,31 @@ def test_an_ioreq_sent_again_is_answered_from_its_completion_once_emulated() -> 
     program_bar0(gvt, v)
     bar0 = v.cfg.bar0_base()
     pte_addr = bar0 + GTT_START + (v.resource.low_base >> 12) * 8
-    assert gvt.handle_ioreq(mmio(1, 0, 7, bar0 + VGT_PVINFO_PAGE, size=8)) == VGT_MAGIC
-    gvt.handle_ioreq(mmio(1, 1, 1, pte_addr, IoreqDir.WRITE, 8, 0x5000 | 1))  # vCPU 1 sets a GGTT entry
+    assert gvt.handle_ioreq(mmio(1, 0, 7, bar0 + VGT_PVINFO_PAGE, size=8), 0.0) == VGT_MAGIC
+    gvt.handle_ioreq(mmio(1, 1, 1, pte_addr, IoreqDir.WRITE, 8, 0x5000 | 1), 0.0)  # vCPU 1 sets a GGTT entry
     read = mmio(1, 0, 8, pte_addr, size=8)
-    assert gvt.handle_ioreq(read) == 0x5001
-    gvt.handle_ioreq(mmio(1, 1, 2, pte_addr, IoreqDir.WRITE, 8, 0x9000 | 1))  # and changes it
+    assert gvt.handle_ioreq(read, 0.0) == 0x5001
+    gvt.handle_ioreq(mmio(1, 1, 2, pte_addr, IoreqDir.WRITE, 8, 0x9000 | 1), 0.0)  # and changes it
     n = gvt.counters["ioreqs"]
-    assert gvt.handle_ioreq(read) == 0x5001  # vhm re-sent vCPU 0's read: the value it completed with
+    assert gvt.handle_ioreq(read, 0.0) == 0x5001  # vhm re-sent vCPU 0's read: the value it completed with
     assert gvt.counters["ioreqs"] == n and gvt.counters["ioreq_replayed"] == 1
-    assert gvt.handle_ioreq(mmio(1, 0, 9, pte_addr, size=8)) == 0x9001  # a new request is emulated
+    assert gvt.handle_ioreq(mmio(1, 0, 9, pte_addr, size=8), 0.0) == 0x9001  # a new request is emulated
     gvt.destroy_vgpu(1)
     assert not [k for k in gvt.last_done if k[0] == 1]
+
+
+def test_vhm_restart_destroys_its_vgpus_and_sends_only_the_physical_gpu_clean_up() -> None:
+    gvt = make_gvt()
+    old, ctl = create(gvt, 1), create(gvt, 2)
+    old.owner, ctl.owner = "vhm", "ctl"
+    program_bar0(gvt, old)
+    gvt.shadow.add_frames([0x900, 0x901])
+    gvt.drain_effects()
+    gvt.effects.append(fx.InjectMsi(1, 0xFEE0_0000, 0x41))  # queued for the old vhm, never sent
+
+    assert gvt.vhm_restarted() == [1]
+    assert set(gvt.by_vm) == {2}  # the vGPU made with ctl stays
+    effects = gvt.drain_effects()
+    assert effects and all(isinstance(e, fx.PGPU_STATE_EFFECTS) for e in effects)
+    assert any(isinstance(e, fx.PgpuGgttFill) for e in effects)  # its GGTT slices back to scratch
+    assert gvt.shadow.frame_pool == []  # the old vhm's frames are not gvt's any more

@@ -10,7 +10,7 @@ from test_gvt_cmd_parser_fixtures import Rig
 
 from gvtsim.services.guest import cmds
 from gvtsim.services.gvt import effects as fx
-from gvtsim.services.gvt.vgpu import FailsafeReason
+from gvtsim.services.gvt.errors import FailsafeReason
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def test_a_restarted_gvt_carries_the_vgpu_on_exactly(tmp_path) -> None:
     # one batch: fence writes, a GGTT entry, a config-space write, the last completion per vCPU
     base = v.cfg.bar0_base()
     for i in range(4):
-        assert gvt.handle_ioreq(ioreq(1, i, 7, IoreqDir.WRITE, base + FENCE_REG_GEN6_LO + 8 * i, 0x1000 + i)) == 0
+        assert gvt.handle_ioreq(ioreq(1, i, 7, IoreqDir.WRITE, base + FENCE_REG_GEN6_LO + 8 * i, 0x1000 + i), 0.0) == 0
     wr(gvt, v, GTT_START + 8 * 5, 0x1234_5001, 4)
     gvt.emulate_cfg_write(v, 0x3C, 0xB, 1)  # interrupt line
     written = store.commit(gvt, [v.id], EPOCH)
@@ -98,7 +98,7 @@ def test_a_restarted_gvt_carries_the_vgpu_on_exactly(tmp_path) -> None:
     assert w.active and not w.failsafe
     # a request vhm sends again (it cannot know the completion left) is answered from the saved completion
     again = ioreq(1, 2, 7, IoreqDir.WRITE, base + FENCE_REG_GEN6_LO + 16, 0x1002)
-    assert g2.handle_ioreq(again) == 0 and g2.counters["ioreq_replayed"] == 1
+    assert g2.handle_ioreq(again, 0.0) == 0 and g2.counters["ioreq_replayed"] == 1
     # the GM it holds is taken: a new vGPU gets other slices
     other = create(g2, 2)
     assert other.resource.low_base != w.resource.low_base and other.id != w.id

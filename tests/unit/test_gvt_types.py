@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gvtsim.protocol.errors import ErrorCode
-from gvtsim.services.gvt.core import Gvt, Refusal
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.errors import GvtError
 from gvtsim.services.gvt.types import (
     HOST_FENCE, HOST_HIGH_GM_SIZE, HOST_LOW_GM_SIZE, MB, TYPES, TYPES_BY_NAME, GmPartition, PhysicalGpu,
@@ -80,21 +81,21 @@ def test_vgpu_ids_are_1_to_7_and_the_eighth_is_no_space() -> None:
     gvt = Gvt()
     ids = []
     for vm in range(1, 8):
-        v = gvt.create_vgpu(vm, f"{vm},8,8,1")
+        v = gvt.create_vgpu(vm, f"{vm},8,8,1", now=0.0)
         assert not isinstance(v, Refusal)
         ids.append(v.id)
     assert ids == list(range(1, 8))
-    r = gvt.create_vgpu(8, "8,8,8,1")
+    r = gvt.create_vgpu(8, "8,8,8,1", now=0.0)
     assert isinstance(r, Refusal) and r.code == ErrorCode.NO_SPACE
     assert gvt.destroy_vgpu(3) is None
-    v = gvt.create_vgpu(9, "9,8,8,1")
+    v = gvt.create_vgpu(9, "9,8,8,1", now=0.0)
     assert not isinstance(v, Refusal) and v.id == 3  # lowest free id, as idr_alloc
 
 
 def test_types_avail_drop_on_create_and_return_on_destroy() -> None:
     gvt = Gvt(PhysicalGpu(aperture_mb=512))
     before = {s.type.name: s.avail for s in gvt.types()}
-    assert not isinstance(gvt.create_vgpu(1, "GVTg_V5_4"), Refusal)
+    assert not isinstance(gvt.create_vgpu(1, "GVTg_V5_4", now=0.0), Refusal)
     during = {s.type.name: s.avail for s in gvt.types()}
     assert during["GVTg_V5_4"] == before["GVTg_V5_4"] - 1
     # 256 MB low GM, 2688 MB high GM, 24 fences left
