@@ -284,7 +284,7 @@ class GuestDisplay:
         out = b""
         for i in range(0, n, 4):
             out += ((yield from self.rd(DP_AUX_CH_CTL_D + 4 + i))).to_bytes(4, "big")
-        (yield from self.wr(DP_AUX_CH_CTL_D, status))  # clear the sticky done bit
+        yield from self.wr(DP_AUX_CH_CTL_D, status)  # clear the sticky done bit
         return out[:n]
 
     def dpcd_read(self, addr: int, n: int) -> Gen[bytes]:
@@ -365,8 +365,8 @@ class GuestDisplay:
         yield from self.wr(PLANE_STRIDE_1_A, fb0.stride // (TILE_W if self.tiled else 64))
         yield from self.wr(PLANE_POS_1_A, 0)
         yield from self.wr(PLANE_SIZE_1_A, (mode.height - 1) << 16 | (mode.width - 1))
-        (yield from self.wr(PLANE_CTL_1_A, PLANE_CTL_ENABLE | PLANE_CTL_FORMAT_XRGB_8888
-                      | (PLANE_CTL_TILED_X if self.tiled else 0)))
+        yield from self.wr(PLANE_CTL_1_A, PLANE_CTL_ENABLE | PLANE_CTL_FORMAT_XRGB_8888
+                           | (PLANE_CTL_TILED_X if self.tiled else 0))
         yield from self.flip(0)
 
     # ------------------------------------------------------------------------------------- drawing
@@ -400,8 +400,8 @@ class GuestDisplay:
                 cmd[0] |= XY_DST_TILED
             body += cmd
         yield from m.write_mem(self.batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), self.vcpu)
-        (yield from self.drv.submit(self.ENGINE, cmds.batch_buffer_start(self.batch.gm) + [cmds.MI_USER_INTERRUPT],
-                              vcpu=self.vcpu, wait_user_irq=True))
+        yield from self.drv.submit(self.ENGINE, cmds.batch_buffer_start(self.batch.gm) + [cmds.MI_USER_INTERRUPT],
+                                   vcpu=self.vcpu, wait_user_irq=True)
         self.st.frames_drawn += 1
         got = m.read_mem(fbo.bo.gpa, fbo.bo.size)[:fbo.stride * (-(-h // TILE_H) * TILE_H if fbo.tiled else h)]
         if fbo.tiled:

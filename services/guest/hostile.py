@@ -56,7 +56,7 @@ def _expect_hang(drv: VgpuDriver, commands: list[int], what: str) -> Gen[dict[st
 def lri_off_whitelist(drv: VgpuDriver) -> Gen[dict[str, Any]]:
     """MI_LOAD_REGISTER_IMM to a register off the F_CMD_ACCESS whitelist."""
     return (yield from _expect_hang(drv, cmds.load_register_imm([(OFF_WHITELIST_REG, 0)]),
-                              f"MI_LOAD_REGISTER_IMM {OFF_WHITELIST_REG:#x}"))
+                                    f"MI_LOAD_REGISTER_IMM {OFF_WHITELIST_REG:#x}"))
 
 
 def update_gtt(drv: VgpuDriver) -> Gen[dict[str, Any]]:
@@ -226,16 +226,16 @@ def ppgtt_batch_privileged(drv: VgpuDriver, target: Target) -> Gen[dict[str, Any
     va, check_va = 0x90_0000, 0x90_1000
     yield from ctx.ppgtt.map(va, batch_gpa)
     yield from ctx.ppgtt.map(check_va, check_gpa)
-    ggtt_batch = (yield from drv.gem.create(PAGE_SIZE))  # a GGTT batch of its own, never shown to the scanner
-    (yield from ctx.ppgtt.map(ggtt_batch.gm, ggtt_batch.gpa))  # the same bytes at the same address in the PPGTT too
-    (yield from m.write_mem(ggtt_batch.gpa, cmds.to_bytes(cmds.store_dword(victim + 8, MARK)
-                                                    + cmds.load_register_imm([(OFF_WHITELIST_REG, 0)])
-                                                    + [cmds.MI_BATCH_BUFFER_END])))
+    ggtt_batch = yield from drv.gem.create(PAGE_SIZE)  # a GGTT batch of its own, never shown to the scanner
+    yield from ctx.ppgtt.map(ggtt_batch.gm, ggtt_batch.gpa)  # the same bytes at the same address in the PPGTT too
+    yield from m.write_mem(ggtt_batch.gpa, cmds.to_bytes(cmds.store_dword(victim + 8, MARK)
+                           + cmds.load_register_imm([(OFF_WHITELIST_REG, 0)])
+                           + [cmds.MI_BATCH_BUFFER_END]))
     body = (cmds.store_dword(victim, MARK) + cmds.load_register_imm([(OFF_WHITELIST_REG, 0)])
             + cmds.store_dword(check_va, MARK, ggtt=False) + cmds.batch_buffer_start(ggtt_batch.gm))
     yield from m.write_mem(batch_gpa, cmds.to_bytes(body))
-    out = (yield from _submit(drv, cmds.batch_buffer_start(va, ppgtt=True), "privileged commands in a PPGTT batch",
-                        ppgtt=True))
+    out = yield from _submit(drv, cmds.batch_buffer_start(va, ppgtt=True), "privileged commands in a PPGTT batch",
+                             ppgtt=True)
     return {**out, "gm": victim, "own_store_landed": m.read_u32(check_gpa) == MARK}
 
 
@@ -354,19 +354,19 @@ def irq_games(drv: VgpuDriver, target: Target) -> Gen[dict[str, Any]]:
     e = drv.engines[ENGINE]
     bits = 1 << e.user_bit | 1 << e.ctx_bit
     msis = drv.msis
-    (yield from drv.wr(r.GT_ISR(e.gt), 0xFFFF_FFFF))  # a plain register in gvt (handlers.c MMIO_D): drives nothing
-    (yield from drv.wr(r.MASTER_IRQ, 0xFFFF_FFFF))  # only bit 31 is writable: no summary bit, no MSI
+    yield from drv.wr(r.GT_ISR(e.gt), 0xFFFF_FFFF)  # a plain register in gvt (handlers.c MMIO_D): drives nothing
+    yield from drv.wr(r.MASTER_IRQ, 0xFFFF_FFFF)  # only bit 31 is writable: no summary bit, no MSI
     spoof = {"isr": (yield from drv.rd(r.GT_ISR(e.gt))), "master": (yield from drv.rd(r.MASTER_IRQ)),
              "iir_before": (yield from drv.rd(r.GT_IIR(e.gt))), "msis": drv.msis - msis}
     yield from drv.wr(r.GT_IIR(e.gt), 0xFFFF_FFFF)
-    spoof["iir_after_w1c"] = (yield from drv.rd(r.GT_IIR(e.gt)))
+    spoof["iir_after_w1c"] = yield from drv.rd(r.GT_IIR(e.gt))
     yield from drv.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
     own = yield from drv.gem.create(PAGE_SIZE)
-    (yield from drv.wr(r.GT_IMR(e.gt), 0xFFFF_FFFF))  # swallow our own engine's interrupts
+    yield from drv.wr(r.GT_IMR(e.gt), 0xFFFF_FFFF)  # swallow our own engine's interrupts
     msis = drv.msis
     masked = yield from _submit(drv, cmds.store_dword(own.gm, MARK), "request with its interrupts masked")
     masked["msis"] = drv.msis - msis
-    (yield from drv.wr(r.GT_IMR(e.gt), 0xFFFF_FFFF & ~bits))  # back as init() left it
+    yield from drv.wr(r.GT_IMR(e.gt), 0xFFFF_FFFF & ~bits)  # back as init() left it
     yield from drv._process_csb(e)  # catch up with the CSB entries the masked request left (as after a reset)
     after = yield from _submit(drv, cmds.store_dword(own.gm + 4, MARK), "request with its interrupts back")
     return {"what": "interrupt-register games", "hang": after["hang"], "spoof": spoof, "masked": masked,
@@ -431,8 +431,8 @@ def rewrite_after_scan(drv: VgpuDriver, target: Target) -> Gen[dict[str, Any]]:
             writes["elsp"] += 1
             if writes["elsp"] % 4 == 0:  # the 4th dword submitted: GVT has scanned and shadowed by now
                 yield from m.write_mem(batch.gpa, cmds.to_bytes(cmds.store_dword(victim, MARK)), vcpu)
-                (yield from m.write_mem(ring_gpa + ring_at + 12, cmds.to_bytes(cmds.store_dword(victim + 4, MARK)),
-                                  vcpu))
+                yield from m.write_mem(ring_gpa + ring_at + 12, cmds.to_bytes(cmds.store_dword(victim + 4, MARK)),
+                                       vcpu)
                 writes["rewrites"] += 1
 
     drv.wr = wr  # type: ignore[method-assign]

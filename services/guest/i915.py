@@ -216,8 +216,8 @@ class VgpuDriver:
         yield from self.wr(r.FORCEWAKE_RENDER_GEN9, r.masked_enable(r.FORCEWAKE_KERNEL))
         yield from self._wait_for(r.FORCEWAKE_ACK_RENDER_GEN9, r.FORCEWAKE_KERNEL, r.FORCEWAKE_KERNEL, "forcewake ack")
         yield from self.wr(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_REQ | r.SKL_MISC_IO_REQ)
-        (yield from self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
-                             r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1"))
+        yield from self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
+                                  r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1")
         yield from self.wr(r.DBUF_CTL, r.DBUF_POWER_REQUEST)
         yield from self._wait_for(r.DBUF_CTL, r.DBUF_POWER_STATE, r.DBUF_POWER_STATE, "DBUF power")
         yield from self.wr(r.GEN6_PCODE_DATA, 0)
@@ -225,7 +225,7 @@ class VgpuDriver:
         yield from self.wr(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY | r.GEN9_PCODE_READ_MEM_LATENCY)
         yield from self._wait_for(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY, 0, "pcode mailbox")
         self.mem_latency = yield from self.rd(r.GEN6_PCODE_DATA)
-        (yield from self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16))  # _MASKED_BIT_DISABLE: forcewake put
+        yield from self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16)  # _MASKED_BIT_DISABLE: forcewake put
 
     def _init_hwsp(self, e: EngineState) -> Gen[None]:
         """The engine's status page (intel_engine_init_status_page + RING_HWS_PGA), its CSB write pointer
@@ -384,8 +384,8 @@ class VgpuDriver:
         state = context.gpa + 4096
         ind, lines, per = wa if wa is not None else (0, 0, None)
         yield from self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_VAL, (ind | lines) if lines else 0, vcpu)
-        (yield from self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
-                                     r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu))
+        yield from self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
+                                          r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu)
         yield from self.machine.write_u32(state + r.CTX_BB_PER_CTX_PTR_VAL, (per | 1) if per is not None else 0, vcpu)
 
     def _hangcheck_wait(self, e: EngineState, timeout: float) -> Gen[None]:
@@ -425,7 +425,7 @@ class VgpuDriver:
                 iir = yield from self.rd(r.GT_IIR(gt))
                 if not iir:
                     continue
-                (yield from self.wr(r.GT_IIR(gt), iir))  # write one to clear
+                yield from self.wr(r.GT_IIR(gt), iir)  # write one to clear
                 for e in self.engines.values():
                     if e.gt != gt:
                         continue
@@ -474,4 +474,4 @@ class VgpuDriver:
                     e.pending = False
                     e.done.fire()
         e.csb_head = head
-        (yield from self.wr(e.base + r.CSB_PTR, (0x7 << 8) << 16 | head << 8))  # masked write of the read pointer
+        yield from self.wr(e.base + r.CSB_PTR, (0x7 << 8) << 16 | head << 8)  # masked write of the read pointer

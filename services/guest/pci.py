@@ -137,6 +137,6 @@ def probe_gpu(machine: GuestMachine, msi_vector: int = 0x40, dest_apic: int = 0)
     yield from cfg.write(*bdf, gpu.msi_cap + 4, MSI_ADDR_BASE | (dest_apic << 12))
     yield from cfg.write(*bdf, gpu.msi_cap + 8, msi_vector, 2)
     ctrl = yield from cfg.read(*bdf, gpu.msi_cap + 2, 2)
-    (yield from cfg.write(*bdf, gpu.msi_cap + 2, (ctrl & ~0x70) | MSI_FLAGS_ENABLE, 2))  # one message, enabled
+    yield from cfg.write(*bdf, gpu.msi_cap + 2, (ctrl & ~0x70) | MSI_FLAGS_ENABLE, 2)  # one message, enabled
     gpu.msi_vector = msi_vector
     return gpu

@@ -95,8 +95,8 @@ class PvChannel:
         """:meth:`submit`, returning the Refusal of the trigger write instead of ending the thread."""
         seq = yield from self._post(engine, desc0, desc1, vcpu)
         got = yield from self.drv.machine.vcpus[vcpu].try_ioreq(IoreqType.MMIO, IoreqDir.WRITE,
-                                                               self.drv.bar0 + r.PV_G2V_NOTIFY, 4,
-                                                               r.G2V_PV_SEND_TRIGGER)
+                                                                self.drv.bar0 + r.PV_G2V_NOTIFY, 4,
+                                                                r.G2V_PV_SEND_TRIGGER)
         return got if isinstance(got, Refusal) else seq
 
     def done(self, engine: str) -> tuple[int, int]:

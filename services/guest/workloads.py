@@ -159,8 +159,8 @@ class WorkloadRunner:
             indirect = cmds.store_dword(s.dst.gm + 4, wa_values[0])
             indirect += [cmds.MI_NOOP] * (-len(indirect) % 16)  # whole cachelines
             yield from m.write_mem(s.wa.gpa, cmds.to_bytes(indirect), vcpu)
-            (yield from m.write_mem(s.wa.gpa + 4096, cmds.to_bytes(cmds.store_dword(s.dst.gm + 8, wa_values[1])
-                                                            + [cmds.MI_BATCH_BUFFER_END]), vcpu))
+            yield from m.write_mem(s.wa.gpa + 4096, cmds.to_bytes(cmds.store_dword(s.dst.gm + 8, wa_values[1])
+                                   + [cmds.MI_BATCH_BUFFER_END]), vcpu)
             wa = (s.wa.gm, len(indirect) // 16, s.wa.gm + 4096)
             expect = b""
         else:

@@ -46,8 +46,8 @@ def _run(host: Host, levels: int, ops: list[tuple[str, int, int]]) -> list[dict[
     vas = VA_L3 if levels == 3 else VA_L4
     data = [g.alloc_page() for _ in range(DATA_PAGES)]
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, levels)
-    (yield from ppgtt.create())
-    (yield from ppgtt.map(vas[0], data[0]))  # something mapped before GVT learns of the tables
+    yield from ppgtt.create()
+    yield from ppgtt.map(vas[0], data[0])  # something mapped before GVT learns of the tables
     host.notify(g, ppgtt)  # g2v CREATE: shadowed and write-protected from now on
     seen: list[dict[int, int | None]] = []
 
@@ -64,19 +64,19 @@ def _run(host: Host, levels: int, ops: list[tuple[str, int, int]]) -> list[dict[
     for kind, a, b in ops:
         va = vas[a % len(vas)]
         if kind == "map":
-            (yield from ppgtt.map(va, data[b]))
+            yield from ppgtt.map(va, data[b])
         elif kind == "unmap":
-            (yield from ppgtt.unmap(va))
+            yield from ppgtt.unmap(va)
         elif kind == "half":  # a 4-byte PTE update (the low half): deferred to the post-shadow flush
-            pt = (yield from ppgtt._pt_of(va))
+            pt = yield from ppgtt._pt_of(va)
             if pt is not None:
-                (yield from g.machine.write_u32(pt + 8 * ((va >> 12) & 0x1FF), encode(data[b]) & 0xFFFF_FFFF))
+                yield from g.machine.write_u32(pt + 8 * ((va >> 12) & 0x1FF), encode(data[b]) & 0xFFFF_FFFF)
         elif kind == "unlink":
-            (yield from ppgtt.unlink_table(va))
+            yield from ppgtt.unlink_table(va)
         elif kind == "share":
-            (yield from ppgtt.share_table(va, vas[b % len(vas)]))
+            yield from ppgtt.share_table(va, vas[b % len(vas)])
         elif kind == "foreign":
-            (yield from ppgtt.map(va, FOREIGN_GFN << PAGE_SHIFT))
+            yield from ppgtt.map(va, FOREIGN_GFN << PAGE_SHIFT)
         else:
             check()
     check()
@@ -123,14 +123,14 @@ def _remap_heavy(host: Host, rounds: int = 6, pages: int = 32) -> tuple[dict[int
     g = host.add_vm(1)
     data = [g.alloc_page() for _ in range(pages)]
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
-    (yield from ppgtt.create())
+    yield from ppgtt.create()
     host.notify(g, ppgtt)
     vas = [i << 12 for i in range(pages)]
     for r in range(rounds):
         for i, va in enumerate(vas):
-            (yield from ppgtt.map(va, data[(i + r) % pages]))
+            yield from ppgtt.map(va, data[(i + r) % pages])
         if r % 2:
-            (yield from ppgtt.unmap(vas[r]))
+            yield from ppgtt.unmap(vas[r])
         shadow = host.prepare(g, ppgtt, workload_id=r + 1)
         for va in vas:
             assert host.shadow_walk(3, shadow, va) == host.guest_walk(g, ppgtt, va)
@@ -159,17 +159,17 @@ def _other_space_edited_while_one_is_dispatched(host: Host) -> None:
     a = GuestPpgtt(g.machine, g.alloc_page, 3)  # the address space of the workload being dispatched
     b = GuestPpgtt(g.machine, g.alloc_page, 3)  # another vCPU's, which it is editing at the same time
     for p in (a, b):
-        (yield from p.create())
-        (yield from p.map(0, data[0]))
+        yield from p.create()
+        yield from p.map(0, data[0])
         host.notify(g, p)
     for i in range(32):  # b's PT takes enough WP faults to go out of sync (writable again)
-        (yield from b.map(i << 12, data[i]))
+        yield from b.map(i << 12, data[i])
     spt = g.vgpu.ppgtt.spt
     assert [s for s in spt.oos_list if s.out_of_sync], "b's PT should be out of sync by now"
     desc = DESC_VALID | (1 << 3)
     # a's workload is prepared; the write protection it queues is not at vhm yet when the other vCPU writes
     g.vgpu.ppgtt.prepare_workload(desc, pdps_to_context(a.roots), 1)
-    (yield from b.map(5 << 12, data[39]))  # lands directly (b's PT is not write-protected): no trap
+    yield from b.map(5 << 12, data[39])  # lands directly (b's PT is not write-protected): no trap
     host.apply_effects()
     shadow = host.prepare(g, b, workload_id=2)
     for i in range(32):

@@ -24,9 +24,9 @@ def test_bench_pte_wp_trap(benchmark: Any) -> None:
 
         def setup() -> tuple[int, list[int]]:
             ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
-            (yield from ppgtt.create())
+            yield from ppgtt.create()
             pages = [g.alloc_page() for _ in range(2)]
-            (yield from ppgtt.map(0x1000, pages[0]))
+            yield from ppgtt.map(0x1000, pages[0])
             host.notify(g, ppgtt)
             return ((yield from ppgtt._pt_of(0x1000)) or 0) + 8, pages
 
@@ -54,10 +54,10 @@ def test_bench_shadow_a_full_page_table(benchmark: Any) -> None:
 
         def setup() -> GuestPpgtt:
             ppgtt = GuestPpgtt(g.machine, g.alloc_page, 4)
-            (yield from ppgtt.create())
+            yield from ppgtt.create()
             page = g.alloc_page()
             for i in range(512):
-                (yield from ppgtt.map(i << 12, page))
+                yield from ppgtt.map(i << 12, page)
             return ppgtt
 
         ppgtt = host.run(setup())

@@ -32,7 +32,7 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def _space(host: Host, g: GuestVm, levels: int = 3) -> GuestPpgtt:
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, levels)
-    (yield from ppgtt.create())
+    yield from ppgtt.create()
     host.notify(g, ppgtt)
     return ppgtt
 
@@ -56,13 +56,13 @@ def test_pte_naming_another_vms_frame_reaches_only_the_scratch_page(host: Host) 
     def scenario() -> tuple[int, int, GuestPpgtt, GuestPpgtt]:
         victim_gpa = a.alloc_page()
         a.machine.mem.write(a.vgpu.mpt.gfn_to_mfn(victim_gpa >> PAGE_SHIFT) << PAGE_SHIFT, b"A" * PAGE_SIZE)
-        pa = (yield from _space(host, a))
-        (yield from pa.map(0x1000, victim_gpa))  # A's own, legitimate mapping
-        pb = (yield from _space(host, b))
+        pa = yield from _space(host, a)
+        yield from pa.map(0x1000, victim_gpa)  # A's own, legitimate mapping
+        pb = yield from _space(host, b)
         victim_mfn = a.vgpu.mpt.gfn_to_mfn(victim_gpa >> PAGE_SHIFT)
-        (yield from pb.map(0x1000, victim_mfn << PAGE_SHIFT))  # B names A's machine frame as if it were its gfn
-        (yield from pb.map(0x2000, 256 << PAGE_SHIFT))  # the first frame past B's 1 MiB of RAM
-        (yield from pb.map(0x3000, 0x4000_0000))  # far beyond any RAM
+        yield from pb.map(0x1000, victim_mfn << PAGE_SHIFT)  # B names A's machine frame as if it were its gfn
+        yield from pb.map(0x2000, 256 << PAGE_SHIFT)  # the first frame past B's 1 MiB of RAM
+        yield from pb.map(0x3000, 0x4000_0000)  # far beyond any RAM
         return victim_mfn, victim_gpa, pa, pb
 
     victim_mfn, victim_gpa, pa, pb = host.run(scenario())
@@ -88,8 +88,8 @@ def test_g2v_create_tracks_every_table_and_destroy_releases_them(host: Host) -> 
     pool = len(host.gvt.scheduler.frame_pool)
 
     def scenario() -> GuestPpgtt:
-        ppgtt = (yield from _space(host, g, levels=4))
-        (yield from ppgtt.map(0x80_0020_3000, g.alloc_page()))
+        ppgtt = yield from _space(host, g, levels=4)
+        yield from ppgtt.map(0x80_0020_3000, g.alloc_page())
         return ppgtt
 
     ppgtt = host.run(scenario())
@@ -108,9 +108,9 @@ def test_a_pt_named_by_two_pdes_is_one_refcounted_spt(host: Host) -> None:
     g = host.add_vm(1)
 
     def scenario() -> GuestPpgtt:
-        ppgtt = (yield from _space(host, g))
-        (yield from ppgtt.map(0x5000, g.alloc_page()))
-        (yield from ppgtt.share_table(0x5000, 0x4020_0000))  # another PDP, another PD, the same PT
+        ppgtt = yield from _space(host, g)
+        yield from ppgtt.map(0x5000, g.alloc_page())
+        yield from ppgtt.share_table(0x5000, 0x4020_0000)  # another PDP, another PD, the same PT
         return ppgtt
 
     ppgtt = host.run(scenario())
@@ -150,9 +150,9 @@ def test_half_entry_writes_wait_for_the_flush(host: Host) -> None:
     g = host.add_vm(1)
 
     def scenario() -> tuple[GuestPpgtt, int, int]:
-        ppgtt = (yield from _space(host, g))
+        ppgtt = yield from _space(host, g)
         old, new = g.alloc_page(), g.alloc_page()
-        (yield from ppgtt.map(0x1000, old))
+        yield from ppgtt.map(0x1000, old)
         return ppgtt, old, new
 
     ppgtt, old, new = host.run(scenario())
@@ -172,8 +172,8 @@ def test_lazy_mm_lives_while_its_workload_runs(host: Host) -> None:
 
     def scenario() -> GuestPpgtt:  # no g2v CREATE: the context's roots are all GVT sees
         ppgtt = GuestPpgtt(g.machine, g.alloc_page, 4)
-        (yield from ppgtt.create())
-        (yield from ppgtt.map(0x7000, g.alloc_page()))
+        yield from ppgtt.create()
+        yield from ppgtt.map(0x7000, g.alloc_page())
         return ppgtt
 
     ppgtt = host.run(scenario())

@@ -25,9 +25,9 @@ def test_ppgtt_context_is_announced_imaged_and_destroyed(levels: int) -> None:
         drv = VgpuDriver(g.machine, gpu, engines=("rcs",))
 
         def scenario() -> None:
-            (yield from drv.init())
+            yield from drv.init()
             host.apply_effects()
-            ctx = (yield from drv.create_ppgtt_context("rcs", levels))
+            ctx = yield from drv.create_ppgtt_context("rcs", levels)
             host.apply_effects()
             (mm,) = g.vgpu.ppgtt.mms
             assert mm.root == (PPGTT_ROOT_L3 if levels == 3 else PPGTT_ROOT_L4) and mm.refcount == 1
@@ -42,7 +42,7 @@ def test_ppgtt_context_is_announced_imaged_and_destroyed(levels: int) -> None:
             assert (drv.descriptor(drv.engines["rcs"]) >> 3) & 3 == 1  # the default context is unchanged
             tables = [gfn << PAGE_SHIFT for gfn in g.vgpu.ppgtt.spts]
             assert tables and all(not g.ept.translate(gpa >> PAGE_SHIFT)[1] for gpa in tables)  # type: ignore[index]
-            (yield from drv.destroy_ppgtt_contexts())
+            yield from drv.destroy_ppgtt_contexts()
             host.apply_effects()
             assert g.vgpu.ppgtt.mms == [] and drv.engines["rcs"].ppgtt_ctx is None
             assert all(g.ept.translate(gpa >> PAGE_SHIFT)[1] for gpa in tables)  # type: ignore[index]
