@@ -110,6 +110,7 @@ class Lock:
                 continue
             self.owner = th
             if trap is None:
+                th.granted = self  # released again should the thread be killed before it runs
                 th.rt._ready(th, None)
             else:
                 trap.took_lock = True
@@ -165,7 +166,7 @@ def sleep_until(deadline: float) -> Gen[None]:
 class Thread:
     """One guest thread: its generator, what it is blocked on, its outcome once finished."""
 
-    __slots__ = ("rt", "gen", "name", "vm", "dead", "blocked_on", "outcome", "timer", "tag")
+    __slots__ = ("rt", "gen", "name", "vm", "dead", "blocked_on", "outcome", "timer", "tag", "waiting", "granted")
 
     def __init__(self, rt: "Runtime", gen: Gen[Any], name: str, vm: int, tag: Any = None) -> None:
         self.rt = rt
@@ -177,6 +178,8 @@ class Thread:
         self.outcome: Outcome | None = None
         self.timer = 0  # token of its current Wait deadline (a stale heap entry has another)
         self.tag = tag  # the shell's (what to do with the outcome)
+        self.waiting = True  # blocked (or not started): may be made ready, once
+        self.granted: Lock | None = None  # a lock handed to it that it has not resumed with yet
 
 
 @dataclass
@@ -311,6 +314,10 @@ class Runtime:
 
     # ---------------------------------------------------------------------------------------- internals
     def _ready(self, th: Thread, value: Any) -> None:
+        if not th.waiting:  # already made ready by another event (a fire and a deadline at once): once only
+            return
+        th.waiting = False
+        th.timer = 0  # its deadline, if any, is spent: the heap entry goes stale
         th.blocked_on = None
         self._ready_q.append((th, value))
 
@@ -322,8 +329,9 @@ class Runtime:
                 self._step(th, value)
 
     def _step(self, th: Thread, value: Any) -> None:
-        """Run ``th`` until it blocks or ends."""
+        """Run ``th`` until it blocks or ends (``th.waiting`` is set again where it blocks)."""
         gen = th.gen
+        th.granted = None
         while True:
             try:
                 op = gen.send(value)
@@ -349,6 +357,7 @@ class Runtime:
                     op.took_lock = True
                 elif lock.owner is not th:
                     th.blocked_on = lock
+                    th.waiting = True
                     lock.waiters.append((th, op))
                     return
                 self._issue(th, op)
@@ -361,6 +370,7 @@ class Runtime:
                     value = None
                     continue
                 th.blocked_on = lock
+                th.waiting = True
                 lock.waiters.append((th, None))
                 return
             if t is Wait:
@@ -369,6 +379,7 @@ class Runtime:
                     value = False
                     continue
                 th.blocked_on = op.signal if op.signal is not None else op
+                th.waiting = True
                 if op.signal is not None:
                     op.signal.waiters.append(th)
                 if op.deadline is not None:
@@ -385,6 +396,7 @@ class Runtime:
         trap.t0 = self.now
         key = (req.vm, req.vcpu, req.seq)
         th.blocked_on = trap
+        th.waiting = True
         self.inflight[key] = (th, trap)
         self.outbox.append(req)
         heapq.heappush(self._timers, (self.now + self.ioreq_timeout, next(self._tokens), key))
@@ -412,7 +424,11 @@ class Runtime:
 
     def _finish(self, th: Thread, outcome: Outcome) -> None:
         th.dead = True
+        th.waiting = False
         th.blocked_on = None
+        lock, th.granted = th.granted, None
+        if lock is not None and lock.owner is th:  # handed a lock it never resumed to take: pass it on
+            lock.release()
         th.outcome = outcome
         live = self.threads.get(th.vm)
         if live is not None:

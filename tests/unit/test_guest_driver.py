@@ -19,7 +19,7 @@ from gvtsim.services.guest import cmds
 from gvtsim.services.guest import regs as r
 from gvtsim.services.guest.i915 import DriverError, VgpuDriver
 from gvtsim.services.guest.pci import PciDevice
-from gvtsim.services.guest.runtime import Done, Failed, Gen, Runtime, Thread
+from gvtsim.services.guest.runtime import Done, Failed, Gen, Lock, Runtime, Signal, Thread, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -180,3 +180,49 @@ def test_a_vgpu_lost_refuses_what_is_in_flight_and_what_comes_after(host: Host) 
     again = rt.spawn(drv.rd(r.PV_MAGIC, 8), 0.0, "c", 1)
     host.pump()
     assert isinstance(again.outcome, Done) and again.outcome.value == r.VGT_MAGIC
+
+
+def test_a_spent_deadline_never_wakes_a_thread_that_waits_for_something_else(host: Host) -> None:
+    """A hangcheck wait woken by its interrupt leaves its deadline behind; when that time comes the thread is
+    blocked on a trap (or a lock) and must stay blocked: resuming it would send a second ioreq on the vCPU
+    while the first is in flight (vhm: slot_busy)."""
+    drv, _ = _driver(host)
+    rt, vcpu = host.rt, drv.machine.vcpus[0]
+    sig = Signal()
+    seen: list[object] = []
+
+    def waiter() -> Gen[None]:
+        seen.append((yield from wait_until(sig, lambda: bool(seen), 5.0)))
+        seen.append((yield from vcpu.ioreq(IoreqType.MMIO, IoreqDir.READ, BAR0 + r.PV_MAGIC, 8)))
+
+    th = rt.spawn(waiter(), 0.0, "waiter", 1)
+    seen.append("fired")
+    sig.fire()
+    rt.advance(1.0)
+    assert seen == ["fired", True] and len(rt.outbox) == 1  # woken by the signal, now in its trap
+    rt.advance(6.0)  # past the spent deadline
+    assert th.outcome is None and th.blocked_on is not None and len(rt.outbox) == 1
+    req = rt.outbox.pop()
+    rt.ioreq_done(1, 0, req.seq, 42, 6.5)
+    assert seen[-1] == 42 and isinstance(th.outcome, Done)
+
+
+def test_a_lock_handed_to_a_thread_killed_before_it_ran_goes_to_the_next_one(host: Host) -> None:
+    rt = host.rt
+    lock = Lock()
+    got: list[str] = []
+
+    def taker(name: str) -> Gen[None]:
+        yield from lock.acquire()  # and keeps it
+        got.append(name)
+
+    a = rt.spawn(taker("a"), 0.0, "a", 1)
+    b = rt.spawn(taker("b"), 0.0, "b", 1)
+    c = rt.spawn(taker("c"), 0.0, "c", 1)
+    assert got == ["a"] and lock.owner is a and b.outcome is None and c.outcome is None
+    lock.release()  # from outside the runtime's stepping: handed to b, which has not run yet
+    assert lock.owner is b and got == ["a"]
+    rt.kill(b)  # (a sibling vCPU failed, say) before b could run
+    assert lock.owner is c  # not left with the dead b
+    rt.advance(0.0)
+    assert got == ["a", "c"] and isinstance(c.outcome, Done)
