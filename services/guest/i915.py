@@ -109,11 +109,10 @@ class VgpuDriver:
     """Drives one vGPU of one VM. ``engines`` are the engines this VM uses."""
 
     def __init__(self, machine: GuestMachine, gpu: PciDevice, engines: tuple[str, ...] = ("rcs", "bcs"),
-                 log: Any = None, ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
+                 ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
         self.machine = machine
         self.gpu = gpu
         self.bar0 = gpu.bar0
-        self.log = log
         self.ram_reserved = ram_reserved
         self.engines: dict[str, EngineState] = {}
         for i, name in enumerate(engines):

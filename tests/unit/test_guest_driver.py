@@ -226,3 +226,33 @@ def test_a_lock_handed_to_a_thread_killed_before_it_ran_goes_to_the_next_one(hos
     assert lock.owner is c  # not left with the dead b
     rt.advance(0.0)
     assert got == ["a", "c"] and isinstance(c.outcome, Done)
+
+
+def test_the_guest_core_modules_import_no_event_loop_socket_or_logging_library() -> None:
+    """The sans-I/O part of services/guest (everything but the shell: service.py, lifecycle.py, main.py,
+    events.py) imports neither asyncio, zmq, socket nor a logging library, nor the shared transport."""
+    import ast
+    import pathlib
+
+    import gvtsim.services.guest as pkg
+
+    shell = {"service.py", "lifecycle.py", "main.py", "events.py", "__init__.py"}
+    banned = {"asyncio", "zmq", "socket", "structlog", "logging", "uvloop"}
+    banned_common = {"client", "service", "reactor", "sockets", "trace", "log"}
+    core = [p for p in pathlib.Path(pkg.__file__).parent.glob("*.py") if p.name not in shell]
+    assert {"runtime.py", "cpu.py", "i915.py", "pci.py", "workloads.py"} <= {p.name for p in core}
+    found = []
+    for path in core:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                names = [mod] + ([f"common.{a.name}" for a in node.names] if mod.endswith("common") else [])
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in banned or (len(parts) >= 2 and parts[-2] == "common" and parts[-1] in banned_common):
+                    found.append(f"{path.name}: {name}")
+    assert not found, found
