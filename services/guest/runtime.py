@@ -201,6 +201,8 @@ class Runtime:
     threads: dict[int, set[Thread]] = field(default_factory=dict)  # VM -> its live threads
     ending: Outcome | None = None  # while a thread is being ended from outside: why (its handlers may ask)
     timeouts: int = 0
+    record: bool = False  # keep :attr:`events` (the shell turns them into trace spans)
+    events: list[tuple[str, str, int, float]] = field(default_factory=list)  # (category, name, vm, seconds)
     _ready_q: deque[tuple[Thread, Any]] = field(default_factory=deque)
     _timers: list[tuple[float, int, Thread | tuple[int, int, int]]] = field(default_factory=list)
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

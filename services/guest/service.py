@@ -53,6 +53,7 @@ class GuestService(BaseService):
                                log=self.log, counters=self.counters, on_message=self._on_message,
                                on_down=self._on_down, name="vhm", after_batch=self._after_batch)
         self.life = Lifecycle(self, self.conn, self.args, self.mem, self.budget, self.log)
+        self.rt.record = trace.on
         self.conn.start()
         self._spawn(self._main())
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.finish_now)
@@ -124,6 +125,11 @@ class GuestService(BaseService):
             done, rt.finished = rt.finished, []
             for th in done:
                 self._thread_done(th)
+        if rt.events:
+            events, rt.events = rt.events, []
+            for cat, name, vm, took in events:
+                trace.complete(name, cat, trace.now_us() - took * 1e6, took * 1e6, tid=vm, vm=vm)
+        rt.record = trace.on
         self._arm()
 
     def _thread_done(self, th: Thread) -> None:

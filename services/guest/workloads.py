@@ -372,4 +372,6 @@ def vcpu_loop(runner: WorkloadRunner, tally: Tally, vcpu: int, engine: str, kind
             tally.verified += 1
             tally.by_kind[kind] += 1
             tally.latencies.record_s(rt.now - t0)
+            if rt.record:
+                rt.events.append(("workload", f"workload {kind} on {engine}", runner.drv.machine.vm_id, rt.now - t0))
         i += 1
