@@ -24,7 +24,7 @@ from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE, FrameAllocator,
 from gvtsim.services.guest.cpu import GuestMachine
 from gvtsim.services.guest.i915 import ppgtt_notify_vgt
 from gvtsim.services.guest.ppgtt import GuestPpgtt
-from gvtsim.services.guest.runtime import Done, Failed, Gen, Runtime
+from gvtsim.services.guest.runtime import Gen, Runtime, drive
 from gvtsim.services.gvt.core import Gvt, Refusal
 from gvtsim.services.gvt.effects import PageTrack
 from gvtsim.services.gvt.mpt import EptMpt
@@ -109,14 +109,7 @@ class Host:
         """Run one guest thread (a driver step) to its end on the guests' runtime, answering its ioreqs."""
         if not inspect.isgenerator(gen):  # a step that turned out not to need the CPU
             return gen
-        th = self.rt.spawn(gen, self.rt.now, "test")
-        self.pump()
-        self.rt.finished.clear()
-        if isinstance(th.outcome, Done):
-            return th.outcome.value
-        if isinstance(th.outcome, Failed):
-            raise th.outcome.error
-        raise AssertionError(f"guest thread ended with {th.outcome!r} (blocked on {th.blocked_on!r})")
+        return drive(gen, self._send, self.rt)
 
     def apply_effects(self) -> None:
         """vhm's part: PAGE_TRACK write-protects / releases the page in the VM's EPT."""
