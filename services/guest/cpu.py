@@ -10,32 +10,18 @@ per vCPU), enforced by a lock.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 
 from ...protocol import IoreqDir, IoreqType
 from ...protocol import messages as m
+from ...protocol.errors import Refusal
 from ..common.ept import Ept
-from ..common import trace
 from ..common.histo import Histogram
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
-
-#: Sends one ioreq and returns its completion value; raises IoreqFailed.
-IoreqSender = Callable[[m.Ioreq], Awaitable[int]]
-
-
-class IoreqFailed(RuntimeError):
-    """The ioreq was refused or failed (ERROR reply, lost hypervisor): the guest treats it like a hung GPU."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        self.code = code
-        super().__init__(f"{code}: {reason}")
+from .runtime import Gen, Held, Lock, Runtime, Trap
 
 
 @dataclass
@@ -51,48 +37,44 @@ class RttStats:
 
 
 class Vcpu:
-    """One vCPU: serialises its ioreqs (one ACRN slot) and counts them."""
+    """One vCPU: its ioreq sequence numbers, its lock (one ACRN slot: one ioreq in flight) and counts."""
 
     def __init__(self, vm: "GuestMachine", index: int) -> None:
         self.vm = vm
         self.index = index
         self._seq = itertools.count(1)
-        self._lock = asyncio.Lock()
-        self._owner: asyncio.Task[object] | None = None
+        self.lock = Lock()  # held by a trap in flight, or by a thread running with interrupts off
         self.traps = 0  # ioreqs this vCPU has made
 
-    @contextlib.asynccontextmanager
-    async def irqs_off(self) -> AsyncIterator[None]:
+    def irqs_off(self) -> Gen[Held]:
         """Run a sequence of accesses on this vCPU with nothing interleaved (as a driver does with local
-        interrupts disabled: i915 writes the ELSP ports under a spinlock with IRQs off)."""
-        async with self._lock:
-            self._owner = asyncio.current_task()
-            try:
-                yield
-            finally:
-                self._owner = None
+        interrupts disabled: i915 writes the ELSP ports under a spinlock with IRQs off):
+        ``with (yield from vcpu.irqs_off()):``."""
+        return (yield from self.lock.hold())
 
-    async def ioreq(self, kind: IoreqType, direction: IoreqDir, addr: int, size: int, value: int = 0) -> int:
-        """Trap: build an ioreq, block until it completes, return the read value (0 for writes)."""
+    def _req(self, kind: IoreqType, direction: IoreqDir, addr: int, size: int, value: int) -> m.Ioreq:
         # not checked here: the receiver's codec refuses a size other than 1, 2, 4 or 8 (a hostile guest may try)
-        req = m.Ioreq(vm=self.vm.vm_id, vcpu=self.index, seq=next(self._seq), kind=int(kind), dir=int(direction),
-                      addr=addr, size=cast(m.AccessSize, size), value=value & ((1 << (8 * size)) - 1))
-        if self._owner is not None and self._owner is asyncio.current_task():
-            return await self._trap(kind, req)
-        async with self._lock:
-            return await self._trap(kind, req)
+        return m.Ioreq(vm=self.vm.vm_id, vcpu=self.index, seq=next(self._seq), kind=int(kind), dir=int(direction),
+                       addr=addr, size=cast(m.AccessSize, size), value=value & ((1 << (8 * size)) - 1))
 
-    async def _trap(self, kind: IoreqType, req: m.Ioreq) -> int:
-        t0 = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond resolution
-        result = await self.vm.send_ioreq(req)
-        took = time.perf_counter() - t0
+    def ioreq(self, kind: IoreqType, direction: IoreqDir, addr: int, size: int, value: int = 0) -> Gen[int]:
+        """Trap: an ioreq; the thread resumes with the read value (0 for writes). A refusal ends the thread
+        (the runtime reports it as the thread's outcome, the driver's GPU reset)."""
+        result = yield Trap(self, self._req(kind, direction, addr, size, value))
+        return int(result)
+
+    def try_ioreq(self, kind: IoreqType, direction: IoreqDir, addr: int, size: int,
+                  value: int = 0) -> Gen[int | Refusal]:
+        """:meth:`ioreq`, resumed with the Refusal instead of ending the thread when the host refuses it."""
+        result = yield Trap(self, self._req(kind, direction, addr, size, value), tolerate=True)
+        return result if isinstance(result, Refusal) else int(result)
+
+    def completed(self, trap: Trap, took: float) -> None:
+        """The runtime's report of a completed trap: count it and its round trip."""
+        kind = IoreqType(trap.req.kind)
         self.vm.rtt.hists[kind].record_s(took)
-        if trace.on:
-            trace.complete(f"ioreq {kind.name}", "ioreq", trace.now_us() - took * 1e6, took * 1e6, tid=self.vm.vm_id,
-                           vm=self.vm.vm_id, vcpu=self.index, seq=req.seq, addr=hex(req.addr))
         self.vm.ioreqs[kind.name] += 1
         self.traps += 1
-        return result
 
 
 class GuestMachine:
@@ -104,16 +86,16 @@ class GuestMachine:
         mem: the host stack's machine memory.
         ept_root: the VM's EPT root frame (from VM_CREATED).
         ram_bytes: size of guest RAM (gpa 0 .. ram_bytes-1).
-        send_ioreq: the transport to vhm.
+        rt: the runtime its threads run on (its clock is ``rt.now``).
     """
 
     def __init__(self, vm_id: int, vcpus: int, mem: MachineMemory, ept_root: int, ram_bytes: int,
-                 send_ioreq: IoreqSender) -> None:
+                 rt: Runtime) -> None:
         self.vm_id = vm_id
         self.mem = mem
         self.ept = Ept(mem, ept_root)
         self.ram_bytes = ram_bytes
-        self.send_ioreq = send_ioreq
+        self.rt = rt
         self.vcpus = [Vcpu(self, i) for i in range(vcpus)]
         self.ioreqs: Counter[str] = Counter()
         self.rtt = RttStats.new()
@@ -146,7 +128,7 @@ class GuestMachine:
     def read_u64(self, gpa: int) -> int:
         return int.from_bytes(self.read_mem(gpa, 8), "little")
 
-    async def write_mem(self, gpa: int, data: bytes, vcpu: int = 0) -> None:
+    def write_mem(self, gpa: int, data: bytes, vcpu: int = 0) -> Gen[None]:
         """Write guest memory: directly where the EPT allows writes, as WP ioreqs (8-byte pieces, naturally
         aligned) where the page is write-protected. Raises ValueError for an unmapped gpa."""
         view = memoryview(data)
@@ -161,10 +143,10 @@ class GuestMachine:
                 self.mem.write((mfn << PAGE_SHIFT) + off, view[:n])
                 self.direct_writes += 1
             else:
-                await self._write_protected(gpa, bytes(view[:n]), vcpu)
+                yield from self._write_protected(gpa, bytes(view[:n]), vcpu)
             gpa, view = gpa + n, view[n:]
 
-    async def _write_protected(self, gpa: int, data: bytes, vcpu: int) -> None:
+    def _write_protected(self, gpa: int, data: bytes, vcpu: int) -> Gen[None]:
         pos = 0
         while pos < len(data):
             a = gpa + pos
@@ -172,31 +154,31 @@ class GuestMachine:
             while size > 1 and (a % size or pos + size > len(data)):
                 size //= 2
             value = int.from_bytes(data[pos:pos + size], "little")
-            await self.vcpus[vcpu].ioreq(IoreqType.WP, IoreqDir.WRITE, a, size, value)
+            yield from self.vcpus[vcpu].ioreq(IoreqType.WP, IoreqDir.WRITE, a, size, value)
             pos += size
 
-    async def write_u32(self, gpa: int, value: int, vcpu: int = 0) -> None:
-        await self.write_mem(gpa, (value & 0xFFFF_FFFF).to_bytes(4, "little"), vcpu)
+    def write_u32(self, gpa: int, value: int, vcpu: int = 0) -> Gen[None]:
+        yield from self.write_mem(gpa, (value & 0xFFFF_FFFF).to_bytes(4, "little"), vcpu)
 
-    async def write_u64(self, gpa: int, value: int, vcpu: int = 0) -> None:
-        await self.write_mem(gpa, (value & (2**64 - 1)).to_bytes(8, "little"), vcpu)
+    def write_u64(self, gpa: int, value: int, vcpu: int = 0) -> Gen[None]:
+        yield from self.write_mem(gpa, (value & (2**64 - 1)).to_bytes(8, "little"), vcpu)
 
     # --------------------------------------------------------------------------------------- MMIO / PIO
-    async def mmio_read(self, gpa: int, size: int, vcpu: int = 0) -> int:
+    def mmio_read(self, gpa: int, size: int, vcpu: int = 0) -> Gen[int]:
         """A load from an MMIO address: an MMIO ioreq (or a plain read if the gpa is memory)."""
         if self.is_memory(gpa):
             return int.from_bytes(self.read_mem(gpa, size), "little")
-        return await self.vcpus[vcpu].ioreq(IoreqType.MMIO, IoreqDir.READ, gpa, size)
+        return (yield from self.vcpus[vcpu].ioreq(IoreqType.MMIO, IoreqDir.READ, gpa, size))
 
-    async def mmio_write(self, gpa: int, size: int, value: int, vcpu: int = 0) -> None:
+    def mmio_write(self, gpa: int, size: int, value: int, vcpu: int = 0) -> Gen[None]:
         """A store to an MMIO address: an MMIO ioreq (or a memory write if the gpa is memory)."""
         if self.is_memory(gpa):
-            await self.write_mem(gpa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), vcpu)
+            yield from self.write_mem(gpa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), vcpu)
             return
-        await self.vcpus[vcpu].ioreq(IoreqType.MMIO, IoreqDir.WRITE, gpa, size, value)
+        yield from self.vcpus[vcpu].ioreq(IoreqType.MMIO, IoreqDir.WRITE, gpa, size, value)
 
-    async def inl(self, port: int, size: int = 4, vcpu: int = 0) -> int:
-        return await self.vcpus[vcpu].ioreq(IoreqType.PIO, IoreqDir.READ, port, size)
+    def inl(self, port: int, size: int = 4, vcpu: int = 0) -> Gen[int]:
+        return (yield from self.vcpus[vcpu].ioreq(IoreqType.PIO, IoreqDir.READ, port, size))
 
-    async def outl(self, port: int, value: int, size: int = 4, vcpu: int = 0) -> None:
-        await self.vcpus[vcpu].ioreq(IoreqType.PIO, IoreqDir.WRITE, port, size, value)
+    def outl(self, port: int, value: int, size: int = 4, vcpu: int = 0) -> Gen[None]:
+        yield from self.vcpus[vcpu].ioreq(IoreqType.PIO, IoreqDir.WRITE, port, size, value)

@@ -24,7 +24,6 @@ compares it with the image it computed itself: that is its copy of what it drew.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import cmds
 from .gem import Bo
+from .runtime import Gen, Signal, sleep_until, wait_until
 
 if TYPE_CHECKING:
     from .i915 import VgpuDriver
@@ -259,67 +259,68 @@ class GuestDisplay:
         self.fbs: list[Framebuffer] = []
         self.staging: Bo | None = None
         self.batch: Bo | None = None
-        self.flip_done: asyncio.Future[None] | None = None
+        self.flip_pending = False  # PLANE_SURF written, its flip-done interrupt not yet seen
+        self.flip_done = Signal()
         self.pipe_irqs = 0
         self.pending_expected = b""  # the image of the framebuffer just drawn, shown once its flip is done
 
-    async def rd(self, off: int) -> int:
-        return await self.drv.rd(off, vcpu=self.vcpu)
+    def rd(self, off: int) -> Gen[int]:
+        return (yield from self.drv.rd(off, vcpu=self.vcpu))
 
-    async def wr(self, off: int, value: int) -> None:
-        await self.drv.wr(off, value, vcpu=self.vcpu)
+    def wr(self, off: int, value: int) -> Gen[None]:
+        yield from self.drv.wr(off, value, vcpu=self.vcpu)
 
     # --------------------------------------------------------------------------------------- AUX
-    async def aux(self, header: bytes, size: int) -> bytes:
+    def aux(self, header: bytes, size: int) -> Gen[bytes]:
         """One AUX transaction: request bytes into DATA1.., CTL with SEND_BUSY and the size, the reply back
         (intel_dp_aux_xfer). Raises DisplayError on a timeout."""
         for i in range(0, len(header), 4):
-            await self.wr(DP_AUX_CH_CTL_D + 4 + i, int.from_bytes(header[i:i + 4].ljust(4, b"\0"), "big"))
-        await self.wr(DP_AUX_CH_CTL_D, AUX_SEND_BUSY | size << AUX_SIZE_SHIFT)
-        status = await self.rd(DP_AUX_CH_CTL_D)
+            yield from self.wr(DP_AUX_CH_CTL_D + 4 + i, int.from_bytes(header[i:i + 4].ljust(4, b"\0"), "big"))
+        yield from self.wr(DP_AUX_CH_CTL_D, AUX_SEND_BUSY | size << AUX_SIZE_SHIFT)
+        status = yield from self.rd(DP_AUX_CH_CTL_D)
         if status & AUX_TIMEOUT or not status & AUX_DONE:
             raise DisplayError(f"DP AUX timed out (status {status:#x})")
         n = (status & AUX_SIZE_MASK) >> AUX_SIZE_SHIFT
         out = b""
         for i in range(0, n, 4):
-            out += (await self.rd(DP_AUX_CH_CTL_D + 4 + i)).to_bytes(4, "big")
-        await self.wr(DP_AUX_CH_CTL_D, status)  # clear the sticky done bit
+            out += ((yield from self.rd(DP_AUX_CH_CTL_D + 4 + i))).to_bytes(4, "big")
+        yield from self.wr(DP_AUX_CH_CTL_D, status)  # clear the sticky done bit
         return out[:n]
 
-    async def dpcd_read(self, addr: int, n: int) -> bytes:
-        reply = await self.aux(bytes([AUX_NATIVE_READ << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, n - 1]), 4)
+    def dpcd_read(self, addr: int, n: int) -> Gen[bytes]:
+        reply = yield from self.aux(bytes([AUX_NATIVE_READ << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, n - 1]), 4)
         if not reply or reply[0] & 0xF0:
             raise DisplayError(f"DPCD read at {addr:#x} not acknowledged")
         return reply[1:]
 
-    async def dpcd_write(self, addr: int, data: bytes) -> None:
+    def dpcd_write(self, addr: int, data: bytes) -> Gen[None]:
         header = bytes([AUX_NATIVE_WRITE << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, len(data) - 1]) + data
-        reply = await self.aux(header, len(header))
+        reply = yield from self.aux(header, len(header))
         if not reply or reply[0] & 0xF0:
             raise DisplayError(f"DPCD write at {addr:#x} not acknowledged")
 
-    async def read_edid(self) -> bytes:
+    def read_edid(self) -> Gen[bytes]:
         """drm_do_get_edid over the DDC-on-AUX adapter: start at 0x50 with MOT, 128 one-byte reads, stop."""
         mot = (AUX_I2C_READ | AUX_I2C_MOT) << 4
-        await self.aux(bytes([mot, 0, DDC_ADDR]), 3)
+        yield from self.aux(bytes([mot, 0, DDC_ADDR]), 3)
         out = bytearray()
         for _ in range(128):
-            reply = await self.aux(bytes([mot, 0, DDC_ADDR, 0]), 4)
+            reply = yield from self.aux(bytes([mot, 0, DDC_ADDR, 0]), 4)
             if len(reply) < 2 or reply[0] & 0xF0:
                 raise DisplayError("EDID read over AUX not acknowledged")
             out.append(reply[1])
-        await self.aux(bytes([AUX_I2C_READ << 4, 0, DDC_ADDR]), 3)
+        yield from self.aux(bytes([AUX_I2C_READ << 4, 0, DDC_ADDR]), 3)
         return bytes(out)
 
     # ------------------------------------------------------------------------------------- modeset
-    async def modeset(self) -> None:
+    def modeset(self) -> Gen[None]:
         """The i915 order (module docstring, steps 1-5). Raises DisplayError."""
-        if not await self.rd(SFUSE_STRAP) & SFUSE_STRAP_DDID_DETECTED or \
-                not await self.rd(SDEISR) & SDE_PORTD_HOTPLUG_CPT:
+        if not (yield from self.rd(SFUSE_STRAP)) & SFUSE_STRAP_DDID_DETECTED or \
+                not (yield from self.rd(SDEISR)) & SDE_PORTD_HOTPLUG_CPT:
             raise DisplayError("no monitor on DDI D")
-        caps = await self.dpcd_read(0x000, 15)
+        caps = yield from self.dpcd_read(0x000, 15)
         lanes = caps[2] & 0x1F
-        self.st.edid = await self.read_edid()
+        self.st.edid = yield from self.read_edid()
         mode = parse_edid(self.st.edid)
         self.st.mode = mode
         gem = self.drv.gem
@@ -328,46 +329,48 @@ class GuestDisplay:
         if self.tiled:
             stride = -(-stride // TILE_W) * TILE_W
         rows = -(-mode.height // TILE_H) * TILE_H if self.tiled else mode.height
-        self.fbs = [Framebuffer(await gem.create(stride * rows), stride, self.tiled) for _ in range(2)]
-        self.staging = await gem.create(mode.width * 4 * LINE_H * 4)
-        self.batch = await gem.create(4096)
+        self.fbs = []
+        for _ in range(2):
+            self.fbs.append(Framebuffer((yield from gem.create(stride * rows)), stride, self.tiled))
+        self.staging = yield from gem.create(mode.width * 4 * LINE_H * 4)
+        self.batch = yield from gem.create(4096)
         # link training (intel_dp_start_link_train): link rate / lane count, pattern 1, status, pattern off
-        await self.dpcd_write(0x100, bytes([0x06, 0x80 | lanes]))
-        await self.dpcd_write(0x102, bytes([0x21]))
-        status = await self.dpcd_read(0x202, 3)
+        yield from self.dpcd_write(0x100, bytes([0x06, 0x80 | lanes]))
+        yield from self.dpcd_write(0x102, bytes([0x21]))
+        status = yield from self.dpcd_read(0x202, 3)
         if status[0] & 0x11 != 0x11:
             raise DisplayError(f"link training failed: lane status {status.hex()}")
-        await self.dpcd_write(0x102, bytes([0x00]))
+        yield from self.dpcd_write(0x102, bytes([0x00]))
         # draw the first frame before it is shown
-        await self.draw(0, *pattern_frame(mode.width, mode.height, self.name))
+        yield from self.draw(0, *pattern_frame(mode.width, mode.height, self.name))
         # the pipe: DDI buffer, transcoder timings, link M/N, DDI function, TRANSCONF
-        await self.wr(DDI_BUF_CTL_D, DDI_BUF_CTL_ENABLE)
-        await self.wr(HTOTAL_A, (mode.htotal - 1) << 16 | (mode.width - 1))
-        await self.wr(HBLANK_A, (mode.htotal - 1) << 16 | (mode.width - 1))
-        await self.wr(HSYNC_A, (mode.hsync_end - 1) << 16 | (mode.hsync_start - 1))
-        await self.wr(VTOTAL_A, (mode.vtotal - 1) << 16 | (mode.height - 1))
-        await self.wr(VBLANK_A, (mode.vtotal - 1) << 16 | (mode.height - 1))
-        await self.wr(VSYNC_A, (mode.vsync_end - 1) << 16 | (mode.vsync_start - 1))
-        await self.wr(PIPESRC_A, (mode.width - 1) << 16 | (mode.height - 1))
-        await self.wr(PIPE_LINK_M1_A, round(mode.clock_khz * LINK_N / DP_LINK_SYMBOL_KHZ))
-        await self.wr(PIPE_LINK_N1_A, LINK_N)
-        await self.wr(TRANS_DDI_FUNC_CTL_A, TRANS_DDI_DP_D_SST)
-        await self.wr(TRANSCONF_A, TRANSCONF_ENABLE)
+        yield from self.wr(DDI_BUF_CTL_D, DDI_BUF_CTL_ENABLE)
+        yield from self.wr(HTOTAL_A, (mode.htotal - 1) << 16 | (mode.width - 1))
+        yield from self.wr(HBLANK_A, (mode.htotal - 1) << 16 | (mode.width - 1))
+        yield from self.wr(HSYNC_A, (mode.hsync_end - 1) << 16 | (mode.hsync_start - 1))
+        yield from self.wr(VTOTAL_A, (mode.vtotal - 1) << 16 | (mode.height - 1))
+        yield from self.wr(VBLANK_A, (mode.vtotal - 1) << 16 | (mode.height - 1))
+        yield from self.wr(VSYNC_A, (mode.vsync_end - 1) << 16 | (mode.vsync_start - 1))
+        yield from self.wr(PIPESRC_A, (mode.width - 1) << 16 | (mode.height - 1))
+        yield from self.wr(PIPE_LINK_M1_A, round(mode.clock_khz * LINK_N / DP_LINK_SYMBOL_KHZ))
+        yield from self.wr(PIPE_LINK_N1_A, LINK_N)
+        yield from self.wr(TRANS_DDI_FUNC_CTL_A, TRANS_DDI_DP_D_SST)
+        yield from self.wr(TRANSCONF_A, TRANSCONF_ENABLE)
         # flip-done interrupts of pipe A (vblank stays masked: nobody waits for it)
-        await self.wr(DE_PIPE_A_IIR, 0xFFFF_FFFF)
-        await self.wr(DE_PIPE_A_IER, PIPE_A_FLIP_DONE)
-        await self.wr(DE_PIPE_A_IMR, 0xFFFF_FFFF & ~PIPE_A_FLIP_DONE)
+        yield from self.wr(DE_PIPE_A_IIR, 0xFFFF_FFFF)
+        yield from self.wr(DE_PIPE_A_IER, PIPE_A_FLIP_DONE)
+        yield from self.wr(DE_PIPE_A_IMR, 0xFFFF_FFFF & ~PIPE_A_FLIP_DONE)
         # the plane: stride (64-byte units linear, tiles X), position, size, control, then the surface
         fb0 = self.fbs[0]
-        await self.wr(PLANE_STRIDE_1_A, fb0.stride // (TILE_W if self.tiled else 64))
-        await self.wr(PLANE_POS_1_A, 0)
-        await self.wr(PLANE_SIZE_1_A, (mode.height - 1) << 16 | (mode.width - 1))
-        await self.wr(PLANE_CTL_1_A, PLANE_CTL_ENABLE | PLANE_CTL_FORMAT_XRGB_8888
-                      | (PLANE_CTL_TILED_X if self.tiled else 0))
-        await self.flip(0)
+        yield from self.wr(PLANE_STRIDE_1_A, fb0.stride // (TILE_W if self.tiled else 64))
+        yield from self.wr(PLANE_POS_1_A, 0)
+        yield from self.wr(PLANE_SIZE_1_A, (mode.height - 1) << 16 | (mode.width - 1))
+        yield from self.wr(PLANE_CTL_1_A, PLANE_CTL_ENABLE | PLANE_CTL_FORMAT_XRGB_8888
+                           | (PLANE_CTL_TILED_X if self.tiled else 0))
+        yield from self.flip(0)
 
     # ------------------------------------------------------------------------------------- drawing
-    async def draw(self, index: int, ops: list[Op], lines: list[tuple[str, int, int]]) -> None:
+    def draw(self, index: int, ops: list[Op], lines: list[tuple[str, int, int]]) -> Gen[None]:
         """Draw ``ops`` into framebuffer ``index`` with the blitter, then verify it in guest RAM against the
         image computed here. Raises DriverError (a GPU hang) or counts a verification failure."""
         assert self.st.mode is not None and self.staging is not None and self.batch is not None
@@ -375,7 +378,7 @@ class GuestDisplay:
         m = self.drv.machine
         fbo = self.fbs[index]
         staging_rows = [render_text(t, w, fg, bg) for t, fg, bg in lines]
-        await m.write_mem(self.staging.gpa, b"".join(staging_rows), self.vcpu)
+        yield from m.write_mem(self.staging.gpa, b"".join(staging_rows), self.vcpu)
         pitch_field = fbo.stride // 4 if fbo.tiled else fbo.stride
         body: list[int] = []
         expected = bytearray(fbo.stride * h)
@@ -396,9 +399,9 @@ class GuestDisplay:
             if fbo.tiled:
                 cmd[0] |= XY_DST_TILED
             body += cmd
-        await m.write_mem(self.batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), self.vcpu)
-        await self.drv.submit(self.ENGINE, cmds.batch_buffer_start(self.batch.gm) + [cmds.MI_USER_INTERRUPT],
-                              vcpu=self.vcpu, wait_user_irq=True)
+        yield from m.write_mem(self.batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), self.vcpu)
+        yield from self.drv.submit(self.ENGINE, cmds.batch_buffer_start(self.batch.gm) + [cmds.MI_USER_INTERRUPT],
+                                   vcpu=self.vcpu, wait_user_irq=True)
         self.st.frames_drawn += 1
         got = m.read_mem(fbo.bo.gpa, fbo.bo.size)[:fbo.stride * (-(-h // TILE_H) * TILE_H if fbo.tiled else h)]
         if fbo.tiled:
@@ -414,37 +417,37 @@ class GuestDisplay:
             self.st.frames_verified += 1
         self.pending_expected = bytes(expected)
 
-    async def flip(self, index: int, timeout: float = 2.0) -> None:
+    def flip(self, index: int, timeout: float = 2.0) -> Gen[None]:
         """Write PLANE_SURF and wait for the flip-done interrupt (raised by the host at the next vblank)."""
-        loop = asyncio.get_running_loop()
-        self.flip_done = loop.create_future()
-        t0 = time.perf_counter()
-        await self.wr(PLANE_SURF_1_A, self.fbs[index].bo.gm)
+        rt = self.drv.machine.rt
+        self.flip_pending = True  # before the write: the flip-done interrupt may come in before it returns
+        t0 = rt.now
+        yield from self.wr(PLANE_SURF_1_A, self.fbs[index].bo.gm)
         try:
-            await asyncio.wait_for(asyncio.shield(self.flip_done), timeout)
-        except TimeoutError:
-            raise DisplayError(f"flip to framebuffer {index} not done in {timeout}s") from None
+            if not (yield from wait_until(self.flip_done, lambda: not self.flip_pending, rt.now + timeout)):
+                raise DisplayError(f"flip to framebuffer {index} not done in {timeout}s")
         finally:
-            self.flip_done = None
-        self.st.flip_wait_ms.append((time.perf_counter() - t0) * 1000)
+            self.flip_pending = False
+        self.st.flip_wait_ms.append((rt.now - t0) * 1000)
         del self.st.flip_wait_ms[:-256]
         self.st.flips += 1
         self.st.shown = index
         self.st.expected = self.pending_expected
 
-    async def on_pipe_irq(self) -> None:
+    def on_pipe_irq(self) -> Gen[None]:
         """Called by the driver's MSI handler when the master register shows DE pipe A: ack its IIR and
         complete a waiting flip."""
-        iir = await self.rd(DE_PIPE_A_IIR)
+        iir = yield from self.rd(DE_PIPE_A_IIR)
         if not iir:
             return
-        await self.wr(DE_PIPE_A_IIR, iir)
+        yield from self.wr(DE_PIPE_A_IIR, iir)
         self.pipe_irqs += 1
-        if iir & PIPE_A_FLIP_DONE and self.flip_done is not None and not self.flip_done.done():
-            self.flip_done.set_result(None)
+        if iir & PIPE_A_FLIP_DONE and self.flip_pending:
+            self.flip_pending = False
+            self.flip_done.fire()
 
     # ---------------------------------------------------------------------------------------- loop
-    async def run(self, workloads: Callable[[], int], fps: float = 4.0, frames: int = 0) -> None:
+    def run(self, workloads: Callable[[], int], fps: float = 4.0, frames: int = 0) -> Gen[None]:
         """Draw and flip animated frames at ``fps`` (the first one after the test pattern), ``frames`` of
         them (0: until cancelled). Pacing is a frame timer, not a synchronisation: each flip itself waits
         for its flip-done interrupt."""
@@ -452,19 +455,18 @@ class GuestDisplay:
         w, h = self.st.mode.width, self.st.mode.height
         period = 1.0 / fps if fps > 0 else 0.0
         n = 0
-        loop = asyncio.get_running_loop()
-        next_t = loop.time()
+        rt = self.drv.machine.rt
+        next_t = rt.now
         while frames == 0 or n < frames:
             n += 1
             back = 1 - self.st.shown
-            await self.draw(back, *animated_frame(w, h, self.name, workloads(), n, time.time()))
-            await self.flip(back)
+            yield from self.draw(back, *animated_frame(w, h, self.name, workloads(), n, rt.now + rt.wall_offset))
+            yield from self.flip(back)
             next_t += period
-            delay = next_t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if next_t > rt.now:
+                yield from sleep_until(next_t)
             else:
-                next_t = loop.time()
+                next_t = rt.now
 
     def summary(self) -> dict[str, Any]:
         st = self.st

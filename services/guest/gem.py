@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .cpu import GuestMachine
 from .regs import GEN8_PTE_PRESENT, GGTT_OFFSET
+from .runtime import Gen
 
 
 @dataclass
@@ -55,23 +56,23 @@ class Gem:
         self.high = RangeAllocator(nonmappable[0], nonmappable[0] + nonmappable[1], "non-mappable GM")
         self.ptes_written = 0
 
-    async def create(self, size: int, mappable: bool = False) -> Bo:
+    def create(self, size: int, mappable: bool = False) -> Gen[Bo]:
         """Allocate and bind a buffer object of ``size`` bytes (rounded to pages), zero-filled."""
         size = (size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
         gpa = self.ram.alloc(size)
         gm = (self.low if mappable else self.high).alloc(size)
         bo = Bo(gpa, gm, size, mappable)
-        await self.machine.write_mem(gpa, bytes(size))
+        yield from self.machine.write_mem(gpa, bytes(size))
         for i in range(bo.pages):
-            await self.bind_page(gm + (i << PAGE_SHIFT), (gpa >> PAGE_SHIFT) + i)
+            yield from self.bind_page(gm + (i << PAGE_SHIFT), (gpa >> PAGE_SHIFT) + i)
         return bo
 
-    async def bind_page(self, gm: int, gfn: int) -> None:
+    def bind_page(self, gm: int, gfn: int) -> Gen[None]:
         """Write the gen8 GGTT PTE for one page (an 8-byte MMIO write into BAR0 + 8 MB)."""
         pte_gpa = self.bar0 + GGTT_OFFSET + (gm >> PAGE_SHIFT) * 8
-        await self.machine.mmio_write(pte_gpa, 8, (gfn << PAGE_SHIFT) | GEN8_PTE_PRESENT)
+        yield from self.machine.mmio_write(pte_gpa, 8, (gfn << PAGE_SHIFT) | GEN8_PTE_PRESENT)
         self.ptes_written += 1
 
-    async def read_pte(self, gm: int) -> int:
+    def read_pte(self, gm: int) -> Gen[int]:
         """Read back a GGTT entry (GVT returns the guest's value)."""
-        return await self.machine.mmio_read(self.bar0 + GGTT_OFFSET + (gm >> PAGE_SHIFT) * 8, 8)
+        return (yield from self.machine.mmio_read(self.bar0 + GGTT_OFFSET + (gm >> PAGE_SHIFT) * 8, 8))

@@ -22,10 +22,9 @@ runs are non-privileged PPGTT batches.
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import cmds
@@ -35,6 +34,7 @@ from .pci import PciDevice
 from .pv import PvChannel, PvResult
 from .pv import setup as pv_setup
 from .ppgtt import GuestPpgtt
+from .runtime import Gen, Lock, Signal, wait_until
 from . import regs as r
 
 RING_SIZE = 4 * 4096
@@ -51,15 +51,15 @@ class DriverError(RuntimeError):
     """The vGPU misbehaved (wrong magic, bad balloon, a hang): the guest would reset the GPU."""
 
 
-async def ppgtt_notify_vgt(write: Callable[[int, int], Awaitable[None]], ppgtt: GuestPpgtt, create: bool) -> None:
+def ppgtt_notify_vgt(write: Callable[[int, int], Gen[None]], ppgtt: GuestPpgtt, create: bool) -> Gen[None]:
     """gen8_ppgtt_notify_vgt (i915 gen8_ppgtt.c gen8_ppgtt_notify_vgt): 4-level => pdp[0] = the PML4; 3-level =>
     pdp[0..3] = the page directories; then g2v_notify = L3/L4 CREATE or DESTROY. ``write(offset, value)`` is a 32-bit
     MMIO write at BAR0 + offset (the caller serialises notifications, as i915 does under vgpu.lock)."""
     roots = ppgtt.roots[:1] if ppgtt.levels == 4 else ppgtt.roots
     for i, root in enumerate(roots):
-        await write(PV_PDP0_LO + 8 * i, root & 0xFFFF_FFFF)
-        await write(PV_PDP0_LO + 8 * i + 4, root >> 32)
-    await write(r.PV_G2V_NOTIFY, G2V_PPGTT[(ppgtt.levels, create)])
+        yield from write(PV_PDP0_LO + 8 * i, root & 0xFFFF_FFFF)
+        yield from write(PV_PDP0_LO + 8 * i + 4, root >> 32)
+    yield from write(r.PV_G2V_NOTIFY, G2V_PPGTT[(ppgtt.levels, create)])
 
 
 @dataclass
@@ -93,9 +93,10 @@ class EngineState:
     csb_head: int = 5  # i915 starts at the last entry so the first event lands in entry 0 (wp reset 7)
     ppgtt_ctx: PpgttContext | None = None
     inflight_ctx: int = 0  # context id of the request in flight (the default or the PPGTT context)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: asyncio.Future[None] | None = None
-    user_wait: asyncio.Future[None] | None = None
+    lock: Lock = field(default_factory=Lock)
+    pending: bool = False  # a request waits for its context_complete
+    user_pending: bool = False  # ... and for its MI_USER_INTERRUPT
+    done: Signal = field(default_factory=Signal)  # fired by the interrupt handler when either one arrives
     pv_wait_seq: int = 0  # PV submission in flight: the slot seq whose done_seq completes it
     user_irqs: int = 0
     csb_events: list[int] = field(default_factory=list)
@@ -108,11 +109,10 @@ class VgpuDriver:
     """Drives one vGPU of one VM. ``engines`` are the engines this VM uses."""
 
     def __init__(self, machine: GuestMachine, gpu: PciDevice, engines: tuple[str, ...] = ("rcs", "bcs"),
-                 log: Any = None, ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
+                 ram_reserved: int = 1 << 20, enable_pvmmio: int = 0) -> None:
         self.machine = machine
         self.gpu = gpu
         self.bar0 = gpu.bar0
-        self.log = log
         self.ram_reserved = ram_reserved
         self.engines: dict[str, EngineState] = {}
         for i, name in enumerate(engines):
@@ -121,129 +121,129 @@ class VgpuDriver:
         self.caps = 0
         self.want_pvmmio = enable_pvmmio  # this guest's i915.enable_pvmmio (ACRN)
         self.pvmmio = 0  # the PVMMIO levels gvt granted (PVINFO enable_pvmmio read back)
-        self.pvmmio_lock = asyncio.Lock()  # the shared page's elsp_data, from fill to the consuming ELSP write
+        self.pvmmio_lock = Lock()  # the shared page's elsp_data, from fill to the consuming ELSP write
         self.vgt_id = 0
         self.fences = 0
         self.mem_latency = 0  # what the pcode mailbox answered for the memory latency (skl_read_wm_latency)
         self.balloon: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.gem: Gem | None = None
         self.msis = 0
-        self.irq_lock = asyncio.Lock()
+        self.irq_lock = Lock()
         self.ready = False
         self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
         self.pv: PvChannel | None = None  # the PV shared page, when the host accepted one (pv.py)
         self.pv_result: PvResult | None = None
         self.submission_traps: Counter[int] = Counter()  # traps taken per submission -> how many times
         self.hangcheck_period = 0.5
-        self.pv_lock = asyncio.Lock()  # i915 vgpu.lock: one PVINFO notification at a time
+        self.pv_lock = Lock()  # i915 vgpu.lock: one PVINFO notification at a time
         self.display: Any = None  # the GuestDisplay when the VM has a screen (display.py)
 
     # ----------------------------------------------------------------------------------------- helpers
-    async def rd(self, off: int, size: int = 4, vcpu: int = 0) -> int:
-        return await self.machine.mmio_read(self.bar0 + off, size, vcpu)
+    def rd(self, off: int, size: int = 4, vcpu: int = 0) -> Gen[int]:
+        return (yield from self.machine.mmio_read(self.bar0 + off, size, vcpu))
 
-    async def wr(self, off: int, value: int, size: int = 4, vcpu: int = 0) -> None:
-        await self.machine.mmio_write(self.bar0 + off, size, value, vcpu)
+    def wr(self, off: int, value: int, size: int = 4, vcpu: int = 0) -> Gen[None]:
+        yield from self.machine.mmio_write(self.bar0 + off, size, value, vcpu)
 
-    async def enable_pv(self, version: int = 1, corrupt: bool = False) -> PvResult:
+    def enable_pv(self, version: int = 1, corrupt: bool = False) -> Gen[PvResult]:
         """Try the PV shared page (after init); on any refusal the driver stays on the trap path."""
-        self.pv, self.pv_result = await pv_setup(self, version=version, corrupt=corrupt)
+        self.pv, self.pv_result = yield from pv_setup(self, version=version, corrupt=corrupt)
         return self.pv_result
 
     # -------------------------------------------------------------------------------------------- init
-    async def init(self, modeset: Callable[[], Awaitable[None]] | None = None) -> None:
+    def init(self, modeset: Callable[[], Gen[None]] | None = None) -> Gen[None]:
         """The i915 probe order for a vGPU. Raises DriverError if the device is not a usable vGPU.
         ``modeset`` (display.py) runs after the engines are up and before ``display_ready`` is written,
         as i915 writes it once its display is initialised."""
-        magic = await self.rd(r.PV_MAGIC, 8)
+        magic = yield from self.rd(r.PV_MAGIC, 8)
         if magic != r.VGT_MAGIC:
             raise DriverError(f"not a vGPU: PVINFO magic {magic:#x}")
-        major = await self.rd(r.PV_VERSION_MAJOR, 2)
+        major = yield from self.rd(r.PV_VERSION_MAJOR, 2)
         if major < 1:
             raise DriverError(f"VGT interface version mismatch: {major}")
-        self.caps = await self.rd(r.PV_VGT_CAPS)
-        self.vgt_id = await self.rd(r.PV_VGT_ID)
+        self.caps = yield from self.rd(r.PV_VGT_CAPS)
+        self.vgt_id = yield from self.rd(r.PV_VGT_ID)
         if self.want_pvmmio:  # ACRN: ask through vgt_if, use only what the host leaves in the field
-            await self.wr(r.PV_ENABLE_PVMMIO, self.want_pvmmio)
-            self.pvmmio = await self.rd(r.PV_ENABLE_PVMMIO)
+            yield from self.wr(r.PV_ENABLE_PVMMIO, self.want_pvmmio)
+            self.pvmmio = yield from self.rd(r.PV_ENABLE_PVMMIO)
         # GGTT ballooning: the four registers, in order (intel_vgt_balloon)
-        mbase = await self.rd(r.PV_MAPPABLE_BASE)
-        msize = await self.rd(r.PV_MAPPABLE_SIZE)
-        ubase = await self.rd(r.PV_NONMAPPABLE_BASE)
-        usize = await self.rd(r.PV_NONMAPPABLE_SIZE)
+        mbase = yield from self.rd(r.PV_MAPPABLE_BASE)
+        msize = yield from self.rd(r.PV_MAPPABLE_SIZE)
+        ubase = yield from self.rd(r.PV_NONMAPPABLE_BASE)
+        usize = yield from self.rd(r.PV_NONMAPPABLE_SIZE)
         ggtt_mappable_end = self.gpu.bar2_size
         if mbase + msize > ggtt_mappable_end or ubase < ggtt_mappable_end or msize == 0 or usize == 0:
             raise DriverError(f"Invalid ballooning configuration {mbase:#x}+{msize:#x} {ubase:#x}+{usize:#x}")
         self.balloon = (mbase, msize, ubase, usize)
-        self.fences = await self.rd(r.PV_FENCE_NUM)
-        await self._init_power()
+        self.fences = yield from self.rd(r.PV_FENCE_NUM)
+        yield from self._init_power()
         # interrupts: unmask and enable user + context-switch events of our engines, then the master
         groups: dict[int, int] = {}
         for e in self.engines.values():
             groups[e.gt] = groups.get(e.gt, 0) | 1 << e.user_bit | 1 << e.ctx_bit
         for gt, bits in groups.items():
-            await self.wr(r.GT_IIR(gt), 0xFFFF_FFFF)  # clear stale events (write one to clear)
-            await self.wr(r.GT_IER(gt), bits)
-            await self.wr(r.GT_IMR(gt), 0xFFFF_FFFF & ~bits)
-        await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
+            yield from self.wr(r.GT_IIR(gt), 0xFFFF_FFFF)  # clear stale events (write one to clear)
+            yield from self.wr(r.GT_IER(gt), bits)
+            yield from self.wr(r.GT_IMR(gt), 0xFFFF_FFFF & ~bits)
+        yield from self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
         # execlists on (PVINFO has been read, so GVT trusts us)
         for e in self.engines.values():
-            await self.wr(e.base + r.RING_MODE, r.masked_enable(r.GFX_RUN_LIST_ENABLE))
+            yield from self.wr(e.base + r.RING_MODE, r.masked_enable(r.GFX_RUN_LIST_ENABLE))
         self.gem = Gem(self.machine, self.bar0, self.ram_reserved, (mbase, msize), (ubase, usize))
         for e in self.engines.values():
-            await self._create_context(e)
-            await self._init_hwsp(e)
+            yield from self._create_context(e)
+            yield from self._init_hwsp(e)
         if modeset is not None:
-            await modeset()
-        await self.wr(r.PV_DISPLAY_READY, 1)
+            yield from modeset()
+        yield from self.wr(r.PV_DISPLAY_READY, 1)
         self.ready = True
 
-    async def _wait_for(self, off: int, mask: int, want: int, what: str, tries: int = 10) -> int:
+    def _wait_for(self, off: int, mask: int, want: int, what: str, tries: int = 10) -> Gen[int]:
         """intel_wait_for_register: poll until ``reg & mask == want`` (a device that never answers is an
         error, as i915's timeout is)."""
         for _ in range(tries):
-            value = await self.rd(off)
+            value = yield from self.rd(off)
             if value & mask == want:
                 return value
         raise DriverError(f"{what}: register {off:#x} never reached {want:#x} under mask {mask:#x}")
 
-    async def _init_power(self) -> None:
+    def _init_power(self) -> Gen[None]:
         """The gen9 bring-up i915 does before it touches the engines (gvt/handlers.c answers each one as
         the hardware would): render forcewake taken and acked (intel_uncore forcewake get), power well 1 and
         misc IO requested and powered (skl_display_core_init), the DBUF powered (gen9_dbuf_enable), the
         memory latency read through the pcode mailbox (skl_read_wm_latency), forcewake released."""
-        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.masked_enable(r.FORCEWAKE_KERNEL))
-        await self._wait_for(r.FORCEWAKE_ACK_RENDER_GEN9, r.FORCEWAKE_KERNEL, r.FORCEWAKE_KERNEL, "forcewake ack")
-        await self.wr(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_REQ | r.SKL_MISC_IO_REQ)
-        await self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
-                             r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1")
-        await self.wr(r.DBUF_CTL, r.DBUF_POWER_REQUEST)
-        await self._wait_for(r.DBUF_CTL, r.DBUF_POWER_STATE, r.DBUF_POWER_STATE, "DBUF power")
-        await self.wr(r.GEN6_PCODE_DATA, 0)
-        await self.wr(r.GEN6_PCODE_DATA1, 0)
-        await self.wr(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY | r.GEN9_PCODE_READ_MEM_LATENCY)
-        await self._wait_for(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY, 0, "pcode mailbox")
-        self.mem_latency = await self.rd(r.GEN6_PCODE_DATA)
-        await self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16)  # _MASKED_BIT_DISABLE: forcewake put
+        yield from self.wr(r.FORCEWAKE_RENDER_GEN9, r.masked_enable(r.FORCEWAKE_KERNEL))
+        yield from self._wait_for(r.FORCEWAKE_ACK_RENDER_GEN9, r.FORCEWAKE_KERNEL, r.FORCEWAKE_KERNEL, "forcewake ack")
+        yield from self.wr(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_REQ | r.SKL_MISC_IO_REQ)
+        yield from self._wait_for(r.HSW_PWR_WELL_CTL2, r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE,
+                                  r.SKL_PW1_STATE | r.SKL_MISC_IO_STATE, "power well 1")
+        yield from self.wr(r.DBUF_CTL, r.DBUF_POWER_REQUEST)
+        yield from self._wait_for(r.DBUF_CTL, r.DBUF_POWER_STATE, r.DBUF_POWER_STATE, "DBUF power")
+        yield from self.wr(r.GEN6_PCODE_DATA, 0)
+        yield from self.wr(r.GEN6_PCODE_DATA1, 0)
+        yield from self.wr(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY | r.GEN9_PCODE_READ_MEM_LATENCY)
+        yield from self._wait_for(r.GEN6_PCODE_MAILBOX, r.GEN6_PCODE_READY, 0, "pcode mailbox")
+        self.mem_latency = yield from self.rd(r.GEN6_PCODE_DATA)
+        yield from self.wr(r.FORCEWAKE_RENDER_GEN9, r.FORCEWAKE_KERNEL << 16)  # _MASKED_BIT_DISABLE: forcewake put
 
-    async def _init_hwsp(self, e: EngineState) -> None:
+    def _init_hwsp(self, e: EngineState) -> Gen[None]:
         """The engine's status page (intel_engine_init_status_page + RING_HWS_PGA), its CSB write pointer
         reset to 7 (reset_csb_pointers). With VGT_CAPS_HWSP_EMULATION GVT mirrors the CSB there."""
         assert self.gem is not None
-        e.hwsp = await self.gem.create(4096)
-        await self.machine.write_u32(e.hwsp.gpa + r.HWS_CSB_WRITE, 7)
-        await self.wr(e.base + r.RING_HWS_PGA, e.hwsp.gm)
+        e.hwsp = yield from self.gem.create(4096)
+        yield from self.machine.write_u32(e.hwsp.gpa + r.HWS_CSB_WRITE, 7)
+        yield from self.wr(e.base + r.RING_HWS_PGA, e.hwsp.gm)
 
-    async def _create_context(self, e: EngineState) -> None:
+    def _create_context(self, e: EngineState) -> Gen[None]:
         """The engine's default context (no PPGTT: its PDPs are zero)."""
-        e.context, e.ring = await self._new_lrc(e, (0, 0, 0, 0))
+        e.context, e.ring = yield from self._new_lrc(e, (0, 0, 0, 0))
 
-    async def _new_lrc(self, e: EngineState, pdps: tuple[int, int, int, int]) -> tuple[Bo, Bo]:
+    def _new_lrc(self, e: EngineState, pdps: tuple[int, int, int, int]) -> Gen[tuple[Bo, Bo]]:
         """An LRC: page 0 PPHWSP, page 1 the ring-context register state (LRI format) with these PDP
         values, plus a ring buffer."""
         assert self.gem is not None
-        ring = await self.gem.create(RING_SIZE)
-        context = await self.gem.create(2 * 4096)
+        ring = yield from self.gem.create(RING_SIZE)
+        context = yield from self.gem.create(2 * 4096)
         state = context.gpa + 4096
         image = bytearray(4096)
 
@@ -269,37 +269,37 @@ class VgpuDriver:
             put(ldw_off - 4, e.base + ldw_reg)
             put(udw_off, pdps[n] >> 32)
             put(ldw_off, pdps[n])
-        await self.machine.write_mem(state, bytes(image))
+        yield from self.machine.write_mem(state, bytes(image))
         return context, ring
 
-    async def alloc_table_page(self) -> int:
+    def alloc_table_page(self) -> int:
         """A page of guest RAM for a page table (not bound in the GGTT: only the GPU's PPGTT walk and
         GVT's shadowing read it)."""
         assert self.gem is not None
         return self.gem.ram.alloc(4096)
 
-    async def create_ppgtt_context(self, engine: str, levels: int = 3, vcpu: int = 0) -> PpgttContext:
+    def create_ppgtt_context(self, engine: str, levels: int = 3, vcpu: int = 0) -> Gen[PpgttContext]:
         """Give ``engine`` a PPGTT context: the page tables (top level), the g2v CREATE notification,
         then the LRC whose PDP values are the guest-physical roots. Idempotent."""
         e = self.engines[engine]
         if e.ppgtt_ctx is not None:
             return e.ppgtt_ctx
         ppgtt = GuestPpgtt(self.machine, self.alloc_table_page, levels)
-        await ppgtt.create(vcpu)
-        async with self.pv_lock:
-            await ppgtt_notify_vgt(self.wr, ppgtt, create=True)
-        context, ring = await self._new_lrc(e, ppgtt.roots)
+        yield from ppgtt.create(vcpu)
+        with (yield from self.pv_lock.hold()):
+            yield from ppgtt_notify_vgt(self.wr, ppgtt, create=True)
+        context, ring = yield from self._new_lrc(e, ppgtt.roots)
         e.ppgtt_ctx = PpgttContext(ppgtt, context, ring, PPGTT_CTX_ID_BASE + list(self.engines).index(engine))
         return e.ppgtt_ctx
 
-    async def destroy_ppgtt_contexts(self) -> None:
+    def destroy_ppgtt_contexts(self) -> Gen[None]:
         """Teardown: g2v DESTROY for every PPGTT context (GVT drops its reference and, with it, the
         shadow tables and their write protection)."""
         for e in self.engines.values():
             if e.ppgtt_ctx is None:
                 continue
-            async with e.lock, self.pv_lock:
-                await ppgtt_notify_vgt(self.wr, e.ppgtt_ctx.ppgtt, create=False)
+            with (yield from e.lock.hold()), (yield from self.pv_lock.hold()):
+                yield from ppgtt_notify_vgt(self.wr, e.ppgtt_ctx.ppgtt, create=False)
             e.ppgtt_ctx = None
 
     # ------------------------------------------------------------------------------------------ submit
@@ -312,9 +312,9 @@ class VgpuDriver:
         ldw = r.DESC_VALID | mode | r.DESC_PRIVILEGE | (c.context.gm & ~0xFFF)
         return c.ctx_id << 32 | ldw
 
-    async def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
+    def submit(self, engine: str, commands: list[int], timeout: float | None = None, vcpu: int = 0,
                      wait_user_irq: bool = False, ppgtt: bool = False,
-                     wa: tuple[int, int, int | None] | None = None) -> None:
+                     wa: tuple[int, int, int | None] | None = None) -> Gen[None]:
         """Append commands to the engine's ring, submit through ELSP, wait for context_complete and, if the
         commands end with MI_USER_INTERRUPT, for that interrupt too (as i915 waits on a request's
         breadcrumb interrupt), so one request's interrupt is never merged with the next one's in IIR.
@@ -329,121 +329,123 @@ class VgpuDriver:
         if c is None:
             raise DriverError(f"{engine}: no PPGTT context")
         assert c.ring is not None and c.context is not None
-        async with e.lock:
+        with (yield from e.lock.hold()):
             data = cmds.to_bytes(commands + ([cmds.MI_NOOP] if len(commands) % 2 else []))  # qword-aligned tail
             if c.tail + len(data) > RING_SIZE:  # wrap: pad with NOOPs to the end, start over at 0
-                await self.machine.write_mem(c.ring.gpa + c.tail, bytes(RING_SIZE - c.tail), vcpu)
-                await self._set_ring(c.context, head=0, tail=0, vcpu=vcpu)
+                yield from self.machine.write_mem(c.ring.gpa + c.tail, bytes(RING_SIZE - c.tail), vcpu)
+                yield from self._set_ring(c.context, head=0, tail=0, vcpu=vcpu)
                 c.tail = 0
-            await self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
+            yield from self.machine.write_mem(c.ring.gpa + c.tail, data, vcpu)
             c.tail = (c.tail + len(data)) % RING_SIZE  # intel_ring_wrap: a ring filled to its end goes on at 0
-            await self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
+            yield from self.machine.write_u32(c.context.gpa + 4096 + r.CTX_RING_TAIL_VAL, c.tail, vcpu)
             if wa is not None:
-                await self._set_wa(c.context, wa, vcpu)
-            loop = asyncio.get_running_loop()
-            e.pending = loop.create_future()
-            e.user_wait = loop.create_future() if wait_user_irq else None
+                yield from self._set_wa(c.context, wa, vcpu)
+            e.pending = True
+            e.user_pending = wait_user_irq
             e.inflight_ctx = c.ctx_id
             desc = self.descriptor(e, ppgtt)
             if isinstance(c, PpgttContext):  # ppgtt: the engine's PPGTT context
                 if self.pv is not None and self.pv.ppgtt:
                     for lo, hi in c.ppgtt.dirty:  # PV PPGTT: one update per edited range, no WP fault per entry
-                        await self.pv.ppgtt_update(c.ppgtt.roots[0], lo, hi - lo, vcpu)
+                        yield from self.pv.ppgtt_update(c.ppgtt.roots[0], lo, hi - lo, vcpu)
                 c.ppgtt.dirty.clear()
             vc = self.machine.vcpus[vcpu]
-            async with vc.irqs_off():  # the submission's traps, with nothing interleaved on this vCPU
+            with (yield from vc.irqs_off()):  # the submission's traps, with nothing interleaved on this vCPU
                 before = vc.traps
                 if self.pv is not None and self.pv.submission:
-                    e.pv_wait_seq = await self.pv.submit(engine, desc, 0, vcpu)
+                    e.pv_wait_seq = yield from self.pv.submit(engine, desc, 0, vcpu)
                 elif self.pvmmio & r.PVMMIO_ELSP_SUBMIT:  # ACRN PVMMIO: 3 dwords in the shared page, 1 trap
                     # one elsp_data for every engine of the vGPU: a submission on another engine (another
                     # vCPU) must not rewrite it between these writes and the ELSP write that consumes it
-                    async with self.pvmmio_lock:
+                    with (yield from self.pvmmio_lock.hold()):
                         shared = self.bar0 + r.PVMMIO_SHARED_PAGE + r.PVMMIO_ELSP_DATA
                         for i, value in enumerate((0, 0, desc >> 32)):
-                            await self.machine.mmio_write(shared + 4 * i, 4, value, vcpu)
-                        await self.wr(e.base + r.ELSP, desc & 0xFFFF_FFFF, vcpu=vcpu)
+                            yield from self.machine.mmio_write(shared + 4 * i, 4, value, vcpu)
+                        yield from self.wr(e.base + r.ELSP, desc & 0xFFFF_FFFF, vcpu=vcpu)
                 else:
                     for value in (0, 0, desc >> 32, desc & 0xFFFF_FFFF):  # element 1 (invalid), element 0
-                        await self.wr(e.base + r.ELSP, value, vcpu=vcpu)
+                        yield from self.wr(e.base + r.ELSP, value, vcpu=vcpu)
                 self.submission_traps[vc.traps - before] += 1
             try:
-                await self._hangcheck_wait(e, timeout if timeout is not None else self.hang_timeout)
-            finally:
-                e.pending = None
-                e.user_wait = None
+                yield from self._hangcheck_wait(e, timeout if timeout is not None else self.hang_timeout)
+            except DriverError:
                 if wa is not None:
-                    await self._set_wa(c.context, None, vcpu)
+                    yield from self._set_wa(c.context, None, vcpu)
+                raise
+            finally:
+                e.pending = e.user_pending = False
+            if wa is not None:
+                yield from self._set_wa(c.context, None, vcpu)
 
-    async def _set_wa(self, context: Bo, wa: tuple[int, int, int | None] | None, vcpu: int) -> None:
+    def _set_wa(self, context: Bo, wa: tuple[int, int, int | None] | None, vcpu: int) -> Gen[None]:
         """RCS_INDIRECT_CTX = address | cachelines, RCS_INDIRECT_CTX_OFFSET (gen9 default), BB_PER_CTX_PTR =
         address | valid in the context image; ``None`` clears them."""
         state = context.gpa + 4096
         ind, lines, per = wa if wa is not None else (0, 0, None)
-        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_VAL, (ind | lines) if lines else 0, vcpu)
-        await self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
-                                     r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu)
-        await self.machine.write_u32(state + r.CTX_BB_PER_CTX_PTR_VAL, (per | 1) if per is not None else 0, vcpu)
+        yield from self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_VAL, (ind | lines) if lines else 0, vcpu)
+        yield from self.machine.write_u32(state + r.CTX_RCS_INDIRECT_CTX_OFFSET_VAL,
+                                          r.INDIRECT_CTX_OFFSET_GEN9 if lines else 0, vcpu)
+        yield from self.machine.write_u32(state + r.CTX_BB_PER_CTX_PTR_VAL, (per | 1) if per is not None else 0, vcpu)
 
-    async def _hangcheck_wait(self, e: EngineState, timeout: float) -> None:
+    def _hangcheck_wait(self, e: EngineState, timeout: float) -> Gen[None]:
         """Wait for the request's completion (and its user interrupt), checking the engine once a
         hangcheck period like i915's hangcheck: a device that reads all ones is gone (its device model
         or GPU died: reset at once); no completion within ``timeout`` is a hang."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        waits = [f for f in (e.pending, e.user_wait) if f is not None]
+        rt = self.machine.rt
+        deadline = rt.now + timeout
         while True:
-            left = deadline - loop.time()
-            done, _ = await asyncio.wait(waits, timeout=max(0.0, min(self.hangcheck_period, left)))
-            if len(done) == len(waits):
+            until = min(rt.now + self.hangcheck_period, deadline)
+            if (yield from wait_until(e.done, lambda: not e.pending and not e.user_pending, until)):
                 return
-            if loop.time() >= deadline:
-                what = "context_complete" if not e.pending or not e.pending.done() else "user interrupt"
+            if rt.now >= deadline:
+                what = "context_complete" if e.pending else "user interrupt"
                 raise DriverError(f"{e.name}: GPU hang (no {what} in {timeout}s)")
-            status = await self.rd(e.base + r.EXECLIST_STATUS)
+            status = yield from self.rd(e.base + r.EXECLIST_STATUS)
             if status == 0xFFFF_FFFF:
                 raise DriverError(f"{e.name}: GPU gone (EXECLIST_STATUS reads all ones)")
 
-    async def _set_ring(self, context: Bo, head: int, tail: int, vcpu: int) -> None:
+    def _set_ring(self, context: Bo, head: int, tail: int, vcpu: int) -> Gen[None]:
         state = context.gpa + 4096
-        await self.machine.write_u32(state + r.CTX_RING_HEAD_VAL, head, vcpu)
-        await self.machine.write_u32(state + r.CTX_RING_TAIL_VAL, tail, vcpu)
+        yield from self.machine.write_u32(state + r.CTX_RING_HEAD_VAL, head, vcpu)
+        yield from self.machine.write_u32(state + r.CTX_RING_TAIL_VAL, tail, vcpu)
 
     # --------------------------------------------------------------------------------------- interrupt
-    async def on_msi(self, addr: int, data: int) -> None:
+    def on_msi(self, addr: int, data: int) -> Gen[None]:
         """The MSI handler (gen8_irq_handler): master off, read and ack IIRs, process, master on."""
         self.msis += 1
         if data & 0xFF != self.gpu.msi_vector:
             return
-        async with self.irq_lock:
-            master = await self.rd(r.MASTER_IRQ)
+        with (yield from self.irq_lock.hold()):
+            master = yield from self.rd(r.MASTER_IRQ)
             if not master & ~r.MASTER_IRQ_CONTROL:
                 return  # nothing pending (already handled by an earlier run)
-            await self.wr(r.MASTER_IRQ, 0)
+            yield from self.wr(r.MASTER_IRQ, 0)
             for gt in sorted({e.gt for e in self.engines.values()}):
-                iir = await self.rd(r.GT_IIR(gt))
+                iir = yield from self.rd(r.GT_IIR(gt))
                 if not iir:
                     continue
-                await self.wr(r.GT_IIR(gt), iir)  # write one to clear
+                yield from self.wr(r.GT_IIR(gt), iir)  # write one to clear
                 for e in self.engines.values():
                     if e.gt != gt:
                         continue
                     if iir & (1 << e.user_bit):
                         e.user_irqs += 1
-                        if e.user_wait is not None and not e.user_wait.done():
-                            e.user_wait.set_result(None)
+                        if e.user_pending:
+                            e.user_pending = False
+                            e.done.fire()
                         if self.pv is not None and e.pv_wait_seq:  # PV: completion is in the shared page
                             done_seq, _status = self.pv.done(e.name)
-                            if done_seq == e.pv_wait_seq and e.pending is not None and not e.pending.done():
+                            if done_seq == e.pv_wait_seq and e.pending:
                                 e.completions += 1
-                                e.pending.set_result(None)
+                                e.pending = False
+                                e.done.fire()
                     if iir & (1 << e.ctx_bit):
-                        await self._process_csb(e)
+                        yield from self._process_csb(e)
             if master & r.MASTER_DE_PIPE_A and self.display is not None:
-                await self.display.on_pipe_irq()
-            await self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
+                yield from self.display.on_pipe_irq()
+            yield from self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
 
-    async def _process_csb(self, e: EngineState) -> None:
+    def _process_csb(self, e: EngineState) -> Gen[None]:
         """process_csb: the write pointer and entries from the HWS page (RAM, no trap) when GVT emulates
         it (VGT_CAPS_HWSP_EMULATION, as i915's execlists read csb_write / csb_status), else from the CSB
         registers; then the read pointer is written back through MMIO."""
@@ -452,7 +454,7 @@ class VgpuDriver:
             wp = self.machine.read_u32(hwsp + r.HWS_CSB_WRITE) & 0x7
             e.csb_hwsp_reads += 1
         else:
-            wp = await self.rd(e.base + r.CSB_PTR) & 0x7
+            wp = (yield from self.rd(e.base + r.CSB_PTR)) & 0x7
         if wp == 7:
             return  # reset value: empty
         head = e.csb_head
@@ -462,12 +464,13 @@ class VgpuDriver:
                 status = self.machine.read_u32(hwsp + r.HWS_CSB_BUF0 + head * 8)
                 ctx = self.machine.read_u32(hwsp + r.HWS_CSB_BUF0 + head * 8 + 4)
             else:
-                status = await self.rd(e.base + r.CSB_BUF + head * 8)
-                ctx = await self.rd(e.base + r.CSB_BUF + head * 8 + 4)
+                status = yield from self.rd(e.base + r.CSB_BUF + head * 8)
+                ctx = yield from self.rd(e.base + r.CSB_BUF + head * 8 + 4)
             e.csb_events.append(status)
             if status & r.CSB_CTX_COMPLETE and ctx == e.inflight_ctx:
                 e.completions += 1
-                if e.pending is not None and not e.pending.done():
-                    e.pending.set_result(None)
+                if e.pending:
+                    e.pending = False
+                    e.done.fire()
         e.csb_head = head
-        await self.wr(e.base + r.CSB_PTR, (0x7 << 8) << 16 | head << 8)  # masked write of the read pointer
+        yield from self.wr(e.base + r.CSB_PTR, (0x7 << 8) << 16 | head << 8)  # masked write of the read pointer

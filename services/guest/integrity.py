@@ -17,6 +17,7 @@ from typing import Any
 
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .i915 import PpgttContext, VgpuDriver
+from .runtime import Gen
 
 CANARY_PAGES = 16
 CANARY_VA = 0x40_0000  # where the canary pages sit in the victim's PPGTT
@@ -31,16 +32,16 @@ class Integrity:
         self.bo: Any = None
         self.ctx: PpgttContext | None = None
 
-    async def setup(self, engine: str = "rcs") -> dict[str, str]:
+    def setup(self, engine: str = "rcs") -> Gen[dict[str, str]]:
         """Allocate, fill, bind and map the canary; returns the first snapshot."""
         assert self.drv.gem is not None
-        self.bo = await self.drv.gem.create(CANARY_PAGES * PAGE_SIZE, mappable=True)
+        self.bo = yield from self.drv.gem.create(CANARY_PAGES * PAGE_SIZE, mappable=True)
         data = random.Random(self.seed).randbytes(self.bo.size)
-        await self.drv.machine.write_mem(self.bo.gpa, data)
-        self.ctx = await self.drv.create_ppgtt_context(engine)
+        yield from self.drv.machine.write_mem(self.bo.gpa, data)
+        self.ctx = yield from self.drv.create_ppgtt_context(engine)
         for i in range(CANARY_PAGES):
-            await self.ctx.ppgtt.map(CANARY_VA + i * PAGE_SIZE, self.bo.gpa + i * PAGE_SIZE)
-        return await self.snapshot()
+            yield from self.ctx.ppgtt.map(CANARY_VA + i * PAGE_SIZE, self.bo.gpa + i * PAGE_SIZE)
+        return (yield from self.snapshot())
 
     def targets(self) -> dict[str, int]:
         """Where the canary and this VM's rcs context live (graphics addresses, the first canary machine
@@ -51,14 +52,14 @@ class Integrity:
         return {"canary_gm": self.bo.gm, "canary_mfn": t[0] if t else 0,
                 "ctx_gm": e.context.gm if e.context else 0, "ring_gm": e.ring.gm if e.ring else 0}
 
-    async def snapshot(self) -> dict[str, str]:
+    def snapshot(self) -> Gen[dict[str, str]]:
         """SHA-256 of the RAM, GGTT and PPGTT views of the canary."""
         assert self.bo is not None and self.ctx is not None and self.drv.gem is not None
         m = self.drv.machine
         ram = hashlib.sha256(m.read_mem(self.bo.gpa, self.bo.size)).hexdigest()
         g = hashlib.sha256()
         for i in range(CANARY_PAGES):
-            g.update((await self.drv.gem.read_pte(self.bo.gm + (i << PAGE_SHIFT))).to_bytes(8, "little"))
+            g.update(((yield from self.drv.gem.read_pte(self.bo.gm + (i << PAGE_SHIFT)))).to_bytes(8, "little"))
         p = hashlib.sha256()
         pp = self.ctx.ppgtt
         for top in pp.top:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .cpu import GuestMachine
+from .runtime import Gen
 
 CONF_ADDR = 0xCF8
 CONF_DATA = 0xCFC
@@ -66,76 +67,76 @@ class PciConfig:
         self.machine = machine
         self.vcpu = vcpu
 
-    async def read(self, bus: int, dev: int, func: int, reg: int, size: int = 4) -> int:
-        await self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
-        return await self.machine.inl(CONF_DATA + (reg & 3), size, self.vcpu)
+    def read(self, bus: int, dev: int, func: int, reg: int, size: int = 4) -> Gen[int]:
+        yield from self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
+        return (yield from self.machine.inl(CONF_DATA + (reg & 3), size, self.vcpu))
 
-    async def write(self, bus: int, dev: int, func: int, reg: int, value: int, size: int = 4) -> None:
-        await self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
-        await self.machine.outl(CONF_DATA + (reg & 3), value, size, self.vcpu)
+    def write(self, bus: int, dev: int, func: int, reg: int, value: int, size: int = 4) -> Gen[None]:
+        yield from self.machine.outl(CONF_ADDR, conf_addr(bus, dev, func, reg), 4, self.vcpu)
+        yield from self.machine.outl(CONF_DATA + (reg & 3), value, size, self.vcpu)
 
 
-async def size_bar(cfg: PciConfig, bdf: tuple[int, int, int], reg: int) -> int:
+def size_bar(cfg: PciConfig, bdf: tuple[int, int, int], reg: int) -> Gen[int]:
     """Size a 64-bit memory BAR: write all ones to both halves, read back, restore. Returns the size."""
-    lo0 = await cfg.read(*bdf, reg)
-    hi0 = await cfg.read(*bdf, reg + 4)
-    await cfg.write(*bdf, reg, 0xFFFF_FFFF)
-    await cfg.write(*bdf, reg + 4, 0xFFFF_FFFF)
-    lo = await cfg.read(*bdf, reg)
-    hi = await cfg.read(*bdf, reg + 4)
-    await cfg.write(*bdf, reg, lo0)
-    await cfg.write(*bdf, reg + 4, hi0)
+    lo0 = yield from cfg.read(*bdf, reg)
+    hi0 = yield from cfg.read(*bdf, reg + 4)
+    yield from cfg.write(*bdf, reg, 0xFFFF_FFFF)
+    yield from cfg.write(*bdf, reg + 4, 0xFFFF_FFFF)
+    lo = yield from cfg.read(*bdf, reg)
+    hi = yield from cfg.read(*bdf, reg + 4)
+    yield from cfg.write(*bdf, reg, lo0)
+    yield from cfg.write(*bdf, reg + 4, hi0)
     mask = (hi << 32 | (lo & ~0xF)) & (2**64 - 1)
     return ((~mask) + 1) & (2**64 - 1) if mask else 0
 
 
-async def find_display(cfg: PciConfig, bus: int = 0) -> PciDevice | None:
+def find_display(cfg: PciConfig, bus: int = 0) -> Gen[PciDevice | None]:
     """Scan bus 0 for an Intel display controller (class 0x03), the way i915's PCI probe would match it."""
     for dev in range(32):
-        vid = await cfg.read(bus, dev, 0, PCI_VENDOR_ID)
+        vid = yield from cfg.read(bus, dev, 0, PCI_VENDOR_ID)
         if vid & 0xFFFF == 0xFFFF:  # nothing there: the fallback answers all ones
             continue
-        cls_rev = await cfg.read(bus, dev, 0, PCI_CLASS_REVISION)
+        cls_rev = yield from cfg.read(bus, dev, 0, PCI_CLASS_REVISION)
         if vid & 0xFFFF == 0x8086 and cls_rev >> 24 == 0x03:
             return PciDevice(bus, dev, 0, vid & 0xFFFF, vid >> 16, cls_rev & 0xFF, cls_rev >> 8)
     return None
 
 
-async def probe_gpu(machine: GuestMachine, msi_vector: int = 0x40, dest_apic: int = 0) -> PciDevice:
+def probe_gpu(machine: GuestMachine, msi_vector: int = 0x40, dest_apic: int = 0) -> Gen[PciDevice]:
     """Enumerate, size and program the vGPU's BARs, enable decode, and program MSI. Raises RuntimeError."""
     cfg = PciConfig(machine)
-    gpu = await find_display(cfg)
+    gpu = yield from find_display(cfg)
     if gpu is None:
         raise RuntimeError("no Intel display device on bus 0")
     bdf = (gpu.bus, gpu.dev, gpu.func)
-    gpu.bar0_size = await size_bar(cfg, bdf, PCI_BAR0)
-    gpu.bar2_size = await size_bar(cfg, bdf, PCI_BAR2)
+    gpu.bar0_size = yield from size_bar(cfg, bdf, PCI_BAR0)
+    gpu.bar2_size = yield from size_bar(cfg, bdf, PCI_BAR2)
     if gpu.bar0_size != 16 << 20:
         raise RuntimeError(f"unexpected BAR0 size {gpu.bar0_size:#x}")
-    await cfg.write(*bdf, PCI_BAR0, BAR0_GPA)
-    await cfg.write(*bdf, PCI_BAR0 + 4, 0)
-    await cfg.write(*bdf, PCI_BAR2, BAR2_GPA)
-    await cfg.write(*bdf, PCI_BAR2 + 4, 0)
+    yield from cfg.write(*bdf, PCI_BAR0, BAR0_GPA)
+    yield from cfg.write(*bdf, PCI_BAR0 + 4, 0)
+    yield from cfg.write(*bdf, PCI_BAR2, BAR2_GPA)
+    yield from cfg.write(*bdf, PCI_BAR2 + 4, 0)
     gpu.bar0, gpu.bar2 = BAR0_GPA, BAR2_GPA
-    cmd = await cfg.read(*bdf, PCI_COMMAND, 2)
-    await cfg.write(*bdf, PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 2)
+    cmd = yield from cfg.read(*bdf, PCI_COMMAND, 2)
+    yield from cfg.write(*bdf, PCI_COMMAND, cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER, 2)
     # walk the capability list for MSI
-    status = await cfg.read(*bdf, PCI_COMMAND + 2, 2)
+    status = yield from cfg.read(*bdf, PCI_COMMAND + 2, 2)
     if status & PCI_STATUS_CAP_LIST:
-        pos = await cfg.read(*bdf, PCI_CAPABILITY_LIST, 1) & 0xFC
+        pos = (yield from cfg.read(*bdf, PCI_CAPABILITY_LIST, 1)) & 0xFC
         for _ in range(48):
             if not pos:
                 break
-            header = await cfg.read(*bdf, pos, 2)
+            header = yield from cfg.read(*bdf, pos, 2)
             if header & 0xFF == PCI_CAP_ID_MSI:
                 gpu.msi_cap = pos
                 break
             pos = (header >> 8) & 0xFC
     if not gpu.msi_cap:
         raise RuntimeError("vGPU has no MSI capability")
-    await cfg.write(*bdf, gpu.msi_cap + 4, MSI_ADDR_BASE | (dest_apic << 12))
-    await cfg.write(*bdf, gpu.msi_cap + 8, msi_vector, 2)
-    ctrl = await cfg.read(*bdf, gpu.msi_cap + 2, 2)
-    await cfg.write(*bdf, gpu.msi_cap + 2, (ctrl & ~0x70) | MSI_FLAGS_ENABLE, 2)  # one message, enabled
+    yield from cfg.write(*bdf, gpu.msi_cap + 4, MSI_ADDR_BASE | (dest_apic << 12))
+    yield from cfg.write(*bdf, gpu.msi_cap + 8, msi_vector, 2)
+    ctrl = yield from cfg.read(*bdf, gpu.msi_cap + 2, 2)
+    yield from cfg.write(*bdf, gpu.msi_cap + 2, (ctrl & ~0x70) | MSI_FLAGS_ENABLE, 2)  # one message, enabled
     gpu.msi_vector = msi_vector
     return gpu

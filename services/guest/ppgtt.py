@@ -14,10 +14,11 @@ shared by two directory entries).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..common.memory import PAGE_SIZE
 from .cpu import GuestMachine
+from .runtime import Gen
 
 PTE_PRESENT = 1 << 0
 PTE_RW = 1 << 1
@@ -26,7 +27,7 @@ L3_LIMIT = 1 << 32
 L4_LIMIT = 1 << 48
 
 #: allocates one page of guest RAM and returns its gpa (contents unspecified: the caller zeroes it)
-PageAllocator = Callable[[], Awaitable[int]]
+PageAllocator = Callable[[], int]
 
 
 def encode(gpa: int) -> int:
@@ -74,23 +75,26 @@ class GuestPpgtt:
         r = self.top + [0] * (4 - len(self.top))
         return r[0], r[1], r[2], r[3]
 
-    async def _new_table(self, vcpu: int) -> int:
-        gpa = self.free_pts.pop() if self.free_pts else await self.alloc_page()
-        await self.machine.write_mem(gpa, bytes(PAGE_SIZE), vcpu)
+    def _new_table(self, vcpu: int) -> Gen[int]:
+        gpa = self.free_pts.pop() if self.free_pts else self.alloc_page()
+        yield from self.machine.write_mem(gpa, bytes(PAGE_SIZE), vcpu)
         return gpa
 
-    async def create(self, vcpu: int = 0) -> None:
+    def create(self, vcpu: int = 0) -> Gen[None]:
         """Allocate the top level (4 PDs, or the PML4), zeroed."""
-        self.top = [await self._new_table(vcpu) for _ in range(4 if self.levels == 3 else 1)]
+        top = []
+        for _ in range(4 if self.levels == 3 else 1):
+            top.append((yield from self._new_table(vcpu)))
+        self.top = top
 
-    async def _write_entry(self, table: int, index: int, value: int, vcpu: int) -> None:
-        await self.machine.write_u64(table + 8 * index, value, vcpu)
+    def _write_entry(self, table: int, index: int, value: int, vcpu: int) -> Gen[None]:
+        yield from self.machine.write_u64(table + 8 * index, value, vcpu)
         self.table_writes += 1
 
     def _read_entry(self, table: int, index: int) -> int:
         return self.machine.read_u64(table + 8 * index)
 
-    async def _pd_for(self, va: int, create: bool, vcpu: int) -> int | None:
+    def _pd_for(self, va: int, create: bool, vcpu: int) -> Gen[int | None]:
         """The PD covering ``va`` (creating the PDP on the way for L4)."""
         if not 0 <= va < self.limit:
             raise ValueError(f"va {va:#x} outside the {self.levels}-level PPGTT")
@@ -103,8 +107,8 @@ class GuestPpgtt:
             if not e & PTE_PRESENT:
                 if not create:
                     return None
-                child = await self._new_table(vcpu)
-                await self._write_entry(table, i, encode(child), vcpu)
+                child = yield from self._new_table(vcpu)
+                yield from self._write_entry(table, i, encode(child), vcpu)
                 e = encode(child)
             table = e & ADDR_MASK
         return table
@@ -119,51 +123,51 @@ class GuestPpgtt:
                 return
         self.dirty.append((lo, hi))
 
-    async def map(self, va: int, gpa: int, vcpu: int = 0) -> None:
+    def map(self, va: int, gpa: int, vcpu: int = 0) -> Gen[None]:
         """Map the GPU virtual page of ``va`` onto the guest page ``gpa`` (a remap if already mapped)."""
         self._touch(va, 4096)
-        pd = await self._pd_for(va, True, vcpu)
+        pd = yield from self._pd_for(va, True, vcpu)
         assert pd is not None
         pde_i, pte_i = indices(va, self.levels)[-2:]
         pde = self._read_entry(pd, pde_i)
         if not pde & PTE_PRESENT:
-            pt = await self._new_table(vcpu)
-            await self._write_entry(pd, pde_i, encode(pt), vcpu)
+            pt = yield from self._new_table(vcpu)
+            yield from self._write_entry(pd, pde_i, encode(pt), vcpu)
             self.pt_users[pt] = self.pt_users.get(pt, 0) + 1
             pde = encode(pt)
-        await self._write_entry(pde & ADDR_MASK, pte_i, encode(gpa), vcpu)
+        yield from self._write_entry(pde & ADDR_MASK, pte_i, encode(gpa), vcpu)
 
-    async def unmap(self, va: int, vcpu: int = 0) -> bool:
+    def unmap(self, va: int, vcpu: int = 0) -> Gen[bool]:
         """Clear the PTE of ``va``. Returns whether it was mapped."""
         self._touch(va, 4096)
-        pt = await self._pt_of(va)
+        pt = yield from self._pt_of(va)
         if pt is None:
             return False
         pte_i = indices(va, self.levels)[-1]
         if not self._read_entry(pt, pte_i) & PTE_PRESENT:
             return False
-        await self._write_entry(pt, pte_i, 0, vcpu)
+        yield from self._write_entry(pt, pte_i, 0, vcpu)
         return True
 
-    async def _pt_of(self, va: int) -> int | None:
-        pd = await self._pd_for(va, False, 0)
+    def _pt_of(self, va: int) -> Gen[int | None]:
+        pd = yield from self._pd_for(va, False, 0)
         if pd is None:
             return None
         pde = self._read_entry(pd, indices(va, self.levels)[-2])
         return (pde & ADDR_MASK) if pde & PTE_PRESENT else None
 
-    async def unlink_table(self, va: int, vcpu: int = 0) -> bool:
+    def unlink_table(self, va: int, vcpu: int = 0) -> Gen[bool]:
         """Clear the PDE covering ``va`` (a 2 MiB range goes at once); its PT is freed when no other PDE
         names it. Returns whether a PT was linked."""
         self._touch(va & ~((1 << 21) - 1), 1 << 21)
-        pd = await self._pd_for(va, False, vcpu)
+        pd = yield from self._pd_for(va, False, vcpu)
         if pd is None:
             return False
         pde_i = indices(va, self.levels)[-2]
         pde = self._read_entry(pd, pde_i)
         if not pde & PTE_PRESENT:
             return False
-        await self._write_entry(pd, pde_i, 0, vcpu)
+        yield from self._write_entry(pd, pde_i, 0, vcpu)
         pt = pde & ADDR_MASK
         self.pt_users[pt] = self.pt_users.get(pt, 1) - 1
         if self.pt_users[pt] <= 0:
@@ -171,16 +175,16 @@ class GuestPpgtt:
             self.free_pts.append(pt)
         return True
 
-    async def share_table(self, va_from: int, va_to: int, vcpu: int = 0) -> bool:
+    def share_table(self, va_from: int, va_to: int, vcpu: int = 0) -> Gen[bool]:
         """Make the PDE covering ``va_to`` name the same PT as the one covering ``va_from`` (one guest
         table reached two ways: GVT shares its shadow). Returns False if ``va_from`` has no PT."""
-        pt = await self._pt_of(va_from)
+        pt = yield from self._pt_of(va_from)
         if pt is None:
             return False
-        await self.unlink_table(va_to, vcpu)
-        pd = await self._pd_for(va_to, True, vcpu)
+        yield from self.unlink_table(va_to, vcpu)
+        pd = yield from self._pd_for(va_to, True, vcpu)
         assert pd is not None
-        await self._write_entry(pd, indices(va_to, self.levels)[-2], encode(pt), vcpu)
+        yield from self._write_entry(pd, indices(va_to, self.levels)[-2], encode(pt), vcpu)
         self.pt_users[pt] = self.pt_users.get(pt, 0) + 1
         if pt in self.free_pts:
             self.free_pts.remove(pt)

@@ -14,13 +14,15 @@ edited range (pdp, start, length, cache level) and one g2v_notify PV_PPGTT_UPDAT
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...protocol import IoreqDir, IoreqType
+from ...protocol.errors import Refusal
 from . import regs as r
+from .runtime import Gen, Lock
 
 if TYPE_CHECKING:
     from .i915 import VgpuDriver
@@ -65,7 +67,7 @@ class PvChannel:
         self.enabled = enabled
         self.submit_seq = {e: 0 for e in PV_ENGINES}
         self.update_seq = 0
-        self.update_lock = asyncio.Lock()  # one update record in the page: vCPUs take turns (a driver lock)
+        self.update_lock = Lock()  # one update record in the page: vCPUs take turns (a driver lock)
 
     @property
     def submission(self) -> bool:
@@ -78,32 +80,44 @@ class PvChannel:
     def _slot(self, engine: str) -> int:
         return self.gpa + SLOT_BASE + SLOT_SIZE * PV_ENGINES.index(engine)
 
-    async def submit(self, engine: str, desc0: int, desc1: int = 0, vcpu: int = 0) -> int:
-        """Descriptors into the slot (RAM), then the single trapped PV_SEND_TRIGGER. Returns the seq."""
+    def _post(self, engine: str, desc0: int, desc1: int, vcpu: int) -> Gen[int]:
         seq = self.submit_seq[engine] = (self.submit_seq[engine] + 1) & 0xFFFF_FFFF
-        await self.drv.machine.write_mem(self._slot(engine), struct.pack("<QQI", desc0, desc1, seq), vcpu)
-        await self.drv.machine.mmio_write(self.drv.bar0 + r.PV_G2V_NOTIFY, 4, r.G2V_PV_SEND_TRIGGER, vcpu)
+        yield from self.drv.machine.write_mem(self._slot(engine), struct.pack("<QQI", desc0, desc1, seq), vcpu)
         return seq
+
+    def submit(self, engine: str, desc0: int, desc1: int = 0, vcpu: int = 0) -> Gen[int]:
+        """Descriptors into the slot (RAM), then the single trapped PV_SEND_TRIGGER. Returns the seq."""
+        seq = yield from self._post(engine, desc0, desc1, vcpu)
+        yield from self.drv.machine.mmio_write(self.drv.bar0 + r.PV_G2V_NOTIFY, 4, r.G2V_PV_SEND_TRIGGER, vcpu)
+        return seq
+
+    def try_submit(self, engine: str, desc0: int, desc1: int = 0, vcpu: int = 0) -> Gen[int | Refusal]:
+        """:meth:`submit`, returning the Refusal of the trigger write instead of ending the thread."""
+        seq = yield from self._post(engine, desc0, desc1, vcpu)
+        got = yield from self.drv.machine.vcpus[vcpu].try_ioreq(IoreqType.MMIO, IoreqDir.WRITE,
+                                                                self.drv.bar0 + r.PV_G2V_NOTIFY, 4,
+                                                                r.G2V_PV_SEND_TRIGGER)
+        return got if isinstance(got, Refusal) else seq
 
     def done(self, engine: str) -> tuple[int, int]:
         """(done_seq, status) the host published for the engine (a RAM read, no trap)."""
         done_seq, status = struct.unpack("<II", self.drv.machine.read_mem(self._slot(engine) + 0x14, 8))
         return done_seq, status
 
-    async def ppgtt_update(self, pdp: int, start: int, length: int, vcpu: int = 0, cache_level: int = 0) -> None:
+    def ppgtt_update(self, pdp: int, start: int, length: int, vcpu: int = 0, cache_level: int = 0) -> Gen[None]:
         """Post an edited PPGTT range and notify (one trap, no WP faults)."""
-        async with self.update_lock:
+        with (yield from self.update_lock.hold()):
             self.update_seq = (self.update_seq + 1) & 0xFFFF_FFFF
             record = struct.pack("<IIQQQI", self.update_seq, 0, pdp, start, length, cache_level)
-            await self.drv.machine.write_mem(self.gpa + PPGTT_UPDATE, record, vcpu)
-            await self.drv.machine.mmio_write(self.drv.bar0 + r.PV_G2V_NOTIFY, 4, r.G2V_PV_PPGTT_UPDATE, vcpu)
+            yield from self.drv.machine.write_mem(self.gpa + PPGTT_UPDATE, record, vcpu)
+            yield from self.drv.machine.mmio_write(self.drv.bar0 + r.PV_G2V_NOTIFY, 4, r.G2V_PV_PPGTT_UPDATE, vcpu)
 
 
-async def setup(drv: "VgpuDriver", version: int = GUEST_VERSION, corrupt: bool = False,
-                vcpu: int = 0) -> tuple[PvChannel | None, PvResult]:
+def setup(drv: "VgpuDriver", version: int = GUEST_VERSION, corrupt: bool = False,
+                vcpu: int = 0) -> Gen[tuple[PvChannel | None, PvResult]]:
     """Negotiate the shared page. Returns the channel (None: stay on the trap path) and the result."""
-    caps = await drv.rd(r.PV_CAPS)
-    versions = await drv.rd(r.PV_VERSIONS)
+    caps = yield from drv.rd(r.PV_CAPS)
+    versions = yield from drv.rd(r.PV_VERSIONS)
     if not caps:
         return None, PvResult("unsupported", host_caps=0, reason="host advertises no PV capability")
     assert drv.gem is not None
@@ -111,16 +125,16 @@ async def setup(drv: "VgpuDriver", version: int = GUEST_VERSION, corrupt: bool =
     features = int(WANTED) & caps
     header = struct.pack("<IHHII", 0xDEADBEEF if corrupt else PV_MAGIC, version, PV_HEADER_SIZE, PV_PAGE_SIZE,
                          features)
-    await drv.machine.write_mem(gpa, header + bytes(PV_PAGE_SIZE - len(header)), vcpu)
-    await drv.wr(r.PV_SHARED_PAGE_GPA, gpa & 0xFFFF_FFFF)
-    await drv.wr(r.PV_SHARED_PAGE_GPA + 4, gpa >> 32)
-    readback = await drv.rd(r.PV_SHARED_PAGE_GPA) | await drv.rd(r.PV_SHARED_PAGE_GPA + 4) << 32
+    yield from drv.machine.write_mem(gpa, header + bytes(PV_PAGE_SIZE - len(header)), vcpu)
+    yield from drv.wr(r.PV_SHARED_PAGE_GPA, gpa & 0xFFFF_FFFF)
+    yield from drv.wr(r.PV_SHARED_PAGE_GPA + 4, gpa >> 32)
+    readback = (yield from drv.rd(r.PV_SHARED_PAGE_GPA)) | (yield from drv.rd(r.PV_SHARED_PAGE_GPA + 4)) << 32
     if readback != gpa:
         return None, PvResult("readback_mismatch", host_caps=caps, host_versions=versions,
                               reason=f"shared_page_gpa reads {readback:#x}, wrote {gpa:#x}")
-    await drv.wr(r.PV_G2V_NOTIFY, r.G2V_SHARED_PAGE_SETUP)
-    status = await drv.rd(r.PV_STATUS)
-    enabled = await drv.rd(r.PV_ENABLED)
+    yield from drv.wr(r.PV_G2V_NOTIFY, r.G2V_SHARED_PAGE_SETUP)
+    status = yield from drv.rd(r.PV_STATUS)
+    enabled = yield from drv.rd(r.PV_ENABLED)
     name = STATUS_NAMES.get(status, f"status_{status}")
     result = PvResult(name, enabled, caps, versions)
     if status != 1:

@@ -21,14 +21,18 @@ and scan them, and the GPU runs them at context restore.
 
 from __future__ import annotations
 
-import asyncio
 import random
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 
+from ...protocol.errors import Refusal
+from ..common.histo import Histogram
 from ..common.memory import PAGE_SIZE
 from . import cmds
 from .gem import Bo
 from .i915 import PpgttContext, VgpuDriver
+from .runtime import Gen, Lock
 
 WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
@@ -59,7 +63,7 @@ class PpgttWindow:
     batch_gpa: int
     pool: list[int]
     mapping: list[int | None]
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: Lock = field(default_factory=Lock)
     edits: int = 0
 
     def free_pool(self) -> list[int]:
@@ -87,14 +91,19 @@ class Surfaces:
     wa: Bo | None = None  # render engine: page 0 the indirect-ctx buffer, page 1 the per-ctx batch
 
 
-async def allocate(drv: VgpuDriver) -> tuple[dict[str, Surfaces], Bo]:
+def allocate(drv: VgpuDriver) -> Gen[tuple[dict[str, Surfaces], Bo]]:
     """Per-engine surfaces and the shared fence page (one 64-byte slot per engine)."""
     assert drv.gem is not None
     g = drv.gem
-    surfaces = {e: Surfaces(src=await g.create(SURFACE), dst=await g.create(SURFACE), batch=await g.create(4096),
-                            aperture_src=await g.create(SURFACE, mappable=True),
-                            wa=await g.create(2 * 4096) if e == "rcs" else None) for e in drv.engines}
-    return surfaces, await g.create(4096)
+    surfaces = {}
+    for e in drv.engines:
+        src = yield from g.create(SURFACE)
+        dst = yield from g.create(SURFACE)
+        batch = yield from g.create(4096)
+        aperture_src = yield from g.create(SURFACE, mappable=True)
+        wa = (yield from g.create(2 * 4096)) if e == "rcs" else None
+        surfaces[e] = Surfaces(src=src, dst=dst, batch=batch, aperture_src=aperture_src, wa=wa)
+    return surfaces, (yield from g.create(4096))
 
 
 class WorkloadRunner:
@@ -108,12 +117,12 @@ class WorkloadRunner:
         self.seqno = 0
         self.asked_user_irq: dict[str, int] = {e: 0 for e in drv.engines}
         self.windows: dict[str, PpgttWindow] = {}
-        self._window_lock = asyncio.Lock()
+        self._window_lock = Lock()
 
-    async def run(self, kind: str, engine: str, vcpu: int = 0, user_irq: bool = True) -> None:
+    def run(self, kind: str, engine: str, vcpu: int = 0, user_irq: bool = True) -> Gen[None]:
         """Submit one workload of ``kind`` on ``engine`` and verify it. Raises VerifyError / DriverError."""
         if kind.startswith("ppgtt_"):
-            await self._run_ppgtt(kind, engine, vcpu, user_irq)
+            yield from self._run_ppgtt(kind, engine, vcpu, user_irq)
             return
         self.seqno += 1
         seq = self.seqno
@@ -128,9 +137,9 @@ class WorkloadRunner:
             pattern = self.rng.randbytes(SURFACE)
             src = s.src if kind == "copy" else s.aperture_src
             if kind == "copy":
-                await m.write_mem(src.gpa, pattern, vcpu)
+                yield from m.write_mem(src.gpa, pattern, vcpu)
             else:
-                await self._write_through_aperture(src, pattern, vcpu)
+                yield from self._write_through_aperture(src, pattern, vcpu)
             body = cmds.src_copy_blt(s.dst.gm, PITCH, src.gm, PITCH, WIDTH, HEIGHT)
             expect = pattern
         elif kind == "store":
@@ -149,20 +158,20 @@ class WorkloadRunner:
             wa_values = (self.rng.getrandbits(32), self.rng.getrandbits(32))
             indirect = cmds.store_dword(s.dst.gm + 4, wa_values[0])
             indirect += [cmds.MI_NOOP] * (-len(indirect) % 16)  # whole cachelines
-            await m.write_mem(s.wa.gpa, cmds.to_bytes(indirect), vcpu)
-            await m.write_mem(s.wa.gpa + 4096, cmds.to_bytes(cmds.store_dword(s.dst.gm + 8, wa_values[1])
-                                                            + [cmds.MI_BATCH_BUFFER_END]), vcpu)
+            yield from m.write_mem(s.wa.gpa, cmds.to_bytes(indirect), vcpu)
+            yield from m.write_mem(s.wa.gpa + 4096, cmds.to_bytes(cmds.store_dword(s.dst.gm + 8, wa_values[1])
+                                   + [cmds.MI_BATCH_BUFFER_END]), vcpu)
             wa = (s.wa.gm, len(indirect) // 16, s.wa.gm + 4096)
             expect = b""
         else:
             raise ValueError(kind)
         batch = s.batch
-        await m.write_mem(batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
+        yield from m.write_mem(batch.gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
         ring = cmds.batch_buffer_start(batch.gm) + cmds.store_dword(self.fence.gm + 64 * _slot(engine), seq)
         if user_irq:
             ring.append(cmds.MI_USER_INTERRUPT)
             self.asked_user_irq[engine] += 1
-        await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, wa=wa)
+        yield from self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, wa=wa)
         fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
         if fence != seq:
             raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
@@ -183,25 +192,25 @@ class WorkloadRunner:
                 raise VerifyError(f"{kind}#{seq} on {engine}: first wrong byte at {bad}")
 
     # ------------------------------------------------------------------------------------------ PPGTT
-    async def _window(self, engine: str, vcpu: int) -> PpgttWindow:
+    def _window(self, engine: str, vcpu: int) -> Gen[PpgttWindow]:
         """The engine's PPGTT context and window, set up on first use: g2v CREATE, then the batch page
         and the window mapped (trapped writes from then on)."""
-        async with self._window_lock:
+        with (yield from self._window_lock.hold()):
             w = self.windows.get(engine)
             if w is not None:
                 return w
-            ctx = await self.drv.create_ppgtt_context(engine, PPGTT_LEVELS.get(engine, 3), vcpu)
+            ctx = yield from self.drv.create_ppgtt_context(engine, PPGTT_LEVELS.get(engine, 3), vcpu)
             alloc = self.drv.alloc_table_page
-            batch_gpa = await alloc()
-            pool = [await alloc() for _ in range(POOL_PAGES)]
-            await ctx.ppgtt.map(VA_BATCH, batch_gpa, vcpu)
+            batch_gpa = alloc()
+            pool = [alloc() for _ in range(POOL_PAGES)]
+            yield from ctx.ppgtt.map(VA_BATCH, batch_gpa, vcpu)
             for i in range(WINDOW_PAGES):
-                await ctx.ppgtt.map(VA_WINDOW + i * PAGE_SIZE, pool[i], vcpu)
+                yield from ctx.ppgtt.map(VA_WINDOW + i * PAGE_SIZE, pool[i], vcpu)
             w = PpgttWindow(ctx, batch_gpa, pool, list(range(WINDOW_PAGES)))
             self.windows[engine] = w
             return w
 
-    async def _edit(self, w: PpgttWindow, kind: str, vcpu: int) -> None:
+    def _edit(self, w: PpgttWindow, kind: str, vcpu: int) -> Gen[None]:
         """Page-table edits between workloads: ``ppgtt_remap`` maps every window page onto a new pool
         page; the other kinds make one random map, unmap or remap."""
         ppgtt = w.ctx.ppgtt
@@ -210,7 +219,7 @@ class WorkloadRunner:
             if order == w.mapping:
                 order = order[1:] + order[:1]
             for i, p in enumerate(order):
-                await ppgtt.map(VA_WINDOW + i * PAGE_SIZE, w.pool[p], vcpu)
+                yield from ppgtt.map(VA_WINDOW + i * PAGE_SIZE, w.pool[p], vcpu)
             w.mapping = list(order)
             w.edits += WINDOW_PAGES
             return
@@ -219,27 +228,27 @@ class WorkloadRunner:
         op = self.rng.choice(["map", "unmap", "remap"])
         if op == "unmap" and len(mapped) > 1:
             slot = self.rng.choice(mapped)
-            await ppgtt.unmap(VA_WINDOW + slot * PAGE_SIZE, vcpu)
+            yield from ppgtt.unmap(VA_WINDOW + slot * PAGE_SIZE, vcpu)
             w.mapping[slot] = None
         else:
             slot = self.rng.choice(unmapped) if op == "map" and unmapped else self.rng.choice(mapped)
             p = self.rng.choice(w.free_pool())
-            await ppgtt.map(VA_WINDOW + slot * PAGE_SIZE, w.pool[p], vcpu)
+            yield from ppgtt.map(VA_WINDOW + slot * PAGE_SIZE, w.pool[p], vcpu)
             w.mapping[slot] = p
         w.edits += 1
 
-    async def _run_ppgtt(self, kind: str, engine: str, vcpu: int, user_irq: bool) -> None:
+    def _run_ppgtt(self, kind: str, engine: str, vcpu: int, user_irq: bool) -> Gen[None]:
         """A non-privileged PPGTT batch writing the window, checked page by page in the pool."""
         m = self.drv.machine
-        w = await self._window(engine, vcpu)
-        async with w.lock:
-            await self._edit(w, kind, vcpu)
+        w = yield from self._window(engine, vcpu)
+        with (yield from w.lock.hold()):
+            yield from self._edit(w, kind, vcpu)
             self.seqno += 1
             seq = self.seqno
             sentinel = self.rng.getrandbits(32).to_bytes(4, "little") * (PAGE_SIZE // 4)
             expect = {p: bytearray(sentinel) for p in range(len(w.pool))}
             for gpa in w.pool:
-                await m.write_mem(gpa, sentinel, vcpu)
+                yield from m.write_mem(gpa, sentinel, vcpu)
             body: list[int] = []
             for slot, p in enumerate(w.mapping):
                 if p is None:
@@ -254,13 +263,13 @@ class WorkloadRunner:
                         off, value = 1024 * k + 8 * slot, self.rng.getrandbits(32)
                         body += cmds.store_dword(va + off, value, ggtt=False)  # PPGTT address
                         expect[p][off:off + 4] = value.to_bytes(4, "little")
-            await m.write_mem(w.batch_gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
+            yield from m.write_mem(w.batch_gpa, cmds.to_bytes(body + [cmds.MI_BATCH_BUFFER_END]), vcpu)
             ring = (cmds.batch_buffer_start(VA_BATCH, ppgtt=True)  # non-privileged: not scanned by GVT
                     + cmds.store_dword(self.fence.gm + 64 * _slot(engine), seq))
             if user_irq:
                 ring.append(cmds.MI_USER_INTERRUPT)
                 self.asked_user_irq[engine] += 1
-            await self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, ppgtt=True)
+            yield from self.drv.submit(engine, ring, vcpu=vcpu, wait_user_irq=user_irq, ppgtt=True)
             fence = m.read_u32(self.fence.gpa + 64 * _slot(engine))
             if fence != seq:
                 raise VerifyError(f"{kind}#{seq} on {engine}: fence {fence} != {seq}")
@@ -271,17 +280,98 @@ class WorkloadRunner:
                     where = "mapped" if p in w.mapping else "unmapped"
                     raise VerifyError(f"{kind}#{seq} on {engine}: pool page {p} ({where}) wrong at byte {bad}")
 
-    async def _write_through_aperture(self, bo: Bo, data: bytes, vcpu: int) -> None:
+    def _write_through_aperture(self, bo: Bo, data: bytes, vcpu: int) -> Gen[None]:
         """CPU writes through the BAR2 window at the buffer's GM offset: memory accesses, never ioreqs."""
         m = self.drv.machine
         gpa = self.drv.gpu.bar2 + bo.gm
         if not m.is_memory(gpa):
             raise VerifyError(f"aperture window at {gpa:#x} is not mapped (map_gfn_to_mfn missing)")
         before = sum(m.ioreqs.values())
-        await m.write_mem(gpa, data, vcpu)
+        yield from m.write_mem(gpa, data, vcpu)
         if sum(m.ioreqs.values()) != before:
             raise VerifyError("aperture writes trapped: pass-through expected")
 
 
 def _slot(engine: str) -> int:
     return ("rcs", "bcs", "vcs", "vecs").index(engine)
+
+
+# ------------------------------------------------------------------------------------------ vCPU loops
+def reason_category(reason: str) -> str:
+    """A failure reason with its numbers folded ("fill#12 ... 3.0s" -> "fill#N ... N s"), for grouping."""
+    return re.sub(r"0x[0-9a-fA-F]+|\d+(\.\d+)?", "N", reason)[:160]
+
+
+class WorkloadAborted(RuntimeError):
+    """A workload ended without a result (hang, failed ioreq): the VM needs a reset."""
+
+
+@dataclass
+class Tally:
+    """A VM's workload counts: what was submitted, verified, failed and why, and the latencies."""
+
+    submitted: int = 0
+    verified: int = 0
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    failure_reasons: Counter[str] = field(default_factory=Counter)
+    latencies: Histogram = field(default_factory=Histogram)  # per verified workload (since the last stats)
+
+    def fail(self, reason: str) -> None:
+        """A workload failed: count it under its reason (numbers folded, so alike failures group)."""
+        self.failed += 1
+        if len(self.failures) < 100:
+            self.failures.append(reason)
+        self.failure_reasons[reason_category(reason)] += 1
+
+
+@dataclass
+class Budget:
+    """How long the vCPU loops run: ``workloads`` per VM, or until ``deadline`` (the runtime's clock)."""
+
+    workloads: int
+    vcpus: int
+    deadline: float | None = None
+
+    def share(self, vcpu: int) -> int:
+        """vCPU ``vcpu``'s part of the workloads."""
+        return self.workloads // self.vcpus + (1 if vcpu < self.workloads % self.vcpus else 0)
+
+
+def vcpu_loop(runner: WorkloadRunner, tally: Tally, vcpu: int, engine: str, kinds: list[str],
+              budget: Budget) -> Gen[None]:
+    """Run this vCPU's share of the workloads (or run until the budget's deadline). A verification failure
+    counts and goes on; a hang, a failed ioreq or any other error ends the loop with its reason (the VM
+    then resets if it recovers)."""
+    if not kinds:
+        return
+    rt = runner.drv.machine.rt
+    share = budget.share(vcpu)
+    i = 0
+    while (i < share) if budget.deadline is None else rt.now < budget.deadline:
+        kind = kinds[i % len(kinds)]
+        tally.submitted += 1
+        t0 = rt.now
+        try:
+            yield from runner.run(kind, engine, vcpu=vcpu, user_irq=(i % 3 != 2))
+        except VerifyError as err:
+            tally.fail(f"VerifyError: {err}")
+        except GeneratorExit:  # ended from outside: an ioreq refused, or a sibling vCPU hit a reset
+            why = rt.ending
+            if isinstance(why, Refusal):
+                tally.fail(f"{kind} on {engine}: ioreq refused: {why.code.value}: {why.reason}")
+            else:
+                tally.fail(f"{kind} on {engine}: aborted by the VM reset")
+            raise
+        except Exception as err:
+            reason = f"{kind} on {engine}: {type(err).__name__}: {err}"
+            tally.fail(reason)
+            raise WorkloadAborted(reason) from err
+        else:
+            tally.verified += 1
+            tally.by_kind[kind] += 1
+            tally.latencies.record_s(rt.now - t0)
+            if rt.record:
+                rt.events.append(("workload", f"workload {kind} on {engine}", runner.drv.machine.vm_id, rt.now - t0))
+        i += 1

@@ -292,12 +292,11 @@ def test_the_guest_driver_waits_on_the_csb_gvt_mirrors_into_its_hwsp() -> None:
     """execlist.c emulate_csb_update writes each CSB entry and the write pointer into the guest's HWS page
     (RING_HWS_PGA, hws_pga_write) at I915_HWS_CSB_BUF0_INDEX 0x10 / I915_HWS_CSB_WRITE_INDEX 0x1f; with
     VGT_CAPS_HWSP_EMULATION the guest driver reads them there, as i915's process_csb does (no trap)."""
-    import asyncio
-
     from test_gvt_ppgtt_fixtures import BAR0
 
     from gvtsim.services.guest.i915 import VgpuDriver
     from gvtsim.services.guest.pci import PciDevice
+    from gvtsim.services.guest.runtime import Done
 
     host = Host()
     try:
@@ -315,27 +314,22 @@ def test_the_guest_driver_waits_on_the_csb_gvt_mirrors_into_its_hwsp() -> None:
 
         host.gvt.emulate_mmio_read = counting_read  # type: ignore[method-assign]
 
-        async def scenario() -> None:
-            await drv.init()
-            host.apply_effects()
-            e = drv.engines["rcs"]
-            assert drv.caps & r.VGT_CAPS_HWSP_EMULATION and e.hwsp is not None
-            assert g.vgpu.mmio.read32(0x2080) == e.hwsp.gm  # RING_HWS_PGA
-            task = asyncio.create_task(drv.submit("rcs", [cmds.MI_NOOP], timeout=5))
-            for _ in range(100):  # the ELSP writes reach gvt, which dispatches to the (absent) GPU
-                await asyncio.sleep(0)
-                if host.gvt.scheduler.inflight:
-                    break
-            (w,) = host.gvt.scheduler.inflight.values()
-            host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w.id, now=0.0)  # the GPU completed it
-            await drv.on_msi(0xFEE0_0000, gpu.msi_vector)
-            await asyncio.wait_for(task, 5)
-            wp = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_WRITE)
-            assert wp == g.vgpu.mmio.read32(0x23A0) & 7  # the mirror equals the CSB pointer register
-            entry = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_BUF0 + 8 * wp)
-            assert entry & r.CSB_CTX_COMPLETE and e.completions == 1 and e.csb_hwsp_reads >= 1
-
-        asyncio.run(scenario())
+        host.run(drv.init())
+        host.apply_effects()
+        e = drv.engines["rcs"]
+        assert drv.caps & r.VGT_CAPS_HWSP_EMULATION and e.hwsp is not None
+        assert g.vgpu.mmio.read32(0x2080) == e.hwsp.gm  # RING_HWS_PGA
+        sub = host.rt.spawn(drv.submit("rcs", [cmds.MI_NOOP], timeout=5), 0.0, "submit", 1)
+        host.pump()  # the ELSP writes reach gvt, which dispatches to the (absent) GPU; the driver waits
+        assert sub.outcome is None
+        (w,) = host.gvt.scheduler.inflight.values()
+        host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w.id, now=0.0)  # the GPU completed it
+        host.run(drv.on_msi(0xFEE0_0000, gpu.msi_vector))
+        assert isinstance(sub.outcome, Done), sub.outcome
+        wp = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_WRITE)
+        assert wp == g.vgpu.mmio.read32(0x23A0) & 7  # the mirror equals the CSB pointer register
+        entry = g.machine.read_u32(e.hwsp.gpa + r.HWS_CSB_BUF0 + 8 * wp)
+        assert entry & r.CSB_CTX_COMPLETE and e.completions == 1 and e.csb_hwsp_reads >= 1
         assert csb_reads == [] and host.gvt.counters["csb_hwsp_entries"] >= 2 and not g.vgpu.failsafe
     finally:
         host.close()

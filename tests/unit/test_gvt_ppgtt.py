@@ -8,7 +8,6 @@ tables pgpu walks; with OOS on and off the translations are identical and OOS ta
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
@@ -40,16 +39,16 @@ op = st.one_of(
 )
 
 
-async def _run(host: Host, levels: int, ops: list[tuple[str, int, int]]) -> list[dict[int, int | None]]:
+def _run(host: Host, levels: int, ops: list[tuple[str, int, int]]) -> list[dict[int, int | None]]:
     """Apply the edits as the guest would; after every "submit" (and at the end) compare the two walks.
     Returns the translations seen at each check (for the OOS on/off comparison)."""
     g = host.add_vm(1)
     vas = VA_L3 if levels == 3 else VA_L4
-    data = [await g.alloc_page() for _ in range(DATA_PAGES)]
+    data = [g.alloc_page() for _ in range(DATA_PAGES)]
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, levels)
-    await ppgtt.create()
-    await ppgtt.map(vas[0], data[0])  # something mapped before GVT learns of the tables
-    await host.notify(g, ppgtt)  # g2v CREATE: shadowed and write-protected from now on
+    yield from ppgtt.create()
+    yield from ppgtt.map(vas[0], data[0])  # something mapped before GVT learns of the tables
+    host.notify(g, ppgtt)  # g2v CREATE: shadowed and write-protected from now on
     seen: list[dict[int, int | None]] = []
 
     def check() -> None:
@@ -65,19 +64,19 @@ async def _run(host: Host, levels: int, ops: list[tuple[str, int, int]]) -> list
     for kind, a, b in ops:
         va = vas[a % len(vas)]
         if kind == "map":
-            await ppgtt.map(va, data[b])
+            yield from ppgtt.map(va, data[b])
         elif kind == "unmap":
-            await ppgtt.unmap(va)
+            yield from ppgtt.unmap(va)
         elif kind == "half":  # a 4-byte PTE update (the low half): deferred to the post-shadow flush
-            pt = await ppgtt._pt_of(va)
+            pt = yield from ppgtt._pt_of(va)
             if pt is not None:
-                await g.machine.write_u32(pt + 8 * ((va >> 12) & 0x1FF), encode(data[b]) & 0xFFFF_FFFF)
+                yield from g.machine.write_u32(pt + 8 * ((va >> 12) & 0x1FF), encode(data[b]) & 0xFFFF_FFFF)
         elif kind == "unlink":
-            await ppgtt.unlink_table(va)
+            yield from ppgtt.unlink_table(va)
         elif kind == "share":
-            await ppgtt.share_table(va, vas[b % len(vas)])
+            yield from ppgtt.share_table(va, vas[b % len(vas)])
         elif kind == "foreign":
-            await ppgtt.map(va, FOREIGN_GFN << PAGE_SHIFT)
+            yield from ppgtt.map(va, FOREIGN_GFN << PAGE_SHIFT)
         else:
             check()
     check()
@@ -98,7 +97,7 @@ def test_shadow_translates_like_the_guest_with_and_without_oos(levels: int, ops:
     for oos in (False, True):
         host = Host(oos=oos)
         try:
-            results[oos] = asyncio.run(_run(host, levels, ops))
+            results[oos] = host.run(_run(host, levels, ops))
             traps[oos] = _traps(host)
             assert host.gvt.counters["internal_errors"] == 0
             assert not host.vms[1].vgpu.failsafe
@@ -119,19 +118,19 @@ def test_wp_trap_totals_of_the_property_run() -> None:
     assert TOTALS["wp_traps_oos_on"] <= TOTALS["wp_traps_oos_off"]
 
 
-async def _remap_heavy(host: Host, rounds: int = 6, pages: int = 32) -> tuple[dict[int, int | None], int]:
+def _remap_heavy(host: Host, rounds: int = 6, pages: int = 32) -> tuple[dict[int, int | None], int]:
     """A guest that remaps a whole PT's worth of pages between submissions (the case OOS is for)."""
     g = host.add_vm(1)
-    data = [await g.alloc_page() for _ in range(pages)]
+    data = [g.alloc_page() for _ in range(pages)]
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
-    await ppgtt.create()
-    await host.notify(g, ppgtt)
+    yield from ppgtt.create()
+    host.notify(g, ppgtt)
     vas = [i << 12 for i in range(pages)]
     for r in range(rounds):
         for i, va in enumerate(vas):
-            await ppgtt.map(va, data[(i + r) % pages])
+            yield from ppgtt.map(va, data[(i + r) % pages])
         if r % 2:
-            await ppgtt.unmap(vas[r])
+            yield from ppgtt.unmap(vas[r])
         shadow = host.prepare(g, ppgtt, workload_id=r + 1)
         for va in vas:
             assert host.shadow_walk(3, shadow, va) == host.guest_walk(g, ppgtt, va)
@@ -143,7 +142,7 @@ def test_oos_takes_fewer_wp_traps_for_the_same_translations() -> None:
     for oos in (False, True):
         host = Host(oos=oos)
         try:
-            out[oos] = asyncio.run(_remap_heavy(host))
+            out[oos] = host.run(_remap_heavy(host))
             if oos:
                 assert host.gvt.counters["ppgtt_oos_syncs"] > 0 and host.gvt.counters["ppgtt_oos_pages"] > 0
         finally:
@@ -154,23 +153,23 @@ def test_oos_takes_fewer_wp_traps_for_the_same_translations() -> None:
     assert oos_traps < plain_traps
 
 
-async def _other_space_edited_while_one_is_dispatched(host: Host) -> None:
+def _other_space_edited_while_one_is_dispatched(host: Host) -> None:
     g = host.add_vm(1)
-    data = [await g.alloc_page() for _ in range(40)]
+    data = [g.alloc_page() for _ in range(40)]
     a = GuestPpgtt(g.machine, g.alloc_page, 3)  # the address space of the workload being dispatched
     b = GuestPpgtt(g.machine, g.alloc_page, 3)  # another vCPU's, which it is editing at the same time
     for p in (a, b):
-        await p.create()
-        await p.map(0, data[0])
-        await host.notify(g, p)
+        yield from p.create()
+        yield from p.map(0, data[0])
+        host.notify(g, p)
     for i in range(32):  # b's PT takes enough WP faults to go out of sync (writable again)
-        await b.map(i << 12, data[i])
+        yield from b.map(i << 12, data[i])
     spt = g.vgpu.ppgtt.spt
     assert [s for s in spt.oos_list if s.out_of_sync], "b's PT should be out of sync by now"
     desc = DESC_VALID | (1 << 3)
     # a's workload is prepared; the write protection it queues is not at vhm yet when the other vCPU writes
     g.vgpu.ppgtt.prepare_workload(desc, pdps_to_context(a.roots), 1)
-    await b.map(5 << 12, data[39])  # lands directly (b's PT is not write-protected): no trap
+    yield from b.map(5 << 12, data[39])  # lands directly (b's PT is not write-protected): no trap
     host.apply_effects()
     shadow = host.prepare(g, b, workload_id=2)
     for i in range(32):
@@ -183,6 +182,6 @@ def test_oos_page_of_another_address_space_is_not_synced_under_its_writer() -> N
     them is missed between gvt's read of the page and vhm write-protecting it again."""
     host = Host(oos=True)
     try:
-        asyncio.run(_other_space_edited_while_one_is_dispatched(host))
+        host.run(_other_space_edited_while_one_is_dispatched(host))
     finally:
         host.close()

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
@@ -23,15 +22,15 @@ def test_bench_pte_wp_trap(benchmark: Any) -> None:
     try:
         g = host.add_vm(1)
 
-        async def setup() -> tuple[int, list[int]]:
+        def setup() -> tuple[int, list[int]]:
             ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
-            await ppgtt.create()
-            pages = [await g.alloc_page() for _ in range(2)]
-            await ppgtt.map(0x1000, pages[0])
-            await host.notify(g, ppgtt)
-            return (await ppgtt._pt_of(0x1000) or 0) + 8, pages
+            yield from ppgtt.create()
+            pages = [g.alloc_page() for _ in range(2)]
+            yield from ppgtt.map(0x1000, pages[0])
+            host.notify(g, ppgtt)
+            return ((yield from ppgtt._pt_of(0x1000)) or 0) + 8, pages
 
-        pte, pages = asyncio.run(setup())
+        pte, pages = host.run(setup())
         seq = itertools.count(1)
         flip = itertools.cycle(pages)
 
@@ -53,15 +52,15 @@ def test_bench_shadow_a_full_page_table(benchmark: Any) -> None:
     try:
         g = host.add_vm(1)
 
-        async def setup() -> GuestPpgtt:
+        def setup() -> GuestPpgtt:
             ppgtt = GuestPpgtt(g.machine, g.alloc_page, 4)
-            await ppgtt.create()
-            page = await g.alloc_page()
+            yield from ppgtt.create()
+            page = g.alloc_page()
             for i in range(512):
-                await ppgtt.map(i << 12, page)
+                yield from ppgtt.map(i << 12, page)
             return ppgtt
 
-        ppgtt = asyncio.run(setup())
+        ppgtt = host.run(setup())
         v = g.vgpu
 
         def cycle() -> int:

@@ -4,7 +4,6 @@ running out of frames (gvt/gtt.c, gvt/page_track.c, gvt/vgpu.c). Real memory, EP
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -28,13 +27,13 @@ def host() -> Iterator[Host]:
 
 
 def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+    return host.run(coro)
 
 
-async def _space(host: Host, g: GuestVm, levels: int = 3) -> GuestPpgtt:
+def _space(host: Host, g: GuestVm, levels: int = 3) -> GuestPpgtt:
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, levels)
-    await ppgtt.create()
-    await host.notify(g, ppgtt)
+    yield from ppgtt.create()
+    host.notify(g, ppgtt)
     return ppgtt
 
 
@@ -54,19 +53,19 @@ def test_context_pdp_order_round_trips() -> None:
 def test_pte_naming_another_vms_frame_reaches_only_the_scratch_page(host: Host) -> None:
     a, b = host.add_vm(1), host.add_vm(2)
 
-    async def scenario() -> tuple[int, int, GuestPpgtt, GuestPpgtt]:
-        victim_gpa = await a.alloc_page()
+    def scenario() -> tuple[int, int, GuestPpgtt, GuestPpgtt]:
+        victim_gpa = a.alloc_page()
         a.machine.mem.write(a.vgpu.mpt.gfn_to_mfn(victim_gpa >> PAGE_SHIFT) << PAGE_SHIFT, b"A" * PAGE_SIZE)
-        pa = await _space(host, a)
-        await pa.map(0x1000, victim_gpa)  # A's own, legitimate mapping
-        pb = await _space(host, b)
+        pa = yield from _space(host, a)
+        yield from pa.map(0x1000, victim_gpa)  # A's own, legitimate mapping
+        pb = yield from _space(host, b)
         victim_mfn = a.vgpu.mpt.gfn_to_mfn(victim_gpa >> PAGE_SHIFT)
-        await pb.map(0x1000, victim_mfn << PAGE_SHIFT)  # B names A's machine frame as if it were its gfn
-        await pb.map(0x2000, 256 << PAGE_SHIFT)  # the first frame past B's 1 MiB of RAM
-        await pb.map(0x3000, 0x4000_0000)  # far beyond any RAM
+        yield from pb.map(0x1000, victim_mfn << PAGE_SHIFT)  # B names A's machine frame as if it were its gfn
+        yield from pb.map(0x2000, 256 << PAGE_SHIFT)  # the first frame past B's 1 MiB of RAM
+        yield from pb.map(0x3000, 0x4000_0000)  # far beyond any RAM
         return victim_mfn, victim_gpa, pa, pb
 
-    victim_mfn, victim_gpa, pa, pb = run(scenario())
+    victim_mfn, victim_gpa, pa, pb = host.run(scenario())
     scratch = host.gvt.scratch_mfn << PAGE_SHIFT
     shadow_b = host.prepare(b, pb)
     for va in (0x1000, 0x2000, 0x3000):
@@ -88,18 +87,18 @@ def test_g2v_create_tracks_every_table_and_destroy_releases_them(host: Host) -> 
     g = host.add_vm(1)
     pool = len(host.gvt.shadow.frame_pool)
 
-    async def scenario() -> GuestPpgtt:
-        ppgtt = await _space(host, g, levels=4)
-        await ppgtt.map(0x80_0020_3000, await g.alloc_page())
+    def scenario() -> GuestPpgtt:
+        ppgtt = yield from _space(host, g, levels=4)
+        yield from ppgtt.map(0x80_0020_3000, g.alloc_page())
         return ppgtt
 
-    ppgtt = run(scenario())
+    ppgtt = host.run(scenario())
     tables = {gfn << PAGE_SHIFT for gfn in g.vgpu.ppgtt.spts}
     assert len(tables) == 4  # PML4 -> PDP -> PD -> PT
     assert all(not _writable(g, gpa) for gpa in tables)
     assert host.gvt.counters["ppgtt_wp_traps"] >= 3  # the PDP, PD and PT links and the PTE after shadowing
     assert len(host.gvt.shadow.frame_pool) == pool - 3 - 4  # scratch PT/PD/PDP + 4 SPTs
-    run(host.notify(g, ppgtt, create=False))
+    host.notify(g, ppgtt, create=False)
     assert g.vgpu.ppgtt.mms == [] and g.vgpu.ppgtt.spts == {} and g.vgpu.page_track.pages == {}
     assert all(_writable(g, gpa) for gpa in tables)
     assert len(host.gvt.shadow.frame_pool) == pool - 3
@@ -108,41 +107,41 @@ def test_g2v_create_tracks_every_table_and_destroy_releases_them(host: Host) -> 
 def test_a_pt_named_by_two_pdes_is_one_refcounted_spt(host: Host) -> None:
     g = host.add_vm(1)
 
-    async def scenario() -> GuestPpgtt:
-        ppgtt = await _space(host, g)
-        await ppgtt.map(0x5000, await g.alloc_page())
-        await ppgtt.share_table(0x5000, 0x4020_0000)  # another PDP, another PD, the same PT
+    def scenario() -> GuestPpgtt:
+        ppgtt = yield from _space(host, g)
+        yield from ppgtt.map(0x5000, g.alloc_page())
+        yield from ppgtt.share_table(0x5000, 0x4020_0000)  # another PDP, another PD, the same PT
         return ppgtt
 
-    ppgtt = run(scenario())
-    pt_gfn = (run(ppgtt._pt_of(0x5000)) or 0) >> PAGE_SHIFT
+    ppgtt = host.run(scenario())
+    pt_gfn = (host.run(ppgtt._pt_of(0x5000)) or 0) >> PAGE_SHIFT
     assert g.vgpu.ppgtt.spts[pt_gfn].refcount == 2
     shadow = host.prepare(g, ppgtt)
     assert host.shadow_walk(3, shadow, 0x4020_5000) == host.shadow_walk(3, shadow, 0x5000) is not None
-    run(ppgtt.unlink_table(0x5000))
+    host.run(ppgtt.unlink_table(0x5000))
     assert g.vgpu.ppgtt.spts[pt_gfn].refcount == 1 and not _writable(g, pt_gfn << PAGE_SHIFT)
-    run(ppgtt.unlink_table(0x4020_0000))
+    host.run(ppgtt.unlink_table(0x4020_0000))
     assert pt_gfn not in g.vgpu.ppgtt.spts and _writable(g, pt_gfn << PAGE_SHIFT)
 
 
 def test_failsafe_vgpu_wp_write_just_unprotects_and_lands(host: Host) -> None:
     g = host.add_vm(1)
-    ppgtt = run(_space(host, g))
+    ppgtt = host.run(_space(host, g))
     pd = ppgtt.top[0]
     g.vgpu.enter_failsafe(FailsafeReason.GUEST_ERR, "test")
-    run(g.machine.write_u64(pd + 8, 0x1234_5003))
+    host.run(g.machine.write_u64(pd + 8, 0x1234_5003))
     assert _writable(g, pd) and g.machine.read_u64(pd + 8) == 0x1234_5003
     assert host.gvt.counters["wp_failsafe"] == 1
 
 
 def test_a_malformed_page_table_write_fails_only_that_vgpu(host: Host) -> None:
     a, b = host.add_vm(1), host.add_vm(2)
-    pa, pb = run(_space(host, a)), run(_space(host, b))
+    pa, pb = host.run(_space(host, a)), host.run(_space(host, b))
     req = m.Ioreq(vm=1, vcpu=0, seq=1, kind=int(IoreqType.WP), dir=int(IoreqDir.WRITE), addr=pa.top[0] + 2,
                   size=2, value=0xFFFF)
     host.gvt.handle_ioreq(req, 0.0)  # 2 bytes: ppgtt_write_protection_handler accepts only 4 or 8 (-EINVAL)
     assert a.vgpu.failsafe and host.gvt.counters["wp_errors"] == 1
-    run(pb.map(0x1000, 0x3000))
+    host.run(pb.map(0x1000, 0x3000))
     assert not b.vgpu.failsafe
     assert host.shadow_walk(3, host.prepare(b, pb), 0x1000) == host.guest_walk(b, pb, 0x1000)
 
@@ -150,17 +149,17 @@ def test_a_malformed_page_table_write_fails_only_that_vgpu(host: Host) -> None:
 def test_half_entry_writes_wait_for_the_flush(host: Host) -> None:
     g = host.add_vm(1)
 
-    async def scenario() -> tuple[GuestPpgtt, int, int]:
-        ppgtt = await _space(host, g)
-        old, new = await g.alloc_page(), await g.alloc_page()
-        await ppgtt.map(0x1000, old)
+    def scenario() -> tuple[GuestPpgtt, int, int]:
+        ppgtt = yield from _space(host, g)
+        old, new = g.alloc_page(), g.alloc_page()
+        yield from ppgtt.map(0x1000, old)
         return ppgtt, old, new
 
-    ppgtt, old, new = run(scenario())
+    ppgtt, old, new = host.run(scenario())
     spt = next(s for s in g.vgpu.ppgtt.spts.values() if s.level == 1)
     shadow = host.prepare(g, ppgtt)
-    pt = run(ppgtt._pt_of(0x1000)) or 0
-    run(g.machine.write_u32(pt + 8, new | 3))  # the low half only
+    pt = host.run(ppgtt._pt_of(0x1000)) or 0
+    host.run(g.machine.write_u32(pt + 8, new | 3))  # the low half only
     assert spt.post_shadow == {1} and host.shadow_walk(3, shadow, 0x1000) is None  # scratch until flushed
     shadow = host.prepare(g, ppgtt)
     assert spt.post_shadow == set() and host.shadow_walk(3, shadow, 0x1000) == host.guest_walk(g, ppgtt, 0x1000)
@@ -171,13 +170,13 @@ def test_half_entry_writes_wait_for_the_flush(host: Host) -> None:
 def test_lazy_mm_lives_while_its_workload_runs(host: Host) -> None:
     g = host.add_vm(1)
 
-    async def scenario() -> GuestPpgtt:  # no g2v CREATE: the context's roots are all GVT sees
+    def scenario() -> GuestPpgtt:  # no g2v CREATE: the context's roots are all GVT sees
         ppgtt = GuestPpgtt(g.machine, g.alloc_page, 4)
-        await ppgtt.create()
-        await ppgtt.map(0x7000, await g.alloc_page())
+        yield from ppgtt.create()
+        yield from ppgtt.map(0x7000, g.alloc_page())
         return ppgtt
 
-    ppgtt = run(scenario())
+    ppgtt = host.run(scenario())
     sched = host.gvt.scheduler
     shadow = host.prepare(g, ppgtt, workload_id=7)
     sched.inflight[7] = object()  # type: ignore[assignment]  # on the GPU
@@ -193,13 +192,13 @@ def test_lazy_mm_lives_while_its_workload_runs(host: Host) -> None:
 
 def test_frames_freed_under_a_running_workload_are_not_reused_until_it_ends(host: Host) -> None:
     g = host.add_vm(1)
-    ppgtt = run(_space(host, g))
-    run(ppgtt.map(0x1000, 0x3000))
+    ppgtt = host.run(_space(host, g))
+    host.run(ppgtt.map(0x1000, 0x3000))
     sched = host.gvt.scheduler
     sched.inflight[1] = object()  # type: ignore[assignment]
-    pt = run(ppgtt._pt_of(0x1000)) or 0
+    pt = host.run(ppgtt._pt_of(0x1000)) or 0
     freed = g.vgpu.ppgtt.spts[pt >> PAGE_SHIFT].mfn
-    run(ppgtt.unlink_table(0x1000))
+    host.run(ppgtt.unlink_table(0x1000))
     assert freed not in host.gvt.shadow.frame_pool
     del sched.inflight[1]
     host.gvt.ppgtt.reap()
@@ -208,8 +207,8 @@ def test_frames_freed_under_a_running_workload_are_not_reused_until_it_ends(host
 
 def test_resets_gt_invalidates_dmlr_destroys(host: Host) -> None:
     g = host.add_vm(1)
-    ppgtt = run(_space(host, g))
-    run(ppgtt.map(0x1000, 0x3000))
+    ppgtt = host.run(_space(host, g))
+    host.run(ppgtt.map(0x1000, 0x3000))
     assert host.gvt.reset_vgpu(1, dmlr=False) is None  # full GT reset
     host.apply_effects()
     (mm,) = g.vgpu.ppgtt.mms
@@ -224,11 +223,11 @@ def test_resets_gt_invalidates_dmlr_destroys(host: Host) -> None:
 def test_no_frames_fails_the_workload_not_the_vgpu(host: Host) -> None:
     g = host.add_vm(1)
     ppgtt = GuestPpgtt(g.machine, g.alloc_page, 3)
-    run(ppgtt.create())
-    run(ppgtt.map(0x1000, 0x3000))
+    host.run(ppgtt.create())
+    host.run(ppgtt.map(0x1000, 0x3000))
     pool = host.gvt.shadow
     saved, pool.frame_pool = pool.frame_pool, pool.frame_pool[:4]  # scratch tables + one PD: not enough
-    run(host.notify(g, ppgtt))  # shadowing is deferred, not an error
+    host.notify(g, ppgtt)  # shadowing is deferred, not an error
     with pytest.raises(PpgttError):
         host.prepare(g, ppgtt)
     assert not g.vgpu.failsafe and g.vgpu.ppgtt.spts == {} and host.gvt.counters["ppgtt_no_frames"] >= 1
@@ -239,8 +238,8 @@ def test_no_frames_fails_the_workload_not_the_vgpu(host: Host) -> None:
 
 def test_vgpu_destroy_releases_every_tracked_page(host: Host) -> None:
     g = host.add_vm(1)
-    ppgtt = run(_space(host, g))
-    run(ppgtt.map(0x1000, 0x3000))
+    ppgtt = host.run(_space(host, g))
+    host.run(ppgtt.map(0x1000, 0x3000))
     tables = [gfn << PAGE_SHIFT for gfn in g.vgpu.ppgtt.spts]
     assert host.gvt.destroy_vgpu(1) is None
     host.apply_effects()

@@ -9,10 +9,12 @@ ioreq completes, as vhm does.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from test_gvt_fixtures import program_bar0
 
@@ -23,6 +25,7 @@ from gvtsim.services.guest.cpu import GuestMachine
 from gvtsim.services.guest.i915 import ppgtt_notify_vgt
 from gvtsim.services.guest.ppgtt import GuestPpgtt
 from gvtsim.protocol.errors import Refusal
+from gvtsim.services.guest.runtime import Gen, Runtime, drive
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.effects import PageTrack
 from gvtsim.services.gvt.mpt import EptMpt
@@ -45,7 +48,7 @@ class GuestVm:
     vgpu: Vgpu
     next_page: int = 16  # gfns below are left alone
 
-    async def alloc_page(self) -> int:
+    def alloc_page(self) -> int:
         """A fresh page of guest RAM (bump allocator)."""
         gpa = self.next_page << PAGE_SHIFT
         self.next_page += 1
@@ -65,6 +68,7 @@ class Host:
         self.gvt.shadow.add_frames([self._one("gvt") for _ in range(pool)])
         self.vms: dict[int, GuestVm] = {}
         self.page_tracks: Counter[str] = Counter()
+        self.rt = Runtime()  # the guests' CPUs (no event loop: pump() answers their ioreqs)
 
     def _one(self, owner: str) -> int:
         (run,) = self.frames.alloc(1, owner)
@@ -85,15 +89,28 @@ class Host:
         assert not isinstance(v, Refusal), v
         program_bar0(self.gvt, v, BAR0)
         self.gvt.drain_effects()
-        machine = GuestMachine(vm, 1, self.mem, root.mfn, ram_mb << 20, self._send)
+        machine = GuestMachine(vm, 1, self.mem, root.mfn, ram_mb << 20, self.rt)
         g = GuestVm(vm, ept, root.mfn, ram_mb, machine, v)
         self.vms[vm] = g
         return g
 
-    async def _send(self, req: m.Ioreq) -> int:
+    def _send(self, req: m.Ioreq) -> int:
         value = self.gvt.handle_ioreq(req, 0.0)
         self.apply_effects()
         return value
+
+    def pump(self) -> None:
+        """vhm's part for the guests' threads: every ioreq they trapped goes to GVT and completes at once."""
+        rt = self.rt
+        while rt.outbox:
+            req = rt.outbox.pop(0)
+            rt.ioreq_done(req.vm, req.vcpu, req.seq, self._send(req), rt.now)
+
+    def run(self, gen: Any) -> Any:
+        """Run one guest thread (a driver step) to its end on the guests' runtime, answering its ioreqs."""
+        if not inspect.isgenerator(gen):  # a step that turned out not to need the CPU
+            return gen
+        return drive(gen, self._send, self.rt)
 
     def apply_effects(self) -> None:
         """vhm's part: PAGE_TRACK write-protects / releases the page in the VM's EPT."""
@@ -102,11 +119,11 @@ class Host:
                 assert self.vms[e.vm].ept.set_write_protect(e.gfn, e.enable)
                 self.page_tracks["enable" if e.enable else "disable"] += 1
 
-    async def notify(self, g: GuestVm, ppgtt: GuestPpgtt, create: bool = True) -> None:
+    def notify(self, g: GuestVm, ppgtt: GuestPpgtt, create: bool = True) -> None:
         """The guest's gen8_ppgtt_notify_vgt through trapped MMIO."""
-        async def write(off: int, value: int) -> None:
-            await g.machine.mmio_write(BAR0 + off, 4, value)
-        await ppgtt_notify_vgt(write, ppgtt, create)
+        def write(off: int, value: int) -> Gen[None]:
+            yield from g.machine.mmio_write(BAR0 + off, 4, value)
+        self.run(ppgtt_notify_vgt(write, ppgtt, create))
 
     def prepare(self, g: GuestVm, ppgtt: GuestPpgtt, workload_id: int = 1) -> tuple[int, int, int, int]:
         """What dispatch does before a submission: the shadow roots, after the OOS sync and the

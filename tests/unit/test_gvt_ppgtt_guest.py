@@ -4,7 +4,6 @@ and the teardown."""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from test_gvt_ppgtt_fixtures import BAR0, Host
@@ -25,10 +24,10 @@ def test_ppgtt_context_is_announced_imaged_and_destroyed(levels: int) -> None:
                         bar2_size=host.gvt.gpu.aperture_size)
         drv = VgpuDriver(g.machine, gpu, engines=("rcs",))
 
-        async def scenario() -> None:
-            await drv.init()
+        def scenario() -> None:
+            yield from drv.init()
             host.apply_effects()
-            ctx = await drv.create_ppgtt_context("rcs", levels)
+            ctx = yield from drv.create_ppgtt_context("rcs", levels)
             host.apply_effects()
             (mm,) = g.vgpu.ppgtt.mms
             assert mm.root == (PPGTT_ROOT_L3 if levels == 3 else PPGTT_ROOT_L4) and mm.refcount == 1
@@ -43,12 +42,12 @@ def test_ppgtt_context_is_announced_imaged_and_destroyed(levels: int) -> None:
             assert (drv.descriptor(drv.engines["rcs"]) >> 3) & 3 == 1  # the default context is unchanged
             tables = [gfn << PAGE_SHIFT for gfn in g.vgpu.ppgtt.spts]
             assert tables and all(not g.ept.translate(gpa >> PAGE_SHIFT)[1] for gpa in tables)  # type: ignore[index]
-            await drv.destroy_ppgtt_contexts()
+            yield from drv.destroy_ppgtt_contexts()
             host.apply_effects()
             assert g.vgpu.ppgtt.mms == [] and drv.engines["rcs"].ppgtt_ctx is None
             assert all(g.ept.translate(gpa >> PAGE_SHIFT)[1] for gpa in tables)  # type: ignore[index]
 
-        asyncio.run(scenario())
+        host.run(scenario())
         assert host.gvt.counters["g2v_ppgtt_create"] == 1 and host.gvt.counters["g2v_ppgtt_destroy"] == 1
         assert not g.vgpu.failsafe
     finally:
