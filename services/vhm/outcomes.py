@@ -40,7 +40,7 @@ class Rejected:
 
     def error(self, req: int | None = None) -> m.Error:
         """The ERROR message (``req`` echoed for request/response calls)."""
-        return m.Error(code=self.code.value, reason=self.reason[:1024], req=req, vm=self.vm, vcpu=self.vcpu,
+        return m.Error(code=self.code, reason=self.reason[:1024], req=req, vm=self.vm, vcpu=self.vcpu,
                        seq=self.seq)
 
 
@@ -79,7 +79,7 @@ class IoreqFailed:
     reason: str
 
     def error(self) -> m.Error:
-        return m.Error(code=self.code.value, reason=self.reason[:1024], vm=self.vm, vcpu=self.vcpu, seq=self.seq)
+        return m.Error(code=self.code, reason=self.reason[:1024], vm=self.vm, vcpu=self.vcpu, seq=self.seq)
 
 
 @dataclass(frozen=True)

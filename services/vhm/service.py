@@ -201,7 +201,7 @@ class VhmService(BaseService):
         self.counters["error_unexpected"] += 1
         tag = type(msg).__struct_config__.tag
         self.log.warning("unexpected", peer_role=session.role, peer_id=session.id, msg_type=tag)
-        await self._send(session, m.Error(code=ErrorCode.UNEXPECTED.value, req=getattr(msg, "req", None),
+        await self._send(session, m.Error(code=ErrorCode.UNEXPECTED, req=getattr(msg, "req", None),
                                           reason=f"{tag} is not accepted from role {session.role}"))
 
     # --------------------------------------------------------------------------------- sending
@@ -358,7 +358,8 @@ class VhmService(BaseService):
                                                   ept_root=vg.ept_root, ram_mb=vg.ram_mb,
                                                   timeout=self.args.vgpu_timeout)
             if not isinstance(reply, m.VgpuCreated):
-                raise RemoteError(m.Error(code="internal", reason=f"device model answered {type(reply).__name__}"))
+                raise RemoteError(m.Error(code=ErrorCode.INTERNAL,
+                                          reason=f"device model answered {type(reply).__name__}"))
         except RemoteError as err:
             failure = Rejected(ErrorCode(err.code), f"vGPU {vg.spec!r}: {err.error.reason}")
         except PeerLost as err:
