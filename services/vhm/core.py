@@ -29,12 +29,13 @@ import msgspec
 from ...protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
+from ...protocol.errors import Refusal
 from ..common.histo import Histogram
 from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
 from .guest_memory import GuestMemory
 from .mpt import MptServices
 from .reconcile import ClientSessions
-from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Rejected, Teardown,
+from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Teardown,
                        VgpuRequest, VhmError, VmPlan, entry_point)
 from .admission import GUEST_KIND_CHECKS
 from .routing import all_ones, fallback_value, handle_cf8cfc, route
@@ -170,7 +171,7 @@ class VhmCore(MptServices, ClientSessions):
 
         Returns:
             Completed (answered inside vhm: 0xCF8, CONF1 disabled, fallback), Dispatched (PROCESSING at a
-            client) or Rejected (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
+            client) or Refusal (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
         """
         vm = self._insert(peer, req)
         return self._distribute(vm, req.vcpu, now)
@@ -241,20 +242,20 @@ class VhmCore(MptServices, ClientSessions):
         return Completed(vm.owner, vm.id, vcpu, vm.request_of(slot).seq, value)
 
     def complete(self, client: int, results: list[m.IoreqResult], now: float | None = None
-                 ) -> list[Completed | Rejected]:
+                 ) -> list[Completed | Refusal]:
         """A client's completions (IOREQ_COMPLETE). Each valid one moves its slot PROCESSING -> COMPLETE
-        and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Rejected`
+        and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Refusal`
         for the client (the slot it names is not touched)."""
-        out: list[Completed | Rejected] = []
+        out: list[Completed | Refusal] = []
         for r in results:
             try:
                 out.append(self._complete_one(client, r, now))
             except VhmError as err:
                 self.counters["stale_completions"] += 1
-                out.append(Rejected(err.code, err.reason, **err.keys))
+                out.append(Refusal(err.code, err.reason, **err.keys))
             except Exception as err:  # a bug: counted, the other completions still go through
                 self.counters["internal_errors"] += 1
-                out.append(Rejected(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
+                out.append(Refusal(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
         return out
 
     def _complete_one(self, client: int, r: m.IoreqResult, now: float | None = None) -> Completed:

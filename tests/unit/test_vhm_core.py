@@ -13,7 +13,8 @@ from gvtsim.protocol import messages as m
 from gvtsim.services.common.ept import Ept
 from gvtsim.services.common.memory import PAGE_SHIFT, MachineMemory
 from gvtsim.services.vhm.core import VhmCore
-from gvtsim.services.vhm.outcomes import Completed, Dispatched, IoreqFailed, Rejected, VmPlan
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.vhm.outcomes import Completed, Dispatched, IoreqFailed, VmPlan
 from gvtsim.services.vhm.vm import VmState
 
 R, W = IoreqDir.READ, IoreqDir.WRITE
@@ -106,7 +107,7 @@ def test_vm_ids_are_distinct_and_destroy_returns_every_frame(core):
 def test_create_with_vgpu_needs_a_device_model(core):
     free0 = core.frames.free_frames
     out = core.create_vm("guestA", "v", 1, 2, "GVTg_V5_4")
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_DEVICE_MODEL
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_DEVICE_MODEL
     assert core.frames.free_frames == free0 and not core.vms
     cid = core.add_client("gvt", "gvt")
     plan = make_vm(core, vgpu="GVTg_V5_4")
@@ -115,7 +116,7 @@ def test_create_with_vgpu_needs_a_device_model(core):
     assert core.vms[plan.vm].state is VmState.CREATING
     # the guest does not know the id yet: no ioreq reaches a CREATING VM
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SUCH_VM
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SUCH_VM
     assert core.vgpu_created(plan.vm, plan.serial, cid, 3)
     assert core.vms[plan.vm].state is VmState.RUNNING and core.vms[plan.vm].vgpu_id == 3
 
@@ -132,20 +133,20 @@ def test_vgpu_failure_releases_the_vm(core):
 def test_out_of_frames_is_no_space_and_leaks_nothing(core):
     free0 = core.frames.free_frames
     out = core.create_vm("guestA", "huge", 1, 4096)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SPACE
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SPACE
     assert core.frames.free_frames == free0 and core.counters["error_no_space"] == 1
 
 
 def test_forged_and_unknown_vm_ids(core):
     a = make_vm(core, "guestA")
     out = core.submit_ioreq("guestB", ioreq(a.vm, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.FORGED_ID
+    assert isinstance(out, Refusal) and out.code is ErrorCode.FORGED_ID
     assert (out.vm, out.vcpu, out.seq) == (a.vm, 0, 1)
     assert core.counters["error_forged_id"] == 1
-    assert isinstance(core.destroy_vm("guestB", a.vm), Rejected)
+    assert isinstance(core.destroy_vm("guestB", a.vm), Refusal)
     assert core.counters["error_forged_id"] == 2 and core.vms[a.vm].state is VmState.RUNNING
     out = core.submit_ioreq("guestA", ioreq(999, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SUCH_VM
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SUCH_VM
 
 
 @pytest.mark.parametrize("req,why", [
@@ -158,7 +159,7 @@ def test_forged_and_unknown_vm_ids(core):
 def test_bad_guest_requests(core, req, why):
     make_vm(core)
     out = core.submit_ioreq("guestA", req, 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.BAD_REQUEST and why in out.reason
+    assert isinstance(out, Refusal) and out.code is ErrorCode.BAD_REQUEST and why in out.reason
     assert all(s.state is IoreqState.FREE for s in core.vms[1].slots)
 
 
@@ -202,7 +203,7 @@ def test_second_request_on_a_busy_slot_is_refused(core, stage):
     slot = core.vms[plan.vm].slots[0]
     assert slot.state.name == stage
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.SLOT_BUSY and out.seq == 2
+    assert isinstance(out, Refusal) and out.code is ErrorCode.SLOT_BUSY and out.seq == 2
     assert slot.state.name == stage and slot.request.seq == 1  # untouched
     assert core.counters["error_slot_busy"] == 1
     # the other vCPU is independent
@@ -218,7 +219,7 @@ def test_completion_from_the_wrong_client_or_seq_is_refused(core):
     bad += core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=1),
                                m.IoreqResult(vm=plan.vm, vcpu=1, seq=4, value=1),
                                m.IoreqResult(vm=77, vcpu=0, seq=4, value=1)])
-    assert all(isinstance(r, Rejected) and r.code is ErrorCode.BAD_REQUEST for r in bad)
+    assert all(isinstance(r, Refusal) and r.code is ErrorCode.BAD_REQUEST for r in bad)
     assert core.vms[plan.vm].slots[0].state is IoreqState.PROCESSING
     assert core.counters["stale_completions"] == 4
 
@@ -297,7 +298,7 @@ def test_client_lost_fails_processing_requests_and_later_ones_fall_back(core):
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
     assert isinstance(out, Completed) and out.value == 0xFFFF_FFFF  # the range went with the client
     late = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=9, value=0)])
-    assert isinstance(late[0], Rejected)
+    assert isinstance(late[0], Refusal)
 
 
 def test_stuck_requests_time_out(core):
@@ -320,7 +321,7 @@ def test_destroy_and_guest_loss_fail_in_flight_requests(core):
     td = core.destroy_vm("guestA", a.vm)
     assert [(f.vm, f.code) for f in td.failed] == [(a.vm, ErrorCode.NO_SUCH_VM)]
     assert len(core.vms[a.vm].ranges) == 0
-    assert isinstance(core.destroy_vm("guestA", a.vm), Rejected)  # already dying
+    assert isinstance(core.destroy_vm("guestA", a.vm), Refusal)  # already dying
     core.reap_vm(td.vm, td.serial)
     tds = core.guest_lost("guestA")
     assert [t.vm for t in tds] == [b.vm]
@@ -374,7 +375,7 @@ def test_page_track_on_gives_wp_requests_off_gives_plain_writes(core, mem):
     assert core.vms[plan.vm].memory.read(gpa, 4) == (0xCCDD).to_bytes(4, "little")
     # a WP request for a page that is no longer protected is refused
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 3, WP, W, gpa, value=1), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.BAD_REQUEST
+    assert isinstance(out, Refusal) and out.code is ErrorCode.BAD_REQUEST
 
 
 def test_client_loss_unprotects_its_pages(core, mem):
@@ -413,7 +414,7 @@ def test_every_request_ends_exactly_once(mem, ops):
             seq += 1
             out = core.submit_ioreq("guestA", ioreq(plan.vm, vcpu, seq, PIO if addr < 0x10000 else MMIO, R, addr),
                                     now)
-            if not isinstance(out, Rejected):
+            if not isinstance(out, Refusal):
                 accepted.add((vcpu, seq))
                 finish([out])
             else:
