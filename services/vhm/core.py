@@ -241,8 +241,7 @@ class VhmCore(MptServices, ClientSessions):
         slot.complete(value)  # PENDING -> COMPLETE, the in-kernel fast path
         return Completed(vm.owner, vm.id, vcpu, vm.request_of(slot).seq, value)
 
-    def complete(self, client: int, results: list[m.IoreqResult], now: float | None = None
-                 ) -> list[Completed | Refusal]:
+    def complete(self, client: int, results: list[m.IoreqResult], now: float) -> list[Completed | Refusal]:
         """A client's completions (IOREQ_COMPLETE). Each valid one moves its slot PROCESSING -> COMPLETE
         and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Refusal`
         for the client (the slot it names is not touched)."""
@@ -258,7 +257,7 @@ class VhmCore(MptServices, ClientSessions):
                 out.append(Refusal(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
         return out
 
-    def _complete_one(self, client: int, r: m.IoreqResult, now: float | None = None) -> Completed:
+    def _complete_one(self, client: int, r: m.IoreqResult, now: float) -> Completed:
         keys = {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
         vm = self.vms.get(r.vm)
         if vm is None or r.vcpu >= vm.vcpus:
@@ -271,11 +270,11 @@ class VhmCore(MptServices, ClientSessions):
         value = r.value & all_ones(req.size) if req.dir == IoreqDir.READ else 0
         slot.complete(value)
         self.counters["ioreq_completed"] += 1
-        if now is not None:  # dispatch -> completion: the device model's service time, as the VM sees it
-            kind = IoreqType(req.kind).name
-            took = now - vm.dispatched_at[r.vcpu]
-            self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
-            self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
+        # dispatch -> completion: the device model's service time, as the VM sees it
+        kind = IoreqType(req.kind).name
+        took = now - vm.dispatched_at[r.vcpu]
+        self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
+        self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
         return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
 
     def resume(self, vm_id: int, vcpu: int, seq: int) -> bool:

@@ -173,7 +173,7 @@ def test_slot_free_pending_processing_complete_free(core):
     out = core.distribute(plan.vm, 1, now=1.0)
     assert isinstance(out, Dispatched) and out.client == cid and out.ioreq.seq == 7
     assert slot.state is IoreqState.PROCESSING and slot.client == cid
-    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=7, value=0xBEEF)])
+    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=7, value=0xBEEF)], 1.5)
     assert isinstance(done, Completed) and (done.peer, done.vm, done.vcpu, done.seq, done.value) == \
         ("guestA", plan.vm, 1, 7, 0xBEEF)
     assert slot.state is IoreqState.COMPLETE
@@ -199,7 +199,7 @@ def test_second_request_on_a_busy_slot_is_refused(core, stage):
     if stage != "PENDING":
         core.distribute(plan.vm, 0, 0.0)
     if stage == "COMPLETE":
-        core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=5)])
+        core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=5)], 0.5)
     slot = core.vms[plan.vm].slots[0]
     assert slot.state.name == stage
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
@@ -215,10 +215,10 @@ def test_completion_from_the_wrong_client_or_seq_is_refused(core):
     cid = mmio_client(core, plan.vm)
     other = core.add_client("other", "other")
     core.submit_ioreq("guestA", ioreq(plan.vm, 0, 4, MMIO, R, BAR0), 0.0)
-    bad = core.complete(other, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=4, value=1)])
+    bad = core.complete(other, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=4, value=1)], 0.5)
     bad += core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=1),
                                m.IoreqResult(vm=plan.vm, vcpu=1, seq=4, value=1),
-                               m.IoreqResult(vm=77, vcpu=0, seq=4, value=1)])
+                               m.IoreqResult(vm=77, vcpu=0, seq=4, value=1)], 0.5)
     assert all(isinstance(r, Refusal) and r.code is ErrorCode.BAD_REQUEST for r in bad)
     assert core.vms[plan.vm].slots[0].state is IoreqState.PROCESSING
     assert core.counters["stale_completions"] == 4
@@ -230,7 +230,7 @@ def test_completion_values_masked_to_size_and_writes_return_zero(core):
     core.submit_ioreq("guestA", ioreq(plan.vm, 0, 1, MMIO, R, BAR0, size=2), 0.0)
     core.submit_ioreq("guestA", ioreq(plan.vm, 1, 1, MMIO, W, BAR0, size=4, value=9), 0.0)
     a, b = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0x12345),
-                               m.IoreqResult(vm=plan.vm, vcpu=1, seq=1, value=0x99)])
+                               m.IoreqResult(vm=plan.vm, vcpu=1, seq=1, value=0x99)], 0.5)
     assert isinstance(a, Completed) and a.value == 0x2345
     assert isinstance(b, Completed) and b.value == 0
 
@@ -267,7 +267,7 @@ def test_pci_config_through_cf8_cfc_reaches_the_bdf_client(core):
     assert isinstance(out, Dispatched) and out.client == cid
     assert (out.ioreq.kind, out.ioreq.bus, out.ioreq.dev, out.ioreq.func, out.ioreq.reg) == (PCI, 0, 2, 0, 0x12)
     assert core.vms[plan.vm].slots[0].request.kind == PCI  # rewritten in place
-    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=0xFE00)])
+    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=0xFE00)], 3.5)
     assert isinstance(done, Completed) and done.value == 0xFE00
     core.resume(plan.vm, 0, 3)
     # another device: nobody intercepts it, the fallback answers all ones
@@ -297,7 +297,7 @@ def test_client_lost_fails_processing_requests_and_later_ones_fall_back(core):
     assert all(s.state is IoreqState.FREE for s in core.vms[plan.vm].slots)
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
     assert isinstance(out, Completed) and out.value == 0xFFFF_FFFF  # the range went with the client
-    late = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=9, value=0)])
+    late = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=9, value=0)], 0.5)
     assert isinstance(late[0], Refusal)
 
 
@@ -368,7 +368,7 @@ def test_page_track_on_gives_wp_requests_off_gives_plain_writes(core, mem):
     assert isinstance(out, Dispatched) and out.client == cid
     assert (out.ioreq.kind, out.ioreq.addr, out.ioreq.value) == (WP, gpa, 0xAABB)
     assert core.vms[plan.vm].memory.read(gpa, 4) == bytes(4)  # the write did not land
-    core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0)])
+    core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0)], 0.5)
     core.resume(plan.vm, 0, 1)
     assert core.page_track(cid, plan.vm, gfn, False).value == 1
     assert guest_write(core, mem, plan, 0, 2, gpa, 0xCCDD) == "plain"
@@ -423,7 +423,7 @@ def test_every_request_ends_exactly_once(mem, ops):
             vm = core.vms[plan.vm]
             s = vm.slots[vcpu]
             if s.state is IoreqState.PROCESSING:
-                finish(core.complete(s.client, [m.IoreqResult(vm=plan.vm, vcpu=vcpu, seq=s.request.seq, value=1)]))
+                finish(core.complete(s.client, [m.IoreqResult(vm=plan.vm, vcpu=vcpu, seq=s.request.seq, value=1)], now))
         elif op == "lose":
             finish(core.client_lost(cid).failed)
             cid = mmio_client(core, plan.vm, f"gvt{seq}")
