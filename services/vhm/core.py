@@ -152,7 +152,7 @@ class VhmCore(MptServices, ClientSessions):
                 if slot.state is IoreqState.PROCESSING and slot.client == client:
                     failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, lost))
             had_vgpu = vm.dm == client and vm.vgpu_id and vm.state is VmState.RUNNING
-            mapped = vm.forget_client(client)
+            mapped = vm.remove_client(client)
             for gfn in mapped:  # its frames are about to be freed: the guest must not keep them
                 vm.memory.unmap_extra(gfn, 1)
                 del vm.extra_maps[gfn]
@@ -387,8 +387,8 @@ class VhmCore(MptServices, ClientSessions):
                 s.free()
         vgpu_client = vm.dm if vm.vgpu_id and vm.dm in self.clients else None
         vm.state = VmState.DYING
-        vm.ranges.clear()
-        vm.bdfs.clear()
+        vm.ranges.clean()
+        vm.bdfs.clean()
         vm.page_tracks.clear()
         vm.dma_pins.clear()
         self.ioreqs_by_vm.pop(vm.id, None)
@@ -402,7 +402,7 @@ class VhmCore(MptServices, ClientSessions):
         if vm is None or vm.serial != serial:
             return 0
         del self.vms[vm_id]
-        return vm.memory.release()
+        return vm.memory.clean()
 
     @entry_point
     def reset_vm(self, peer: Peer, vm_id: int) -> Teardown:

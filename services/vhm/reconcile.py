@@ -246,7 +246,7 @@ class ClientSessions:
         drop the device model's claims on the VM, and tell the guest (VGPU_LOST)."""
         failed = [self._fail_slot(vm, s.vcpu, ErrorCode.GPU_RESET, reason) for s in vm.busy_slots()]
         if vm.dm is not None:
-            for gfn in vm.forget_client(vm.dm):
+            for gfn in vm.remove_client(vm.dm):
                 vm.memory.unmap_extra(gfn, 1)
                 del vm.extra_maps[gfn]
         vm.dm, vm.vgpu_id = None, 0
