@@ -156,11 +156,6 @@ class Refusal:
     answer: bool = True  # False for answers (ERROR, OK...): a refused answer is counted, never answered
 
 
-def rule(cls: type[m.Message]) -> Rule:
-    """The row of a message type (KeyError if it has none: a bug the table test catches)."""
-    return TABLE[cls]
-
-
 def may_hello(service: str, role: str) -> bool:
     """Whether ``service`` opens a session for a peer that says HELLO as ``role``."""
     return TABLE[m.Hello].allowed(service, role)
