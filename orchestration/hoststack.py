@@ -81,6 +81,7 @@ class HostStack:
         self.guest_plan: ProcSpec | None = next((s for s in plan if s.service == "guest"), None)
         mem_paths = {s.env.get("GVTSIM_MEM_PATH", "") for s in plan} - {""}
         if len(mem_paths) != 1:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
             raise ComposeError(f"the compose services do not share one machine memory file ({sorted(mem_paths)})")
         self.mem = mem_paths.pop()
         os.makedirs(os.path.dirname(self.mem), exist_ok=True)
