@@ -334,6 +334,9 @@ def native_plan(topo: Topology, stacks: list[int], layout: NativeLayout, *, gues
                     argv = tuple(tr(a) for a in svc.command)
                     env = {k: tr(v) for k, v in svc.environment.items()}
                     env.update((stack_env or {}).get(stack, {}))
+                    if env.get("GVTSIM_METRICS"):  # compose gives each container the same port (published on
+                        env["GVTSIM_METRICS"] = "127.0.0.1:0"  # a free host port): natively each process takes a
+                        # free one and names it in its ready line
                     ident = pname.replace("/", "-")
                     env.setdefault("GVTSIM_ID", ident)
                     if name in guest_services:  # VM names unique across the run's guest processes

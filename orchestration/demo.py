@@ -41,8 +41,7 @@ def run_demo(vms: int, workloads: int, types: str, vcpus: int = 2, ram_mb: int =
                                       *(["--pv"] if use_pv else []), *(["--mix", mix] if mix else []),
                                       *(["--display"] if web else []), name=f"guest{n}"))
         if web:
-            page = stack._start(["web", "--gvt", stack.gvt.endpoint, "--vhm", stack.vhm.endpoint, "--listen", web],
-                                "web")
+            page = stack.web(web)
             if announce is not None:
                 announce(page.endpoint)
         dones = [g.wait_event("done", timeout=60 + workloads * vms * 0.5) for g in guests]

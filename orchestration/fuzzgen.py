@@ -45,6 +45,8 @@ def minimal_value(t: mi.Type) -> Any:
         return b"\0" * (t.min_length or 0)
     if isinstance(t, mi.LiteralType):
         return t.values[0]
+    if isinstance(t, mi.EnumType):
+        return next(iter(t.cls))
     if isinstance(t, mi.ListType):
         return [minimal_value(t.item_type) for _ in range(t.min_length or 0)]
     if isinstance(t, mi.TupleType):
@@ -88,6 +90,8 @@ def for_type(t: mi.Type) -> Any:
         return st.binary(min_size=t.min_length or 0, max_size=min(t.max_length or 64, 64))
     if isinstance(t, mi.LiteralType):
         return st.sampled_from(t.values)
+    if isinstance(t, mi.EnumType):
+        return st.sampled_from(list(t.cls))
     if isinstance(t, mi.ListType):
         lo = t.min_length or 0
         hi = max(lo, 3) if t.max_length is None else min(max(lo, 3), t.max_length)
@@ -214,6 +218,8 @@ def random_value(t: mi.Type, rng: random.Random) -> Any:
         return rng.randbytes(rng.randint(t.min_length or 0, min(t.max_length or 64, 64)))
     if isinstance(t, mi.LiteralType):
         return rng.choice(t.values)
+    if isinstance(t, mi.EnumType):
+        return rng.choice(list(t.cls))
     if isinstance(t, mi.ListType):
         lo = t.min_length or 0
         hi = max(lo, 3) if t.max_length is None else min(max(lo, 3), t.max_length)

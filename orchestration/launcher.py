@@ -74,8 +74,6 @@ class ProcState:
     def from_spec(cls, spec: ProcSpec, run_dir: str, owner: str = "up") -> "ProcState":
         safe = spec.name.replace("/", "_")
         env = dict(spec.env)
-        if env.get("GVTSIM_METRICS"):  # compose gives each container the same port; natively each process
-            env["GVTSIM_METRICS"] = "127.0.0.1:0"  # takes a free one and says which in its ready line
         return cls(name=spec.name, stack=spec.stack, service=spec.service, replica=spec.replica, argv=list(spec.argv),
                    env=env, health=list(spec.health) if spec.health else None,
                    healthcheck=asdict(spec.healthcheck) if spec.healthcheck else None, endpoint=spec.endpoint,

@@ -80,12 +80,6 @@ class ServiceProc:
                 code = self.proc.poll() if self.proc else None
                 raise RuntimeError(f"{self.name} exited ({code}); log: {self.tail()}")
 
-    async def astart(self, timeout: float = 20.0) -> Event:
-        """:meth:`start` for async tests: waits in a thread so the test's event loop keeps running."""
-        import asyncio
-
-        return await asyncio.to_thread(self.start, timeout)
-
     async def await_event(self, match: str | Callable[[Event], bool], timeout: float = 10.0) -> Event:
         """:meth:`wait_event` for async tests (does not block the event loop)."""
         import asyncio

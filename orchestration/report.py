@@ -38,11 +38,6 @@ def _save(f: Any, path: str) -> None:
     plt.close(f)
 
 
-def _stack_of(source: str) -> str:
-    head = source.split("/", 1)[0]
-    return head[1:] if head[:1] == "s" and head[1:].isdigit() else "?"
-
-
 def _throughput(fig: dict[str, Any], kills: list[dict[str, Any]], path: str) -> None:
     series = fig.get("throughput_per_s") or throughput_series(fig["timeline"])
     per_stack = fig.get("throughput_by_stack") or {}

@@ -321,14 +321,6 @@ def discover(c: Any, only: set[str] | None = None) -> list[SwarmStack]:
     return [stacks[k] for k in sorted(stacks)]
 
 
-def stack_network(c: Any, stack: str) -> str:
-    """The id of a host stack's overlay network (where its service names resolve)."""
-    nets = c.api.networks(filters={"label": f"{STACK_LABEL}={stack}"})
-    if not nets:
-        raise SwarmError(f"host stack {stack} has no network: was it deployed with `gvtsim swarm deploy`?")
-    return nets[0]["Id"]
-
-
 def clone_task(c: Any, stack: SwarmStack, service: str, args: list[str], *, name: str, role: str,
                restart: str = "none", env: Mapping[str, str] | None = None) -> str:
     """Create a one-replica service like ``service`` of ``stack`` (same image, environment, mounts,

@@ -4,7 +4,7 @@ This package is sans-I/O: no sockets, no event loop, no clocks. Services import 
 written in any language from docs/PROTOCOL.md.
 """
 
-from .codec import decode, encode, try_decode
+from .codec import decode, encode
 from .constants import (
     MAX_BLOB,
     MAX_MESSAGE,
@@ -32,5 +32,4 @@ __all__ = [
     "decode",
     "encode",
     "messages",
-    "try_decode",
 ]

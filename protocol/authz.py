@@ -147,8 +147,9 @@ OwnsFn = Callable[[Owner, int], "bool | None"]
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """Why a message is refused: the ERROR code and reason to send, and the counter to bump."""
+class Denial:
+    """Why the session layer refuses a message (a table check, before any core sees it): the ERROR code and
+    reason to send, and the counter to bump. A core's own refusals are :class:`~gvtsim.protocol.errors.Refusal`."""
 
     code: ErrorCode
     reason: str
@@ -156,20 +157,15 @@ class Refusal:
     answer: bool = True  # False for answers (ERROR, OK...): a refused answer is counted, never answered
 
 
-def rule(cls: type[m.Message]) -> Rule:
-    """The row of a message type (KeyError if it has none: a bug the table test catches)."""
-    return TABLE[cls]
-
-
 def may_hello(service: str, role: str) -> bool:
     """Whether ``service`` opens a session for a peer that says HELLO as ``role``."""
     return TABLE[m.Hello].allowed(service, role)
 
 
-def check(service: str, role: str, msg: m.Message, owns: OwnsFn | None = None) -> Refusal | None:
+def check(service: str, role: str, msg: m.Message, owns: OwnsFn | None = None) -> Denial | None:
     """Check one message from a peer with session role ``role`` arriving at ``service``.
 
-    Returns None if it may pass, else the :class:`Refusal` (``unexpected`` for a role not in the row,
+    Returns None if it may pass, else the :class:`Denial` (``unexpected`` for a role not in the row,
     ``forged_id`` for a VM or vGPU that belongs to another connection). ``owns`` answers ownership
     questions from the receiver's own state; without it only roles are checked.
     """
@@ -177,13 +173,13 @@ def check(service: str, role: str, msg: m.Message, owns: OwnsFn | None = None) -
     tag = cls.__struct_config__.tag  # type: ignore[attr-defined]
     r = TABLE.get(cls)
     if r is None or not r.allowed(service, role):
-        return Refusal(ErrorCode.UNEXPECTED, f"{tag} is not accepted by {service} from role {role}",
+        return Denial(ErrorCode.UNEXPECTED, f"{tag} is not accepted by {service} from role {role}",
                        f"authz_refused_role_{tag}", answer=not isinstance(msg, m.REPLY_TYPES))
     if owns is not None and r.owner in (Owner.VM_CREATOR, Owner.DEVICE_MODEL, Owner.VGPU_CREATOR):
         vm = getattr(msg, "vm", None)
         if vm is not None and owns(r.owner, vm) is False:
             what = "vGPU of VM" if r.owner is Owner.VGPU_CREATOR else "VM"
-            return Refusal(ErrorCode.FORGED_ID, f"{tag}: {what} {vm} does not belong to this connection "
+            return Denial(ErrorCode.FORGED_ID, f"{tag}: {what} {vm} does not belong to this connection "
                            f"({r.owner.value} rule)", f"authz_refused_owner_{tag}")
     return None
 

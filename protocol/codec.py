@@ -83,10 +83,3 @@ def decode(data: bytes | memoryview) -> Message:
     except Exception as err:  # msgspec is strict, but never let anything else escape a decode
         raise DecodeError("malformed", f"{type(err).__name__}: {err}") from None
 
-
-def try_decode(data: bytes | memoryview) -> Message | DecodeError:
-    """Like :func:`decode` but returns the error instead of raising (for hot receive loops)."""
-    try:
-        return decode(data)
-    except DecodeError as err:
-        return err

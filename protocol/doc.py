@@ -164,6 +164,8 @@ def _type_str(t: mi.Type) -> tuple[str, str]:
         return "str", f"length {t.min_length or 0} .. {t.max_length}" if t.max_length else ""
     if isinstance(t, mi.BytesType):
         return "bytes", f"length {t.min_length or 0} .. {t.max_length}" if t.max_length else ""
+    if isinstance(t, mi.EnumType):
+        return "one of", ", ".join(repr(v.value) for v in sorted(t.cls, key=lambda e: str(e.value)))
     if isinstance(t, mi.LiteralType):
         return "one of", ", ".join(repr(v) if isinstance(v, str) else str(v) for v in t.values)
     if isinstance(t, mi.ListType):

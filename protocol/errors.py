@@ -10,8 +10,11 @@ import enum
 from dataclasses import dataclass
 
 
-class ErrorCode(str, enum.Enum):
-    """Codes carried by the ERROR message (``Error.code``). Documented in docs/PROTOCOL.md."""
+class ErrorCode(enum.StrEnum):
+    """Codes carried by the ERROR message (``Error.code``). Documented in docs/PROTOCOL.md.
+
+    The message schema names this enum directly, so a decoded ERROR carries a member; a ``StrEnum`` member
+    is its value wherever it is formatted or compared (``f"{code}"`` is ``"decode"``)."""
 
     DECODE = "decode"  # the message did not decode (bad msgpack, wrong type/field/range, oversized)
     WIRE_VERSION = "wire_version"  # HELLO with a wire version this peer does not speak

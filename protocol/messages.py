@@ -21,6 +21,7 @@ import msgspec
 from msgspec import Meta
 
 from .constants import MAX_BATCH, MAX_BLOB, MAX_VCPUS, MAX_VM_ID
+from .errors import ErrorCode, Refusal
 
 # ---------------------------------------------------------------------------------------------- field types
 U8 = Annotated[int, Meta(ge=0, le=0xFF)]
@@ -39,11 +40,6 @@ Direction = Annotated[int, Meta(ge=0, le=1)]  # IoreqDir: READ 0, WRITE 1
 AccessSize = Literal[1, 2, 4, 8]
 Role = Literal["guest", "vhm", "gvt", "pgpu", "ctl", "probe"]
 Engine = Literal["rcs", "bcs", "vcs", "vecs"]
-ErrorCodeName = Literal[
-    "decode", "wire_version", "not_hello", "unexpected", "forged_id", "no_such_vm", "slot_busy",
-    "bad_address", "bad_request", "no_space", "no_device_model", "client_lost", "peer_lost", "failsafe",
-    "gpu_reset", "timeout", "internal",
-]
 
 
 class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, kw_only=True,
@@ -108,12 +104,19 @@ class Bye(Message, tag="BYE", frozen=True):
 class Error(Message, tag="ERROR", frozen=True):
     """A request failed or a message was refused. Echoes whichever keys identified the request."""
 
-    code: ErrorCodeName
+    code: ErrorCode
     reason: Text
     req: ReqId | None = None
     vm: VmId | None = None
     vcpu: VcpuId | None = None
     seq: U64 | None = None
+
+
+def refusal_error(refusal: Refusal, req: int | None = None) -> Error:
+    """The ERROR answering a core's :class:`Refusal`: its code and reason (cut to the wire's 1024 characters),
+    the ioreq keys it carries, and ``req`` for a request/response call."""
+    return Error(code=refusal.code, reason=refusal.reason[:1024], req=req, vm=refusal.vm, vcpu=refusal.vcpu,
+                 seq=refusal.seq)
 
 
 class Ok(Message, tag="OK", frozen=True):

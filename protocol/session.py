@@ -180,7 +180,7 @@ class Session:
 
 
 def _error(code: ErrorCode, reason: str, **keys: Any) -> m.Error:
-    return m.Error(code=code.value, reason=reason[:1024], **keys)
+    return m.Error(code=code, reason=reason[:1024], **keys)
 
 
 class _Calls:

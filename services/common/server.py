@@ -43,7 +43,7 @@ LOG_BUDGET = 20
 #: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
 TRANSIENT_ROLES = frozenset({"probe", "ctl"})
 #: What :meth:`RouterServer._authorised` returns for a refusal that is not answered (dropped, only counted).
-_SILENT = m.Error(code=ErrorCode.UNEXPECTED.value, reason="refused")
+_SILENT = m.Error(code=ErrorCode.UNEXPECTED, reason="refused")
 
 
 class SessionHandler(Protocol):
@@ -200,7 +200,7 @@ class RouterServer:
     async def reply_error(self, ident: bytes, code: ErrorCode, reason: str, **keys: Any) -> None:
         """Send an ERROR to a routing id (known session or not)."""
         self.counters[f"error_sent_{code.value}"] += 1
-        self._send_raw(ident, m.Error(code=code.value, reason=reason[:1024], **keys))
+        self._send_raw(ident, m.Error(code=code, reason=reason[:1024], **keys))
 
     # --------------------------------------------------------------------------------------- session
     async def drop(self, session: Session, reason: str) -> None:
@@ -318,13 +318,13 @@ class RouterServer:
         if self.role in authz.SERVICES and not authz.may_hello(self.role, hello.role):
             self.counters["authz_refused"] += 1
             self.counters["authz_refused_hello_" + hello.role] += 1
-            return m.Error(code=ErrorCode.UNEXPECTED.value,
+            return m.Error(code=ErrorCode.UNEXPECTED,
                            reason=f"{self.role} opens no session for role {hello.role}"[:1024])
         key = self._peer_key
         if not curve.may_claim(key, hello.role):
             self.counters["curve_role_refused"] += 1
             self.log.warning("role_not_bound_to_key", key=key, claimed_role=hello.role, peer_id=hello.id)
-            return m.Error(code=ErrorCode.UNEXPECTED.value,
+            return m.Error(code=ErrorCode.UNEXPECTED,
                            reason=f"the {key} key may not say HELLO as {hello.role}"[:1024])
         return None
 
@@ -343,7 +343,7 @@ class RouterServer:
         if not refusal.answer:
             return _SILENT
         self.counters[f"error_sent_{refusal.code.value}"] += 1
-        return m.Error(code=refusal.code.value, reason=refusal.reason[:1024],
+        return m.Error(code=refusal.code, reason=refusal.reason[:1024],
                        **{k: getattr(msg, k) for k in ("req", "vm", "vcpu", "seq") if hasattr(msg, k)})
 
     def _dispatch_now(self, events: list[ps.Event]) -> None:

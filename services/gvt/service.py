@@ -407,7 +407,7 @@ class GvtService(BaseService):
             r = self.core.create_vgpu(msg.vm, msg.spec, ept_root=msg.ept_root, ram_mb=msg.ram_mb, owner=owner,
                                       now=time.monotonic())
             if isinstance(r, Refusal):
-                return m.Error(code=r.code.value, reason=r.reason, req=req, vm=msg.vm)
+                return m.Error(code=r.code, reason=r.reason, req=req, vm=msg.vm)
             if self.state is not None:
                 self.state.mpt_args[r.id] = (msg.ept_root, msg.ram_mb)
                 self._dirty.add(r.id)
@@ -416,7 +416,7 @@ class GvtService(BaseService):
             self._mark_vm(msg.vm)
             r2 = self.core.destroy_vgpu(msg.vm) if isinstance(msg, m.VgpuDestroy) else self.core.reset_vgpu(msg.vm)
             if isinstance(r2, Refusal):
-                return m.Error(code=r2.code.value, reason=r2.reason, req=req, vm=msg.vm)
+                return m.Error(code=r2.code, reason=r2.reason, req=req, vm=msg.vm)
             return m.Ok(req=msg.req)
         if isinstance(msg, m.MgmtTypes):
             return m.MgmtTypesReply(req=msg.req, types=[
@@ -428,7 +428,7 @@ class GvtService(BaseService):
         if isinstance(msg, m.PlaneQuery):
             plane = self.core.query_plane(msg.vm, msg.plane, msg.pipe)
             if isinstance(plane, Refusal):
-                return m.Error(code=plane.code.value, reason=plane.reason, req=req, vm=msg.vm)
+                return m.Error(code=plane.code, reason=plane.reason, req=req, vm=msg.vm)
             fields = {k: v for k, v in plane.as_dict().items() if k not in ("plane", "pipe", "enabled")}
             if not plane.enabled:
                 fields = {}
@@ -437,13 +437,13 @@ class GvtService(BaseService):
         if isinstance(msg, m.FbRead):
             data = self.core.read_framebuffer(msg.vm, self._mem, msg.ggtt_addr, msg.offset, msg.length)
             if isinstance(data, Refusal):
-                return m.Error(code=data.code.value, reason=data.reason, req=req, vm=msg.vm)
+                return m.Error(code=data.code, reason=data.reason, req=req, vm=msg.vm)
             return m.Data(req=msg.req, data=data)
         if isinstance(msg, m.MgmtList):
             return m.MgmtListReply(req=msg.req, vgpus=[m.VgpuInfo(**v.info()) for v in
                                                        sorted(self.core.vgpus.values(), key=lambda v: v.id)])
         self.counters["unexpected_messages"] += 1
-        return m.Error(code=ErrorCode.UNEXPECTED.value, reason=f"gvt does not serve {type(msg).__name__}", req=req)
+        return m.Error(code=ErrorCode.UNEXPECTED, reason=f"gvt does not serve {type(msg).__name__}", req=req)
 
     # RouterServer handler (management endpoint)
     async def on_hello(self, session: Session) -> None:
@@ -482,7 +482,7 @@ class GvtService(BaseService):
         self.counters["vgpu_create_attach_refused"] += 1
         self.core.destroy_vgpu(reply.vm)
         await self._flush()
-        return m.Error(code=ErrorCode.NO_SUCH_VM.value, req=reply.req, vm=reply.vm,
+        return m.Error(code=ErrorCode.NO_SUCH_VM, req=reply.req, vm=reply.vm,
                        reason=f"vhm refused to attach vGPU {reply.vgpu_id} to vm {reply.vm} ({why}); "
                               f"the vGPU was destroyed again")
 
@@ -511,7 +511,7 @@ class GvtService(BaseService):
             if refusal is not None:
                 self.counters["authz_refused"] += 1
                 self.counters[refusal.counter] += 1
-                await self._send("vhm", m.Error(code=refusal.code.value, reason=refusal.reason, req=msg.req, vm=msg.vm))
+                await self._send("vhm", m.Error(code=refusal.code, reason=refusal.reason, req=msg.req, vm=msg.vm))
                 return
             reply = self.manage(msg, owner="vhm")
             await self._flush()
@@ -519,7 +519,7 @@ class GvtService(BaseService):
         else:
             self.counters["unexpected_messages"] += 1
             if getattr(msg, "req", None) is not None:
-                await self._send("vhm", m.Error(code=ErrorCode.UNEXPECTED.value, req=msg.req,  # type: ignore[attr-defined]
+                await self._send("vhm", m.Error(code=ErrorCode.UNEXPECTED, req=msg.req,  # type: ignore[attr-defined]
                                                 reason=f"gvt does not serve {type(msg).__name__}"))
 
     async def _send(self, peer: str, msg: m.Message) -> None:

@@ -1,7 +1,8 @@
 """PgpuCore: the physical GPU as a sans-I/O object (GGTT + MMIO + four engines over machine memory).
 
-Every entry point takes the clock time ``now`` (seconds, any monotonic clock) and never raises anything but
-:class:`GpuError` (a refused request, with the ERROR code the shell replies with). The shell drives it:
+Every entry point takes the clock time ``now`` (seconds, any monotonic clock) and never raises: a request
+the GPU refuses is answered by a returned :class:`~gvtsim.protocol.errors.Refusal` (the ERROR code and
+reason the shell replies with), as every core does. The shell drives it:
 
     core.submit("rcs", [desc], tag, now, owner)      # ELSP_SUBMIT
     events = core.advance(now, "rcs")                # run a chunk, collect the events now due
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from ..common.memory import MachineMemory
 from .cmd_streamer import Limits
 from .context import ContextDescriptor
@@ -45,15 +46,6 @@ class PgpuConfig:
     profile: str = "real"  # the GPU profile reported to gvt (services/common/gpu_profiles.py)
 
 
-class GpuError(Exception):
-    """A request the GPU refuses; ``code`` is the ERROR code for the reply."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-        super().__init__(f"{code.value}: {reason}")
-
-
 class PgpuCore:
     """The physical GPU."""
 
@@ -72,100 +64,106 @@ class PgpuCore:
         self._now = 0.0
 
     # ----------------------------------------------------------------------------------------- GGTT
-    def ggtt_write(self, entries: Iterable[tuple[int, int]]) -> int:
-        """Write ``[index, pte]`` pairs (all or nothing) and flush the GGTT TLB."""
+    def ggtt_write(self, entries: Iterable[tuple[int, int]]) -> int | Refusal:
+        """Write ``[index, pte]`` pairs (all or nothing) and flush the GGTT TLB. Returns how many were
+        written, or a bad_address refusal (an index past the GGTT; nothing is written)."""
         try:
             return self.ggtt.write_batch(entries)
         except GgttRangeError as err:
             self.counters["ggtt_write_refused"] += 1
-            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+            return Refusal(ErrorCode.BAD_ADDRESS, str(err))
 
-    def ggtt_fill(self, index: int, count: int, pte: int) -> int:
+    def ggtt_fill(self, index: int, count: int, pte: int) -> int | Refusal:
         """Write ``count`` entries from ``index`` with ``pte`` (all or nothing) and flush the GGTT TLB."""
         try:
             return self.ggtt.fill(index, count, pte)
         except GgttRangeError as err:
             self.counters["ggtt_write_refused"] += 1
-            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+            return Refusal(ErrorCode.BAD_ADDRESS, str(err))
 
-    def ggtt_read(self, index: int, count: int) -> list[int]:
-        """Entries ``[index, index + count)``."""
+    def ggtt_read(self, index: int, count: int) -> list[int] | Refusal:
+        """Entries ``[index, index + count)``, or a bad_address refusal for a range past the GGTT."""
         try:
             return self.ggtt.read(index, count)
         except GgttRangeError as err:
             self.counters["ggtt_read_refused"] += 1
-            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+            return Refusal(ErrorCode.BAD_ADDRESS, str(err))
 
     # ----------------------------------------------------------------------------------------- MMIO
-    def mmio_read(self, offset: int, size: int, now: float) -> int:
-        """Read a physical register."""
+    def mmio_read(self, offset: int, size: int, now: float) -> int | Refusal:
+        """Read a physical register, or a bad_address refusal (unaligned, outside BAR0)."""
         self._now = now
         try:
             return self.mmio.read(offset, size)
         except MmioError as err:
             self.counters["mmio_refused"] += 1
-            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+            return Refusal(ErrorCode.BAD_ADDRESS, str(err))
 
-    def mmio_write(self, offset: int, size: int, value: int, now: float) -> None:
-        """Write a physical register (GFX_FLSH_CNTL flushes the GGTT TLB, GDRST resets engines)."""
+    def mmio_write(self, offset: int, size: int, value: int, now: float) -> Refusal | None:
+        """Write a physical register (GFX_FLSH_CNTL flushes the GGTT TLB, GDRST resets engines).
+        Returns None, or a bad_address refusal (nothing written)."""
         self._now = now
         try:
             self.mmio.write(offset, size, value)
         except MmioError as err:
             self.counters["mmio_refused"] += 1
-            raise GpuError(ErrorCode.BAD_ADDRESS, str(err)) from None
+            return Refusal(ErrorCode.BAD_ADDRESS, str(err))
+        return None
 
     def _gdrst_reset(self, engine: str) -> None:
         self.counters["gdrst_resets"] += 1
         self.engines[engine].reset(self._now)
 
     # ------------------------------------------------------------------------------------- execlists
-    def submit(self, engine: str, descs: list[int], tag: int, now: float, owner: Any = None) -> None:
+    def submit(self, engine: str, descs: list[int], tag: int, now: float, owner: Any = None) -> Refusal | None:
         """ELSP submission of one or two descriptors (element 0 first). An invalid element 1 means "no
         element 1", as on the hardware; element 0 must be valid.
 
-        Raises:
-            GpuError: bad_request (unknown engine, element 0 not valid, unsupported addressing mode),
-                bad_address (LRCA not mapped in the GGTT), no_space (port busy).
+        Returns None when the port took the elements, else a refusal (nothing was queued): bad_request
+        (unknown engine, element 0 not valid, unsupported addressing mode), bad_address (LRCA not mapped in
+        the GGTT), no_space (port busy).
         """
         self._now = now
         eng = self.engines.get(engine)
         if eng is None or not 1 <= len(descs) <= 2:
             self.counters["submit_refused"] += 1
-            raise GpuError(ErrorCode.BAD_REQUEST, f"engine {engine!r} with {len(descs)} descriptors")
+            return Refusal(ErrorCode.BAD_REQUEST, f"engine {engine!r} with {len(descs)} descriptors")
         elements = [ContextDescriptor(d & 0xFFFF_FFFF_FFFF_FFFF) for d in descs]
         if len(elements) == 2 and not elements[1].valid:
             elements.pop()
+        for i, desc in enumerate(elements):
+            refused = self._check_descriptor(i, desc)
+            if refused is not None:
+                self.counters["submit_refused"] += 1
+                return refused
         try:
-            for i, desc in enumerate(elements):
-                self._check_descriptor(i, desc)
             eng.accept(elements, tag, owner, now)
-        except GpuError:
-            self.counters["submit_refused"] += 1
-            raise
         except PortBusy as err:
             self.counters["submit_port_busy"] += 1
-            raise GpuError(ErrorCode.NO_SPACE, str(err)) from None
+            return Refusal(ErrorCode.NO_SPACE, str(err))
         self.counters["submits"] += 1
+        return None
 
-    def _check_descriptor(self, i: int, desc: ContextDescriptor) -> None:
+    def _check_descriptor(self, i: int, desc: ContextDescriptor) -> Refusal | None:
         if not desc.valid:
-            raise GpuError(ErrorCode.BAD_REQUEST, f"element {i} descriptor {desc.raw:#x} not valid")
+            return Refusal(ErrorCode.BAD_REQUEST, f"element {i} descriptor {desc.raw:#x} not valid")
         if desc.addressing_mode not in LEVELS_BY_MODE:
-            raise GpuError(ErrorCode.BAD_REQUEST,
+            return Refusal(ErrorCode.BAD_REQUEST,
                            f"element {i}: addressing mode {desc.addressing_mode} not supported (1 or 3)")
         for gma in (desc.lrca, desc.ring_context):
             try:
                 self.ggtt.translate(gma)
             except PageFault as fault:
-                raise GpuError(ErrorCode.BAD_ADDRESS, f"element {i}: LRC not mapped: {fault.reason}") from None
+                return Refusal(ErrorCode.BAD_ADDRESS, f"element {i}: LRC not mapped: {fault.reason}")
+        return None
 
-    def reset_engine(self, engine: str, now: float) -> int:
-        """ENGINE_RESET: drop the engine's running and pending contexts. Returns how many were dropped."""
+    def reset_engine(self, engine: str, now: float) -> int | Refusal:
+        """ENGINE_RESET: drop the engine's running and pending contexts. Returns how many were dropped, or a
+        bad_request refusal for an unknown engine."""
         self._now = now
         eng = self.engines.get(engine)
         if eng is None:
-            raise GpuError(ErrorCode.BAD_REQUEST, f"no engine {engine!r}")
+            return Refusal(ErrorCode.BAD_REQUEST, f"no engine {engine!r}")
         self.counters["engine_resets"] += 1
         return eng.reset(now)
 

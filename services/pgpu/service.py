@@ -14,12 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ...protocol import messages as m
-from ...protocol.errors import ErrorCode
+from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
-from .core import ENGINES, GpuError, PgpuConfig, PgpuCore
+from .core import ENGINES, PgpuConfig, PgpuCore
 from .events import EngineEvent
 
 SERVED_ROLES = ("gvt",)
@@ -52,7 +52,7 @@ class PgpuService(BaseService):
         # the core's refusals (GGTT/MMIO out of range, submits refused, commands no-op'd in non-privileged
         # batches) are counted where STATUS reads them
         self.core.counters = self.counters
-        self.handlers: dict[type[m.Message], Callable[[Session, Any], m.Message]] = {
+        self.handlers: dict[type[m.Message], Callable[[Session, Any], m.Message | Refusal]] = {
             m.GgttWrite: self._ggtt_write,
             m.GgttFill: self._ggtt_fill,
             m.GgttRead: self._ggtt_read,
@@ -98,43 +98,51 @@ class PgpuService(BaseService):
                                           f"pgpu does not serve {type(msg).__name__} from role {session.role}",
                                           req=req)
             return
-        try:
-            reply = handler(session, msg)
-        except GpuError as err:
-            self.log.info("request_refused", msg_type=type(msg).__name__, code=err.code.value, reason=err.reason)
-            await self.server.reply_error(session.ident, err.code, err.reason, req=req)
+        reply = handler(session, msg)
+        if isinstance(reply, Refusal):
+            self.log.info("request_refused", msg_type=type(msg).__name__, code=reply.code.value, reason=reply.reason)
+            await self.server.reply_error(session.ident, reply.code, reply.reason, req=req)
             return
         await self.server.send(session, reply)
 
     # ------------------------------------------------------------------------------------ requests
-    def _ggtt_write(self, session: Session, msg: m.GgttWrite) -> m.Message:
-        self.core.ggtt_write(msg.entries)
-        return m.Ok(req=msg.req, value=len(msg.entries))
+    def _ggtt_write(self, session: Session, msg: m.GgttWrite) -> m.Message | Refusal:
+        written = self.core.ggtt_write(msg.entries)
+        return written if isinstance(written, Refusal) else m.Ok(req=msg.req, value=len(msg.entries))
 
-    def _ggtt_fill(self, session: Session, msg: m.GgttFill) -> m.Message:
-        return m.Ok(req=msg.req, value=self.core.ggtt_fill(msg.index, msg.count, msg.pte))
+    def _ggtt_fill(self, session: Session, msg: m.GgttFill) -> m.Message | Refusal:
+        written = self.core.ggtt_fill(msg.index, msg.count, msg.pte)
+        return written if isinstance(written, Refusal) else m.Ok(req=msg.req, value=written)
 
-    def _ggtt_read(self, session: Session, msg: m.GgttRead) -> m.Message:
-        return m.GgttEntries(req=msg.req, ptes=self.core.ggtt_read(msg.index, msg.count))
+    def _ggtt_read(self, session: Session, msg: m.GgttRead) -> m.Message | Refusal:
+        ptes = self.core.ggtt_read(msg.index, msg.count)
+        return ptes if isinstance(ptes, Refusal) else m.GgttEntries(req=msg.req, ptes=ptes)
 
-    def _mmio_read(self, session: Session, msg: m.PgpuMmioRead) -> m.Message:
-        return m.Ok(req=msg.req, value=self.core.mmio_read(msg.offset, msg.size, time.monotonic()))
+    def _mmio_read(self, session: Session, msg: m.PgpuMmioRead) -> m.Message | Refusal:
+        value = self.core.mmio_read(msg.offset, msg.size, time.monotonic())
+        return value if isinstance(value, Refusal) else m.Ok(req=msg.req, value=value)
 
-    def _mmio_write(self, session: Session, msg: m.PgpuMmioWrite) -> m.Message:
-        self.core.mmio_write(msg.offset, msg.size, msg.value, time.monotonic())
+    def _mmio_write(self, session: Session, msg: m.PgpuMmioWrite) -> m.Message | Refusal:
+        refused = self.core.mmio_write(msg.offset, msg.size, msg.value, time.monotonic())
+        if refused is not None:
+            return refused
         self._kick()  # GDRST may have freed an engine
         return m.Ok(req=msg.req)
 
-    def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message:
-        self.core.submit(msg.engine, list(msg.descs), msg.tag, time.monotonic(), owner=session)
+    def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message | Refusal:
+        refused = self.core.submit(msg.engine, list(msg.descs), msg.tag, time.monotonic(), owner=session)
+        if refused is not None:
+            return refused
         if trace.on:
             trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
                           engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
         self._kick()
         return m.Ok(req=msg.req)
 
-    def _engine_reset(self, session: Session, msg: m.EngineReset) -> m.Message:
+    def _engine_reset(self, session: Session, msg: m.EngineReset) -> m.Message | Refusal:
         dropped = self.core.reset_engine(msg.engine, time.monotonic())
+        if isinstance(dropped, Refusal):
+            return dropped
         self._kick()
         return m.Ok(req=msg.req, value=dropped)
 

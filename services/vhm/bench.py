@@ -59,7 +59,8 @@ def run(n: int = 20000, mem_mb: int = 512) -> dict[str, Any]:
                     out = core.submit_ioreq("guest", m.Ioreq(vm=plan.vm, vcpu=vcpu, seq=s, kind=1, dir=0,
                                                              addr=BAR0 + 4 * vcpu, size=4), 0.0)
                     assert isinstance(out, Dispatched)
-                for done in core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=v, seq=s, value=v) for v in range(16)]):
+                results = [m.IoreqResult(vm=plan.vm, vcpu=v, seq=s, value=v) for v in range(16)]
+                for done in core.complete(cid, results, 0.0):
                     assert isinstance(done, Completed)
                     core.resume(done.vm, done.vcpu, done.seq)
 

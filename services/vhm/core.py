@@ -29,12 +29,13 @@ import msgspec
 from ...protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
+from ...protocol.errors import Refusal
 from ..common.histo import Histogram
 from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
 from .guest_memory import GuestMemory
 from .mpt import MptServices
 from .reconcile import ClientSessions
-from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Rejected, Teardown,
+from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, Peer, Teardown,
                        VgpuRequest, VhmError, VmPlan, entry_point)
 from .admission import GUEST_KIND_CHECKS
 from .routing import all_ones, fallback_value, handle_cf8cfc, route
@@ -151,7 +152,7 @@ class VhmCore(MptServices, ClientSessions):
                 if slot.state is IoreqState.PROCESSING and slot.client == client:
                     failed.append(self._fail_slot(vm, slot.vcpu, ErrorCode.CLIENT_LOST, lost))
             had_vgpu = vm.dm == client and vm.vgpu_id and vm.state is VmState.RUNNING
-            mapped = vm.forget_client(client)
+            mapped = vm.remove_client(client)
             for gfn in mapped:  # its frames are about to be freed: the guest must not keep them
                 vm.memory.unmap_extra(gfn, 1)
                 del vm.extra_maps[gfn]
@@ -170,7 +171,7 @@ class VhmCore(MptServices, ClientSessions):
 
         Returns:
             Completed (answered inside vhm: 0xCF8, CONF1 disabled, fallback), Dispatched (PROCESSING at a
-            client) or Rejected (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
+            client) or Refusal (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
         """
         vm = self._insert(peer, req)
         return self._distribute(vm, req.vcpu, now)
@@ -240,24 +241,23 @@ class VhmCore(MptServices, ClientSessions):
         slot.complete(value)  # PENDING -> COMPLETE, the in-kernel fast path
         return Completed(vm.owner, vm.id, vcpu, vm.request_of(slot).seq, value)
 
-    def complete(self, client: int, results: list[m.IoreqResult], now: float | None = None
-                 ) -> list[Completed | Rejected]:
+    def complete(self, client: int, results: list[m.IoreqResult], now: float) -> list[Completed | Refusal]:
         """A client's completions (IOREQ_COMPLETE). Each valid one moves its slot PROCESSING -> COMPLETE
-        and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Rejected`
+        and gives a :class:`Completed` for the guest; each stale or foreign one gives a :class:`Refusal`
         for the client (the slot it names is not touched)."""
-        out: list[Completed | Rejected] = []
+        out: list[Completed | Refusal] = []
         for r in results:
             try:
                 out.append(self._complete_one(client, r, now))
             except VhmError as err:
                 self.counters["stale_completions"] += 1
-                out.append(Rejected(err.code, err.reason, **err.keys))
+                out.append(Refusal(err.code, err.reason, **err.keys))
             except Exception as err:  # a bug: counted, the other completions still go through
                 self.counters["internal_errors"] += 1
-                out.append(Rejected(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
+                out.append(Refusal(ErrorCode.INTERNAL, f"{type(err).__name__}: {err}", r.vm, r.vcpu, r.seq))
         return out
 
-    def _complete_one(self, client: int, r: m.IoreqResult, now: float | None = None) -> Completed:
+    def _complete_one(self, client: int, r: m.IoreqResult, now: float) -> Completed:
         keys = {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
         vm = self.vms.get(r.vm)
         if vm is None or r.vcpu >= vm.vcpus:
@@ -270,11 +270,11 @@ class VhmCore(MptServices, ClientSessions):
         value = r.value & all_ones(req.size) if req.dir == IoreqDir.READ else 0
         slot.complete(value)
         self.counters["ioreq_completed"] += 1
-        if now is not None:  # dispatch -> completion: the device model's service time, as the VM sees it
-            kind = IoreqType(req.kind).name
-            took = now - vm.dispatched_at[r.vcpu]
-            self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
-            self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
+        # dispatch -> completion: the device model's service time, as the VM sees it
+        kind = IoreqType(req.kind).name
+        took = now - vm.dispatched_at[r.vcpu]
+        self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
+        self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
         return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
 
     def resume(self, vm_id: int, vcpu: int, seq: int) -> bool:
@@ -387,8 +387,8 @@ class VhmCore(MptServices, ClientSessions):
                 s.free()
         vgpu_client = vm.dm if vm.vgpu_id and vm.dm in self.clients else None
         vm.state = VmState.DYING
-        vm.ranges.clear()
-        vm.bdfs.clear()
+        vm.ranges.clean()
+        vm.bdfs.clean()
         vm.page_tracks.clear()
         vm.dma_pins.clear()
         self.ioreqs_by_vm.pop(vm.id, None)
@@ -402,7 +402,7 @@ class VhmCore(MptServices, ClientSessions):
         if vm is None or vm.serial != serial:
             return 0
         del self.vms[vm_id]
-        return vm.memory.release()
+        return vm.memory.clean()
 
     @entry_point
     def reset_vm(self, peer: Peer, vm_id: int) -> Teardown:

@@ -145,7 +145,7 @@ class GuestMemory:
             del self.extra[gfn + i]
 
     # ---------------------------------------------------------------------------------- lifetime
-    def release(self) -> int:
+    def clean(self) -> int:
         """Free every frame of the VM (RAM, EPT root, EPT leaf tables). Returns the frame count."""
         self.extra.clear()
         return self.frames.free_owner(self.owner)

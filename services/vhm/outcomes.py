@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ...protocol import ErrorCode
+from ...protocol.errors import Refusal
 from ...protocol import messages as m
 from ..common.memory import FrameRun
 
@@ -19,29 +20,14 @@ Peer = Hashable
 
 
 class VhmError(Exception):
-    """Raised inside the core, turned into a :class:`Rejected` at the entry point (never escapes)."""
+    """Raised inside the core, turned into a returned :class:`~gvtsim.protocol.errors.Refusal` at the entry point
+    (never escapes)."""
 
     def __init__(self, code: ErrorCode, reason: str, **keys: int) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.keys = keys
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The request is refused: answer ERROR {code, reason} echoing ``vm/vcpu/seq`` for ioreqs."""
-
-    code: ErrorCode
-    reason: str
-    vm: int | None = None
-    vcpu: int | None = None
-    seq: int | None = None
-
-    def error(self, req: int | None = None) -> m.Error:
-        """The ERROR message (``req`` echoed for request/response calls)."""
-        return m.Error(code=self.code.value, reason=self.reason[:1024], req=req, vm=self.vm, vcpu=self.vcpu,
-                       seq=self.seq)
 
 
 @dataclass(frozen=True)
@@ -79,7 +65,7 @@ class IoreqFailed:
     reason: str
 
     def error(self) -> m.Error:
-        return m.Error(code=self.code.value, reason=self.reason[:1024], vm=self.vm, vcpu=self.vcpu, seq=self.seq)
+        return m.Error(code=self.code, reason=self.reason[:1024], vm=self.vm, vcpu=self.vcpu, seq=self.seq)
 
 
 @dataclass(frozen=True)
@@ -112,7 +98,7 @@ class FramesOut:
     runs: list[FrameRun]
 
 
-MptResult = Reply | DataReply | FramesOut | Rejected
+MptResult = Reply | DataReply | FramesOut | Refusal
 
 
 @dataclass(frozen=True)
@@ -167,20 +153,20 @@ class ClientLoss:
 T = TypeVar("T")
 
 
-def entry_point(fn: Callable[..., T]) -> Callable[..., T | Rejected]:
-    """Make a core method an entry point: a :class:`VhmError` becomes :class:`Rejected` and is counted
-    (``error_<code>``); any other exception becomes ``Rejected(internal)`` and is counted, so nothing
+def entry_point(fn: Callable[..., T]) -> Callable[..., T | Refusal]:
+    """Make a core method an entry point: a :class:`VhmError` becomes :class:`Refusal` and is counted
+    (``error_<code>``); any other exception becomes ``Refusal(internal)`` and is counted, so nothing
     escapes into the shell's receive loop."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T | Rejected:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> T | Refusal:
         try:
             return fn(self, *args, **kwargs)
         except VhmError as err:
             self.counters[f"error_{err.code.value}"] += 1
-            return Rejected(err.code, err.reason, **err.keys)
+            return Refusal(err.code, err.reason, **err.keys)
         except Exception as err:  # a bug: counted and answered, never fatal
             self.counters["internal_errors"] += 1
-            return Rejected(ErrorCode.INTERNAL, f"{fn.__name__}: {type(err).__name__}: {err}")
+            return Refusal(ErrorCode.INTERNAL, f"{fn.__name__}: {type(err).__name__}: {err}")
 
     return wrapper

@@ -174,11 +174,11 @@ class ClientSessions:
         c = self.clients.get(client)
         return c is not None and c.peer is not None
 
-    def redispatch(self, client: int, now: float | None = None) -> list[Dispatched]:
+    def redispatch(self, client: int, now: float) -> list[Dispatched]:
         """The requests still PROCESSING at ``client`` that were sent on a session that died or arrived while
         it was detached, to be sent to it again (once), in VM / vCPU order. Nothing while the client does
-        not accept dispatches (detached, or restarting before its VGPU_SYNC). With ``now`` their ioreq
-        timeout starts again (the time spent waiting for the device model's return does not count)."""
+        not accept dispatches (detached, or restarting before its VGPU_SYNC). Their ioreq timeout starts
+        again at ``now`` (the time spent waiting for the device model's return does not count)."""
         c = self.clients.get(client)
         if c is None or not c.accepting:
             return []
@@ -190,8 +190,7 @@ class ClientSessions:
             slot = vm.slots[vcpu]
             if slot.state is IoreqState.PROCESSING and slot.client == client and vm.request_of(slot).seq == seq:
                 out.append(Dispatched(client, vm.request_of(slot)))
-                if now is not None:
-                    vm.dispatched_at[vcpu] = now
+                vm.dispatched_at[vcpu] = now
         c.held.clear()
         self.counters["ioreqs_redispatched"] += len(out)
         return out
@@ -247,7 +246,7 @@ class ClientSessions:
         drop the device model's claims on the VM, and tell the guest (VGPU_LOST)."""
         failed = [self._fail_slot(vm, s.vcpu, ErrorCode.GPU_RESET, reason) for s in vm.busy_slots()]
         if vm.dm is not None:
-            for gfn in vm.forget_client(vm.dm):
+            for gfn in vm.remove_client(vm.dm):
                 vm.memory.unmap_extra(gfn, 1)
                 del vm.extra_maps[gfn]
         vm.dm, vm.vgpu_id = None, 0

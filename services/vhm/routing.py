@@ -157,8 +157,8 @@ class RangeTable:
     def __len__(self) -> int:
         return sum(len(r) for r in self._by_client.values())
 
-    def clear(self) -> None:
-        """Drop everything (VM destroyed)."""
+    def clean(self) -> None:
+        """Drop every range (VM destroyed)."""
         self._by_client.clear()
 
 
@@ -198,8 +198,8 @@ class BdfTable:
     def __len__(self) -> int:
         return len(self._owner)
 
-    def clear(self) -> None:
-        """Drop everything (VM destroyed)."""
+    def clean(self) -> None:
+        """Drop every claim (VM destroyed)."""
         self._owner.clear()
 
 

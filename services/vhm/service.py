@@ -28,6 +28,7 @@ import zmq.asyncio
 from ...protocol import ErrorCode, authz
 from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH
+from ...protocol.errors import Refusal
 from ..common import trace
 from ..common.client import PeerLost, RemoteError
 from ..common.memory import MachineMemory
@@ -36,7 +37,7 @@ from .admission import CreateAdmission
 from ..common.service import BaseService
 from .core import VhmCore
 from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice,
-                       Rejected, Reply, Teardown, VmPlan)
+                       Reply, Teardown, VmPlan)
 
 Handler = Callable[["VhmService", Session, Any], Awaitable[None]]
 
@@ -201,7 +202,7 @@ class VhmService(BaseService):
         self.counters["error_unexpected"] += 1
         tag = type(msg).__struct_config__.tag
         self.log.warning("unexpected", peer_role=session.role, peer_id=session.id, msg_type=tag)
-        await self._send(session, m.Error(code=ErrorCode.UNEXPECTED.value, req=getattr(msg, "req", None),
+        await self._send(session, m.Error(code=ErrorCode.UNEXPECTED, req=getattr(msg, "req", None),
                                           reason=f"{tag} is not accepted from role {session.role}"))
 
     # --------------------------------------------------------------------------------- sending
@@ -212,10 +213,10 @@ class VhmService(BaseService):
             return False
         return await self.server.send(peer, msg)
 
-    async def _reject(self, session: Session, rej: Rejected, req: int | None = None) -> None:
+    async def _reject(self, session: Session, rej: Refusal, req: int | None = None) -> None:
         self.log.warning("rejected", peer_role=session.role, peer_id=session.id, code=rej.code.value,
                          reason=rej.reason, vm=rej.vm, vcpu=rej.vcpu, seq=rej.seq, req=req)
-        await self._send(session, rej.error(req))
+        await self._send(session, m.refusal_error(rej, req))
 
     async def _done(self, c: Completed) -> None:
         """IOREQ_DONE to the guest, then the slot goes COMPLETE -> FREE (the vCPU resumed)."""
@@ -330,12 +331,12 @@ class VhmService(BaseService):
         stale = self.core.stale_namesake(session, msg.name)
         if stale is not None:  # the guest lost track of that VM: it goes before its successor comes
             td = self.core.destroy_vm(session, stale)
-            if not isinstance(td, Rejected):
+            if not isinstance(td, Refusal):
                 self.counters["vm_replaced_by_name"] += 1
                 await self._fail(td.failed)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
-        if isinstance(plan, Rejected):
+        if isinstance(plan, Refusal):
             await self._reject(session, plan, msg.req)
         elif plan.vgpu is None:
             self.log.info("vm_created", vm=plan.vm, name=msg.name, vcpus=msg.vcpus, ram_mb=msg.ram_mb)
@@ -349,7 +350,7 @@ class VhmService(BaseService):
         assert self.core is not None and self.server is not None and plan.vgpu is not None
         vg = plan.vgpu
         client = self.core.clients.get(vg.client)
-        failure: Rejected | None = None
+        failure: Refusal | None = None
         try:
             if client is None or not isinstance(client.peer, Session):  # the core's peers are our Sessions
                 raise PeerLost("device model gone")
@@ -358,13 +359,14 @@ class VhmService(BaseService):
                                                   ept_root=vg.ept_root, ram_mb=vg.ram_mb,
                                                   timeout=self.args.vgpu_timeout)
             if not isinstance(reply, m.VgpuCreated):
-                raise RemoteError(m.Error(code="internal", reason=f"device model answered {type(reply).__name__}"))
+                raise RemoteError(m.Error(code=ErrorCode.INTERNAL,
+                                          reason=f"device model answered {type(reply).__name__}"))
         except RemoteError as err:
-            failure = Rejected(ErrorCode(err.code), f"vGPU {vg.spec!r}: {err.error.reason}")
+            failure = Refusal(ErrorCode(err.code), f"vGPU {vg.spec!r}: {err.error.reason}")
         except PeerLost as err:
-            failure = Rejected(ErrorCode.NO_DEVICE_MODEL, f"vGPU {vg.spec!r}: device model lost ({err})")
+            failure = Refusal(ErrorCode.NO_DEVICE_MODEL, f"vGPU {vg.spec!r}: device model lost ({err})")
         except TimeoutError:
-            failure = Rejected(ErrorCode.TIMEOUT, f"vGPU {vg.spec!r}: device model did not answer in "
+            failure = Refusal(ErrorCode.TIMEOUT, f"vGPU {vg.spec!r}: device model did not answer in "
                                f"{self.args.vgpu_timeout:g}s")
         if failure is not None:
             freed = self.core.vgpu_failed(plan.vm, plan.serial)
@@ -374,7 +376,7 @@ class VhmService(BaseService):
             self.counters[f"error_{failure.code.value}"] += 1
             self.log.warning("vm_create_failed", vm=plan.vm, code=failure.code.value, reason=failure.reason,
                              frames_freed=freed)
-            await self._send(session, failure.error(req))
+            await self._send(session, m.refusal_error(failure, req))
             return
         assert isinstance(reply, m.VgpuCreated)
         if self.core.vgpu_created(plan.vm, plan.serial, vg.client, reply.vgpu_id):
@@ -387,7 +389,7 @@ class VhmService(BaseService):
     async def _on_vm_destroy(self, session: Session, msg: m.VmDestroy) -> None:
         assert self.core is not None
         td = self.core.destroy_vm(session, msg.vm)
-        if isinstance(td, Rejected):
+        if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
             return
         await self._fail(td.failed)
@@ -406,7 +408,7 @@ class VhmService(BaseService):
     async def _on_vm_reset(self, session: Session, msg: m.VmReset) -> None:
         assert self.core is not None
         td = self.core.reset_vm(session, msg.vm)
-        if isinstance(td, Rejected):
+        if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
             return
         await self._fail(td.failed)
@@ -489,7 +491,7 @@ class VhmService(BaseService):
                                                                        for r in res.runs]))
         else:
             if res.vm is None and hasattr(msg, "vm"):
-                res = Rejected(res.code, res.reason, vm=msg.vm)
+                res = Refusal(res.code, res.reason, vm=msg.vm)
             await self._reject(session, res, msg.req)
 
 

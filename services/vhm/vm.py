@@ -73,7 +73,7 @@ class Vm:
         assert isinstance(req, m.Ioreq)
         return req
 
-    def forget_client(self, client: int) -> list[int]:
+    def remove_client(self, client: int) -> list[int]:
         """Drop a lost client's ranges, BDF claims, page tracks and DMA pins; un-protect the pages it
         tracked (with nobody to handle WP ioreqs the guest must be able to write again).
 

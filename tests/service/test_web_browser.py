@@ -52,8 +52,7 @@ def test_browser_sees_four_live_screens(tmp_path) -> None:  # type: ignore[no-un
         ready: set[str] = set()
         while len(ready) < 4:
             ready.add(guest.wait_event("display_ready", timeout=240)["name"])
-        page_proc = stack._start(["web", "--gvt", stack.gvt.endpoint, "--vhm", stack.vhm.endpoint,
-                                  "--listen", "tcp://127.0.0.1:0", "--fps", "4"], "web")
+        page_proc = stack.web("tcp://127.0.0.1:0", "--fps", "4")
         url = page_proc.endpoint
         assert url.startswith("http://127.0.0.1:")
         profile = tempfile.mkdtemp(prefix="gvtsim-chromium-")

@@ -121,3 +121,17 @@ def test_every_tag_is_unique_and_catalogued():
     declared = {v for v in vars(m).values()
                 if isinstance(v, type) and issubclass(v, m.Message) and v is not m.Message}
     assert declared == set(m.ALL_MESSAGES), "a message class is missing from ALL_MESSAGES"
+
+
+def test_error_code_is_the_errorcode_enum_on_the_wire_and_after_decode():
+    """ERROR.code is typed by ErrorCode itself: a decoded ERROR carries a member, its wire form is the plain
+    string, and a code outside the enum is a decode error naming the field."""
+    from gvtsim.protocol import ErrorCode
+
+    got = decode(encode(m.Error(code=ErrorCode.SLOT_BUSY, reason="busy", vm=1, vcpu=0, seq=9)))
+    assert isinstance(got, m.Error) and got.code is ErrorCode.SLOT_BUSY
+    assert f"{got.code}" == "slot_busy"
+    assert msgspec.msgpack.decode(encode(got))["code"] == "slot_busy"
+    with pytest.raises(DecodeError) as err:
+        decode(raw({"type": "ERROR", "code": "no_such_code", "reason": "x"}))
+    assert err.value.field == "code"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from test_gvt_fixtures import program_bar0
 
+from gvtsim.protocol import errors as protocol_errors
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from gvtsim.services.guest import cmds
 from gvtsim.services.guest import regs as r
@@ -130,6 +131,11 @@ class Guest:
         return self.rig.gvt.emulate_mmio_read(self.vgpu, self.vgpu.cfg.bar0_base() + g + irq.IIR, 4)
 
 
+def _accepted(result: object) -> None:
+    """pgpu answers a request it refuses with a returned Refusal; in this rig every GPU request must be taken."""
+    assert not isinstance(result, protocol_errors.Refusal), result
+
+
 class Rig:
     """gvt (and optionally pgpu) on one machine memory. ``pump()`` plays the shells: effects to pgpu,
     GPU events back to gvt, until nothing moves."""
@@ -174,14 +180,14 @@ class Rig:
                 if self.pgpu is None:
                     continue
                 if isinstance(e, fx.PgpuMmioWrite):
-                    self.pgpu.mmio_write(e.offset, e.size, e.value, self.now)
+                    _accepted(self.pgpu.mmio_write(e.offset, e.size, e.value, self.now))
                 if isinstance(e, fx.PgpuGgttWrite):
-                    self.pgpu.ggtt_write(e.entries)
+                    _accepted(self.pgpu.ggtt_write(e.entries))
                 elif isinstance(e, fx.PgpuGgttFill):
-                    self.pgpu.ggtt_write((i, e.pte) for i in range(e.index, e.index + e.count))
+                    _accepted(self.pgpu.ggtt_write((i, e.pte) for i in range(e.index, e.index + e.count)))
                 elif isinstance(e, fx.PgpuSubmit):
                     self.submits.append(e)
-                    self.pgpu.submit(e.engine, list(e.descs), e.tag, self.now)
+                    _accepted(self.pgpu.submit(e.engine, list(e.descs), e.tag, self.now))
             if self.pgpu is not None:
                 for ev in self.pgpu.advance(self.now):
                     moved = True

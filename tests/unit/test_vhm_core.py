@@ -13,7 +13,8 @@ from gvtsim.protocol import messages as m
 from gvtsim.services.common.ept import Ept
 from gvtsim.services.common.memory import PAGE_SHIFT, MachineMemory
 from gvtsim.services.vhm.core import VhmCore
-from gvtsim.services.vhm.outcomes import Completed, Dispatched, IoreqFailed, Rejected, VmPlan
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.vhm.outcomes import Completed, Dispatched, IoreqFailed, VmPlan
 from gvtsim.services.vhm.vm import VmState
 
 R, W = IoreqDir.READ, IoreqDir.WRITE
@@ -106,7 +107,7 @@ def test_vm_ids_are_distinct_and_destroy_returns_every_frame(core):
 def test_create_with_vgpu_needs_a_device_model(core):
     free0 = core.frames.free_frames
     out = core.create_vm("guestA", "v", 1, 2, "GVTg_V5_4")
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_DEVICE_MODEL
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_DEVICE_MODEL
     assert core.frames.free_frames == free0 and not core.vms
     cid = core.add_client("gvt", "gvt")
     plan = make_vm(core, vgpu="GVTg_V5_4")
@@ -115,7 +116,7 @@ def test_create_with_vgpu_needs_a_device_model(core):
     assert core.vms[plan.vm].state is VmState.CREATING
     # the guest does not know the id yet: no ioreq reaches a CREATING VM
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SUCH_VM
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SUCH_VM
     assert core.vgpu_created(plan.vm, plan.serial, cid, 3)
     assert core.vms[plan.vm].state is VmState.RUNNING and core.vms[plan.vm].vgpu_id == 3
 
@@ -132,20 +133,20 @@ def test_vgpu_failure_releases_the_vm(core):
 def test_out_of_frames_is_no_space_and_leaks_nothing(core):
     free0 = core.frames.free_frames
     out = core.create_vm("guestA", "huge", 1, 4096)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SPACE
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SPACE
     assert core.frames.free_frames == free0 and core.counters["error_no_space"] == 1
 
 
 def test_forged_and_unknown_vm_ids(core):
     a = make_vm(core, "guestA")
     out = core.submit_ioreq("guestB", ioreq(a.vm, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.FORGED_ID
+    assert isinstance(out, Refusal) and out.code is ErrorCode.FORGED_ID
     assert (out.vm, out.vcpu, out.seq) == (a.vm, 0, 1)
     assert core.counters["error_forged_id"] == 1
-    assert isinstance(core.destroy_vm("guestB", a.vm), Rejected)
+    assert isinstance(core.destroy_vm("guestB", a.vm), Refusal)
     assert core.counters["error_forged_id"] == 2 and core.vms[a.vm].state is VmState.RUNNING
     out = core.submit_ioreq("guestA", ioreq(999, 0, 1, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.NO_SUCH_VM
+    assert isinstance(out, Refusal) and out.code is ErrorCode.NO_SUCH_VM
 
 
 @pytest.mark.parametrize("req,why", [
@@ -158,7 +159,7 @@ def test_forged_and_unknown_vm_ids(core):
 def test_bad_guest_requests(core, req, why):
     make_vm(core)
     out = core.submit_ioreq("guestA", req, 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.BAD_REQUEST and why in out.reason
+    assert isinstance(out, Refusal) and out.code is ErrorCode.BAD_REQUEST and why in out.reason
     assert all(s.state is IoreqState.FREE for s in core.vms[1].slots)
 
 
@@ -172,7 +173,7 @@ def test_slot_free_pending_processing_complete_free(core):
     out = core.distribute(plan.vm, 1, now=1.0)
     assert isinstance(out, Dispatched) and out.client == cid and out.ioreq.seq == 7
     assert slot.state is IoreqState.PROCESSING and slot.client == cid
-    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=7, value=0xBEEF)])
+    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=7, value=0xBEEF)], 1.5)
     assert isinstance(done, Completed) and (done.peer, done.vm, done.vcpu, done.seq, done.value) == \
         ("guestA", plan.vm, 1, 7, 0xBEEF)
     assert slot.state is IoreqState.COMPLETE
@@ -198,11 +199,11 @@ def test_second_request_on_a_busy_slot_is_refused(core, stage):
     if stage != "PENDING":
         core.distribute(plan.vm, 0, 0.0)
     if stage == "COMPLETE":
-        core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=5)])
+        core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=5)], 0.5)
     slot = core.vms[plan.vm].slots[0]
     assert slot.state.name == stage
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.SLOT_BUSY and out.seq == 2
+    assert isinstance(out, Refusal) and out.code is ErrorCode.SLOT_BUSY and out.seq == 2
     assert slot.state.name == stage and slot.request.seq == 1  # untouched
     assert core.counters["error_slot_busy"] == 1
     # the other vCPU is independent
@@ -214,11 +215,11 @@ def test_completion_from_the_wrong_client_or_seq_is_refused(core):
     cid = mmio_client(core, plan.vm)
     other = core.add_client("other", "other")
     core.submit_ioreq("guestA", ioreq(plan.vm, 0, 4, MMIO, R, BAR0), 0.0)
-    bad = core.complete(other, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=4, value=1)])
+    bad = core.complete(other, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=4, value=1)], 0.5)
     bad += core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=1),
                                m.IoreqResult(vm=plan.vm, vcpu=1, seq=4, value=1),
-                               m.IoreqResult(vm=77, vcpu=0, seq=4, value=1)])
-    assert all(isinstance(r, Rejected) and r.code is ErrorCode.BAD_REQUEST for r in bad)
+                               m.IoreqResult(vm=77, vcpu=0, seq=4, value=1)], 0.5)
+    assert all(isinstance(r, Refusal) and r.code is ErrorCode.BAD_REQUEST for r in bad)
     assert core.vms[plan.vm].slots[0].state is IoreqState.PROCESSING
     assert core.counters["stale_completions"] == 4
 
@@ -229,7 +230,7 @@ def test_completion_values_masked_to_size_and_writes_return_zero(core):
     core.submit_ioreq("guestA", ioreq(plan.vm, 0, 1, MMIO, R, BAR0, size=2), 0.0)
     core.submit_ioreq("guestA", ioreq(plan.vm, 1, 1, MMIO, W, BAR0, size=4, value=9), 0.0)
     a, b = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0x12345),
-                               m.IoreqResult(vm=plan.vm, vcpu=1, seq=1, value=0x99)])
+                               m.IoreqResult(vm=plan.vm, vcpu=1, seq=1, value=0x99)], 0.5)
     assert isinstance(a, Completed) and a.value == 0x2345
     assert isinstance(b, Completed) and b.value == 0
 
@@ -266,7 +267,7 @@ def test_pci_config_through_cf8_cfc_reaches_the_bdf_client(core):
     assert isinstance(out, Dispatched) and out.client == cid
     assert (out.ioreq.kind, out.ioreq.bus, out.ioreq.dev, out.ioreq.func, out.ioreq.reg) == (PCI, 0, 2, 0, 0x12)
     assert core.vms[plan.vm].slots[0].request.kind == PCI  # rewritten in place
-    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=0xFE00)])
+    [done] = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=3, value=0xFE00)], 3.5)
     assert isinstance(done, Completed) and done.value == 0xFE00
     core.resume(plan.vm, 0, 3)
     # another device: nobody intercepts it, the fallback answers all ones
@@ -296,8 +297,8 @@ def test_client_lost_fails_processing_requests_and_later_ones_fall_back(core):
     assert all(s.state is IoreqState.FREE for s in core.vms[plan.vm].slots)
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 2, MMIO, R, BAR0), 0.0)
     assert isinstance(out, Completed) and out.value == 0xFFFF_FFFF  # the range went with the client
-    late = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=9, value=0)])
-    assert isinstance(late[0], Rejected)
+    late = core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=1, seq=9, value=0)], 0.5)
+    assert isinstance(late[0], Refusal)
 
 
 def test_stuck_requests_time_out(core):
@@ -320,7 +321,7 @@ def test_destroy_and_guest_loss_fail_in_flight_requests(core):
     td = core.destroy_vm("guestA", a.vm)
     assert [(f.vm, f.code) for f in td.failed] == [(a.vm, ErrorCode.NO_SUCH_VM)]
     assert len(core.vms[a.vm].ranges) == 0
-    assert isinstance(core.destroy_vm("guestA", a.vm), Rejected)  # already dying
+    assert isinstance(core.destroy_vm("guestA", a.vm), Refusal)  # already dying
     core.reap_vm(td.vm, td.serial)
     tds = core.guest_lost("guestA")
     assert [t.vm for t in tds] == [b.vm]
@@ -367,14 +368,14 @@ def test_page_track_on_gives_wp_requests_off_gives_plain_writes(core, mem):
     assert isinstance(out, Dispatched) and out.client == cid
     assert (out.ioreq.kind, out.ioreq.addr, out.ioreq.value) == (WP, gpa, 0xAABB)
     assert core.vms[plan.vm].memory.read(gpa, 4) == bytes(4)  # the write did not land
-    core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0)])
+    core.complete(cid, [m.IoreqResult(vm=plan.vm, vcpu=0, seq=1, value=0)], 0.5)
     core.resume(plan.vm, 0, 1)
     assert core.page_track(cid, plan.vm, gfn, False).value == 1
     assert guest_write(core, mem, plan, 0, 2, gpa, 0xCCDD) == "plain"
     assert core.vms[plan.vm].memory.read(gpa, 4) == (0xCCDD).to_bytes(4, "little")
     # a WP request for a page that is no longer protected is refused
     out = core.submit_ioreq("guestA", ioreq(plan.vm, 0, 3, WP, W, gpa, value=1), 0.0)
-    assert isinstance(out, Rejected) and out.code is ErrorCode.BAD_REQUEST
+    assert isinstance(out, Refusal) and out.code is ErrorCode.BAD_REQUEST
 
 
 def test_client_loss_unprotects_its_pages(core, mem):
@@ -413,7 +414,7 @@ def test_every_request_ends_exactly_once(mem, ops):
             seq += 1
             out = core.submit_ioreq("guestA", ioreq(plan.vm, vcpu, seq, PIO if addr < 0x10000 else MMIO, R, addr),
                                     now)
-            if not isinstance(out, Rejected):
+            if not isinstance(out, Refusal):
                 accepted.add((vcpu, seq))
                 finish([out])
             else:
@@ -422,7 +423,7 @@ def test_every_request_ends_exactly_once(mem, ops):
             vm = core.vms[plan.vm]
             s = vm.slots[vcpu]
             if s.state is IoreqState.PROCESSING:
-                finish(core.complete(s.client, [m.IoreqResult(vm=plan.vm, vcpu=vcpu, seq=s.request.seq, value=1)]))
+                finish(core.complete(s.client, [m.IoreqResult(vm=plan.vm, vcpu=vcpu, seq=s.request.seq, value=1)], now))
         elif op == "lose":
             finish(core.client_lost(cid).failed)
             cid = mmio_client(core, plan.vm, f"gvt{seq}")

@@ -14,7 +14,8 @@ from gvtsim.protocol import messages as m
 from gvtsim.services.common.ept import Ept
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from gvtsim.services.vhm.core import VhmCore
-from gvtsim.services.vhm.outcomes import DataReply, FramesOut, Rejected, Reply, VmPlan
+from gvtsim.protocol.errors import Refusal
+from gvtsim.services.vhm.outcomes import DataReply, FramesOut, Reply, VmPlan
 
 RAM_MB = 1
 RAM_BYTES = RAM_MB << 20
@@ -45,7 +46,7 @@ def cid(core) -> int:
 
 
 def rejected(out: object, code: ErrorCode) -> bool:
-    return isinstance(out, Rejected) and out.code is code
+    return isinstance(out, Refusal) and out.code is code
 
 
 def test_gfn_to_mfn_follows_the_ram_map(core, plan, cid):

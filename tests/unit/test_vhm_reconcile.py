@@ -70,10 +70,10 @@ def test_same_epoch_resumes_the_client_with_all_its_state(core):
     rec = core.reconcile(cid, [(vm, 1)], 4.0)
     assert rec.resumed and rec.keep == [vm] and rec.destroy == [] and rec.notices == []
     assert rec.reply(9) == m.VgpuSyncReply(req=9, resumed=True, keep=[vm], destroy=[])
-    resent = core.redispatch(cid)
+    resent = core.redispatch(cid, 4.0)
     assert [(d.ioreq.vcpu, d.ioreq.seq) for d in resent] == [(0, 1), (1, 1)]
-    assert core.redispatch(cid) == []  # once
-    [done] = core.complete(cid, [m.IoreqResult(vm=vm, vcpu=0, seq=1, value=0x1234)])
+    assert core.redispatch(cid, 4.0) == []  # once
+    [done] = core.complete(cid, [m.IoreqResult(vm=vm, vcpu=0, seq=1, value=0x1234)], 4.1)
     assert isinstance(done, Completed) and done.value == 0x1234
     assert core.expire_clients(100.0) == [] and cid in core.clients
 
@@ -88,7 +88,7 @@ def test_a_stale_session_ending_after_the_resume_changes_nothing(core):
     assert core.client_session_ended(cid, "old", 2.5) is None
     assert core.connected(cid) and core.vms[vm].dm == cid
     assert core.next_deadline() == pytest.approx(0.5 + core.ioreq_timeout)  # only the ioreq timeout is due
-    assert [(d.ioreq.vcpu, d.ioreq.seq) for d in core.redispatch(cid)] == [(0, 1)]  # sent again, on the new one
+    assert [(d.ioreq.vcpu, d.ioreq.seq) for d in core.redispatch(cid, 1.0)] == [(0, 1)]  # sent again, on the new one
 
 
 def test_new_epoch_without_grace_loses_the_old_incarnation_and_tells_its_vms(mem):
