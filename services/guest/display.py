@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import cmds
+from ...hardware import cmds
 from .gem import Bo
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ...protocol import IoreqDir, IoreqType
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
-from . import cmds
+from ...hardware import cmds
 from . import regs as r
 from .cpu import IoreqFailed
 from .gem import Bo

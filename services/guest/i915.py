@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import cmds
+from ...hardware import cmds
 from .cpu import GuestMachine
 from .gem import Bo, Gem
 from .pci import PciDevice

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..common.memory import PAGE_SIZE
-from . import cmds
+from ...hardware import cmds
 from .gem import Bo
 from .i915 import PpgttContext, VgpuDriver
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..common.memory import MachineMemory
-from ..guest import cmds as enc
+from ...hardware import cmds as enc
 from .context import MODE_LEGACY_32, MODE_LEGACY_64, RING_CTX, make_descriptor, write_ring_context
 from .ggtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, pte_encode
 from .mmio import ENGINE_BASES
@@ -16,7 +16,7 @@ from .ppgtt import ENTRY_PRESENT, ENTRY_RW, pd_index, pdp_index, pml4_index, pt_
 
 
 # ------------------------------------------------------------------------------------------- encoders
-# One encoder for the project: the guest driver's (services/guest/cmds.py). Feeding the emulator's decoder
+# One encoder for the project (hardware/cmds.py, the guest driver uses it too). Feeding the emulator's decoder
 # (commands.py) with it checks the two against each other.
 def mi_noop() -> list[int]:
     return [enc.MI_NOOP]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gvtsim.services.common import cmd_table as ct
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import cmd_parser as cp
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.types import GmResource

@@ -11,7 +11,7 @@ from test_gvt_fixtures import BAR0_GPA, FakeMpt, create, make_gvt, program_bar0
 from test_gvt_ppgtt_fixtures import Host
 
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.guest import regs as r
 from gvtsim.services.gvt import cfg_space as cfg
 from gvtsim.services.gvt import effects as fx

@@ -11,7 +11,7 @@ import pytest
 from test_gvt_cmd_parser_fixtures import Bo, Guest, Rig
 
 from gvtsim.services.common.memory import PAGE_SIZE
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import scheduler as sch
 from gvtsim.services.gvt.vgpu import FailsafeReason
 

@@ -122,7 +122,7 @@ def test_x_tiled_fill_and_copy_land_in_x_tile_layout() -> None:
     """A fill into an X-tiled destination and a copy from a linear source into it: every pixel lands where
     the X-tile layout (512-byte x 8-row tiles) puts it; the pitch of a tiled surface counts dwords."""
     from gvtsim.services.gvt.fb_decoder import detile_x
-    from gvtsim.services.guest import cmds
+    from gvtsim.hardware import cmds
     from gvtsim.services.pgpu import blit
 
     class FlatDma:
