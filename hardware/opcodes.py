@@ -31,6 +31,7 @@ MI_BATCH_BUFFER_START = MI_INSTR(0x31)
 
 # MI option bits
 MI_USE_GGTT = 1 << 22  # MI_STORE_DATA_IMM / SRM / LRM: the address is in the GGTT (MI_GLOBAL_GTT)
+MI_LRI_FORCE_POSTED = 1 << 12  # MI_LOAD_REGISTER_IMM: posted register writes
 MI_STORE_QWORD = 1 << 21  # MI_STORE_DATA_IMM: MI_STORE_QWORD_IMM_GEN8 writes a qword
 MI_BATCH_PPGTT = 1 << 8  # MI_BATCH_PPGTT_HSW: the batch is in the PPGTT (non-privileged)
 MI_BATCH_SECOND_LEVEL = 1 << 22  # MI_BATCH_BUFFER_START: a second-level batch (returns to the first level)

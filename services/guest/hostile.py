@@ -28,7 +28,7 @@ from typing import Any
 from ...protocol import IoreqDir, IoreqType
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from ...hardware import cmds
-from . import regs as r
+from ...hardware import regs as r
 from .cpu import IoreqFailed
 from .gem import Bo
 from .i915 import RING_SIZE, DriverError, EngineState, VgpuDriver

@@ -29,13 +29,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ...hardware import cmds
+from ...hardware.engines import BY_NAME
 from .cpu import GuestMachine
 from .gem import Bo, Gem
 from .pci import PciDevice
 from .pv import PvChannel, PvResult
 from .pv import setup as pv_setup
 from .ppgtt import GuestPpgtt
-from . import regs as r
+from ...hardware import regs as r
 
 RING_SIZE = 4 * 4096
 MSI_VECTOR = 0x40
@@ -116,8 +117,9 @@ class VgpuDriver:
         self.ram_reserved = ram_reserved
         self.engines: dict[str, EngineState] = {}
         for i, name in enumerate(engines):
-            base, gt, ub, cb = r.ENGINES[name]
-            self.engines[name] = EngineState(name, base, gt, ub, cb, ctx_id=0x100 + i)
+            e = BY_NAME[name]
+            self.engines[name] = EngineState(name, e.base, e.irq_group, e.user_irq_bit, e.ctx_switch_bit,
+                                             ctx_id=0x100 + i)
         self.caps = 0
         self.want_pvmmio = enable_pvmmio  # this guest's i915.enable_pvmmio (ACRN)
         self.pvmmio = 0  # the PVMMIO levels gvt granted (PVINFO enable_pvmmio read back)

@@ -20,7 +20,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import regs as r
+from ...hardware import regs as r
+from ...hardware.engines import GPU_ENGINES as PV_ENGINES  # the slots of the PV page, in this order
 
 if TYPE_CHECKING:
     from .i915 import VgpuDriver
@@ -29,7 +30,6 @@ PV_MAGIC = 0x56505647  # "GVPV"
 PV_HEADER_SIZE = 32
 PV_PAGE_SIZE = 4096
 GUEST_VERSION = 1
-PV_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 SLOT_BASE, SLOT_SIZE = 0x100, 0x40
 PPGTT_UPDATE = 0x300
 

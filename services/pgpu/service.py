@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ...hardware.engines import GPU_ENGINES
 from ...protocol import messages as m
 from ...protocol.errors import ErrorCode
 from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
-from .core import ENGINES, GpuError, PgpuConfig, PgpuCore
+from .core import GpuError, PgpuConfig, PgpuCore
 from .events import EngineEvent
 
 SERVED_ROLES = ("gvt",)
@@ -64,8 +65,8 @@ class PgpuService(BaseService):
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
                                    handler=self, log=self.log, counters=self.counters)
         endpoint = await self.server.start()
-        self._wake = {name: asyncio.Event() for name in ENGINES}
-        self._tasks = [asyncio.create_task(self._engine_loop(name), name=f"pgpu-{name}") for name in ENGINES]
+        self._wake = {name: asyncio.Event() for name in GPU_ENGINES}
+        self._tasks = [asyncio.create_task(self._engine_loop(name), name=f"pgpu-{name}") for name in GPU_ENGINES]
         return {"endpoint": endpoint, "mem_path": a.mem_path, "mem_mb": self.mem.size >> 20, "gm_mb": a.gm_mb,
                 "time_scale": a.time_scale, "gpu_speed": a.gpu_speed}
 
@@ -127,7 +128,7 @@ class PgpuService(BaseService):
     def _elsp_submit(self, session: Session, msg: m.ElspSubmit) -> m.Message:
         self.core.submit(msg.engine, list(msg.descs), msg.tag, time.monotonic(), owner=session)
         if trace.on:
-            trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
+            trace.instant("ELSP submit", "gpu", tid=GPU_ENGINES.index(msg.engine) if msg.engine in GPU_ENGINES else 0,
                           engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
         self._wake[msg.engine].set()
         return m.Ok(req=msg.req)
@@ -170,7 +171,7 @@ class PgpuService(BaseService):
         if ev.kind != "ctx_complete" and ev.kind != "user_interrupt":
             self.log.info("gpu_event", **{k: v for k, v in ev.fields().items() if k != "engine"}, engine=ev.engine)
         if trace.on:
-            trace.instant(f"GPU {ev.kind}", "gpu", tid=ENGINES.index(ev.engine) if ev.engine in ENGINES else 0,
+            trace.instant(f"GPU {ev.kind}", "gpu", tid=GPU_ENGINES.index(ev.engine) if ev.engine in GPU_ENGINES else 0,
                           **ev.fields())
         await self.server.send(session, m.GpuEvent(**ev.fields()))
         self.counters[f"events_sent_{ev.kind}"] += 1

@@ -12,7 +12,7 @@ from test_gvt_ppgtt_fixtures import Host
 
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE
 from gvtsim.hardware import cmds
-from gvtsim.services.guest import regs as r
+from gvtsim.hardware import regs as r
 from gvtsim.services.gvt import cfg_space as cfg
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt import opregion, pvinfo
