@@ -48,7 +48,11 @@ for _e in ENGINES:
     ALL_ENGINES |= _e.mask
 #: GEN6_GDRST: GEN6_GRDOM_FULL resets every engine
 GDRST_FULL = 1 << 0
-BY_TLB_INVAL: dict[int, Engine] = {e.tlb_inval: e for e in ENGINES}
+#: gen8_tlb_mmio_offset_list: engine -> the register that invalidates its TLBs, and the reverse
+TLB_INVAL_REG: dict[str, int] = {e.name: e.tlb_inval for e in ENGINES}
+TLB_INVAL_ENGINE: dict[int, str] = {e.tlb_inval: e.name for e in ENGINES}
+#: gen9_mocs_mmio_offset_list: engine -> the first of its 64 MOCS control registers
+MOCS_BASE: dict[str, int] = {e.name: e.mocs_base for e in ENGINES}
 
 
 def engine_of(offset: int) -> Engine | None:

@@ -4,9 +4,13 @@ execlist context descriptor and the ring-context image. i915 names; the engines 
 
 from __future__ import annotations
 
-# PVINFO (i915_pvinfo.h), inside BAR0
+# PVINFO (i915_pvinfo.h struct vgt_if), inside BAR0: host -> guest info in 0x000-0x7FF, guest -> host in
+# 0x800-0xFFF; offsets are absolute in BAR0 (vgtif_reg(x) = VGT_PVINFO_PAGE + offsetof(struct vgt_if, x))
 PVINFO = 0x78000
-VGT_MAGIC = 0x4776544776544776
+PVINFO_SIZE = 0x1000
+VGT_MAGIC = 0x4776544776544776  # "vGTvGTvG" little-endian
+VGT_VERSION_MAJOR = 1
+VGT_VERSION_MINOR = 0
 PV_MAGIC = PVINFO + 0x000
 PV_VERSION_MAJOR = PVINFO + 0x008
 PV_VERSION_MINOR = PVINFO + 0x00A
@@ -18,17 +22,26 @@ PV_NONMAPPABLE_BASE = PVINFO + 0x048
 PV_NONMAPPABLE_SIZE = PVINFO + 0x04C
 PV_FENCE_NUM = PVINFO + 0x050
 PV_DISPLAY_READY = PVINFO + 0x804
+PV_RSV5 = PVINFO + 0x808  # rsv5[4]: 0x808..0x817
 PV_G2V_NOTIFY = PVINFO + 0x818
+PV_CURSOR_X_HOT = PVINFO + 0x830
+PV_CURSOR_Y_HOT = PVINFO + 0x834
+PV_PDP0_LO = PVINFO + 0x838  # pdp[i].lo = 0x838 + 8i, .hi = +4
+PV_EXECLIST_CTX_DESC_LO = PVINFO + 0x858
+PV_EXECLIST_CTX_DESC_HI = PVINFO + 0x85C
 # ACRN's PVMMIO fields (acrn-kernel i915_pvinfo.h) keep their offsets 0x860..0x86C; gvtsim's shared-page
 # negotiation fields sit past them, in ACRN's rsv7 (docs/PV.md)
 PV_ENABLE_PVMMIO = PVINFO + 0x860
 PV_PV_MMIO = PVINFO + 0x864
+PV_SCALER_OWNED = PVINFO + 0x868
+PV_CHECK_PENDING_IRQ = PVINFO + 0x86C
 PVMMIO_ELSP_SUBMIT = 0x1  # enum pvmmio_levels (ACRN include/drm/i915_pvinfo.h)
 #: The PVMMIO shared page (struct gvt_shared_page): the first page after BAR0's 2 MB of registers;
 #: u32 elsp_data[4] at 0x00, u32 reg_addr at 0x10
 PVMMIO_SHARED_PAGE = 0x200000
 PVMMIO_ELSP_DATA = 0x00
 PVMMIO_REG_ADDR = 0x10
+PVMMIO_PV_PLANE = 0x14
 PV_CAPS = PVINFO + 0x880
 PV_SHARED_PAGE_GPA = PVINFO + 0x884
 PV_VERSIONS = PVINFO + 0x88C

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...hardware import cmds
+from ...hardware.opcodes import XY_DST_TILED
 from .gem import Bo
 
 if TYPE_CHECKING:
@@ -57,10 +58,8 @@ PLANE_CTL_1_A, PLANE_STRIDE_1_A, PLANE_POS_1_A, PLANE_SIZE_1_A, PLANE_SURF_1_A =
 PLANE_CTL_ENABLE, PLANE_CTL_FORMAT_XRGB_8888, PLANE_CTL_TILED_X = 1 << 31, 0x4 << 24, 1 << 10
 DE_PIPE_A_IMR, DE_PIPE_A_IIR, DE_PIPE_A_IER = 0x44404, 0x44408, 0x4440C
 PIPE_A_FLIP_DONE = 1 << 3  # GEN9_PIPE_PLANE1_FLIP_DONE
-MASTER_DE_PIPE_A = 1 << 16
 DP_LINK_SYMBOL_KHZ = 324_000  # the 1.62 GHz link GVT sets up in DPLL0 (link M/N are against it)
 LINK_N = 0x80000
-XY_DST_TILED = 1 << 11
 TILE_W, TILE_H, TILE_SIZE = 512, 8, 4096
 
 #: VESA DMT timings of the EDID established-timing bits (bytes 35-36): bit -> (w, h, clock kHz, htotal,

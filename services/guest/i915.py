@@ -37,11 +37,11 @@ from .pv import PvChannel, PvResult
 from .pv import setup as pv_setup
 from .ppgtt import GuestPpgtt
 from ...hardware import regs as r
+from ...hardware.regs import PV_PDP0_LO  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4
 
 RING_SIZE = 4 * 4096
 MSI_VECTOR = 0x40
 PPGTT_CTX_ID_BASE = 0x200
-PV_PDP0_LO = r.PVINFO + 0x838  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4 (i915_pvinfo.h)
 #: PVINFO g2v_notify values (enum vgt_g2v_type) by (levels, create)
 G2V_PPGTT = {(3, True): 2, (3, False): 3, (4, True): 4, (4, False): 5}
 #: the ring-context register of pdp n's UDW / LDW value (engine base + 0x274 + 8n / 0x270 + 8n)

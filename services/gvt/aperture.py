@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...hardware.gtt import PAGE_SHIFT
 from .effects import MapGfnToMfn
 from .gtt import pte_pfn, pte_present
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-PAGE_SHIFT = 12
 PCI_BASE_ADDRESS_2 = 0x18
 
 

@@ -1,7 +1,7 @@
 """The command scanner (i915/gvt cmd_parser.c).
 
 Before a workload reaches the physical GPU its ring bytes [head, tail) and every privileged batch buffer
-they start are decoded command by command with the real ``cmd_info[]`` table (services/common/cmd_table.py:
+they start are decoded command by command with the real ``cmd_info[]`` table (hardware/cmd_table.py:
 all 225 gen9 rows, the same table pgpu decodes with) and the real scanner's rules (``cmd_parser_exec``):
 
 * an opcode with no row for this ring => -EBADRQC; an F_LEN_VAR_FIXED row whose length is not its
@@ -54,7 +54,7 @@ from ...hardware.opcodes import XY_DST_TILED as BLT_DST_TILED
 from ...hardware.opcodes import XY_SRC_TILED as BLT_SRC_TILED
 from ...hardware.regs import DERRMR, FORCEWAKE_MT
 from ...hardware.regs import PVINFO as VGT_PVINFO_PAGE
-from ..common import cmd_table as ct
+from ...hardware import cmd_table as ct
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .handlers import F, MmioTable, Reg
 from .mmio import MMIO_SIZE

@@ -24,7 +24,7 @@ from . import display, dmabuf, interrupt, mmio, pm, pvinfo, pvmmio
 from .effects import AttachVgpu, Effect, InterceptBdf, PageTrack, SetTrapArea
 from .engines import ALL_ENGINES
 from .errors import EmulationError, GvtError
-from ..common import cmd_table
+from ...hardware import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs, real_regs

@@ -17,7 +17,6 @@ from ..common.gpu_profiles import PROFILES, REAL_MAX_VGPU, GpuProfile, get_profi
 from .errors import GvtError
 
 MB = 1 << 20
-GTT_PAGE_SIZE = 1 << 12
 
 # gvt/gtt.c, gvt/aperture_gm.c / 10: host reserve and vGPU limits.
 HOST_LOW_GM_SIZE = 128 * MB

@@ -28,7 +28,6 @@ from ...hardware.opcodes import (
 from .dma import Dma
 
 
-
 class BlitError(ValueError):
     """A blit the emulator refuses (tiling, unsupported ROP)."""
 

@@ -1,4 +1,4 @@
-"""The command table pgpu executes: the real GEN9 command set (services/common/cmd_table.py, every row of
+"""The command table pgpu executes: the real GEN9 command set (hardware/cmd_table.py, every row of
 i915/gvt cmd_parser.c ``cmd_info[]``, the table gvt's scanner uses too) decoded as the hardware does, and
 the subset this emulator executes, each with its handler.
 
@@ -33,7 +33,7 @@ from ...hardware.opcodes import (
     POST_SYNC_TIMESTAMP,
 )
 from ...hardware.regs import MMIO_SIZE
-from ..common import cmd_table as ct
+from ...hardware import cmd_table as ct
 from . import blit
 from .dma import Dma
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from ...hardware.engines import BY_NAME, BY_TLB_INVAL, GDRST_FULL, GPU_ENGINES
+from ...hardware.engines import BY_NAME, GDRST_FULL, GPU_ENGINES, TLB_INVAL_ENGINE
 from ...hardware.regs import (
     FENCE_REG_GEN6_LO,
     FORCEWAKE_ACKS,
@@ -53,10 +53,10 @@ class Mmio:
             GFX_FLSH_CNTL_GEN6: self._write_flush,
             GEN6_GDRST: self._write_gdrst,
             **{reg: self._write_forcewake for reg in FORCEWAKE_ACKS},
-            **{reg: self._write_tlb_invalidate for reg in BY_TLB_INVAL},
+            **{reg: self._write_tlb_invalidate for reg in TLB_INVAL_ENGINE},
         }
         #: offsets that always read 0 (self-clearing / write-only)
-        self.read_zero = {GFX_FLSH_CNTL_GEN6, GEN6_GDRST, *BY_TLB_INVAL}
+        self.read_zero = {GFX_FLSH_CNTL_GEN6, GEN6_GDRST, *TLB_INVAL_ENGINE}
         self.tlb_invalidations: Counter[str] = Counter()  # engine -> TLB invalidations done
 
     @staticmethod
@@ -119,7 +119,7 @@ class Mmio:
 
     def _write_tlb_invalidate(self, offset: int, value: int) -> None:
         if value & 1:
-            self.tlb_invalidations[BY_TLB_INVAL[offset].name] += 1
+            self.tlb_invalidations[TLB_INVAL_ENGINE[offset]] += 1
 
     def fence(self, index: int) -> int:
         """Fence register ``index`` (64-bit)."""

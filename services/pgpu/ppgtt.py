@@ -25,7 +25,6 @@ from ..common.memory import MachineMemory, MemoryRangeError
 from .ggtt import PageFault
 
 
-
 def pml4_index(gma: int) -> int:
     return (gma >> 39) & 0x1FF
 
