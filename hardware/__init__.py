@@ -8,5 +8,6 @@ nothing from the services: it is plain data and pure functions.
 Modules: ``engines`` (the engine set), ``regs`` (MMIO register offsets, PVINFO, the context image, execlist
 descriptor and CSB bits), ``opcodes`` (MI, blitter and pipe-control encodings), ``cmds`` (the command encoder),
 ``cmd_table`` (the gen9 command set, i915/gvt cmd_parser.c ``cmd_info[]``), ``gtt`` (page constants and PTE
-formats), ``pv`` (the paravirtual shared page's layout).
+formats), ``display`` (display engine registers, the X-tile layout), ``pci`` (configuration space and the
+CONF1 ports), ``pv`` (the paravirtual shared page's layout).
 """

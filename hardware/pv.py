@@ -13,7 +13,7 @@ import enum
 from .engines import GPU_ENGINES
 from .gtt import PAGE_SIZE
 
-PV_MAGIC = 0x56505647  # "GVPV"
+PV_PAGE_MAGIC = 0x56505647  # "GVPV": the shared page header's magic (PVINFO's magic is regs.VGT_MAGIC)
 PV_HEADER_SIZE = 32
 PV_PAGE_SIZE = PAGE_SIZE
 #: the engines with a submission slot, slot n at SLOT_BASE + SLOT_SIZE * n

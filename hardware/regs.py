@@ -74,9 +74,11 @@ FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4
 NUM_FENCES = 32
 GFX_FLSH_CNTL_GEN6 = 0x101008  # a write flushes the GGTT TLB
 GFX_FLSH_CNTL_EN = 1 << 0
+FORCEWAKE_MT, FORCEWAKE_ACK_HSW = 0xA188, 0x130044
+FORCEWAKE_MEDIA_GEN9, FORCEWAKE_ACK_MEDIA_GEN9 = 0xA270, 0x0D88
 #: forcewake request register -> its ack register (gen9: render, MT, media)
-FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
-FORCEWAKE_MT = 0xA188
+FORCEWAKE_ACKS: dict[int, int] = {FORCEWAKE_RENDER_GEN9: FORCEWAKE_ACK_RENDER_GEN9, FORCEWAKE_MT: FORCEWAKE_ACK_HSW,
+                                  FORCEWAKE_MEDIA_GEN9: FORCEWAKE_ACK_MEDIA_GEN9}
 DERRMR = 0x44050
 GEN6_GDRST = 0x941C  # engine reset by domain bit (engines.py: each engine's gdrst_bit)
 GEN6_GRDOM_GUC = 1 << 5

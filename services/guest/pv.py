@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...hardware import regs as r
-from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_MAGIC, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PV_PAGE_MAGIC as PV_MAGIC
 from ...hardware.pv import PvCaps
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ...hardware.engines import MOCS_BASE
 from ...hardware.engines import TLB_INVAL_REG as TLB_MMIO_OFFSET
-from ...hardware.opcodes import MI_STORE_REGISTER_MEM_GGTT
+from ...hardware.opcodes import MI_LOAD_REGISTER_IMM, MI_STORE_REGISTER_MEM_GGTT
 from ..common.memory import PAGE_SIZE
 from .effects import PgpuMmioWrite
 
@@ -137,7 +137,7 @@ def lri(regs: list[tuple[int, int]], vreg: Callable[[int], int]) -> list[int]:
     out: list[int] = []
     for start in range(0, len(regs), 63):
         chunk = regs[start:start + 63]
-        out.append(0x22 << 23 | (2 * len(chunk) - 1))
+        out.append(MI_LOAD_REGISTER_IMM | (2 * len(chunk) - 1))
         for offset, mask in chunk:
             value = vreg(offset)
             out += [offset, (value | mask << 16) if mask else value]

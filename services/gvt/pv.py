@@ -26,7 +26,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_MAGIC, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PV_PAGE_MAGIC as PV_MAGIC
 from ...hardware.pv import PvCaps
 from ..common.memory import PAGE_SIZE
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...hardware.display import TILE_SIZE, TILE_X_HEIGHT, TILE_X_WIDTH
 from ...hardware.opcodes import (
     BLT_BPP,
     BLT_WRITE_A,
@@ -73,9 +74,6 @@ COPY_ROPS: dict[int, Callable[[bytes], bytes]] = {
     ROP_BLACKNESS: lambda src: bytes(len(src)),
     ROP_WHITENESS: lambda src: b"\xff" * len(src),
 }
-
-
-TILE_X_WIDTH, TILE_X_HEIGHT, TILE_SIZE = 512, 8, 4096
 
 
 def _x_tiled(base: int, pitch: int, x_bytes: int, y: int) -> int:
