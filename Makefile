@@ -24,7 +24,7 @@ $(LINT_STAMP): pyproject.toml $(STAMP)
 # ruff, then mypy over the installed package names (the source folders linked under build/typecheck/gvtsim)
 lint: $(LINT_STAMP)
 	@mkdir -p build/typecheck/gvtsim
-	@for d in protocol services orchestration; do ln -sfn ../../../$$d build/typecheck/gvtsim/$$d; done
+	@for d in protocol hardware services orchestration; do ln -sfn ../../../$$d build/typecheck/gvtsim/$$d; done
 	@echo "== ruff"; $(BIN)/ruff check .; r=$$?; echo "== mypy"; $(BIN)/mypy; m=$$?; exit $$((r | m))
 
 demo: $(STAMP)

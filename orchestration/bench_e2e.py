@@ -36,15 +36,15 @@ import msgspec
 import psutil
 import zmq
 
+from ..hardware.regs import PV_MAGIC as PVINFO_MAGIC_OFFSET  # i915_pvinfo.h: struct vgt_if at 0x78000
+from ..hardware.pci import PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA
+from ..hardware.regs import VGT_MAGIC
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
 from ..services.common import curve
 from .hoststack import HostStack
 
-PVINFO_MAGIC_OFFSET = 0x78000  # i915_pvinfo.h: struct vgt_if at VGT_PVINFO_PAGE 0x78000
-VGT_MAGIC = 0x4776544776544776
 BAR0_GPA = 0xF000_0000
-PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA = 0xCF8, 0xCFC
 MMIO, PIO, READ, WRITE = 1, 0, 0, 1
 
 
@@ -420,8 +420,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(res) if args.json else report(res))
     return 0
-
-
 
 
 # ------------------------------------------------------------------------------------------------ flood

@@ -16,12 +16,13 @@ from typing import Any
 
 import zmq
 
+from ..hardware.regs import PV_MAGIC as PVINFO_MAGIC  # the PVINFO magic, at BAR0 + 0x78000
+from ..hardware.regs import VGT_MAGIC
 from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
 from ..services.common import curve
 from .hoststack import HostStack
 
-PVINFO_MAGIC = 0x78000
 BAR0 = 0xF000_0000  # where the guest driver and bench e2e put it
 PIO, MMIO = 0, 1
 READ, WRITE = 0, 1
@@ -74,7 +75,7 @@ def _measure(hs: HostStack, secure: bool, n: int) -> dict[str, float]:
         _cfg(g, vm.vm, 0x14, 0)
         _cfg(g, vm.vm, 0x04, 0x6, size=2)  # COMMAND (16 bits): memory space + bus master: gvt traps BAR0
         magic = g.io(vm.vm, 0, MMIO, READ, BAR0 + PVINFO_MAGIC, size=8)
-        if magic != 0x4776544776544776:
+        if magic != VGT_MAGIC:
             raise RuntimeError(f"the vGPU's PVINFO magic reads {magic:#x}: BAR0 is not trapped by gvt")
         t0 = time.perf_counter()
         for _ in range(n):

@@ -22,18 +22,18 @@ import sys
 import time
 from typing import Any
 
+from ..hardware.engines import GPU_ENGINES
 from .health import probe, status_dict
 from .launcher import RunState, default_run_dir
 from ..services.common.helptext import UserHelpFormatter
 
-ENGINES = ("rcs", "bcs", "vcs", "vecs")
 KINDS = ("PIO", "MMIO", "PCI", "WP")
-COLUMNS = ["stack", "vm", "name", "type", "state", *(f"busy_{e}" for e in ENGINES), "workloads_s",
+COLUMNS = ["stack", "vm", "name", "type", "state", *(f"busy_{e}" for e in GPU_ENGINES), "workloads_s",
            *(f"ioreqs_{k}_s" for k in KINDS), "mmio_p50_us", "mmio_p99_us", "share", "weight_share", "failsafe",
            "pv"]
 HEADERS = {"stack": "STK", "vm": "VM", "name": "NAME", "type": "TYPE", "state": "STATE", "workloads_s": "WL/s",
            "mmio_p50_us": "MMIO p50µs", "mmio_p99_us": "MMIO p99µs", "share": "SHARE", "weight_share": "WEIGHT",
-           "failsafe": "FAILSAFE", "pv": "PV", **{f"busy_{e}": f"{e.upper()}%" for e in ENGINES},
+           "failsafe": "FAILSAFE", "pv": "PV", **{f"busy_{e}": f"{e.upper()}%" for e in GPU_ENGINES},
            **{f"ioreqs_{k}_s": f"{k}/s" for k in KINDS}}
 
 
@@ -86,7 +86,7 @@ def rows(prev: dict[int, dict[str, Any]], cur: dict[int, dict[str, Any]]) -> lis
                 state = str(vm_info.get("state"))
             row: dict[str, Any] = {"stack": stack, "vm": int(vm), "vgpu_id": int(vid), "name": vm_info.get("name", ""),
                                    "type": vg.get("type", ""), "state": state}
-            for e in ENGINES:
+            for e in GPU_ENGINES:
                 key = next((k for k in busy if k.lower() == e), e)
                 delta = float(busy.get(key, 0)) - float(busy0.get(key, 0))
                 row[f"busy_{e}"] = round(max(0.0, delta) / 1e9 / dt * 100, 1)

@@ -22,8 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import NamedTuple
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
+from ...hardware.gtt import PAGE_SHIFT, PAGE_SIZE  # a machine frame is one 4 KiB page
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")

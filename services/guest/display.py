@@ -29,7 +29,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import cmds
+from ...hardware import cmds
+from ...hardware.display import (
+    DDI_BUF_CTL_D,
+    DDI_BUF_CTL_ENABLE,
+    DP_LINK_SYMBOL_KHZ,
+    HBLANK_A,
+    HSYNC_A,
+    HTOTAL_A,
+    PIPE_LINK_M1_A,
+    PIPE_LINK_N1_A,
+    PIPESRC_A,
+    PLANE_CTL_1_A,
+    PLANE_CTL_ENABLE,
+    PLANE_CTL_FORMAT_XRGB_8888,
+    PLANE_CTL_TILED_X,
+    PLANE_POS_1_A,
+    PLANE_SIZE_1_A,
+    PLANE_STRIDE_1_A,
+    PLANE_SURF_1_A,
+    SDE_PORTD_HOTPLUG_CPT,
+    SDEISR,
+    SFUSE_STRAP,
+    SFUSE_STRAP_DDID_DETECTED,
+    TILE_SIZE,
+    TRANS_DDI_FUNC_CTL_A,
+    TRANSCONF_A,
+    TRANSCONF_ENABLE,
+    VBLANK_A,
+    VSYNC_A,
+    VTOTAL_A,
+)
+from ...hardware.display import TILE_X_HEIGHT as TILE_H
+from ...hardware.display import TILE_X_WIDTH as TILE_W
+from ...hardware.display import TRANS_DDI_FUNC_CTL_DP_D as TRANS_DDI_DP_D_SST
+from ...hardware.opcodes import XY_DST_TILED
 from .gem import Bo
 from .runtime import Gen, Signal, sleep_until, wait_until
 
@@ -37,31 +71,14 @@ if TYPE_CHECKING:
     from .i915 import VgpuDriver
 
 # registers (i915_reg.h, SKL; the same offsets GVT emulates)
-SFUSE_STRAP, SFUSE_STRAP_DDID_DETECTED = 0xC2014, 1 << 0
-SDEISR, SDE_PORTD_HOTPLUG_CPT = 0xC4000, 1 << 23
 DP_AUX_CH_CTL_D = 0x64310
 AUX_SEND_BUSY, AUX_DONE, AUX_TIMEOUT = 1 << 31, 1 << 30, 1 << 28
 AUX_SIZE_SHIFT, AUX_SIZE_MASK = 20, 0x1F << 20
 AUX_NATIVE_WRITE, AUX_NATIVE_READ, AUX_I2C_READ, AUX_I2C_MOT = 0x8, 0x9, 0x1, 0x4
 DDC_ADDR = 0x50
-HTOTAL_A, HBLANK_A, HSYNC_A, VTOTAL_A, VBLANK_A, VSYNC_A = 0x60000, 0x60004, 0x60008, 0x6000C, 0x60010, 0x60014
-PIPESRC_A = 0x6001C
-PIPE_LINK_M1_A, PIPE_LINK_N1_A = 0x60040, 0x60044
-TRANS_DDI_FUNC_CTL_A = 0x60400
-TRANS_DDI_DP_D_SST = (1 << 31) | (3 << 28) | (2 << 24)
-DDI_BUF_CTL_D, DDI_BUF_CTL_ENABLE = 0x64300, 1 << 31
-TRANSCONF_A, TRANSCONF_ENABLE = 0x70008, 1 << 31
-PIPE_FLIPCOUNT_A = 0x70044
-PLANE_CTL_1_A, PLANE_STRIDE_1_A, PLANE_POS_1_A, PLANE_SIZE_1_A, PLANE_SURF_1_A = \
-    0x70180, 0x70188, 0x7018C, 0x70190, 0x7019C
-PLANE_CTL_ENABLE, PLANE_CTL_FORMAT_XRGB_8888, PLANE_CTL_TILED_X = 1 << 31, 0x4 << 24, 1 << 10
 DE_PIPE_A_IMR, DE_PIPE_A_IIR, DE_PIPE_A_IER = 0x44404, 0x44408, 0x4440C
 PIPE_A_FLIP_DONE = 1 << 3  # GEN9_PIPE_PLANE1_FLIP_DONE
-MASTER_DE_PIPE_A = 1 << 16
-DP_LINK_SYMBOL_KHZ = 324_000  # the 1.62 GHz link GVT sets up in DPLL0 (link M/N are against it)
 LINK_N = 0x80000
-XY_DST_TILED = 1 << 11
-TILE_W, TILE_H, TILE_SIZE = 512, 8, 4096
 
 #: VESA DMT timings of the EDID established-timing bits (bytes 35-36): bit -> (w, h, clock kHz, htotal,
 #: hsync start, hsync end, vtotal, vsync start, vsync end)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...hardware.gtt import GEN8_PAGE_PRESENT as GEN8_PTE_PRESENT
+from ...hardware.regs import GGTT_OFFSET
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .cpu import GuestMachine
-from .regs import GEN8_PTE_PRESENT, GGTT_OFFSET
 from .runtime import Gen
 
 

@@ -26,8 +26,8 @@ from typing import Any
 from ...protocol import IoreqDir, IoreqType
 from ...protocol.errors import Refusal
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
-from . import cmds
-from . import regs as r
+from ...hardware import cmds
+from ...hardware import regs as r
 from .runtime import Gen
 from .gem import Bo
 from .i915 import RING_SIZE, DriverError, EngineState, VgpuDriver

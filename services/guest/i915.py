@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
-from . import cmds
+from ...hardware import cmds
+from ...hardware.engines import BY_NAME
 from .cpu import GuestMachine
 from .gem import Bo, Gem
 from .pci import PciDevice
@@ -35,12 +36,12 @@ from .pv import PvChannel, PvResult
 from .pv import setup as pv_setup
 from .ppgtt import GuestPpgtt
 from .runtime import Gen, Lock, Signal, wait_until
-from . import regs as r
+from ...hardware import regs as r
+from ...hardware.regs import PV_PDP0_LO  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4
 
 RING_SIZE = 4 * 4096
 MSI_VECTOR = 0x40
 PPGTT_CTX_ID_BASE = 0x200
-PV_PDP0_LO = r.PVINFO + 0x838  # PVINFO pdp[i].lo = 0x78838 + 8i, .hi = +4 (i915_pvinfo.h)
 #: PVINFO g2v_notify values (enum vgt_g2v_type) by (levels, create)
 G2V_PPGTT = {(3, True): 2, (3, False): 3, (4, True): 4, (4, False): 5}
 #: the ring-context register of pdp n's UDW / LDW value (engine base + 0x274 + 8n / 0x270 + 8n)
@@ -116,8 +117,9 @@ class VgpuDriver:
         self.ram_reserved = ram_reserved
         self.engines: dict[str, EngineState] = {}
         for i, name in enumerate(engines):
-            base, gt, ub, cb = r.ENGINES[name]
-            self.engines[name] = EngineState(name, base, gt, ub, cb, ctx_id=0x100 + i)
+            e = BY_NAME[name]
+            self.engines[name] = EngineState(name, e.base, e.irq_group, e.user_irq_bit, e.ctx_switch_bit,
+                                             ctx_id=0x100 + i)
         self.caps = 0
         self.want_pvmmio = enable_pvmmio  # this guest's i915.enable_pvmmio (ACRN)
         self.pvmmio = 0  # the PVMMIO levels gvt granted (PVINFO enable_pvmmio read back)

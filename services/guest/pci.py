@@ -10,24 +10,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...hardware.pci import (
+    CONF1_ENABLE,
+    PCI_CAP_ID_MSI,
+    PCI_CAPABILITY_LIST,
+    PCI_COMMAND,
+    PCI_COMMAND_MASTER,
+    PCI_COMMAND_MEMORY,
+    PCI_STATUS_CAP_LIST,
+    PCI_VENDOR_ID,
+)
+from ...hardware.pci import MSI_CAP_EN as MSI_FLAGS_ENABLE
+from ...hardware.pci import PCI_BASE_ADDRESS_0 as PCI_BAR0
+from ...hardware.pci import PCI_BASE_ADDRESS_2 as PCI_BAR2
+from ...hardware.pci import PCI_CONFIG_ADDRESS as CONF_ADDR
+from ...hardware.pci import PCI_CONFIG_DATA as CONF_DATA
+from ...hardware.pci import PCI_REVISION_ID as PCI_CLASS_REVISION  # the dword at 0x08: revision, then class
 from .cpu import GuestMachine
 from .runtime import Gen
 
-CONF_ADDR = 0xCF8
-CONF_DATA = 0xCFC
-CONF1_ENABLE = 1 << 31
-
-PCI_VENDOR_ID = 0x00
-PCI_COMMAND = 0x04
-PCI_CLASS_REVISION = 0x08
-PCI_BAR0 = 0x10
-PCI_BAR2 = 0x18
-PCI_CAPABILITY_LIST = 0x34
-PCI_CAP_ID_MSI = 0x05
-PCI_COMMAND_MEMORY = 1 << 1
-PCI_COMMAND_MASTER = 1 << 2
-PCI_STATUS_CAP_LIST = 1 << 4
-MSI_FLAGS_ENABLE = 1 << 0
 
 #: Where this guest's firmware places the GPU's BARs (32-bit MMIO hole below 4 GiB).
 BAR0_GPA = 0xF000_0000  # 16 MB GTTMMADR: MMIO at +0, GGTT at +8 MB

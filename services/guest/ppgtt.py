@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...hardware.gtt import ADDR_4K_MASK as ADDR_MASK
+from ...hardware.gtt import GEN8_PAGE_PRESENT as PTE_PRESENT
+from ...hardware.gtt import GEN8_PAGE_RW as PTE_RW
+from ...hardware.gtt import PPGTT_L3_LIMIT as L3_LIMIT
+from ...hardware.gtt import PPGTT_L4_LIMIT as L4_LIMIT
 from ..common.memory import PAGE_SIZE
 from .cpu import GuestMachine
 from .runtime import Gen
 
-PTE_PRESENT = 1 << 0
-PTE_RW = 1 << 1
-ADDR_MASK = ((1 << 46) - 1) & ~(PAGE_SIZE - 1)  # bits 45:12
-L3_LIMIT = 1 << 32
-L4_LIMIT = 1 << 48
 
 #: allocates one page of guest RAM and returns its gpa (contents unspecified: the caller zeroes it)
 PageAllocator = Callable[[], int]

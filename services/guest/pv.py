@@ -14,32 +14,22 @@ edited range (pdp, start, length, cache level) and one g2v_notify PV_PPGTT_UPDAT
 
 from __future__ import annotations
 
-import enum
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...protocol import IoreqDir, IoreqType
 from ...protocol.errors import Refusal
-from . import regs as r
+from ...hardware import regs as r
+from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PV_PAGE_MAGIC as PV_MAGIC
+from ...hardware.pv import PvCaps
 from .runtime import Gen, Lock
 
 if TYPE_CHECKING:
     from .i915 import VgpuDriver
 
-PV_MAGIC = 0x56505647  # "GVPV"
-PV_HEADER_SIZE = 32
-PV_PAGE_SIZE = 4096
 GUEST_VERSION = 1
-PV_ENGINES = ("rcs", "bcs", "vcs", "vecs")
-SLOT_BASE, SLOT_SIZE = 0x100, 0x40
-PPGTT_UPDATE = 0x300
-
-
-class PvCaps(enum.IntFlag):
-    PPGTT = 1 << 0
-    GGTT = 1 << 1
-    SUBMISSION = 1 << 2
 
 
 STATUS_NAMES = {0: "none", 1: "accepted", 2: "bad_gpa", 3: "bad_magic", 4: "unsupported_version",

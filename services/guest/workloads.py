@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from ...protocol.errors import Refusal
 from ..common.histo import Histogram
 from ..common.memory import PAGE_SIZE
-from . import cmds
+from ...hardware import cmds
+from ...hardware.engines import GPU_ENGINES
 from .gem import Bo
 from .i915 import PpgttContext, VgpuDriver
 from .runtime import Gen, Lock
@@ -38,11 +39,10 @@ WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
 SURFACE = PITCH * HEIGHT
 KINDS = ("fill", "copy", "store", "aperture_copy", "ppgtt_store", "ppgtt_fill", "ppgtt_remap", "wa_store")
-ALL_ENGINES = ("rcs", "bcs", "vcs", "vecs")
 #: which engines can run a kind (real hardware: the XY_* blits are blitter-engine commands)
 ENGINES_FOR: dict[str, tuple[str, ...]] = {
-    "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": ALL_ENGINES,
-    "ppgtt_store": ALL_ENGINES, "ppgtt_fill": ("bcs",), "ppgtt_remap": ALL_ENGINES,
+    "fill": ("bcs",), "copy": ("bcs",), "aperture_copy": ("bcs",), "store": GPU_ENGINES,
+    "ppgtt_store": GPU_ENGINES, "ppgtt_fill": ("bcs",), "ppgtt_remap": GPU_ENGINES,
     "wa_store": ("rcs",),  # the workaround batches are the render context's
 }
 #: PPGTT shape of each engine's PPGTT context (both i915 shapes get exercised)
@@ -293,7 +293,7 @@ class WorkloadRunner:
 
 
 def _slot(engine: str) -> int:
-    return ("rcs", "bcs", "vcs", "vecs").index(engine)
+    return GPU_ENGINES.index(engine)
 
 
 # ------------------------------------------------------------------------------------------ vCPU loops

@@ -1,7 +1,7 @@
 """The command scanner (i915/gvt cmd_parser.c).
 
 Before a workload reaches the physical GPU its ring bytes [head, tail) and every privileged batch buffer
-they start are decoded command by command with the real ``cmd_info[]`` table (services/common/cmd_table.py:
+they start are decoded command by command with the real ``cmd_info[]`` table (hardware/cmd_table.py:
 all 225 gen9 rows, the same table pgpu decodes with) and the real scanner's rules (``cmd_parser_exec``):
 
 * an opcode with no row for this ring => -EBADRQC; an F_LEN_VAR_FIXED row whose length is not its
@@ -43,31 +43,28 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..common import cmd_table as ct
+from ...hardware.engines import BY_NAME
+from ...hardware.opcodes import BLT_BPP, MI_NOOP, MI_USE_GGTT, PIPE_CONTROL_MMIO_WRITE
+from ...hardware.opcodes import MI_BATCH_PPGTT as BB_PPGTT
+from ...hardware.opcodes import MI_BATCH_SECOND_LEVEL as BB_SECOND_LEVEL
+from ...hardware.opcodes import MI_FLUSH_DW_USE_GTT as FLUSH_DW_USE_GTT
+from ...hardware.opcodes import MI_FLUSH_DW_STORE_INDEX as STORE_INDEX  # bit 21, also PIPE_CONTROL's
+from ...hardware.opcodes import PIPE_CONTROL_GLOBAL_GTT_IVB as PIPE_CONTROL_GLOBAL_GTT
+from ...hardware.opcodes import XY_DST_TILED as BLT_DST_TILED
+from ...hardware.opcodes import XY_SRC_TILED as BLT_SRC_TILED
+from ...hardware.regs import DERRMR, FORCEWAKE_MT
+from ...hardware.regs import PVINFO as VGT_PVINFO_PAGE
+from ...hardware import cmd_table as ct
 from ..common.memory import PAGE_SIZE
 from .handlers import F, MmioTable, Reg
 from .mmio import MMIO_SIZE
 
-MI_NOOP = 0
-BB_PPGTT = 1 << 8  # MI_BATCH_PPGTT_HSW: address space = PPGTT (non-privileged batch)
-BB_SECOND_LEVEL = 1 << 22
-MI_USE_GGTT = 1 << 22  # MI_STORE_DATA_IMM / SRM / LRM: the address is in the GGTT
-FLUSH_DW_USE_GTT = 1 << 2  # MI_FLUSH_DW: in the address dword
-PIPE_CONTROL_GLOBAL_GTT = 1 << 24
-PIPE_CONTROL_MMIO_WRITE = 1 << 23
-PIPE_CONTROL_NOTIFY = 1 << 8
-STORE_INDEX = 1 << 21  # PIPE_CONTROL dword 1 / MI_FLUSH_DW dword 0: the address is an offset in the HWSP
 PS_DEPTH_COUNT = 0x2350  # post-sync operation 2 writes it
 RING_TIMESTAMP_RCS = 0x2358  # post-sync operation 3 writes it
-DERRMR = 0x44050
-FORCEWAKE_MT = 0xA188
-VGT_PVINFO_PAGE = 0x78000
 MI_WAIT_FLIP_PENDING = (1 << 15) | (1 << 9) | (1 << 1) | (1 << 20) | (1 << 10) | (1 << 2)  # planes / sprites A-C
 REG_MASK = 0x7F_FFFC  # register offset bits 22:2 of LRI/SRM/LRM
 #: SRM/LRM may only touch GEN8_L3SQCREG4 and 0x21F0 (cmd_reg_handler; INSTPM only on BDW)
 SRM_LRM_REGS = frozenset({0xB118, 0x21F0})
-BLT_DST_TILED, BLT_SRC_TILED = 1 << 11, 1 << 15  # XY_* header: X-tiled destination / source
-BLT_BPP = {0: 1, 1: 2, 2: 2, 3: 4}  # BR13 bits 25:24 colour depth -> bytes per pixel
 #: scan budget per workload: a batch that never reaches MI_BATCH_BUFFER_END is refused, not walked forever
 MAX_SCAN_DWORDS = 64 * 1024
 
@@ -408,7 +405,7 @@ def _lri_patch(p: Parser, dws: list[int], i: int, offset: int) -> None:
 
 
 def _engine_base(engine: str) -> int:
-    return {"rcs": 0x2000, "bcs": 0x22000, "vcs": 0x12000, "vcs2": 0x1C000, "vecs": 0x1A000}[engine]
+    return BY_NAME[engine].base
 
 
 def _reg_mem(cmd: str) -> Handler:

@@ -24,7 +24,7 @@ from .effects import PGPU_STATE_EFFECTS, AttachVgpu, Effect, InterceptBdf, PageT
 from .engines import ALL_ENGINES
 from .errors import EmulationError, FailsafeReason, GvtError
 from .events import EventLog
-from ..common import cmd_table
+from ...hardware import cmd_table
 from .cmd_parser import cmd_access_regs
 from .execlist import execlist_regs
 from .handlers import MmioTable, default_blocks, default_regs, real_regs

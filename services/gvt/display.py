@@ -21,6 +21,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+# transcoder timings and pipe registers, by their pipe A offsets (the *_BASE names this module uses)
+from ...hardware.display import HBLANK_A as HBLANK_BASE
+from ...hardware.display import HSYNC_A as HSYNC_BASE
+from ...hardware.display import HTOTAL_A as HTOTAL_BASE
+from ...hardware.display import PIPE_DATA_M1_A as PIPE_DATA_M1_BASE
+from ...hardware.display import PIPE_DATA_N1_A as PIPE_DATA_N1_BASE
+from ...hardware.display import PIPE_FLIPCOUNT_A as PIPE_FLIPCOUNT_BASE
+from ...hardware.display import PIPE_FRMCOUNT_A as PIPE_FRMCOUNT_BASE
+from ...hardware.display import PIPE_LINK_M1_A as PIPE_LINK_M1_BASE
+from ...hardware.display import PIPE_LINK_N1_A as PIPE_LINK_N1_BASE
+from ...hardware.display import PIPESRC_A as PIPESRC_BASE
+from ...hardware.display import TRANSCONF_A as TRANSCONF_BASE
+from ...hardware.display import VBLANK_A as VBLANK_BASE
+from ...hardware.display import VSYNC_A as VSYNC_BASE
+from ...hardware.display import VTOTAL_A as VTOTAL_BASE
+from ...hardware.display import (
+    DDI_BUF_CTL_D,
+    DDI_BUF_CTL_ENABLE,
+    DDI_BUF_IS_IDLE,
+    DP_LINK_SYMBOL_KHZ,
+    PIPE_REG_STRIDE,
+    SDE_PORTD_HOTPLUG_CPT,
+    SDEISR,
+    SFUSE_STRAP,
+    SFUSE_STRAP_DDID_DETECTED,
+    TRANS_DDI_FUNC_CTL_A,
+    TRANS_DDI_FUNC_CTL_DP_D,
+    TRANSCONF_ENABLE,
+    TRANSCONF_STATE_ENABLE,
+)
 from . import fb_decoder as fb
 from .edid import (DP_AUX_CH_CTL_INTERRUPT, PCH_GMBUS0, PCH_GMBUS5, EdidChannel, Monitor, aux_ctl)
 from .handlers import F, Reg
@@ -35,37 +65,15 @@ PIPE_NAMES = "ABC"
 PORT_D = 3
 
 # transcoder timings and pipe registers (i915_reg.h; transcoder X = pipe X for A..C)
-HTOTAL_BASE, HBLANK_BASE, HSYNC_BASE = 0x60000, 0x60004, 0x60008
-VTOTAL_BASE, VBLANK_BASE, VSYNC_BASE = 0x6000C, 0x60010, 0x60014
-PIPESRC_BASE = 0x6001C
-PIPE_DATA_M1_BASE, PIPE_DATA_N1_BASE = 0x60030, 0x60034
-PIPE_LINK_M1_BASE, PIPE_LINK_N1_BASE = 0x60040, 0x60044
-TRANSCONF_BASE = 0x70008
-PIPE_FRMCOUNT_BASE = 0x70040  # PIPE_FRMCOUNT_G4X
-PIPE_FLIPCOUNT_BASE = 0x70044  # PIPE_FLIPCOUNT_G4X
-TRANSCONF_ENABLE = 1 << 31
-TRANSCONF_STATE_ENABLE = 1 << 30
-PIPE_REG_STRIDE = 0x1000
 
 # the monitor's port and PCH bits (i915_reg.h)
-SDEISR = 0xC4000
-SDE_PORTD_HOTPLUG_CPT = 1 << 23
-SFUSE_STRAP = 0xC2014
-SFUSE_STRAP_DDID_DETECTED = 1 << 0
 PCH_PORT_HOTPLUG = 0xC4030
 PORTD_HOTPLUG_ENABLE = 1 << 20
 PORTD_HOTPLUG_STATUS_MASK = 0x3 << 16
-DDI_BUF_CTL_D = 0x64300
-DDI_BUF_CTL_ENABLE = 1 << 31
-DDI_BUF_IS_IDLE = 1 << 7
 DPLL_CTRL1 = 0x6C058
 DPLL_CTRL1_DPLL0_1620 = (1 << 0) | (3 << 1)  # DPLL_CTRL1_OVERRIDE(DPLL0) | LINK_RATE(1620, DPLL0)
 DPLL_STATUS = 0x6C060
 DPLL_LOCK_DPLL0 = 1 << 0
-TRANS_DDI_FUNC_CTL_A = 0x60400
-TRANS_DDI_FUNC_CTL_DP_D = (1 << 31) | (3 << 28) | (2 << 24)  # enable | port D | DP SST (bpc 8 = 0)
-
-DP_LINK_SYMBOL_KHZ = 324_000  # vgpu_update_refresh_rate: dp_br for the 1.62 GHz DPLL0 link rate
 GVT_DEFAULT_REFRESH_RATE = 60  # display.c: port->vrefresh_k = GVT_DEFAULT_REFRESH_RATE * MSEC_PER_SEC
 #: the refresh rates a pipe may run at (mHz): 1 Hz .. 240 Hz, the span of real panels
 MIN_REFRESH_MHZ, MAX_REFRESH_MHZ = 1_000, 240_000

@@ -14,6 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...hardware.regs import (
+    CSB_ACTIVE_TO_IDLE,
+    CSB_CTX_COMPLETE,
+    CSB_ELEMENT_SWITCH,
+    CSB_ENTRIES,
+    CSB_IDLE_TO_ACTIVE,
+    CSB_LITE_RESTORE,
+    CSB_PREEMPTED,
+    CSB_WP_RESET,
+    DESC_VALID,
+    I915_HWS_CSB_BUF0_INDEX,
+    I915_HWS_CSB_WRITE_INDEX,
+)
 from . import engines as eng
 from . import pvmmio
 from .errors import EmulationError, WorkloadError
@@ -23,23 +36,6 @@ from .interrupt import trigger_event
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
-
-CSB_ENTRIES = 6
-CSB_WP_RESET = 7  # "empty"
-# the CSB mirror in the engine's HWS page (gt/intel_engine.h, gen < 11): entries from dword 0x10, the write
-# pointer in dword 0x1f (intel_hws_csb_write_index)
-I915_HWS_CSB_BUF0_INDEX = 0x10
-I915_HWS_CSB_WRITE_INDEX = 0x1F
-# context_status_format ldw bits
-CSB_IDLE_TO_ACTIVE = 1 << 0
-CSB_PREEMPTED = 1 << 1
-CSB_ELEMENT_SWITCH = 1 << 2
-CSB_ACTIVE_TO_IDLE = 1 << 3
-CSB_CTX_COMPLETE = 1 << 4
-CSB_LITE_RESTORE = 1 << 15
-# execlist_ctx_descriptor_format
-DESC_VALID = 1 << 0
-DESC_PRIVILEGE = 1 << 8
 
 
 def desc_valid(desc: int) -> bool:

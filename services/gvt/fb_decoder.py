@@ -20,27 +20,35 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ...hardware.display import (
+    PLANE_CTL_ENABLE,
+    PLANE_CTL_FORMAT_SHIFT,
+    PLANE_CTL_TILED_SHIFT,
+    PLANE_OFFSET_OFF,  # noqa: F401 (display.py maps the plane registers through fb.)
+    PLANE_POS_OFF,
+    PLANE_SIZE_OFF,
+    PLANE_STRIDE_OFF,
+    PLANE_SURF_OFF,
+    TILE_SIZE,
+    TILE_X_HEIGHT,
+    TILE_X_WIDTH,
+)
+from ...hardware.display import PLANE_CTL_1_A as PLANE_CTL_BASE
+
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-PLANE_CTL_BASE = 0x70180
-PLANE_STRIDE_OFF, PLANE_POS_OFF, PLANE_SIZE_OFF, PLANE_SURF_OFF, PLANE_OFFSET_OFF = 0x08, 0x0C, 0x10, 0x1C, 0x24
 PLANE_SURFLIVE_OFF = 0x2C
 CURCNTR_BASE = 0x70080
 CURBASE_OFF, CURPOS_OFF = 0x04, 0x08
 PIPE_STRIDE = 0x1000
 
-PLANE_CTL_ENABLE = 1 << 31
-PLANE_CTL_FORMAT_SHIFT = 24
 PLANE_CTL_FORMAT_MASK = 0xF << 24
 PLANE_CTL_ORDER_RGBX = 1 << 20
-PLANE_CTL_TILED_SHIFT = 10
 PLANE_CTL_TILED_MASK = 0x7 << 10
 PLANE_CTL_ASYNC_FLIP = 1 << 9
 TILING_LINEAR, TILING_X, TILING_Y, TILING_YF = 0, 1, 4, 5
 TILING_NAMES = {TILING_LINEAR: "linear", TILING_X: "x", TILING_Y: "y", TILING_YF: "yf"}
-TILE_X_WIDTH, TILE_X_HEIGHT = 512, 8  # bytes x rows of one X tile
-TILE_SIZE = 4096
 MAX_SURFACE = 64 << 20  # a 4K XRGB8888 surface is 32 MiB: anything larger is a guest's mistake
 
 #: skl_pixel_formats of fb_decoder.c: (PLANE_CTL format, RGBX order) -> (DRM fourcc name, bytes per pixel)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ...hardware.gtt import ADDR_4K_MASK, GEN8_PAGE_PRESENT, GTT_ENTRY_SHIFT, GTT_ENTRY_SIZE
+from ...hardware.gtt import PAGE_SHIFT as GTT_PAGE_SHIFT
 from .effects import PgpuGgttFill, PgpuGgttWrite
 from .errors import EmulationError, WorkloadError
 from .types import GTT_PAGE_SIZE
@@ -17,12 +19,6 @@ from .types import GTT_PAGE_SIZE
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-GTT_PAGE_SHIFT = 12
-GTT_ENTRY_SIZE = 8
-GTT_ENTRY_SHIFT = 3
-GEN8_PAGE_PRESENT = 1 << 0
-GTT_HAW = 46
-ADDR_4K_MASK = ((1 << GTT_HAW) - 1) & ~((1 << GTT_PAGE_SHIFT) - 1)  # GENMASK_ULL(45, 12)
 U64 = (1 << 64) - 1
 
 PPGTT_ROOT_L3 = "L3"  # GTT_TYPE_PPGTT_ROOT_L3_ENTRY: 4 PDP root pointers

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...hardware.engines import TLB_INVAL_ENGINE as TLB_CONTROL  # gvt_reg_tlb_control_handler's engine lookup
+from ...hardware.regs import FENCE_REG_GEN6_LO, FORCEWAKE_ACKS, RING_IMR, RING_NOPID
+from ...hardware.regs import NUM_FENCES as MAX_FENCES
 from . import engines as eng
 from . import interrupt as irq
 from . import mmio_info
@@ -134,19 +137,11 @@ def ring_reset_ctl_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> Non
     vgpu.mmio.write32(offset, value)
 
 
-#: i915_reg.h: forcewake request -> ack register (gen9); the ack is the new value's low 16 bits.
-FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
-
-
 def forcewake_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     """mul_force_wake_write: apply the masked write, ack it immediately."""
     new = calc_mode_mask_reg(vgpu.mmio.read32(offset), data & 0xFFFF_FFFF)
     vgpu.mmio.write32(offset, new)
     vgpu.mmio.write32(FORCEWAKE_ACKS[offset], new & 0xFFFF)
-
-
-#: gvt_reg_tlb_control_handler: TLB invalidation register -> engine (gen8_tlb_mmio_offset_list)
-TLB_CONTROL: dict[int, str] = {0x4260: "rcs", 0x4264: "vcs", 0x4268: "vcs2", 0x426C: "bcs", 0x4270: "vecs"}
 
 
 def tlb_control_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
@@ -156,10 +151,6 @@ def tlb_control_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
     vgpu.mmio.write(offset, 0, size)
     vgpu.submission.tlb_handle_pending.add(TLB_CONTROL[offset])
     vgpu.count("tlb_invalidate_requests")
-
-
-FENCE_REG_GEN6_LO = 0x100000  # fence i: LO 0x100000 + 8i, HI +4 (i915_reg.h)
-MAX_FENCES = 32
 
 
 def _fence_check(vgpu: "Vgpu", offset: int) -> int:
@@ -201,8 +192,6 @@ def force_nonpriv_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None
 
 
 FORCE_NONPRIV_WHITELIST = frozenset(mmio_info.FORCE_NONPRIV_WHITELIST)
-RING_IMR = 0xA8
-RING_NOPID = 0x94
 
 
 def hws_pga_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...hardware.regs import MASTER_IRQ as GEN8_MASTER_IRQ
+from ...hardware.regs import MASTER_IRQ_CONTROL as GEN8_MASTER_IRQ_CONTROL  # the only guest-writable bit
 from .effects import InjectMsi
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-GEN8_MASTER_IRQ = 0x44200
-GEN8_MASTER_IRQ_CONTROL = 1 << 31  # the only guest-writable bit; bits below summarise the groups
 
 ISR, IMR, IIR, IER = 0x0, 0x4, 0x8, 0xC
 LOW16, HIGH16, ALL32 = 0x0000_FFFF, 0xFFFF_0000, 0xFFFF_FFFF

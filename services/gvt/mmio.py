@@ -11,15 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import pvmmio
+from ...hardware.regs import GEN8_MMIO_RESET_OFFSET, MMIO_SIZE
+from ...hardware.regs import GGTT_OFFSET as GTT_START  # gtt_start_offset: the GGTT at BAR0 + 8 MB
 from .errors import EmulationError
 from .gtt import GTT_ENTRY_SHIFT
-from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
-
-GTT_START = 8 << 20  # gtt_start_offset = 8 MB
-GEN8_MMIO_RESET_OFFSET = 0x44200  # a GT reset restores only [0, 0x44200): engines, not interrupts/display
 
 
 def ggtt_mmio_size(gm_size: int) -> int:

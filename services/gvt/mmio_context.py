@@ -22,13 +22,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from ...hardware.engines import MOCS_BASE
+from ...hardware.engines import TLB_INVAL_REG as TLB_MMIO_OFFSET
+from ...hardware.opcodes import MI_LOAD_REGISTER_IMM, MI_STORE_REGISTER_MEM_GGTT
 from ..common.memory import PAGE_SIZE
 from .effects import PgpuMmioWrite
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-MI_STORE_REGISTER_MEM_GGTT = 0x24 << 23 | 2 | 1 << 22  # MI_STORE_REGISTER_MEM_GEN8 | MI_USE_GGTT
 GEN9_MOCS_SIZE = 64
 L3CC_BASE, L3CC_SIZE = 0xB020, GEN9_MOCS_SIZE // 2
 
@@ -66,17 +68,11 @@ GEN9_ENGINE_MMIO_LIST: tuple[EngineMmio, ...] = (
     _E("rcs", 0x20D8, 0xFFFF, True), _E("rcs", 0xB004, 0, False), _E("rcs", 0x20A0, 0, False),
     _E("rcs", 0x20E4, 0xFFFF, False),
 )
-#: gen9_mocs_mmio_offset_list[]: each engine's 64 MOCS control registers
-MOCS_BASE: dict[str, int] = {"rcs": 0xC800, "vcs": 0xC900, "vcs2": 0xCA00, "bcs": 0xCC00, "vecs": 0xCB00}
 
 #: the engine's GFX_MODE (RING_MODE) is gvt's own business (execlist enable, written by the guest through
 #: its trapped handler): switching it would hand the hardware the guest's mode bits. Upstream the host
 #: programs the physical GFX_MODE; pgpu does not model its bits, so it is left out here.
 _NOT_SWITCHED = frozenset({0x229C, 0x2229C})
-
-
-#: gen8_tlb_mmio_offset_list: the register that invalidates each engine's TLBs
-TLB_MMIO_OFFSET: dict[str, int] = {"rcs": 0x4260, "vcs": 0x4264, "vcs2": 0x4268, "bcs": 0x426C, "vecs": 0x4270}
 
 
 def handle_tlb_pending_event(vgpu: "Vgpu", engine: str) -> bool:
@@ -141,7 +137,7 @@ def lri(regs: list[tuple[int, int]], vreg: Callable[[int], int]) -> list[int]:
     out: list[int] = []
     for start in range(0, len(regs), 63):
         chunk = regs[start:start + 63]
-        out.append(0x22 << 23 | (2 * len(chunk) - 1))
+        out.append(MI_LOAD_REGISTER_IMM | (2 * len(chunk) - 1))
         for offset, mask in chunk:
             value = vreg(offset)
             out += [offset, (value | mask << 16) if mask else value]

@@ -12,6 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# HSW_PWR_WELL_CTL2: the driver's request register (skl_power_well_ctl_write)
+from ...hardware.regs import (
+    DBUF_CTL,
+    DBUF_POWER_REQUEST,
+    DBUF_POWER_STATE,
+    GEN6_PCODE_DATA,
+    GEN6_PCODE_MAILBOX,
+    GEN6_PCODE_READY,
+    GEN9_PCODE_READ_MEM_LATENCY,
+    HSW_PWR_WELL_CTL2,
+)
 from . import engines as eng
 from .effects import PgpuMmioWrite
 from .errors import EmulationError, FailsafeReason
@@ -21,18 +32,12 @@ if TYPE_CHECKING:
     from .vgpu import Vgpu
 
 # i915_reg.h offsets (SKL/KBL)
-HSW_PWR_WELL_CTL2 = 0x45404  # the driver's request register (skl_power_well_ctl_write)
-DBUF_CTL = 0x45008
-DBUF_POWER_REQUEST, DBUF_POWER_STATE = 1 << 31, 1 << 30
 LCPLL1_CTL, LCPLL2_CTL = 0x46010, 0x46014
 LCPLL_CTL = 0x130040  # the BDW-style LCPLL_CTL, still in the SKL table
 LCPLL_PLL_DISABLE, LCPLL_PLL_LOCK = 1 << 31, 1 << 30
 LCPLL_CD_SOURCE_FCLK, LCPLL_CD_SOURCE_FCLK_DONE = 1 << 21, 1 << 19
-GEN6_PCODE_MAILBOX, GEN6_PCODE_DATA = 0x138124, 0x138128
-GEN6_PCODE_READY = 1 << 31
 GEN6_PCODE_ERROR_MASK = 0xFF
 GEN6_PCODE_READ_RC6VIDS = 0x5
-GEN9_PCODE_READ_MEM_LATENCY = 0x6
 SKL_PCODE_CDCLK_CONTROL = 0x7
 SKL_CDCLK_READY_FOR_CHANGE = 0x1
 #: mailbox_write: SKL/KBL memory latency values (the first read answers 0x1e1a1100, later ones 0x61514b3d)

@@ -26,29 +26,18 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...hardware.pv import PPGTT_UPDATE, PV_ENGINES, PV_HEADER_SIZE, PV_PAGE_SIZE, SLOT_BASE, SLOT_SIZE
+from ...hardware.pv import PV_PAGE_MAGIC as PV_MAGIC
+from ...hardware.pv import PvCaps
 from ..common.memory import PAGE_SIZE
 from .errors import EmulationError
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-PV_MAGIC = 0x56505647  # "GVPV"
-PV_HEADER_SIZE = 32
-PV_PAGE_SIZE = 4096
 #: Shared-page format versions this host understands (bit n = version n).
 HOST_VERSIONS = (1,)
-PV_ENGINES = ("rcs", "bcs", "vcs", "vecs")
-SLOT_BASE, SLOT_SIZE = 0x100, 0x40
-PPGTT_UPDATE = 0x300
 MAX_UPDATE_PAGES = 1 << 16  # a PV PPGTT update covers at most 256 MiB of GPU VA
-
-
-class PvCaps(enum.IntFlag):
-    """pv_caps bits (PV patchset)."""
-
-    PPGTT = 1 << 0
-    GGTT = 1 << 1
-    SUBMISSION = 1 << 2
 
 
 #: What this host implements (PV GGTT is not: its bit stays clear, so a guest never asks for it).

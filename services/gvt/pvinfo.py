@@ -12,60 +12,48 @@ import enum
 from typing import TYPE_CHECKING
 
 from . import pv, pvmmio
+from ...hardware.regs import PV_CAPS, PV_ENABLED, PV_STATUS, PV_VERSIONS
+from ...hardware.regs import VGT_MAGIC, VGT_VERSION_MAJOR, VGT_VERSION_MINOR
+from ...hardware.regs import PV_CHECK_PENDING_IRQ as CHECK_PENDING_IRQ
+from ...hardware.regs import PV_CURSOR_X_HOT as CURSOR_X_HOT
+from ...hardware.regs import PV_CURSOR_Y_HOT as CURSOR_Y_HOT
+from ...hardware.regs import PV_DISPLAY_READY as DISPLAY_READY
+from ...hardware.regs import PV_ENABLE_PVMMIO as ENABLE_PVMMIO
+from ...hardware.regs import PV_EXECLIST_CTX_DESC_HI as EXECLIST_CTX_DESC_HI
+from ...hardware.regs import PV_EXECLIST_CTX_DESC_LO as EXECLIST_CTX_DESC_LO
+from ...hardware.regs import PV_FENCE_NUM as FENCE_NUM
+from ...hardware.regs import PV_G2V_NOTIFY as G2V_NOTIFY
+from ...hardware.regs import PV_MAGIC as MAGIC
+from ...hardware.regs import PV_MAPPABLE_BASE as MAPPABLE_BASE
+from ...hardware.regs import PV_MAPPABLE_SIZE as MAPPABLE_SIZE
+from ...hardware.regs import PV_NONMAPPABLE_BASE as NONMAPPABLE_BASE
+from ...hardware.regs import PV_NONMAPPABLE_SIZE as NONMAPPABLE_SIZE
+from ...hardware.regs import PV_PDP0_LO as PDP0_LO
+from ...hardware.regs import PV_PV_MMIO as PV_MMIO
+from ...hardware.regs import PV_RSV5 as RSV5
+from ...hardware.regs import PV_SCALER_OWNED as SCALER_OWNED
+from ...hardware.regs import PV_SHARED_PAGE_GPA as SHARED_PAGE_GPA
+from ...hardware.regs import PV_VERSION_MAJOR as VERSION_MAJOR
+from ...hardware.regs import PV_VERSION_MINOR as VERSION_MINOR
+from ...hardware.regs import PV_VGT_CAPS as VGT_CAPS
+from ...hardware.regs import PV_VGT_ID as VGT_ID
+from ...hardware.regs import PVINFO as VGT_PVINFO_PAGE  # noqa: F401 (handlers.py maps the page by these names)
+from ...hardware.regs import PVINFO_SIZE as VGT_PVINFO_SIZE  # noqa: F401
 from .effects import Uevent
 from .errors import FailsafeReason
 from .gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4
-from .types import MMIO_SIZE
+from ...hardware.regs import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
 
-VGT_PVINFO_PAGE = 0x78000
-VGT_PVINFO_SIZE = 0x1000
-VGT_MAGIC = 0x4776544776544776  # "vGTvGTvG" little-endian
-VGT_VERSION_MAJOR = 1
-VGT_VERSION_MINOR = 0
-
-
-def vgtif_reg(off_in_page: int) -> int:
-    """vgtif_reg(x) = VGT_PVINFO_PAGE + offsetof(struct vgt_if, x)."""
-    return VGT_PVINFO_PAGE + off_in_page
-
-
-# Field offsets, absolute in BAR0 (i915_pvinfo.h, mainline 5.x/6.x layout).
-MAGIC = vgtif_reg(0x000)  # u64
-VERSION_MAJOR = vgtif_reg(0x008)  # u16
-VERSION_MINOR = vgtif_reg(0x00A)  # u16
-VGT_ID = vgtif_reg(0x00C)
-VGT_CAPS = vgtif_reg(0x010)
-MAPPABLE_BASE = vgtif_reg(0x040)
-MAPPABLE_SIZE = vgtif_reg(0x044)
-NONMAPPABLE_BASE = vgtif_reg(0x048)
-NONMAPPABLE_SIZE = vgtif_reg(0x04C)
-FENCE_NUM = vgtif_reg(0x050)
-DISPLAY_READY = vgtif_reg(0x804)
-RSV5 = vgtif_reg(0x808)  # rsv5[4]: 0x808..0x817
-G2V_NOTIFY = vgtif_reg(0x818)
-CURSOR_X_HOT = vgtif_reg(0x830)
-CURSOR_Y_HOT = vgtif_reg(0x834)
-PDP0_LO = vgtif_reg(0x838)  # pdp[i].lo = 0x838 + 8i, .hi = +4
-EXECLIST_CTX_DESC_LO = vgtif_reg(0x858)
-EXECLIST_CTX_DESC_HI = vgtif_reg(0x85C)
-# ACRN's PVMMIO fields (acrn-kernel include/drm/i915_pvinfo.h, struct vgt_if after
+# The PVINFO field offsets (absolute in BAR0) are gvtsim.hardware.regs', imported above under the names of
+# struct vgt_if's fields. ACRN's PVMMIO fields (acrn-kernel include/drm/i915_pvinfo.h, after
 # execlist_context_descriptor_hi): the guest asks for PVMMIO levels in enable_pvmmio; the host keeps the
 # levels it grants (data & i915.enable_pvmmio, 0 when PVMMIO is off) and maps the shared page through the
 # MPT's set_pvmmio; a read of pv_mmio is redirected to the register named in the shared page (pvmmio.py).
-ENABLE_PVMMIO = vgtif_reg(0x860)
-PV_MMIO = vgtif_reg(0x864)  # a trapped MMIO read is redirected here
-SCALER_OWNED = vgtif_reg(0x868)
-CHECK_PENDING_IRQ = vgtif_reg(0x86C)
-# gvtsim's PV shared-page fields (docs/PV.md), moved out of ACRN's offsets into its rsv7 padding:
-# pv_caps (GVT), shared_page_gpa (guest, u64), the formats the host knows, its verdict, what it enabled
-PV_CAPS = vgtif_reg(0x880)
-SHARED_PAGE_GPA = vgtif_reg(0x884)
-PV_VERSIONS = vgtif_reg(0x88C)
-PV_STATUS = vgtif_reg(0x890)
-PV_ENABLED = vgtif_reg(0x894)
+# gvtsim's PV shared-page fields (docs/PV.md) sit past them, in ACRN's rsv7 padding: pv_caps (GVT),
+# shared_page_gpa (guest, u64), the formats the host knows, its verdict, what it enabled.
 
 
 class VgtCaps(enum.IntFlag):

@@ -32,10 +32,13 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ...hardware.regs import PVMMIO_ELSP_DATA as ELSP_DATA
+from ...hardware.regs import PVMMIO_PV_PLANE as PV_PLANE  # noqa: F401 (struct gvt_shared_page pv_plane_update)
+from ...hardware.regs import PVMMIO_REG_ADDR as REG_ADDR  # noqa: F401 (struct gvt_shared_page reg_addr)
+from ...hardware.regs import PVMMIO_SHARED_PAGE
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .effects import MapGfnToMfn
 from .errors import EmulationError
-from .types import MMIO_SIZE
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -58,11 +61,8 @@ SUPPORTED = PvmmioLevel.ELSP_SUBMIT
 DEFAULT_HOST_LEVELS = PvmmioLevel.ELSP_SUBMIT
 
 #: The shared page sits at the first page after the 2 MB MMIO range of BAR0 (i915_pvinfo.h comment).
-SHARED_PAGE_OFFSET = MMIO_SIZE
+SHARED_PAGE_OFFSET = PVMMIO_SHARED_PAGE
 #: struct gvt_shared_page: u32 elsp_data[4] at 0x00, u32 reg_addr at 0x10, struct pv_plane_update at 0x14.
-ELSP_DATA = 0x00
-REG_ADDR = 0x10
-PV_PLANE = 0x14
 _ELSP = struct.Struct("<III")
 
 

@@ -23,7 +23,8 @@ from . import workload as wl
 from .effects import PgpuSubmit
 from .engines import PHYSICAL_ENGINES
 from .errors import EmulationError, WorkloadError, WorkloadRefused
-from .execlist import DESC_PRIVILEGE, VirtualExeclist, desc_valid, same_context
+from ...hardware.regs import DESC_PRIVILEGE
+from .execlist import VirtualExeclist, desc_valid, same_context
 from .sched_policy import TimeSlicePolicy
 from .shadow import SHADOW_PAGES, ShadowContext
 from .workload import Workload

@@ -31,6 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...hardware.gtt import GEN8_PAGE_PRESENT as ENTRY_PRESENT
+from ...hardware.gtt import GEN8_PAGE_RW as ENTRY_RW
+from ...hardware.gtt import GEN8_PDE_IPS_64K as ENTRY_IPS
+from ...hardware.gtt import GTT_64K_PTE_STRIDE, PAGE_DIRTY, PAGE_PAT, PAGE_PAT_LARGE
+from ...hardware.gtt import GTT_ENTRIES_PER_PAGE as ENTRIES
+from ...hardware.gtt import PAGE_PSE as ENTRY_PS
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from .errors import EmulationError, WorkloadError
 from .gtt import pte_pfn, pte_set_pfn
@@ -39,15 +45,6 @@ if TYPE_CHECKING:
     from .core import Gvt
     from .vgpu import Vgpu
 
-ENTRY_PRESENT = 1 << 0
-ENTRY_RW = 1 << 1
-ENTRY_PS = 1 << 7  # PDE: 2 MiB page, PDPE: 1 GiB page (gvt/gtt.c, gvt/aperture_gm.c)
-ENTRY_IPS = 1 << 11  # PDE: 64 KiB pages in the PT below
-ENTRIES = PAGE_SIZE // 8
-GTT_64K_PTE_STRIDE = 16  # gtt.h: a 64K PTE is every 16th entry of its PT
-PAGE_PAT_LARGE = 1 << 12  # _PAGE_PAT_LARGE of a 2M PDE; _PAGE_PAT (bit 7) in a PTE
-PAGE_PAT = 1 << 7
-PAGE_DIRTY = 1 << 6
 _TABLE = struct.Struct(f"<{ENTRIES}Q")
 
 #: table levels: 1 = PT (PTEs), 2 = PD, 3 = PDP (4-level only), 4 = PML4

@@ -17,7 +17,6 @@ from ..common.gpu_profiles import PROFILES, REAL_MAX_VGPU, GpuProfile, get_profi
 from .errors import GvtError
 
 MB = 1 << 20
-MMIO_SIZE = 2 * MB  # intel_gvt_device_info.mmio_size (gvt/gvt.c init_device_info): BAR0's register range
 GTT_PAGE_SIZE = 1 << 12
 
 # gvt/aperture_gm.c, gvt/vgpu.c: host reserve and vGPU limits.

@@ -16,6 +16,31 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...hardware.opcodes import MI_BATCH_BUFFER_END
+from ...hardware.opcodes import MI_BATCH_BUFFER_START_GEN8 as PER_CTX_BB_START  # combine_wa_ctx appends it
+from ...hardware.regs import CTX_BB_PER_CTX_PTR_VAL as CTX_BB_PER_CTX_PTR
+from ...hardware.regs import CTX_CTRL_ENGINE_CTX_RESTORE_INHIBIT as CTX_RESTORE_INHIBIT
+from ...hardware.regs import CTX_CTRL_VAL as CTX_CONTEXT_CONTROL_VAL
+from ...hardware.regs import CTX_RB_CTRL_VAL as CTX_RB_CTRL
+from ...hardware.regs import CTX_RB_START_VAL as CTX_RB_START
+from ...hardware.regs import CTX_RCS_INDIRECT_CTX_VAL as CTX_RCS_INDIRECT_CTX
+from ...hardware.regs import CTX_RING_HEAD_VAL as CTX_RING_HEAD
+from ...hardware.regs import CTX_RING_TAIL_VAL as CTX_RING_TAIL
+from ...hardware.regs import CTX_TIMESTAMP_VAL as CTX_TIMESTAMP
+from ...hardware.regs import RING_VALID as RB_VALID
+from ...hardware.regs import (
+    CACHELINE_BYTES,
+    CTX_PDP_VALUES,
+    EXECLIST_RING_CONTEXT_SIZE,
+    INDIRECT_CTX_ADDR_MASK,
+    INDIRECT_CTX_SIZE_MASK,
+    PER_CTX_ADDR_MASK,
+    PER_CTX_VALID,
+    RB_HEAD_MASK,
+    RB_SIZE_MASK,
+    RB_TAIL_MASK,
+    TIMESTAMP_NS_PER_TICK,
+)
 from ..common.memory import PAGE_SHIFT, PAGE_SIZE
 from . import cmd_parser, mmio_context
 from .engines import BY_NAME, RING_HWS_PGA
@@ -30,34 +55,6 @@ if TYPE_CHECKING:
     from .core import Gvt
     from .vgpu import Vgpu
 
-# ring-context value offsets (struct execlist_ring_context; gvt/handlers.c, gvt/execlist.c)
-CTX_CONTEXT_CONTROL_VAL = 0x0C  # CTX_CONTEXT_CONTROL's value (dword 3 of the ring context)
-CTX_RESTORE_INHIBIT = 1 << 0  # CTX_CTRL_ENGINE_CTX_RESTORE_INHIBIT
-CTX_RING_HEAD = 0x14
-CTX_RING_TAIL = 0x1C
-CTX_RB_START = 0x24
-CTX_RB_CTRL = 0x2C
-CTX_TIMESTAMP = 0x8C
-# the render engine's workaround batches in the ring context (gvt/scheduler.c intel_vgpu_create_workload:
-# RING_CTX_OFF(bb_per_ctx_ptr.val) / rcs_indirect_ctx.val / rcs_indirect_ctx_offset.val; gvt/scheduler.h)
-CTX_BB_PER_CTX_PTR = 0x64
-CTX_RCS_INDIRECT_CTX = 0x6C
-CTX_RCS_INDIRECT_CTX_OFFSET = 0x74
-INDIRECT_CTX_ADDR_MASK = 0xFFFF_FFC0
-INDIRECT_CTX_SIZE_MASK = 0x3F  # in cachelines
-PER_CTX_ADDR_MASK = 0xFFFF_F000
-PER_CTX_VALID = 1 << 0
-CACHELINE_BYTES = 64
-#: combine_wa_ctx: the MI_BATCH_BUFFER_START (GGTT, 3 dwords) appended after the indirect-ctx buffer
-PER_CTX_BB_START = 0x1880_0001
-MI_BATCH_BUFFER_END = 0x0A << 23
-CTX_PDP_VALUES = (0x94, 0x9C, 0xA4, 0xAC, 0xB4, 0xBC, 0xC4, 0xCC)
-EXECLIST_RING_CONTEXT_SIZE = 0xD0  # sizeof(struct execlist_ring_context): through pdp0_LDW
-RB_HEAD_MASK = 0x001F_FFFC
-RB_TAIL_MASK = 0x001F_FFF8
-RB_SIZE_MASK = 0x001F_F000
-RB_VALID = 1
-TIMESTAMP_NS_PER_TICK = 1000.0 / 12.0  # gen9 CS timestamp, 12 MHz
 
 
 @dataclass

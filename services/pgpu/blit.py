@@ -14,18 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...hardware.display import TILE_SIZE, TILE_X_HEIGHT, TILE_X_WIDTH
+from ...hardware.opcodes import (
+    BLT_BPP,
+    BLT_WRITE_A,
+    BLT_WRITE_RGB,
+    ROP_BLACKNESS,
+    ROP_COPY,
+    ROP_PATCOPY,
+    ROP_WHITENESS,
+    XY_DST_TILED,
+    XY_SRC_TILED,
+)
 from .dma import Dma
-
-BPP_BY_DEPTH = {0: 1, 1: 2, 2: 2, 3: 4}
-WRITE_RGB = 1 << 20
-WRITE_A = 2 << 20
-DST_TILED = 1 << 11
-SRC_TILED = 1 << 15
-
-ROP_PATCOPY = 0xF0
-ROP_SRCCOPY = 0xCC
-ROP_BLACKNESS = 0x00
-ROP_WHITENESS = 0xFF
 
 
 class BlitError(ValueError):
@@ -45,7 +46,7 @@ def _mask_bytes(hdr: int, bpp: int) -> list[int] | None:
     """Byte lanes (0..3) written per 32-bit pixel, or None when every byte is written."""
     if bpp != 4:
         return None
-    lanes = ([0, 1, 2] if hdr & WRITE_RGB else []) + ([3] if hdr & WRITE_A else [])
+    lanes = ([0, 1, 2] if hdr & BLT_WRITE_RGB else []) + ([3] if hdr & BLT_WRITE_A else [])
     return None if len(lanes) == 4 else lanes
 
 
@@ -69,13 +70,10 @@ FILL_ROPS: dict[int, Callable[[bytes], bytes]] = {
 }
 #: copy ROPs: (source row) -> destination row
 COPY_ROPS: dict[int, Callable[[bytes], bytes]] = {
-    ROP_SRCCOPY: lambda src: src,
+    ROP_COPY: lambda src: src,
     ROP_BLACKNESS: lambda src: bytes(len(src)),
     ROP_WHITENESS: lambda src: b"\xff" * len(src),
 }
-
-
-TILE_X_WIDTH, TILE_X_HEIGHT, TILE_SIZE = 512, 8, 4096
 
 
 def _x_tiled(base: int, pitch: int, x_bytes: int, y: int) -> int:
@@ -110,11 +108,11 @@ def _tiled_pitch(raw: int, tiled: bool) -> int:
 def color_blt(dma: Dma, dws: list[int]) -> int:
     """XY_COLOR_BLT (7 dwords): fill the destination rectangle. Returns bytes written."""
     hdr, br13, br22, br23, dst_lo, dst_hi, color = dws[:7]
-    tiled = bool(hdr & DST_TILED)
+    tiled = bool(hdr & XY_DST_TILED)
     rop = br13 >> 16 & 0xFF
     if rop not in FILL_ROPS:
         raise BlitError(f"XY_COLOR_BLT raster operation {rop:#x} not supported")
-    bpp = BPP_BY_DEPTH[br13 >> 24 & 0x3]
+    bpp = BLT_BPP[br13 >> 24 & 0x3]
     pitch = _tiled_pitch(br13, tiled)
     x1, y1, x2, y2 = _rect(br22, br23)
     if x2 <= x1 or y2 <= y1:
@@ -132,11 +130,11 @@ def src_copy_blt(dma: Dma, dws: list[int]) -> int:
     """XY_SRC_COPY_BLT (10 dwords): copy a rectangle. The whole source is read before the first write, so
     overlapping rectangles (scrolling) copy correctly. Returns bytes moved (read + written)."""
     hdr, br13, br22, br23, dst_lo, dst_hi, br26, br11, src_lo, src_hi = dws[:10]
-    dst_tiled, src_tiled = bool(hdr & DST_TILED), bool(hdr & SRC_TILED)
+    dst_tiled, src_tiled = bool(hdr & XY_DST_TILED), bool(hdr & XY_SRC_TILED)
     rop = br13 >> 16 & 0xFF
     if rop not in COPY_ROPS:
         raise BlitError(f"XY_SRC_COPY_BLT raster operation {rop:#x} not supported")
-    bpp = BPP_BY_DEPTH[br13 >> 24 & 0x3]
+    bpp = BLT_BPP[br13 >> 24 & 0x3]
     dst_pitch, src_pitch = _tiled_pitch(br13, dst_tiled), _tiled_pitch(br11, src_tiled)
     x1, y1, x2, y2 = _rect(br22, br23)
     if x2 <= x1 or y2 <= y1:

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...hardware import cmds as enc
+from ...hardware.engines import BY_NAME
+from ...hardware.gtt import ADDR_4K_MASK, GEN8_PAGE_PRESENT, GEN8_PAGE_RW, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
+from ...hardware.regs import MODE_LEGACY_32, MODE_LEGACY_64, RING_CTX
 from ..common.memory import MachineMemory
-from ..guest import cmds as enc
-from .context import MODE_LEGACY_32, MODE_LEGACY_64, RING_CTX, make_descriptor, write_ring_context
-from .ggtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, pte_encode
-from .mmio import ENGINE_BASES
-from .ppgtt import ENTRY_PRESENT, ENTRY_RW, pd_index, pdp_index, pml4_index, pt_index
+from .context import make_descriptor, write_ring_context
+from .ggtt import pte_encode
+from .ppgtt import pd_index, pdp_index, pml4_index, pt_index
 
 
 # ------------------------------------------------------------------------------------------- encoders
-# One encoder for the project: the guest driver's (services/guest/cmds.py). Feeding the emulator's decoder
+# One encoder for the project (hardware/cmds.py, the guest driver uses it too). Feeding the emulator's decoder
 # (commands.py) with it checks the two against each other.
 def mi_noop() -> list[int]:
     return [enc.MI_NOOP]
@@ -118,7 +120,7 @@ class Layout:
         lrca = self.gm(2)
         ring = self.gm(ring_pages)
         ctx = Context(engine, lrca, ring, ring_pages * PAGE_SIZE, ctx_id, mode)
-        write_ring_context(self.mem, self.maddr(lrca + PAGE_SIZE), ENGINE_BASES[engine], start=ring,
+        write_ring_context(self.mem, self.maddr(lrca + PAGE_SIZE), BY_NAME[engine].base, start=ring,
                            size=ctx.ring_size, pdps=pdps, rcs=engine == "rcs")
         return ctx
 
@@ -160,10 +162,10 @@ class PpgttBuilder:
 
     def _child(self, table: int, index: int) -> int:
         entry = self.layout.mem.read_u64(table + index * 8)
-        if entry & ENTRY_PRESENT:
-            return entry & ~PAGE_MASK & ((1 << 46) - 1)
+        if entry & GEN8_PAGE_PRESENT:
+            return entry & ADDR_4K_MASK
         child = self.layout.frame()
-        self.layout.mem.write_u64(table + index * 8, child | ENTRY_PRESENT | ENTRY_RW)
+        self.layout.mem.write_u64(table + index * 8, child | GEN8_PAGE_PRESENT | GEN8_PAGE_RW)
         return child
 
     def map(self, gma: int, maddr: int) -> None:
@@ -177,7 +179,7 @@ class PpgttBuilder:
                 self.l3_pdps[i] = self.layout.frame()
             pd = self.l3_pdps[i]
         pt = self._child(pd, pd_index(gma))
-        self.layout.mem.write_u64(pt + pt_index(gma) * 8, (maddr & ~PAGE_MASK) | ENTRY_PRESENT | ENTRY_RW)
+        self.layout.mem.write_u64(pt + pt_index(gma) * 8, (maddr & ~PAGE_MASK) | GEN8_PAGE_PRESENT | GEN8_PAGE_RW)
 
     def map_new(self, gma: int, pages: int) -> list[int]:
         """Map ``pages`` fresh frames at ``gma``; returns their machine addresses."""

@@ -23,9 +23,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ...hardware.regs import TIMESTAMP_NS_PER_TICK
 from ..common.memory import MachineMemory, MemoryRangeError
 from .commands import COMMANDS, CommandError, decode, lookup
-from .context import TIMESTAMP_NS_PER_TICK, RingContext
+from .context import RingContext
 from .dma import Dma
 from .events import CtxStatus
 from .ggtt import Ggtt, PageFault

@@ -1,4 +1,4 @@
-"""The command table pgpu executes: the real GEN9 command set (services/common/cmd_table.py, every row of
+"""The command table pgpu executes: the real GEN9 command set (hardware/cmd_table.py, every row of
 i915/gvt cmd_parser.c ``cmd_info[]``, the table gvt's scanner uses too) decoded as the hardware does, and
 the subset this emulator executes, each with its handler.
 
@@ -18,37 +18,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..common import cmd_table as ct
+from ...hardware.opcodes import (
+    MI_BATCH_PPGTT,
+    MI_BATCH_SECOND_LEVEL,
+    MI_FLUSH_DW_NOTIFY,
+    MI_FLUSH_DW_OP_SHIFT,
+    MI_FLUSH_DW_USE_GTT,
+    MI_USE_GGTT,
+    PIPE_CONTROL_GLOBAL_GTT_IVB,
+    PIPE_CONTROL_NOTIFY,
+    PIPE_CONTROL_POST_SYNC_SHIFT,
+    POST_SYNC_IMM,
+    POST_SYNC_NONE,
+    POST_SYNC_TIMESTAMP,
+)
+from ...hardware.regs import MMIO_SIZE
+from ...hardware import cmd_table as ct
 from . import blit
 from .dma import Dma
 
-CLIENT_MI, CLIENT_BLT, CLIENT_3D = 0, 2, 3
-
-# i915 definitions used (gt/intel_gpu_commands.h)
-MI_NOOP = 0
-MI_USER_INTERRUPT = 0x02 << 23
-MI_ARB_CHECK = 0x05 << 23
-MI_ARB_ON_OFF = 0x08 << 23
-MI_BATCH_BUFFER_END = 0x0A << 23
-MI_STORE_DATA_IMM = 0x20 << 23
-MI_LOAD_REGISTER_IMM = 0x22 << 23
-MI_FLUSH_DW = 0x26 << 23
-MI_BATCH_BUFFER_START = 0x31 << 23
-MI_USE_GGTT = 1 << 22  # MI_STORE_DATA_IMM: address in the GGTT (MI_GLOBAL_GTT)
-MI_BATCH_PPGTT = 1 << 8  # MI_BATCH_PPGTT_HSW: batch in the PPGTT (non-privileged)
-MI_BATCH_SECOND_LEVEL = 1 << 22
-MI_FLUSH_DW_NOTIFY = 1 << 8
-MI_FLUSH_DW_OP_SHIFT = 14  # bits 15:14; 1 = MI_FLUSH_DW_OP_STOREDW, 3 = timestamp
-MI_FLUSH_DW_USE_GTT = 1 << 2  # in the address dword
-PIPE_CONTROL = (0x3 << 29) | (0x3 << 27) | (0x2 << 24)  # GFX_OP_PIPE_CONTROL(len) = 0x7A000000 | (len - 2)
-PIPE_CONTROL_NOTIFY = 1 << 8
-PIPE_CONTROL_POST_SYNC_SHIFT = 14  # bits 15:14; 1 = write immediate (QW), 3 = timestamp
-PIPE_CONTROL_GLOBAL_GTT_IVB = 1 << 24
-XY_COLOR_BLT = (2 << 29) | (0x50 << 22)
-XY_SRC_COPY_BLT = (2 << 29) | (0x53 << 22)
-MMIO_LIMIT = 0x200000  # registers live in the first 2 MiB of BAR0 (gvt/gtt.c, gvt/aperture_gm.c)
-
-POST_SYNC_NONE, POST_SYNC_IMM, POST_SYNC_DEPTH, POST_SYNC_TIMESTAMP = 0, 1, 2, 3
+#: registers live in the first 2 MiB of BAR0: a register command naming an offset past it is refused
+MMIO_LIMIT = MMIO_SIZE
 
 
 class CommandError(Exception):

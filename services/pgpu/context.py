@@ -12,20 +12,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...hardware.gtt import PAGE_SIZE
+from ...hardware.opcodes import MI_LOAD_REGISTER_IMM, MI_LRI_FORCE_POSTED
+from ...hardware.regs import (
+    CACHELINE_BYTES,
+    DESC_LRCA_MASK,
+    DESC_MODE_MASK,
+    DESC_MODE_SHIFT,
+    DESC_PRIVILEGE,
+    DESC_VALID,
+    INDIRECT_CTX_ADDR_MASK,
+    INDIRECT_CTX_SIZE_MASK,
+    LRI_CMD_1,
+    LRI_CMD_2,
+    MODE_LEGACY_64,
+    PER_CTX_ADDR_MASK,
+    PER_CTX_VALID,
+    RB_HEAD_MASK,
+    RB_SIZE_MASK,
+    RB_TAIL_MASK,
+    RCS_ONLY,
+    RING_CTX,
+    RING_VALID,
+    TIMESTAMP_NS_PER_TICK,
+)
 from ..common.memory import MachineMemory
-from .ggtt import PAGE_SIZE
-
-# ------------------------------------------------------------------------------------------- descriptor
-DESC_VALID = 1 << 0
-DESC_FORCE_PD_RESTORE = 1 << 1
-DESC_FORCE_RESTORE = 1 << 2
-DESC_MODE_SHIFT = 3
-DESC_MODE_MASK = 0x3 << DESC_MODE_SHIFT
-DESC_PRIVILEGE = 1 << 8
-DESC_LRCA_MASK = 0xFFFF_F000
-MODE_LEGACY_32 = 1  # i915 INTEL_LEGACY_32B_CONTEXT: 3-level PPGTT, 4 PDPs
-MODE_LEGACY_64 = 3  # i915 INTEL_LEGACY_64B_CONTEXT: 4-level PPGTT, PML4 in pdp0
-
 
 @dataclass(frozen=True, slots=True)
 class ContextDescriptor:
@@ -70,47 +81,6 @@ def make_descriptor(lrca: int, ctx_id: int, mode: int = MODE_LEGACY_64, privileg
     return (ctx_id & 0xFFFF_FFFF) << 32 | ldw
 
 
-# ---------------------------------------------------------------------------------------- ring context
-#: name -> (byte offset of the mmio dword, byte offset of the value dword, mmio offset from the engine base)
-#: (gvt execlist.h struct execlist_ring_context; mmio offsets from i915 intel_lrc_reg.h / gvt/handlers.c,
-#: gvt/execlist.c)
-RING_CTX: dict[str, tuple[int, int, int]] = {
-    "ctx_ctrl": (0x08, 0x0C, 0x244),
-    "ring_header": (0x10, 0x14, 0x34),
-    "ring_tail": (0x18, 0x1C, 0x30),
-    "rb_start": (0x20, 0x24, 0x38),
-    "rb_ctrl": (0x28, 0x2C, 0x3C),
-    "bb_cur_head_UDW": (0x30, 0x34, 0x168),
-    "bb_cur_head_LDW": (0x38, 0x3C, 0x140),
-    "bb_state": (0x40, 0x44, 0x110),
-    "second_bb_addr_UDW": (0x48, 0x4C, 0x11C),
-    "second_bb_addr_LDW": (0x50, 0x54, 0x114),
-    "second_bb_state": (0x58, 0x5C, 0x118),
-    "bb_per_ctx_ptr": (0x60, 0x64, 0x1C0),
-    "rcs_indirect_ctx": (0x68, 0x6C, 0x1C4),
-    "rcs_indirect_ctx_offset": (0x70, 0x74, 0x1C8),
-    "ctx_timestamp": (0x88, 0x8C, 0x3A8),
-    "pdp3_UDW": (0x90, 0x94, 0x28C),
-    "pdp3_LDW": (0x98, 0x9C, 0x288),
-    "pdp2_UDW": (0xA0, 0xA4, 0x284),
-    "pdp2_LDW": (0xA8, 0xAC, 0x280),
-    "pdp1_UDW": (0xB0, 0xB4, 0x27C),
-    "pdp1_LDW": (0xB8, 0xBC, 0x278),
-    "pdp0_UDW": (0xC0, 0xC4, 0x274),
-    "pdp0_LDW": (0xC8, 0xCC, 0x270),
-}
-LRI_CMD_1 = 0x04
-LRI_CMD_2 = 0x84
-RCS_ONLY = ("bb_per_ctx_ptr", "rcs_indirect_ctx", "rcs_indirect_ctx_offset")
-
-RB_VALID = 1 << 0  # RING_CTL bit 0: ring buffer enabled
-RB_SIZE_MASK = 0x001F_F000  # bits 12-20
-RB_HEAD_MASK = 0x001F_FFFC  # bits 2-20
-RB_TAIL_MASK = 0x001F_FFF8  # bits 3-20
-#: gen9 command-streamer timestamp: 12 MHz (83.333 ns per tick)
-TIMESTAMP_NS_PER_TICK = 1000.0 / 12.0
-
-
 def ring_size(ctl: int) -> int:
     """Ring buffer size in bytes from RING_CTL."""
     return (ctl & RB_SIZE_MASK) + PAGE_SIZE
@@ -118,7 +88,7 @@ def ring_size(ctl: int) -> int:
 
 def ring_ctl(size: int, valid: bool = True) -> int:
     """RING_CTL for a ring of ``size`` bytes (a multiple of 4 KiB, at most 2 MiB)."""
-    return ((size - PAGE_SIZE) & RB_SIZE_MASK) | (RB_VALID if valid else 0)
+    return ((size - PAGE_SIZE) & RB_SIZE_MASK) | (RING_VALID if valid else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +113,9 @@ class RingContext:
         """The render context's workaround batches, run at context restore before the ring (i915
         intel_lrc.c: the indirect-ctx buffer, then the per-ctx batch): ((address, bytes) of the indirect-ctx
         buffer or None, the per-ctx batch address or None)."""
-        size = (self.indirect_ctx & 0x3F) * 64
-        indirect = (self.indirect_ctx & 0xFFFF_FFC0, size) if size else None
-        per_ctx = self.per_ctx & 0xFFFF_F000 if self.per_ctx & 1 else None
+        size = (self.indirect_ctx & INDIRECT_CTX_SIZE_MASK) * CACHELINE_BYTES
+        indirect = (self.indirect_ctx & INDIRECT_CTX_ADDR_MASK, size) if size else None
+        per_ctx = self.per_ctx & PER_CTX_ADDR_MASK if self.per_ctx & PER_CTX_VALID else None
         return indirect, per_ctx
 
 
@@ -181,8 +151,8 @@ def write_ring_context(mem: MachineMemory, page: int, engine_base: int, *, start
     NOOP, MI_LOAD_REGISTER_IMM(14 on RCS, 11 elsewhere), the {mmio, value} pairs, NOOPs,
     MI_LOAD_REGISTER_IMM(9) for the timestamp and PDPs."""
     mem.write(page, bytes(PAGE_SIZE))
-    mem.write_u32(page + LRI_CMD_1, (0x22 << 23) | (2 * (14 if rcs else 11) - 1) | (1 << 12))
-    mem.write_u32(page + LRI_CMD_2, (0x22 << 23) | (2 * 9 - 1) | (1 << 12))
+    mem.write_u32(page + LRI_CMD_1, MI_LOAD_REGISTER_IMM | (2 * (14 if rcs else 11) - 1) | MI_LRI_FORCE_POSTED)
+    mem.write_u32(page + LRI_CMD_2, MI_LOAD_REGISTER_IMM | (2 * 9 - 1) | MI_LRI_FORCE_POSTED)
     values = {"ring_header": head, "ring_tail": tail, "rb_start": start, "rb_ctrl": ring_ctl(size)}
     for i, pdp in enumerate(pdps):
         values[f"pdp{i}_UDW"] = pdp >> 32

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...protocol.errors import ErrorCode, Refusal
+from ...hardware.engines import BY_NAME, GPU_ENGINES
+from ...hardware.gtt import LEVELS_BY_MODE
+from ...hardware.regs import NUM_FENCES
 from ..common.memory import MachineMemory
 from .cmd_streamer import Limits
 from .context import ContextDescriptor
 from .engine import Engine, PortBusy
 from .events import EVENT_KINDS, EngineEvent
 from .ggtt import Ggtt, GgttRangeError, PageFault
-from .mmio import ENGINE_BASES, NUM_FENCES, Mmio, MmioError
-from .ppgtt import LEVELS_BY_MODE
+from .mmio import Mmio, MmioError
 from .timing import TimingModel
 
-ENGINES = ("rcs", "bcs", "vcs", "vecs")
 #: the device gvt sees through STATUS (SKL GT2 0x1912 rev 6; gvt/gtt.c, gvt/aperture_gm.c: msi_cap 0xAC on SKL)
 GPU_IDENTITY = {"vendor": 0x8086, "device": 0x1912, "revision": 6, "msi_cap": 0xAC, "fences": NUM_FENCES}
 
@@ -59,7 +60,7 @@ class PgpuCore:
         self.timing = TimingModel(speed=cfg.gpu_speed)
         self.limits = Limits(watchdog_ns=cfg.watchdog_ms * 1e6, watchdog_cmds=cfg.watchdog_cmds)
         self.engines = {name: Engine(name, mem, self.ggtt, self.mmio, self.timing, self.limits, cfg.time_scale)
-                        for name in ENGINES}
+                        for name in GPU_ENGINES}
         self.counters: Counter[str] = Counter()
         self._now = 0.0
 
@@ -207,7 +208,7 @@ class PgpuCore:
             engines[name] = {"busy_ns": s["busy_ns"], "contexts": s["contexts"], "commands": s["commands"],
                              "resets": s["resets"], "submissions": s["submissions"],
                              "queued": sum(len(x.elements) for x in eng.port) + (eng.running is not None),
-                             "mmio_base": ENGINE_BASES[name], "tlb_invalidations": self.mmio.tlb_invalidations[name],
+                             "mmio_base": BY_NAME[name].base, "tlb_invalidations": self.mmio.tlb_invalidations[name],
                              "wa_batches": s["wa_batches"]}
         return {
             "gpu": {**GPU_IDENTITY, "gm_mb": cfg.gm_mb, "aperture_mb": cfg.aperture_mb, "profile": cfg.profile},

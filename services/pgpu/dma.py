@@ -11,8 +11,9 @@ from __future__ import annotations
 import struct
 from typing import Protocol
 
+from ...hardware.gtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from ..common.memory import MachineMemory
-from .ggtt import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, PageFault
+from .ggtt import PageFault
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")

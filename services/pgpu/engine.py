@@ -16,13 +16,16 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...hardware.engines import BY_NAME
+from ...hardware.gtt import LEVELS_BY_MODE
+from ...hardware.regs import EXECLIST_STATUS, RING_CTL, RING_HEAD, RING_START, RING_TAIL, RING_VALID
 from ..common.memory import MachineMemory
 from .cmd_streamer import Limits, StreamResult, Streamer
-from .context import RB_VALID, ContextDescriptor, read_ring_context, write_back
+from .context import ContextDescriptor, read_ring_context, write_back
 from .events import KIND_BY_STATUS, CtxStatus, EngineEvent
 from .ggtt import Ggtt, PageFault
-from .mmio import ENGINE_BASES, EXECLIST_STATUS, RING_CTL, RING_HEAD, RING_START, RING_TAIL, Mmio
-from .ppgtt import LEVELS_BY_MODE, Ppgtt
+from .mmio import Mmio
+from .ppgtt import Ppgtt
 from .timing import TimingModel
 
 PORT_DEPTH = 2  # running + pending submission
@@ -65,7 +68,7 @@ class Engine:
     def __init__(self, name: str, mem: MachineMemory, ggtt: Ggtt, mmio: Mmio, timing: TimingModel,
                  limits: Limits, time_scale: float) -> None:
         self.name = name
-        self.base = ENGINE_BASES[name]
+        self.base = BY_NAME[name].base
         self.mem, self.ggtt, self.mmio = mem, ggtt, mmio
         self.timing, self.limits, self.time_scale = timing, limits, time_scale
         self.port: deque[Submission] = deque()
@@ -161,7 +164,7 @@ class Engine:
         except Exception as err:
             self._terminal(element, start, 0.0, StreamResult(CtxStatus.BAD_CONTEXT, desc.ring_context, str(err)))
             return
-        if not ring.ctl & RB_VALID or ring.head >= ring.size or ring.tail >= ring.size:
+        if not ring.ctl & RING_VALID or ring.head >= ring.size or ring.tail >= ring.size:
             why = f"ring ctl {ring.ctl:#x} head {ring.head:#x} tail {ring.tail:#x} (size {ring.size:#x})"
             self._terminal(element, start, 0.0, StreamResult(CtxStatus.BAD_CONTEXT, desc.ring_context, why))
             return

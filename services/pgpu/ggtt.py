@@ -14,17 +14,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterable
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-PAGE_MASK = PAGE_SIZE - 1
-
-PTE_PRESENT = 1 << 0
-#: gvt/gtt.c, gvt/aperture_gm.c: ADDR_4K_MASK = GENMASK(45, 12) (GTT_HAW 46)
-PTE_ADDR_MASK = ((1 << 46) - 1) & ~PAGE_MASK
-
-#: i915_reg.h: GGTT flush register and its enable bit
-GFX_FLSH_CNTL = 0x101008
-GFX_FLSH_CNTL_EN = 1 << 0
+from ...hardware.gtt import ADDR_4K_MASK, GEN8_PAGE_PRESENT, PAGE_MASK, PAGE_SHIFT
 
 
 class PageFault(Exception):
@@ -42,12 +32,12 @@ class GgttRangeError(ValueError):
 
 def pte_encode(maddr: int, present: bool = True) -> int:
     """A gen8 GGTT PTE for the page at machine address ``maddr`` (the guest i915 writes ``addr | 1``)."""
-    return (maddr & PTE_ADDR_MASK) | (PTE_PRESENT if present else 0)
+    return (maddr & ADDR_4K_MASK) | (GEN8_PAGE_PRESENT if present else 0)
 
 
 def pte_decode(pte: int) -> tuple[int, bool]:
     """(machine address of the page, present) of a gen8 PTE."""
-    return pte & PTE_ADDR_MASK, bool(pte & PTE_PRESENT)
+    return pte & ADDR_4K_MASK, bool(pte & GEN8_PAGE_PRESENT)
 
 
 class Ggtt:
@@ -119,8 +109,8 @@ class Ggtt:
             if gma < 0 or vpn >= self.num_entries:
                 raise PageFault(gma, f"beyond the {self.gm_bytes >> 20} MiB GGTT")
             pte = self.entries[vpn]
-            if not pte & PTE_PRESENT:
+            if not pte & GEN8_PAGE_PRESENT:
                 raise PageFault(gma, f"GGTT entry {vpn:#x} not present")
-            base = pte & PTE_ADDR_MASK
+            base = pte & ADDR_4K_MASK
             self._tlb[vpn] = base
         return base | (gma & PAGE_MASK)

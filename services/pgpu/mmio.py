@@ -18,29 +18,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from .ggtt import GFX_FLSH_CNTL, GFX_FLSH_CNTL_EN
-
-#: gvt/handlers.c, gvt/execlist.c ring bases
-ENGINE_BASES: dict[str, int] = {"rcs": 0x2000, "vcs": 0x12000, "vecs": 0x1A000, "bcs": 0x22000}
-RING_TAIL, RING_HEAD, RING_START, RING_CTL = 0x30, 0x34, 0x38, 0x3C
-EXECLIST_STATUS = 0x234
-RING_MODE = 0x29C
-GDRST = 0x941C
-#: GDRST domain bit -> engines it resets
-GDRST_DOMAINS: dict[int, tuple[str, ...]] = {
-    1 << 0: ("rcs", "bcs", "vcs", "vecs"),  # GEN6_GRDOM_FULL
-    1 << 1: ("rcs",),  # GEN6_GRDOM_RENDER
-    1 << 2: ("vcs",),  # GEN6_GRDOM_MEDIA
-    1 << 3: ("bcs",),  # GEN6_GRDOM_BLT
-    1 << 4: ("vecs",),  # GEN6_GRDOM_VECS
-}
-#: forcewake request register -> its ack register
-FORCEWAKE_ACKS: dict[int, int] = {0xA278: 0x0D84, 0xA188: 0x130044, 0xA270: 0x0D88}
-#: TLB invalidation register -> engine (gen8_tlb_mmio_offset_list; vcs2 is not emulated by this GPU)
-TLB_INVALIDATE: dict[int, str] = {0x4260: "rcs", 0x4264: "vcs", 0x4268: "vcs2", 0x426C: "bcs", 0x4270: "vecs"}
-FENCE_BASE = 0x100000
-NUM_FENCES = 32
-MMIO_SIZE = 0x200000
+from ...hardware.engines import BY_NAME, GDRST_FULL, GPU_ENGINES, TLB_INVAL_ENGINE
+from ...hardware.regs import (
+    FENCE_REG_GEN6_LO,
+    FORCEWAKE_ACKS,
+    GEN6_GDRST,
+    GFX_FLSH_CNTL_EN,
+    GFX_FLSH_CNTL_GEN6,
+    MMIO_SIZE,
+    NUM_FENCES,
+    RING_MODE,
+)
 
 
 class MmioError(ValueError):
@@ -59,16 +47,16 @@ class Mmio:
         self.regs: dict[int, int] = {}
         self._on_flush = on_flush
         self._on_reset = on_reset
-        self.masked = set(FORCEWAKE_ACKS) | {base + RING_MODE for base in ENGINE_BASES.values()}
+        self.masked = set(FORCEWAKE_ACKS) | {BY_NAME[name].base + RING_MODE for name in GPU_ENGINES}
         #: offset -> write handler (offset, value); everything else is stored as written
         self.write_handlers: dict[int, Callable[[int, int], None]] = {
-            GFX_FLSH_CNTL: self._write_flush,
-            GDRST: self._write_gdrst,
+            GFX_FLSH_CNTL_GEN6: self._write_flush,
+            GEN6_GDRST: self._write_gdrst,
             **{reg: self._write_forcewake for reg in FORCEWAKE_ACKS},
-            **{reg: self._write_tlb_invalidate for reg in TLB_INVALIDATE},
+            **{reg: self._write_tlb_invalidate for reg in TLB_INVAL_ENGINE},
         }
         #: offsets that always read 0 (self-clearing / write-only)
-        self.read_zero = {GFX_FLSH_CNTL, GDRST, *TLB_INVALIDATE}
+        self.read_zero = {GFX_FLSH_CNTL_GEN6, GEN6_GDRST, *TLB_INVAL_ENGINE}
         self.tlb_invalidations: Counter[str] = Counter()  # engine -> TLB invalidations done
 
     @staticmethod
@@ -121,13 +109,9 @@ class Mmio:
             self._on_flush()
 
     def _write_gdrst(self, offset: int, value: int) -> None:
-        done: set[str] = set()
-        for bit, engines in GDRST_DOMAINS.items():
-            if value & bit:
-                for engine in engines:
-                    if engine not in done:
-                        done.add(engine)
-                        self._on_reset(engine)
+        for name in GPU_ENGINES:  # GEN6_GRDOM_FULL resets all; else one domain bit per engine
+            if value & (GDRST_FULL | BY_NAME[name].gdrst_bit):
+                self._on_reset(name)
 
     def _write_forcewake(self, offset: int, value: int) -> None:
         self.regs[offset] = self._masked(offset, value)
@@ -135,10 +119,10 @@ class Mmio:
 
     def _write_tlb_invalidate(self, offset: int, value: int) -> None:
         if value & 1:
-            self.tlb_invalidations[TLB_INVALIDATE[offset]] += 1
+            self.tlb_invalidations[TLB_INVAL_ENGINE[offset]] += 1
 
     def fence(self, index: int) -> int:
         """Fence register ``index`` (64-bit)."""
         if not 0 <= index < NUM_FENCES:
             raise MmioError(f"no fence {index}")
-        return self.read(FENCE_BASE + 8 * index, 8)
+        return self.read(FENCE_REG_GEN6_LO + 8 * index, 8)

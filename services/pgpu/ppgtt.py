@@ -12,20 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...hardware.gtt import (
+    ADDR_1G_MASK,
+    ADDR_2M_MASK,
+    ADDR_4K_MASK,
+    GEN8_PAGE_PRESENT,
+    LIMIT_BY_LEVELS,
+    PAGE_MASK,
+    PAGE_PSE,
+)
 from ..common.memory import MachineMemory, MemoryRangeError
-from .ggtt import PAGE_MASK, PTE_ADDR_MASK, PageFault
-
-ENTRY_PRESENT = 1 << 0
-ENTRY_RW = 1 << 1
-ENTRY_PS = 1 << 7  # PDE: 2 MiB page; PDPE: 1 GiB page
-ADDR_2M_MASK = ((1 << 46) - 1) & ~((1 << 21) - 1)
-ADDR_1G_MASK = ((1 << 46) - 1) & ~((1 << 30) - 1)
-
-#: addressing mode (context descriptor bits 4:3) -> number of levels (gvt/gtt.c, gvt/page_track.c: 1 legacy 32-bit = L3,
-#: 3 legacy 64-bit = L4; advanced/SVM are "not supported")
-LEVELS_BY_MODE = {1: 3, 3: 4}
-#: size of the address space each walk covers
-LIMIT_BY_LEVELS = {3: 1 << 32, 4: 1 << 48}
+from .ggtt import PageFault
 
 
 def pml4_index(gma: int) -> int:
@@ -67,7 +64,7 @@ class Ppgtt:
             entry = self.mem.read_u64(table + index * 8)
         except MemoryRangeError:
             raise PageFault(gma, f"{what} table at {table:#x} outside machine memory") from None
-        if not entry & ENTRY_PRESENT:
+        if not entry & GEN8_PAGE_PRESENT:
             raise PageFault(gma, f"{what}[{index}] not present")
         return entry
 
@@ -84,24 +81,24 @@ class Ppgtt:
             root = self.roots[0] if self.roots else 0
             if root == 0:
                 raise PageFault(gma, "PML4 root not present")
-            pml4e = self._entry(root & PTE_ADDR_MASK, pml4_index(gma), gma, "PML4")
-            pdpe = self._entry(pml4e & PTE_ADDR_MASK, pdp_index(gma, 4), gma, "PDP")
+            pml4e = self._entry(root & ADDR_4K_MASK, pml4_index(gma), gma, "PML4")
+            pdpe = self._entry(pml4e & ADDR_4K_MASK, pdp_index(gma, 4), gma, "PDP")
         else:
             i = pdp_index(gma, 3)
             pdpe = self.roots[i] if i < len(self.roots) else 0
             if pdpe == 0:  # root entries: present means non-zero
                 raise PageFault(gma, f"PDP{i} root not present")
-        if self.levels == 4 and pdpe & ENTRY_PS:
+        if self.levels == 4 and pdpe & PAGE_PSE:
             return (pdpe & ADDR_1G_MASK) | (gma & ((1 << 30) - 1))
-        pde = self._entry(pdpe & PTE_ADDR_MASK, pd_index(gma), gma, "PD")
-        if pde & ENTRY_PS:
+        pde = self._entry(pdpe & ADDR_4K_MASK, pd_index(gma), gma, "PD")
+        if pde & PAGE_PSE:
             return (pde & ADDR_2M_MASK) | (gma & ((1 << 21) - 1))
-        pte = self._entry(pde & PTE_ADDR_MASK, pt_index(gma), gma, "PT")
-        return (pte & PTE_ADDR_MASK) | (gma & PAGE_MASK)
+        pte = self._entry(pde & ADDR_4K_MASK, pt_index(gma), gma, "PT")
+        return (pte & ADDR_4K_MASK) | (gma & PAGE_MASK)
 
     def page(self, gma: int) -> int:
         """Machine address of the 4 KiB page holding ``gma``."""
         return self.translate(gma & ~PAGE_MASK)
 
 
-__all__ = ["Ppgtt", "LEVELS_BY_MODE", "pml4_index", "pdp_index", "pd_index", "pt_index"]
+__all__ = ["Ppgtt", "pml4_index", "pdp_index", "pd_index", "pt_index"]

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ...hardware.engines import GPU_ENGINES
 from ...protocol import messages as m
 from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
 from ..common.service import BaseService
-from .core import ENGINES, PgpuConfig, PgpuCore
+from .core import PgpuConfig, PgpuCore
 from .events import EngineEvent
 
 SERVED_ROLES = ("gvt",)
@@ -134,7 +135,7 @@ class PgpuService(BaseService):
         if refused is not None:
             return refused
         if trace.on:
-            trace.instant("ELSP submit", "gpu", tid=ENGINES.index(msg.engine) if msg.engine in ENGINES else 0,
+            trace.instant("ELSP submit", "gpu", tid=GPU_ENGINES.index(msg.engine) if msg.engine in GPU_ENGINES else 0,
                           engine=msg.engine, tag=msg.tag, descs=len(msg.descs))
         self._kick()
         return m.Ok(req=msg.req)
@@ -160,7 +161,7 @@ class PgpuService(BaseService):
         self._run_soon = None
         now = time.monotonic()
         busy = False
-        for name in ENGINES:
+        for name in GPU_ENGINES:
             try:
                 events = self.core.advance(now, name)
             except Exception:  # the core catches its own faults; this is a last line of defence
@@ -173,7 +174,7 @@ class PgpuService(BaseService):
         if busy:
             self._kick()
             return
-        deadlines = [d for d in (self.core.next_deadline(name) for name in ENGINES) if d is not None]
+        deadlines = [d for d in (self.core.next_deadline(name) for name in GPU_ENGINES) if d is not None]
         self._arm(min(deadlines) if deadlines else None)
 
     def _arm(self, at: float | None) -> None:
@@ -202,7 +203,7 @@ class PgpuService(BaseService):
         if ev.kind != "ctx_complete" and ev.kind != "user_interrupt":
             self.log.info("gpu_event", **{k: v for k, v in ev.fields().items() if k != "engine"}, engine=ev.engine)
         if trace.on:
-            trace.instant(f"GPU {ev.kind}", "gpu", tid=ENGINES.index(ev.engine) if ev.engine in ENGINES else 0,
+            trace.instant(f"GPU {ev.kind}", "gpu", tid=GPU_ENGINES.index(ev.engine) if ev.engine in GPU_ENGINES else 0,
                           **ev.fields())
         self.server.send_now(session, m.GpuEvent(**ev.fields()))
         self.counters[f"events_sent_{ev.kind}"] += 1

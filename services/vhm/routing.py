@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import msgspec
 
+from ...hardware.pci import CONF1_ENABLE, PCI_CONFIG_ADDRESS, PCI_CONFIG_DATA
 from ...protocol import IoreqDir, IoreqType
 from ...protocol import messages as m
 
-PCI_CONFIG_ADDRESS = 0xCF8  # CONF1 address port (ACRN drivers/vhm/vhm_ioreq.c: handled in the VHM kernel, size 4 only)
-PCI_CONFIG_DATA = 0xCFC  # CONF1 data ports 0xCFC..0xCFF
-CONF1_ENABLE = 1 << 31  # bit 31 of the latched address: config cycles enabled
+# PCI_CONFIG_ADDRESS: the CONF1 address port (ACRN drivers/vhm/vhm_ioreq.c: handled in the VHM kernel, size 4
+# only); PCI_CONFIG_DATA: the data ports 0xCFC..0xCFF (gvtsim.hardware.pci)
 PIO_LIMIT = 0xFFFF  # x86 port space is 64 KiB
 
 Bdf = tuple[int, int, int]  # (bus, dev, func)

@@ -1,4 +1,4 @@
-"""The command table (services/common/cmd_table.py) against the figures read in Linux 5.14
+"""The command table (hardware/cmd_table.py) against the figures read in Linux 5.14
 drivers/gpu/drm/i915/gvt/cmd_parser.c ``cmd_info[]``, and one instance of every command decoded through both
 gvt's scanner and pgpu's decoder."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from gvtsim.services.common import cmd_table as ct
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmd_table as ct
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import cmd_parser as cp
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.types import GmResource

@@ -11,9 +11,9 @@ from test_gvt_fixtures import BAR0_GPA, FakeMpt, create, make_gvt, program_bar0
 from test_gvt_ppgtt_fixtures import Host
 
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE
-from gvtsim.services.guest import cmds
-from gvtsim.services.guest import regs as r
-from gvtsim.services.gvt import cfg_space as cfg
+from gvtsim.hardware import cmds
+from gvtsim.hardware import regs as r
+from gvtsim.hardware import pci
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt import opregion, pvinfo
 from gvtsim.services.gvt.engines import BY_NAME
@@ -61,12 +61,12 @@ def test_bar2_sizes_to_the_aperture_which_must_be_a_power_of_two() -> None:
     aperture sizes as 1 GB; a 640 MB one cannot exist, and gvt and pgpu refuse it."""
     gvt = make_gvt()
     v = create(gvt, 1)
-    gvt.emulate_cfg_write(v, cfg.PCI_BASE_ADDRESS_2, 0xFFFF_FFFF, 4)
-    gvt.emulate_cfg_write(v, cfg.PCI_BASE_ADDRESS_3, 0xFFFF_FFFF, 4)
-    lo = gvt.emulate_cfg_read(v, cfg.PCI_BASE_ADDRESS_2, 4)
-    hi = gvt.emulate_cfg_read(v, cfg.PCI_BASE_ADDRESS_3, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_BASE_ADDRESS_2, 0xFFFF_FFFF, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_BASE_ADDRESS_3, 0xFFFF_FFFF, 4)
+    lo = gvt.emulate_cfg_read(v, pci.PCI_BASE_ADDRESS_2, 4)
+    hi = gvt.emulate_cfg_read(v, pci.PCI_BASE_ADDRESS_3, 4)
     size = (~((hi << 32 | lo) & ~0xF) + 1) & (2**64 - 1)
-    assert lo & 0xF == cfg.PCI_BASE_ADDRESS_MEM_TYPE_64 | cfg.PCI_BASE_ADDRESS_MEM_PREFETCH
+    assert lo & 0xF == pci.PCI_BASE_ADDRESS_MEM_TYPE_64 | pci.PCI_BASE_ADDRESS_MEM_PREFETCH
     assert size == gvt.gpu.aperture_size == 1024 * MB and size & (size - 1) == 0
     with pytest.raises(ValueError, match="power of two"):
         PhysicalGpu.from_info({"aperture_mb": 640})
@@ -181,11 +181,11 @@ def test_rom_bar_sizing_answers_no_rom_and_an_address_write_keeps_the_bitmap_bit
     ROM BAR as absent; the bitmap alone would have given 2 KB."""
     gvt = make_gvt()
     v = create(gvt, 1)
-    assert gvt.emulate_cfg_read(v, cfg.PCI_ROM_ADDRESS, 4) == 0  # cleared at init
-    gvt.emulate_cfg_write(v, cfg.PCI_ROM_ADDRESS, cfg.PCI_ROM_ADDRESS_MASK, 4)
-    assert gvt.emulate_cfg_read(v, cfg.PCI_ROM_ADDRESS, 4) == 0
-    gvt.emulate_cfg_write(v, cfg.PCI_ROM_ADDRESS, 0xFEB0_07FF, 4)
-    assert gvt.emulate_cfg_read(v, cfg.PCI_ROM_ADDRESS, 4) == 0xFEB0_0001
+    assert gvt.emulate_cfg_read(v, pci.PCI_ROM_ADDRESS, 4) == 0  # cleared at init
+    gvt.emulate_cfg_write(v, pci.PCI_ROM_ADDRESS, pci.PCI_ROM_ADDRESS_MASK, 4)
+    assert gvt.emulate_cfg_read(v, pci.PCI_ROM_ADDRESS, 4) == 0
+    gvt.emulate_cfg_write(v, pci.PCI_ROM_ADDRESS, 0xFEB0_07FF, 4)
+    assert gvt.emulate_cfg_read(v, pci.PCI_ROM_ADDRESS, 4) == 0xFEB0_0001
     assert not v.failsafe
 
 
@@ -197,13 +197,13 @@ def test_config_space_has_the_hosts_capability_chain_with_pm_and_d3_tracking() -
     d3_entered; handlers.c elsp_mmio_write clears it too."""
     gvt = make_gvt()
     v = create(gvt, 1)
-    assert v.cfg.capabilities() == [(0x40, cfg.PCI_CAP_ID_VNDR), (0x70, cfg.PCI_CAP_ID_EXP),
-                                    (0xAC, cfg.PCI_CAP_ID_MSI), (0xD0, cfg.PCI_CAP_ID_PM)]
-    assert gvt.emulate_cfg_read(v, cfg.PCI_STATUS, 2) & cfg.PCI_STATUS_CAP_LIST
+    assert v.cfg.capabilities() == [(0x40, pci.PCI_CAP_ID_VNDR), (0x70, pci.PCI_CAP_ID_EXP),
+                                    (0xAC, pci.PCI_CAP_ID_MSI), (0xD0, pci.PCI_CAP_ID_PM)]
+    assert gvt.emulate_cfg_read(v, pci.PCI_STATUS, 2) & pci.PCI_STATUS_CAP_LIST
     program_bar0(gvt, v)
     assert gvt.emulate_mmio_read(v, BAR0_GPA + pvinfo.MAGIC, 8) == pvinfo.VGT_MAGIC  # pv_notified
-    gvt.emulate_cfg_write(v, 0xD4, cfg.PCI_D3HOT, 2)
-    assert v.cfg.d3_entered and gvt.emulate_cfg_read(v, 0xD4, 2) == cfg.PCI_D3HOT
+    gvt.emulate_cfg_write(v, 0xD4, pci.PCI_D3HOT, 2)
+    assert v.cfg.d3_entered and gvt.emulate_cfg_read(v, 0xD4, 2) == pci.PCI_D3HOT
     gvt.emulate_cfg_write(v, 0xD4, 0, 2)  # back to D0 before the reset, as the guest's resume does
     v.reset(dmlr=True)
     assert v.pv_notified and not v.cfg.d3_entered  # kept across an S3 resume
@@ -218,7 +218,7 @@ def test_command_writes_wider_than_two_bytes_are_refused() -> None:
     v = create(gvt, 1)
     program_bar0(gvt, v, enable=False)
     gvt.drain_effects()
-    gvt.emulate_cfg_write(v, cfg.PCI_COMMAND, cfg.PCI_COMMAND_MEMORY, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY, 4)
     assert gvt.counters["cfg_write_errors"] == 1 and v.failsafe
     assert not [e for e in gvt.drain_effects() if isinstance(e, fx.SetTrapArea)]  # nothing trapped
 
@@ -249,20 +249,20 @@ def test_asls_places_the_opregion_and_swsci_answers_capability_queries() -> None
     mpt = RamMpt()
     gvt = make_gvt({1: mpt})
     v = create(gvt, 1)
-    gvt.emulate_cfg_write(v, cfg.INTEL_GVT_PCI_OPREGION, 0x10000, 4)
-    assert gvt.emulate_cfg_read(v, cfg.INTEL_GVT_PCI_OPREGION, 4) == 0x10000
+    gvt.emulate_cfg_write(v, pci.INTEL_GVT_PCI_OPREGION, 0x10000, 4)
+    assert gvt.emulate_cfg_read(v, pci.INTEL_GVT_PCI_OPREGION, 4) == 0x10000
     assert mpt.ram[0x10000:0x10010] == b"IntelGraphicsMem" and mpt.ram[0x10058] == opregion.MBOX_VBT
     scic = 0x10000 + opregion.INTEL_GVT_OPREGION_SCIC
     query = (opregion.SCIC_F_GETBIOSDATA << 1) | 0x1  # GetBIOSData / supported calls, entry flag set
     mpt.ram[scic:scic + 8] = query.to_bytes(4, "little") + (0x55).to_bytes(4, "little")
     sci = opregion.SWSCI_SCI_SELECT | opregion.SWSCI_SCI_TRIGGER
-    gvt.emulate_cfg_write(v, cfg.INTEL_GVT_PCI_SWSCI, sci, 4)
+    gvt.emulate_cfg_write(v, pci.INTEL_GVT_PCI_SWSCI, sci, 4)
     assert mpt.ram[scic:scic + 8] == bytes(8)
     other = (2 << 1) | 0xE0 | 0x1  # another function, exit status set
     mpt.ram[scic:scic + 4] = other.to_bytes(4, "little")
-    gvt.emulate_cfg_write(v, cfg.INTEL_GVT_PCI_SWSCI, sci, 4)
+    gvt.emulate_cfg_write(v, pci.INTEL_GVT_PCI_SWSCI, sci, 4)
     assert int.from_bytes(mpt.ram[scic:scic + 4], "little") == other & ~0xE0
-    assert gvt.emulate_cfg_read(v, cfg.INTEL_GVT_PCI_SWSCI, 4) == 0 and v.opregion.requests == 2
+    assert gvt.emulate_cfg_read(v, pci.INTEL_GVT_PCI_SWSCI, 4) == 0 and v.opregion.requests == 2
     assert not v.failsafe
 
 

@@ -15,8 +15,8 @@ from test_gvt_ppgtt_fixtures import BAR0, Host
 from gvtsim.protocol import IoreqDir, IoreqType
 from gvtsim.protocol import messages as m
 from gvtsim.protocol.errors import ErrorCode, Refusal
-from gvtsim.services.guest import cmds
-from gvtsim.services.guest import regs as r
+from gvtsim.hardware import cmds
+from gvtsim.hardware import regs as r
 from gvtsim.services.guest.i915 import DriverError, VgpuDriver
 from gvtsim.services.guest.pci import PciDevice
 from gvtsim.services.guest.runtime import Done, Failed, Gen, Lock, Runtime, Signal, Thread, wait_until

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gvtsim.services.common import cmd_table as ct
+from gvtsim.hardware import cmd_table as ct
 from gvtsim.services.common.memory import PAGE_SIZE
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import cmd_parser as cp
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.types import GmResource

@@ -9,7 +9,7 @@ import pytest
 from test_gvt_cmd_parser_fixtures import POOL_FRAMES, Rig
 
 from gvtsim.services.common.memory import PAGE_SHIFT
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.shadow import SHADOW_BB_GM_OFFSET
 

@@ -10,8 +10,8 @@ from test_gvt_fixtures import program_bar0
 
 from gvtsim.protocol import errors as protocol_errors
 from gvtsim.services.common.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
-from gvtsim.services.guest import cmds
-from gvtsim.services.guest import regs as r
+from gvtsim.hardware import cmds
+from gvtsim.hardware import regs as r
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt import interrupt as irq
 from gvtsim.services.gvt import pvinfo as pv

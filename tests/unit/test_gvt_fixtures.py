@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gvtsim.services.gvt import cfg_space as cfg
+from gvtsim.hardware import pci
 from gvtsim.protocol.errors import Refusal
 from gvtsim.services.gvt.core import Gvt
 from gvtsim.services.gvt.vgpu import Vgpu
@@ -50,11 +50,11 @@ def create(gvt: Gvt, vm: int, spec: str = "GVTg_V5_4", mpt: bool = True) -> Vgpu
 
 def program_bar0(gvt: Gvt, v: Vgpu, base: int = BAR0_GPA, enable: bool = True) -> None:
     """The guest's PCI probe: size BAR0, place it, enable memory decode."""
-    gvt.emulate_cfg_write(v, cfg.PCI_BASE_ADDRESS_0, 0xFFFF_FFFF, 4)
-    gvt.emulate_cfg_write(v, cfg.PCI_BASE_ADDRESS_0, base & 0xFFFF_FFFF, 4)
-    gvt.emulate_cfg_write(v, cfg.PCI_BASE_ADDRESS_1, base >> 32, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_BASE_ADDRESS_0, 0xFFFF_FFFF, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_BASE_ADDRESS_0, base & 0xFFFF_FFFF, 4)
+    gvt.emulate_cfg_write(v, pci.PCI_BASE_ADDRESS_1, base >> 32, 4)
     if enable:
-        gvt.emulate_cfg_write(v, cfg.PCI_COMMAND, cfg.PCI_COMMAND_MEMORY | cfg.PCI_COMMAND_MASTER, 2)
+        gvt.emulate_cfg_write(v, pci.PCI_COMMAND, pci.PCI_COMMAND_MEMORY | pci.PCI_COMMAND_MASTER, 2)
 
 
 def rd(gvt: Gvt, v: Vgpu, offset: int, size: int = 4) -> int:

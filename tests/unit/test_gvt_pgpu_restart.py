@@ -10,7 +10,7 @@ import pytest
 from test_gvt_cmd_parser_fixtures import Rig
 
 from gvtsim.services.gvt import effects as fx
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.pgpu.core import PgpuConfig, PgpuCore
 
 

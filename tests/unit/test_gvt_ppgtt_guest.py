@@ -9,7 +9,7 @@ import pytest
 from test_gvt_ppgtt_fixtures import BAR0, Host
 
 from gvtsim.services.common.memory import PAGE_SHIFT
-from gvtsim.services.guest import regs as r
+from gvtsim.hardware import regs as r
 from gvtsim.services.guest.i915 import VgpuDriver
 from gvtsim.services.guest.pci import PciDevice
 from gvtsim.services.gvt.gtt import PPGTT_ROOT_L3, PPGTT_ROOT_L4

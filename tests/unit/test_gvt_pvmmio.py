@@ -11,8 +11,8 @@ from test_gvt_cmd_parser_fixtures import POOL_FRAMES, Rig
 from test_gvt_fixtures import create, make_gvt, program_bar0, rd, wr
 
 from gvtsim.services.common.memory import PAGE_SHIFT
-from gvtsim.services.guest import cmds
-from gvtsim.services.guest import regs as r
+from gvtsim.hardware import cmds
+from gvtsim.hardware import regs as r
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt import pvinfo as pv
 from gvtsim.services.gvt import pvmmio

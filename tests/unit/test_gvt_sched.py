@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from test_gvt_cmd_parser_fixtures import Rig
 
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.errors import FailsafeReason
 

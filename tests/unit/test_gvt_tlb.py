@@ -11,7 +11,7 @@ import pytest
 from test_gvt_cmd_parser_fixtures import Rig
 from test_gvt_fixtures import rd, wr
 
-from gvtsim.services.guest import cmds
+from gvtsim.hardware import cmds
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.mmio_context import TLB_MMIO_OFFSET
 

@@ -11,8 +11,8 @@ import pytest
 from test_gvt_cmd_parser_fixtures import Bo, Guest, Rig
 
 from gvtsim.services.common.memory import PAGE_SIZE
-from gvtsim.services.guest import cmds
-from gvtsim.services.gvt import workload as wl
+from gvtsim.hardware import cmds
+from gvtsim.hardware import regs
 from gvtsim.services.gvt.errors import FailsafeReason
 
 GDRST = 0x941C  # not F_CMD_ACCESS: a command buffer may not touch it (handlers.c)
@@ -36,9 +36,9 @@ def _program_wa(g: Guest, engine: str, indirect: Bo | None, lines: int, per_ctx:
     BB_PER_CTX_PTR = address | valid."""
     ctx, _, _ = g.context(engine)
     state = ctx.gpa + PAGE_SIZE
-    g.write(state + wl.CTX_RCS_INDIRECT_CTX, [(indirect.gm | lines) if indirect else 0])
-    g.write(state + wl.CTX_RCS_INDIRECT_CTX_OFFSET, [INDIRECT_CTX_OFFSET])
-    g.write(state + wl.CTX_BB_PER_CTX_PTR, [(per_ctx.gm | 1) if per_ctx else 0])
+    g.write(state + regs.CTX_RCS_INDIRECT_CTX_VAL, [(indirect.gm | lines) if indirect else 0])
+    g.write(state + regs.CTX_RCS_INDIRECT_CTX_OFFSET_VAL, [INDIRECT_CTX_OFFSET])
+    g.write(state + regs.CTX_BB_PER_CTX_PTR_VAL, [(per_ctx.gm | 1) if per_ctx else 0])
 
 
 def test_indirect_ctx_and_per_ctx_batch_run_at_restore_from_their_checked_shadows(rig: Rig) -> None:
@@ -61,9 +61,9 @@ def test_indirect_ctx_and_per_ctx_batch_run_at_restore_from_their_checked_shadow
     assert wa.per_ctx_shadow_gma % PAGE_SIZE == 0 and wa.indirect_shadow_gma % 64 == 0
     sh = rig.gvt.shadow.contexts[(g.vgpu.id, "rcs")]
     u32 = rig.mem.read_u32
-    assert u32(sh.maddr(1) + wl.CTX_RCS_INDIRECT_CTX) == wa.indirect_shadow_gma | 1
-    assert u32(sh.maddr(1) + wl.CTX_BB_PER_CTX_PTR) == wa.per_ctx_shadow_gma | 1
-    assert u32(sh.maddr(1) + wl.CTX_RCS_INDIRECT_CTX_OFFSET) == INDIRECT_CTX_OFFSET
+    assert u32(sh.maddr(1) + regs.CTX_RCS_INDIRECT_CTX_VAL) == wa.indirect_shadow_gma | 1
+    assert u32(sh.maddr(1) + regs.CTX_BB_PER_CTX_PTR_VAL) == wa.per_ctx_shadow_gma | 1
+    assert u32(sh.maddr(1) + regs.CTX_RCS_INDIRECT_CTX_OFFSET_VAL) == INDIRECT_CTX_OFFSET
     # the guest rewrites both buffers after ELSP: the GPU runs the copies that were scanned
     g.write(ind.gpa, _padded(cmds.load_register_imm([(GDRST, 1)])))
     g.write(per.gpa, cmds.store_dword(dst.gm + 4, 0xBAD) + [cmds.MI_BATCH_BUFFER_END])
@@ -140,7 +140,7 @@ def test_a_wa_buffer_outside_the_vgpus_gm_fails_the_submission(rig: Rig) -> None
     """intel_vgpu_create_workload: intel_gvt_ggtt_validate_range fails => -EINVAL, no workload."""
     g = rig.boot(1)
     ctx, _, _ = g.context("rcs")
-    g.write(ctx.gpa + PAGE_SIZE + wl.CTX_RCS_INDIRECT_CTX, [0x1000 | 1])  # GM 0x1000: not this vGPU's
+    g.write(ctx.gpa + PAGE_SIZE + regs.CTX_RCS_INDIRECT_CTX_VAL, [0x1000 | 1])  # GM 0x1000: not this vGPU's
     g.submit("rcs", [cmds.MI_NOOP])
     assert rig.gvt.counters["wa_ctx_invalid"] == 1 and rig.gvt.counters["workload_create_failed"] == 1
     assert rig.gvt.scheduler.inflight == {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from test_gvt_fixtures import BAR0_GPA, create, make_gvt, program_bar0
 
-from gvtsim.services.common import cmd_table
+from gvtsim.hardware import cmd_table
 from gvtsim.services.gvt import mmio_info as mi
 from gvtsim.services.gvt.handlers import F, Reg
 

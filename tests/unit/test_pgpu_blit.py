@@ -122,7 +122,8 @@ def test_x_tiled_fill_and_copy_land_in_x_tile_layout() -> None:
     """A fill into an X-tiled destination and a copy from a linear source into it: every pixel lands where
     the X-tile layout (512-byte x 8-row tiles) puts it; the pitch of a tiled surface counts dwords."""
     from gvtsim.services.gvt.fb_decoder import detile_x
-    from gvtsim.services.guest import cmds
+    from gvtsim.hardware import cmds
+    from gvtsim.hardware.opcodes import XY_DST_TILED
     from gvtsim.services.pgpu import blit
 
     class FlatDma:
@@ -139,12 +140,12 @@ def test_x_tiled_fill_and_copy_land_in_x_tile_layout() -> None:
     w, h, pitch = 256, 24, 1024  # 2 tiles per row, 3 tile rows
     dst, src = 0x10000, 0x80000
     fill = cmds.xy_color_blt(dst, pitch // 4, 0, 0, w, h, 0x11223344)
-    fill[0] |= blit.DST_TILED
+    fill[0] |= XY_DST_TILED
     blit.color_blt(dma, fill)
     pattern = b"".join(((y << 16) | x).to_bytes(4, "little") for y in range(10) for x in range(100))
     dma.write(src, pattern)
     copy = cmds.xy_src_copy_blt(dst, pitch // 4, 150, 5, 250, 15, src, 400)
-    copy[0] |= blit.DST_TILED
+    copy[0] |= XY_DST_TILED
     blit.src_copy_blt(dma, copy)
     linear = detile_x(dma.read(dst, 3 * 2 * 4096), pitch, h)
     for y in range(h):

@@ -7,11 +7,12 @@ import pytest
 from gvtsim.protocol.errors import ErrorCode
 from gvtsim.services.common.memory import MachineMemory
 from gvtsim.services.pgpu import builder as b
+from gvtsim.hardware.engines import BY_NAME
+from gvtsim.hardware.regs import EXECLIST_STATUS, FENCE_REG_GEN6_LO as FENCE_BASE, GEN6_GDRST as GDRST, RING_TAIL
 from gvtsim.services.pgpu.context import make_descriptor
 from gvtsim.protocol.errors import Refusal
 from gvtsim.services.pgpu.core import PgpuConfig, PgpuCore
 from gvtsim.services.pgpu.events import EngineEvent
-from gvtsim.services.pgpu.mmio import ENGINE_BASES, EXECLIST_STATUS, FENCE_BASE, GDRST, RING_TAIL
 
 SCALE = 1000.0  # clock seconds per simulated second: 1 simulated us = 1 ms on the test clock
 
@@ -149,7 +150,7 @@ def test_ring_registers_mirror_the_running_context(gpu) -> None:
     core.ggtt_write(lay.take_pending())
     core.submit("bcs", [ctx.desc], 0, 0.0)
     core.advance(0.0)
-    base = ENGINE_BASES["bcs"]
+    base = BY_NAME["bcs"].base
     assert core.mmio_read(base + RING_TAIL, 4, 0.0) == ctx.tail
     assert core.mmio_read(base + EXECLIST_STATUS + 4, 4, 0.0) == 0x55
 

@@ -8,7 +8,7 @@ import pytest
 
 from gvtsim.services.common.memory import MachineMemory
 from gvtsim.services.pgpu import builder as b
-from gvtsim.services.pgpu.context import MODE_LEGACY_32
+from gvtsim.hardware.regs import MODE_LEGACY_32
 from gvtsim.services.pgpu.core import PgpuConfig, PgpuCore
 from gvtsim.services.pgpu.events import CtxStatus, EngineEvent
 

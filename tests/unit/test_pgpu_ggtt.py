@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gvtsim.services.pgpu.ggtt import GFX_FLSH_CNTL, Ggtt, GgttRangeError, PageFault, pte_decode, pte_encode
+from gvtsim.hardware.regs import GFX_FLSH_CNTL_GEN6 as GFX_FLSH_CNTL
+from gvtsim.services.pgpu.ggtt import Ggtt, GgttRangeError, PageFault, pte_decode, pte_encode
 from gvtsim.services.pgpu.mmio import Mmio
 
 MIB = 1 << 20

@@ -2,37 +2,47 @@
 
 ``MI_INSTR(op, flags) = op << 23 | flags``; the low bits of multi-dword commands hold the dword count - 2.
 Blitter commands are client 2 (bits 31:29 = 2) with the opcode in bits 28:22; BLT_WRITE_RGBA = 3 << 20.
-This is the one encoder of the project: the guest driver builds its rings and batches with it, and pgpu's
-test toolkit (services/pgpu/builder.py) feeds the emulator with it, so the emulator's decoder
-(services/pgpu/commands.py, written separately from the same i915 definitions) is checked against it.
+This is the one encoder of the project (the values are opcodes.py): the guest driver builds its rings and batches
+with it, and pgpu's test toolkit (services/pgpu/builder.py) feeds the emulator with it, so the emulator's decoder
+(services/pgpu/commands.py, written separately) is checked against it (tests/unit/test_hw_encoder_decoder.py).
 """
 
 from __future__ import annotations
 
+from .opcodes import (
+    BLT_DEPTH_32,
+    BLT_WRITE_RGBA,
+    GFX_OP_PIPE_CONTROL,
+    MI_BATCH_BUFFER_END,
+    MI_BATCH_BUFFER_START,
+    MI_BATCH_PPGTT,
+    MI_BATCH_SECOND_LEVEL,
+    MI_FLUSH_DW,
+    MI_FLUSH_DW_NOTIFY,
+    MI_FLUSH_DW_OP_STOREDW,
+    MI_FLUSH_DW_USE_GTT,
+    MI_INSTR,
+    MI_LOAD_REGISTER_IMM,
+    MI_NOOP,
+    MI_STORE_DATA_IMM,
+    MI_STORE_QWORD,
+    MI_USE_GGTT,
+    MI_USER_INTERRUPT,
+    PIPE_CONTROL_GLOBAL_GTT_IVB,
+    PIPE_CONTROL_NOTIFY,
+    PIPE_CONTROL_QW_WRITE,
+    ROP_COPY,
+    ROP_PATCOPY,
+    XY_COLOR_BLT_CMD,
+    XY_SRC_COPY_BLT_CMD,
+)
 
-def MI_INSTR(op: int, flags: int = 0) -> int:  # noqa: N802 (i915 name)
-    return op << 23 | flags
-
-
-MI_NOOP = 0
-MI_USER_INTERRUPT = MI_INSTR(0x02)
-MI_BATCH_BUFFER_END = MI_INSTR(0x0A)
-MI_USE_GGTT = 1 << 22
-MI_BATCH_PPGTT = 1 << 8  # MI_BATCH_PPGTT_HSW: the batch is in the PPGTT (non-privileged)
-MI_BATCH_SECOND_LEVEL = 1 << 22
-MI_STORE_QWORD = 1 << 21
-BLT_WRITE_RGBA = 3 << 20
-BLT_DEPTH_32 = 3
-ROP_COPY = 0xCC
-ROP_PATCOPY = 0xF0
-MI_FLUSH_DW_NOTIFY = 1 << 8
-MI_FLUSH_DW_OP_STOREDW = 1 << 14
-MI_FLUSH_DW_USE_GTT = 1 << 2
-PIPE_CONTROL_NOTIFY = 1 << 8
-PIPE_CONTROL_QW_WRITE = 1 << 14
-PIPE_CONTROL_GLOBAL_GTT_IVB = 1 << 24
-XY_COLOR_BLT_CMD = 2 << 29 | 0x50 << 22
-XY_SRC_COPY_BLT_CMD = 2 << 29 | 0x53 << 22
+# the encoder's users reach the single-dword commands and the blit defaults through this module
+__all__ = [
+    "BLT_DEPTH_32", "BLT_WRITE_RGBA", "MI_BATCH_BUFFER_END", "MI_INSTR", "MI_NOOP", "MI_USER_INTERRUPT",
+    "ROP_COPY", "ROP_PATCOPY", "batch_buffer_start", "color_blt", "flush_dw", "load_register_imm",
+    "pipe_control", "src_copy_blt", "store_dword", "store_qword", "to_bytes", "xy_color_blt", "xy_src_copy_blt",
+]
 
 
 def _lo_hi(addr: int) -> list[int]:
@@ -41,24 +51,24 @@ def _lo_hi(addr: int) -> list[int]:
 
 def batch_buffer_start(addr: int, ppgtt: bool = False, second_level: bool = False) -> list[int]:
     """MI_BATCH_BUFFER_START gen8: 3 dwords; bit 8 selects the PPGTT address space, bit 22 second level."""
-    return [MI_INSTR(0x31, 1) | (MI_BATCH_PPGTT if ppgtt else 0) | (MI_BATCH_SECOND_LEVEL if second_level else 0),
-            *_lo_hi(addr)]
+    hdr = MI_BATCH_BUFFER_START | 1 | (MI_BATCH_PPGTT if ppgtt else 0)
+    return [hdr | (MI_BATCH_SECOND_LEVEL if second_level else 0), *_lo_hi(addr)]
 
 
 def store_dword(addr: int, value: int, ggtt: bool = True) -> list[int]:
     """MI_STORE_DWORD_IMM_GEN4 (4 dwords) with MI_USE_GGTT."""
-    return [MI_INSTR(0x20, 2) | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr), value & 0xFFFF_FFFF]
+    return [MI_STORE_DATA_IMM | 2 | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr), value & 0xFFFF_FFFF]
 
 
 def store_qword(addr: int, value: int, ggtt: bool = True) -> list[int]:
     """MI_STORE_QWORD_IMM_GEN8 (MI_INSTR(0x20, 3) | bit 21): 5 dwords."""
-    return [MI_INSTR(0x20, 3) | MI_STORE_QWORD | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr),
+    return [MI_STORE_DATA_IMM | 3 | MI_STORE_QWORD | (MI_USE_GGTT if ggtt else 0), *_lo_hi(addr),
             value & 0xFFFF_FFFF, (value >> 32) & 0xFFFF_FFFF]
 
 
 def load_register_imm(pairs: list[tuple[int, int]]) -> list[int]:
     """MI_LOAD_REGISTER_IMM(n): n (offset, value) pairs."""
-    out = [MI_INSTR(0x22, 2 * len(pairs) - 1)]
+    out = [MI_LOAD_REGISTER_IMM | (2 * len(pairs) - 1)]
     for reg, val in pairs:
         out += [reg, val & 0xFFFF_FFFF]
     return out
@@ -67,7 +77,7 @@ def load_register_imm(pairs: list[tuple[int, int]]) -> list[int]:
 def flush_dw(addr: int = 0, value: int | None = None, notify: bool = False, ggtt: bool = True) -> list[int]:
     """MI_FLUSH_DW gen8 (4 dwords), with a post-sync dword store when ``value`` is given, optionally raising
     the notify interrupt."""
-    hdr = MI_INSTR(0x26, 2) | (MI_FLUSH_DW_NOTIFY if notify else 0)
+    hdr = MI_FLUSH_DW | 2 | (MI_FLUSH_DW_NOTIFY if notify else 0)
     if value is None:
         return [hdr, 0, 0, 0]
     lo, hi = _lo_hi(addr)
@@ -80,7 +90,7 @@ def pipe_control(addr: int = 0, value: int | None = None, notify: bool = False, 
     if value is not None:
         flags |= PIPE_CONTROL_QW_WRITE | (PIPE_CONTROL_GLOBAL_GTT_IVB if ggtt else 0)
     v = value or 0
-    return [0x7A000000 | (6 - 2), flags, *_lo_hi(addr), v & 0xFFFF_FFFF, (v >> 32) & 0xFFFF_FFFF]
+    return [GFX_OP_PIPE_CONTROL | (6 - 2), flags, *_lo_hi(addr), v & 0xFFFF_FFFF, (v >> 32) & 0xFFFF_FFFF]
 
 
 def xy_color_blt(dst: int, pitch: int, x1: int, y1: int, x2: int, y2: int, color: int, depth: int = BLT_DEPTH_32,
