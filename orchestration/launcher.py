@@ -26,12 +26,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import psutil
-
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
 from ..services.common.gpu_profiles import get_profile
 from ..services.common import curve
 from .health import probe
+from .procs import DEAD, children, group_members, proc_stat, signal_pid_group, start_group
 
 DEFAULT_COMPOSE = "docker-compose.yml"
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL (services exit within 2 s of SIGTERM)
@@ -174,54 +173,20 @@ def update_proc(run_dir: str, proc: ProcState, remove: bool = False) -> None:
 
 
 # -------------------------------------------------------------------------------------------- processes
-_children: dict[int, subprocess.Popen[bytes]] = {}  # processes this process started: reaped on signal/poll
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(psutil status, start time in ms since the epoch) of a pid, or None if there is no such process."""
-    try:
-        p = psutil.Process(pid)
-        return p.status(), int(p.create_time() * 1000)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return None
-
-
-_DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-
-
 def alive(proc: ProcState) -> bool:
     """The recorded incarnation still runs (not a zombie, not a recycled pid)."""
-    child = _children.get(proc.pid)
+    child = children.get(proc.pid)
     if child is not None and child.poll() is not None:
         return False
-    st = _proc_stat(proc.pid) if proc.pid else None
-    return st is not None and st[1] == proc.starttime and st[0] not in _DEAD
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    if pgid <= 0:
-        return []
-    out = []
-    for p in psutil.process_iter(["status"]):
-        try:
-            if p.info["status"] not in _DEAD and os.getpgid(p.pid) == pgid:
-                out.append(p.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return out
+    st = proc_stat(proc.pid) if proc.pid else None
+    return st is not None and st[1] == proc.starttime and st[0] not in DEAD
 
 
 def signal_group(proc: ProcState, sig: int) -> bool:
     """Signal the process group of the recorded incarnation (only if it is still that process)."""
     if not proc.pid or not (alive(proc) or group_members(proc.pid)):
         return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-    child = _children.get(proc.pid)
-    if child is not None and sig == signal.SIGKILL:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(2)
+    signal_pid_group(proc.pid, sig)
     return True
 
 
@@ -233,10 +198,8 @@ def spawn(proc: ProcState) -> ProcState:
             os.makedirs(os.path.dirname(value), exist_ok=True)
     with open(proc.out, "ab") as out, open(proc.err, "ab") as err:
         offset = out.tell()
-        child = subprocess.Popen(proc.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **proc.env}, start_new_session=True)
-    _children[child.pid] = child
-    st = _proc_stat(child.pid)
+        child = start_group(proc.argv, {**os.environ, **proc.env}, stdout=out, stderr=err)
+    st = proc_stat(child.pid)
     proc.pid, proc.starttime, proc.out_offset, proc.started_at = child.pid, st[1] if st else 0, offset, time.time()
     return proc
 
@@ -455,7 +418,7 @@ def down(run_dir: str, grace: float = STOP_GRACE) -> dict[str, Any]:
         stopped = [p.name for p in procs if signal_group(p, signal.SIGTERM)]
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(group_members(p.pid) for p in procs if p.pid):
-            for child in _children.values():
+            for child in children.values():
                 child.poll()
             time.sleep(0.05)
         killed = [p.name for p in procs if p.pid and group_members(p.pid) and signal_group(p, signal.SIGKILL)]

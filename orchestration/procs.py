@@ -1,8 +1,14 @@
-"""Service processes run as local children: the demo, the launcher and the service tests use this.
+"""The one process manager: every gvtsim process the tools start is started, signalled and checked here.
 
-A :class:`ServiceProc` starts ``python -m gvtsim.orchestration ARGS`` (or another module) in its own process
-group, reads JSON events from its stdout on a thread (the ``ready`` line first), and kills the whole group
-on teardown. Waiting is always on an event with a timeout, never a sleep.
+Each process runs in its own process group (so a signal reaches the service and anything it started) and is
+known by its pid and kernel start time (so a recycled pid is never signalled): :func:`start_group`,
+:func:`signal_pid_group`, :func:`group_members`, :func:`proc_stat`. Two kinds of user sit on top:
+
+* the launcher (``gvtsim up``, ``load``, ``chaos``, ``restart``; launcher.py) starts detached processes whose
+  stdout and stderr go to files in the run directory, recorded in state.json, read back by offset;
+* :class:`ServiceProc` (HostStack, the demo, the service tests) starts an attached child and reads JSON
+  events from its stdout on a thread (the ``ready`` line first), and kills the whole group on teardown.
+  Waiting is always on an event with a timeout, never a sleep.
 """
 
 from __future__ import annotations
@@ -19,7 +25,59 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 Event = dict[str, Any]
+
+#: processes this process started, by pid: reaped when they are signalled or polled
+children: dict[int, subprocess.Popen[Any]] = {}
+DEAD = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def start_group(argv: list[str], env: dict[str, str], stdout: Any, stderr: Any, text: bool = False,
+                stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[Any]:
+    """Start ``argv`` in a new session (its own process group), remembered in :data:`children`."""
+    child = subprocess.Popen(argv, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env,
+                             start_new_session=True)
+    children[child.pid] = child
+    return child
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(psutil status, start time in ms since the epoch) of a pid, or None if there is no such process."""
+    try:
+        p = psutil.Process(pid)
+        return p.status(), int(p.create_time() * 1000)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    if pgid <= 0:
+        return []
+    out = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] not in DEAD and os.getpgid(p.pid) == pgid:
+                out.append(p.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
+
+
+def signal_pid_group(pid: int, sig: int) -> None:
+    """Signal the process group led by ``pid`` (gone already: nothing to do); reap it after a SIGKILL."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    child = children.get(pid)
+    if child is not None and sig == signal.SIGKILL:
+        try:
+            child.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class ServiceProc:
@@ -40,9 +98,8 @@ class ServiceProc:
     def start(self, timeout: float = 20.0) -> Event:
         """Start and wait for the ``ready`` line. Returns it."""
         self._err = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.argv],
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=self.env,
-                                     start_new_session=True)
+        self.proc = start_group([sys.executable, "-m", self.module, *self.argv], self.env,
+                                stdout=subprocess.PIPE, stderr=self._err, text=True)
         threading.Thread(target=self._reader, args=(self.proc,), daemon=True).start()
         self.ready = self.wait_event("ready", timeout)
         return self.ready
@@ -100,10 +157,7 @@ class ServiceProc:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+            signal_pid_group(self.proc.pid, sig)
 
     def terminate(self, timeout: float = 5.0) -> int | None:
         """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""

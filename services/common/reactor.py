@@ -205,7 +205,10 @@ class Reactor:
             if self._monitor_ready and self.monitor is not None and self.on_monitor is not None:
                 self._monitor_ready = False
                 events = self._drain(self.monitor, 64, True)  # parse_monitor_message wants bytes
-                self.monitor.getsockopt(zmq.EVENTS)  # clears its FD (see below)
+                # reading ZMQ_EVENTS clears its FD (see below); an event queued since the drain lost its edge
+                # with it, so it is drained on the next round rather than left until another event comes
+                if cast(int, self.monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    self._monitor_ready = True
                 for frames in events:
                     try:
                         event = parse_monitor_message(frames)
@@ -222,7 +225,7 @@ class Reactor:
             # ZMQ_EVENTS before sleeping: it processes libzmq's pending commands, which is what clears the FD
             # (a receive ending on EAGAIN may skip that, being throttled), and it sees a message whose
             # edge a send since the drain has eaten
-            if self._readable():
+            if self._readable() or (self._monitor_ready and self.monitor is not None and self.on_monitor is not None):
                 continue
             self._waiter = self._loop.create_future()
             self._arm()

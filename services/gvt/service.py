@@ -27,6 +27,7 @@ from ...protocol import messages as m
 from ...protocol.constants import MAX_BATCH, IoreqType
 from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
+from ..common.timer import DeadlineTimer
 from ..common.client import Connection, PeerLost, RemoteError
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
@@ -121,8 +122,7 @@ class GvtService(BaseService):
         self.conns: dict[str, Connection] = {}
         self._sched: asyncio.TimerHandle | None = None
         self._results: list[m.IoreqResult] = []  # completions of this batch's dispatches
-        self._vblank: asyncio.TimerHandle | None = None  # armed at the core's next deadline (display.py)
-        self._vblank_at: float | None = None
+        self._vblank = DeadlineTimer(self._on_vblank)  # armed at the core's next deadline (display.py)
         # the vGPUs' state in machine memory (state.py, docs/STATE.md): what changed is written after each
         # batch, before its completions leave, so a restarted gvt with the same --id carries on from there
         self.state: StateStore | None = None
@@ -261,19 +261,9 @@ class GvtService(BaseService):
     def _arm_vblank(self) -> None:
         """One timer at the core's next deadline (the earliest vblank of an enabled pipe); none while no
         pipe is enabled. The core's clock is time.monotonic(), the loop's too."""
-        deadline = self.core.next_deadline()
-        if deadline == self._vblank_at and self._vblank is not None:
-            return
-        if self._vblank is not None:
-            self._vblank.cancel()
-            self._vblank = None
-        self._vblank_at = deadline
-        if deadline is not None:
-            delay = max(0.0, deadline - time.monotonic())
-            self._vblank = asyncio.get_running_loop().call_later(delay, self._on_vblank)
+        self._vblank.arm(self.core.next_deadline())
 
     def _on_vblank(self) -> None:
-        self._vblank, self._vblank_at = None, None
         try:
             self.core.on_timer(time.monotonic())
         except Exception as err:  # a bug must not stop the timer: counted and logged
@@ -287,8 +277,7 @@ class GvtService(BaseService):
     async def stop(self) -> None:
         if self._sched is not None:
             self._sched.cancel()
-        if self._vblank is not None:
-            self._vblank.cancel()
+        self._vblank.cancel()
         if self._pgpu_grace is not None:
             self._pgpu_grace.cancel()
         for t in list(self._tasks):

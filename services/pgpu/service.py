@@ -19,6 +19,7 @@ from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.memory import MachineMemory
 from ..common.server import RouterServer, Session
+from ..common.timer import DeadlineTimer
 from ..common.service import BaseService
 from .core import PgpuConfig, PgpuCore
 from .events import EngineEvent
@@ -67,15 +68,16 @@ class PgpuService(BaseService):
         endpoint = await self.server.start()
         self._loop = asyncio.get_running_loop()
         self._run_soon: asyncio.Handle | None = None  # a pass over the engines is due now
-        self._timer: asyncio.TimerHandle | None = None  # the earliest engine deadline (a context's end, an event)
-        self._timer_at: float | None = None
+        self._timer = DeadlineTimer(self._kick, self._loop)  # the earliest engine deadline (a context's end, an event)
         return {"endpoint": endpoint, "mem_path": a.mem_path, "mem_mb": self.mem.size >> 20, "gm_mb": a.gm_mb,
                 "time_scale": a.time_scale, "gpu_speed": a.gpu_speed}
 
     async def stop(self) -> None:
-        for h in (getattr(self, "_run_soon", None), getattr(self, "_timer", None)):
-            if h is not None:
-                h.cancel()
+        run_soon: asyncio.Handle | None = getattr(self, "_run_soon", None)
+        if run_soon is not None:
+            run_soon.cancel()
+        if hasattr(self, "_timer"):
+            self._timer.cancel()
         if hasattr(self, "server"):
             await self.server.stop()
 
@@ -175,21 +177,7 @@ class PgpuService(BaseService):
             self._kick()
             return
         deadlines = [d for d in (self.core.next_deadline(name) for name in GPU_ENGINES) if d is not None]
-        self._arm(min(deadlines) if deadlines else None)
-
-    def _arm(self, at: float | None) -> None:
-        if at == self._timer_at and (at is None or self._timer is not None):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = at
-        if at is not None:
-            self._timer = self._loop.call_later(max(0.0, at - time.monotonic()), self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer, self._timer_at = None, None
-        self._kick()
+        self._timer.arm(min(deadlines) if deadlines else None)
 
     def _deliver(self, ev: EngineEvent) -> None:
         session = ev.owner

@@ -98,8 +98,15 @@ def before_fault(guest: Any) -> tuple[float, int]:
     return time.monotonic(), stats[-1]["verified"] if stats else 0
 
 
+def emitted(e: dict) -> float:
+    """When the guest printed the event (its own monotonic stamp: the machine's clock, as the test's). Not
+    when the test's reader thread read it, which lags under load: a line printed before the fault but read
+    after it would pass for one of the fault's consequences."""
+    return float(e.get("t", e["_t"]))
+
+
 def after(guest: Any, t: float, event: str) -> list[dict]:
-    return [e for e in guest.seen if e.get("event") == event and e["_t"] > t]
+    return [e for e in guest.seen if e.get("event") == event and emitted(e) > t]
 
 
 async def guest_healthy(stack: HostStack, guest: Any, t_fault: float, since_verified: int,
@@ -108,7 +115,7 @@ async def guest_healthy(stack: HostStack, guest: Any, t_fault: float, since_veri
     workloads again (booted, so any reset it had has recovered: a VM resetting or failed is not "running")
     and more workloads were verified than ``since_verified``: each VM kept its vGPU or got a new one."""
     def ok(e: dict) -> bool:
-        return (e.get("event") == "stats" and e["_t"] > t_fault and e["vms_running"] == GUEST_VMS
+        return (e.get("event") == "stats" and emitted(e) > t_fault and e["vms_running"] == GUEST_VMS
                 and e["verified"] > since_verified + 2 * GUEST_VMS)
     return await guest.await_event(ok, timeout)
 

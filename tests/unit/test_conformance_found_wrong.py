@@ -3,7 +3,6 @@ model (Linux drivers/gpu/drm/i915/gvt, i915, ACRN) or the PCI spec does it. Ever
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from test_gvt_cmd_parser_fixtures import Rig
@@ -24,13 +23,6 @@ from gvtsim.services.gvt.types import MB, PhysicalGpu
 from gvtsim.services.pgpu import main as pgpu_main
 
 GTT = 8 << 20
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    rg = Rig(f"{tmp_path}/machine.mem")
-    yield rg
-    rg.close()
 
 
 # ------------------------------------------------------------------------------ EXECLIST_STATUS

@@ -3,7 +3,6 @@ and shadows, the pgpu core executes what gvt submitted, and the results land in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from test_gvt_cmd_parser_fixtures import POOL_FRAMES, Rig
@@ -14,13 +13,6 @@ from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.shadow import SHADOW_BB_GM_OFFSET
 
 RCS_USER = 1 << 0  # GT0 bit of RCS_MI_USER_INTERRUPT (gvt/interrupt.c)
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    r = Rig(f"{tmp_path}/machine.mem")
-    yield r
-    r.close()
 
 
 def test_privileged_batch_runs_from_its_shadow_and_the_user_interrupt_is_injected_by_gvt(rig: Rig) -> None:

@@ -4,21 +4,12 @@ driven by the test; the shells' part is tests/service/test_pgpu_restart.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
-import pytest
 from test_gvt_cmd_parser_fixtures import Rig
 
 from gvtsim.services.gvt import effects as fx
 from gvtsim.hardware import cmds
 from gvtsim.services.pgpu.core import PgpuConfig, PgpuCore
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    rg = Rig(f"{tmp_path}/machine.mem")
-    yield rg
-    rg.close()
 
 
 def new_gpu(rig: Rig) -> None:

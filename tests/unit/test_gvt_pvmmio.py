@@ -4,9 +4,7 @@ elsp_mmio_write / pvinfo_mmio_read; acrngt.c acrngt_set_pvmmio; include/drm/i915
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
-import pytest
 from test_gvt_cmd_parser_fixtures import POOL_FRAMES, Rig
 from test_gvt_fixtures import create, make_gvt, program_bar0, rd, wr
 
@@ -21,13 +19,6 @@ from gvtsim.services.gvt.engines import BY_NAME
 from gvtsim.services.gvt.pvmmio import PvmmioLevel
 
 SHARED = pvmmio.SHARED_PAGE_OFFSET
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    rg = Rig(f"{tmp_path}/machine.mem")
-    yield rg
-    rg.close()
 
 
 def _maps(effects: list[fx.Effect]) -> list[tuple[int, int, bool]]:

@@ -3,7 +3,6 @@ waits for the running workloads, the run queue follows the vGPUs' state, weights
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from test_gvt_cmd_parser_fixtures import Rig
@@ -11,13 +10,6 @@ from test_gvt_cmd_parser_fixtures import Rig
 from gvtsim.hardware import cmds
 from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.errors import FailsafeReason
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    r = Rig(f"{tmp_path}/machine.mem")
-    yield r
-    r.close()
 
 
 def submits(rig: Rig) -> list[fx.PgpuSubmit]:

@@ -5,9 +5,7 @@ is done when the engine is next switched to that vGPU, before its workload runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
-import pytest
 from test_gvt_cmd_parser_fixtures import Rig
 from test_gvt_fixtures import rd, wr
 
@@ -16,13 +14,6 @@ from gvtsim.services.gvt import effects as fx
 from gvtsim.services.gvt.mmio_context import TLB_MMIO_OFFSET
 
 RCS_TLB = 0x4260
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    r = Rig(f"{tmp_path}/machine.mem")
-    yield r
-    r.close()
 
 
 def _tlb_writes(rig: Rig) -> list[int]:

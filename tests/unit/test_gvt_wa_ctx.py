@@ -5,7 +5,6 @@ prepare_shadow_wa_ctx, update_wa_ctx_2_shadow_ctx), and pgpu runs the shadows at
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from test_gvt_cmd_parser_fixtures import Bo, Guest, Rig
@@ -17,13 +16,6 @@ from gvtsim.services.gvt.errors import FailsafeReason
 
 GDRST = 0x941C  # not F_CMD_ACCESS: a command buffer may not touch it (handlers.c)
 INDIRECT_CTX_OFFSET = 0x26 << 6  # i915 gen9 CTX_RCS_INDIRECT_CTX_OFFSET_DEFAULT, shifted as the register holds it
-
-
-@pytest.fixture
-def rig(tmp_path: object) -> Iterator[Rig]:
-    r = Rig(f"{tmp_path}/machine.mem")
-    yield r
-    r.close()
 
 
 def _padded(dws: list[int]) -> list[int]:
