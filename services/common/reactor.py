@@ -61,6 +61,8 @@ class Reactor:
         self._fds: list[int] = []
         self._closing = False
         self._monitor_ready = True
+        #: when a drain of the socket last found it empty: everything queued before then has been handed over
+        self.drained_at = 0.0
 
     # ------------------------------------------------------------------------------------ sockets
     def attach(self, sock: zmq.Socket, monitor_events: int = 0) -> None:
@@ -186,7 +188,8 @@ class Reactor:
             while len(out) < limit:
                 out.append(recv(zmq.NOBLOCK, copy=copy))
         except zmq.Again:
-            pass
+            if sock is self.sock:
+                self.drained_at = time.monotonic()
         except zmq.ZMQError as err:  # closed under us or a libzmq error: report, never stop
             if self.log is not None:
                 self.log.warning("recv_error", socket=self.name, error=str(err))

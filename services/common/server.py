@@ -38,6 +38,8 @@ __all__ = ["RouterServer", "Session", "SessionHandler"]
 #: Re-check which sessions lost their pipe this long after a disconnect event (the pipe's termination reaches
 #: the socket a little after the monitor event).
 PROBE_DELAYS = (0.01, 0.1, 0.5)
+#: the longest a session without a pipe waits for the socket to be drained before it is dropped anyway
+SUSPECT_MAX_S = 3.0
 #: Decode-error log lines per peer before they are only counted (a flood of garbage must not flood the log).
 LOG_BUDGET = 20
 #: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
@@ -259,7 +261,11 @@ class RouterServer:
                 if err.errno != zmq.EHOSTUNREACH:
                     continue
                 first = suspects.get(s.ident)
-                if first is not None and now - first >= 0.05:
+                # dropped once the socket has been drained since it was first found without a pipe (so a BYE
+                # it sent before closing, queued behind other peers' messages, was handled as a BYE), or when
+                # it has been suspect for SUSPECT_MAX_S whatever the backlog
+                if first is not None and now - first >= 0.05 and (self.reactor.drained_at > first
+                                                                  or now - first >= SUSPECT_MAX_S):
                     await self._handle(self.core.drop(s, "disconnected"))
                 else:
                     self._suspects[s.ident] = first if first is not None else now
