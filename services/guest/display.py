@@ -66,15 +66,24 @@ from ...hardware.display import TRANS_DDI_FUNC_CTL_DP_D as TRANS_DDI_DP_D_SST
 from ...hardware.opcodes import XY_DST_TILED
 from .gem import Bo
 from .runtime import Gen, Signal, sleep_until, wait_until
+from ...hardware.display import (
+    DP_AUX_CH_CTL_BASE,
+    DP_AUX_CH_CTL_DONE,
+    DP_AUX_CH_CTL_MESSAGE_SIZE_MASK,
+    DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT,
+    DP_AUX_CH_CTL_SEND_BUSY,
+    DP_AUX_CH_CTL_TIME_OUT_ERROR,
+    DP_AUX_I2C_MOT,
+    DP_AUX_I2C_READ,
+    DP_AUX_NATIVE_READ,
+    DP_AUX_NATIVE_WRITE,
+)
 
 if TYPE_CHECKING:
     from .i915 import VgpuDriver
 
 # registers (i915_reg.h, SKL; the same offsets GVT emulates)
-DP_AUX_CH_CTL_D = 0x64310
-AUX_SEND_BUSY, AUX_DONE, AUX_TIMEOUT = 1 << 31, 1 << 30, 1 << 28
-AUX_SIZE_SHIFT, AUX_SIZE_MASK = 20, 0x1F << 20
-AUX_NATIVE_WRITE, AUX_NATIVE_READ, AUX_I2C_READ, AUX_I2C_MOT = 0x8, 0x9, 0x1, 0x4
+DP_AUX_CH_CTL_D = DP_AUX_CH_CTL_BASE + 0x100 * 3  # DDI D's channel
 DDC_ADDR = 0x50
 DE_PIPE_A_IMR, DE_PIPE_A_IIR, DE_PIPE_A_IER = 0x44404, 0x44408, 0x4440C
 PIPE_A_FLIP_DONE = 1 << 3  # GEN9_PIPE_PLANE1_FLIP_DONE
@@ -293,11 +302,11 @@ class GuestDisplay:
         (intel_dp_aux_xfer). Raises DisplayError on a timeout."""
         for i in range(0, len(header), 4):
             yield from self.wr(DP_AUX_CH_CTL_D + 4 + i, int.from_bytes(header[i:i + 4].ljust(4, b"\0"), "big"))
-        yield from self.wr(DP_AUX_CH_CTL_D, AUX_SEND_BUSY | size << AUX_SIZE_SHIFT)
+        yield from self.wr(DP_AUX_CH_CTL_D, DP_AUX_CH_CTL_SEND_BUSY | size << DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT)
         status = yield from self.rd(DP_AUX_CH_CTL_D)
-        if status & AUX_TIMEOUT or not status & AUX_DONE:
+        if status & DP_AUX_CH_CTL_TIME_OUT_ERROR or not status & DP_AUX_CH_CTL_DONE:
             raise DisplayError(f"DP AUX timed out (status {status:#x})")
-        n = (status & AUX_SIZE_MASK) >> AUX_SIZE_SHIFT
+        n = (status & DP_AUX_CH_CTL_MESSAGE_SIZE_MASK) >> DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT
         out = b""
         for i in range(0, n, 4):
             out += ((yield from self.rd(DP_AUX_CH_CTL_D + 4 + i))).to_bytes(4, "big")
@@ -305,20 +314,21 @@ class GuestDisplay:
         return out[:n]
 
     def dpcd_read(self, addr: int, n: int) -> Gen[bytes]:
-        reply = yield from self.aux(bytes([AUX_NATIVE_READ << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, n - 1]), 4)
+        header = bytes([DP_AUX_NATIVE_READ << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, n - 1])
+        reply = yield from self.aux(header, 4)
         if not reply or reply[0] & 0xF0:
             raise DisplayError(f"DPCD read at {addr:#x} not acknowledged")
         return reply[1:]
 
     def dpcd_write(self, addr: int, data: bytes) -> Gen[None]:
-        header = bytes([AUX_NATIVE_WRITE << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, len(data) - 1]) + data
+        header = bytes([DP_AUX_NATIVE_WRITE << 4 | addr >> 16, addr >> 8 & 0xFF, addr & 0xFF, len(data) - 1]) + data
         reply = yield from self.aux(header, len(header))
         if not reply or reply[0] & 0xF0:
             raise DisplayError(f"DPCD write at {addr:#x} not acknowledged")
 
     def read_edid(self) -> Gen[bytes]:
         """drm_do_get_edid over the DDC-on-AUX adapter: start at 0x50 with MOT, 128 one-byte reads, stop."""
-        mot = (AUX_I2C_READ | AUX_I2C_MOT) << 4
+        mot = (DP_AUX_I2C_READ | DP_AUX_I2C_MOT) << 4
         yield from self.aux(bytes([mot, 0, DDC_ADDR]), 3)
         out = bytearray()
         for _ in range(128):
@@ -326,7 +336,7 @@ class GuestDisplay:
             if len(reply) < 2 or reply[0] & 0xF0:
                 raise DisplayError("EDID read over AUX not acknowledged")
             out.append(reply[1])
-        yield from self.aux(bytes([AUX_I2C_READ << 4, 0, DDC_ADDR]), 3)
+        yield from self.aux(bytes([DP_AUX_I2C_READ << 4, 0, DDC_ADDR]), 3)
         return bytes(out)
 
     # ------------------------------------------------------------------------------------- modeset

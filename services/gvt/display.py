@@ -52,7 +52,8 @@ from ...hardware.display import (
     TRANSCONF_STATE_ENABLE,
 )
 from . import fb_decoder as fb
-from .edid import (DP_AUX_CH_CTL_INTERRUPT, PCH_GMBUS0, PCH_GMBUS5, EdidChannel, Monitor, aux_ctl)
+from ...hardware.display import DP_AUX_CH_CTL_INTERRUPT
+from .edid import PCH_GMBUS0, PCH_GMBUS5, EdidChannel, Monitor, aux_ctl
 from .handlers import F, Reg
 from .interrupt import trigger_event
 

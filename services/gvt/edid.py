@@ -21,6 +21,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from ...hardware.display import (
+    DP_AUX_CH_CTL_BASE,
+    DP_AUX_CH_CTL_SEND_BUSY,
+    DP_AUX_CH_CTL_DONE,
+    DP_AUX_CH_CTL_TIME_OUT_ERROR,
+    DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT,
+    DP_AUX_CH_CTL_MESSAGE_SIZE_MASK,
+    DP_AUX_I2C_WRITE,
+    DP_AUX_I2C_MOT,
+    DP_AUX_NATIVE_WRITE,
+    DP_AUX_NATIVE_READ,
+    DP_AUX_NATIVE_REPLY_ACK,
+    DP_AUX_NATIVE_REPLY_NACK,
+)
 
 if TYPE_CHECKING:
     from .vgpu import Vgpu
@@ -82,23 +96,6 @@ GMBUS_ACTIVE = 1 << 9
 # bus cycles (GMBUS1 bits 27:25)
 GMBUS_NOCYCLE, NIDX_NS_W, IDX_NS_W, GMBUS_STOP, NIDX_STOP, IDX_STOP = 0, 1, 3, 4, 5, 7
 
-# DP AUX (i915_reg.h DP_AUX_CH_CTL(aux) = 0x64010 + 0x100 * aux; SKL: A..D)
-DP_AUX_CH_CTL_BASE = 0x64010
-DP_AUX_CH_CTL_SEND_BUSY = 1 << 31
-DP_AUX_CH_CTL_DONE = 1 << 30
-DP_AUX_CH_CTL_INTERRUPT = 1 << 29
-DP_AUX_CH_CTL_TIME_OUT_ERROR = 1 << 28
-DP_AUX_CH_CTL_RECEIVE_ERROR = 1 << 25
-DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT = 20
-DP_AUX_CH_CTL_MESSAGE_SIZE_MASK = 0x1F << 20
-# AUX request commands (drm_dp.h)
-DP_AUX_I2C_WRITE = 0x0
-DP_AUX_I2C_READ = 0x1
-DP_AUX_I2C_MOT = 0x4
-DP_AUX_NATIVE_WRITE = 0x8
-DP_AUX_NATIVE_READ = 0x9
-DP_AUX_NATIVE_REPLY_ACK = 0x0
-DP_AUX_NATIVE_REPLY_NACK = 0x1
 
 
 def checksum_ok(block: bytes) -> bool:

@@ -13,6 +13,7 @@ from gvtsim.services.gvt import edid
 from gvtsim.services.gvt import fb_decoder as fb
 from gvtsim.services.gvt import interrupt as irq
 from gvtsim.protocol.errors import Refusal
+from gvtsim.hardware import display as hwd
 
 PIPE_A_IIR = irq.GROUP_BY_NAME["DE_PIPE_A"].base + irq.IIR
 PIPE_A_IMR = irq.GROUP_BY_NAME["DE_PIPE_A"].base + irq.IMR
@@ -121,24 +122,24 @@ def aux(gvt, v, header: bytes, size: int) -> tuple[int, bytes]:  # type: ignore[
     ctl = edid.aux_ctl(dpy.PORT_D)
     for i in range(0, len(header), 4):
         wr(gvt, v, ctl + 4 + i, int.from_bytes(header[i:i + 4].ljust(4, b"\0"), "big"))
-    wr(gvt, v, ctl, edid.DP_AUX_CH_CTL_SEND_BUSY | (size << edid.DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT))
+    wr(gvt, v, ctl, hwd.DP_AUX_CH_CTL_SEND_BUSY | (size << hwd.DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT))
     status = rd(gvt, v, ctl)
-    n = (status & edid.DP_AUX_CH_CTL_MESSAGE_SIZE_MASK) >> edid.DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT
+    n = (status & hwd.DP_AUX_CH_CTL_MESSAGE_SIZE_MASK) >> hwd.DP_AUX_CH_CTL_MESSAGE_SIZE_SHIFT
     data = b"".join(rd(gvt, v, ctl + 4 + i).to_bytes(4, "big") for i in range(0, 20, 4))[:n]
     return status, data
 
 
 def aux_read_edid(gvt, v) -> bytes:  # type: ignore[no-untyped-def]
     """drm_dp_i2c_xfer as i915 drives it: address-only start (MOT), then 1-byte I2C reads, then stop."""
-    i2c_read_mot = edid.DP_AUX_I2C_READ | edid.DP_AUX_I2C_MOT
+    i2c_read_mot = hwd.DP_AUX_I2C_READ | hwd.DP_AUX_I2C_MOT
     status, reply = aux(gvt, v, bytes([i2c_read_mot << 4, 0, edid.EDID_ADDR]), 3)
-    assert status & edid.DP_AUX_CH_CTL_DONE and reply == b"\x00"
+    assert status & hwd.DP_AUX_CH_CTL_DONE and reply == b"\x00"
     out = bytearray()
     for _ in range(edid.EDID_SIZE):
         status, reply = aux(gvt, v, bytes([i2c_read_mot << 4, 0, edid.EDID_ADDR, 0]), 4)
-        assert reply[0] == edid.DP_AUX_NATIVE_REPLY_ACK and len(reply) == 2
+        assert reply[0] == hwd.DP_AUX_NATIVE_REPLY_ACK and len(reply) == 2
         out.append(reply[1])
-    aux(gvt, v, bytes([edid.DP_AUX_I2C_READ << 4, 0, edid.EDID_ADDR]), 3)  # stop
+    aux(gvt, v, bytes([hwd.DP_AUX_I2C_READ << 4, 0, edid.EDID_ADDR]), 3)  # stop
     return bytes(out)
 
 
@@ -164,20 +165,20 @@ def test_edid_over_dp_aux_equals_the_monitors_edid_and_dpcd_reads() -> None:
     gvt, v = setup()
     data = aux_read_edid(gvt, v)
     assert data == v.display.monitor.edid and edid.checksum_ok(data)
-    status, reply = aux(gvt, v, bytes([edid.DP_AUX_NATIVE_READ << 4, 0x00, 0x00, 0x0A]), 4)  # DPCD 0..10
-    assert reply[0] == edid.DP_AUX_NATIVE_REPLY_ACK and reply[1:] == edid.DPCD_FIX_DATA
-    status, reply = aux(gvt, v, bytes([edid.DP_AUX_NATIVE_READ << 4, 0x02, 0x00, 0x00]), 4)  # SINK_COUNT
+    status, reply = aux(gvt, v, bytes([hwd.DP_AUX_NATIVE_READ << 4, 0x00, 0x00, 0x0A]), 4)  # DPCD 0..10
+    assert reply[0] == hwd.DP_AUX_NATIVE_REPLY_ACK and reply[1:] == edid.DPCD_FIX_DATA
+    status, reply = aux(gvt, v, bytes([hwd.DP_AUX_NATIVE_READ << 4, 0x02, 0x00, 0x00]), 4)  # SINK_COUNT
     assert reply == b"\x00\x01"
 
 
 def test_dp_aux_link_training_and_out_of_range_dpcd() -> None:
     gvt, v = setup()
-    status, reply = aux(gvt, v, bytes([edid.DP_AUX_NATIVE_WRITE << 4, 0x01, 0x02, 0x00, 0x21]), 5)
+    status, reply = aux(gvt, v, bytes([hwd.DP_AUX_NATIVE_WRITE << 4, 0x01, 0x02, 0x00, 0x21]), 5)
     assert reply == b"\x00"
-    _, lanes = aux(gvt, v, bytes([edid.DP_AUX_NATIVE_READ << 4, 0x02, 0x02, 0x01]), 4)
+    _, lanes = aux(gvt, v, bytes([hwd.DP_AUX_NATIVE_READ << 4, 0x02, 0x02, 0x01]), 4)
     assert lanes[1:] == b"\x77\x77"  # CR + EQ done on all lanes
-    _, bad = aux(gvt, v, bytes([(edid.DP_AUX_NATIVE_READ << 4) | 0xF, 0xFF, 0xF0, 0x0F]), 4)
-    assert bad[0] >> 4 == edid.DP_AUX_NATIVE_REPLY_NACK
+    _, bad = aux(gvt, v, bytes([(hwd.DP_AUX_NATIVE_READ << 4) | 0xF, 0xFF, 0xF0, 0x0F]), 4)
+    assert bad[0] >> 4 == hwd.DP_AUX_NATIVE_REPLY_NACK
     assert gvt.counters["dpcd_read_out_of_range"] == 1
     assert not v.failsafe
 
