@@ -25,7 +25,7 @@ from ...protocol import session as ps
 from .liveness import HeartbeatConfig
 from .reactor import Frames, Reactor
 from . import curve
-from .sockets import make_socket
+from .sockets import make_socket, send_one
 
 
 class PeerLost(ConnectionError):
@@ -168,7 +168,7 @@ class Connection:
         try:
             # NOBLOCK: with IMMEDIATE on, a send with no live connection must fail now, not queue or wait
             # (a queued request would reach a restarted server as a stale duplicate).
-            sock.send(encode(msg), zmq.NOBLOCK)
+            send_one(sock, encode(msg))
         except zmq.ZMQError:
             return False
         self.session.sent(time.monotonic())

@@ -17,9 +17,11 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, cast, overload
+from typing import Any, Literal, overload
 
 import zmq
+
+from .sockets import readable, recv_frames
 
 #: Messages taken from a socket before the batch is handed over (the rest wait for the next round, after
 #: other sockets and timers had their turn). Small enough that a batch of a flooder's messages delays a
@@ -147,7 +149,7 @@ class Reactor:
 
     def _readable(self) -> bool:
         try:
-            return self.sock is not None and bool(cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+            return self.sock is not None and readable(self.sock)
         except zmq.ZMQError:
             return False
 
@@ -183,10 +185,9 @@ class Reactor:
         """Up to ``limit`` messages, receiving until EAGAIN (one exception per batch, no syscall per
         message: a receive that finds a message queued does not touch the kernel)."""
         out: list[Frames] = []
-        recv = sock.recv_multipart
         try:
             while len(out) < limit:
-                out.append(recv(zmq.NOBLOCK, copy=copy))
+                out.append(recv_frames(sock, copy))
         except zmq.Again:
             if sock is self.sock:
                 self.drained_at = time.monotonic()
@@ -210,7 +211,7 @@ class Reactor:
                 events = self._drain(self.monitor, 64, True)  # parse_monitor_message wants bytes
                 # reading ZMQ_EVENTS clears its FD (see below); an event queued since the drain lost its edge
                 # with it, so it is drained on the next round rather than left until another event comes
-                if cast(int, self.monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                if readable(self.monitor):
                     self._monitor_ready = True
                 for frames in events:
                     try:
@@ -221,13 +222,13 @@ class Reactor:
             at = self.deadline()
             if at is not None and at <= time.monotonic():
                 await self._guard(self.on_timer(time.monotonic()))
-            if batch:
-                if len(batch) >= self.batch:
-                    await asyncio.sleep(0)  # a full batch: let the loop's other sockets and timers have a turn
+            if len(batch) >= self.batch:
+                await asyncio.sleep(0)  # a full batch: let the loop's other sockets and timers have a turn
                 continue
-            # ZMQ_EVENTS before sleeping: it processes libzmq's pending commands, which is what clears the FD
-            # (a receive ending on EAGAIN may skip that, being throttled), and it sees a message whose
-            # edge a send since the drain has eaten
+            # The drain ended on EAGAIN, so what came since is seen by ZMQ_EVENTS, which is read before
+            # sleeping anyway (not a second drain: its EAGAIN exception costs twice the read). ZMQ_EVENTS
+            # processes libzmq's pending commands, which is what clears the FD (a receive ending on EAGAIN
+            # may skip that, being throttled), and it sees a message whose edge a send has eaten.
             if self._readable() or (self._monitor_ready and self.monitor is not None and self.on_monitor is not None):
                 continue
             self._waiter = self._loop.create_future()

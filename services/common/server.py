@@ -31,7 +31,7 @@ from ...protocol.session import Session
 from . import curve
 from .liveness import HeartbeatConfig
 from .reactor import Frames, Reactor
-from .sockets import make_socket
+from .sockets import make_socket, send_routed
 
 __all__ = ["RouterServer", "Session", "SessionHandler"]
 
@@ -157,7 +157,7 @@ class RouterServer:
         if sock is None:
             return zmq.ENOTSOCK
         try:
-            sock.send_multipart((ident, encode(msg)), zmq.NOBLOCK)
+            send_routed(sock, ident, encode(msg))
         except zmq.Again:  # the peer's pipe is at its high-water mark: it is not reading
             self.counters["send_hwm_full"] += 1
             return zmq.EAGAIN
@@ -253,7 +253,7 @@ class RouterServer:
         suspects, self._suspects = self._suspects, {}
         for s in list(self.sessions.values()):
             try:
-                self.sock.send_multipart((s.ident, hb), zmq.NOBLOCK)
+                send_routed(self.sock, s.ident, hb)
                 s.last_sent = now
             except zmq.Again:
                 pass

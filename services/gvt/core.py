@@ -102,6 +102,8 @@ class Gvt:
         self.gm = GmPartition(self.gpu)
         self._set_profile()
         self.vgpus: dict[int, Vgpu] = {}  # vgpu id -> vgpu
+        #: the vGPUs with a pipe's vblank timer running (display.py keeps it in step with their timers)
+        self.display_active: dict[int, Vgpu] = {}
         self.by_vm: dict[int, Vgpu] = {}
         # (vm, vcpu) -> (request, value) of the last ioreq completed: vhm sends a request again after a
         # reconnect when it cannot know whether the completion arrived; answering the very same request

@@ -117,6 +117,7 @@ class VgpuDisplay:
     def reset(self) -> None:
         """intel_vgpu_reset_display (after a DMLR restored the vregs): timers off, status change again."""
         self.timers.clear()
+        self._timers_changed()
         self.flip_done_pending.clear()
         if self.edid is not None:
             self.edid.reset()
@@ -125,6 +126,7 @@ class VgpuDisplay:
     def clean(self) -> None:
         """intel_vgpu_clean_display: the monitor goes, the vblank timer stops."""
         self.timers.clear()
+        self._timers_changed()
         self.flip_done_pending.clear()
         self.monitor = None
         self.edid = None
@@ -195,12 +197,28 @@ class VgpuDisplay:
         if not turnon:
             self.timers.pop(pipe, None)
             self.flip_done_pending.pop(pipe, None)
+            self._timers_changed()
             return
         vrefresh_k = self.refresh_mhz(pipe)
         t = self.timers.get(pipe)
         if t is None or t.vrefresh_k != vrefresh_k:
             period = 1000.0 / vrefresh_k
             self.timers[pipe] = PipeTimer(vrefresh_k, period, now + period)
+            self._timers_changed()
+
+    def _timers_changed(self) -> None:
+        """Keep the device's index of vGPUs with a pipe timer running (``Gvt.display_active``) in step, so
+        that finding the next vblank costs what runs, not what exists (a dense GPU has hundreds of
+        vGPUs and that deadline is asked after every batch of ioreqs)."""
+        gvt = getattr(self.vgpu, "gvt", None)
+        active = getattr(gvt, "display_active", None)
+        if active is None:
+            return
+        vid = self.vgpu.id
+        if self.timers:
+            active[vid] = self.vgpu
+        elif active.get(vid) is self.vgpu:
+            del active[vid]
 
     def next_deadline(self) -> float | None:
         return min((t.next for t in self.timers.values()), default=None)
@@ -375,13 +393,17 @@ def dp_tp_status_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
 # ------------------------------------------------------------------------------------- device level
 def next_deadline(gvt: "Gvt") -> float | None:
     """The earliest vblank of any enabled pipe of any vGPU (None: no pipe enabled, no timer)."""
-    return min((d for v in gvt.vgpus.values() if (d := v.display.next_deadline()) is not None), default=None)
+    return min((d for v in gvt.display_active.values() if (d := v.display.next_deadline()) is not None),
+               default=None)
 
 
 def run_timers(gvt: "Gvt", now: float) -> int:
     """Emulate every vblank due by ``now`` on every vGPU (intel_gvt_request_service EMULATE_VBLANK)."""
     total = 0
-    for vgpu in sorted(gvt.vgpus.values(), key=lambda v: v.id):
+    for vgpu in sorted(gvt.display_active.values(), key=lambda v: v.id):
+        if gvt.vgpus.get(vgpu.id) is not vgpu:  # destroyed without its display cleaned: never emulated
+            del gvt.display_active[vgpu.id]
+            continue
         if vgpu.failsafe or not vgpu.display.timers:
             continue
         total += vgpu.display.run_timers(now)

@@ -205,7 +205,7 @@ class GvtService(BaseService):
         sched = self.core.scheduler
         self._dirty.update(w.vgpu.id for w in sched.inflight.values())
         self._dirty.update(vid for (vid, _), q in sched.queues.items() if q)
-        self._dirty.update(v.id for v in self.core.vgpus.values() if v.display.timers)
+        self._dirty.update(self.core.display_active)
 
     def _commit(self) -> None:
         """Write what changed (state.py). Never raises: a failure is counted and logged, the state is off."""
@@ -213,9 +213,13 @@ class GvtService(BaseService):
             return
         dirty, self._dirty = self._dirty, set()
         try:
-            for vid in [vid for vid, rec in self.state.recorders.items() if self.core.vgpus.get(vid) is not rec.vgpu]:
-                self.state.forget(vid)  # destroyed (or replaced): its journal goes
-            self.state.commit(self.core, dirty, self._vhm_epoch)
+            self.state.commit(self.core, dirty, self._vhm_epoch)  # a replaced vGPU (same id) gets a full record
+            # Every live vGPU has a recorder once committed (it is dirty from its creation on), so more
+            # recorders than vGPUs means some were destroyed: only then is the whole table looked through.
+            if len(self.state.recorders) > len(self.core.vgpus):
+                vgpus = self.core.vgpus
+                for vid in [vid for vid, rec in self.state.recorders.items() if vgpus.get(vid) is not rec.vgpu]:
+                    self.state.forget(vid)  # destroyed: its journal goes
         except Exception as err:
             self.counters["state_write_failed"] += 1
             self.log.error("state_write_failed", error=f"{type(err).__name__}: {err}", exc_info=True)

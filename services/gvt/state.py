@@ -471,6 +471,20 @@ class Restored:
     device: str = ""  # why the device record was refused ("" if it was read or absent)
 
 
+class _Versioned(dict[int, tuple[int, int]]):
+    """A dict that counts its changes (``version``), so a commit can tell it changed without comparing it."""
+
+    version = 0
+
+    def __setitem__(self, key: int, value: tuple[int, int]) -> None:
+        super().__setitem__(key, value)
+        self.version += 1
+
+    def pop(self, key: int, *default: Any) -> Any:  # type: ignore[override]
+        self.version += 1
+        return super().pop(key, *default)
+
+
 class StateStore:
     """The journals of one gvt identity, in ``directory`` (created if missing)."""
 
@@ -484,7 +498,7 @@ class StateStore:
         self._device_sig: tuple[Any, ...] = ()
         self.bytes_written = 0
         self.records_written = 0
-        self.mpt_args: dict[int, tuple[int, int]] = {}  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
+        self.mpt_args: _Versioned = _Versioned()  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
 
     def _path(self, name: str) -> str:
         return os.path.join(self.dir, f"{name}.journal")
@@ -541,9 +555,11 @@ class StateStore:
         shadow = gvt.shadow
         pool = shadow.frame_pool
         # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
-        # frame change whenever its content does; the payload is built only then
+        # frame change whenever its content does; the VGPU_CREATE arguments count their changes and the
+        # vGPUs their number (what the record keeps is the arguments of live vGPUs). Cheap means O(1): a
+        # dense GPU has hundreds of vGPUs and this runs after every batch of ioreqs.
         sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(shadow.contexts), vhm_epoch,
-               tuple(sorted(vid for vid in self.mpt_args if vid in gvt.vgpus)))
+               self.mpt_args.version, len(gvt.vgpus))
         if sig != self._device_sig:
             self._device_sig = sig
             device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(pool),

@@ -41,6 +41,12 @@ from .admission import GUEST_KIND_CHECKS
 from .routing import all_ones, fallback_value, handle_cf8cfc, route
 from .vm import Vm, VmState
 
+#: IoreqType by its wire value, and its name (the trap path looks these up per request: an Enum call costs
+#: more than the dict lookup)
+_KIND = {t.value: t for t in IoreqType}
+_KIND_NAME = {t.value: t.name for t in IoreqType}
+_KIND_LOWER = {t.value: t.name.lower() for t in IoreqType}
+
 MAX_CLIENT_ID = 1023  # VHM client ids are 1..1023 (idr_alloc_cyclic), ACRN drivers/vhm/vhm_ioreq.c
 
 
@@ -198,7 +204,7 @@ class VhmCore(MptServices, ClientSessions):
         if req.vcpu >= vm.vcpus:
             raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {req.vcpu}", **keys)
         try:
-            GUEST_KIND_CHECKS[IoreqType(req.kind)](vm, req)
+            GUEST_KIND_CHECKS[_KIND[req.kind]](vm, req)
         except VhmError:  # admission.py: counted by request type (a forged WP ioreq is ioreq_refused_wp)
             self.counters[f"ioreq_refused_{IoreqType(req.kind).name.lower()}"] += 1
             raise
@@ -223,8 +229,11 @@ class VhmCore(MptServices, ClientSessions):
                 return self._complete_in_vhm(vm, vcpu, cf.value or 0)
             req = cf.request
             slot.request = req  # rewritten in place to REQ_PCICFG, as VHM does
-        self.ioreq_counts[IoreqType(req.kind).name.lower()] += 1
-        self.ioreqs_by_vm.setdefault(vm.id, Counter())[IoreqType(req.kind).name] += 1
+        self.ioreq_counts[_KIND_LOWER[req.kind]] += 1
+        by_vm = self.ioreqs_by_vm.get(vm.id)
+        if by_vm is None:
+            by_vm = self.ioreqs_by_vm[vm.id] = Counter()
+        by_vm[_KIND_NAME[req.kind]] += 1
         client = route(vm.ranges, vm.bdfs, req)
         if client is None or client not in self.clients:
             self.counters["ioreq_fallback"] += 1  # nobody claims it: the fallback client answers
@@ -271,11 +280,18 @@ class VhmCore(MptServices, ClientSessions):
         slot.complete(value)
         self.counters["ioreq_completed"] += 1
         # dispatch -> completion: the device model's service time, as the VM sees it
-        kind = IoreqType(req.kind).name
+        kind = _KIND_NAME[req.kind]
         took = now - vm.dispatched_at[r.vcpu]
-        self.ioreq_hist.setdefault(vm.id, {}).setdefault(kind, Histogram()).record_s(took)
-        self.ioreq_hist_total.setdefault(kind, Histogram()).record_s(took)
+        self._hist(self.ioreq_hist.setdefault(vm.id, {}), kind).record_s(took)
+        self._hist(self.ioreq_hist_total, kind).record_s(took)
         return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
+
+    @staticmethod
+    def _hist(table: dict[str, Histogram], kind: str) -> Histogram:
+        h = table.get(kind)
+        if h is None:
+            h = table[kind] = Histogram()
+        return h
 
     def resume(self, vm_id: int, vcpu: int, seq: int) -> bool:
         """The guest was sent IOREQ_DONE: COMPLETE -> FREE. Returns False if that request is not COMPLETE
