@@ -53,6 +53,16 @@ from ..services.common.gpu_profiles import PROFILES, get_profile
 from ..services.common.helptext import UserHelpFormatter
 
 VGPUS_PER_STACK = 7  # GVT_MAX_VGPU 8 (ids 1..7) with the compose file's 1024 MB aperture
+#: --vms-per-stack when not given: a profile's vGPU limit, and no more than this. One gvt runs one vGPU's
+#: workloads at a time (GVT's time-slice scheduler, gvt/sched_policy.c), and a switch costs this simulation
+#: milliseconds of messages where the hardware takes microseconds: past about a hundred busy vGPUs a stack's
+#: round takes seconds, the time a guest's hangcheck allows.
+VMS_PER_STACK_CAP = 128
+#: auto --think: back to back up to this many vCPUs per core, else paced at this many workloads/s per core
+BACK_TO_BACK_VCPUS = 64
+PACED_WORKLOADS_PER_CORE = 10.0
+#: auto --hang-timeout of a paced load (see auto_think): a workload may wait behind a boot storm's
+PACED_HANG_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,37 +75,67 @@ class GuestPlan:
     vgpu_type: str = ""  # the stack's type (its GPU profile's default unless the load names one)
 
 
-def place(n_vms: int, free: dict[int, int], per_guest: int, types: dict[int, str] | None = None) -> list[GuestPlan]:
-    """Spread ``n_vms`` over the stacks' free vGPU slots, ``per_guest`` VMs per guest process at most;
-    ``types`` is each stack's vGPU type.
+def place(n_vms: int, free: dict[int, int], per_guest: int, types: dict[int, str] | None = None,
+          per_stack: int | None = None) -> list[GuestPlan]:
+    """Spread ``n_vms`` evenly over the stacks (each gets as many as the others, within its free vGPU slots
+    and ``per_stack``), ``per_guest`` VMs per guest process at most; ``types`` is each stack's vGPU type.
+    Evenly, as a scheduler spreads pods: each gvt serves its vGPUs one at a time (GVT's time-slice
+    scheduler), so a stack given twice the VMs makes each of them wait twice as long.
 
     Raises:
         ValueError: fewer free slots than VMs.
     """
-    if n_vms > sum(max(0, f) for f in free.values()):
-        raise ValueError(f"{n_vms} VMs need {n_vms} vGPU slots; {sum(free.values())} are free")
-    plans: list[GuestPlan] = []
+    room = {k: max(0, f if per_stack is None else min(f, per_stack)) for k, f in free.items()}
+    if n_vms > sum(room.values()):
+        raise ValueError(f"{n_vms} VMs need {n_vms} vGPU slots; {sum(room.values())} are free"
+                         + (f" at {per_stack} per stack" if per_stack is not None else ""))
+    take = dict.fromkeys(room, 0)
     left = n_vms
-    for stack in sorted(free):
-        take = min(left, max(0, free[stack]))
-        left -= take
-        while take > 0:
-            chunk = min(per_guest, take)
+    while left:  # water-filling: a level at a time over the stacks that still have room
+        open_ = [k for k in sorted(room) if take[k] < room[k]]
+        share = max(1, left // len(open_))
+        for k in open_:
+            n = min(share, room[k] - take[k], left)
+            take[k] += n
+            left -= n
+            if not left:
+                break
+    plans: list[GuestPlan] = []
+    for stack in sorted(take):
+        n = take[stack]
+        while n > 0:
+            chunk = min(per_guest, n)
             plans.append(GuestPlan(stack, len(plans), chunk, (types or {}).get(stack, "")))
-            take -= chunk
+            n -= chunk
     return plans
 
 
-def stacks_to_add(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_STACK) -> int:
-    """Host stacks to add so that ``n_vms`` VMs find vGPU slots."""
+def stacks_to_add(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_STACK,
+                  cap: int | None = None) -> int:
+    """Host stacks to add (each offering ``per_stack`` slots) so that ``n_vms`` VMs find vGPU slots, at
+    most ``cap`` VMs on any stack."""
+    if cap is not None:
+        per_stack = min(per_stack, cap)
+        free = {k: min(f, cap) for k, f in free.items()}
     return max(0, math.ceil((n_vms - sum(max(0, f) for f in free.values())) / per_stack))
+
+
+def auto_think(vms: int, vcpus: int, cpus: int) -> float:
+    """``--think`` when the load does not give it: none for a load a machine runs back to back (up to
+    BACK_TO_BACK_VCPUS per core); past it, a pause that offers about PACED_WORKLOADS_PER_CORE workloads a
+    second per core in all. A workload costs tens of milliseconds of CPU over the guest, vhm, gvt and pgpu
+    processes, so hundreds of VMs back to back would only queue behind each other."""
+    n = vms * vcpus
+    if n <= BACK_TO_BACK_VCPUS * cpus:
+        return 0.0
+    return round(n / (PACED_WORKLOADS_PER_CORE * cpus), 1)
 
 
 def guest_flags() -> set[str]:
     """The optional guest flags this checkout has (``--duration``, ``--recover``, ``--stats-interval``)."""
     out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "guest", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
-    return {f for f in ("--duration", "--recover", "--stats-interval", "SIGUSR1") if f in out}
+    return {f for f in ("--duration", "--recover", "--stats-interval", "--think", "SIGUSR1") if f in out}
 
 
 # ---------------------------------------------------------------------------------------------- native
@@ -204,9 +244,14 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
     scale_profile = get_profile(args.gpu_profile or "real")
     per_stack = scale_profile.max_vgpu if args.vgpu_type in (None, scale_profile.default_type) else VGPUS_PER_STACK
+    cap = args.vms_per_stack or VMS_PER_STACK_CAP
+
+    def room(f: dict[int, int]) -> int:
+        return sum(min(max(0, n), cap) for n in f.values())
+
     added = 0
     for _ in range(3):  # a stack may offer fewer slots of a big type than its vGPU limit: ask again
-        more = stacks_to_add(args.vms, free, per_stack)
+        more = stacks_to_add(args.vms, free, per_stack, cap)
         if not more:
             break
         if args.no_scale_out:
@@ -216,19 +261,27 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         await add_stacks(args.run_dir, more, gpu_profile=scale_profile.name)
         added += more
         new_free, types = await guests.free_slots(args.vgpu_type, args.gpu_profile)
-        per_stack = max(1, min(per_stack, (sum(new_free.values()) - sum(free.values())) // more))
+        per_stack = max(1, min(per_stack, (room(new_free) - room(free)) // more))
         free = new_free
     per_guest = args.vms_per_guest or max(4, min(64, math.ceil(args.vms / 8)))
-    plans = place(args.vms, free, per_guest, types)
+    plans = place(args.vms, free, per_guest, types, per_stack=cap)
     flags = guest_flags()
     duration_mode = "--duration" in flags
     guest_args = ["--vcpus", str(args.vcpus)]
-    guest_args += ["--hang-timeout", str(args.hang_timeout)] if args.hang_timeout else []
+    think = args.think if args.think is not None else auto_think(args.vms, args.vcpus, os.cpu_count() or 1)
+    hang = args.hang_timeout or (PACED_HANG_TIMEOUT if think > 0 and args.think is None else 0.0)
+    if think > 0 and "--think" in flags:
+        guest_args += ["--think", str(think)]
+    guest_args += ["--hang-timeout", str(hang)] if hang else []
     guest_args += [] if duration_mode else ["--workloads", str(args.workloads)]
     guest_args += ["--recover"] if "--recover" in flags else []  # a GPU reset re-creates the VM (chaos runs)
     guest_args += ["--stats-interval", "1"] if "--stats-interval" in flags else []
     progress(f"starting {len(plans)} guest processes for {args.vms} VMs on stacks "
              f"{sorted({p.stack for p in plans})} ({'duration' if duration_mode else 'workload-count'} mode)")
+    if think > 0:
+        progress(f"pacing: each vCPU pauses {think:g} s between workloads on average"
+                 + (f" (automatic for {args.vms * args.vcpus} vCPUs; --think 0 runs them back to back)"
+                    if args.think is None else "") + (f", hang timeout {hang:g} s" if hang else ""))
     t0 = time.monotonic()
     stats = LoadStats(t0, args.vms)
     chaos_task = None
@@ -296,7 +349,10 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": {k: v for k, v in vars(args).items()}, "mode": "duration" if duration_mode else "workloads",
             "stacks_added": added, "figures": fig, "kills": kills, "problems": problems,
             "placement": {"stacks": sorted({p.stack for p in plans}), "guest_processes": len(plans),
-                          "vms_per_guest": per_guest, "types": sorted({p.vgpu_type for p in plans})},
+                          "vms_per_guest": per_guest, "types": sorted({p.vgpu_type for p in plans}),
+                          "vms_per_stack": {str(k): sum(p.vms for p in plans if p.stack == k)
+                                            for k in sorted({p.stack for p in plans})}},
+            "pacing": {"think_s": think, "hang_timeout_s": hang or None},
             "resources": {**sampler.summary(baseline), "baseline": baseline, "series": sampler.samples},
             "boot": boot_curve(stats.timeline, args.vms),
             "verdict": explain(fig, bool(args.chaos), kills, problems)}
@@ -424,7 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", type=int, default=20, help="per VM, when the guest has no --duration [20]")
     p.add_argument("--hang-timeout", type=float, default=0.0,
                    help="seconds a guest driver waits for a workload before it declares a GPU hang (on a small "
-                        "machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default]")
+                        f"machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default; "
+                        f"{PACED_HANG_TIMEOUT:g} when --think is automatic and paces the load]")
+    p.add_argument("--think", type=float, default=None,
+                   help="seconds each vCPU pauses between workloads, on average [auto: back to back up to "
+                        f"{BACK_TO_BACK_VCPUS} vCPUs per core, else paced at {PACED_WORKLOADS_PER_CORE:g} "
+                        "workloads/s per core in all]")
+    p.add_argument("--vms-per-stack", type=int, default=0,
+                   help="at most this many VMs on one host stack; VMs are spread evenly and stacks added when "
+                        f"needed [auto: the GPU profile's vGPU limit, at most {VMS_PER_STACK_CAP}: one gvt runs "
+                        "its vGPUs one at a time, so hundreds on one stack wait seconds each]")
     p.add_argument("--sample-every", type=float, default=5.0,
                    help="seconds between memory/CPU samples of every process (PSS, psutil) [5]")
     p.add_argument("--ramp", type=int, default=4, help="guest processes booting at the same time [4]")
@@ -441,8 +506,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="over every host stack of a Docker Swarm (DOCKER_HOST: a manager; docs/SWARM.md)")
     p.add_argument("--swarm-stacks", default="", metavar="NAME,...", help="swarm: only these host stacks [all]")
     args = p.parse_args(argv)
-    if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 0 or args.ramp < 1:
-        p.error("--vms, --duration, --ramp and --vms-per-guest must be positive")
+    if args.vms < 1 or args.duration <= 0 or args.vms_per_guest < 0 or args.ramp < 1 or args.vms_per_stack < 0 \
+            or (args.think is not None and args.think < 0):
+        p.error("--vms, --duration, --ramp, --vms-per-guest and --vms-per-stack must be positive, --think >= 0")
     if args.swarm:
         from .swarmload import main_swarm
         args.vms_per_guest = args.vms_per_guest or 4  # auto (0) means a few VMs per guest container

@@ -275,12 +275,21 @@ class LoadStats:
                 total += b["t"] - a["t"]
         return round(total, 2)
 
+    def vms_verifying(self) -> int:
+        """VMs (by name, over every incarnation) that verified at least one workload."""
+        names: set[str] = set()
+        for inc in self.incarnations:
+            names |= {n for n, ev in inc.vm_done.items() if int(ev.get("verified", 0)) > 0}
+            names |= {n for n, v in inc.verified_by_vm.items() if v > 0}
+        return len(names)
+
     def figures(self, now: float) -> dict[str, Any]:
         """Everything the report shows, as plain JSON-able data."""
         totals = self.totals()
         elapsed = max(now - self.t0, 1e-9)
         return {"seconds": round(elapsed, 3), "vms_requested": self.vms_requested,
-                "vms_booted": len(set().union(*(i.vms_ready for i in self.incarnations))), **totals,
+                "vms_booted": len(set().union(*(i.vms_ready for i in self.incarnations))),
+                "vms_verifying": self.vms_verifying(), **totals,
                 "unexplained_by_source": self.unexplained_by_source(),
                 "workloads_per_s": round(totals["workloads_verified"] / elapsed, 2),
                 "failures_by_reason": self.failures(), "unexplained_failures": self.unexplained_failures(),
@@ -315,6 +324,9 @@ def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], bound
         problems.append(f"only {fig['vms_booted']} of {fig['vms_requested']} VMs booted")
     if fig["workloads_verified"] == 0:
         problems.append("no workload verified")
+    elif not chaos and fig.get("vms_verifying", fig["vms_booted"]) < fig["vms_booted"]:
+        problems.append(f"{fig['vms_booted'] - fig['vms_verifying']} of {fig['vms_booted']} booted VMs verified no "
+                        "workload")
     if not chaos and fig["workloads_failed"]:
         problems.append(f"{fig['workloads_failed']} workloads failed without any fault injected: "
                         f"{fig['failures_by_reason']}")
@@ -355,6 +367,8 @@ def explain(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], probl
             words.append(f"{fig['workloads_failed']} workloads failed with no fault injected: that fails the run.")
     else:
         words.append(f"All {fig['workloads_verified']} workloads that ran were verified.")
+    if "vms_verifying" in fig:
+        words.append(f"{fig['vms_verifying']} of {fig['vms_booted']} booted VMs verified at least one workload.")
     for k in kills:
         back = k.get("vm_recovery_s") or {}
         lost = k.get("vms_not_back") or []

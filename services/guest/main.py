@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=float(env("DURATION", "0")),
                    help="run workloads for this many seconds instead of --workloads per VM; SIGUSR1 ends the "
                         "run early (each VM finishes its workload and reports done) [GVTSIM_DURATION]")
+    p.add_argument("--think", type=float, default=float(env("THINK", "0")),
+                   help="seconds each vCPU pauses between two workloads, on average (0: back to back; a load of "
+                        "hundreds of VMs on a small machine paces them so) [GVTSIM_THINK]")
     p.add_argument("--hostile", default=env("HOSTILE", ""), choices=["", *sorted(ATTACKS)],
                    help="after boot, try one attack on GVT (hostile.py) and report it as a 'hostile' event "
                         "[GVTSIM_HOSTILE]")

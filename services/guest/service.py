@@ -39,7 +39,7 @@ class GuestService(BaseService):
         self.vms: list[GuestVm] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self.rt = Runtime(ioreq_timeout=args.ioreq_timeout, wall_offset=time.time() - time.perf_counter())
-        self.budget = Budget(workloads=args.workloads, vcpus=args.vcpus)
+        self.budget = Budget(workloads=args.workloads, vcpus=args.vcpus, think=max(0.0, getattr(args, "think", 0.0)))
         self.mem: MachineMemory | None = None
         self.life: Lifecycle | None = None
         self.t_start = 0.0
@@ -65,6 +65,8 @@ class GuestService(BaseService):
         if self.budget.deadline is not None:
             self.budget.deadline = min(self.budget.deadline, time.perf_counter())
             self.counters["finish_signals"] += 1
+            self.budget.ended.fire()  # vCPUs pausing between workloads (--think) end now, not at their wake-up
+            self._on_timer()
 
     async def stop(self) -> None:
         for t in list(self._tasks):

@@ -33,7 +33,7 @@ from ...hardware import cmds
 from ...hardware.engines import GPU_ENGINES
 from .gem import Bo
 from .i915 import PpgttContext, VgpuDriver
-from .runtime import Gen, Lock
+from .runtime import Gen, Lock, Signal, wait_until
 
 WIDTH, HEIGHT = 64, 16  # pixels (32 bpp): 4 KiB per surface
 PITCH = WIDTH * 4
@@ -328,11 +328,22 @@ class Tally:
 
 @dataclass
 class Budget:
-    """How long the vCPU loops run: ``workloads`` per VM, or until ``deadline`` (the runtime's clock)."""
+    """How long the vCPU loops run: ``workloads`` per VM, or until ``deadline`` (the runtime's clock); and
+    ``think``, the seconds a vCPU pauses between two workloads (0: back to back)."""
 
     workloads: int
     vcpus: int
     deadline: float | None = None
+    think: float = 0.0
+    #: fired when ``deadline`` moves earlier (the load's end): a vCPU pausing between workloads stops then
+    ended: Signal = field(default_factory=Signal)
+
+    def pause(self, rng: random.Random, first: bool) -> float:
+        """The pause before a workload: ``think`` on average, between half and one and a half of it; the
+        first one anywhere in [0, think), so that VMs booted together do not submit in step."""
+        if self.think <= 0:
+            return 0.0
+        return rng.uniform(0.0, self.think) if first else rng.uniform(0.5 * self.think, 1.5 * self.think)
 
     def share(self, vcpu: int) -> int:
         """vCPU ``vcpu``'s part of the workloads."""
@@ -348,8 +359,16 @@ def vcpu_loop(runner: WorkloadRunner, tally: Tally, vcpu: int, engine: str, kind
         return
     rt = runner.drv.machine.rt
     share = budget.share(vcpu)
+    rng = random.Random(runner.drv.machine.vm_id * 64 + vcpu)  # the same pauses in every run of a VM
     i = 0
     while (i < share) if budget.deadline is None else rt.now < budget.deadline:
+        pause = budget.pause(rng, first=i == 0)
+        if pause > 0:
+            over = (lambda: budget.deadline is not None and rt.now >= budget.deadline)  # noqa: E731
+            wake = rt.now + pause
+            yield from wait_until(budget.ended, over, wake if budget.deadline is None else min(wake, budget.deadline))
+            if over():
+                break
         kind = kinds[i % len(kinds)]
         tally.submitted += 1
         t0 = rt.now

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gvtsim.orchestration.chaos import ChaosError, parse_kills, plan_schedule
-from gvtsim.orchestration.load import place, stacks_to_add
+from gvtsim.orchestration.load import auto_think, place, stacks_to_add
 from gvtsim.orchestration.loadstats import LoadStats, attach_recovery, explain, verdict
 from gvtsim.services.common.histo import Histogram
 from gvtsim.orchestration.report import write_report
@@ -68,6 +68,9 @@ def test_scale_out_then_place_always_fits(n: int, free: dict[int, int], per_gues
         assert sum(p.vms for p in plans if p.stack == stack) <= grown[stack]
     if add:
         assert sum(free.values()) + 7 * (add - 1) < n  # no stack more than needed
+    loads = [sum(p.vms for p in plans if p.stack == k) for k in grown]
+    # evenly: a stack more than one below the busiest one is full
+    assert all(v >= max(loads) - 1 or v == grown[k] for k, v in zip(grown, loads))
 
 
 # ------------------------------------------------------------------------------------------ aggregation
@@ -145,8 +148,18 @@ def test_latency_merges_the_guests_histograms_exactly() -> None:
 def test_verdict_without_chaos_demands_every_workload_verified() -> None:
     s = LoadStats(T0, 1)
     feed(s, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "vm_done", "name": "a", "submitted": 4, "verified": 4, "failed": 0},
          {"event": "done", "workloads_submitted": 4, "workloads_verified": 4, "workloads_failed": 0})
     assert verdict(s.figures(T0 + 1), chaos=False, kills=[]) == []
+    # a VM that booted and verified nothing (its workloads all queued behind others') fails the run
+    idle = LoadStats(T0, 2)
+    feed(idle, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "vm_ready", "name": "b"},
+         {"event": "vm_done", "name": "a", "submitted": 3, "verified": 3, "failed": 0},
+         {"event": "vm_done", "name": "b", "submitted": 0, "verified": 0, "failed": 0},
+         {"event": "done", "workloads_submitted": 3, "workloads_verified": 3, "workloads_failed": 0})
+    assert idle.figures(T0 + 1)["vms_verifying"] == 1
+    assert verdict(idle.figures(T0 + 1), chaos=False, kills=[]) == ["1 of 2 booted VMs verified no workload"]
     s2 = LoadStats(T0, 1)
     feed(s2, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
          {"event": "vm_done", "name": "a", "failed": 1, "failures": ["store: bad fence"]},
@@ -252,7 +265,31 @@ def test_boot_curve_reports_when_each_share_of_the_vms_ran() -> None:
 def test_place_gives_each_plan_its_stack_type() -> None:
     plans = place(600, {0: 512, 1: 512}, 64, {0: "AcrnGT_dense_1_2", 1: "AcrnGT_dense_1_2"})
     assert sum(p.vms for p in plans) == 600 and {p.vgpu_type for p in plans} == {"AcrnGT_dense_1_2"}
-    assert [p.vms for p in plans if p.stack == 0] == [64] * 8 and sum(p.vms for p in plans if p.stack == 1) == 88
+    assert [p.vms for p in plans if p.stack == 0] == [64] * 4 + [44]  # spread evenly: 300 on each
+    assert sum(p.vms for p in plans if p.stack == 1) == 300
+
+
+def test_place_spreads_evenly_within_each_stacks_room_and_the_cap() -> None:
+    plans = place(10, {0: 2, 1: 20, 2: 20}, per_guest=64)
+    assert {p.stack: p.vms for p in plans} == {0: 2, 1: 4, 2: 4}  # the small stack full, the rest level
+    capped = place(1024, {k: 512 for k in range(8)}, 64, per_stack=128)
+    assert sorted({p.stack: 0 for p in capped}) == list(range(8))
+    assert all(sum(p.vms for p in capped if p.stack == k) == 128 for k in range(8))
+    with pytest.raises(ValueError, match="at 128 per stack"):
+        place(1025, {k: 512 for k in range(8)}, 64, per_stack=128)
+
+
+def test_scale_out_counts_stacks_at_the_cap() -> None:
+    assert stacks_to_add(1024, {0: 512}, per_stack=512) == 1
+    assert stacks_to_add(1024, {0: 512}, per_stack=512, cap=128) == 7  # 8 stacks of 128
+    assert stacks_to_add(256, {}, per_stack=7, cap=128) == 37  # the real profile: the cap does not bind
+
+
+def test_auto_think_paces_only_loads_too_big_to_run_back_to_back() -> None:
+    assert auto_think(16, 2, cpus=2) == 0.0
+    assert auto_think(64, 2, cpus=2) == 0.0  # 128 vCPUs on 2 cores: back to back
+    assert auto_think(1024, 2, cpus=2) == 102.4  # 2,048 vCPUs offering 20 workloads/s
+    assert auto_think(1024, 2, cpus=4) == 51.2
 
 
 def test_resource_sampler_measures_this_process(tmp_path) -> None:
