@@ -43,6 +43,7 @@ from ..protocol import WIRE_VERSION, decode, encode
 from ..protocol import messages as m
 from ..services.common import curve
 from .hoststack import HostStack
+from .loadstats import lost_sessions
 
 BAR0_GPA = 0xF000_0000
 MMIO, PIO, READ, WRITE = 1, 0, 0, 1
@@ -580,7 +581,7 @@ def _flood_main(args: argparse.Namespace) -> int:
             lost = {name: _lost(st) for name, st in (("vhm", stack.vhm), ("gvt", stack.gvt), ("pgpu", stack.pgpu))}
         ratios.append(res["p99_ratio"])
         for name, st in (("vhm", stack.vhm), ("gvt", stack.gvt), ("pgpu", stack.pgpu)):
-            for ev in lost_sessions(st):
+            for ev in lost_sessions(st.stderr_path):
                 print(f"  {name} declared lost: {ev.get('peer_id') or ev.get('peer')}: {ev.get('reason')}",
                       file=sys.stderr)
         line = (f"round {r + 1}: MMIO p50 {res['before']['p50_us']:.0f} -> {res['during']['p50_us']:.0f} us, "
@@ -592,25 +593,8 @@ def _flood_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def lost_sessions(proc: Any) -> list[dict[str, Any]]:
-    """Sessions a service declared lost (its peer_lost / server_lost log lines), except those a peer
-    ended on purpose (BYE)."""
-    out = []
-    with open(proc.stderr_path) as f:
-        for line in f:
-            if '"peer_lost"' not in line and '"server_lost"' not in line:
-                continue
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if ev.get("event") in ("peer_lost", "server_lost") and not str(ev.get("reason", "")).startswith("bye"):
-                out.append(ev)
-    return out
-
-
 def _lost(proc: Any) -> int:
-    return len(lost_sessions(proc))
+    return len(lost_sessions(proc.stderr_path))
 
 
 if __name__ == "__main__":

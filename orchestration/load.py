@@ -44,7 +44,7 @@ from .chaos import ChaosError, KillRecord, NativeChaos, parse_kills, plan_schedu
 from .compose import load_topology, native_plan
 from .launcher import LaunchError, ProcState, RunState, add_stacks, alive, default_run_dir, group_members, \
     read_events, signal_group, spawn, update_proc
-from .loadstats import LoadStats, attach_recovery, explain, verdict
+from .loadstats import lost_sessions, LoadStats, attach_recovery, explain, verdict
 from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
@@ -283,6 +283,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                  + (f" (automatic for {args.vms * args.vcpus} vCPUs; --think 0 runs them back to back)"
                     if args.think is None else "") + (f", hang timeout {hang:g} s" if hang else ""))
     t0 = time.monotonic()
+    wall_t0, wall_end = time.time(), None  # the window in which a lost session is a problem (service logs)
     stats = LoadStats(t0, args.vms)
     chaos_task = None
     t_load = 0.0
@@ -317,6 +318,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                 progress(stats.progress_line(now, args.vms))
             if finish_at is not None and now >= finish_at:  # the window is over: every guest ends its run now
                 finish_at = None
+                wall_end = time.time()
                 progress(f"{args.duration:g} s since the ramp-up ended: ending the guests' runs (SIGUSR1)")
                 for n in guests.procs:
                     signal_group(guests.current(n), signal.SIGUSR1)
@@ -344,6 +346,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                       "error": "chaos schedule did not finish within the run"})
     attach_recovery(kills, stats, args.recovery_bound)
     fig = stats.figures(time.monotonic())
+    fig["sessions_lost"] = services_lost_sessions(args.run_dir, wall_t0, wall_end or time.time())
     problems = verdict(fig, bool(args.chaos), kills, args.recovery_bound)
     fig["ramp_s"] = round(t_load - t0, 3) if t_load else None
     return {"command": {k: v for k, v in vars(args).items()}, "mode": "duration" if duration_mode else "workloads",
@@ -368,6 +371,20 @@ def boot_curve(timeline: list[dict[str, Any]], vms: int) -> dict[str, Any]:
     peak = max((p["vms_running"] for p in timeline), default=0)
     return {"seconds_to": reached, "peak_running": peak,
             "curve": [(p["t"], p["vms_running"]) for p in timeline[::max(1, len(timeline) // 200)]]}
+
+
+def services_lost_sessions(run_dir: str, since: float, until: float) -> list[dict[str, Any]]:
+    """Every session a service of the run declared lost in [since, until] (loadstats.lost_sessions), as
+    {service, peer, reason, at}."""
+    state = RunState.load(run_dir)
+    out = []
+    for name, p in sorted(state.procs.items() if state else ()):
+        if p.service not in ("vhm", "gvt", "pgpu"):
+            continue
+        for ev in lost_sessions(p.err, since, until):
+            out.append({"service": name, "peer": ev.get("peer_id") or ev.get("peer"), "reason": ev.get("reason"),
+                        "at": ev.get("timestamp")})
+    return out
 
 
 def run_pids(run_dir: str) -> dict[str, int]:

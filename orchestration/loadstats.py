@@ -23,8 +23,10 @@ to the histogram's 1 % resolution, never an average of percentiles.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ..services.common.histo import Histogram, merge
@@ -332,6 +334,10 @@ def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], bound
                         f"{fig['failures_by_reason']}")
     if fig["unexplained_failures"]:
         problems.append(f"{fig['unexplained_failures']} failures carry no reason: {fig['unexplained_by_source']}")
+    lost = fig.get("sessions_lost") or []
+    if not chaos and lost:
+        problems.append(f"{len(lost)} session(s) declared lost with no fault injected: "
+                        + "; ".join(f"{x['service']} lost {x['peer']} ({x['reason']})" for x in lost[:5]))
     hung = [g["source"] for g in fig["guest_processes"] if g["ended"] not in ("done", "killed")]
     if hung:
         problems.append(f"guest processes that never reported done: {hung}")
@@ -433,3 +439,40 @@ def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float 
         k["vm_recovery_s"] = dict(sorted(back.items()))
         k["vms_not_back"] = sorted(down - set(back))
         k["vms_recovered_s"] = max(back.values()) if back else None
+
+
+#: sessions that come and go by design (health probes, gvtsim ctl): their end is never a lost session
+TRANSIENT_ROLES = frozenset({"probe", "ctl"})
+
+
+def lost_sessions(log_path: str, since: float | None = None, until: float | None = None) -> list[dict[str, Any]]:
+    """The sessions a service declared lost (its ``peer_lost`` / ``server_lost`` log lines) between ``since``
+    and ``until`` (Unix time; None: no bound), except those a peer ended on purpose (BYE) and those of
+    transient roles. A load with no fault injected must have none."""
+    out: list[dict[str, Any]] = []
+    try:
+        f = open(log_path, errors="replace")
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            if '"peer_lost"' not in line and '"server_lost"' not in line:
+                continue
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if ev.get("event") not in ("peer_lost", "server_lost") or ev.get("peer_role") in TRANSIENT_ROLES:
+                continue
+            reason = str(ev.get("reason", ""))
+            if reason.startswith("bye") or "said BYE" in reason:
+                continue
+            if since is not None or until is not None:
+                try:
+                    t = datetime.fromisoformat(str(ev.get("timestamp"))).timestamp()
+                except ValueError:
+                    continue
+                if (since is not None and t < since) or (until is not None and t > until):
+                    continue
+            out.append(ev)
+    return out

@@ -310,3 +310,30 @@ def test_resource_sampler_measures_this_process(tmp_path) -> None:
     assert summary["pss_by_service_mb"]["vhm"] >= base["pss_mb"] + 30
     assert summary["pss_per_vm_kb"] >= 30 * 1024 / 8
     blob.close()
+
+
+def test_lost_sessions_counts_only_unplanned_losses_in_the_window(tmp_path) -> None:
+    from gvtsim.orchestration.loadstats import lost_sessions
+    log = tmp_path / "s0_vhm.err"
+    lines = [
+        {"event": "peer_lost", "peer_role": "guest", "peer_id": "g1", "reason": "silent for 9.1s",
+         "timestamp": "2026-12-01T18:00:10.000000Z"},
+        {"event": "peer_lost", "peer_role": "guest", "peer_id": "g2", "reason": "bye: done",
+         "timestamp": "2026-12-01T18:00:11.000000Z"},
+        {"event": "peer_lost", "peer_role": "probe", "peer_id": "health", "reason": "disconnected",
+         "timestamp": "2026-12-01T18:00:12.000000Z"},
+        {"event": "server_lost", "peer": "pgpu", "reason": "server said BYE (shutdown)",
+         "timestamp": "2026-12-01T18:00:13.000000Z"},
+        {"event": "server_lost", "peer": "pgpu", "reason": "disconnected", "timestamp": "2026-12-01T18:05:00.000000Z"},
+    ]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    from datetime import datetime
+    at = datetime.fromisoformat("2026-12-01T18:01:00+00:00").timestamp()
+    assert [e["peer_id"] for e in lost_sessions(str(log), None, at)] == ["g1"]  # the shutdown one is after
+    assert len(lost_sessions(str(log))) == 2
+    fig = {"vms_booted": 1, "vms_requested": 1, "vms_verifying": 1, "workloads_verified": 1, "workloads_failed": 0,
+           "unexplained_failures": 0, "guest_processes": [],
+           "sessions_lost": [{"service": "s0/vhm", "peer": "g1", "reason": "silent for 9.1s", "at": ""}]}
+    assert verdict(fig, chaos=False, kills=[]) == ["1 session(s) declared lost with no fault injected: "
+                                                   "s0/vhm lost g1 (silent for 9.1s)"]
+    assert verdict(fig, chaos=True, kills=[]) == []
