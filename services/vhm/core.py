@@ -196,7 +196,12 @@ class VhmCore(MptServices, ClientSessions):
         if slot.busy:
             self.counters["ioreq_resent_inflight"] += 1
             return None
+        if vm.done_to[vcpu] is vm.owner and vm.owner is not None:
+            # its answer went to this very session after the guest sent it again (they crossed): it has it
+            self.counters["ioreq_resent_answered"] += 1
+            return None
         self.counters["ioreq_resent_done"] += 1
+        vm.done_to[vcpu] = vm.owner
         return Completed(vm.owner, vm.id, vcpu, seq, vm.last_done[vcpu][1])
 
     @entry_point
@@ -324,6 +329,7 @@ class VhmCore(MptServices, ClientSessions):
         if slot.state is not IoreqState.COMPLETE or vm.request_of(slot).seq != seq:
             return False
         vm.last_done[vcpu] = (seq, slot.value)
+        vm.done_to[vcpu] = vm.owner
         slot.free()
         return True
 

@@ -70,6 +70,9 @@ class Vm:
     #: after a vhm restart gets the same answer, never a second emulation)
     last_done: list[tuple[int, int]] = field(default_factory=list)
     restored: bool = False  # carried on by a restarted vhm (state.py)
+    #: per vCPU: the session the last completion was addressed to (not recorded: a restarted vhm answers a
+    #: request sent again, since the dead one's answer may have been lost)
+    done_to: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.slots:
@@ -77,6 +80,8 @@ class Vm:
             self.dispatched_at = [0.0] * self.vcpus
         if not self.last_done:
             self.last_done = [(-1, 0)] * self.vcpus  # -1: no request yet (a guest's seqs may start at 0)
+        if not self.done_to:
+            self.done_to = [None] * self.vcpus
 
     @property
     def ram_frames(self) -> int:
