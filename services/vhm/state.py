@@ -119,10 +119,10 @@ class VmRecorder:
                 slots[v] = _slot(vm, v)
         if slots:
             out["slots"] = slots
-        key = (vm.state.value, vm.vgpu_spec, vm.vgpu_id, vm.dm, vm.pci_conf_addr, vm.msi_seq)
-        if key != self.misc_key:
-            self.misc_key = key
-            out["misc"] = list(key)
+        misc = (vm.state.value, vm.vgpu_spec, vm.vgpu_id, vm.dm, vm.pci_conf_addr, vm.msi_seq)
+        if misc != self.misc_key:
+            self.misc_key = misc
+            out["misc"] = list(misc)
         if tables:
             for name, value in _tables(vm).items():
                 packed = msgpack.packb(value, use_bin_type=True)
