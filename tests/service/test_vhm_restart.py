@@ -195,3 +195,31 @@ async def test_guest_process_workloads_go_on_across_vhm_kills() -> None:
               f"{sum(e['resent'] for e in backs)}")
     finally:
         stack.stop()
+
+
+async def test_a_refused_journal_is_a_different_vhm_and_the_vm_takes_the_reset_path(fences) -> None:
+    """The old path stays when the state cannot be trusted: vhm.journal corrupted between the kill and the
+    start is refused (logged with its reason, counted), the guest sees a new lineage and its VM is gone
+    (no_such_vm), gvt drops the vGPU of the old vhm's VM."""
+    stack, guest, vm = fences
+    assert await guest.ioreq(vm, 1, MMIO, W, BAR0 + FENCE_REG_GEN6_LO + 8, 4, 5) == 0
+    stack.vhm.kill(9)
+    assert stack.vhm.proc is not None
+    stack.vhm.proc.wait(10)
+    path = f"{stack.mem}.vhm.state/vhm.journal"
+    with open(path, "r+b") as f:
+        f.seek(9)
+        f.write(b"\xff")  # the format version: the header's CRC fails
+    await asyncio.to_thread(stack.restart, "vhm")
+    async with asyncio.timeout(20):
+        while not guest.restarted:
+            await asyncio.sleep(0.05)
+    with pytest.raises(Exception, match="no_such_vm"):
+        await guest.ioreq(vm, 1, MMIO, R, BAR0 + FENCE_REG_GEN6_LO + 8, 4, timeout=10)
+    v = await asyncio.to_thread(probe_sync, stack.vhm.endpoint, 2.0, True)
+    assert v is not None and v.counters.get("state_refused", 0) == 1 and not v.info["vms"]["list"], v.counters
+    assert "state_refused" in "".join(stack.logs().values())
+    deadline = time.monotonic() + 15
+    while (g := await asyncio.to_thread(stack.gvt_status)) is None or g.info["vgpus"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
