@@ -61,6 +61,16 @@ MPT_CALLS: dict[type[m.Message], Callable[[VhmCore, int, Any], MptResult]] = {
 }
 
 
+#: What each MPT call may change of vhm's saved state (state.py): "tables" a VM's ranges, BDFs, page tracks,
+#: mappings, pins or vGPU binding; "vm" its small fields (the MSI counter); "vhm" vhm's own record (a
+#: client's frames, DOM0_READY). A call not listed changes nothing recorded (reads, translations).
+MPT_STATE: dict[type[m.Message], str] = {
+    m.IoRange: "tables", m.InterceptBdf: "tables", m.MapGfnToMfn: "tables", m.PageTrack: "tables",
+    m.DmaMapGuestPage: "tables", m.DmaUnmapGuestPage: "tables", m.AttachVgpu: "tables",
+    m.InjectMsi: "vm", m.AllocFrames: "vhm", m.FreeFrames: "vhm", m.Dom0Ready: "vhm",
+}
+
+
 class VhmService(BaseService):
     """``gvtsim vhm``: the hypervisor service module."""
 
@@ -596,8 +606,12 @@ class VhmService(BaseService):
 
     async def _on_mpt(self, session: Session, msg: Any) -> None:
         assert self.core is not None
-        vm = getattr(msg, "vm", None)
-        self._mark(vm, struct=True)  # no VM (frames, DOM0_READY): vhm's own record
+        what = MPT_STATE.get(type(msg)) if self.store is not None else None
+        if what is not None and self.store is not None:
+            if what == "vhm":
+                self.store.mark_vhm()
+            else:
+                self.store.mark(msg.vm, struct=what == "tables")
         res = MPT_CALLS[type(msg)](self.core, session.data["client"], msg)
         if isinstance(res, Reply):
             await self._notify(res.notices)  # first: when the caller sees OK, the MSI/EPT_CHANGED is on its way

@@ -94,11 +94,11 @@ class VmRecorder:
     slots: list[Any] = field(default_factory=list)
     misc_key: tuple[Any, ...] = ()
     tables: dict[str, bytes] = field(default_factory=dict)
-    frames_key: tuple[int, int] = (-1, -1)
+    frames_key: tuple[Any, ...] = ()
 
     def full(self, frames: Any) -> dict[str, Any]:
         vm = self.vm
-        self.slots, self.misc_key, self.tables, self.frames_key = [None] * vm.vcpus, (), {}, (-1, -1)
+        self.slots, self.misc_key, self.tables, self.frames_key = [None] * vm.vcpus, (), {}, ()
         rec: dict[str, Any] = {
             "full": True, "id": vm.id, "serial": vm.serial, "name": vm.name, "vcpus": vm.vcpus,
             "ram_mb": vm.ram_mb, "owner": list(vm.owner_id), "ept_root": vm.memory.ept_root,
@@ -131,7 +131,8 @@ class VmRecorder:
                     out[name] = value
             owner = vm.memory.owner
             held = frames._owned.get(owner, ())
-            fkey = (len(held), frames.owned_count(owner))
+            # a VM's runs are only appended (EPT tables) until it is destroyed: their count and last one
+            fkey = (len(held), held[-1] if held else None)
             if fkey != self.frames_key:
                 self.frames_key = fkey
                 out["frames"] = [[r.mfn, r.count] for r in held]
@@ -165,6 +166,7 @@ class VhmStore:
         self.dirty: set[int] = set()  # VMs whose slots or small fields may have changed
         self.struct: set[int] = set()  # VMs whose tables (ranges, tracks, frames...) may have changed
         self.all = True  # every VM and vhm's own record may have changed (a client came or went...)
+        self.top = False  # vhm's own record may have changed (a client's frames, DOM0_READY)
         self.lineage = 0
         self.mem_id: list[int] = []
         self._vhm_sig: tuple[Any, ...] = ()
@@ -173,7 +175,7 @@ class VhmStore:
     @property
     def pending(self) -> bool:
         """Something may have changed since the last commit."""
-        return self.all or bool(self.dirty)
+        return self.all or self.top or bool(self.dirty)
 
     def mark(self, vm: int, struct: bool = False) -> None:
         self.dirty.add(vm)
@@ -183,14 +185,17 @@ class VhmStore:
     def mark_all(self) -> None:
         self.all = True
 
+    def mark_vhm(self) -> None:
+        self.top = True
+
     def commit(self, core: "VhmCore") -> int:
         """Write what changed: vhm's own record first (the clients a VM may name), then the VMs. Returns
         the records written."""
         before = self.files.records_written
-        all_, dirty, struct = self.all, self.dirty, self.struct
-        self.all, self.dirty, self.struct = False, set(), set()
+        all_, dirty, struct, top = self.all, self.dirty, self.struct, self.top
+        self.all, self.dirty, self.struct, self.top = False, set(), set(), False
         frames = core.frames
-        if all_:
+        if all_ or top:
             sig = (core._last_vm, core._last_client, self.lineage,
                    tuple((c.id, c.name, c.epoch, c.ready, len(frames._owned.get(c.owner, ())),
                           frames.owned_count(c.owner)) for c in core.clients.values()))
@@ -355,7 +360,11 @@ def _restore_vm(core: "VhmCore", st: dict[str, Any], now: float) -> Vm:
         for b, d, f, c in st.get("bdfs", []):
             if c in clients:
                 vm.bdfs.claim((b, d, f), c)
-        vm.page_tracks = {int(g): int(c) for g, c in st.get("tracks", [])}
+        vm.page_tracks = {int(g): int(c) for g, c in st.get("tracks", []) if int(c) in clients}
+        # the EPT's write protection is in machine memory and may be one PAGE_TRACK ahead of the record
+        # (the kill came between the EPT write and the commit; gvt never got its OK): the record wins
+        for gfn in set(memory.ept.write_protected(0, memory.ram_frames)) ^ set(vm.page_tracks):
+            memory.write_protect(gfn, gfn in vm.page_tracks)
         vm.extra_maps = {int(g): int(c) for g, _, c in st.get("extra", [])}
         vm.dma_pins = {int(c): Counter({int(a): int(n) for a, n in pins}) for c, pins in st.get("pins", [])}
         for v, (state, client, value, req, seq, done) in st["slots"].items():

@@ -246,3 +246,18 @@ def test_vhm_record_cut_or_absent_is_refused_or_a_fresh_start(mem, tmp_path, cut
     core, got = reopen(mem, rig.dir)
     assert not core.vms and not got.lineage
     assert core.frames.free_frames == core.frames.total - core.frames.reserved
+
+
+def test_write_protection_in_the_ept_follows_the_record_after_a_kill_between_the_two(mem, tmp_path) -> None:
+    """PAGE_TRACK writes the EPT (machine memory) before the commit: a kill in between leaves the EPT one
+    step ahead of the record, and gvt never got its OK. The restored VM's EPT is made to match the record."""
+    rig = Rig(mem, str(tmp_path / "st"))
+    assert rig.core.page_track(rig.cid, rig.vm, 7, True).value == 1
+    rig.commit()
+    ept = rig.core.vms[rig.vm].memory
+    ept.write_protect(9, True)  # enabled after the last commit: not recorded
+    ept.write_protect(7, False)  # disabled after the last commit: still recorded
+    core2, got = reopen(mem, rig.dir)
+    vm = core2.vms[rig.vm]
+    assert vm.page_tracks == {7: rig.cid}
+    assert vm.memory.ept.write_protected(0, vm.memory.ram_frames) == [7]
