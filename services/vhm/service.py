@@ -169,13 +169,17 @@ class VhmService(BaseService):
             else:
                 self.counters["send_to_dead_session"] += 1
 
-    def _mark(self, vm: int | None = None, struct: bool = False) -> None:
-        """What a message touched may have changed (None: anything)."""
+    def _mark(self, vm: int | None = None, struct: bool = False, vhm: bool = False) -> None:
+        """What a step may have changed of the recorded state: a VM's slots and small fields (``struct``:
+        its tables too), vhm's own record (``vhm``), or, with neither, anything (rare steps only: every VM
+        is looked at)."""
         if self.store is not None:
-            if vm is None:
-                self.store.mark_all()
-            else:
+            if vhm:
+                self.store.mark_vhm()
+            if vm is not None:
                 self.store.mark(vm, struct)
+            elif not vhm:
+                self.store.mark_all()
 
     async def stop(self) -> None:
         """Cancel our tasks, say BYE to every peer, close the socket and unmap machine memory. A clean stop
@@ -219,7 +223,6 @@ class VhmService(BaseService):
     async def on_hello(self, session: Session) -> None:
         """A device model (role gvt) becomes an ioreq client; guests need nothing until VM_CREATE."""
         assert self.core is not None
-        self._mark()
         if session.role == "guest" and self.store is not None:  # state.py: its VMs after a vhm restart
             back = self.core.guest_hello(session, session.id, session.epoch)
             if back:
@@ -227,6 +230,7 @@ class VhmService(BaseService):
         if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
             hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
             session.data["client"] = hello.client
+            self._mark(vhm=not hello.losses)  # a client came (and with losses: VMs changed)
             event = "client_resumed" if hello.resumed else "client_taken_over" if hello.taken_over else "client_added"
             self.log.info(event, client=hello.client, peer_id=session.id, epoch=session.epoch)
             for loss in hello.losses:
@@ -255,11 +259,11 @@ class VhmService(BaseService):
         """A client's session ended: it is detached (lost after the grace period, reconcile.py); a guest
         lost: destroy its VMs."""
         assert self.core is not None
-        self._mark()
         cid = session.data.get("client")
         if cid is not None:
             loss = self.core.client_session_ended(cid, session, time.monotonic())
             if loss is not None:
+                self._mark()
                 await self._client_loss(loss, session.id, reason)
             elif self.core.clients.get(cid) is not None and self.core.clients[cid].peer is None:
                 self.log.warning("client_detached", client=cid, peer_id=session.id, reason=reason,
@@ -267,6 +271,7 @@ class VhmService(BaseService):
                 self._rearm_tick()  # the grace period ends at a deadline of the core
         if session.role == "guest":
             for td in self.core.guest_lost(session):
+                self._mark(td.vm)
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
 
@@ -386,15 +391,18 @@ class VhmService(BaseService):
         self._tick = None
         try:
             now = time.monotonic()
-            self._mark()
             for td in self.core.expire_unclaimed(now, self.core.client_grace):
+                self._mark(td.vm)
                 self.log.warning("vm_unclaimed", vm=td.vm, reason="its guest did not come back after a vhm "
                                  f"restart within {self.core.client_grace:g}s")
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
             failed = self.core.tick(now)
+            for f in failed:
+                self._mark(f.vm)
             if failed:
                 self._spawn(self._fail(failed), name="ioreq-timeouts")
             for loss in self.core.expire_clients(now):
+                self._mark()
                 self._spawn(self._client_loss(loss, "", f"no reconnect within {self.core.client_grace:g}s"),
                             name="client-expired")
             self._rearm_tick()
@@ -444,15 +452,17 @@ class VhmService(BaseService):
 
     async def _create_now(self, session: Session, msg: m.VmCreate) -> None:
         assert self.core is not None
-        self._mark()
         stale = self.core.stale_namesake(session, msg.name)
         if stale is not None:  # the guest lost track of that VM: it goes before its successor comes
             td = self.core.destroy_vm(session, stale)
+            self._mark(stale)
             if not isinstance(td, Refusal):
                 self.counters["vm_replaced_by_name"] += 1
                 await self._fail(td.failed)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
+        if not isinstance(plan, Refusal):
+            self._mark(plan.vm, struct=True, vhm=True)  # the id counters; the VM once RUNNING
         if isinstance(plan, Refusal):
             await self._reject(session, plan, msg.req)
         elif plan.vgpu is None:
@@ -487,7 +497,6 @@ class VhmService(BaseService):
                                f"{self.args.vgpu_timeout:g}s")
         if failure is not None:
             freed = self.core.vgpu_failed(plan.vm, plan.serial)
-            self._mark()
             if failure.code in (ErrorCode.NO_DEVICE_MODEL, ErrorCode.TIMEOUT) and client is not None:
                 # the device model may have created it with the answer lost on the way: no vGPU without a VM
                 self._spawn(self._destroy_vgpu_at(vg.client, plan.vm), name=f"orphan-vm{plan.vm}")
@@ -497,7 +506,7 @@ class VhmService(BaseService):
             await self._send(session, m.refusal_error(failure, req))
             return
         assert isinstance(reply, m.VgpuCreated)
-        self._mark()
+        self._mark(plan.vm, struct=True)
         if self.core.vgpu_created(plan.vm, plan.serial, vg.client, reply.vgpu_id):
             self.log.info("vm_created", vm=plan.vm, vgpu_id=reply.vgpu_id, spec=vg.spec)
             await self._send(session, plan.created(req, reply.vgpu_id))
@@ -507,7 +516,7 @@ class VhmService(BaseService):
 
     async def _on_vm_destroy(self, session: Session, msg: m.VmDestroy) -> None:
         assert self.core is not None
-        self._mark()
+        self._mark(msg.vm)
         td = self.core.destroy_vm(session, msg.vm)
         if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
@@ -521,14 +530,13 @@ class VhmService(BaseService):
         if td.vgpu_client is not None:
             await self._destroy_vgpu_at(td.vgpu_client, td.vm)
         freed = self.core.reap_vm(td.vm, td.serial)
-        self._mark()
         self.log.info("vm_destroyed", vm=td.vm, frames_freed=freed, failed_ioreqs=len(td.failed))
         if session is not None:
             await self._send(session, m.Ok(req=req, value=freed))
 
     async def _on_vm_reset(self, session: Session, msg: m.VmReset) -> None:
         assert self.core is not None
-        self._mark()
+        self._mark(msg.vm)
         td = self.core.reset_vm(session, msg.vm)
         if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
