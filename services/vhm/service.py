@@ -461,11 +461,11 @@ class VhmService(BaseService):
                 await self._fail(td.failed)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
-        if not isinstance(plan, Refusal):
-            self._mark(plan.vm, struct=True, vhm=True)  # the id counters; the VM once RUNNING
         if isinstance(plan, Refusal):
             await self._reject(session, plan, msg.req)
-        elif plan.vgpu is None:
+            return
+        self._mark(plan.vm, struct=True, vhm=True)  # the id counters; the VM once it is RUNNING
+        if plan.vgpu is None:
             self.log.info("vm_created", vm=plan.vm, name=msg.name, vcpus=msg.vcpus, ram_mb=msg.ram_mb)
             await self._send(session, plan.created(msg.req))
         else:

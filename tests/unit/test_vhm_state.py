@@ -261,3 +261,38 @@ def test_write_protection_in_the_ept_follows_the_record_after_a_kill_between_the
     vm = core2.vms[rig.vm]
     assert vm.page_tracks == {7: rig.cid}
     assert vm.memory.ept.write_protected(0, vm.memory.ram_frames) == [7]
+
+
+def test_a_request_sent_again_is_answered_once_whatever_crossed(mem, tmp_path) -> None:
+    """After a restart the guest sends what it waits for again: answered once from the record if its
+    answer was lost with the dead vhm; not again if this session was sent the answer meanwhile (they
+    crossed); a restored COMPLETE slot is freed by the guest's next request (its answer left)."""
+    rig = Rig(mem, str(tmp_path / "st"))
+    rig.pair(0, 0x11)
+    rig.pair(1, 0x22)
+    vm = rig.core.vms[rig.vm]
+    seq1 = vm.slots[1].request.seq
+    rig.core.complete(rig.cid, [m.IoreqResult(vm=rig.vm, vcpu=1, seq=seq1, value=0x22)], 0.0)  # COMPLETE
+    rig.commit()
+    core2, _ = reopen(mem, rig.dir)
+    g2 = Peer("guest-a", 11)
+    core2.guest_hello(g2, "guest-a", 11)
+    vm2 = core2.vms[rig.vm]
+    seq0 = vm2.slots[0].request.seq
+    assert core2.client_hello(Peer("gvt-1", 7), "gvt-1", 7, 101.0).resumed
+    [d] = [d for d in core2.redispatch(rig.cid, 101.0) if d.ioreq.vcpu == 0]
+    [done] = core2.complete(rig.cid, [m.IoreqResult(vm=rig.vm, vcpu=0, seq=seq0, value=0x11)], 101.0)
+    assert isinstance(done, Completed) and done.peer is g2 and core2.resume(rig.vm, 0, seq0)
+    # the guest's resend crossed that answer on the same session: not answered twice
+    assert core2.submit_ioreq(g2, d.ioreq, 101.0) is None and core2.counters["ioreq_resent_answered"] == 1
+    # on a new session (the answer went to the one that died) it is answered again, from the record
+    g3 = Peer("guest-a", 11)
+    core2.guest_hello(g3, "guest-a", 11)  # nothing to reclaim: g2 holds the VM
+    vm2.owner = g3  # as if g2's session had been lost and the guest came back
+    again = core2.submit_ioreq(g3, d.ioreq, 102.0)
+    assert isinstance(again, Completed) and again.value == 0x11
+    # vCPU 1 was restored COMPLETE (its IOREQ_DONE left the dead vhm): the guest's next request frees it
+    assert vm2.slots[1].state is IoreqState.COMPLETE
+    nxt = core2.submit_ioreq(g3, ioreq(rig.vm, 1, seq1 + 100, MMIO, W, BAR0 + 8, 5), 102.0)
+    assert isinstance(nxt, Dispatched) and vm2.last_done[1] == (seq1, 0x22)
+    assert core2.counters["ioreq_done_before_restart"] == 1
