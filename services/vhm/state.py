@@ -196,7 +196,7 @@ class VhmStore:
         self.all, self.dirty, self.struct, self.top = False, set(), set(), False
         frames = core.frames
         if all_ or top:
-            sig = (core._last_vm, core._last_client, self.lineage,
+            sig = (core._last_vm, core._last_client, core.next_serial, self.lineage,
                    tuple((c.id, c.name, c.epoch, c.ready, len(frames._owned.get(c.owner, ())),
                           frames.owned_count(c.owner)) for c in core.clients.values()))
             if sig != self._vhm_sig:
