@@ -236,6 +236,10 @@ class VhmStore:
         for name in self.files.names():
             self.files.delete(name)
         self.recorders.clear()
+        try:
+            os.rmdir(self.dir)
+        except OSError:
+            pass  # something else is in it: left as it is
 
     def close(self) -> None:
         self.files.close()
