@@ -104,6 +104,13 @@ def bench_e2e(n: int) -> dict[str, Any]:
     return run(n=max(200, n))
 
 
+def bench_vhm_state(n: int) -> dict[str, Any]:
+    """The ioreq path with vhm's saved state on against ``--state-dir off`` (orchestration/e2ebench.py)."""
+    from .e2ebench import run_vhm_state
+
+    return run_vhm_state(n=max(200, n))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["e2e"]:  # the end-to-end section starts a topology: only on request
@@ -116,11 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                                        "topology against a raw relay")
     p.add_argument("--json", action="store_true")
     p.add_argument("-n", type=int, default=20000, help="operations per repetition")
-    p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu", "e2e"], action="append")
+    p.add_argument("--only", choices=["codec", "memory", "allocator", "vhm", "pgpu", "e2e", "vhm-state"],
+                   action="append")
     args = p.parse_args(argv)
     sections = {"codec": lambda: bench_codec(args.n), "memory": lambda: bench_memory(args.n),
                 "allocator": lambda: bench_allocator(args.n // 10), "vhm": lambda: bench_service("vhm"),
-                "pgpu": lambda: bench_service("pgpu"), "e2e": lambda: bench_e2e(args.n // 10)}
+                "pgpu": lambda: bench_service("pgpu"), "e2e": lambda: bench_e2e(args.n // 10),
+                "vhm-state": lambda: bench_vhm_state(args.n // 10)}
+    if not args.only:  # like e2e, the saved-state comparison starts two topologies: only on request
+        sections.pop("vhm-state")
     results = {name: fn() for name, fn in sections.items() if not args.only or name in args.only}
     if args.json:
         print(json.dumps(results))

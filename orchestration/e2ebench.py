@@ -131,3 +131,35 @@ def run(n: int = 2000, reps: int = 3) -> dict[str, Any]:
         "roundtrip_ratio": round(med["curve"]["ioreq_roundtrip_us"] / med["plain"]["ioreq_roundtrip_us"], 3),
         "throughput_ratio": round(med["curve"]["ioreqs_per_s_16_in_flight"] /
                                   med["plain"]["ioreqs_per_s_16_in_flight"], 3)}, "n": n, "reps": reps}
+
+
+def run_vhm_state(n: int = 2000, reps: int = 3) -> dict[str, Any]:
+    """The cost of vhm's saved state (docs/STATE.md): a stack whose vhm journals its state (the default)
+    against one with ``--state-dir off``, plain transport, alternating; medians of ``reps``."""
+    saved = {k: os.environ.get(k) for k in (curve.ENV_INSECURE, "GVTSIM_VHM_STATE_DIR")}
+    results: dict[str, list[dict[str, float]]] = {"state_on": [], "state_off": []}
+    stacks: dict[str, HostStack] = {}
+    try:
+        os.environ[curve.ENV_INSECURE] = "1"
+        curve.configure(None, insecure=True)
+        os.environ.pop("GVTSIM_VHM_STATE_DIR", None)
+        stacks["state_on"] = HostStack(prefix="gvtsim-bench-state-on-").start()
+        os.environ["GVTSIM_VHM_STATE_DIR"] = "off"
+        stacks["state_off"] = HostStack(prefix="gvtsim-bench-state-off-").start()
+        for _ in range(reps):
+            for mode in ("state_on", "state_off"):
+                results[mode].append(_measure(stacks[mode], False, n))
+    finally:
+        for hs in stacks.values():
+            hs.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        curve.configure()
+    med = {mode: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]} for mode, rs in results.items()}
+    return {**med, "on_over_off": {
+        "roundtrip_ratio": round(med["state_on"]["ioreq_roundtrip_us"] / med["state_off"]["ioreq_roundtrip_us"], 3),
+        "throughput_ratio": round(med["state_on"]["ioreqs_per_s_16_in_flight"] /
+                                  med["state_off"]["ioreqs_per_s_16_in_flight"], 3)}, "n": n, "reps": reps}

@@ -182,14 +182,20 @@ class HostStack:
         argv[argv.index("--listen") + 1] = listen
         return self._launch(dataclasses.replace(spec, argv=tuple(argv)), list(args), "web")
 
-    def restart(self, name: str, sig: int = 9) -> ServiceProc:
+    def restart(self, name: str, sig: int = 9, forget_state: bool = False) -> ServiceProc:
         """Kill ``name`` (vhm, pgpu or gvt) with ``sig`` and start it again with the same arguments (a new
         epoch). A service others dial (vhm, pgpu) binds the port it had again, since they keep dialling it.
-        Returns it."""
+        With ``forget_state`` the state it kept in machine memory (docs/STATE.md) is deleted in between, so
+        it comes back as a different one. Returns it."""
         old = self.services[name]
         old.kill(sig)
         if old.proc is not None:
             old.proc.wait(10)
+        if forget_state:
+            for entry in os.listdir(os.path.dirname(self.mem) or "."):
+                if entry.startswith(os.path.basename(self.mem) + ".") and entry.endswith(".state") and (
+                        name != "gvt" or ".gvt" in entry) and (name != "vhm" or entry.endswith(".vhm.state")):
+                    shutil.rmtree(os.path.join(os.path.dirname(self.mem), entry), ignore_errors=True)
         argv = list(old.argv)
         spec = next(s for s in self.plan if s.service == name)
         dialled = spec.endpoint is not None and any(

@@ -87,6 +87,10 @@ class HelloAck(Message, tag="HELLO_ACK", frozen=True):
     wire: U16
     heartbeat_ms: U32 = 0
     timeout_ms: U32 = 0
+    #: the epoch of the first incarnation whose state this one carries on: a server restarted from its saved
+    #: state (vhm, docs/STATE.md) keeps it, so a changed ``epoch`` with the same ``lineage`` is the same
+    #: server restarted with its state, not a different one; 0 (or absent): its own epoch
+    lineage: U64 = 0
 
 
 class Heartbeat(Message, tag="HEARTBEAT", frozen=True):

@@ -231,6 +231,7 @@ class ClientSession:
         self.state = self.IDLE
         self.server_id: str | None = None
         self.server_epoch: int | None = None
+        self.server_lineage: int | None = None  # HELLO_ACK lineage (its epoch when it says none)
         self.calls = _Calls()
         self.last_heard = self.last_sent = 0.0
         self._hello_deadline = 0.0
@@ -315,8 +316,12 @@ class ClientSession:
         return [Deliver(msg)]
 
     def _on_ack(self, ack: m.HelloAck, now: float) -> list[Event]:
-        restarted = self.server_epoch is not None and ack.epoch != self.server_epoch
-        self.server_id, self.server_epoch = ack.id, ack.epoch
+        lineage = ack.lineage or ack.epoch
+        # a new epoch of the same lineage is the server restarted with its state (vhm, docs/STATE.md): it
+        # still knows us and what we had there, so it is not a restart for the client
+        restarted = (self.server_epoch is not None and ack.epoch != self.server_epoch
+                     and lineage != self.server_lineage)
+        self.server_id, self.server_epoch, self.server_lineage = ack.id, ack.epoch, lineage
         if ack.heartbeat_ms and ack.timeout_ms:
             self.intervals = Intervals(ack.heartbeat_ms / 1000, ack.timeout_ms / 1000)
         self.state = self.UP
@@ -399,6 +404,7 @@ class ServerSessions:
     def __init__(self, role: m.Role, ident: str, epoch: int, intervals: Intervals,
                  counters: Counter[str] | None = None) -> None:
         self.role, self.ident, self.epoch = role, ident, epoch
+        self.lineage = 0  # HELLO_ACK lineage: set by a server that restarted from its saved state
         self.intervals = intervals
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self.sessions: dict[bytes, Session] = {}
@@ -411,7 +417,7 @@ class ServerSessions:
     def hello_ack(self) -> m.HelloAck:
         return m.HelloAck(role=self.role, id=self.ident, epoch=self.epoch, wire=WIRE_VERSION,
                           heartbeat_ms=round(self.intervals.heartbeat * 1000),
-                          timeout_ms=round(self.intervals.timeout * 1000))
+                          timeout_ms=round(self.intervals.timeout * 1000), lineage=self.lineage)
 
     def receive(self, ident: bytes, payload: bytes, now: float) -> list[Event]:
         """One frame from routing id ``ident``."""

@@ -133,6 +133,21 @@ class Ept:
         self._set(gfn, (e & ~EPT_W) if protect else (e | EPT_W))
         return True
 
+    def write_protected(self, gfn: int, nr: int) -> list[int]:
+        """The gfns in ``[gfn, gfn + nr)`` mapped without W (one read per leaf table)."""
+        self._check(gfn, nr)
+        out: list[int] = []
+        end = gfn + nr
+        while gfn < end:
+            n = min(end - gfn, 512 - (gfn & 511))
+            leaf = self._leaf(gfn, False)
+            if leaf:
+                entries = array("Q")
+                entries.frombytes(self.mem.read(leaf + (gfn & 511) * 8, n * 8))
+                out.extend(gfn + i for i, e in enumerate(entries) if e & (EPT_PRESENT | EPT_W) == EPT_PRESENT)
+            gfn += n
+        return out
+
     def table_frames(self) -> list[int]:
         """Machine frames of every leaf table (for freeing them with the VM)."""
         out = []

@@ -324,6 +324,26 @@ class FrameAllocator:
         self._insert(start, count)
         self.free_frames += run.count
 
+    def claim(self, runs: list[FrameRun], owner: str) -> None:
+        """Take exactly these runs for ``owner`` (a restarted vhm re-opening the frames its VMs and clients
+        held). All or nothing: raises ValueError if a run is not wholly free (or two of them overlap)."""
+        ordered = sorted(runs)
+        for i, run in enumerate(ordered):
+            if run.count <= 0 or run.mfn < self.reserved or run.mfn + run.count > self.total:
+                raise ValueError(f"frames {run.mfn:#x}+{run.count} do not exist")
+            j = bisect.bisect_right(self._starts, run.mfn) - 1
+            if j < 0 or run.mfn + run.count > self._starts[j] + self._counts[self._starts[j]]:
+                raise ValueError(f"frames {run.mfn:#x}+{run.count} are not free")
+            if i and ordered[i - 1].mfn + ordered[i - 1].count > run.mfn:
+                raise ValueError(f"frames {run.mfn:#x}+{run.count} are claimed twice")
+        for run in runs:
+            self._take(run.mfn, run.count)
+            self._owned[owner].append(FrameRun(run.mfn, run.count))
+
+    def free_runs(self) -> list[FrameRun]:
+        """The free runs, ascending."""
+        return [FrameRun(s, self._counts[s]) for s in self._starts]
+
     def owners(self) -> dict[str, int]:
         """owner -> frames held."""
         return {o: sum(r.count for r in runs) for o, runs in self._owned.items()}

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pv-corrupt", action="store_true", help="write a corrupt shared-page header (tests)")
     p.add_argument("--hang-timeout", type=float, default=float(env("HANG_TIMEOUT", "3")),
                    help="seconds without a completion before a request is declared hung [GVTSIM_HANG_TIMEOUT]")
+    p.add_argument("--vhm-grace", type=float, default=float(env("VHM_GRACE", "10")),
+                   help="seconds the VMs wait for vhm to come back (the same vhm, restarted with its state: "
+                        "their trapped accesses are sent again) before they take a GPU reset "
+                        "[GVTSIM_VHM_GRACE]")
     p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "10")),
                    help="seconds before a trapped access is declared hung [GVTSIM_IOREQ_TIMEOUT]")
     p.add_argument("--display", action="store_true", default=env("DISPLAY_ON", "") in ("1", "true", "yes"),

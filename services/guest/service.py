@@ -45,13 +45,18 @@ class GuestService(BaseService):
         self.t_start = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # vhm is away since (None: connected): the VMs' traps in flight wait for it for --vhm-grace, then
+        # are sent again to a vhm that restarted with its state (docs/STATE.md) or refused
+        self._vhm_away: float | None = None
+        self._vhm_grace: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------------------------------ shell
     async def start(self) -> dict[str, Any]:
         self.mem = MachineMemory(self.args.mem_path)
         self.conn = Connection(self.ctx, self.args.vhm, role="guest", ident=self.ident, epoch=self.epoch, hb=self.hb,
                                log=self.log, counters=self.counters, on_message=self._on_message,
-                               on_down=self._on_down, name="vhm", after_batch=self._after_batch)
+                               on_down=self._on_down, on_up=self._on_up, name="vhm",
+                               after_batch=self._after_batch)
         self.life = Lifecycle(self, self.conn, self.args, self.mem, self.budget, self.log)
         self.rt.record = trace.on
         self.conn.start()
@@ -122,6 +127,8 @@ class GuestService(BaseService):
                 try:
                     self.conn.send_now(req)
                 except PeerLost as err:  # the thread sees it as a failed access (a GPU reset)
+                    if self._vhm_away is not None:  # it waits in flight: sent when vhm is back
+                        continue
                     rt.ioreq_refused(req.vm, req.vcpu, req.seq, Refusal(ErrorCode.PEER_LOST, str(err)),
                                      time.perf_counter())
             done, rt.finished = rt.finished, []
@@ -226,9 +233,51 @@ class GuestService(BaseService):
                        trace.now_us() - took * 1e6, took * 1e6, tid=vm, vm=vm, vcpu=vcpu, seq=seq, addr=hex(req.addr))
 
     async def _on_down(self, reason: str) -> None:
-        self.rt.refuse_all(Refusal(ErrorCode.PEER_LOST, f"vhm lost: {reason}"), time.perf_counter())
-        self._flush()
+        """vhm is gone: the traps in flight wait --vhm-grace for it (a vhm restarted with its state answers
+        them), then fail as a GPU reset."""
         emit(event="vhm_lost", reason=reason)
+        grace = float(getattr(self.args, "vhm_grace", 0.0))
+        if grace <= 0:
+            self._refuse_all(f"vhm lost: {reason}")
+            return
+        if self._vhm_away is None:
+            self._vhm_away = time.monotonic()
+            self._vhm_grace = asyncio.get_running_loop().call_later(
+                grace, lambda: self._refuse_all(f"vhm lost: {reason} (not back within {grace:g}s)"))
+
+    def _refuse_all(self, reason: str) -> None:
+        self._vhm_away = None
+        if self._vhm_grace is not None:
+            self._vhm_grace.cancel()
+            self._vhm_grace = None
+        self.counters["vhm_lost_refusals"] += len(self.rt.inflight)
+        self.rt.refuse_all(Refusal(ErrorCode.PEER_LOST, reason), time.perf_counter())
+        self._flush()
+
+    async def _on_up(self, server_epoch: int, restarted: bool) -> None:
+        """vhm is back. The same vhm (reconnected, or restarted with its state: the same lineage) still has
+        the VMs: every trap in flight is sent again with its seq (answered once: vhm knows which it
+        completed). A different vhm has none of them: they fail, and the VMs take the reset path."""
+        away, self._vhm_away = self._vhm_away, None
+        if self._vhm_grace is not None:
+            self._vhm_grace.cancel()
+            self._vhm_grace = None
+        if restarted:
+            self.counters["vhm_restarted_without_state"] += 1
+            emit(event="vhm_restarted", reason="a different vhm (restarted without the state of its VMs)")
+            self._refuse_all("vhm restarted without the state of the VM")
+            return
+        if away is None:
+            return
+        resent = 0
+        for _, trap in list(self.rt.inflight.values()):
+            try:
+                self.conn.send_now(trap.req)
+                resent += 1
+            except PeerLost:
+                break  # down again: the next up sends them
+        self.counters["ioreqs_resent"] += resent
+        emit(event="vhm_back", away_s=round(time.monotonic() - away, 3), resent=resent)
 
     # ------------------------------------------------------------------------------------------- VMs
     async def _main(self) -> None:

@@ -522,12 +522,14 @@ class GvtService(BaseService):
             self.counters[f"replies_dropped_{peer}"] += 1
 
     async def _vhm_up(self, server_epoch: int, restarted: bool) -> None:
-        if self._restored_epoch is not None and self._restored_epoch != server_epoch:
+        # a vhm restarted with its state keeps its lineage (HELLO_ACK): our vGPUs still belong to it
+        lineage = self.conns["vhm"].session.server_lineage or server_epoch
+        if self._restored_epoch is not None and self._restored_epoch not in (server_epoch, lineage):
             # the vGPUs restored from the saved state belong to a vhm that is gone: nothing to carry on
             self.log.warning("restored_state_stale", saved_vhm_epoch=self._restored_epoch, vhm_epoch=server_epoch)
             restarted = True
         self._restored_epoch = None
-        self._vhm_epoch = server_epoch
+        self._vhm_epoch = lineage
         self._dirty.update(self.core.vgpus)  # the device record names the vhm
         if restarted:
             # vhm lost its VMs: their vGPUs are gone with them (ctl-created ones stay), and its frames

@@ -5,8 +5,9 @@ ACRN's device model keeps it in the acrn-dm process, so a crash takes the VM dow
 is also written, as it changes, to a file in the machine-memory tmpfs next to vhm's machine memory (a
 process's SIGKILL does not take it; a host's power cut would, as it takes the guests' RAM too).
 
-Format (one **journal** per vGPU, one for the device): a file header (magic, format version, its CRC), then
-records, each ``length, crc32, seq`` and a msgpack payload. The first record is a full snapshot; each later
+Format (one **journal** per vGPU, one for the device; the file format is services/common/journal.py, shared
+with vhm's state): a file header (magic, format version, its CRC), then records, each ``length, crc32, seq``
+and a msgpack payload. The first record is a full snapshot; each later
 one holds only what changed in one batch (the vreg pages, GGTT entries, ...), so the trap path pays for what
 it changed, not for the whole state. Records are appended with one ``write``; a journal grown past a bound is
 compacted into a new file holding one full record and renamed over the old one (``os.replace`` is atomic).
@@ -22,8 +23,6 @@ does the file I/O and is driven by the gvt shell after each batch, before the ba
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ import msgspec
 
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS
+from ..common.journal import JournalFormat, JournalRefused, JournalWriter, encode_record
 from .errors import FailsafeReason
 from .execlist import VirtualExeclist
 from .mpt import NullMpt
@@ -47,75 +47,30 @@ if TYPE_CHECKING:
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
 FORMAT_VERSION = 1
-FILE_HEADER = struct.Struct("<8sII")  # magic, version, crc32(magic + version)
-REC_HEADER = struct.Struct("<IIQ")  # payload length, crc32(seq + payload), seq
+#: the journal format (services/common/journal.py): header, records of length, crc32 and seq
+FORMAT = JournalFormat(FILE_MAGIC, FORMAT_VERSION, "gvt state journal", "this gvt")
 #: a journal is compacted (one full record, atomically renamed in) when it grows past this many bytes
 COMPACT_BYTES = 256 << 10
-#: a record is never larger than this (a corrupt length is not an allocation)
-MAX_RECORD = 64 << 20
 #: a changed vreg page is written as the changed chunks of this size, not whole (a fence write is 8 bytes)
 VREG_CHUNK = 256
 
+#: A journal that cannot be trusted (bad magic, version, checksum, sequence or content).
+StateRefused = JournalRefused
 
-class StateRefused(Exception):
-    """A journal that cannot be trusted (bad magic, version, checksum, sequence or content)."""
+__all__ = ["FORMAT_VERSION", "StateRefused", "StateStore", "Restored", "decode_journal", "encode_record",
+           "file_header", "fold", "sweep_dead"]
 
 
 # ================================================================================= record format
 def file_header() -> bytes:
     """The 16 bytes every journal starts with."""
-    head = FILE_MAGIC + struct.pack("<I", FORMAT_VERSION)
-    return FILE_HEADER.pack(FILE_MAGIC, FORMAT_VERSION, zlib.crc32(head))
-
-
-def encode_record(seq: int, payload: dict[str, Any]) -> bytes:
-    """One record: header then the msgpack payload."""
-    body = msgpack.packb(payload, use_bin_type=True)
-    crc = zlib.crc32(body, zlib.crc32(struct.pack("<Q", seq)))
-    return REC_HEADER.pack(len(body), crc, seq) + body
+    return FORMAT.header()
 
 
 def decode_journal(data: bytes) -> tuple[list[dict[str, Any]], int, bool]:
     """The payloads of a journal's records, in order, the next sequence number, and whether its last write
     was cut short (ignored: the state is that of the records before it). Raises :class:`StateRefused`."""
-    if len(data) < FILE_HEADER.size:
-        raise StateRefused(f"journal of {len(data)} bytes has no header")
-    magic, version, crc = FILE_HEADER.unpack_from(data)
-    if magic != FILE_MAGIC or crc != zlib.crc32(data[:12]):
-        raise StateRefused("not a gvt state journal (bad magic or header checksum)")
-    if version != FORMAT_VERSION:
-        raise StateRefused(f"state format version {version}, this gvt reads version {FORMAT_VERSION}")
-    out: list[dict[str, Any]] = []
-    off, seq, torn = FILE_HEADER.size, None, False
-    while off < len(data):
-        if len(data) - off < REC_HEADER.size:
-            torn = True  # the header of the last write was cut
-            break
-        length, crc, rseq = REC_HEADER.unpack_from(data, off)
-        end = off + REC_HEADER.size + length
-        if length > MAX_RECORD or end > len(data):
-            torn = True  # the last write was cut (or its length is garbage: nothing valid can follow it)
-            break
-        body = data[off + REC_HEADER.size:end]
-        if zlib.crc32(body, zlib.crc32(struct.pack("<Q", rseq))) != crc:
-            if end == len(data):
-                torn = True  # the last record, partly written
-                break
-            raise StateRefused(f"record at byte {off} fails its checksum and is not the last")
-        if seq is not None and rseq != seq + 1:
-            raise StateRefused(f"record at byte {off} has seq {rseq}, expected {seq + 1}")
-        try:
-            payload = msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except Exception as err:
-            raise StateRefused(f"record at byte {off} does not decode: {err}") from None
-        if not isinstance(payload, dict) or (seq is None and not payload.get("full")):
-            raise StateRefused(f"record at byte {off} is not a state record (or the first is not a full one)")
-        out.append(payload)
-        seq, off = rseq, end
-    if not out:
-        raise StateRefused("journal holds no complete record")
-    assert seq is not None
-    return out, seq + 1, torn
+    return FORMAT.decode(data)
 
 
 def fold(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -491,47 +446,23 @@ class StateStore:
     def __init__(self, directory: str, compact_bytes: int = COMPACT_BYTES) -> None:
         self.dir = directory
         self.compact_bytes = compact_bytes
-        os.makedirs(directory, exist_ok=True)
+        self.files = JournalWriter(directory, FORMAT)  # services/common/journal.py: the file I/O
         self.recorders: dict[int, VgpuRecorder] = {}
-        self._fds: dict[str, tuple[int, int, int]] = {}  # name -> (fd, next seq, size)
-        self._full_size: dict[str, int] = {}  # name -> size of the journal right after its last compaction
         self._device_sig: tuple[Any, ...] = ()
-        self.bytes_written = 0
-        self.records_written = 0
         self.mpt_args: _Versioned = _Versioned()  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
 
+    @property
+    def bytes_written(self) -> int:
+        return self.files.bytes_written
+
+    @property
+    def records_written(self) -> int:
+        return self.files.records_written
+
     def _path(self, name: str) -> str:
-        return os.path.join(self.dir, f"{name}.journal")
+        return self.files.path(name)
 
     # --------------------------------------------------------------------------------- writing
-    def _write_full(self, name: str, payload: dict[str, Any], seq: int) -> None:
-        """A new journal with one full record, atomically in place of the old."""
-        old = self._fds.pop(name, None)
-        if old is not None:
-            os.close(old[0])
-        path = self._path(name)
-        tmp = path + ".tmp"
-        data = file_header() + encode_record(seq, payload)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._fds[name] = (fd, seq + 1, len(data))
-        self._full_size[name] = len(data)
-        self.bytes_written += len(data)
-        self.records_written += 1
-
-    def _append(self, name: str, payload: dict[str, Any]) -> None:
-        fd, seq, size = self._fds[name]
-        rec = encode_record(seq, payload)
-        os.write(fd, rec)  # one write: a kill leaves it whole or cut short at the end of the file
-        self._fds[name] = (fd, seq + 1, size + len(rec))
-        self.bytes_written += len(rec)
-        self.records_written += 1
-
     def commit(self, gvt: "Gvt", dirty: Iterable[int], vhm_epoch: int | None) -> int:
         """Write what changed of the vGPUs ``dirty`` (ids) and of the device. Returns records written."""
         before = self.records_written
@@ -543,15 +474,15 @@ class StateStore:
             rec = self.recorders.get(vid)
             if rec is None or rec.vgpu is not v:
                 rec = self.recorders[vid] = VgpuRecorder(v)
-                self._write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), 1)
+                self.files.write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), 1)
                 continue
             delta = rec.delta()
             if delta is None:
                 continue
-            if self._fds[name][2] > self.compact_bytes + self._full_size[name]:  # deltas outgrew the bound
-                self._write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))), self._fds[name][1])
+            if self.files.deltas_size(name) > self.compact_bytes:  # deltas outgrew the bound: compact
+                self.files.write_full(name, rec.full(*self.mpt_args.get(vid, (0, 0))))
             else:
-                self._append(name, delta)
+                self.files.append(name, delta)
         shadow = gvt.shadow
         pool = shadow.frame_pool
         # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
@@ -566,33 +497,24 @@ class StateStore:
                       "vhm_epoch": vhm_epoch,
                       "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in shadow.contexts.items()],
                       "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
-            fds = self._fds.get("device")
-            self._write_full("device", device, fds[1] if fds else 1)
+            self.files.write_full("device", device)
         return self.records_written - before
 
     def forget(self, vgpu_id: int) -> None:
         """The vGPU was destroyed: its journal goes."""
         self.recorders.pop(vgpu_id, None)
         self.mpt_args.pop(vgpu_id, None)
-        fds = self._fds.pop(f"vgpu-{vgpu_id}", None)
-        if fds is not None:
-            os.close(fds[0])
-        try:
-            os.unlink(self._path(f"vgpu-{vgpu_id}"))
-        except FileNotFoundError:
-            pass
+        self.files.delete(f"vgpu-{vgpu_id}")
 
     def close(self) -> None:
-        for fd, _, _ in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self.files.close()
 
     # --------------------------------------------------------------------------------- reading
     def read(self, name: str) -> dict[str, Any]:
         """The folded state of one journal. Raises :class:`StateRefused` (FileNotFoundError if absent)."""
         with open(self._path(name), "rb") as f:
             data = f.read()
-        records, _, _ = decode_journal(data)
+        records, _, _ = FORMAT.decode(data)
         return fold(records)
 
     def restore(self, gvt: "Gvt", mpt_factory: Any) -> Restored:

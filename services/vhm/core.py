@@ -20,6 +20,7 @@ or reset, is force-completed and freed (acrn_ioreq_clear_request) and reported a
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +40,7 @@ from .outcomes import (ClientLoss, Completed, Dispatched, IoreqFailed, Notice, P
                        VgpuRequest, VhmError, VmPlan, entry_point)
 from .admission import GUEST_KIND_CHECKS
 from .routing import all_ones, fallback_value, handle_cf8cfc, route
-from .vm import Vm, VmState
+from .vm import AwaitingGuest, Vm, VmState
 
 #: IoreqType by its wire value, and its name (the trap path looks these up per request: an Enum call costs
 #: more than the dict lookup)
@@ -90,13 +91,15 @@ class VhmCore(MptServices, ClientSessions):
     """
 
     def __init__(self, mem: MachineMemory, *, ram_max_run: int = 16, ioreq_timeout: float = 30.0,
-                 client_grace: float = 0.0, counters: Counter[str] | None = None) -> None:
+                 client_grace: float = 0.0, counters: Counter[str] | None = None, fresh: bool = True) -> None:
         self.mem = mem
         # A free frame is a hole in the file (zero, costing nothing): frames handed out need no zeroing and
-        # frames given back are discarded. A restarted vhm keeps nothing (docs/VHM.md), so whatever an
-        # earlier incarnation left in the file goes now.
+        # frames given back are discarded. A vhm that starts without state keeps nothing, so whatever an
+        # earlier incarnation left in the file goes now; one that restores its state (``fresh`` False,
+        # state.py) claims the frames its VMs and clients hold and discards only the rest.
         self.frames = FrameAllocator(mem.frames, on_release=mem.discard_frames)
-        mem.discard_frames(0, mem.frames)
+        if fresh:
+            mem.discard_frames(0, mem.frames)
         self.ram_max_run = ram_max_run
         self.ioreq_timeout = ioreq_timeout
         self.client_grace = client_grace
@@ -111,6 +114,7 @@ class VhmCore(MptServices, ClientSessions):
         self._last_vm = 0
         self._last_client = 0
         self._serials = itertools.count(1)
+        self.next_serial = 1  # what _serials gives next (recorded, so a restarted vhm never reuses one)
 
     # ================================================================================== ioreq clients
     def add_client(self, peer: Peer, name: str) -> int:
@@ -172,20 +176,47 @@ class VhmCore(MptServices, ClientSessions):
 
     # ======================================================================================= ioreqs
     @entry_point
-    def submit_ioreq(self, peer: Peer, req: m.Ioreq, now: float) -> Completed | Dispatched:
+    def submit_ioreq(self, peer: Peer, req: m.Ioreq, now: float) -> Completed | Dispatched | None:
         """A guest vCPU's request: insert it in the vCPU's slot and distribute it.
 
         Returns:
-            Completed (answered inside vhm: 0xCF8, CONF1 disabled, fallback), Dispatched (PROCESSING at a
-            client) or Refusal (forged_id, no_such_vm, bad_request, slot_busy; the slot is untouched).
+            Completed (answered inside vhm: 0xCF8, CONF1 disabled, fallback; or a request sent again that was
+            answered before), Dispatched (PROCESSING at a client), None (sent again while it is still in
+            flight: its answer comes once) or Refusal (forged_id, no_such_vm, bad_request, slot_busy; the
+            slot is untouched).
         """
-        vm = self._insert(peer, req)
+        try:
+            vm = self._insert(peer, req)
+        except _Resent as again:
+            return self._resent(again.vm, again.vcpu, again.seq)
         return self._distribute(vm, req.vcpu, now)
+
+    def _resent(self, vm: Vm, vcpu: int, seq: int) -> Completed | None:
+        """A request the guest sent again (same vCPU and seq) after it lost its session to vhm: answered
+        from the slot or the last completion if it is done; nothing if it is still in flight (its answer
+        comes when the device model completes it, once)."""
+        slot = vm.slots[vcpu]
+        if slot.state is IoreqState.COMPLETE:
+            self.counters["ioreq_resent_done"] += 1
+            return Completed(vm.owner, vm.id, vcpu, seq, slot.value)
+        if slot.busy:
+            self.counters["ioreq_resent_inflight"] += 1
+            return None
+        if vm.done_to[vcpu] is vm.owner and vm.owner is not None:
+            # its answer went to this very session after the guest sent it again (they crossed): it has it
+            self.counters["ioreq_resent_answered"] += 1
+            return None
+        self.counters["ioreq_resent_done"] += 1
+        vm.done_to[vcpu] = vm.owner
+        return Completed(vm.owner, vm.id, vcpu, seq, vm.last_done[vcpu][1])
 
     @entry_point
     def insert_ioreq(self, peer: Peer, req: m.Ioreq) -> None:
         """The hypervisor half alone: FREE -> PENDING (:meth:`distribute` does the VHM half)."""
-        self._insert(peer, req)
+        try:
+            self._insert(peer, req)
+        except _Resent:
+            pass
 
     @entry_point
     def distribute(self, vm_id: int, vcpu: int, now: float) -> Completed | Dispatched:
@@ -209,6 +240,17 @@ class VhmCore(MptServices, ClientSessions):
             self.counters[f"ioreq_refused_{IoreqType(req.kind).name.lower()}"] += 1
             raise
         slot = vm.slots[req.vcpu]
+        if req.seq == vm.last_done[req.vcpu][0] and not slot.busy:
+            # sent again by a guest that reconnected after a vhm restart: it was answered before (the answer
+            # may have been lost with the dead process); answered again, never emulated twice
+            raise _Resent(vm, req.vcpu, req.seq)
+        if slot.busy and vm.request_of(slot).seq == req.seq:
+            raise _Resent(vm, req.vcpu, req.seq)  # already in flight (or done): see submit_ioreq
+        if vm.restored and slot.state is IoreqState.COMPLETE and vm.request_of(slot).seq < req.seq:
+            # restored COMPLETE: its IOREQ_DONE left the dead vhm (the guest sends the next one only then)
+            vm.last_done[req.vcpu] = (vm.request_of(slot).seq, slot.value)
+            slot.free()
+            self.counters["ioreq_done_before_restart"] += 1
         if slot.busy:  # ACRN acrn_common.h: a vCPU cannot issue a new request until its slot is FREE again
             raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {req.vcpu} of VM {vm.id} already has request "
                            f"seq {vm.request_of(slot).seq} {slot.state.name}", **keys)
@@ -302,6 +344,8 @@ class VhmCore(MptServices, ClientSessions):
         slot = vm.slots[vcpu]
         if slot.state is not IoreqState.COMPLETE or vm.request_of(slot).seq != seq:
             return False
+        vm.last_done[vcpu] = (seq, slot.value)
+        vm.done_to[vcpu] = vm.owner
         slot.free()
         return True
 
@@ -346,8 +390,10 @@ class VhmCore(MptServices, ClientSessions):
         except OutOfFrames as err:
             raise VhmError(ErrorCode.NO_SPACE, f"{ram_mb} MB of RAM: {err}") from None
         self._last_vm = vm_id
+        self.next_serial += 1
         vm = Vm(vm_id, next(self._serials), name, vcpus, ram_mb, peer, memory,
-                state=VmState.CREATING if vgpu_type else VmState.RUNNING, vgpu_spec=vgpu_type, dm=dm)
+                state=VmState.CREATING if vgpu_type else VmState.RUNNING, vgpu_spec=vgpu_type, dm=dm,
+                owner_id=(str(getattr(peer, "id", peer)), int(getattr(peer, "epoch", 0) or 0)))
         self.vms[vm_id] = vm
         self.counters["vms_created"] += 1
         vgpu = VgpuRequest(dm, vgpu_type, memory.ept_root, ram_mb) if dm is not None else None
@@ -390,6 +436,31 @@ class VhmCore(MptServices, ClientSessions):
         if vm.state is VmState.DYING:
             raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm_id} is already being destroyed")
         return self._teardown(vm, ErrorCode.NO_SUCH_VM, f"VM {vm_id} destroyed")
+
+    def guest_hello(self, peer: Peer, ident: str, epoch: int) -> list[int]:
+        """A guest said HELLO: the VMs a restarted vhm restored for that guest identity (state.py) are its
+        again. Returns their ids."""
+        back = []
+        for vm in self.vms.values():
+            if isinstance(vm.owner, AwaitingGuest) and vm.owner_id == (ident, epoch):
+                vm.owner = peer
+                back.append(vm.id)
+        self.counters["vms_reclaimed"] += len(back)
+        return back
+
+    def expire_unclaimed(self, now: float, grace: float) -> list[Teardown]:
+        """Restored VMs whose guest did not say HELLO again within ``grace`` seconds: destroyed (their
+        guest is gone; a guest that comes back later finds no such VM and resets it)."""
+        late = [vm for vm in self.vms.values() if isinstance(vm.owner, AwaitingGuest)
+                and now - vm.owner.since >= grace and vm.state is not VmState.DYING]
+        self.counters["vms_unclaimed"] += len(late)
+        return [self._teardown(vm, ErrorCode.PEER_LOST, "its guest did not come back after a vhm restart")
+                for vm in late]
+
+    def unclaimed_deadline(self, grace: float) -> float:
+        """When :meth:`expire_unclaimed` next has something to do (inf: never)."""
+        return min((vm.owner.since + grace for vm in self.vms.values() if isinstance(vm.owner, AwaitingGuest)
+                    and vm.state is not VmState.DYING), default=math.inf)
 
     def guest_lost(self, peer: Peer) -> list[Teardown]:
         """A guest connection died: every VM it created is destroyed."""
@@ -469,6 +540,14 @@ class VhmCore(MptServices, ClientSessions):
             # every VM's histograms added, per type (Prometheus buckets are made from these)
             "ioreq_hist": {t: h.encode() for t, h in sorted(self.ioreq_hist_total.items())},
         }
+
+
+class _Resent(Exception):
+    """Inside the core: the request is one the guest sent before (same vCPU and seq)."""
+
+    def __init__(self, vm: Vm, vcpu: int, seq: int) -> None:
+        super().__init__(f"VM {vm.id} vCPU {vcpu} seq {seq} sent again")
+        self.vm, self.vcpu, self.seq = vm, vcpu, seq
 
 
 def _with(req: m.Ioreq, **changes: Any) -> m.Ioreq:

@@ -61,6 +61,29 @@ class GuestMemory:
             frames.free_owner(owner)
             raise
 
+    @classmethod
+    def reopen(cls, mem: MachineMemory, frames: FrameAllocator, owner: str, ram_mb: int, ept_root: int,
+               extents: list[tuple[int, int, int]], extra: dict[int, int]) -> "GuestMemory":
+        """The memory of a VM a restarted vhm restores (services/vhm/state.py): its RAM, EPT and extra
+        mappings are still in machine memory, its frames already claimed for ``owner``; nothing is written.
+        Raises GuestMemoryError if the RAM map does not cover the RAM exactly."""
+        self = cls.__new__(cls)
+        self.mem, self.frames, self.owner = mem, frames, owner
+        self.ram_frames = ram_mb * FRAMES_PER_MB
+        gfn = 0
+        for g, mfn, count in extents:
+            if g != gfn or count <= 0 or mfn < frames.reserved or mfn + count > mem.frames:
+                raise GuestMemoryError(f"RAM map extent ({g:#x}, {mfn:#x}, {count}) does not follow gfn {gfn:#x}")
+            gfn += count
+        if gfn != self.ram_frames:
+            raise GuestMemoryError(f"RAM map covers {gfn} frames, the VM has {self.ram_frames}")
+        self.extents = [(int(g), int(f), int(c)) for g, f, c in extents]
+        self._starts = [g for g, _, _ in self.extents]
+        self.extra = dict(extra)
+        self.ept_root = ept_root
+        self.ept = Ept(mem, ept_root, alloc_table=self._alloc_table)
+        return self
+
     def _alloc_table(self) -> int:
         return self.frames.alloc(1, self.owner, from_top=True)[0].mfn  # zero: fresh from the allocator
 

@@ -39,9 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vgpu-timeout", type=float, default=float(env("VHM_VGPU_TIMEOUT", "5")),
                    help="seconds to wait for the device model to create/destroy/reset a vGPU "
                         "[GVTSIM_VHM_VGPU_TIMEOUT]")
+    p.add_argument("--state-dir", default=env("VHM_STATE_DIR", ""),
+                   help="where vhm keeps its state (VMs, memory maps, ioreq slots, clients) so that a vhm "
+                        "killed and started again on the same machine memory carries every VM on "
+                        "(docs/STATE.md); default <--mem-path>.vhm.state; off: keep none (a restart then "
+                        "resets every VM) [GVTSIM_VHM_STATE_DIR]")
     p.add_argument("--client-grace", type=float, default=float(env("VHM_CLIENT_GRACE", "5")),
                    help="seconds a device model whose connection ended keeps its state (ranges, frames, "
-                        "waiting ioreqs) for a reconnect with the same epoch; 0: lost at once "
+                        "waiting ioreqs) for a reconnect with the same epoch, and a restarted vhm waits for "
+                        "the guests of the VMs it restored; 0: lost at once "
                         "[GVTSIM_VHM_CLIENT_GRACE]")
     args = p.parse_args(argv)
     if args.client_grace < 0:

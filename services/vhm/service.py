@@ -36,6 +36,7 @@ from ..common.server import RouterServer, Session
 from .admission import CreateAdmission
 from ..common.service import BaseService
 from .core import VhmCore
+from .state import FORMAT_VERSION, VhmStore, mem_identity, restore
 from .outcomes import (ClientLoss, Completed, DataReply, Dispatched, FramesOut, IoreqFailed, MptResult, Notice,
                        Reply, Teardown, VmPlan)
 
@@ -60,6 +61,16 @@ MPT_CALLS: dict[type[m.Message], Callable[[VhmCore, int, Any], MptResult]] = {
 }
 
 
+#: What each MPT call may change of vhm's saved state (state.py): "tables" a VM's ranges, BDFs, page tracks,
+#: mappings, pins or vGPU binding; "vm" its small fields (the MSI counter); "vhm" vhm's own record (a
+#: client's frames, DOM0_READY). A call not listed changes nothing recorded (reads, translations).
+MPT_STATE: dict[type[m.Message], str] = {
+    m.IoRange: "tables", m.InterceptBdf: "tables", m.MapGfnToMfn: "tables", m.PageTrack: "tables",
+    m.DmaMapGuestPage: "tables", m.DmaUnmapGuestPage: "tables", m.AttachVgpu: "tables",
+    m.InjectMsi: "vm", m.AllocFrames: "vhm", m.FreeFrames: "vhm", m.Dom0Ready: "vhm",
+}
+
+
 class VhmService(BaseService):
     """``gvtsim vhm``: the hypervisor service module."""
 
@@ -74,25 +85,105 @@ class VhmService(BaseService):
         self._tick: asyncio.TimerHandle | None = None
         self._dispatched = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # vhm's state in machine memory (state.py, docs/STATE.md): committed after each batch, before what
+        # it produced leaves; the IOREQ_DONEs of a batch wait here for that commit
+        self.store: VhmStore | None = None
+        self._out: list[tuple[Any, m.Message]] = []
 
     # ------------------------------------------------------------------------------- lifecycle
     async def start(self) -> dict[str, Any]:
         """Create the machine memory, bind the ROUTER, start the flusher and the ioreq timeout ticker."""
         a = self.args
         self.mem = MachineMemory(a.mem_path, a.mem_size_mb << 20, create=True)
+        state_dir = self._state_dir()
         self.core = VhmCore(self.mem, ram_max_run=a.ram_max_run, ioreq_timeout=a.ioreq_timeout,
-                            client_grace=getattr(a, "client_grace", 0.0), counters=self.counters)
+                            client_grace=getattr(a, "client_grace", 0.0), counters=self.counters,
+                            fresh=not state_dir)
+        lineage = self._open_state(state_dir) if state_dir else self.epoch
         # boot storms: creations admitted at a bounded rate, vGPU creations in flight at gvt bounded
         self.admission = CreateAdmission(getattr(a, "create_rate", 100.0), getattr(a, "create_burst", 16))
         self._vgpu_inflight = asyncio.Semaphore(getattr(a, "create_inflight", 8))
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch,
                                    hb=self.hb, handler=self, log=self.log, counters=self.counters)
+        self.server.core.lineage = lineage  # HELLO_ACK: guests and gvt see a restart with state as none
         endpoint = await self.server.start()
+        self._rearm_tick()  # restored clients and VMs wait for their peers for a grace period
         return {"endpoint": endpoint, "mem_path": a.mem_path, "total_frames": self.core.frames.total,
-                "free_frames": self.core.frames.free_frames}
+                "free_frames": self.core.frames.free_frames, "state_dir": state_dir or "off",
+                "lineage": lineage, "vms_restored": len(self.core.vms)}
+
+    # ------------------------------------------------------------------------------- saved state
+    def _state_dir(self) -> str:
+        d = getattr(self.args, "state_dir", "") or ""
+        if d == "off":
+            return ""
+        return d or f"{self.args.mem_path}.vhm.state"
+
+    def _open_state(self, directory: str) -> int:
+        """Re-open the state a killed vhm of this machine memory left (state.py). Returns the lineage to
+        announce: the restored one, or this incarnation's epoch when nothing was restored."""
+        assert self.core is not None and self.mem is not None
+        try:
+            self.store = VhmStore(directory)
+            got = restore(self.core, self.store)
+        except OSError as err:
+            self.counters["state_unavailable"] += 1
+            self.log.warning("state_unavailable", state_dir=directory, error=f"{type(err).__name__}: {err}")
+            self.store = None
+            self.mem.discard_frames(0, self.mem.frames)
+            return self.epoch
+        self.store.mem_id = mem_identity(self.mem.path)
+        if got.refused_all:
+            self.counters["state_refused"] += 1
+            self.log.warning("state_refused", state_dir=directory, reason=got.refused_all,
+                             format_version=FORMAT_VERSION)
+        for vm, why in got.refused:
+            self.counters["vm_restore_refused"] += 1
+            self.log.warning("vm_restore_refused", vm=vm, reason=why)
+        if not got.lineage:
+            self.store.lineage = self.epoch
+            return self.epoch
+        self.counters["state_restored"] += 1
+        self.counters["vms_restored"] += len(got.vms)
+        self.log.info("state_restored", lineage=got.lineage, vms=got.vms, clients=got.clients,
+                      free_frames=self.core.frames.free_frames)
+        return got.lineage
+
+    def _sync(self) -> None:
+        """Commit what changed (state.py), then let the IOREQ_DONEs waiting for it go, in order. A failure
+        is counted and logged, and the state is off from then on."""
+        assert self.server is not None
+        if self.store is not None and self.store.pending:
+            assert self.core is not None
+            try:
+                self.store.commit(self.core)
+            except Exception as err:
+                self.counters["state_write_failed"] += 1
+                self.log.error("state_write_failed", error=f"{type(err).__name__}: {err}", exc_info=True)
+                self.store.close()
+                self.store = None
+        out, self._out = self._out, []
+        for peer, msg in out:
+            if isinstance(peer, Session) and peer.alive:
+                self.server.send_now(peer, msg)
+            else:
+                self.counters["send_to_dead_session"] += 1
+
+    def _mark(self, vm: int | None = None, struct: bool = False, vhm: bool = False) -> None:
+        """What a step may have changed of the recorded state: a VM's slots and small fields (``struct``:
+        its tables too), vhm's own record (``vhm``), or, with neither, anything (rare steps only: every VM
+        is looked at)."""
+        if self.store is not None:
+            if vhm:
+                self.store.mark_vhm()
+            if vm is not None:
+                self.store.mark(vm, struct)
+            elif not vhm:
+                self.store.mark_all()
 
     async def stop(self) -> None:
-        """Cancel our tasks, say BYE to every peer, close the socket and unmap machine memory."""
+        """Cancel our tasks, say BYE to every peer, close the socket and unmap machine memory. A clean stop
+        leaves no state: every peer was told BYE (a kill leaves it, for the next vhm)."""
         if self._tick is not None:
             self._tick.cancel()
         tasks = list(self._tasks)
@@ -101,6 +192,9 @@ class VhmService(BaseService):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.stop()
+        if self.store is not None:
+            self.store.delete_all()
+            self.store = None
         if self.mem is not None:
             self.mem.close()
 
@@ -129,9 +223,14 @@ class VhmService(BaseService):
     async def on_hello(self, session: Session) -> None:
         """A device model (role gvt) becomes an ioreq client; guests need nothing until VM_CREATE."""
         assert self.core is not None
+        if session.role == "guest" and self.store is not None:  # state.py: its VMs after a vhm restart
+            back = self.core.guest_hello(session, session.id, session.epoch)
+            if back:
+                self.log.info("vms_reclaimed", vms=back, peer_id=session.id)
         if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
             hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
             session.data["client"] = hello.client
+            self._mark(vhm=not hello.losses)  # a client came (and with losses: VMs changed)
             event = "client_resumed" if hello.resumed else "client_taken_over" if hello.taken_over else "client_added"
             self.log.info(event, client=hello.client, peer_id=session.id, epoch=session.epoch)
             for loss in hello.losses:
@@ -164,6 +263,7 @@ class VhmService(BaseService):
         if cid is not None:
             loss = self.core.client_session_ended(cid, session, time.monotonic())
             if loss is not None:
+                self._mark()
                 await self._client_loss(loss, session.id, reason)
             elif self.core.clients.get(cid) is not None and self.core.clients[cid].peer is None:
                 self.log.warning("client_detached", client=cid, peer_id=session.id, reason=reason,
@@ -171,6 +271,7 @@ class VhmService(BaseService):
                 self._rearm_tick()  # the grace period ends at a deadline of the core
         if session.role == "guest":
             for td in self.core.guest_lost(session):
+                self._mark(td.vm)
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
 
@@ -208,6 +309,8 @@ class VhmService(BaseService):
     # --------------------------------------------------------------------------------- sending
     async def _send(self, peer: Any, msg: m.Message) -> bool:
         assert self.server is not None
+        if self._out or (self.store is not None and self.store.pending):
+            self._sync()  # what this message follows is recorded first, and leaves first
         if not isinstance(peer, Session) or not peer.alive:
             self.counters["send_to_dead_session"] += 1
             return False
@@ -221,8 +324,12 @@ class VhmService(BaseService):
     async def _done(self, c: Completed) -> None:
         """IOREQ_DONE to the guest, then the slot goes COMPLETE -> FREE (the vCPU resumed)."""
         assert self.core is not None
-        await self._send(c.peer, c.message())
         self.core.resume(c.vm, c.vcpu, c.seq)
+        if self.store is not None:  # sent once the batch's state is committed (after_batch, _send)
+            self.store.mark(c.vm)
+            self._out.append((c.peer, c.message()))
+            return
+        await self._send(c.peer, c.message())
 
     async def _fail(self, failed: list[IoreqFailed]) -> None:
         for f in failed:
@@ -241,7 +348,10 @@ class VhmService(BaseService):
         return None
 
     async def after_batch(self) -> None:
-        """The server's reactor finished a batch: send the dispatches it produced, arm the ioreq timer."""
+        """The server's reactor finished a batch: record its state, send the completions and dispatches it
+        produced, arm the ioreq timer."""
+        if self._out or (self.store is not None and self.store.pending):
+            self._sync()
         if self._batches:
             await self._flush()
         if self._dispatched:
@@ -252,6 +362,8 @@ class VhmService(BaseService):
     async def _flush(self) -> None:
         """One IOREQ_DISPATCH per client with everything queued for it."""
         assert self.core is not None
+        if self._out or (self.store is not None and self.store.pending):
+            self._sync()  # a dispatch leaves only once its slot's PROCESSING is recorded
         batches, self._batches = self._batches, defaultdict(list)
         for cid, reqs in batches.items():
             client = self.core.clients.get(cid)
@@ -279,10 +391,18 @@ class VhmService(BaseService):
         self._tick = None
         try:
             now = time.monotonic()
+            for td in self.core.expire_unclaimed(now, self.core.client_grace):
+                self._mark(td.vm)
+                self.log.warning("vm_unclaimed", vm=td.vm, reason="its guest did not come back after a vhm "
+                                 f"restart within {self.core.client_grace:g}s")
+                self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
             failed = self.core.tick(now)
+            for f in failed:
+                self._mark(f.vm)
             if failed:
                 self._spawn(self._fail(failed), name="ioreq-timeouts")
             for loss in self.core.expire_clients(now):
+                self._mark()
                 self._spawn(self._client_loss(loss, "", f"no reconnect within {self.core.client_grace:g}s"),
                             name="client-expired")
             self._rearm_tick()
@@ -293,7 +413,7 @@ class VhmService(BaseService):
     def _rearm_tick(self) -> None:
         """(Re-)arm the timer at the core's next deadline (ioreq timeouts, client grace), if there is one."""
         assert self.core is not None
-        at = self.core.next_deadline()
+        at = min(self.core.next_deadline(), self.core.unclaimed_deadline(self.core.client_grace))
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
@@ -303,7 +423,11 @@ class VhmService(BaseService):
     # --------------------------------------------------------------------------- guest messages
     async def _on_ioreq(self, session: Session, msg: m.Ioreq) -> None:
         assert self.core is not None
+        if self.store is not None:
+            self.store.mark(msg.vm)
         out = self.core.submit_ioreq(session, msg, time.monotonic())
+        if out is None:  # sent again while in flight: its answer comes once
+            return
         if isinstance(out, Dispatched):
             flush = self._queue(out)
             if flush is not None:
@@ -331,6 +455,7 @@ class VhmService(BaseService):
         stale = self.core.stale_namesake(session, msg.name)
         if stale is not None:  # the guest lost track of that VM: it goes before its successor comes
             td = self.core.destroy_vm(session, stale)
+            self._mark(stale)
             if not isinstance(td, Refusal):
                 self.counters["vm_replaced_by_name"] += 1
                 await self._fail(td.failed)
@@ -338,7 +463,9 @@ class VhmService(BaseService):
         plan = self.core.create_vm(session, msg.name, msg.vcpus, msg.ram_mb, msg.vgpu_type)
         if isinstance(plan, Refusal):
             await self._reject(session, plan, msg.req)
-        elif plan.vgpu is None:
+            return
+        self._mark(plan.vm, struct=True, vhm=True)  # the id counters; the VM once it is RUNNING
+        if plan.vgpu is None:
             self.log.info("vm_created", vm=plan.vm, name=msg.name, vcpus=msg.vcpus, ram_mb=msg.ram_mb)
             await self._send(session, plan.created(msg.req))
         else:
@@ -379,6 +506,7 @@ class VhmService(BaseService):
             await self._send(session, m.refusal_error(failure, req))
             return
         assert isinstance(reply, m.VgpuCreated)
+        self._mark(plan.vm, struct=True)
         if self.core.vgpu_created(plan.vm, plan.serial, vg.client, reply.vgpu_id):
             self.log.info("vm_created", vm=plan.vm, vgpu_id=reply.vgpu_id, spec=vg.spec)
             await self._send(session, plan.created(req, reply.vgpu_id))
@@ -388,6 +516,7 @@ class VhmService(BaseService):
 
     async def _on_vm_destroy(self, session: Session, msg: m.VmDestroy) -> None:
         assert self.core is not None
+        self._mark(msg.vm)
         td = self.core.destroy_vm(session, msg.vm)
         if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
@@ -407,6 +536,7 @@ class VhmService(BaseService):
 
     async def _on_vm_reset(self, session: Session, msg: m.VmReset) -> None:
         assert self.core is not None
+        self._mark(msg.vm)
         td = self.core.reset_vm(session, msg.vm)
         if isinstance(td, Refusal):
             await self._reject(session, td, msg.req)
@@ -459,6 +589,9 @@ class VhmService(BaseService):
         assert cid is not None
         if trace.on:
             trace.instant("vhm complete", "ioreq", tid=cid, client=cid, ioreqs=len(msg.reqs))
+        if self.store is not None:
+            for r in msg.reqs:
+                self.store.mark(r.vm)
         for out in self.core.complete(cid, msg.reqs, time.monotonic()):
             if isinstance(out, Completed):
                 await self._done(out)
@@ -469,6 +602,7 @@ class VhmService(BaseService):
         """Reconciliation (reconcile.py): compare the client's vGPUs with the VM table, answer what to keep
         and destroy, tell VMs whose vGPU is gone."""
         assert self.core is not None
+        self._mark()
         cid = session.data["client"]
         rec = self.core.reconcile(cid, [(e.vm, e.vgpu_id) for e in msg.vgpus], time.monotonic())
         self.log.info("reconciled", client=cid, peer_id=session.id, resumed=rec.resumed, keep=rec.keep,
@@ -480,6 +614,12 @@ class VhmService(BaseService):
 
     async def _on_mpt(self, session: Session, msg: Any) -> None:
         assert self.core is not None
+        what = MPT_STATE.get(type(msg)) if self.store is not None else None
+        if what is not None and self.store is not None:
+            if what == "vhm":
+                self.store.mark_vhm()
+            else:
+                self.store.mark(msg.vm, struct=what == "tables")
         res = MPT_CALLS[type(msg)](self.core, session.data["client"], msg)
         if isinstance(res, Reply):
             await self._notify(res.notices)  # first: when the caller sees OK, the MSI/EPT_CHANGED is on its way

@@ -29,6 +29,16 @@ class VmState(enum.Enum):
     DYING = "dying"  # destroyed: no new ioreqs; waiting for the device model to drop the vGPU before frames go
 
 
+@dataclass(frozen=True)
+class AwaitingGuest:
+    """The owner of a VM a restarted vhm restored, until its guest says HELLO again with the identity
+    recorded (``Vm.owner_id``); ``since`` is when it was restored (it is destroyed if nobody claims it)."""
+
+    id: str
+    epoch: int
+    since: float
+
+
 @dataclass(eq=False)
 class Vm:
     """One VM. ``serial`` is unique for the life of the vhm process (ids are reused, serials never)."""
@@ -53,11 +63,25 @@ class Vm:
     page_tracks: dict[int, int] = field(default_factory=dict)  # gfn -> client that tracks it
     extra_maps: dict[int, int] = field(default_factory=dict)  # gfn -> client that mapped it (map_gfn_to_mfn)
     dma_pins: dict[int, Counter[int]] = field(default_factory=dict)  # client -> mfn -> pin count
+    #: the guest's identity (its HELLO id and epoch): a restarted vhm gives the VM back to the session that
+    #: says HELLO with it (state.py)
+    owner_id: tuple[str, int] = ("", 0)
+    #: per vCPU: (seq, value) of the last request completed and handed back (a guest that sends it again
+    #: after a vhm restart gets the same answer, never a second emulation)
+    last_done: list[tuple[int, int]] = field(default_factory=list)
+    restored: bool = False  # carried on by a restarted vhm (state.py)
+    #: per vCPU: the session the last completion was addressed to (not recorded: a restarted vhm answers a
+    #: request sent again, since the dead one's answer may have been lost)
+    done_to: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.slots:
             self.slots = [IoreqSlot(vcpu=v) for v in range(self.vcpus)]
             self.dispatched_at = [0.0] * self.vcpus
+        if not self.last_done:
+            self.last_done = [(-1, 0)] * self.vcpus  # -1: no request yet (a guest's seqs may start at 0)
+        if not self.done_to:
+            self.done_to = [None] * self.vcpus
 
     @property
     def ram_frames(self) -> int:

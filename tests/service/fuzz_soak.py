@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -75,6 +76,7 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.stop()
+        shutil.rmtree(run, ignore_errors=True)  # the machine memory and the saved states, on tmpfs
 
 
 if __name__ == "__main__":

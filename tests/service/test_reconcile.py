@@ -6,8 +6,8 @@ verified workloads with --recover, and an in-process raw guest that reads PVINFO
 * gvt is killed (SIGKILL) and restarted: every VM whose vGPU died is told VGPU_LOST, its guest resets and
   gets a new vGPU whose PVINFO reads right;
 * pgpu is killed and restarted: gvt rewrites the vGPUs' GGTT slices without going silent, vhm keeps gvt;
-* vhm is killed and restarted: gvt destroys the vGPUs of the VMs the old vhm had, the guests create theirs
-  again.
+* vhm is killed and restarted without its saved state: gvt destroys the vGPUs of the VMs the old vhm had,
+  the guests create theirs again.
 
 After each: gvt's vGPUs are exactly vhm's VMs with a vGPU (none without a VM, no VM with a dead one), and
 no service's log holds "exception was never retrieved".
@@ -242,7 +242,8 @@ async def test_vhm_restart_gvt_drops_the_vgpus_of_the_old_vms(setup) -> None:
     await guest.await_event("stats", 10)
     await converged(stack, GUEST_VMS + 1)
     t_fault, mark = before_fault(guest)
-    await asyncio.to_thread(stack.restart, "vhm")  # same port, new epoch: every VM is gone
+    # same port, new epoch, and its saved state deleted (docs/STATE.md): a different vhm, every VM is gone
+    await asyncio.to_thread(stack.restart, "vhm", 9, True)
     await guest_healthy(stack, guest, t_fault, mark, timeout=45)  # the guest process re-created its VMs
     # the raw guest did not create its VM again: its vGPU went with the old vhm; the guest process's are new
     await converged(stack, GUEST_VMS, timeout=30)

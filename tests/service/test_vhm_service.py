@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 import time
 import uuid
@@ -49,6 +50,7 @@ def vhm() -> Iterator[ServiceProc]:
         proc.stop()
         if os.path.exists(mem_path):
             os.unlink(mem_path)
+        shutil.rmtree(f"{mem_path}.vhm.state", ignore_errors=True)  # what a killed vhm leaves (docs/STATE.md)
 
 
 @pytest.fixture

@@ -174,6 +174,19 @@ def test_server_restart_is_seen_as_a_new_epoch_and_not_hello_answers_the_refused
     assert ups[-1].restarted and ups[-1].server_epoch == 43
 
 
+def test_a_server_restarted_with_its_state_keeps_its_lineage_and_is_not_a_restart_for_the_client():
+    p = Pair()
+    c = p.client
+    for epoch, lineage, restarted in ((43, 42, False), (44, 42, False), (45, 0, True), (46, 45, False)):
+        c.receive_msg(m.Error(code="not_hello", reason="forgot"), p.now)
+        p.server = ps.ServerSessions("vhm", "v1", epoch, IVL)  # restarted: state kept (lineage) or not
+        p.server.lineage = lineage
+        p.advance(p.now + 1.0)
+        up = [e for e in p.client_got if isinstance(e, ps.Up)][-1]
+        assert (up.server_epoch, up.restarted) == (epoch, restarted), (epoch, lineage)
+        assert c.server_lineage == (lineage or epoch)
+
+
 def test_hello_retries_until_the_transport_is_connected_then_times_out_and_reconnects():
     c = ps.ClientSession("gvt", "x", 1, IVL)
     now = 0.0
