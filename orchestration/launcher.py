@@ -386,6 +386,10 @@ def with_keys(run_dir: str, specs: list[ProcSpec], insecure: bool = False) -> li
     return [replace(s, env={**s.env, **extra}) for s in specs]
 
 
+#: host stacks a scale-out starts at the same time (each waits for the previous ones to be healthy)
+ADD_STACKS_AT_ONCE = 4
+
+
 async def add_stacks(run_dir: str, count: int, timeout: float = 30.0, gpu_profile: str = "real") -> list[int]:
     """Scale a native run out by ``count`` host stacks without guests (vhm, pgpu, gvt) of GPU profile
     ``gpu_profile``. Returns their numbers."""
@@ -401,10 +405,12 @@ async def add_stacks(run_dir: str, count: int, timeout: float = 30.0, gpu_profil
         state.stacks += new
         state.profiles.update({str(k): gpu_profile for k in new})
         state.save()
-    await start_procs(state, with_keys(run_dir, native_plan(topo, new, state.native_layout, guests=False,
-                                                            stack_env=state.stack_env(new)),
-                                       bool(next((p.env for p in state.procs.values()), {}).get(curve.ENV_INSECURE))),
-                      "up", timeout)
+    insecure = bool(next((p.env for p in state.procs.values()), {}).get(curve.ENV_INSECURE))
+    for i in range(0, len(new), ADD_STACKS_AT_ONCE):  # a few at a time: 36 stacks started together on 2 cores
+        batch = new[i:i + ADD_STACKS_AT_ONCE]          # missed their 30 s health deadlines
+        await start_procs(state, with_keys(run_dir, native_plan(topo, batch, state.native_layout, guests=False,
+                                                                stack_env=state.stack_env(batch)), insecure),
+                          "up", timeout)
     return new
 
 
