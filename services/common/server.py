@@ -42,6 +42,8 @@ PROBE_DELAYS = (0.01, 0.1, 0.5)
 SUSPECT_MAX_S = 3.0
 #: Decode-error log lines per peer before they are only counted (a flood of garbage must not flood the log).
 LOG_BUDGET = 20
+#: Decode-error ERROR replies per routing id before the rest are only counted (``decode_errors_unanswered``)
+ANSWER_BUDGET = 100
 #: Roles whose sessions are one request long (gvtsim health, ctl): logged at debug level.
 TRANSIENT_ROLES = frozenset({"probe", "ctl"})
 #: What :meth:`RouterServer._authorised` returns for a refusal that is not answered (dropped, only counted).
@@ -87,6 +89,7 @@ class RouterServer:
         self._probe_at: list[float] = []
         self._suspects: dict[bytes, float] = {}
         self._log_budget: Counter[bytes] = Counter()
+        self._garbage_answered: Counter[bytes] = Counter()
         self._after_batch = getattr(handler, "after_batch", None)
         self._deferred: list[ps.Event] = []
         #: The one place every decoded message from a session passes before its handler: a check returning
@@ -383,6 +386,8 @@ class RouterServer:
                     return
             await self.handler.on_message(session, ev.msg)
         elif t is ps.Send:
+            if type(ev.msg) is m.Error and ev.msg.code is ErrorCode.DECODE and not self._answer_garbage(ev.ident):
+                return
             self._send_raw(ev.ident, ev.msg)
             s = self.sessions.get(ev.ident)
             if s is not None:
@@ -416,11 +421,27 @@ class RouterServer:
                 self.log.warning("decode_error", what=err.what, msg_type=err.msg_type, field=err.field,
                                  detail=err.detail, peer_id=ev.session.id if ev.session else None)
 
+    def _answer_garbage(self, ident: bytes) -> bool:
+        """Whether a frame that did not decode gets its ERROR: the first ANSWER_BUDGET of each routing id do
+        (the sender learns what was wrong), the rest of a flood is only counted. Answering every frame of a
+        flood would queue tens of thousands of replies to a peer that does not read them, and a peer that
+        resets its connection with replies queued can abort libzmq's I/O thread (libzmq issue #4841,
+        ``!_io_error`` in ``stream_engine_base.cpp``: input and output events of one epoll batch)."""
+        if len(self._garbage_answered) > 10_000:  # every new connection has a new routing id: bounded
+            self._garbage_answered.clear()
+        self._garbage_answered[ident] += 1
+        if self._garbage_answered[ident] <= ANSWER_BUDGET:
+            return True
+        self.counters["decode_errors_unanswered"] += 1
+        self.counters["error_sent_decode"] -= 1  # the session core counted it as sent when it produced it
+        return False
+
     async def _lost(self, session: Session, reason: str) -> None:
         # health probes and ctl come and go every few seconds: their sessions log at debug, peers at info
         (self.log.debug if session.role in TRANSIENT_ROLES else self.log.info)(
             "peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
         self._log_budget.pop(session.ident, None)
+        self._garbage_answered.pop(session.ident, None)
         try:
             await self.handler.on_lost(session, reason)
         except Exception:

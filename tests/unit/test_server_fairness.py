@@ -87,3 +87,20 @@ async def test_admit_sees_every_message_from_a_session_and_can_refuse_it():
     srv.admit = admit
     await srv._on_batch([hello("a"), call("a", 1), call("a", 2), call("a", 3)])
     assert checked == [1, 2, 3] and rec.seen == [("a", 1), ("a", 3)]
+
+
+async def test_a_garbage_flood_is_answered_up_to_a_budget_then_only_counted():
+    from gvtsim.services.common import server as srv_mod
+
+    rec = Recorder()
+    srv = server(rec)
+    sent: list[tuple[bytes, m.Message]] = []
+    srv._send_raw = lambda ident, msg: sent.append((ident, msg))  # type: ignore[method-assign]
+    n = srv_mod.ANSWER_BUDGET + 50
+    await srv._on_batch([[Frame(b"flood"), Frame(b"\xc1not msgpack")] for _ in range(n)])
+    await srv._on_batch([[Frame(b"other"), Frame(b"\xc1")]])
+    errors = [(i, e) for i, e in sent if isinstance(e, m.Error)]
+    assert len([1 for i, _ in errors if i == b"flood"]) == srv_mod.ANSWER_BUDGET
+    assert [i for i, _ in errors if i == b"other"] == [b"other"]  # another peer still learns what was wrong
+    assert srv.counters["decode_errors"] == n + 1 and srv.counters["decode_errors_unanswered"] == 50
+    assert srv.counters["error_sent_decode"] == srv_mod.ANSWER_BUDGET + 1
