@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from gvtsim.orchestration.bench_e2e import flood, lost_sessions
+from gvtsim.orchestration.bench_e2e import flood
+from gvtsim.orchestration.loadstats import lost_sessions
 from gvtsim.orchestration.health import probe_sync
 from gvtsim.orchestration.hoststack import HostStack
 
@@ -35,7 +36,7 @@ def test_flood_and_boot_storm_lose_no_live_session():
         assert storm["created"] + storm["refused"] == 64 and storm["created"] >= 58, storm
         assert storm["ioreqs_done"] == 8 * storm["created"], storm
         assert res["during"]["n"] > 0  # the well-behaved VM made progress (each read checked) all along
-        lost = {name: lost_sessions(p) for name, p in procs.items()}
+        lost = {name: lost_sessions(p.stderr_path) for name, p in procs.items()}
         assert lost == {"vhm": [], "gvt": [], "pgpu": []}
         gvt = stack.gvt_status()
         assert gvt is not None and gvt.ready and gvt.counters.get("vhm_lost", 0) == 0
