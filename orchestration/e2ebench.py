@@ -102,21 +102,27 @@ def _measure(hs: HostStack, secure: bool, n: int) -> dict[str, float]:
         g.close()
 
 
-def run(n: int = 2000, reps: int = 3) -> dict[str, Any]:
-    """Plain and CURVE stacks side by side; medians of ``reps`` alternating repetitions."""
-    saved = {k: os.environ.get(k) for k in (curve.ENV_KEYS, curve.ENV_INSECURE)}
-    results: dict[str, list[dict[str, float]]] = {"plain": [], "curve": []}
+def _alternate(modes: dict[str, dict[str, str | None]], measure_curve: dict[str, bool], n: int, reps: int,
+               ) -> dict[str, dict[str, float]]:
+    """One stack per mode, each started with its environment overrides (None: unset); ``reps`` alternating
+    repetitions of :func:`_measure` on each; the medians per mode. The environment and the CURVE
+    configuration are put back afterwards."""
+    names = {k for env in modes.values() for k in env} | {curve.ENV_KEYS, curve.ENV_INSECURE}
+    saved = {k: os.environ.get(k) for k in names}
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     stacks: dict[str, HostStack] = {}
     try:
-        os.environ[curve.ENV_INSECURE] = "1"
-        stacks["plain"] = HostStack(prefix="gvtsim-bench-plain-").start()
-        os.environ.pop(curve.ENV_INSECURE)
-        os.environ.pop(curve.ENV_KEYS, None)
-        stacks["curve"] = HostStack(prefix="gvtsim-bench-curve-").start()  # makes its keys
+        for mode, env in modes.items():
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            stacks[mode] = HostStack(prefix=f"gvtsim-bench-{mode.replace('_', '-')}-").start()  # makes its keys
         for _ in range(reps):
-            for mode in ("plain", "curve"):
-                curve.configure(stacks[mode].env.get(curve.ENV_KEYS), insecure=mode == "plain")
-                results[mode].append(_measure(stacks[mode], mode == "curve", n))
+            for mode in modes:
+                curve.configure(stacks[mode].env.get(curve.ENV_KEYS), insecure=not measure_curve[mode])
+                results[mode].append(_measure(stacks[mode], measure_curve[mode], n))
     finally:
         for hs in stacks.values():
             hs.stop()
@@ -126,40 +132,25 @@ def run(n: int = 2000, reps: int = 3) -> dict[str, Any]:
             else:
                 os.environ[k] = v
         curve.configure()
-    med = {mode: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]} for mode, rs in results.items()}
-    return {**med, "curve_over_plain": {
-        "roundtrip_ratio": round(med["curve"]["ioreq_roundtrip_us"] / med["plain"]["ioreq_roundtrip_us"], 3),
-        "throughput_ratio": round(med["curve"]["ioreqs_per_s_16_in_flight"] /
-                                  med["plain"]["ioreqs_per_s_16_in_flight"], 3)}, "n": n, "reps": reps}
+    return {mode: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]} for mode, rs in results.items()}
+
+
+def _ratios(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {"roundtrip_ratio": round(a["ioreq_roundtrip_us"] / b["ioreq_roundtrip_us"], 3),
+            "throughput_ratio": round(a["ioreqs_per_s_16_in_flight"] / b["ioreqs_per_s_16_in_flight"], 3)}
+
+
+def run(n: int = 2000, reps: int = 3) -> dict[str, Any]:
+    """Plain and CURVE stacks side by side; medians of ``reps`` alternating repetitions."""
+    med = _alternate({"plain": {curve.ENV_INSECURE: "1"}, "curve": {curve.ENV_INSECURE: None, curve.ENV_KEYS: None}},
+                     {"plain": False, "curve": True}, n, reps)
+    return {**med, "curve_over_plain": _ratios(med["curve"], med["plain"]), "n": n, "reps": reps}
 
 
 def run_vhm_state(n: int = 2000, reps: int = 3) -> dict[str, Any]:
     """The cost of vhm's saved state (docs/STATE.md): a stack whose vhm journals its state (the default)
     against one with ``--state-dir off``, plain transport, alternating; medians of ``reps``."""
-    saved = {k: os.environ.get(k) for k in (curve.ENV_INSECURE, "GVTSIM_VHM_STATE_DIR")}
-    results: dict[str, list[dict[str, float]]] = {"state_on": [], "state_off": []}
-    stacks: dict[str, HostStack] = {}
-    try:
-        os.environ[curve.ENV_INSECURE] = "1"
-        curve.configure(None, insecure=True)
-        os.environ.pop("GVTSIM_VHM_STATE_DIR", None)
-        stacks["state_on"] = HostStack(prefix="gvtsim-bench-state-on-").start()
-        os.environ["GVTSIM_VHM_STATE_DIR"] = "off"
-        stacks["state_off"] = HostStack(prefix="gvtsim-bench-state-off-").start()
-        for _ in range(reps):
-            for mode in ("state_on", "state_off"):
-                results[mode].append(_measure(stacks[mode], False, n))
-    finally:
-        for hs in stacks.values():
-            hs.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        curve.configure()
-    med = {mode: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]} for mode, rs in results.items()}
-    return {**med, "on_over_off": {
-        "roundtrip_ratio": round(med["state_on"]["ioreq_roundtrip_us"] / med["state_off"]["ioreq_roundtrip_us"], 3),
-        "throughput_ratio": round(med["state_on"]["ioreqs_per_s_16_in_flight"] /
-                                  med["state_off"]["ioreqs_per_s_16_in_flight"], 3)}, "n": n, "reps": reps}
+    med = _alternate({"state_on": {curve.ENV_INSECURE: "1", "GVTSIM_VHM_STATE_DIR": None},
+                      "state_off": {curve.ENV_INSECURE: "1", "GVTSIM_VHM_STATE_DIR": "off"}},
+                     {"state_on": False, "state_off": False}, n, reps)
+    return {**med, "on_over_off": _ratios(med["state_on"], med["state_off"]), "n": n, "reps": reps}
