@@ -330,7 +330,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         sampling.cancel()
         await asyncio.gather(sampling, return_exceptions=True)
         if chaos_task is not None and not chaos_task.done():
-            chaos_task.cancel()
+            chaos_task.cancel()  # the schedule overran the run: its unfinished kills are reported as such
+            await asyncio.gather(chaos_task, return_exceptions=True)  # done now (cancelled() or its outcome)
         for name in guests.procs:
             if not alive(guests.current(name)):
                 stats.ended(name, "exited")
