@@ -19,6 +19,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 from .health import probe, status_dict
@@ -82,6 +83,18 @@ def stack_summary(vhm: dict[str, Any] | None, gvt: dict[str, Any] | None) -> dic
             "traps_by_vm": traps, "pv_by_vm": pv}
 
 
+#: seconds before the second look at a stack whose first look found its VM and vGPU tables disagreeing
+CONFIRM_AFTER = 0.5
+
+
+def confirmed(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """``first`` (a :func:`stack_summary`) with only the problems that ``second``, a later look, still shows.
+    vhm's and gvt's STATUS are two snapshots taken apart (``docker exec`` takes a second each), so a VM created
+    or destroyed between them looks like a vGPU without its VM, or a VM without its vGPU, once: a problem is a
+    disagreement that lasts."""
+    return {**first, "problems": [p for p in first["problems"] if p in second["problems"]]}
+
+
 async def _probe(endpoint: str | None) -> dict[str, Any] | None:
     if not endpoint:
         return None
@@ -115,6 +128,11 @@ async def native_status(run_dir: str, stack: int | None = None) -> dict[str, Any
                          "running": running, "health": health, "endpoint": p.endpoint, "restarts": p.restarts,
                          "epoch": reply["epoch"] if reply else None})
     stacks = {str(k): stack_summary(by_name.get(f"s{k}/vhm"), by_name.get(f"s{k}/gvt")) for k in state.stacks}
+    for k in [k for k, st in stacks.items() if st["problems"]]:
+        await asyncio.sleep(CONFIRM_AFTER)
+        vhm, gvt = (state.procs.get(f"s{k}/{svc}") for svc in ("vhm", "gvt"))
+        again = await asyncio.gather(*(_probe(p.endpoint if p is not None and alive(p) else None) for p in (vhm, gvt)))
+        stacks[k] = confirmed(stacks[k], stack_summary(*again))
     problems = [f"{s['name']} is {s['health']}" for s in services if s["health"] not in ("healthy", "running")]
     problems += [f"stack {k}: {why}" for k, st in stacks.items() for why in st["problems"]
                  if not any(p.startswith(f"s{k}/") for p in problems)]
@@ -146,12 +164,19 @@ def compose_status(project: str | None, files: list[str]) -> dict[str, Any] | No
                  "running": r.get("State") == "running", "health": r.get("Health") or r.get("State"),
                  "state": r.get("Status")} for r in rows]
     ports = {"vhm": 5555, "gvt": 5556, "pgpu": 5557}
-    replies: dict[str, Any] = {}
-    for svc, port in ports.items():
-        r = subprocess.run([*base, "exec", "-T", svc, "gvtsim", "health", f"tcp://127.0.0.1:{port}", "--json"],
-                           capture_output=True, text=True, timeout=30)
-        replies[svc] = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-    stack = stack_summary(replies["vhm"], replies["gvt"])
+
+    def look() -> dict[str, Any]:
+        replies: dict[str, Any] = {}
+        for svc, port in ports.items():
+            r = subprocess.run([*base, "exec", "-T", svc, "gvtsim", "health", f"tcp://127.0.0.1:{port}", "--json"],
+                               capture_output=True, text=True, timeout=30)
+            replies[svc] = json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
+        return stack_summary(replies["vhm"], replies["gvt"])
+
+    stack = look()
+    if stack["problems"]:
+        time.sleep(CONFIRM_AFTER)
+        stack = confirmed(stack, look())
     problems = [f"{s['name']} is {s['health'] or 'down'}" for s in services
                 if not (s["running"] and s["health"] in ("healthy", "running"))] + stack["problems"]
     return {"mode": "compose", "project": project, "healthy": not problems, "problems": problems,
