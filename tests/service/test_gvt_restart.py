@@ -20,33 +20,19 @@ import zmq.asyncio
 
 from gvtsim.orchestration.health import probe_sync
 from gvtsim.orchestration.hoststack import HostStack
-from gvtsim.protocol import IoreqDir, IoreqType
 from gvtsim.protocol import messages as m
 from gvtsim.services.common.client import Connection
 from gvtsim.services.common.liveness import HeartbeatConfig
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO
 from gvtsim.services.gvt.pvinfo import VGT_MAGIC, VGT_PVINFO_PAGE
+from fence_pairs import BAR0, MMIO, R, FencePairs, probe
 from vhm_scripted import ScriptedGuest
 
 pytestmark = pytest.mark.service
 HB = 0.2
-R, W = IoreqDir.READ, IoreqDir.WRITE
-MMIO, PIO = IoreqType.MMIO, IoreqType.PIO
-BAR0 = 0xF000_0000
 VCPUS = 4
 KILLS = 20
 GVT_ID = "gvt-restart-test"  # a restarted gvt is the same device model only under the same id
-
-
-async def probe(guest: ScriptedGuest, vm: int) -> int:
-    """Place BAR0 of 00:02.0 through CONF1, enable decode, read the PVINFO magic (as i915 does first)."""
-    def conf(reg: int) -> int:
-        return 1 << 31 | 2 << 11 | reg
-
-    for port, size, value in ((0xCF8, 4, conf(0x10)), (0xCFC, 4, BAR0), (0xCF8, 4, conf(0x14)),
-                              (0xCFC, 4, 0), (0xCF8, 4, conf(0x04)), (0xCFC, 2, 0x6)):
-        await guest.ioreq(vm, 0, PIO, W, port, size, value)
-    return await guest.ioreq(vm, 0, MMIO, R, BAR0 + VGT_PVINFO_PAGE, 8)
 
 
 @pytest.fixture
@@ -57,62 +43,6 @@ async def stack() -> AsyncIterator[HostStack]:
         yield s
     finally:
         s.stop()
-
-
-class FencePairs:
-    """4 vCPUs, each keeping one write+read pair outstanding on its own fence register, increasing values."""
-
-    def __init__(self, guest: ScriptedGuest, vm: int) -> None:
-        self.guest, self.vm = guest, vm
-        self.pairs = [0] * VCPUS
-        self.last = [0] * VCPUS  # the last value each vCPU wrote and read back
-        self.wrong: list[tuple[int, int, int]] = []
-        self.failures: list[str] = []
-        self.stop = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def vcpu(self, i: int) -> None:
-        reg = BAR0 + FENCE_REG_GEN6_LO + 8 * i  # fence i: this vCPU's own register
-        value = i << 24
-        while not self.stop.is_set():
-            value += 1
-            try:
-                assert await self.guest.ioreq(self.vm, i, MMIO, W, reg, 4, value) == 0
-                got = await self.guest.ioreq(self.vm, i, MMIO, R, reg, 4)
-            except Exception as err:  # an ERROR (client_lost, gpu_reset, timeout...): the guest noticed
-                self.failures.append(f"vCPU {i} value {value}: {type(err).__name__}: {err}")
-                return
-            if got != value:
-                self.wrong.append((i, value, got))
-            self.pairs[i] += 1
-            self.last[i] = value
-
-    async def across(self, stack: HostStack, service: str, kills: int) -> list[float]:
-        """Run the pairs while ``service`` is killed (SIGKILL) and started again ``kills`` times; after each
-        restart wait until every vCPU completed pairs again. Returns each kill's time to progress."""
-        self.tasks = [asyncio.create_task(self.vcpu(i)) for i in range(VCPUS)]
-        outages: list[float] = []
-        try:
-            await asyncio.sleep(0.5)
-            for _ in range(kills):
-                before = list(self.pairs)
-                t0 = time.monotonic()
-                await asyncio.to_thread(stack.restart, service)  # SIGKILL, the same command again: a new epoch
-                async with asyncio.timeout(20):
-                    while not all(p > b + 2 for p, b in zip(self.pairs, before)) and not self.failures:
-                        await asyncio.sleep(0.01)
-                outages.append(time.monotonic() - t0)
-                assert not self.failures, self.failures
-        finally:
-            self.stop.set()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-        assert not self.failures, self.failures
-        assert not self.wrong, self.wrong[:5]
-        dup = [x for x in self.guest.stray if isinstance(x, (m.IoreqDone, m.Error))]
-        assert not dup, dup[:5]  # no answer without a request waiting for it: nothing answered twice
-        lost = [x for x in self.guest.stray if isinstance(x, m.VgpuLost)]
-        assert not lost, lost
-        return sorted(outages)
 
 
 @pytest.fixture

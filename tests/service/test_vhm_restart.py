@@ -21,19 +21,16 @@ import zmq.asyncio
 
 from gvtsim.orchestration.health import probe_sync
 from gvtsim.orchestration.hoststack import HostStack
-from gvtsim.protocol import IoreqDir, IoreqType
 from gvtsim.protocol import messages as m
 from gvtsim.services.common.client import PeerLost
 from gvtsim.services.common.liveness import HeartbeatConfig
 from gvtsim.services.gvt.handlers import FENCE_REG_GEN6_LO
 from gvtsim.services.gvt.pvinfo import VGT_MAGIC, VGT_PVINFO_PAGE
+from fence_pairs import BAR0, MMIO, R, W, FencePairs, probe
 from vhm_scripted import ScriptedGuest
 
 pytestmark = pytest.mark.service
 HB = 0.2
-R, W = IoreqDir.READ, IoreqDir.WRITE
-MMIO, PIO = IoreqType.MMIO, IoreqType.PIO
-BAR0 = 0xF000_0000
 VCPUS = 4
 KILLS = 20
 GVT_ID = "gvt-vhm-restart-test"
@@ -79,17 +76,6 @@ class ResendingGuest(ScriptedGuest):
         return fut
 
 
-async def probe(guest: ScriptedGuest, vm: int) -> int:
-    """Place BAR0 of 00:02.0 through CONF1, enable decode, read the PVINFO magic (as i915 does first)."""
-    def conf(reg: int) -> int:
-        return 1 << 31 | 2 << 11 | reg
-
-    for port, size, value in ((0xCF8, 4, conf(0x10)), (0xCFC, 4, BAR0), (0xCF8, 4, conf(0x14)),
-                              (0xCFC, 4, 0), (0xCF8, 4, conf(0x04)), (0xCFC, 2, 0x6)):
-        await guest.ioreq(vm, 0, PIO, W, port, size, value)
-    return await guest.ioreq(vm, 0, MMIO, R, BAR0 + VGT_PVINFO_PAGE, 8)
-
-
 @pytest.fixture
 async def fences() -> AsyncIterator[tuple[HostStack, ResendingGuest, int]]:
     stack = HostStack(mem_size_mb=256, heartbeat=HB, gvt_args=["--id", GVT_ID])
@@ -109,49 +95,9 @@ async def fences() -> AsyncIterator[tuple[HostStack, ResendingGuest, int]]:
 
 async def test_vhm_sigkill_many_times_every_request_answered_once_with_the_right_value(fences) -> None:
     stack, guest, vm = fences
-    pairs = [0] * VCPUS
-    wrong: list[tuple[int, int, int]] = []
-    failures: list[str] = []
-    stop = asyncio.Event()
-
-    async def vcpu(i: int) -> None:
-        reg = BAR0 + FENCE_REG_GEN6_LO + 8 * i  # fence i: this vCPU's own register
-        value = i << 24
-        while not stop.is_set():
-            value += 1
-            try:
-                assert await guest.ioreq(vm, i, MMIO, W, reg, 4, value, timeout=30) == 0
-                got = await guest.ioreq(vm, i, MMIO, R, reg, 4, timeout=30)
-            except Exception as err:  # an ERROR (no_such_vm, gpu_reset, timeout...): the guest noticed
-                failures.append(f"vCPU {i} value {value}: {type(err).__name__}: {err}")
-                return
-            if got != value:
-                wrong.append((i, value, got))
-            pairs[i] += 1
-
-    tasks = [asyncio.create_task(vcpu(i)) for i in range(VCPUS)]
-    outages: list[float] = []
-    try:
-        await asyncio.sleep(0.5)
-        for _ in range(KILLS):
-            before = list(pairs)
-            t0 = time.monotonic()
-            await asyncio.to_thread(stack.restart, "vhm")  # SIGKILL, the same command again: a new epoch
-            async with asyncio.timeout(30):
-                while not all(p > b + 2 for p, b in zip(pairs, before)) and not failures:
-                    await asyncio.sleep(0.01)
-            outages.append(time.monotonic() - t0)
-            assert not failures, failures
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    assert not failures, failures
-    assert not wrong, wrong[:5]
+    fp = FencePairs(guest, vm, VCPUS, ioreq_timeout=30, progress_timeout=30)
+    outages = await fp.across(stack, "vhm", KILLS)  # no failure, wrong value, duplicate or VGPU_LOST
     assert not guest.restarted, guest.restarted  # every vhm it met carried its VM on (same lineage)
-    dup = [x for x in guest.stray if isinstance(x, (m.IoreqDone, m.Error))]
-    assert not dup, dup[:5]  # no answer without a request waiting for it: nothing answered twice
-    lost = [x for x in guest.stray if isinstance(x, m.VgpuLost)]
-    assert not lost, lost
     v = await asyncio.to_thread(probe_sync, stack.vhm.endpoint, 2.0, True)
     g = await asyncio.to_thread(stack.gvt_status)
     assert v is not None and g is not None
@@ -161,8 +107,7 @@ async def test_vhm_sigkill_many_times_every_request_answered_once_with_the_right
     assert g.counters.get("vhm_lost", 0) == KILLS and g.counters.get("reconcile_destroyed", 0) == 0, g.counters
     # the vGPU is the one created at the start, and still answers
     assert await guest.ioreq(vm, 0, MMIO, R, BAR0 + VGT_PVINFO_PAGE, 8) == VGT_MAGIC
-    outages.sort()
-    print(f"\n{KILLS} vhm SIGKILLs: {sum(pairs)} write+read pairs verified on {VCPUS} vCPUs, 0 wrong, 0 failed, "
+    print(f"\n{KILLS} vhm SIGKILLs: {sum(fp.pairs)} write+read pairs verified on {VCPUS} vCPUs, 0 wrong, 0 failed, "
           f"0 duplicated, 0 VM resets; requests sent again by the guest {guest.resent}; kill-to-progress "
           f"median {outages[len(outages) // 2]:.2f}s, max {outages[-1]:.2f}s")
 
