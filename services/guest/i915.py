@@ -130,6 +130,7 @@ class VgpuDriver:
         self.balloon: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.gem: Gem | None = None
         self.msis = 0
+        self.missed_irqs = 0  # interrupts the hangcheck found pending with no MSI (_hangcheck_wait)
         self.irq_lock = Lock()
         self.ready = False
         self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
@@ -405,6 +406,13 @@ class VgpuDriver:
             status = yield from self.rd(e.base + r.EXECLIST_STATUS)
             if status == 0xFFFF_FFFF:
                 raise DriverError(f"{e.name}: GPU gone (EXECLIST_STATUS reads all ones)")
+            # A missed interrupt: the completion is in IIR but its MSI never came (lost with a hypervisor
+            # service that died with it on the wire). i915 kicked the waiters of an engine that had moved on
+            # without an interrupt from its hangcheck (intel_breadcrumbs.c intel_breadcrumbs_hangcheck,
+            # missed_irq_rings); here the hangcheck runs the interrupt handler once, which finds nothing to
+            # do unless the summary bits of MASTER_IRQ say an event is pending.
+            if (yield from self._handle_irq()):
+                self.missed_irqs += 1
 
     def _set_ring(self, context: Bo, head: int, tail: int, vcpu: int) -> Gen[None]:
         state = context.gpa + 4096
@@ -417,10 +425,14 @@ class VgpuDriver:
         self.msis += 1
         if data & 0xFF != self.gpu.msi_vector:
             return
+        yield from self._handle_irq()
+
+    def _handle_irq(self) -> Gen[bool]:
+        """The handler's body; False when MASTER_IRQ shows nothing pending."""
         with (yield from self.irq_lock.hold()):
             master = yield from self.rd(r.MASTER_IRQ)
             if not master & ~r.MASTER_IRQ_CONTROL:
-                return  # nothing pending (already handled by an earlier run)
+                return False  # nothing pending (already handled by an earlier run)
             yield from self.wr(r.MASTER_IRQ, 0)
             for gt in sorted({e.gt for e in self.engines.values()}):
                 iir = yield from self.rd(r.GT_IIR(gt))
@@ -446,6 +458,7 @@ class VgpuDriver:
             if master & r.MASTER_DE_PIPE_A and self.display is not None:
                 yield from self.display.on_pipe_irq()
             yield from self.wr(r.MASTER_IRQ, r.MASTER_IRQ_CONTROL)
+            return True
 
     def _process_csb(self, e: EngineState) -> Gen[None]:
         """process_csb: the write pointer and entries from the HWS page (RAM, no trap) when GVT emulates

@@ -34,6 +34,7 @@ class GuestVm(Tally):
     past_ioreqs: Counter[str] = field(default_factory=Counter)
     past_rtt: dict[str, Histogram] = field(default_factory=dict)
     past_msis: int = 0
+    past_missed_irqs: int = 0
     resets: int = 0
     display: GuestDisplay | None = None  # the VM's screen (--display)
     display_thread: Thread | None = None
@@ -59,6 +60,10 @@ class GuestVm(Tally):
         """MSIs its driver handled, over every incarnation."""
         return self.past_msis + (self.driver.msis if self.driver is not None else 0)
 
+    def missed_irqs(self) -> int:
+        """Interrupts its driver's hangcheck found pending with no MSI, over every incarnation."""
+        return self.past_missed_irqs + (self.driver.missed_irqs if self.driver is not None else 0)
+
     def fold(self) -> None:
         """Keep this incarnation's figures before the machine and driver are dropped."""
         if self.machine is not None:
@@ -68,6 +73,7 @@ class GuestVm(Tally):
                     self.past_rtt.setdefault(IoreqType(kind).name, Histogram()).add(hist)
         if self.driver is not None:
             self.past_msis += self.driver.msis
+            self.past_missed_irqs += self.driver.missed_irqs
 
 
 def vm_summary(vm: GuestVm) -> dict[str, Any]:
@@ -76,6 +82,7 @@ def vm_summary(vm: GuestVm) -> dict[str, Any]:
                            "submitted": vm.submitted, "verified": vm.verified, "failed": vm.failed,
                            "by_kind": dict(vm.by_kind), "failures": vm.failures[:5], "resets": vm.resets,
                            "recoveries": vm.recoveries, "ioreqs": dict(vm.ioreqs()), "msis": vm.msis(),
+                           "missed_irqs": vm.missed_irqs(),
                            "workloads_per_s": round(vm.verified / vm.run_s, 1) if vm.run_s else 0.0}
     if vm.driver is not None:
         out["submission_traps"] = {str(k): v for k, v in sorted(vm.driver.submission_traps.items())}
@@ -115,6 +122,7 @@ def summary(vms: list[GuestVm], elapsed: float) -> dict[str, Any]:
     return {"vms": len(vms), "workloads_submitted": sum(v.submitted for v in vms),
             "workloads_verified": verified, "workloads_failed": sum(v.failed for v in vms),
             "ioreqs_by_type": dict(_ioreqs(vms)), "msis": sum(v.msis() for v in vms),
+            "missed_irqs": sum(v.missed_irqs() for v in vms),
             "mmio_rtt_us": {"p50": mmio.get("p50", 0.0), "p99": mmio.get("p99", 0.0),
                             "mean": mmio.get("mean", 0.0)},
             "rtt_us_by_type": {k: v.summary() for k, v in hists.items()},

@@ -137,7 +137,7 @@ async def test_guest_process_workloads_go_on_across_vhm_kills() -> None:
         backs = [e for e in guest.seen if e.get("event") == "vhm_back"]
         print(f"\n{kills} vhm SIGKILLs under a guest process: {done['workloads_verified']} workloads verified, "
               f"0 failed, 0 resets; back after {[e['away_s'] for e in backs]} s, traps sent again "
-              f"{sum(e['resent'] for e in backs)}")
+              f"{sum(e['resent'] for e in backs)}, interrupts found by the hangcheck (MSI lost) {done['missed_irqs']}")
     finally:
         stack.stop()
 

@@ -87,6 +87,52 @@ def test_a_request_completes_on_the_msi_and_not_before(host: Host) -> None:
     assert isinstance(sub.outcome, Done) and e.completions == 1 and e.user_irqs == 1 and drv.msis == 1
 
 
+def test_a_lost_msi_is_found_by_the_next_hangcheck_and_the_request_completes(host: Host) -> None:
+    """The completion reached IIR but its MSI was lost (a vhm killed with it on the wire): the hangcheck
+    runs the handler, which finds the pending summary bits, and the request completes, not a hang."""
+    drv, _ = _driver(host)
+    host.run(drv.init())
+    rt = host.rt
+    drv.hangcheck_period = 0.5
+    sub = rt.spawn(drv.submit("rcs", [cmds.MI_NOOP, cmds.MI_USER_INTERRUPT], timeout=3.0, wait_user_irq=True),
+                   20.0, "submit", 1)
+    host.pump()
+    (w,) = host.gvt.scheduler.inflight.values()
+    host.gvt.scheduler.on_gpu_event("rcs", "user_interrupt", w.id, now=20.1)
+    host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w.id, now=20.1)  # its MSI is never delivered
+    rt.advance(20.4)
+    host.pump()
+    assert sub.outcome is None and drv.missed_irqs == 0  # before the hangcheck nothing looks
+    rt.advance(20.5)
+    host.pump()
+    e = drv.engines["rcs"]
+    assert isinstance(sub.outcome, Done), sub.outcome
+    assert drv.missed_irqs == 1 and drv.msis == 0 and e.completions == 1 and e.user_irqs == 1
+
+
+def test_the_hangcheck_handler_run_does_nothing_when_no_event_is_pending(host: Host) -> None:
+    """No completion at all: every hangcheck runs the handler; only the first finds an event (the CSB's
+    idle-to-active switch, whose MSI this host never delivers), the next ones read MASTER_IRQ and stop,
+    and the request is still a hang at its timeout."""
+    drv, _ = _driver(host)
+    host.run(drv.init())
+    rt = host.rt
+    drv.hangcheck_period = 0.5
+    seen: list[m.Ioreq] = []
+    send = host._send
+    host._send = lambda req: (seen.append(req), send(req))[1]  # type: ignore[method-assign]
+    sub = rt.spawn(drv.submit("rcs", [cmds.MI_NOOP], timeout=2.0), 30.0, "submit", 1)
+    host.pump()
+    for now in (30.5, 31.0, 31.5, 32.0):
+        rt.advance(now)
+        host.pump()
+    assert isinstance(sub.outcome, Failed) and "GPU hang" in str(sub.outcome.error)
+    offsets = _mmio_offsets(seen)
+    assert offsets.count(("r", r.MASTER_IRQ)) == 3  # one handler run per hangcheck before the deadline
+    assert offsets.count(("w", r.MASTER_IRQ)) == 2  # master off and on again: the first run only
+    assert drv.missed_irqs == 1
+
+
 def test_no_completion_is_a_hang_found_by_hangcheck_on_the_fake_clock(host: Host) -> None:
     drv, _ = _driver(host)
     host.run(drv.init())
