@@ -1,5 +1,6 @@
-"""The compose topology for real: config, up --wait, a verified load, kill and restart of gvt and of pgpu
-with recovery checked (each time a fresh load must verify again), status, down -v.
+"""The compose topology for real: config, up --wait, a verified load, kill and restart of vhm and of pgpu
+under a running verified load (nothing may fail), kill and restart of gvt, pgpu and vhm with recovery checked
+(each time a fresh load must verify again), status, down -v.
 
 One project for the module (bringing it up costs seconds); the tests run in file order and each leaves the
 topology serving. Needs the image built (``.ci/compose-tier`` builds it) and BASE_IMAGE in the environment.
@@ -43,36 +44,59 @@ def topology() -> Iterator[None]:
         run(*COMPOSE, "down", "-v", "-t", "1", timeout=120)
 
 
-def guest_load(vms: int, workloads: int, timeout: float = 90.0) -> dict[str, Any]:
-    """A one-off guest container (``compose run``) with ``vms`` VMs: its JSON events until ``done``."""
-    name = f"{PROJECT}-load-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen([*COMPOSE, "run", "--rm", "-T", "--name", name, "guest", "gvtsim", "guest",
-                             "--vms", str(vms), "--workloads", str(workloads), "--name-prefix", f"{name}-vm"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    events: list[dict[str, Any]] = []
-    done = threading.Event()
+class GuestLoad:
+    """A one-off guest container (``compose run``) with ``vms`` VMs, reading its JSON events: started at
+    once, waited for (its VMs ready, its ``done``) by whoever drives it."""
 
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
+    def __init__(self, vms: int, *args: str) -> None:
+        self.vms = vms
+        self.name = f"{PROJECT}-load-{uuid.uuid4().hex[:8]}"
+        self.proc = subprocess.Popen([*COMPOSE, "run", "--rm", "-T", "--name", self.name, "guest", "gvtsim", "guest",
+                                      "--vms", str(vms), "--name-prefix", f"{self.name}-vm", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+        self.events: list[dict[str, Any]] = []
+        self.cond = threading.Condition()
+        self.ended = False
+        threading.Thread(target=self._reader, daemon=True).start()
+
+    def _reader(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
             try:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            events.append(ev)
-            if ev.get("event") == "done":
-                done.set()
-        done.set()
+            with self.cond:
+                self.events.append(ev)
+                self.cond.notify_all()
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
 
-    threading.Thread(target=reader, daemon=True).start()
-    try:
-        assert done.wait(timeout), f"no done event in {timeout}s: {events[-5:]}"
-    finally:
-        run("docker", "rm", "-f", name, timeout=60)  # a guest stays up after done: remove it
-        proc.wait(30)
-    final = next((e for e in events if e.get("event") == "done"), None)
-    assert final is not None, f"guest ended without done: {events[-5:]}"
-    return {"ready": [e for e in events if e.get("event") == "vm_ready"], "done": final}
+    def _count(self, event: str) -> int:
+        return sum(e.get("event") == event for e in self.events)
+
+    def wait_for(self, event: str, count: int, timeout: float) -> None:
+        """Until ``count`` events named ``event`` arrived (fails after ``timeout`` or if the guest ended)."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: self._count(event) >= count or self.ended, timeout)
+            assert ok and self._count(event) >= count, f"{count} x {event} not seen in {timeout}s: {self.events[-5:]}"
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Its ``done`` event and the VMs that became ready; the container is removed."""
+        try:
+            self.wait_for("done", 1, timeout)
+        finally:
+            run("docker", "rm", "-f", self.name, timeout=60)  # a guest stays up after done: remove it
+            self.proc.wait(30)
+        final = next(e for e in self.events if e.get("event") == "done")
+        return {"ready": [e for e in self.events if e.get("event") == "vm_ready"], "done": final,
+                "events": list(self.events)}
+
+
+def guest_load(vms: int, workloads: int, timeout: float = 90.0) -> dict[str, Any]:
+    """A one-off guest with ``vms`` VMs running ``workloads`` verified workloads each: its events until done."""
+    return GuestLoad(vms, "--workloads", str(workloads)).finish(timeout)
 
 
 def assert_verified(result: dict[str, Any], vms: int) -> None:
@@ -123,8 +147,8 @@ def test_load_verifies(topology: None) -> None:
     assert_verified(guest_load(vms=2, workloads=6), 2)
 
 
-@pytest.mark.parametrize("service", ["gvt", "pgpu"])
-def test_kill_restart_recovers(topology: None, service: str) -> None:
+def kill_and_restart(service: str) -> dict[str, Any]:
+    """``gvtsim chaos --compose kill SERVICE --restart-after 1``: its record, recovered."""
     r = run(*GVTSIM, "chaos", "--compose", "-p", PROJECT, *FILES, "--json", "kill", service,
             "--restart-after", "1", timeout=120)
     rec = json.loads(r.stdout)
@@ -134,6 +158,33 @@ def test_kill_restart_recovers(topology: None, service: str) -> None:
     # it serves again (how fast is a figure, printed above: a timed assertion would fail on a busy machine
     # rather than on a broken restart)
     assert rec["serving_s"] is not None, rec
+    return rec
+
+
+@pytest.mark.parametrize("service", ["vhm", "pgpu"])
+def test_kill_restart_under_a_verified_load_fails_nothing(topology: None, service: str) -> None:
+    """A guest container runs verified workloads while SERVICE's container is SIGKILLed and started again
+    in the middle of its run: every workload verifies, none fails, no VM is reset (vhm carries the VMs on
+    from its state in the machine-memory volume; after a pgpu restart gvt resubmits what had not
+    completed). The guest's hang timeout is 10 s (i915's heartbeat declares a hang after several 2.5 s
+    beats) since a container's restart takes seconds."""
+    load = GuestLoad(2, "--duration", "20", "--hang-timeout", "10", "--stats-interval", "1")
+    load.wait_for("vm_ready", 2, 90)
+    load.wait_for("stats", 3, 30)  # workloads are running
+    kill_and_restart(service)
+    got = load.finish(90)
+    done = got["done"]
+    bad = [e for e in got["events"] if e.get("event") in ("vm_reset", "vm_failed", "vhm_restarted", "vgpu_lost")]
+    print(f"{service} killed under load: {done['workloads_verified']} verified, {done['workloads_failed']} failed, "
+          f"resets {done['resets']}, interrupts found by the hangcheck {done.get('missed_irqs')}")
+    assert not bad, bad[:3]
+    assert done["workloads_failed"] == 0 and done["resets"] == 0, done["failures_by_reason"]
+    assert done["workloads_verified"] > 0, done
+
+
+@pytest.mark.parametrize("service", ["gvt", "pgpu", "vhm"])
+def test_kill_restart_recovers(topology: None, service: str) -> None:
+    kill_and_restart(service)
     # serving again: a fresh guest boots its VMs and verifies workloads through the restarted service
     assert_verified(guest_load(vms=1, workloads=4), 1)
     # every service is up and healthy again (docker's health state follows at its next check, interval 2 s),
