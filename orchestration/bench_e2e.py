@@ -477,7 +477,7 @@ def mmio_probe(v: Vcpu, until: Callable[[], bool], keepalive: Callable[[], None]
     return lat
 
 
-def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, int | list[int]]:
+def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, Any]:
     """``vms`` VMs created at once (``vgpus`` of them with a vGPU), each then probing its PCI bus."""
     socks = []
     for i in range(vms):
@@ -491,8 +491,11 @@ def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, in
         s.send(encode(m.VmCreate(req=1, name=f"storm{i}", vcpus=1, ram_mb=4,
                                  vgpu_type="GVTg_V5_8" if i < vgpus else "")))
     created = failed = probed = 0
+    errors: dict[str, int] = {}
+    answered: dict[int, int] = {}
     vm_ids: dict[int, int] = {}
-    deadline = time.monotonic() + 60
+    t0 = time.monotonic()
+    deadline = t0 + 60
     poller = zmq.Poller()
     for s in socks:
         poller.register(s, zmq.POLLIN)
@@ -513,8 +516,13 @@ def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, in
             elif isinstance(msg, m.Error) and msg.req == 1:
                 failed += 1
                 continue
+            elif isinstance(msg, m.Error):  # an ioreq refused: its VM probes no further (said in the result)
+                why = f"{msg.code.value}: {msg.reason}"[:120]
+                errors[why] = errors.get(why, 0) + 1
+                continue
             elif isinstance(msg, m.IoreqDone):
                 probed += 1
+                answered[i] = answered.get(i, 0) + 1
             else:
                 continue
             if i in vm_ids and seqs[i] < 8:  # config reads of 00:02.0 (vendor/device, class...)
@@ -529,9 +537,15 @@ def boot_storm(ctx: zmq.Context, vhm: str, vms: int, vgpus: int) -> dict[str, in
         except zmq.ZMQError:
             pass
         s.close(linger=2000)
-    out: dict[str, int | list[int]] = {"created": created, "refused": failed, "ioreqs_done": probed}
+    out: dict[str, Any] = {"created": created, "refused": failed, "ioreqs_done": probed,
+                           "seconds": round(time.monotonic() - t0, 1)}
     if created + failed < vms:
         out["unanswered"] = [i for i in range(vms) if i not in vm_ids][:10]
+    if errors:
+        out["ioreq_errors"] = errors
+    unfinished = {i: answered.get(i, 0) for i in vm_ids if answered.get(i, 0) < 8}
+    if unfinished:  # storm VM -> probes answered, when the deadline ended the storm before all 8
+        out["probes_unfinished"] = dict(list(unfinished.items())[:10])
     return out
 
 

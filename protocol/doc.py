@@ -71,10 +71,13 @@ Small structures travel as MessagePack **arrays** inside messages: `Extent` = `[
    server does not speak is answered with `ERROR wire_version`.
 2. Anything but `HELLO` (and `STATUS`, which health probes may send directly) from a peer without a session
    is answered with `ERROR not_hello`.
-3. Liveness. A dead or unreachable peer is found by the transport, not by the application: every socket
-   enables ZeroMQ's ZMTP heartbeats (`ZMQ_HEARTBEAT_IVL` 1000 ms, `ZMQ_HEARTBEAT_TIMEOUT` 3000 ms,
+3. Liveness. A dead or unreachable peer is found by the transport, not by the application: every client
+   socket enables ZeroMQ's ZMTP heartbeats (`ZMQ_HEARTBEAT_IVL` 1000 ms, `ZMQ_HEARTBEAT_TIMEOUT` 3000 ms,
    `ZMQ_HEARTBEAT_TTL` 3000 ms; libzmq answers them in its I/O thread, so a peer busy in its own code still
-   answers), and a disconnect reported by the socket monitor ends the session at once. Application
+   answers; the server drops a connection silent past the TTL the client's PINGs carry, and sends no PINGs
+   itself, which would expose it to a libzmq 4.3.5 abort when a client closes a connection whose input the
+   server had stopped at its high-water mark), and a disconnect reported by the socket monitor ends the
+   session at once. Application
    heartbeats are only a backstop for a hung process. `HELLO_ACK` announces the two intervals the client
    must follow: **send `HEARTBEAT {{epoch}}` whenever you have sent nothing for `heartbeat_ms`** (default
    1000) and consider the server lost after `timeout_ms` (default 12000) of silence; the server does the

@@ -9,9 +9,11 @@ import zmq.backend
 
 from ...protocol.constants import MAX_MESSAGE
 
-#: ZMTP heartbeats (libzmq >= 4.2, RFC 37/ZMTP 3.1 PING/PONG), in milliseconds. libzmq sends and answers them
-#: in its own I/O thread, so a peer whose Python code is busy still answers; a peer that is gone or hung
-#: (SIGSTOP, a dead host) is disconnected after HEARTBEAT_TIMEOUT and the socket monitor reports it.
+#: ZMTP heartbeats (libzmq >= 4.2, RFC 37/ZMTP 3.1 PING/PONG), in milliseconds, sent by clients (see
+#: make_socket). libzmq sends and answers them in its own I/O thread, so a peer whose Python code is busy
+#: still answers; a server that is gone or hung (SIGSTOP, a dead host) is disconnected by its client after
+#: HEARTBEAT_TIMEOUT, a client silent past the TTL its PINGs carry by the server, and the socket monitor
+#: reports it.
 ZMTP_HEARTBEAT_IVL = 1000
 ZMTP_HEARTBEAT_TIMEOUT = 3000
 ZMTP_HEARTBEAT_TTL = 3000
@@ -26,17 +28,30 @@ def make_socket(ctx: zmq.Context, kind: int, *, request_sender: bool = False) ->
     """A plain (non-asyncio) socket for a :class:`~.reactor.Reactor`, with LINGER 0 (never hang on close),
     MAXMSGSIZE (libzmq drops oversized frames), ROUTER_MANDATORY on ROUTERs (never drop silently:
     EHOSTUNREACH instead), IMMEDIATE on request senders (never queue requests for a peer that is not
-    connected), bounded per-peer queues, and ZMTP heartbeats so a dead or hung peer is detected by libzmq."""
+    connected), bounded per-peer queues on servers, and ZMTP heartbeats from clients so a dead or hung peer
+    is detected by libzmq."""
     sock: zmq.Socket = zmq.Socket(ctx, kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
     sock.setsockopt(zmq.SNDHWM, SNDHWM_PER_PEER)
-    sock.setsockopt(zmq.RCVHWM, RCVHWM_PER_PEER)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TTL)
+    # libzmq 4.3.5 aborts the whole process (``Assertion failed: !_io_error (src/stream_engine_base.cpp:310)``)
+    # when a connection whose input it had stopped (the peer's pipe at its RCVHWM) is closed by the peer and
+    # the engine's ZMTP heartbeat timer fires afterwards: in_event() on the hang-up marks the engine
+    # ``_io_error`` without tearing it down, and timer_event() calls out_event(), which asserts. Any client
+    # could trigger it by filling its pipe and disconnecting. So the two ends avoid one condition each:
     if kind == zmq.ROUTER:
+        # a server's pipes stay bounded (push-back on a flooder) but it sends no PINGs of its own, so no
+        # heartbeat timer runs on its connections; a client's PINGs carry a TTL (below), and libzmq drops a
+        # connection that stays silent past it; the sessions' application heartbeats are the backstop
+        sock.setsockopt(zmq.RCVHWM, RCVHWM_PER_PEER)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    else:
+        # a client's one pipe is from the server it chose (CURVE pins the server's key), whose traffic the
+        # protocol bounds (one ioreq per vCPU): its input is never stopped, so its heartbeats are safe
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_IVL)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ZMTP_HEARTBEAT_TIMEOUT)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, ZMTP_HEARTBEAT_TTL)
     if request_sender:
         sock.setsockopt(zmq.IMMEDIATE, 1)
     return sock
