@@ -359,6 +359,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     finished = chaos_task is not None and not chaos_task.cancelled() and chaos_task.exception() is None
     kills = [asdict(r) for r in (chaos_task.result() if finished and chaos_task is not None
                                  else sorted(kills_done, key=lambda r: r.at))]
+    kills.sort(key=lambda k: float(k.get("at", 0.0)))  # as they happened (stacks' kills run side by side)
     if chaos_task is not None and not finished:
         kills.append({"service": "?", "target": "", "recovered": False, "at": 0.0,
                       "error": f"chaos schedule did not finish within the run ({len(kills_done)} of "

@@ -51,7 +51,8 @@ class Interval:
     start: float
     end: float
     n: int
-    hist: str  # the encoded HdrHistogram of their latencies (microseconds)
+    hist: str  # the encoded HdrHistogram of their latencies (microseconds); "" when none verified
+    failed: int = 0  # workloads it reported failed in the interval
 
 
 @dataclass
@@ -125,6 +126,7 @@ class LoadStats:
         elif kind == "vm_done":
             inc.vm_done[str(ev.get("name", ev.get("vm")))] = ev
         elif kind in ("stats", "done"):
+            failed_before = inc.counts()["workloads_failed"]
             inc.last = ev
             since = inc.mark[0]  # the previous stats event of this incarnation (or its ready line)
             self._spread(inc, t - self.t0, inc.counts()["workloads_verified"])
@@ -138,9 +140,10 @@ class LoadStats:
                     self.unparsed += 1
                 else:
                     self.workload_hist.add(hist)
-                    if hist.count:  # kept encoded: a decoded HdrHistogram is tens of KB
-                        self.intervals.append(Interval(source, _stack(source), since, t - self.t0,
-                                                       hist.count, ev["workload_hist"]))
+                    # kept encoded (a decoded HdrHistogram is tens of KB), empty ones too: a stall shows
+                    self.intervals.append(Interval(source, _stack(source), since, t - self.t0, hist.count,
+                                                   ev["workload_hist"] if hist.count else "",
+                                                   max(0, inc.counts()["workloads_failed"] - failed_before)))
             by_vm = ev.get("verified_by_vm")
             if isinstance(by_vm, dict):
                 for name, n in by_vm.items():
@@ -502,9 +505,12 @@ def attach_blips(kills: list[dict[str, Any]], stats: LoadStats, restart_after: f
     that overlap it: an interval (a, b] of a guest process of the killed stack counts when b > window start
     and a < window end. The baseline is every interval from ``since`` (the end of the ramp-up) on that
     overlaps no recovery window of its own stack. Percentiles are of the summed histograms (exact to their
-    1 % resolution). ``blip``: {p50_ms, p99_ms, max_ms, workloads, intervals, from_s, to_s (the span the
-    intervals cover), window_s [start, end], baseline_p50_ms, baseline_p99_ms, p99_ratio}; p50_ms and
-    p99_ms are None when no workload of the stack completed in the window. Returns the baseline summary.
+    1 % resolution). A workload that failed (its VM reset) has no latency: ``failed`` counts those of the
+    window, and ``stall_s`` is the longest part of the window in which no guest of the stack verified a
+    workload (not covered by an interval that verified one). ``blip``: {p50_ms, p99_ms, max_ms, workloads,
+    failed, stall_s, intervals, from_s, to_s (the span the intervals cover), window_s [start, end],
+    baseline_p50_ms, baseline_p99_ms, p99_ratio}; p50_ms and p99_ms are None when no workload of the
+    stack completed in the window. Returns the baseline summary.
     """
     windows = [(_kill_stack(k), *recovery_window(k, restart_after, budget, tail)) for k in kills
                if k.get("service") != "?"]
@@ -526,16 +532,29 @@ def attach_blips(kills: list[dict[str, Any]], stats: LoadStats, restart_after: f
                      "from_s": round(min((iv.start for iv in hit), default=a), 3),
                      "to_s": round(max((iv.end for iv in hit), default=b), 3),
                      "intervals": len(hit), "workloads": blip.get("n", 0),
+                     "failed": sum(iv.failed for iv in hit), "stall_s": _stall(hit, a, b),
                      "p50_ms": blip.get("p50"), "p99_ms": p99, "max_ms": blip.get("max"),
                      "baseline_p50_ms": base.get("p50"), "baseline_p99_ms": base.get("p99"),
                      "p99_ratio": round(p99 / base["p99"], 2) if p99 is not None and base.get("p99") else None}
     return base
 
 
+def _stall(intervals: list[Interval], a: float, b: float) -> float:
+    """The longest part of [a, b] covered by no interval that verified a workload (seconds)."""
+    busy = sorted((max(a, iv.start), min(b, iv.end)) for iv in intervals if iv.n and iv.end > a and iv.start < b)
+    longest, at = 0.0, a
+    for lo, hi in busy:
+        longest = max(longest, lo - at)
+        at = max(at, hi)
+    return round(max(longest, b - at), 3)
+
+
 def _sum_ms(intervals: list[Interval]) -> dict[str, Any]:
     """{n, p50, p90, p99, max, mean} in milliseconds of the intervals' histograms added together."""
     h = Histogram()
     for iv in intervals:
+        if not iv.hist:
+            continue
         try:
             h.add(Histogram.decode(iv.hist))
         except ValueError:
@@ -548,13 +567,15 @@ def blip_words(b: dict[str, Any] | None) -> str:
     if not b:
         return ""
     span = f"{b['from_s']}-{b['to_s']} s"
+    also = (f"; {b['failed']} failed" if b.get("failed") else "") \
+        + (f"; none verified for {b['stall_s']} s of it" if b.get("stall_s") else "")
     if b.get("p99_ms") is None:
-        return f"latency blip: no workload of stack {b['stack']} completed in {span}"
+        return f"latency blip: no workload of stack {b['stack']} completed in {span}{also}"
     vs = f", vs p99 {b['baseline_p99_ms']} ms outside recovery windows" if b.get("baseline_p99_ms") is not None \
         else ""
     ratio = f" (x{b['p99_ratio']})" if b.get("p99_ratio") is not None else ""
     return (f"latency blip: p99 {b['p99_ms']} ms, p50 {b['p50_ms']} ms over {b['workloads']} workloads of stack "
-            f"{b['stack']} in {span}{vs}{ratio}")
+            f"{b['stack']} in {span}{vs}{ratio}{also}")
 
 
 #: sessions that come and go by design (health probes, gvtsim ctl): their end is never a lost session

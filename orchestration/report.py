@@ -177,19 +177,22 @@ def summary_md(data: dict[str, Any]) -> str:
             return cell((k.get("blip") or {}).get(key))
 
         lines += ["", "| t (s) | kill | target | ready (s) | stack serving (s) | VMs down | slowest VM back (s) "
-                  "| VMs never back | blip p50 (ms) | blip p99 (ms) | x run's p99 | workloads in window |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| VMs never back | blip p50 (ms) | blip p99 (ms) | x run's p99 | workloads in window | failed in "
+                  "window | none verified for (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {k['at']} | {k['service']} | {k['target']} | {cell(k.get('ready_s'))} | "
                   f"{cell(k.get('serving_s'))} | {k.get('vms_reset', 0)} | {cell(k.get('vms_recovered_s'))} | "
                   f"{len(k.get('vms_not_back') or [])} | {blip(k, 'p50_ms')} | {blip(k, 'p99_ms')} | "
-                  f"{blip(k, 'p99_ratio')} | {blip(k, 'workloads')} |" for k in kills]
+                  f"{blip(k, 'p99_ratio')} | {blip(k, 'workloads')} | {blip(k, 'failed')} | {blip(k, 'stall_s')} |"
+                  for k in kills]
         base = next((k["blip"] for k in kills if k.get("blip")), None)
         if base is not None:
             lines += ["", "Latency blip of a kill: the workload latency (submit to verified completion) of the VMs "
                       "of the killed host stack during its recovery window, from the kill to the stack serving "
                       f"again plus {BLIP_TAIL_S:g} s (the workloads the outage held up complete then). The guests "
                       "report their latency histograms once per stats interval (1 s), so the window is widened to "
-                      "the intervals that overlap it; percentiles are of the summed histograms. Compared with "
+                      "the intervals that overlap it; percentiles are of the summed histograms. A workload that "
+                      "failed has no latency: the table counts those, and the longest part of the window in which "
+                      "no guest of the stack verified a workload. Compared with "
                       f"the run's p99 outside every recovery window: p50 {cell(base.get('baseline_p50_ms'))} ms, "
                       f"p99 {cell(base.get('baseline_p99_ms'))} ms."]
     if data["problems"]:

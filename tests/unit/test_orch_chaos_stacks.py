@@ -192,11 +192,29 @@ def test_blip_of_a_window_where_nothing_completed_says_so() -> None:
     s = LoadStats(T0, 1)
     s.feed("s2/load-guest.0", {"event": "ready", "pid": 1, "t": T0}, T0)
     _stats(s, "s2/load-guest.0", 1.0, 10.0)
-    _stats(s, "s2/load-guest.0", 9.0)  # an empty interval is not kept
+    # its VMs reset: 3 workloads failed and none verified until t=9
+    s.feed("s2/load-guest.0", {"event": "stats", "verified": 1, "failed": 3, "t": T0 + 9.0,
+                               "workload_hist": Histogram().encode()}, T0 + 9.0)
     kills = [{"service": "vhm", "target": "s2/vhm", "at": 2.0, "restart_after": 1.0, "serving_at": 4.0}]
     attach_blips(kills, s, 1.0)
-    assert kills[0]["blip"]["p99_ms"] is None and kills[0]["blip"]["workloads"] == 0
-    assert "no workload of stack 2 completed" in explain(s.figures(T0 + 9), True, kills, [])[-1]
+    b = kills[0]["blip"]
+    assert b["p99_ms"] is None and b["workloads"] == 0 and b["intervals"] == 1
+    assert b["failed"] == 3 and b["stall_s"] == 3.0  # the whole window [2, 4 + 1 s tail]
+    line = explain(s.figures(T0 + 9), True, kills, [])[-1]
+    assert "no workload of stack 2 completed in 1.0-9.0 s; 3 failed; none verified for 3.0 s of it" in line
+
+
+def test_stall_is_the_longest_part_of_the_window_no_interval_verified_in() -> None:
+    s = LoadStats(T0, 2)
+    for source in ("s0/load-guest.0", "s0/load-guest.1"):
+        s.feed(source, {"event": "ready", "pid": 1, "t": T0}, T0)
+    for t, a, b in ((1, 5, 5), (2, 5, 0), (3, 0, 0), (4, 0, 0), (5, 0, 5), (6, 5, 5)):
+        _stats(s, "s0/load-guest.0", t, *[10.0] * a)
+        _stats(s, "s0/load-guest.1", t, *[10.0] * b)
+    kills = [{"service": "gvt", "target": "s0/gvt", "at": 1.5, "restart_after": 1.0, "serving_at": 4.5}]
+    attach_blips(kills, s, 1.0)
+    # guest 0 verified in (1, 2], guest 1 in (4, 5]: nothing in (2, 4]
+    assert kills[0]["blip"]["stall_s"] == 2.0 and kills[0]["blip"]["workloads"] == 20
 
 
 def test_an_overlapping_kill_of_another_stack_does_not_cut_a_kills_outage_short() -> None:
