@@ -120,6 +120,13 @@ def stacks_to_add(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_S
     return max(0, math.ceil((n_vms - sum(max(0, f) for f in free.values())) / per_stack))
 
 
+def stacks_used(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_STACK, cap: int | None = None) -> int:
+    """How many host stacks ``place`` will spread ``n_vms`` VMs over once ``stacks_to_add`` stacks are added:
+    the kill plan of a chaos load is made per stack, and is checked before anything is started."""
+    room = [min(f, cap) if cap is not None else f for f in free.values()]
+    return max(1, min(n_vms, sum(r > 0 for r in room) + stacks_to_add(n_vms, free, per_stack, cap)))
+
+
 def auto_think(vms: int, vcpus: int, cpus: int) -> float:
     """``--think`` when the load does not give it: none for a load a machine runs back to back (up to
     BACK_TO_BACK_VCPUS per core); past it, a pause that offers about PACED_WORKLOADS_PER_CORE workloads a
@@ -249,10 +256,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         return sum(min(max(0, n), cap) for n in f.values())
 
     if args.chaos:  # an impossible plan is refused before stacks are added and guests started
-        used = min(args.vms, sum(min(n, cap) > 0 for n in free.values())
-                   + stacks_to_add(args.vms, free, per_stack, cap))
         plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed,
-                      stacks=range(max(1, used)))
+                      stacks=range(stacks_used(args.vms, free, per_stack, cap)))
 
     added = 0
     for _ in range(3):  # a stack may offer fewer slots of a big type than its vGPU limit: ask again

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gvtsim.orchestration.chaos import RECOVERY_BUDGET, ChaosError, KillRecord, PlannedKill, main, parse_kills, \
     plan_schedule, run_schedule
-from gvtsim.orchestration.load import VMS_PER_STACK_CAP, place, stacks_to_add
+from gvtsim.orchestration.load import VMS_PER_STACK_CAP, place, stacks_to_add, stacks_used
 from gvtsim.orchestration.loadstats import LoadStats, attach_blips, attach_recovery, explain, recovery_window
 from gvtsim.orchestration.report import summary_md, write_report
 from gvtsim.services.common.histo import Histogram
@@ -74,6 +74,16 @@ def test_the_acceptance_run_fits_per_stack_and_kills_overlap_across_stacks() -> 
     assert any(b.at - a.at < slot and a.stack != b.stack for a, b in zip(plan, plan[1:]))  # side by side
     assert plan == plan_schedule(180, kills, 1.0, 1, stacks=stacks)
     assert plan != plan_schedule(180, kills, 1.0, 2, stacks=stacks)  # the seed chooses
+
+
+@given(st.integers(1, 200), st.dictionaries(st.integers(0, 20), st.integers(0, 7), max_size=6),
+       st.integers(1, 8), st.sampled_from([None, 2, 4, 128]))
+def test_the_load_plans_its_kills_over_the_stacks_it_will_use(n: int, free: dict[int, int], per_guest: int,
+                                                                cap: int | None) -> None:
+    # what gvtsim load checks before it starts anything is the number of stacks place() then uses
+    add = stacks_to_add(n, free, 7, cap)
+    plans = place(n, {**free, **{100 + i: 7 for i in range(add)}}, per_guest, per_stack=cap)
+    assert stacks_used(n, free, 7, cap) == len({p.stack for p in plans})
 
 
 def test_a_per_stack_plan_that_cannot_fit_is_refused_saying_what_fits() -> None:
