@@ -116,11 +116,12 @@ def plan_schedule(duration: float, kills: dict[str, int], restart_after: float |
     span = duration - 2 * margin
     fit = max(0, int(span / slot + 1e-9))  # kills that fit one after another in one stack's windows
     need = f"{slot:g}s each plus {margin:g}s margins"
+    none = f"no kill fits (one needs {slot + 2 * margin:.0f}s)"
     if not stacks:
         if len(order) > fit:
             raise ChaosError(f"{len(order)} kills need {len(order) * slot + 2 * margin:.0f}s ({need}); the run "
-                             f"lasts {duration:.0f}s: at most {fit} kills fit, or give a --duration of at least "
-                             f"{len(order) * slot + 2 * margin:.0f}s")
+                             f"lasts {duration:.0f}s: {f'at most {fit} kills fit' if fit else none}, or give a "
+                             f"--duration of at least {len(order) * slot + 2 * margin:.0f}s")
         window = span / len(order)
         return [PlannedKill(at=round(margin + i * window + rng.uniform(0, window - slot), 3), service=name,
                             restart_after=restart_after) for i, name in enumerate(order)]
@@ -131,10 +132,10 @@ def plan_schedule(duration: float, kills: dict[str, int], restart_after: float |
         per_stack[ids[i % len(ids)]].append(name)
     most = max(len(v) for v in per_stack.values())
     if most > fit:
-        raise ChaosError(f"{len(order)} kills over {len(ids)} host stack(s) put {most} on one stack, which need "
-                         f"{most * slot + 2 * margin:.0f}s ({need}); the run lasts {duration:.0f}s: at most "
-                         f"{fit * len(ids)} kills fit ({fit} per stack), or give a --duration of at least "
-                         f"{most * slot + 2 * margin:.0f}s")
+        raise ChaosError(f"{len(order)} kills over {len(ids)} host stack(s) put {most} on one stack, and {most} "
+                         f"kills need {most * slot + 2 * margin:.0f}s ({need}); the run lasts {duration:.0f}s: "
+                         f"{f'at most {fit * len(ids)} kills fit ({fit} per stack)' if fit else none}, "
+                         f"or give a --duration of at least {most * slot + 2 * margin:.0f}s")
     plan = []
     for stack in sorted(per_stack):
         names = per_stack[stack]

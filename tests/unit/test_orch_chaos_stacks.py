@@ -101,6 +101,8 @@ def test_a_per_stack_plan_that_cannot_fit_is_refused_saying_what_fits() -> None:
     # one stack: the same windows as a plan without stacks
     with pytest.raises(ChaosError, match="at most 2 kills fit"):
         plan_schedule(20, {"gvt": 3}, 1.0, 0)
+    with pytest.raises(ChaosError, match=r"the run lasts 5s: no kill fits \(one needs 10s\)"):
+        plan_schedule(5, {"gvt": 9}, 1.0, 0, stacks=range(5))
 
 
 def test_chaos_schedule_plan_prints_the_per_stack_schedule(capsys: pytest.CaptureFixture[str]) -> None:
