@@ -3,7 +3,8 @@
 Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against the topology that
 ``gvtsim up`` brought up, shows progress on stderr while it runs, and writes a report (``--report DIR``):
 summary.md with the verdict in words, report.json with every figure, and plots: the ioreq latency CDF per
-kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill.
+kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill,
+and each kill's latency blip (the p50/p99 its stack's VMs saw during its recovery window).
 
     gvtsim load --vms 16 --duration 30 --report reports/load
     gvtsim load --vms 8 --duration 60 --chaos gvt:2,pgpu:1,guest:2 --report reports/chaos
@@ -20,6 +21,9 @@ at the same time; vhm admits the VM creations at a bounded rate (``gvtsim vhm --
 
 Each guest process runs the guest's workload mix (fill, copy, store, aperture_copy; each verified in guest
 RAM) for ``--duration`` seconds.
+With --chaos the kills are planned per host stack (a kill takes down one stack's service): dealt evenly over
+the stacks the load uses, each stack recovering from one kill at a time, kills of different stacks side by
+side (docs/ORCHESTRATION.md).
 The verdict: without --chaos every VM boots and every workload verifies; with it, failures are allowed
 when each names its reason, but every kill must be recovered from within --recovery-bound seconds and every
 VM it took down must come back within that bound of its own outage. The summary explains it in words.
