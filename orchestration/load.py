@@ -3,7 +3,8 @@
 Runs N concurrent VMs over several guest processes (``--vms-per-guest``) against the topology that
 ``gvtsim up`` brought up, shows progress on stderr while it runs, and writes a report (``--report DIR``):
 summary.md with the verdict in words, report.json with every figure, and plots: the ioreq latency CDF per
-kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill.
+kind, throughput per host stack and VMs up over time, workloads and failures by reason, recovery per kill,
+and each kill's latency blip (the p50/p99 its stack's VMs saw during its recovery window).
 
     gvtsim load --vms 16 --duration 30 --report reports/load
     gvtsim load --vms 8 --duration 60 --chaos gvt:2,pgpu:1,guest:2 --report reports/chaos
@@ -20,6 +21,9 @@ at the same time; vhm admits the VM creations at a bounded rate (``gvtsim vhm --
 
 Each guest process runs the guest's workload mix (fill, copy, store, aperture_copy; each verified in guest
 RAM) for ``--duration`` seconds.
+With --chaos the kills are planned per host stack (a kill takes down one stack's service): dealt evenly over
+the stacks the load uses, each stack recovering from one kill at a time, kills of different stacks side by
+side (docs/ORCHESTRATION.md).
 The verdict: without --chaos every VM boots and every workload verifies; with it, failures are allowed
 when each names its reason, but every kill must be recovered from within --recovery-bound seconds and every
 VM it took down must come back within that bound of its own outage. The summary explains it in words.
@@ -40,11 +44,11 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from .chaos import ChaosError, KillRecord, NativeChaos, parse_kills, plan_schedule, run_schedule
+from .chaos import ChaosError, KillRecord, NativeChaos, PlannedKill, parse_kills, plan_schedule, run_schedule
 from .compose import load_topology, native_plan
 from .launcher import LaunchError, ProcState, RunState, add_stacks, alive, default_run_dir, group_members, \
     read_events, signal_group, spawn, update_proc
-from .loadstats import lost_sessions, LoadStats, attach_recovery, explain, verdict
+from .loadstats import lost_sessions, LoadStats, attach_blips, attach_recovery, explain, verdict
 from .report import write_report
 from .status import free_vgpus
 from .health import probe, status_dict
@@ -118,6 +122,13 @@ def stacks_to_add(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_S
         per_stack = min(per_stack, cap)
         free = {k: min(f, cap) for k, f in free.items()}
     return max(0, math.ceil((n_vms - sum(max(0, f) for f in free.values())) / per_stack))
+
+
+def stacks_used(n_vms: int, free: dict[int, int], per_stack: int = VGPUS_PER_STACK, cap: int | None = None) -> int:
+    """How many host stacks ``place`` will spread ``n_vms`` VMs over once ``stacks_to_add`` stacks are added:
+    the kill plan of a chaos load is made per stack, and is checked before anything is started."""
+    room = [min(f, cap) if cap is not None else f for f in free.values()]
+    return max(1, min(n_vms, sum(r > 0 for r in room) + stacks_to_add(n_vms, free, per_stack, cap)))
 
 
 def auto_think(vms: int, vcpus: int, cpus: int) -> float:
@@ -214,7 +225,7 @@ def kill_progress(r: KillRecord) -> str:
         outcome = "recovered (not restarted)"
     else:
         outcome = f"NOT recovered: {r.error or 'no reason given'}"
-    return f"kill {r.service} {r.target}: {outcome}"
+    return f"kill {r.service} {r.target} at {r.at} s: {outcome}"
 
 
 def _respawn_with_remaining(deadline: float) -> Any:
@@ -232,9 +243,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     """Place, start, watch and stop the load; returns the report data (figures, kills, problems)."""
     guests = NativeGuests(args.run_dir)
     await check_vgpu_type(args.run_dir, args.vgpu_type)
-    if args.chaos:  # an impossible plan is refused now, not after the ramp-up
+    if args.chaos:  # a bad spec is refused now (an impossible plan below, once the stacks are known)
         kills_wanted = parse_kills(args.chaos)
-        plan_schedule(args.duration, kills_wanted, args.restart_after, args.seed)
         state = RunState.load(args.run_dir)
         known = sorted({p.service for p in state.procs.values()}) if state else []
         unknown = sorted(set(kills_wanted) - set(known) - {"guest"})
@@ -248,6 +258,10 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
 
     def room(f: dict[int, int]) -> int:
         return sum(min(max(0, n), cap) for n in f.values())
+
+    if args.chaos:  # an impossible plan is refused before stacks are added and guests started
+        plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed,
+                      stacks=range(stacks_used(args.vms, free, per_stack, cap)))
 
     added = 0
     for _ in range(3):  # a stack may offer fewer slots of a big type than its vGPU limit: ask again
@@ -286,6 +300,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     wall_t0, wall_end = time.time(), None  # the window in which a lost session is a problem (service logs)
     stats = LoadStats(t0, args.vms)
     chaos_task = None
+    kills_done: list[KillRecord] = []  # as each kill ends (a schedule cut short keeps those)
+    kill_plan: list[PlannedKill] = []
     t_load = 0.0
     offsets: dict[str, int] = {}
     sampler = ResourceSampler()
@@ -302,12 +318,21 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         deadline = t_load + args.duration + args.grace
         finish_at = t_load + args.duration if told else None
         if args.chaos:
-            plan = plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed)
+            # per host stack: a kill takes down one stack's service, so stacks recover side by side
+            kill_plan = plan_schedule(args.duration, parse_kills(args.chaos), args.restart_after, args.seed,
+                                      stacks=sorted({p.stack for p in plans}))
             backend = NativeChaos(args.run_dir, args.seed, owners={"guest": "load"}, stacks={p.stack for p in plans},
                                   respawn=_respawn_with_remaining(t_load + args.duration))
-            plan = [replace(k, at=k.at + (t_load - t0)) for k in plan]  # kill times count from the ramp's end
-            chaos_task = asyncio.create_task(run_schedule(backend, plan, t0,
-                                                          lambda r: progress(kill_progress(r))))
+            kill_plan = [replace(k, at=k.at + (t_load - t0)) for k in kill_plan]  # times count from the ramp's end
+            lanes = {k.stack for k in kill_plan}
+            progress(f"chaos: {len(kill_plan)} kills on {len(lanes)} host stack(s), at most "
+                     f"{max((sum(k.stack == s for k in kill_plan) for s in lanes), default=0)} per stack "
+                     "(kills of different stacks may overlap)")
+
+            def on_kill(r: KillRecord) -> None:
+                kills_done.append(r)
+                progress(kill_progress(r))
+            chaos_task = asyncio.create_task(run_schedule(backend, kill_plan, t0, on_kill))
         last_progress = 0.0
         while True:
             now = time.monotonic()
@@ -340,12 +365,16 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         drain(guests, offsets, stats, time.monotonic())
         for name in guests.procs:
             stats.ended(name, "terminated")
-    kills = [asdict(r) for r in (chaos_task.result() if chaos_task is not None and not chaos_task.cancelled()
-                                 and chaos_task.exception() is None else [])]
-    if chaos_task is not None and (chaos_task.cancelled() or chaos_task.exception() is not None):
+    finished = chaos_task is not None and not chaos_task.cancelled() and chaos_task.exception() is None
+    kills = [asdict(r) for r in (chaos_task.result() if finished and chaos_task is not None
+                                 else sorted(kills_done, key=lambda r: r.at))]
+    kills.sort(key=lambda k: float(k.get("at", 0.0)))  # as they happened (stacks' kills run side by side)
+    if chaos_task is not None and not finished:
         kills.append({"service": "?", "target": "", "recovered": False, "at": 0.0,
-                      "error": "chaos schedule did not finish within the run"})
+                      "error": f"chaos schedule did not finish within the run ({len(kills_done)} of "
+                               f"{len(kill_plan)} kills ended)"})
     attach_recovery(kills, stats, args.recovery_bound)
+    attach_blips(kills, stats, args.restart_after, since=t_load - t0 if t_load else 0.0)
     fig = stats.figures(time.monotonic())
     fig["sessions_lost"] = services_lost_sessions(args.run_dir, wall_t0, wall_end or time.time())
     problems = verdict(fig, bool(args.chaos), kills, args.recovery_bound)

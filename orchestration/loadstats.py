@@ -19,6 +19,12 @@ Events and fields relied on (the guest process, services/guest; optional ones ma
 Latency per ioreq type comes from the guests' histograms (``ioreq_hist``, cumulative per incarnation),
 added bucket by bucket over every incarnation (services/common/histo.py): percentiles of the sum, exact
 to the histogram's 1 % resolution, never an average of percentiles.
+
+Each kill's latency blip (:func:`attach_blips`) comes from the per-interval workload histograms
+(``workload_hist``, the workloads a guest process verified since its previous ``stats`` event): every
+interval is kept with its guest process's host stack and its span, and a kill's blip is the sum of the
+intervals of its stack's guests that overlap its recovery window, against the sum of every interval that
+overlaps no recovery window of its own stack.
 """
 
 from __future__ import annotations
@@ -34,6 +40,19 @@ from ..services.common.histo import Histogram, merge
 COUNTS = ("workloads_submitted", "workloads_verified", "workloads_failed")
 PERCENTILES = ("p50", "p90", "p99")
 FAILURES_LISTED = 5  # the guest's vm_done carries the first 5 failure reasons of a VM
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The workloads one guest process verified between two of its ``stats`` events (seconds into the run)."""
+
+    source: str
+    stack: int | None
+    start: float
+    end: float
+    n: int
+    hist: str  # the encoded HdrHistogram of their latencies (microseconds); "" when none verified
+    failed: int = 0  # workloads it reported failed in the interval
 
 
 @dataclass
@@ -80,6 +99,7 @@ class LoadStats:
         self.workload_hist = Histogram()  # every verified workload's latency, over the whole run
         self.progress: dict[str, list[float]] = {}  # VM name -> times (s into the run) it verified more
         self.vm_source: dict[str, str] = {}  # VM name -> the guest process that runs it
+        self.intervals: list[Interval] = []  # every stats event's workload histogram, with its span and stack
 
     # ------------------------------------------------------------------------------------------- input
     def feed(self, source: str, ev: dict[str, Any], now: float) -> None:
@@ -106,16 +126,24 @@ class LoadStats:
         elif kind == "vm_done":
             inc.vm_done[str(ev.get("name", ev.get("vm")))] = ev
         elif kind in ("stats", "done"):
+            failed_before = inc.counts()["workloads_failed"]
             inc.last = ev
+            since = inc.mark[0]  # the previous stats event of this incarnation (or its ready line)
             self._spread(inc, t - self.t0, inc.counts()["workloads_verified"])
             wl = ev.get("workload_latency_ms")
             if kind == "stats" and isinstance(wl, dict) and wl.get("n"):
                 self.workload_latency.append({"t": round(t - self.t0, 3), "source": source, **wl})
             if kind == "stats" and isinstance(ev.get("workload_hist"), str):
                 try:
-                    self.workload_hist.add(Histogram.decode(ev["workload_hist"]))
+                    hist = Histogram.decode(ev["workload_hist"])
                 except ValueError:
                     self.unparsed += 1
+                else:
+                    self.workload_hist.add(hist)
+                    # kept encoded (a decoded HdrHistogram is tens of KB), empty ones too: a stall shows
+                    self.intervals.append(Interval(source, _stack(source), since, t - self.t0, hist.count,
+                                                   ev["workload_hist"] if hist.count else "",
+                                                   max(0, inc.counts()["workloads_failed"] - failed_before)))
             by_vm = ev.get("verified_by_vm")
             if isinstance(by_vm, dict):
                 for name, n in by_vm.items():
@@ -383,7 +411,8 @@ def explain(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], probl
                         else "NOT recovered")
                      + (f"; {len(back)} VM(s) affected, back after at most {max(back.values())} s of their own "
                         "outage" if back else "; no VM was affected")
-                     + (f"; {len(lost)} never came back" if lost else "") + ".")
+                     + (f"; {len(lost)} never came back" if lost else "")
+                     + (f"; {blip_words(k['blip'])}" if k.get("blip") else "") + ".")
     return words
 
 
@@ -396,6 +425,7 @@ def _stack(name: str) -> int | None:
 def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float = 5.0) -> None:
     """Fill each kill record with the VMs it took down and how long each was out, from its own outage.
 
+    Kills of different host stacks may overlap: a kill's outage lasts until the next kill of its own stack.
     A guest kill takes down the VMs of the killed process: each is back at its first ``vm_ready`` in a
     later incarnation of that process (measured from the kill). A gvt or pgpu kill takes down the VMs of its
     host stack that reset (``vm_reset`` before the next kill): each is back at its ``vm_recovered`` (the
@@ -403,9 +433,11 @@ def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float 
     [names] (VMs down that never came back, or that never verified a workload again), ``vms_reset``
     (distinct VMs), ``vms_recovered_s`` (the slowest VM's recovery).
     """
-    for i, k in enumerate(kills):
+    for k in kills:
         start = float(k.get("at", 0.0))
-        end = float(kills[i + 1]["at"]) if i + 1 < len(kills) else float("inf")
+        # until the next kill of the same stack: kills of other stacks may overlap this one's recovery
+        end = min((float(o.get("at", 0.0)) for o in kills if o is not k and _kill_stack(o) == _kill_stack(k)
+                   and float(o.get("at", 0.0)) > start), default=float("inf"))
         back: dict[str, float] = {}
         down: set[str] = set()
         if k.get("service") == "guest":
@@ -439,6 +471,111 @@ def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float 
         k["vm_recovery_s"] = dict(sorted(back.items()))
         k["vms_not_back"] = sorted(down - set(back))
         k["vms_recovered_s"] = max(back.values()) if back else None
+
+
+#: seconds after its stack serves again that a kill's blip window still covers: the workloads the outage held
+#: up complete then, and a guest reports them at its next stats event (gvtsim load asks for one a second)
+BLIP_TAIL_S = 1.0
+
+
+def recovery_window(k: dict[str, Any], restart_after: float | None, budget: float = 5.0,
+                    tail: float = BLIP_TAIL_S) -> tuple[float, float]:
+    """A kill's recovery window (seconds into the run): from the kill to its stack serving again (``serving_at``,
+    else the kill + restart delay + ``serving_s``, else the kill + restart delay + ``budget``), plus ``tail``."""
+    start = float(k.get("at", 0.0))
+    if k.get("serving_at") is not None:
+        end = float(k["serving_at"])
+    elif k.get("serving_s") is not None:
+        end = start + float(k.get("restart_after") or 0.0) + float(k["serving_s"])
+    else:
+        end = start + float(k.get("restart_after", restart_after) or 0.0) + budget
+    return start, end + tail
+
+
+def _kill_stack(k: dict[str, Any]) -> int | None:
+    return k["stack"] if isinstance(k.get("stack"), int) else _stack(str(k.get("target", "")))
+
+
+def attach_blips(kills: list[dict[str, Any]], stats: LoadStats, restart_after: float | None,
+                 budget: float = 5.0, since: float = 0.0, tail: float = BLIP_TAIL_S) -> dict[str, Any]:
+    """Fill each kill record with ``blip``: the latency of the workloads its stack's guests verified during
+    its recovery window (:func:`recovery_window`), against the run's latency outside recovery windows.
+
+    The guests report workload latencies per stats interval, so the window is widened to the intervals
+    that overlap it: an interval (a, b] of a guest process of the killed stack counts when b > window start
+    and a < window end. The baseline is every interval from ``since`` (the end of the ramp-up) on that
+    overlaps no recovery window of its own stack. Percentiles are of the summed histograms (exact to their
+    1 % resolution). A workload that failed (its VM reset) has no latency: ``failed`` counts those of the
+    window, and ``stall_s`` is the longest part of the window in which no guest of the stack verified a
+    workload (not covered by an interval that verified one). ``blip``: {p50_ms, p99_ms, max_ms, workloads,
+    failed, stall_s, intervals, from_s, to_s (the span the intervals cover), window_s [start, end],
+    baseline_p50_ms, baseline_p99_ms, p99_ratio}; p50_ms and p99_ms are None when no workload of the
+    stack completed in the window. Returns the baseline summary.
+    """
+    windows = [(_kill_stack(k), *recovery_window(k, restart_after, budget, tail)) for k in kills
+               if k.get("service") != "?"]
+
+    def in_window(iv: Interval, stack: int | None, a: float, b: float) -> bool:
+        return iv.stack == stack and iv.end > a and iv.start < b
+
+    quiet = [iv for iv in stats.intervals if iv.end > since and not any(in_window(iv, *w) for w in windows)]
+    base = _sum_ms(quiet)
+    for k in kills:
+        if k.get("service") == "?":
+            continue
+        stack = _kill_stack(k)
+        a, b = recovery_window(k, restart_after, budget, tail)
+        hit = [iv for iv in stats.intervals if in_window(iv, stack, a, b)]
+        blip = _sum_ms(hit)
+        p99 = blip.get("p99")
+        k["blip"] = {"stack": stack, "window_s": [round(a, 3), round(b, 3)],
+                     "from_s": round(min((iv.start for iv in hit), default=a), 3),
+                     "to_s": round(max((iv.end for iv in hit), default=b), 3),
+                     "intervals": len(hit), "workloads": blip.get("n", 0),
+                     "failed": sum(iv.failed for iv in hit), "stall_s": _stall(hit, a, b),
+                     "p50_ms": blip.get("p50"), "p99_ms": p99, "max_ms": blip.get("max"),
+                     "baseline_p50_ms": base.get("p50"), "baseline_p99_ms": base.get("p99"),
+                     "p99_ratio": round(p99 / base["p99"], 2) if p99 is not None and base.get("p99") else None}
+    return base
+
+
+def _stall(intervals: list[Interval], a: float, b: float) -> float:
+    """The longest part of [a, b] covered by no interval that verified a workload (seconds)."""
+    busy = sorted((max(a, iv.start), min(b, iv.end)) for iv in intervals if iv.n and iv.end > a and iv.start < b)
+    longest, at = 0.0, a
+    for lo, hi in busy:
+        longest = max(longest, lo - at)
+        at = max(at, hi)
+    return round(max(longest, b - at), 3)
+
+
+def _sum_ms(intervals: list[Interval]) -> dict[str, Any]:
+    """{n, p50, p90, p99, max, mean} in milliseconds of the intervals' histograms added together."""
+    h = Histogram()
+    for iv in intervals:
+        if not iv.hist:
+            continue
+        try:
+            h.add(Histogram.decode(iv.hist))
+        except ValueError:
+            continue
+    return h.summary(scale=1000.0)
+
+
+def blip_words(b: dict[str, Any] | None) -> str:
+    """One kill's blip in words (for the verdict lines and the summary)."""
+    if not b:
+        return ""
+    span = f"{b['from_s']}-{b['to_s']} s"
+    also = (f"; {b['failed']} failed" if b.get("failed") else "") \
+        + (f"; none verified for {b['stall_s']} s of it" if b.get("stall_s") else "")
+    if b.get("p99_ms") is None:
+        return f"latency blip: no workload of stack {b['stack']} completed in {span}{also}"
+    vs = f", vs p99 {b['baseline_p99_ms']} ms outside recovery windows" if b.get("baseline_p99_ms") is not None \
+        else ""
+    ratio = f" (x{b['p99_ratio']})" if b.get("p99_ratio") is not None else ""
+    return (f"latency blip: p99 {b['p99_ms']} ms, p50 {b['p50_ms']} ms over {b['workloads']} workloads of stack "
+            f"{b['stack']} in {span}{vs}{ratio}{also}")
 
 
 #: sessions that come and go by design (health probes, gvtsim ctl): their end is never a lost session

@@ -1,7 +1,7 @@
-"""The raw client of the restart tests (test_gvt_restart.py, test_vhm_restart.py): a guest whose vCPUs each
-keep one MMIO write+read pair outstanding on their own fence register, with increasing values, while a
-service is killed with SIGKILL and started again; every request must be answered exactly once with the
-right value."""
+"""The raw client of the restart tests (test_gvt_restart.py: 20 gvt and 20 pgpu kills; test_vhm_restart.py:
+20 vhm kills): a guest whose vCPUs each keep one MMIO write+read pair outstanding on their own fence
+register, with increasing values, while a service is killed with SIGKILL and started again; every request
+must be answered exactly once with the right value."""
 
 from __future__ import annotations
 
