@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: the journal format (services/common/journal.py): header, records of length, crc32 and seq
 FORMAT = JournalFormat(FILE_MAGIC, FORMAT_VERSION, "gvt state journal", "this gvt")
 #: a journal is compacted (one full record, atomically renamed in) when it grows past this many bytes
@@ -176,9 +176,10 @@ def track(vgpu: "Vgpu") -> None:
 def not_restorable(vgpu: "Vgpu") -> str:
     """Why the vGPU's state, as it is now, could not be carried on by a restarted gvt ("" if it could).
 
-    The record holds registers, config space, GGTT, execlist ports and PV page, not yet the PPGTT shadows,
-    the workloads or the display timers: a vGPU with any of those is recorded as not restorable, and a
-    restart gives its guest a GPU reset with this reason instead of a vGPU that is wrong."""
+    The record holds registers, config space, GGTT, execlist ports, PV page and the display's pipe timers,
+    not yet the PPGTT shadows, the workloads or the execlist contexts: a vGPU with any of those is recorded
+    as not restorable, and a restart gives its guest a GPU reset with this reason instead of a vGPU that is
+    wrong."""
     sched = vgpu.gvt.scheduler
     if any(w.vgpu is vgpu for w in sched.inflight.values()) or any(
             q for (vid, _), q in sched.queues.items() if vid == vgpu.id):
@@ -187,9 +188,41 @@ def not_restorable(vgpu: "Vgpu") -> str:
         return "PPGTT shadows existed (they are not recorded yet)"
     if any(el.running is not None or el.pending is not None for el in vgpu.submission.execlists.values()):
         return "an execlist context was scheduled in"
-    if vgpu.display.timers:
-        return "a display pipe was running"
     return ""
+
+
+def _display(vgpu: "Vgpu") -> dict[str, Any]:
+    """The display's state the vregs do not hold: whether a monitor is plugged, each running pipe's vblank
+    timer (refresh, period, next expiry on the monotonic clock every process of the host shares) and the
+    flip-done events waiting for a vblank; the frame counters are in the vregs."""
+    d = vgpu.display
+    return {"mon": d.monitor is not None,
+            "timers": {pipe: [t.vrefresh_k, t.period, t.next] for pipe, t in d.timers.items()},
+            "flip": {pipe: sorted(ev) for pipe, ev in d.flip_done_pending.items() if ev},
+            "vblanks": dict(d.vblanks), "flips": d.flips, "cursor": d.cursor_generation}
+
+
+def _display_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    d = vgpu.display
+    return (d.monitor is None, tuple((p, t.vrefresh_k, t.next) for p, t in d.timers.items()),
+            tuple((p, len(ev)) for p, ev in d.flip_done_pending.items()), d.flips, d.cursor_generation)
+
+
+def _restore_display(vgpu: "Vgpu", rec: dict[str, Any]) -> None:
+    """The display as :func:`_display` recorded it: the monitor, the running pipes' timers re-armed at
+    their recorded expiry (a vblank the outage missed is emulated at the first timer run, its frames
+    counted, as after any late wake-up), and the device's index of running displays (display_active)."""
+    from .display import PipeTimer
+
+    d = vgpu.display
+    if not rec.get("mon", True):
+        d.monitor = None
+        if d.edid is not None:
+            d.edid.monitor = None
+    d.timers = {int(p): PipeTimer(int(k), float(period), float(nxt)) for p, (k, period, nxt) in rec["timers"].items()}
+    d.flip_done_pending = {int(p): set(ev) for p, ev in rec.get("flip", {}).items()}
+    d.vblanks = {int(p): int(n) for p, n in rec.get("vblanks", {}).items()}
+    d.flips, d.cursor_generation = int(rec.get("flips", 0)), int(rec.get("cursor", 0))
 
 
 def _misc(vgpu: "Vgpu") -> dict[str, Any]:
@@ -235,6 +268,7 @@ class VgpuRecorder:
     cfg: bytes = b""
     misc: bytes = b""
     misc_key: tuple[Any, ...] = ()
+    disp_key: tuple[Any, ...] | None = None
     done_seen: dict[int, Any] = field(default_factory=dict)  # vcpu -> the (request, value) last written
     done_len: int = -1  # len(gvt.last_done) when ``vcpus`` was computed
     vcpus: list[int] = field(default_factory=list)  # this VM's vCPUs that have a last completion
@@ -250,6 +284,7 @@ class VgpuRecorder:
             "ept_root": ept_root, "ram_mb": ram_mb, "created_at": v.created_at,
         }
         self.pages, self.cfg, self.misc, self.misc_key, self.done_seen = {}, b"", b"", (), {}
+        self.disp_key = None
         self.done_len = -1
         delta = self.delta(full=True)
         assert delta is not None
@@ -302,6 +337,10 @@ class VgpuRecorder:
             if packed != self.misc:
                 self.misc = packed
                 out["misc"] = misc
+        dkey = _display_key(v)
+        if dkey != self.disp_key:
+            self.disp_key = dkey
+            out["disp"] = _display(v)
         changed_done = {}
         gvt_done = v.gvt.last_done
         if len(gvt_done) != self.done_len:  # a vCPU answered for the first time (or a VM went): look again
@@ -369,6 +408,8 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
         gpa, version, enabled, seen_submit, seen_update = misc["pv"]
         v.pv.gpa, v.pv.version, v.pv.enabled = gpa, version, PvCaps(enabled)
         v.pv.seen_submit, v.pv.seen_update = dict(seen_submit), seen_update
+        if "disp" in st:
+            _restore_display(v, st["disp"])
     except StateRefused:
         gvt.gm.free(res)
         raise
@@ -379,6 +420,7 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
         del gvt.effects[effects_before:]
     gvt.vgpus[vid] = v
     gvt.by_vm[vm] = v
+    v.display._timers_changed()  # the index of vGPUs with a pipe running (display.next_deadline)
     for vcpu, (req, value) in st["last_done"].items():
         gvt.last_done[(vm, int(vcpu))] = (m.Ioreq(**req), value)
     return v
