@@ -668,22 +668,25 @@ class GvtService(BaseService):
         running and their events come to this session. If pgpu cannot answer, they are left in flight: a
         guest waiting on one sees a hang, never a workload run twice."""
         sched = self.core.scheduler
-        tags = sorted(sched.reconciling)[:MAX_BATCH]
-        try:
-            reply = await conn.request(m.WorkloadQuery, tags=tags)
-        except (PeerLost, RemoteError, TimeoutError) as err:
-            self.counters["workload_reconcile_failed"] += 1
-            self.log.warning("workload_reconcile_failed", tags=len(tags), error=f"{type(err).__name__}: {err}")
-            return
-        if not isinstance(reply, m.WorkloadStatus):
-            return
-        done, again = sched.reconcile_restored(
-            reply.active, [(e.engine, e.kind, e.tag, e.status, e.busy_ns, e.reason) for e in reply.ended],
-            time.monotonic())
+        tags = sorted(sched.reconciling)
+        active: list[int] = []
+        ended: list[tuple[str, str, int, int, int, str]] = []
+        for i in range(0, len(tags), MAX_BATCH):  # a handful in practice: one per engine and vGPU at most
+            try:
+                reply = await conn.request(m.WorkloadQuery, tags=tags[i:i + MAX_BATCH])
+            except (PeerLost, RemoteError, TimeoutError) as err:
+                self.counters["workload_reconcile_failed"] += 1
+                self.log.warning("workload_reconcile_failed", tags=len(tags), error=f"{type(err).__name__}: {err}")
+                return
+            if not isinstance(reply, m.WorkloadStatus):
+                return
+            active += reply.active
+            ended += [(e.engine, e.kind, e.tag, e.status, e.busy_ns, e.reason) for e in reply.ended]
+        done, again = sched.reconcile_restored(active, ended, time.monotonic())
         self._mark_busy()
         self._dirty.update(self.core.vgpus)
         self.counters["workloads_reconciled"] += len(tags)
-        self.log.info("workloads_reconciled", asked=len(tags), ended=done, still_running=len(reply.active),
+        self.log.info("workloads_reconciled", asked=len(tags), ended=done, still_running=len(active),
                       resubmitted=again)
 
     def _down_cb(self, name: str) -> Any:
