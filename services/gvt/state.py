@@ -729,4 +729,12 @@ class StateStore:
                     shadow.host_ptes[(gm >> PAGE_SHIFT) + i] = pte_encode(mfn << PAGE_SHIFT)
             else:  # its vGPU is not carried on: the frames go back to the pool
                 shadow.frame_pool.extend(mfns)
+        # A vGPU record is written before the device record in a commit: a kill between them can leave a
+        # frame taken in that batch (a shadow batch) in the device record's free pool too. In use wins: a
+        # frame is never handed out twice (at worst one freed in that batch is not given back).
+        in_use = {mfn for bb in shadow.batches.values() for mfn in bb.mfns}
+        if in_use:
+            before = len(shadow.frame_pool)
+            shadow.frame_pool = [f for f in shadow.frame_pool if f not in in_use]
+            gvt.counters["state_pool_frames_in_use"] += before - len(shadow.frame_pool)
         return out

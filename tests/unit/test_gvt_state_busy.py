@@ -178,3 +178,26 @@ def test_pgpu_answers_only_for_the_same_gvt_identity() -> None:
             assert (active, ended) == ([], [])
         finally:
             mem.close()
+
+
+def test_a_frame_taken_in_the_batch_the_kill_cut_is_never_handed_out_twice(rig: Rig, tmp_path) -> None:
+    """The vGPU record (written first) has a workload's shadow batch; the device record (the kill came
+    before it) still has its frames in the free pool: the restore keeps them out of the pool."""
+    g = rig.boot(1, "GVTg_V5_8")
+    v = g.vgpu
+    d = g.bo(4096)
+    batch = g.bo(4096)
+    g.write(batch.gpa, cmds.store_dword(d.gm, 5) + [cmds.MI_BATCH_BUFFER_END, cmds.MI_NOOP])
+    store = gs.StateStore(str(tmp_path))
+    store.mpt_args[v.id] = (1, 2)
+    store.commit(rig.gvt, [v.id], EPOCH)  # the device record, before the batch
+    pool_before = list(rig.gvt.shadow.frame_pool)
+    g.submit("rcs", cmds.batch_buffer_start(batch.gm))  # a privileged batch: shadowed from the pool
+    (w,) = [x for x in rig.gvt.scheduler.inflight.values()]
+    bb = rig.gvt.shadow.batches[w.id]
+    assert set(bb.mfns) <= set(pool_before)
+    store.files.append(f"vgpu-{v.id}", store.recorders[v.id].delta())  # the vGPU's record, then the kill
+    store.close()
+    g2, got = _restarted(rig, str(tmp_path))
+    assert got.refused == [] and g2.shadow.batches[w.id].mfns == bb.mfns
+    assert not set(bb.mfns) & set(g2.shadow.frame_pool) and g2.counters["state_pool_frames_in_use"] == len(bb.mfns)
