@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: the journal format (services/common/journal.py): header, records of length, crc32 and seq
 FORMAT = JournalFormat(FILE_MAGIC, FORMAT_VERSION, "gvt state journal", "this gvt")
 #: a journal is compacted (one full record, atomically renamed in) when it grows past this many bytes
@@ -183,12 +183,36 @@ def track(vgpu: "Vgpu") -> None:
 def not_restorable(vgpu: "Vgpu") -> str:
     """Why the vGPU's state, as it is now, could not be carried on by a restarted gvt ("" if it could).
 
-    The record holds registers, config space, GGTT, execlists, workloads, PV page and the display's pipe
-    timers, not yet the PPGTT shadows: a vGPU with those is recorded as not restorable, and a restart gives
-    its guest a GPU reset with this reason instead of a vGPU that is wrong."""
-    if vgpu.ppgtt.mms or vgpu.page_track.pages:
-        return "PPGTT shadows existed (they are not recorded yet)"
+    The record holds registers, config space, GGTT, execlists, workloads, PPGTT mms, PV page and the
+    display's pipe timers, not the out-of-sync or PV PPGTT snapshots nor a shadow PML4 address a scanned
+    ring loads: a vGPU with those is recorded as not restorable, and a restart gives its guest a GPU reset
+    with this reason instead of a vGPU that is wrong."""
+    ppgtt = vgpu.ppgtt
+    if ppgtt.spt.oos_list or any(x.snapshot is not None for x in ppgtt.spts.values()):
+        return "out-of-sync PPGTT pages existed (their snapshots are not recorded)"
+    if ppgtt.spt.pv and ppgtt.mms:
+        return "PV PPGTT shadows existed (their snapshots are not recorded)"
+    if ppgtt.mms and any(w.pdp_patched for _, w in _vgpu_workloads(vgpu)):
+        return "a workload's commands load a shadow PML4 (its address is in the shadow ring)"
     return ""
+
+
+def _ppgtt_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    p = vgpu.ppgtt
+    spts = p.spts
+    return (tuple((mm.root, mm.pdps, mm.refcount) for mm in p.mms), tuple((w, id(mm)) for w, mm in p.users.items()),
+            len(spts), sum(x.mfn for x in spts.values()), len(p.spt.scratch))
+
+
+def _ppgtt(vgpu: "Vgpu") -> dict[str, Any]:
+    """The PPGTT bookkeeping a restarted gvt needs: each mm's roots and references (the guest page tables
+    themselves are in guest RAM, its shadows are rebuilt from them), which workload on the GPU walks which
+    mm, and the frames the shadows hold (given back once nothing on the GPU walks them)."""
+    p = vgpu.ppgtt
+    index = {id(mm): i for i, mm in enumerate(p.mms)}
+    return {"mms": [[mm.root, list(mm.pdps), mm.refcount] for mm in p.mms],
+            "users": {w: index[id(mm)] for w, mm in p.users.items() if id(mm) in index},
+            "frames": p.frames()}
 
 
 def _display(vgpu: "Vgpu") -> dict[str, Any]:
@@ -351,7 +375,8 @@ def _misc_key(vgpu: "Vgpu") -> tuple[Any, ...]:
     cfg, pv, sub = vgpu.cfg, vgpu.pv, vgpu.submission
     return (vgpu.active, vgpu.failsafe, vgpu.pv_notified, vgpu.msis_injected, cfg.trapped, cfg.d3_entered,
             len(sched.inflight), len(sched.queues), sum(len(q) for q in sched.queues.values()),
-            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers),
+            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers), vgpu.ppgtt.spt.pv,
+            len(vgpu.ppgtt.spt.oos_list),
             tuple((el.elsp_index, el.elsp[0], el.elsp[1], el.elsp[2], el.elsp[3], el.running is None,
                    el.pending is None) for el in sub.execlists.values()),
             len(sub.execlist_enabled), sum(sub.resets.values()), vgpu.aperture.enabled, vgpu.aperture.base,
@@ -370,6 +395,7 @@ class VgpuRecorder:
     misc_key: tuple[Any, ...] = ()
     disp_key: tuple[Any, ...] | None = None
     sched_key: tuple[Any, ...] | None = None
+    ppgtt_key: tuple[Any, ...] | None = None
     done_seen: dict[int, Any] = field(default_factory=dict)  # vcpu -> the (request, value) last written
     done_len: int = -1  # len(gvt.last_done) when ``vcpus`` was computed
     vcpus: list[int] = field(default_factory=list)  # this VM's vCPUs that have a last completion
@@ -385,7 +411,7 @@ class VgpuRecorder:
             "ept_root": ept_root, "ram_mb": ram_mb, "created_at": v.created_at,
         }
         self.pages, self.cfg, self.misc, self.misc_key, self.done_seen = {}, b"", b"", (), {}
-        self.disp_key = self.sched_key = None
+        self.disp_key = self.sched_key = self.ppgtt_key = None
         self.done_len = -1
         delta = self.delta(full=True)
         assert delta is not None
@@ -447,6 +473,10 @@ class VgpuRecorder:
         if skey != self.sched_key:
             self.sched_key = skey
             out["sched"] = _sched(v, wls)
+        pkey = _ppgtt_key(v)
+        if pkey != self.ppgtt_key:
+            self.ppgtt_key = pkey
+            out["ppgtt"] = _ppgtt(v)
         changed_done = {}
         gvt_done = v.gvt.last_done
         if len(gvt_done) != self.done_len:  # a vCPU answered for the first time (or a VM went): look again
@@ -517,6 +547,10 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
         if "disp" in st:
             _restore_display(v, st["disp"])
         built = _build_sched(v, st.get("sched", {}))
+        pp = st.get("ppgtt", {})
+        mms = v.ppgtt.restore([(str(root), (int(p[0]), int(p[1]), int(p[2]), int(p[3])), int(ref))
+                               for root, p, ref in pp.get("mms", [])])
+        users = {int(w): mms[int(i)] for w, i in pp.get("users", {}).items()}
     except StateRefused:
         gvt.gm.free(res)
         raise
@@ -529,6 +563,7 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
     gvt.by_vm[vm] = v
     v.display._timers_changed()  # the index of vGPUs with a pipe running (display.next_deadline)
     _install_sched(gvt, v, built)
+    v.ppgtt.users = {w: mm for w, mm in users.items() if w in gvt.scheduler.inflight}
     for vcpu, (req, value) in st["last_done"].items():
         gvt.last_done[(vm, int(vcpu))] = (m.Ioreq(**req), value)
     return v
@@ -697,6 +732,7 @@ class StateStore:
         sched = gvt.scheduler
         sched._next_id = self.id_floor = max(sched._next_id, int(dev.get("id_floor", 0)))
         mpt_args = {int(k): tuple(a) for k, a in dev.get("mpt", {}).items()}
+        spt_frames: list[int] = []  # the frames the restored vGPUs' old shadow tables were in
         for name in sorted(os.listdir(self.dir)):
             if not (name.startswith("vgpu-") and name.endswith(".journal")):
                 continue
@@ -715,6 +751,7 @@ class StateStore:
                 v = restore_vgpu(gvt, st, mpt)
                 self.mpt_args[vid] = (ept_root, ram_mb)
                 out.vgpus.append(v)
+                spt_frames += [int(f) for f in st.get("ppgtt", {}).get("frames", [])]
             except StateRefused as err:
                 out.refused.append((vm, vid, str(err)))
                 os.unlink(os.path.join(self.dir, name))
@@ -737,4 +774,9 @@ class StateStore:
             before = len(shadow.frame_pool)
             shadow.frame_pool = [f for f in shadow.frame_pool if f not in in_use]
             gvt.counters["state_pool_frames_in_use"] += before - len(shadow.frame_pool)
+        # the old shadow tables are rebuilt from the guest's: their frames go back, once the restored
+        # workloads on the GPU (which may walk them) are done (the quarantine of PpgttGlobal.give_frames)
+        free = set(shadow.frame_pool)
+        back = [f for f in dict.fromkeys(spt_frames) if f not in free and f not in in_use]
+        gvt.ppgtt.give_frames(back)
         return out
