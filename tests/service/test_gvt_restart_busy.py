@@ -35,18 +35,21 @@ async def busy(stack: HostStack) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_guest_process_workloads_go_on_across_gvt_kills(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mix", ["store,fill,copy", "ppgtt_store,ppgtt_remap,store"])
+async def test_guest_process_workloads_go_on_across_gvt_kills(monkeypatch: pytest.MonkeyPatch, mix: str) -> None:
     """A real guest process (2 VMs, verified workloads, no --recover: any reset is a failure) while gvt is
     killed and restarted 3 times: every workload verified, none failed, and the restarted gvt carried the
     busy vGPUs on (restored, none refused, workloads reconciled with pgpu). The GPU is made slow
-    (``--gpu-speed``) so that each workload stays on it long enough for every kill to find work in flight."""
+    (``--gpu-speed``) so that each workload stays on it long enough for every kill to find work in flight.
+    The second mix runs on PPGTT contexts (guest page tables edited between workloads): their shadows are
+    rebuilt by the restarted gvt."""
     monkeypatch.setenv("GVTSIM_PGPU_GPU_SPEED", GPU_SPEED)
     stack = HostStack(mem_size_mb=256, heartbeat=HB, gvt_args=["--id", GVT_ID])
     await asyncio.to_thread(stack.start)
     try:
         guest = await asyncio.to_thread(
             stack.guest, "--vms", "2", "--vgpu-types", "GVTg_V5_4", "--ram-mb", "16", "--duration", "12",
-            "--mix", "store,fill,copy", "--stats-interval", "0.5")
+            "--mix", mix, "--stats-interval", "0.5")
         for _ in range(2):
             await guest.await_event("vm_ready", 30)
         verified = []
@@ -69,7 +72,7 @@ async def test_guest_process_workloads_go_on_across_gvt_kills(monkeypatch: pytes
         restored = [ln for ln in logs.splitlines() if '"vgpus_restored"' in ln]
         print("\n".join(restored))
         assert reconciled, "no restart found a workload on the GPU: the test did not test it"
-        print(f"\n3 gvt SIGKILLs under a guest process: {done['workloads_verified']} workloads verified "
+        print(f"\n3 gvt SIGKILLs under a guest process ({mix}): {done['workloads_verified']} workloads verified "
               f"(after each restart: {verified}), 0 failed, 0 resets; restarts that found workloads on the GPU: "
               f"{len(reconciled)}; interrupts found by the hangcheck (MSI lost) {done['missed_irqs']}")
     finally:
