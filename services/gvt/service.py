@@ -665,20 +665,33 @@ class GvtService(BaseService):
         """The workloads the saved state had on the GPU (state.py): ask pgpu what became of them
         (WORKLOAD_QUERY). Those that ended complete now, once (their completion went to the dead gvt, or
         came to it and was not recorded); those pgpu never saw are submitted again; the rest are still
-        running and their events come to this session. If pgpu cannot answer, they are left in flight: a
-        guest waiting on one sees a hang, never a workload run twice."""
+        running and their events come to this session. If pgpu refuses or does not answer, they fail as a
+        hang (their guests take the reset path): never a workload run twice, nor an engine held forever."""
         sched = self.core.scheduler
         tags = sorted(sched.reconciling)
         active: list[int] = []
         ended: list[tuple[str, str, int, int, int, str]] = []
         for i in range(0, len(tags), MAX_BATCH):  # a handful in practice: one per engine and vGPU at most
+            why = ""
             try:
                 reply = await conn.request(m.WorkloadQuery, tags=tags[i:i + MAX_BATCH])
-            except (PeerLost, RemoteError, TimeoutError) as err:
+                if not isinstance(reply, m.WorkloadStatus):
+                    why = f"pgpu answered {type(reply).__name__}"
+            except PeerLost as err:  # pgpu went away: the next setup (a reconnect, or a restart) asks again
                 self.counters["workload_reconcile_failed"] += 1
                 self.log.warning("workload_reconcile_failed", tags=len(tags), error=f"{type(err).__name__}: {err}")
                 return
-            if not isinstance(reply, m.WorkloadStatus):
+            except (RemoteError, TimeoutError) as err:
+                why = f"{type(err).__name__}: {err}"
+            if why or not isinstance(reply, m.WorkloadStatus):
+                # pgpu cannot say: submitting them again could run one twice, waiting would hold their
+                # engines forever. They fail as a hang (their guests take the reset path), nothing else waits.
+                self.counters["workload_reconcile_failed"] += 1
+                self.log.warning("workload_reconcile_failed", tags=len(tags), error=why, outcome="failed as a hang")
+                now = time.monotonic()
+                for tag in sorted(sched.reconciling):
+                    sched.submit_failed(tag, f"pgpu could not say what became of it ({why})", now)
+                sched.reconciling.clear()
                 return
             active += reply.active
             ended += [(e.engine, e.kind, e.tag, e.status, e.busy_ns, e.reason) for e in reply.ended]
