@@ -33,10 +33,11 @@ import msgspec
 
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS
-from ..common.memory import PAGE_SHIFT
 from ..common.journal import JournalFormat, JournalRefused, JournalWriter, encode_record
-from .errors import FailsafeReason
+from ..common.memory import PAGE_SHIFT
+from .display import PipeTimer
 from .engines import PHYSICAL_ENGINES
+from .errors import FailsafeReason
 from .execlist import ExeclistSlot, VirtualExeclist
 from .gtt import pte_encode
 from .mpt import NullMpt
@@ -44,10 +45,10 @@ from .pv import PvCaps
 from .shadow import ShadowBb, ShadowContext
 from .types import GmResource
 from .vgpu import Vgpu
+from .workload import WaCtx, Workload
 
 if TYPE_CHECKING:
     from .core import Gvt
-    from .workload import Workload
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
@@ -232,7 +233,7 @@ def _display_key(vgpu: "Vgpu") -> tuple[Any, ...]:
             tuple((p, len(ev)) for p, ev in d.flip_done_pending.items()), d.flips, d.cursor_generation)
 
 
-def _vgpu_workloads(vgpu: "Vgpu") -> list[tuple[bool, "Workload"]]:
+def _vgpu_workloads(vgpu: "Vgpu") -> list[tuple[bool, Workload]]:
     """The vGPU's workloads: (on the GPU, workload) for those pgpu was given, then each engine's queue in order."""
     sched = vgpu.gvt.scheduler
     out = [(True, w) for w in sched.inflight.values() if w.vgpu is vgpu]
@@ -247,7 +248,7 @@ def _slot(slot: ExeclistSlot | None) -> list[Any] | None:
     return None if slot is None else [slot.ctx[0], slot.ctx[1], slot.done[0], slot.done[1], slot.index]
 
 
-def _sched_key(vgpu: "Vgpu", wls: list[tuple[bool, "Workload"]]) -> tuple[Any, ...]:
+def _sched_key(vgpu: "Vgpu", wls: list[tuple[bool, Workload]]) -> tuple[Any, ...]:
     """What :func:`_sched` depends on that changes (compared before building it)."""
     return (tuple((run, w.id, w.status, len(w.pending_events), w.busy_ns, w.resubmits, w.emulate_schedule_in,
                    w.mmio_save_for) for run, w in wls),
@@ -256,7 +257,7 @@ def _sched_key(vgpu: "Vgpu", wls: list[tuple[bool, "Workload"]]) -> tuple[Any, .
                   for el in vgpu.submission.execlists.values()))
 
 
-def _workload(gvt: "Gvt", run: bool, w: "Workload") -> dict[str, Any]:
+def _workload(gvt: "Gvt", run: bool, w: Workload) -> dict[str, Any]:
     """One workload as it is needed to complete or submit it again: what it was made of (the ring as
     scanned and patched, the guest context's address, its PDPs, workaround batches), where its shadow
     batches are (their bytes are in the frames, in machine memory), what it collected so far."""
@@ -273,17 +274,15 @@ def _workload(gvt: "Gvt", run: bool, w: "Workload") -> dict[str, Any]:
             "resubmits": w.resubmits, "bb": None if bb is None else [bb.gm, bb.first, list(bb.mfns)]}
 
 
-def _sched(vgpu: "Vgpu", wls: list[tuple[bool, "Workload"]]) -> dict[str, Any]:
+def _sched(vgpu: "Vgpu", wls: list[tuple[bool, Workload]]) -> dict[str, Any]:
     """The vGPU's scheduler and execlist state: its workloads and each engine's running / pending slot."""
     return {"wl": [_workload(vgpu.gvt, run, w) for run, w in wls],
             "el": {n: [_slot(el.running), _slot(el.pending)] for n, el in vgpu.submission.execlists.items()}}
 
 
-def _build_sched(vgpu: "Vgpu", rec: dict[str, Any]) -> list[tuple[bool, "Workload", ShadowBb | None]]:
+def _build_sched(vgpu: "Vgpu", rec: dict[str, Any]) -> list[tuple[bool, Workload, ShadowBb | None]]:
     """The workloads of a :func:`_sched` record, built for ``vgpu`` (nothing installed yet); the execlist
     slots are set on the vGPU's own execlists."""
-    from .workload import WaCtx, Workload
-
     for name, (running, pending) in rec.get("el", {}).items():
         el = vgpu.submission.execlists.get(name)
         if el is None:
@@ -308,7 +307,7 @@ def _build_sched(vgpu: "Vgpu", rec: dict[str, Any]) -> list[tuple[bool, "Workloa
     return out
 
 
-def _install_sched(gvt: "Gvt", vgpu: "Vgpu", built: list[tuple[bool, "Workload", ShadowBb | None]]) -> None:
+def _install_sched(gvt: "Gvt", vgpu: "Vgpu", built: list[tuple[bool, Workload, ShadowBb | None]]) -> None:
     """Put the restored workloads back: those pgpu was given in flight (each engine's newest is its current
     one) and waiting for pgpu's word on them (Scheduler.reconcile_restored), the rest in their queues; their
     shadow batches taken in the window and mapped in gvt's own host-GM entries again. The scheduler stays
@@ -336,8 +335,6 @@ def _restore_display(vgpu: "Vgpu", rec: dict[str, Any]) -> None:
     """The display as :func:`_display` recorded it: the monitor, the running pipes' timers re-armed at
     their recorded expiry (a vblank the outage missed is emulated at the first timer run, its frames
     counted, as after any late wake-up), and the device's index of running displays (display_active)."""
-    from .display import PipeTimer
-
     d = vgpu.display
     if not rec.get("mon", True):
         d.monitor = None
