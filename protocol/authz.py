@@ -139,6 +139,8 @@ TABLE: dict[type[m.Message], Rule] = {
     m.ElspSubmit: _r(Owner.NONE, pgpu="gvt"),
     m.GpuEvent: _r(Owner.NONE, gvt="pgpu"),
     m.EngineReset: _r(Owner.NONE, pgpu="gvt"),
+    m.WorkloadQuery: _r(Owner.NONE, pgpu="gvt"),
+    m.WorkloadStatus: _r(Owner.REPLY, gvt="pgpu"),
 }
 
 #: How a receiver answers "does this session own VM ``vm`` under rule ``owner``?": True (it does), False (someone

@@ -233,9 +233,9 @@ GROUPS = [
     ("vhm / ctl -> gvt: vGPU management", [m.VgpuCreate, m.VgpuCreated, m.VgpuDestroy, m.VgpuReset, m.MgmtTypes,
                                           m.MgmtTypesReply, m.MgmtList, m.MgmtListReply]),
     ("gvt <-> pgpu", [m.GgttWrite, m.GgttFill, m.GgttRead, m.GgttEntries, m.PgpuMmioRead, m.PgpuMmioWrite, m.ElspSubmit,
-                      m.GpuEvent, m.EngineReset]),
+                      m.GpuEvent, m.EngineReset, m.WorkloadQuery, m.WorkloadStatus]),
 ]
-STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuEntry, m.VgpuTypeInfo, m.VgpuInfo]
+STRUCTS = [m.Extent, m.Run, m.IoreqResult, m.VgpuEntry, m.VgpuTypeInfo, m.VgpuInfo, m.EndedEvent]
 
 
 def render() -> str:

@@ -598,6 +598,40 @@ class EngineReset(Message, tag="ENGINE_RESET", frozen=True):
     engine: Engine
 
 
+class WorkloadQuery(Message, tag="WORKLOAD_QUERY", frozen=True):
+    """gvt -> pgpu, after gvt restarted from its saved state (docs/STATE.md): what became of the submissions
+    with these tags, made by an earlier incarnation of the same gvt id. Answer: WORKLOAD_STATUS."""
+
+    req: ReqId
+    tags: Annotated[list[U64], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class EndedEvent(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """One event of an ended submission inside WORKLOAD_STATUS: the fields of its GPU_EVENT, in order
+    ``[engine, kind, ctx_id, tag, status, detail, busy_ns, seq, reason]``."""
+
+    engine: Engine
+    kind: GpuEventKind
+    ctx_id: U32
+    tag: U64
+    status: U32
+    detail: U64
+    busy_ns: U64
+    seq: U64
+    reason: Text
+
+
+class WorkloadStatus(Message, tag="WORKLOAD_STATUS", frozen=True):
+    """pgpu -> gvt: the answer to WORKLOAD_QUERY. ``active``: tags still queued or running on an engine (their
+    GPU_EVENTs will come to the asking session). ``ended``: the events of the tags that ended, in the order
+    they were due (user interrupts, then the terminal event), whether or not they were delivered. A tag in
+    neither list never reached this GPU (or ended longer ago than pgpu remembers, its last 16,384)."""
+
+    req: ReqId
+    active: Annotated[list[U64], Meta(max_length=MAX_BATCH)] = []
+    ended: Annotated[list[EndedEvent], Meta(max_length=4 * MAX_BATCH)] = []
+
+
 # ======================================================================= ctl -> gvt (display: plane query)
 PlaneName = Literal["primary", "cursor"]
 PipeIndex = Annotated[int, Meta(ge=0, le=2)]
@@ -659,14 +693,14 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     AttachVgpu, VgpuSync, VgpuSyncReply, Dom0Ready,
     VgpuCreate, VgpuCreated, VgpuDestroy, VgpuReset, MgmtTypes, MgmtTypesReply, MgmtList, MgmtListReply,
     GgttWrite, GgttFill, GgttRead, GgttEntries, PgpuMmioRead, PgpuMmioWrite, ElspSubmit, GpuEvent, EngineReset,
-    PlaneQuery, PlaneInfo, FbRead,
+    WorkloadQuery, WorkloadStatus, PlaneQuery, PlaneInfo, FbRead,
 )
 
 #: Messages that answer a request (matched to the pending call by ``req``); every other message that carries
 #: ``req`` is itself a request, whose ``req`` lives in the *sender's* id space.
 REPLY_TYPES: tuple[type[Message], ...] = (
     Error, Ok, Data, StatusReply, VmCreated, FramesReply, VgpuCreated, MgmtTypesReply, MgmtListReply, GgttEntries,
-    VgpuSyncReply, PlaneInfo,
+    VgpuSyncReply, PlaneInfo, WorkloadStatus,
 )
 
 # a Union built from the catalogue at runtime (msgspec decodes it as one tagged union); a type checker cannot

@@ -128,6 +128,22 @@ class VgpuPpgtt:
         self.mms.remove(mm)
         self._count("mms_destroyed")
 
+    def try_shadow(self, mm: PpgttMm) -> None:
+        """Shadow ``mm`` now if it can be (else at its next dispatch)."""
+        self._try_shadow(mm)
+
+    def frames(self) -> list[int]:
+        """Every machine frame the vGPU's shadow tables hold: SPTs, split 2M page tables, scratch tables."""
+        spt = self.spt
+        return ([x.mfn for x in spt.spts.values()] + [f for x in spt.spts.values() for f in x.split_2m.values()]
+                + list(spt.scratch.values()))
+
+    def restore(self, mms: list[tuple[str, tuple[int, int, int, int], int]]) -> list[PpgttMm]:
+        """A restarted gvt's mms (state.py): the guest's address spaces by their roots and references, not
+        shadowed; each is shadowed again from the guest's tables (in guest RAM) when next used."""
+        self.mms = [PpgttMm(root, pdps, refcount) for root, pdps, refcount in mms]
+        return self.mms
+
     def _try_shadow(self, mm: PpgttMm) -> None:
         try:
             self._shadow(mm)

@@ -15,6 +15,7 @@ policy's choice (sched_policy.py), run at every 1 ms ``tick`` and on events.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ..common.memory import PAGE_SIZE
@@ -57,6 +58,9 @@ class Scheduler:
         self._next_id = 1
         self.policy = TimeSlicePolicy()  # sched_policy.py: which vGPU owns the engines
         self.now = 0.0  # the latest time an entry point was given: the policy's clock
+        #: workloads restored from the saved state (state.py) that were on the GPU when the old gvt died:
+        #: what became of them is asked of pgpu (WORKLOAD_QUERY) before anything is dispatched
+        self.reconciling: set[int] = set()
 
     # ------------------------------------------------------------------------------------ creation
     def submit_execlist(self, vgpu: "Vgpu", el: VirtualExeclist, pair: tuple[int, int]) -> None:
@@ -349,6 +353,10 @@ class Scheduler:
         was already emulated; the GPU's own user interrupts of the first run are dropped. ``only``: just
         these tags (submissions that never reached the GPU). Returns how many."""
         n = 0
+        if only is None:
+            self.reconciling.clear()
+        else:
+            self.reconciling -= only
         tags = [t for t in self.inflight if only is None or t in only]
         for tag in sorted(tags, reverse=True):  # newest first: appendleft keeps the queue's order
             w = self.inflight.pop(tag)
@@ -365,6 +373,28 @@ class Scheduler:
             n += 1
         self.gvt.counters["workloads_resubmitted"] += n
         return n
+
+    def reconcile_restored(self, active: Iterable[int], ended: Iterable[tuple[str, str, int, int, int, str]],
+                           now: float) -> tuple[int, int]:
+        """pgpu's answer (WORKLOAD_STATUS) about the workloads a restarted gvt found on the GPU in its saved
+        state. ``ended``: ``(engine, kind, tag, status, busy_ns, reason)`` of each event of the ones that
+        ended, in order: played as if they had just arrived (the completions the dead gvt never handled, or
+        handled without recording it, reach the guest once: CSB entry, interrupt); one that already came to
+        this gvt is not in flight any more and is skipped. ``active``: still on the GPU (their events come).
+        The rest pgpu never saw: they go back to the head of their queue, to be submitted again. Returns
+        (ended, resubmitted)."""
+        self.now = max(self.now, now)
+        waiting, self.reconciling = self.reconciling, set()
+        done = 0
+        for engine, kind, tag, status, busy_ns, reason in ended:
+            if tag in waiting and tag in self.inflight:
+                done += kind != "user_interrupt"
+                self.on_gpu_event(engine, kind, tag, status, busy_ns, reason, now=now)
+        ended_tags = {e[2] for e in ended}
+        unseen = {t for t in waiting if t in self.inflight and t not in ended_tags} - set(active)
+        n = self.requeue_inflight(unseen) if unseen else 0
+        self.gvt.counters["workloads_reconciled_ended"] += done
+        return done, n
 
     def engine_lost(self, reason: str, now: float) -> None:
         """pgpu went away: every workload on it fails (the guests see a hang and reset)."""

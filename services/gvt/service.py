@@ -189,7 +189,10 @@ class GvtService(BaseService):
             except OSError as err:
                 self.counters["machine_memory_unavailable"] += 1
                 self.log.warning("machine_memory_unavailable", path=self.args.mem_path, error=str(err))
+            sched = self.core.scheduler
             self.log.info("vgpus_restored", vgpus=sorted((v.vm, v.id) for v in got.vgpus),
+                          workloads_on_gpu=len(sched.inflight), workloads_queued=sum(map(len, sched.queues.values())),
+                          pipes_running=sum(len(v.display.timers) for v in got.vgpus),
                           vhm_epoch=got.vhm_epoch, scratch_mfn=self.core.scratch_mfn,
                           frame_pool=len(self.core.shadow.frame_pool))
         self._dirty.update(v.id for v in got.vgpus)  # recorded again from scratch, in this incarnation's files
@@ -651,10 +654,53 @@ class GvtService(BaseService):
             self.counters["pgpu_setup_failed"] += 1
             self.log.warning("pgpu_setup_failed", error=f"{type(err).__name__}: {err}")
         self.core.resync_host_ggtt()
+        if self.core.scheduler.reconciling:
+            await self._reconcile_restored(conn)
         if conn.session.state == conn.session.UP:  # not lost again meanwhile (then the next setup resumes)
             self.core.scheduler.paused = False
         self.core.scheduler.kick()  # the resubmitted and waiting workloads, behind the GGTT they need
         await self._flush()
+
+    async def _reconcile_restored(self, conn: Connection) -> None:
+        """The workloads the saved state had on the GPU (state.py): ask pgpu what became of them
+        (WORKLOAD_QUERY). Those that ended complete now, once (their completion went to the dead gvt, or
+        came to it and was not recorded); those pgpu never saw are submitted again; the rest are still
+        running and their events come to this session. If pgpu refuses or does not answer, they fail as a
+        hang (their guests take the reset path): never a workload run twice, nor an engine held forever."""
+        sched = self.core.scheduler
+        tags = sorted(sched.reconciling)
+        active: list[int] = []
+        ended: list[tuple[str, str, int, int, int, str]] = []
+        for i in range(0, len(tags), MAX_BATCH):  # a handful in practice: one per engine and vGPU at most
+            why = ""
+            try:
+                reply = await conn.request(m.WorkloadQuery, tags=tags[i:i + MAX_BATCH])
+                if not isinstance(reply, m.WorkloadStatus):
+                    why = f"pgpu answered {type(reply).__name__}"
+            except PeerLost as err:  # pgpu went away: the next setup (a reconnect, or a restart) asks again
+                self.counters["workload_reconcile_failed"] += 1
+                self.log.warning("workload_reconcile_failed", tags=len(tags), error=f"{type(err).__name__}: {err}")
+                return
+            except (RemoteError, TimeoutError) as err:
+                why = f"{type(err).__name__}: {err}"
+            if why or not isinstance(reply, m.WorkloadStatus):
+                # pgpu cannot say: submitting them again could run one twice, waiting would hold their
+                # engines forever. They fail as a hang (their guests take the reset path), nothing else waits.
+                self.counters["workload_reconcile_failed"] += 1
+                self.log.warning("workload_reconcile_failed", tags=len(tags), error=why, outcome="failed as a hang")
+                now = time.monotonic()
+                for tag in sorted(sched.reconciling):
+                    sched.submit_failed(tag, f"pgpu could not say what became of it ({why})", now)
+                sched.reconciling.clear()
+                return
+            active += reply.active
+            ended += [(e.engine, e.kind, e.tag, e.status, e.busy_ns, e.reason) for e in reply.ended]
+        done, again = sched.reconcile_restored(active, ended, time.monotonic())
+        self._mark_busy()
+        self._dirty.update(self.core.vgpus)
+        self.counters["workloads_reconciled"] += len(tags)
+        self.log.info("workloads_reconciled", asked=len(tags), ended=done, still_running=len(active),
+                      resubmitted=again)
 
     def _down_cb(self, name: str) -> Any:
         async def down(reason: str) -> None:

@@ -23,6 +23,7 @@ does the file I/O and is driven by the gvt shell after each batch, before the ba
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,24 +34,31 @@ import msgspec
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS
 from ..common.journal import JournalFormat, JournalRefused, JournalWriter, encode_record
+from ..common.memory import PAGE_SHIFT
+from .display import PipeTimer
+from .engines import PHYSICAL_ENGINES
 from .errors import FailsafeReason
-from .execlist import VirtualExeclist
+from .execlist import ExeclistSlot, VirtualExeclist
+from .gtt import pte_encode
 from .mpt import NullMpt
 from .pv import PvCaps
-from .shadow import ShadowContext
+from .shadow import ShadowBb, ShadowContext
 from .types import GmResource
 from .vgpu import Vgpu
+from .workload import WaCtx, Workload
 
 if TYPE_CHECKING:
     from .core import Gvt
 
 FILE_MAGIC = b"GVTSTATE"
 #: Bumped on any change of the payload schema; a journal of another version is refused (never guessed at).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 4
 #: the journal format (services/common/journal.py): header, records of length, crc32 and seq
 FORMAT = JournalFormat(FILE_MAGIC, FORMAT_VERSION, "gvt state journal", "this gvt")
 #: a journal is compacted (one full record, atomically renamed in) when it grows past this many bytes
 COMPACT_BYTES = 256 << 10
+#: workload ids reserved ahead in the device record (see StateStore.commit)
+ID_RESERVE = 1 << 20
 #: a changed vreg page is written as the changed chunks of this size, not whole (a fence write is 8 bytes)
 VREG_CHUNK = 256
 
@@ -176,20 +184,166 @@ def track(vgpu: "Vgpu") -> None:
 def not_restorable(vgpu: "Vgpu") -> str:
     """Why the vGPU's state, as it is now, could not be carried on by a restarted gvt ("" if it could).
 
-    The record holds registers, config space, GGTT, execlist ports and PV page, not yet the PPGTT shadows,
-    the workloads or the display timers: a vGPU with any of those is recorded as not restorable, and a
-    restart gives its guest a GPU reset with this reason instead of a vGPU that is wrong."""
-    sched = vgpu.gvt.scheduler
-    if any(w.vgpu is vgpu for w in sched.inflight.values()) or any(
-            q for (vid, _), q in sched.queues.items() if vid == vgpu.id):
-        return "workloads were queued or running"
-    if vgpu.ppgtt.mms or vgpu.page_track.pages:
-        return "PPGTT shadows existed (they are not recorded yet)"
-    if any(el.running is not None or el.pending is not None for el in vgpu.submission.execlists.values()):
-        return "an execlist context was scheduled in"
-    if vgpu.display.timers:
-        return "a display pipe was running"
+    The record holds registers, config space, GGTT, execlists, workloads, PPGTT mms, PV page and the
+    display's pipe timers, not the out-of-sync or PV PPGTT snapshots nor a shadow PML4 address a scanned
+    ring loads: a vGPU with those is recorded as not restorable, and a restart gives its guest a GPU reset
+    with this reason instead of a vGPU that is wrong."""
+    ppgtt = vgpu.ppgtt
+    if ppgtt.spt.oos_list or any(x.snapshot is not None for x in ppgtt.spts.values()):
+        return "out-of-sync PPGTT pages existed (their snapshots are not recorded)"
+    if ppgtt.spt.pv and ppgtt.mms:
+        return "PV PPGTT shadows existed (their snapshots are not recorded)"
+    if ppgtt.mms and any(w.pdp_patched for _, w in _vgpu_workloads(vgpu)):
+        return "a workload's commands load a shadow PML4 (its address is in the shadow ring)"
     return ""
+
+
+def _ppgtt_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    p = vgpu.ppgtt
+    spts = p.spts
+    return (tuple((mm.root, mm.pdps, mm.refcount) for mm in p.mms), tuple((w, id(mm)) for w, mm in p.users.items()),
+            len(spts), sum(x.mfn for x in spts.values()), len(p.spt.scratch))
+
+
+def _ppgtt(vgpu: "Vgpu") -> dict[str, Any]:
+    """The PPGTT bookkeeping a restarted gvt needs: each mm's roots and references (the guest page tables
+    themselves are in guest RAM, its shadows are rebuilt from them), which workload on the GPU walks which
+    mm, and the frames the shadows hold (given back once nothing on the GPU walks them)."""
+    p = vgpu.ppgtt
+    index = {id(mm): i for i, mm in enumerate(p.mms)}
+    return {"mms": [[mm.root, list(mm.pdps), mm.refcount] for mm in p.mms],
+            "users": {w: index[id(mm)] for w, mm in p.users.items() if id(mm) in index},
+            "frames": p.frames()}
+
+
+def _display(vgpu: "Vgpu") -> dict[str, Any]:
+    """The display's state the vregs do not hold: whether a monitor is plugged, each running pipe's vblank
+    timer (refresh, period, next expiry on the monotonic clock every process of the host shares) and the
+    flip-done events waiting for a vblank; the frame counters are in the vregs."""
+    d = vgpu.display
+    return {"mon": d.monitor is not None,
+            "timers": {pipe: [t.vrefresh_k, t.period, t.next] for pipe, t in d.timers.items()},
+            "flip": {pipe: sorted(ev) for pipe, ev in d.flip_done_pending.items() if ev},
+            "vblanks": dict(d.vblanks), "flips": d.flips, "cursor": d.cursor_generation}
+
+
+def _display_key(vgpu: "Vgpu") -> tuple[Any, ...]:
+    d = vgpu.display
+    return (d.monitor is None, tuple((p, t.vrefresh_k, t.next) for p, t in d.timers.items()),
+            tuple((p, len(ev)) for p, ev in d.flip_done_pending.items()), d.flips, d.cursor_generation)
+
+
+def _vgpu_workloads(vgpu: "Vgpu") -> list[tuple[bool, Workload]]:
+    """The vGPU's workloads: (on the GPU, workload) for those pgpu was given, then each engine's queue in order."""
+    sched = vgpu.gvt.scheduler
+    out = [(True, w) for w in sched.inflight.values() if w.vgpu is vgpu]
+    for e in PHYSICAL_ENGINES:
+        q = sched.queues.get((vgpu.id, e))
+        if q:
+            out.extend((False, w) for w in q)
+    return out
+
+
+def _slot(slot: ExeclistSlot | None) -> list[Any] | None:
+    return None if slot is None else [slot.ctx[0], slot.ctx[1], slot.done[0], slot.done[1], slot.index]
+
+
+def _sched_key(vgpu: "Vgpu", wls: list[tuple[bool, Workload]]) -> tuple[Any, ...]:
+    """What :func:`_sched` depends on that changes (compared before building it)."""
+    return (tuple((run, w.id, w.status, len(w.pending_events), w.busy_ns, w.resubmits, w.emulate_schedule_in,
+                   w.mmio_save_for) for run, w in wls),
+            tuple((None if el.running is None else (el.running.ctx, tuple(el.running.done), el.running.index),
+                   None if el.pending is None else (el.pending.ctx, tuple(el.pending.done), el.pending.index))
+                  for el in vgpu.submission.execlists.values()))
+
+
+def _workload(gvt: "Gvt", run: bool, w: Workload) -> dict[str, Any]:
+    """One workload as it is needed to complete or submit it again: what it was made of (the ring as
+    scanned and patched, the guest context's address, its PDPs, workaround batches), where its shadow
+    batches are (their bytes are in the frames, in machine memory), what it collected so far."""
+    bb = gvt.shadow.batches.get(w.id)
+    wa = w.wa
+    return {"run": run, "id": w.id, "engine": w.engine, "desc": w.desc, "ctx": list(w.ctx),
+            "esi": w.emulate_schedule_in, "ctx_gpa": w.ring_ctx_gpa, "head": w.head, "tail": w.tail,
+            "ring": w.ring, "pdps": list(w.guest_pdps), "events": list(w.pending_events),
+            "save_for": w.mmio_save_for, "busy_ns": w.busy_ns, "at": w.dispatched_at, "status": w.status,
+            "pv": w.pv, "pv_seq": w.pv_seq,
+            "wa": None if wa is None else [wa.indirect_gma, wa.indirect_size, wa.per_ctx_gma, wa.per_ctx_valid,
+                                           wa.indirect_shadow_gma, wa.per_ctx_shadow_gma],
+            "scanned": [[gm, data] for gm, data in w.scanned], "scan_events": w.scan_events,
+            "resubmits": w.resubmits, "bb": None if bb is None else [bb.gm, bb.first, list(bb.mfns)]}
+
+
+def _sched(vgpu: "Vgpu", wls: list[tuple[bool, Workload]]) -> dict[str, Any]:
+    """The vGPU's scheduler and execlist state: its workloads and each engine's running / pending slot."""
+    return {"wl": [_workload(vgpu.gvt, run, w) for run, w in wls],
+            "el": {n: [_slot(el.running), _slot(el.pending)] for n, el in vgpu.submission.execlists.items()}}
+
+
+def _build_sched(vgpu: "Vgpu", rec: dict[str, Any]) -> list[tuple[bool, Workload, ShadowBb | None]]:
+    """The workloads of a :func:`_sched` record, built for ``vgpu`` (nothing installed yet); the execlist
+    slots are set on the vGPU's own execlists."""
+    for name, (running, pending) in rec.get("el", {}).items():
+        el = vgpu.submission.execlists.get(name)
+        if el is None:
+            raise StateRefused(f"execlist of an unknown engine {name!r}")
+        for attr, x in (("running", running), ("pending", pending)):
+            setattr(el, attr, None if x is None else ExeclistSlot((int(x[0]), int(x[1])), [bool(x[2]), bool(x[3])],
+                                                                     int(x[4])))
+    out: list[tuple[bool, Workload, ShadowBb | None]] = []
+    for r in rec.get("wl", []):
+        if r["engine"] not in PHYSICAL_ENGINES:
+            raise StateRefused(f"a workload on an unknown engine {r['engine']!r}")
+        wa = None if r["wa"] is None else WaCtx(*r["wa"])
+        w = Workload(int(r["id"]), vgpu, r["engine"], int(r["desc"]), (int(r["ctx"][0]), int(r["ctx"][1])),
+                     bool(r["esi"]), int(r["ctx_gpa"]), int(r["head"]), int(r["tail"]), bytes(r["ring"]),
+                     tuple(int(x) for x in r["pdps"]), pending_events=list(r["events"]),
+                     mmio_save_for=r["save_for"], busy_ns=int(r["busy_ns"]), dispatched_at=float(r["at"]),
+                     status=str(r["status"]), pv=bool(r["pv"]), pv_seq=r["pv_seq"], wa=wa,
+                     scanned=[(int(gm), bytes(data)) for gm, data in r["scanned"]],
+                     scan_events=int(r["scan_events"]), resubmits=int(r["resubmits"]))
+        bb = None if r["bb"] is None else ShadowBb(int(r["bb"][0]), int(r["bb"][1]), [int(x) for x in r["bb"][2]])
+        out.append((bool(r["run"]), w, bb))
+    return out
+
+
+def _install_sched(gvt: "Gvt", vgpu: "Vgpu", built: list[tuple[bool, Workload, ShadowBb | None]]) -> None:
+    """Put the restored workloads back: those pgpu was given in flight (each engine's newest is its current
+    one) and waiting for pgpu's word on them (Scheduler.reconcile_restored), the rest in their queues; their
+    shadow batches taken in the window and mapped in gvt's own host-GM entries again. The scheduler stays
+    paused until the pgpu session is set up (the service does it, after the reconciliation)."""
+    sched, shadow = gvt.scheduler, gvt.shadow
+    for run, w, bb in built:
+        if bb is not None:
+            shadow.batches[w.id] = bb
+            shadow.bb_window.used[bb.first:bb.first + len(bb.mfns)] = b"\1" * len(bb.mfns)
+            for i, mfn in enumerate(bb.mfns):
+                shadow.host_ptes[(bb.gm >> PAGE_SHIFT) + i] = pte_encode(mfn << PAGE_SHIFT)
+        if run:
+            sched.inflight[w.id] = w
+            cur = sched.current.get(w.engine)
+            if cur is None or cur.id < w.id:
+                sched.current[w.engine] = w
+            sched.reconciling.add(w.id)
+        else:
+            sched.queues.setdefault((vgpu.id, w.engine), deque()).append(w)
+    if built:
+        sched.paused = True
+
+
+def _restore_display(vgpu: "Vgpu", rec: dict[str, Any]) -> None:
+    """The display as :func:`_display` recorded it: the monitor, the running pipes' timers re-armed at
+    their recorded expiry (a vblank the outage missed is emulated at the first timer run, its frames
+    counted, as after any late wake-up), and the device's index of running displays (display_active)."""
+    d = vgpu.display
+    if not rec.get("mon", True):
+        d.monitor = None
+        if d.edid is not None:
+            d.edid.monitor = None
+    d.timers = {int(p): PipeTimer(int(k), float(period), float(nxt)) for p, (k, period, nxt) in rec["timers"].items()}
+    d.flip_done_pending = {int(p): set(ev) for p, ev in rec.get("flip", {}).items()}
+    d.vblanks = {int(p): int(n) for p, n in rec.get("vblanks", {}).items()}
+    d.flips, d.cursor_generation = int(rec.get("flips", 0)), int(rec.get("cursor", 0))
 
 
 def _misc(vgpu: "Vgpu") -> dict[str, Any]:
@@ -218,7 +372,8 @@ def _misc_key(vgpu: "Vgpu") -> tuple[Any, ...]:
     cfg, pv, sub = vgpu.cfg, vgpu.pv, vgpu.submission
     return (vgpu.active, vgpu.failsafe, vgpu.pv_notified, vgpu.msis_injected, cfg.trapped, cfg.d3_entered,
             len(sched.inflight), len(sched.queues), sum(len(q) for q in sched.queues.values()),
-            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers),
+            len(vgpu.ppgtt.mms), len(vgpu.page_track.pages), len(vgpu.display.timers), vgpu.ppgtt.spt.pv,
+            len(vgpu.ppgtt.spt.oos_list),
             tuple((el.elsp_index, el.elsp[0], el.elsp[1], el.elsp[2], el.elsp[3], el.running is None,
                    el.pending is None) for el in sub.execlists.values()),
             len(sub.execlist_enabled), sum(sub.resets.values()), vgpu.aperture.enabled, vgpu.aperture.base,
@@ -235,6 +390,9 @@ class VgpuRecorder:
     cfg: bytes = b""
     misc: bytes = b""
     misc_key: tuple[Any, ...] = ()
+    disp_key: tuple[Any, ...] | None = None
+    sched_key: tuple[Any, ...] | None = None
+    ppgtt_key: tuple[Any, ...] | None = None
     done_seen: dict[int, Any] = field(default_factory=dict)  # vcpu -> the (request, value) last written
     done_len: int = -1  # len(gvt.last_done) when ``vcpus`` was computed
     vcpus: list[int] = field(default_factory=list)  # this VM's vCPUs that have a last completion
@@ -250,6 +408,7 @@ class VgpuRecorder:
             "ept_root": ept_root, "ram_mb": ram_mb, "created_at": v.created_at,
         }
         self.pages, self.cfg, self.misc, self.misc_key, self.done_seen = {}, b"", b"", (), {}
+        self.disp_key = self.sched_key = self.ppgtt_key = None
         self.done_len = -1
         delta = self.delta(full=True)
         assert delta is not None
@@ -302,6 +461,19 @@ class VgpuRecorder:
             if packed != self.misc:
                 self.misc = packed
                 out["misc"] = misc
+        dkey = _display_key(v)
+        if dkey != self.disp_key:
+            self.disp_key = dkey
+            out["disp"] = _display(v)
+        wls = _vgpu_workloads(v)
+        skey = _sched_key(v, wls)
+        if skey != self.sched_key:
+            self.sched_key = skey
+            out["sched"] = _sched(v, wls)
+        pkey = _ppgtt_key(v)
+        if pkey != self.ppgtt_key:
+            self.ppgtt_key = pkey
+            out["ppgtt"] = _ppgtt(v)
         changed_done = {}
         gvt_done = v.gvt.last_done
         if len(gvt_done) != self.done_len:  # a vCPU answered for the first time (or a VM went): look again
@@ -369,6 +541,13 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
         gpa, version, enabled, seen_submit, seen_update = misc["pv"]
         v.pv.gpa, v.pv.version, v.pv.enabled = gpa, version, PvCaps(enabled)
         v.pv.seen_submit, v.pv.seen_update = dict(seen_submit), seen_update
+        if "disp" in st:
+            _restore_display(v, st["disp"])
+        built = _build_sched(v, st.get("sched", {}))
+        pp = st.get("ppgtt", {})
+        mms = v.ppgtt.restore([(str(root), (int(p[0]), int(p[1]), int(p[2]), int(p[3])), int(ref))
+                               for root, p, ref in pp.get("mms", [])])
+        users = {int(w): mms[int(i)] for w, i in pp.get("users", {}).items()}
     except StateRefused:
         gvt.gm.free(res)
         raise
@@ -379,6 +558,9 @@ def restore_vgpu(gvt: "Gvt", st: dict[str, Any], mpt: Any) -> "Vgpu":
         del gvt.effects[effects_before:]
     gvt.vgpus[vid] = v
     gvt.by_vm[vm] = v
+    v.display._timers_changed()  # the index of vGPUs with a pipe running (display.next_deadline)
+    _install_sched(gvt, v, built)
+    v.ppgtt.users = {w: mm for w, mm in users.items() if w in gvt.scheduler.inflight}
     for vcpu, (req, value) in st["last_done"].items():
         gvt.last_done[(vm, int(vcpu))] = (m.Ioreq(**req), value)
     return v
@@ -450,6 +632,7 @@ class StateStore:
         self.recorders: dict[int, VgpuRecorder] = {}
         self._device_sig: tuple[Any, ...] = ()
         self.mpt_args: _Versioned = _Versioned()  # vgpu id -> (ept_root, ram_mb), from VGPU_CREATE
+        self.id_floor = 0  # every workload id (pgpu tag) given so far is below it (the device record has it)
 
     @property
     def bytes_written(self) -> int:
@@ -485,16 +668,21 @@ class StateStore:
                 self.files.append(name, delta)
         shadow = gvt.shadow
         pool = shadow.frame_pool
+        # workload ids are pgpu's tags: a restarted gvt must not reuse one an earlier incarnation gave pgpu
+        # (its events would be taken for the new workload's). The record keeps a floor well above the ids
+        # given, moved on long before they reach it (a submission can leave before the commit after it).
+        if gvt.scheduler._next_id + ID_RESERVE // 2 > self.id_floor:
+            self.id_floor = gvt.scheduler._next_id + ID_RESERVE
         # a cheap signature first: the pool is a LIFO (pop / extend at its end), so its length and last
         # frame change whenever its content does; the VGPU_CREATE arguments count their changes and the
         # vGPUs their number (what the record keeps is the arguments of live vGPUs). Cheap means O(1): a
         # dense GPU has hundreds of vGPUs and this runs after every batch of ioreqs.
         sig = (gvt.scratch_mfn, len(pool), pool[-1] if pool else -1, len(shadow.contexts), vhm_epoch,
-               self.mpt_args.version, len(gvt.vgpus))
+               self.mpt_args.version, len(gvt.vgpus), self.id_floor)
         if sig != self._device_sig:
             self._device_sig = sig
             device = {"full": True, "scratch_mfn": gvt.scratch_mfn, "frame_pool": list(pool),
-                      "vhm_epoch": vhm_epoch,
+                      "vhm_epoch": vhm_epoch, "id_floor": self.id_floor,
                       "shadows": [[vid, eng, sh.gm, list(sh.mfns)] for (vid, eng), sh in shadow.contexts.items()],
                       "mpt": {vid: list(a) for vid, a in self.mpt_args.items() if vid in gvt.vgpus}}
             self.files.write_full("device", device)
@@ -538,7 +726,10 @@ class StateStore:
                     os.unlink(os.path.join(self.dir, name))
             return out
         out.vhm_epoch = dev.get("vhm_epoch")
+        sched = gvt.scheduler
+        sched._next_id = self.id_floor = max(sched._next_id, int(dev.get("id_floor", 0)))
         mpt_args = {int(k): tuple(a) for k, a in dev.get("mpt", {}).items()}
+        spt_frames: list[int] = []  # the frames the restored vGPUs' old shadow tables were in
         for name in sorted(os.listdir(self.dir)):
             if not (name.startswith("vgpu-") and name.endswith(".journal")):
                 continue
@@ -557,6 +748,7 @@ class StateStore:
                 v = restore_vgpu(gvt, st, mpt)
                 self.mpt_args[vid] = (ept_root, ram_mb)
                 out.vgpus.append(v)
+                spt_frames += [int(f) for f in st.get("ppgtt", {}).get("frames", [])]
             except StateRefused as err:
                 out.refused.append((vm, vid, str(err)))
                 os.unlink(os.path.join(self.dir, name))
@@ -567,6 +759,21 @@ class StateStore:
         for vid, eng, gm, mfns in dev.get("shadows", []):
             if vid in kept:
                 shadow.contexts[(vid, eng)] = ShadowContext(gm, list(mfns))
+                for i, mfn in enumerate(mfns):  # gvt's own GGTT entries, for a pgpu restart to get again
+                    shadow.host_ptes[(gm >> PAGE_SHIFT) + i] = pte_encode(mfn << PAGE_SHIFT)
             else:  # its vGPU is not carried on: the frames go back to the pool
                 shadow.frame_pool.extend(mfns)
+        # A vGPU record is written before the device record in a commit: a kill between them can leave a
+        # frame taken in that batch (a shadow batch) in the device record's free pool too. In use wins: a
+        # frame is never handed out twice (at worst one freed in that batch is not given back).
+        in_use = {mfn for bb in shadow.batches.values() for mfn in bb.mfns}
+        if in_use:
+            before = len(shadow.frame_pool)
+            shadow.frame_pool = [f for f in shadow.frame_pool if f not in in_use]
+            gvt.counters["state_pool_frames_in_use"] += before - len(shadow.frame_pool)
+        # the old shadow tables are rebuilt from the guest's: their frames go back, once the restored
+        # workloads on the GPU (which may walk them) are done (the quarantine of PpgttGlobal.give_frames)
+        free = set(shadow.frame_pool)
+        back = [f for f in dict.fromkeys(spt_frames) if f not in free and f not in in_use]
+        gvt.ppgtt.give_frames(back)
         return out

@@ -102,6 +102,9 @@ class Workload:
     scanned: list[tuple[int, bytes]] = field(default_factory=list)
     scan_events: int = 0  # how many of pending_events the scan recorded (the rest came from the GPU)
     resubmits: int = 0  # times it went to a new pgpu because the one running it restarted
+    # its commands load a shadow PML4 (an LRI of PDP0 the scan patched to the shadow's address): the
+    # address is baked into the shadow ring, so the saved state cannot carry it to a rebuilt shadow
+    pdp_patched: bool = False
 
     @property
     def ctx_id(self) -> int:
@@ -197,6 +200,8 @@ def _scan_hooks(gvt: "Gvt", w: Workload) -> cmd_parser.ScanHooks:
 
     def shadow_pml4(pml4: int) -> int | None:
         mm = vgpu.ppgtt.find(PPGTT_ROOT_L4, (pml4, 0, 0, 0))
+        if mm is not None and not mm.shadowed:  # deferred, or restored by a restarted gvt: build it now
+            vgpu.ppgtt.try_shadow(mm)
         if mm is None or not mm.shadowed:
             return None
         return mm.shadow_pdps[0]
@@ -259,6 +264,7 @@ def _scan(gvt: "Gvt", w: Workload) -> None:
             p_per = parser()
             scan(p_per, struct.pack("<3I", PER_CTX_BB_START, wa.per_ctx_gma, 0), "per_ctx")
     _shadow_scanned(gvt, w, p, p_ind, p_per)
+    w.pdp_patched = any(x is not None and x.counts.get("pdp_patched") for x in (p, p_ind, p_per))
     gvt.counters["workloads_scanned"] += 1
 
 

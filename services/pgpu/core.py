@@ -11,7 +11,7 @@ reason the shell replies with), as every core does. The shell drives it:
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,9 @@ from .events import EVENT_KINDS, EngineEvent
 from .ggtt import Ggtt, GgttRangeError, PageFault
 from .mmio import Mmio, MmioError
 from .timing import TimingModel
+
+#: how many ended submissions (by tag) pgpu remembers the events of, for a restarted gvt's WORKLOAD_QUERY
+ENDED_TAGS = 16384
 
 #: the device gvt sees through STATUS (SKL GT2 0x1912 rev 6; gvt/gtt.c, gvt/aperture_gm.c: msi_cap 0xAC on SKL)
 GPU_IDENTITY = {"vendor": 0x8086, "device": 0x1912, "revision": 6, "msi_cap": 0xAC, "fences": NUM_FENCES}
@@ -63,6 +66,9 @@ class PgpuCore:
                         for name in GPU_ENGINES}
         self.counters: Counter[str] = Counter()
         self._now = 0.0
+        # tag -> the events of that submission once due (delivered or not): a gvt restarted from its saved
+        # state asks what became of the submissions its predecessor made (WORKLOAD_QUERY)
+        self.ended: OrderedDict[int, list[EngineEvent]] = OrderedDict()
 
     # ----------------------------------------------------------------------------------------- GGTT
     def ggtt_write(self, entries: Iterable[tuple[int, int]]) -> int | Refusal:
@@ -183,7 +189,39 @@ class PgpuCore:
                 eng.refused.clear()
         for ev in events:
             self.counters[f"events_{ev.kind}"] += 1
+            self._remember(ev)
         return events
+
+    def _remember(self, ev: EngineEvent) -> None:
+        got = self.ended.get(ev.tag)
+        if got is None:
+            self.ended[ev.tag] = [ev]
+            if len(self.ended) > ENDED_TAGS:
+                self.ended.popitem(last=False)
+        else:
+            got.append(ev)
+
+    def workload_status(self, tags: Iterable[int], mine: Any = None) -> tuple[list[int], list[EngineEvent]]:
+        """What became of the submissions ``tags`` (WORKLOAD_QUERY): the tags still queued or running on an
+        engine (or whose events are not yet due), and the events of those that ended, in order. ``mine``:
+        a predicate on a submission's owner (the submitter's identity); others' submissions are unknown."""
+        def ok(owner: Any) -> bool:
+            return mine is None or bool(mine(owner))
+
+        live: set[int] = set()
+        for eng in self.engines.values():
+            live.update(el.tag for sub in eng.port for el in sub.elements if ok(el.owner))
+            if eng.running is not None and ok(eng.running.element.owner):
+                live.add(eng.running.element.tag)
+            live.update(e.tag for e in eng.events if ok(e.owner))
+        active: list[int] = []
+        ended: list[EngineEvent] = []
+        for tag in dict.fromkeys(tags):
+            if tag in live:
+                active.append(tag)
+            elif tag in self.ended:
+                ended.extend(e for e in self.ended[tag] if ok(e.owner))
+        return active, ended
 
     def runnable(self, engine: str, now: float) -> bool:
         """True when ``advance`` has work to do on ``engine`` right now."""

@@ -1,8 +1,10 @@
 """The asyncio shell of pgpu: a ROUTER for gvt sessions, one task per engine, the core does the rest.
 
 Requests (role "gvt" only): GGTT_WRITE -> OK, GGTT_FILL -> OK, GGTT_READ -> GGTT_ENTRIES, PGPU_MMIO_READ -> OK{value},
-PGPU_MMIO_WRITE -> OK, ELSP_SUBMIT -> OK or ERROR, ENGINE_RESET -> OK. GPU_EVENTs go to the session that
-submitted the context; if it is gone, the context still runs but its events are dropped (counted).
+PGPU_MMIO_WRITE -> OK, ELSP_SUBMIT -> OK or ERROR, ENGINE_RESET -> OK, WORKLOAD_QUERY -> WORKLOAD_STATUS.
+GPU_EVENTs go to the session that submitted the context (or a later session of the same gvt id); if none is
+there, the context still runs but its events are dropped (counted); a restarted gvt asks for them with
+WORKLOAD_QUERY (the core remembers the events of the last ENDED_TAGS submissions).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class PgpuService(BaseService):
             m.PgpuMmioWrite: self._mmio_write,
             m.ElspSubmit: self._elsp_submit,
             m.EngineReset: self._engine_reset,
+            m.WorkloadQuery: self._workload_query,
         }
         self.server = RouterServer(self.ctx, a.bind, role=self.role, ident=self.ident, epoch=self.epoch, hb=self.hb,
                                    handler=self, log=self.log, counters=self.counters)
@@ -148,6 +151,17 @@ class PgpuService(BaseService):
             return dropped
         self._kick()
         return m.Ok(req=msg.req, value=dropped)
+
+    def _workload_query(self, session: Session, msg: m.WorkloadQuery) -> m.Message | Refusal:
+        """What became of a restarted gvt's predecessor's submissions: only those of the same gvt identity
+        (role and id) are answered; another's read as never seen."""
+        def mine(owner: Any) -> bool:
+            return isinstance(owner, Session) and owner.role == session.role and owner.id == session.id
+
+        active, ended = self.core.workload_status(msg.tags, mine)
+        self.counters["workload_queries"] += 1
+        return m.WorkloadStatus(req=msg.req, active=active, ended=[
+            m.EndedEvent(**{k: v for k, v in e.fields().items()}) for e in ended[:4 * m.MAX_BATCH]])
 
     # -------------------------------------------------------------------------------------- engines
     def _kick(self) -> None:

@@ -140,13 +140,13 @@ def test_compaction_keeps_the_state(tmp_path) -> None:
 def test_a_vgpu_with_work_in_flight_is_refused_with_its_reason(tmp_path) -> None:
     gvt = make_gvt()
     v = busy_vgpu(gvt)
-    v.display.timers[0] = object()  # type: ignore[assignment]  # a pipe running (vblank timer armed)
+    v.ppgtt.spt.oos_list.append(object())  # type: ignore[arg-type]  # an out-of-sync page (not recorded)
     store = gs.StateStore(str(tmp_path))
     store.commit(gvt, [v.id], EPOCH)
     store.close()
     g2, got = restore_into(str(tmp_path))
     assert got.vgpus == [] and [(vm, why) for vm, _, why in got.refused] == [
-        (1, "not restorable: a display pipe was running")]
+        (1, "not restorable: out-of-sync PPGTT pages existed (their snapshots are not recorded)")]
     assert g2.vgpus == {} and g2.gm.empty  # nothing half-restored
     assert not os.path.exists(tmp_path / f"vgpu-{v.id}.journal")  # refused once, then gone
 
