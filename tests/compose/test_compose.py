@@ -1,4 +1,4 @@
-"""The compose topology for real: config, up --wait, a verified load, kill and restart of vhm and of pgpu
+"""The compose topology for real: config, up --wait, a verified load, kill and restart of gvt, pgpu and vhm
 under a running verified load (nothing may fail), kill and restart of gvt, pgpu and vhm with recovery checked
 (each time a fresh load must verify again), status, down -v.
 
@@ -161,13 +161,13 @@ def kill_and_restart(service: str) -> dict[str, Any]:
     return rec
 
 
-@pytest.mark.parametrize("service", ["vhm", "pgpu"])
+@pytest.mark.parametrize("service", ["gvt", "pgpu", "vhm"])
 def test_kill_restart_under_a_verified_load_fails_nothing(topology: None, service: str) -> None:
     """A guest container runs verified workloads while SERVICE's container is SIGKILLed and started again
-    in the middle of its run: every workload verifies, none fails, no VM is reset (vhm carries the VMs on
-    from its state in the machine-memory volume; after a pgpu restart gvt resubmits what had not
-    completed). The guest's hang timeout is 10 s (i915's heartbeat declares a hang after several 2.5 s
-    beats) since a container's restart takes seconds."""
+    in the middle of its run: every workload verifies, none fails, no VM is reset (gvt and vhm carry their
+    vGPUs and VMs on from their state in the machine-memory volume, with the workloads in flight; after a
+    pgpu restart gvt resubmits what had not completed). The guest's hang timeout is 10 s (i915's heartbeat
+    declares a hang after several 2.5 s beats) since a container's restart takes seconds."""
     load = GuestLoad(2, "--duration", "20", "--hang-timeout", "10", "--stats-interval", "1")
     load.wait_for("vm_ready", 2, 90)
     load.wait_for("stats", 3, 30)  # workloads are running
