@@ -109,6 +109,10 @@ class Gvt:
         # reconnect when it cannot know whether the completion arrived; answering the very same request
         # (same vm, vcpu, seq and fields: a guest never reuses a seq) from here keeps it exactly-once
         self.last_done: dict[tuple[int, int], tuple[m.Ioreq, int]] = {}
+        # vGPUs an ioreq may have changed since the shell last took them (for its state journal). A
+        # read that changes nothing (mmio.read_is_pure) is left out: emulated again after a restart it
+        # returns the same value, so it need not be recorded before it is answered.
+        self.touched: set[int] = set()
 
     @property
     def ggtt_mmio_size(self) -> int:
@@ -379,8 +383,12 @@ class Gvt:
         if last is not None and last[0] == req:  # sent again after a reconnect: already emulated
             self.counters["ioreq_replayed"] += 1
             return last[1]
+        pure = (req.dir == IoreqDir.READ and req.kind == IoreqType.MMIO and not vgpu.failsafe
+                and mmio.read_is_pure(vgpu, req.addr, req.size))
         value = self._emulate_ioreq(vgpu, req)
         self.last_done[key] = (req, value)
+        if not pure or vgpu.failsafe:
+            self.touched.add(vgpu.id)
         return value
 
     def _emulate_ioreq(self, vgpu: Vgpu, req: m.Ioreq) -> int:

@@ -31,7 +31,7 @@ from . import engines as eng
 from . import pvmmio
 from .errors import EmulationError, WorkloadError
 from .gtt import gma_to_gpa
-from .handlers import F, Reg
+from .handlers import PURE_READS, F, Reg
 from .interrupt import trigger_event
 
 if TYPE_CHECKING:
@@ -233,6 +233,9 @@ def execlist_status_read(vgpu: "Vgpu", offset: int, size: int) -> int:
     rel = offset - (engine.base + eng.RING_EXECLIST_STATUS)
     value = el.status() >> (8 * rel)
     return value & ((1 << (8 * size)) - 1)
+
+
+PURE_READS[elsp_read] = PURE_READS[execlist_status_read] = lambda vgpu, offset: True
 
 
 def csb_ptr_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

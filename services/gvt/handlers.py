@@ -269,6 +269,28 @@ def _misc_regs() -> list[Reg]:
     return regs
 
 
+def _always(vgpu: "Vgpu", offset: int) -> bool:
+    return True
+
+
+def _pvinfo_read_pure(vgpu: "Vgpu", offset: int) -> bool:
+    """pvinfo_read changes only ``pv_notified`` (to True): nothing once it is set, except the pv_mmio
+    redirect, which reads another register through its own handler."""
+    return vgpu.pv_notified and offset != pvinfo.PV_MMIO
+
+
+#: Read handlers that change nothing of the vGPU (statistics aside), and when: such a read, emulated again
+#: after a gvt restart, returns what it returned the first time, so gvt need not record it before it
+#: answers (state.py). A handler not listed here is taken to change state. Modules whose tables
+#: hold more such handlers add them (execlist.py). A read that puts the vGPU in failsafe changed it
+#: whatever its handler (core.py checks).
+PURE_READS: dict[ReadFn, Callable[["Vgpu", int], bool]] = {
+    default_read: _always,
+    fence_read: _always,  # a refused fence read raises, and puts the vGPU in failsafe
+    pvinfo.pvinfo_read: _pvinfo_read_pure,
+}
+
+
 def default_regs() -> list[Reg]:
     """Every tracked register of this issue, grouped by hardware concern."""
     return _interrupt_regs() + _engine_regs() + _misc_regs()
@@ -355,6 +377,17 @@ class MmioTable:
             return (block.read or default_read)(vgpu, offset, size)
         r = self.info.get(offset)
         return ((r.read if r else None) or default_read)(vgpu, offset, size)
+
+    def read_is_pure(self, vgpu: "Vgpu", offset: int) -> bool:
+        """Whether a read of ``offset`` now would change nothing of the vGPU (:data:`PURE_READS`)."""
+        block = self.find_block(offset)
+        if block is not None:
+            fn = block.read or default_read
+        else:
+            r = self.info.get(offset)
+            fn = (r.read if r else None) or default_read
+        when = PURE_READS.get(fn)
+        return when is not None and when(vgpu, offset)
 
     def write(self, vgpu: "Vgpu", offset: int, data: int, size: int) -> None:
         """Write with read-only bits kept and masked-register semantics applied after the handler."""

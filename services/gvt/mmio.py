@@ -140,6 +140,17 @@ def emulate_mmio_read(vgpu: "Vgpu", gpa: int, size: int) -> int:
     return vgpu.gvt.table.read(vgpu, offset, size)
 
 
+def read_is_pure(vgpu: "Vgpu", gpa: int, size: int) -> bool:
+    """Whether :func:`emulate_mmio_read` of ``gpa`` would change nothing of the vGPU (statistics aside):
+    failsafe and GGTT reads, holes, and registers whose handler is listed in handlers.PURE_READS."""
+    offset = gpa - vgpu.cfg.bar0_base()
+    if vgpu.failsafe or _is_gtt(vgpu, offset):
+        return True
+    if not _is_mmio(offset):
+        return not _is_pvmmio_page(vgpu, offset, size)
+    return vgpu.gvt.table.read_is_pure(vgpu, offset)
+
+
 def emulate_mmio_write(vgpu: "Vgpu", gpa: int, data: int, size: int) -> None:
     """intel_vgpu_emulate_mmio_write. Raises EmulationError for a bad access."""
     offset = gpa - vgpu.cfg.bar0_base()

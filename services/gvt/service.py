@@ -494,8 +494,8 @@ class GvtService(BaseService):
             self._results.extend(m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=handle(r, now))
                                  for r in msg.reqs)
             if self.state is not None:
-                for vm in {r.vm for r in msg.reqs}:
-                    self._mark_vm(vm)
+                self._dirty |= self.core.touched
+            self.core.touched.clear()
             if trace.on:
                 trace.complete("gvt emulate", "ioreq", t0, trace.now_us() - t0, ioreqs=len(msg.reqs),
                                first=f"vm{msg.reqs[0].vm}/{msg.reqs[0].vcpu}/{msg.reqs[0].seq}" if msg.reqs else "")
