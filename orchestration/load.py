@@ -142,11 +142,25 @@ def auto_think(vms: int, vcpus: int, cpus: int) -> float:
     return round(n / (PACED_WORKLOADS_PER_CORE * cpus), 1)
 
 
+def guest_pacing(args: argparse.Namespace, flags: set[str], cpus: int) -> tuple[float, float, list[str]]:
+    """(think seconds, hang timeout seconds or 0 for the guest's own, guest arguments) of a load: its
+    pacing (:func:`auto_think`), the guests' hang timeout and their nice value (``--guest-nice``)."""
+    think = args.think if args.think is not None else auto_think(args.vms, args.vcpus, cpus)
+    # A paced load waits behind boot storms, a chaos load behind restarts: a restarted service on a
+    # saturated host serves again after seconds, a time the guest driver's default hangcheck calls a hang.
+    auto_hang = (think > 0 and args.think is None) or bool(args.chaos)
+    hang = args.hang_timeout or (PACED_HANG_TIMEOUT if auto_hang else 0.0)
+    out = ["--think", str(think)] if think > 0 and "--think" in flags else []
+    out += ["--hang-timeout", str(hang)] if hang else []
+    out += ["--nice", str(args.guest_nice)] if args.guest_nice and "--nice" in flags else []
+    return think, hang, out
+
+
 def guest_flags() -> set[str]:
     """The optional guest flags this checkout has (``--duration``, ``--recover``, ``--stats-interval``)."""
     out = subprocess.run([sys.executable, "-m", "gvtsim.orchestration", "guest", "--help"], capture_output=True,
                          text=True, timeout=30).stdout
-    return {f for f in ("--duration", "--recover", "--stats-interval", "--think", "SIGUSR1") if f in out}
+    return {f for f in ("--duration", "--recover", "--stats-interval", "--think", "--nice", "SIGUSR1") if f in out}
 
 
 # ---------------------------------------------------------------------------------------------- native
@@ -281,12 +295,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     plans = place(args.vms, free, per_guest, types, per_stack=cap)
     flags = guest_flags()
     duration_mode = "--duration" in flags
-    guest_args = ["--vcpus", str(args.vcpus)]
-    think = args.think if args.think is not None else auto_think(args.vms, args.vcpus, os.cpu_count() or 1)
-    hang = args.hang_timeout or (PACED_HANG_TIMEOUT if think > 0 and args.think is None else 0.0)
-    if think > 0 and "--think" in flags:
-        guest_args += ["--think", str(think)]
-    guest_args += ["--hang-timeout", str(hang)] if hang else []
+    think, hang, pacing_args = guest_pacing(args, flags, os.cpu_count() or 1)
+    guest_args = ["--vcpus", str(args.vcpus), *pacing_args]
     guest_args += [] if duration_mode else ["--workloads", str(args.workloads)]
     guest_args += ["--recover"] if "--recover" in flags else []  # a GPU reset re-creates the VM (chaos runs)
     guest_args += ["--stats-interval", "1"] if "--stats-interval" in flags else []
@@ -296,6 +306,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
         progress(f"pacing: each vCPU pauses {think:g} s between workloads on average"
                  + (f" (automatic for {args.vms * args.vcpus} vCPUs; --think 0 runs them back to back)"
                     if args.think is None else "") + (f", hang timeout {hang:g} s" if hang else ""))
+    elif hang and not args.hang_timeout:
+        progress(f"chaos: guests wait {hang:g} s for a workload before they declare a GPU hang (--hang-timeout)")
     t0 = time.monotonic()
     wall_t0, wall_end = time.time(), None  # the window in which a lost session is a problem (service logs)
     stats = LoadStats(t0, args.vms)
@@ -385,7 +397,7 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                           "vms_per_guest": per_guest, "types": sorted({p.vgpu_type for p in plans}),
                           "vms_per_stack": {str(k): sum(p.vms for p in plans if p.stack == k)
                                             for k in sorted({p.stack for p in plans})}},
-            "pacing": {"think_s": think, "hang_timeout_s": hang or None},
+            "pacing": {"think_s": think, "hang_timeout_s": hang or None, "guest_nice": args.guest_nice},
             "resources": {**sampler.summary(baseline), "baseline": baseline, "series": sampler.samples},
             "boot": boot_curve(stats.timeline, args.vms),
             "verdict": explain(fig, bool(args.chaos), kills, problems)}
@@ -528,7 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hang-timeout", type=float, default=0.0,
                    help="seconds a guest driver waits for a workload before it declares a GPU hang (on a small "
                         f"machine hundreds of VMs share a core, so a workload takes seconds) [the guest's default; "
-                        f"{PACED_HANG_TIMEOUT:g} when --think is automatic and paces the load]")
+                        f"{PACED_HANG_TIMEOUT:g} when --think is automatic and paces the load, or with --chaos]")
+    p.add_argument("--guest-nice", type=int, default=10,
+                   help="the guest processes' nice value: the load generator yields the CPU to the host "
+                        "services it loads (a restarted service must not wait for CPU behind the guests) [10; "
+                        "0 runs them at the services' priority]")
     p.add_argument("--think", type=float, default=None,
                    help="seconds each vCPU pauses between workloads, on average [auto: back to back up to "
                         f"{BACK_TO_BACK_VCPUS} vCPUs per core, else paced at {PACED_WORKLOADS_PER_CORE:g} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..common.service import common_args, env, mem_args, run_service
@@ -77,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--display-dump", default="",
                    help="after the last frame, write the guest's own copy of the screen (XRGB8888 rows) to "
                         "DIR/NAME.xrgb")
-    return run_service(GuestService, p.parse_args(argv))
+    p.add_argument("--nice", type=int, default=int(env("NICE", "0")),
+                   help="lower this process's CPU priority by this much (os.nice, 0..19): a load generator's "
+                        "guests at 10 leave the CPU to the host services they load when both want it "
+                        "[GVTSIM_NICE]")
+    args = p.parse_args(argv)
+    if args.nice:
+        os.nice(max(0, min(19, args.nice)))  # before the event loop: every thread libzmq starts inherits it
+    return run_service(GuestService, args)
 
 
 if __name__ == "__main__":

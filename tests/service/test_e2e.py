@@ -79,3 +79,19 @@ def test_two_vms_two_types_verified_and_isolated(stack):
     status = probe_sync(stack["gvt"].endpoint, want_reply=True)
     injected = status.info["msis_by_vm"]
     assert injected[str(a_ready["vm"])] >= vm_a["msis"] and injected[str(b_ready["vm"])] >= vm_b["msis"]
+
+
+def test_a_niced_guest_runs_below_the_services_and_still_verifies() -> None:
+    """``--nice`` (what `gvtsim load` gives its guests): every thread of the guest process, libzmq's I/O
+    thread included, runs at the lower priority; the host services keep theirs; the workloads verify."""
+    import psutil
+
+    with HostStack() as hs:
+        g = hs.guest("--vms", "1", "--vcpus", "2", "--ram-mb", "16", "--workloads", "4", "--nice", "7", name="niced")
+        g.wait_event("vm_ready", timeout=30)
+        assert g.proc is not None
+        threads = [psutil.Process(t.id) for t in psutil.Process(g.proc.pid).threads()]
+        assert len(threads) > 1 and {t.nice() for t in threads} == {7}
+        assert hs.vhm.proc is not None and psutil.Process(hs.vhm.proc.pid).nice() == 0
+        done = g.wait_event("done", timeout=120)
+        assert done["workloads_failed"] == 0 and done["workloads_verified"] == 4

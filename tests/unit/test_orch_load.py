@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gvtsim.orchestration.chaos import ChaosError, parse_kills, plan_schedule
-from gvtsim.orchestration.load import auto_think, place, stacks_to_add
+from gvtsim.orchestration.load import PACED_HANG_TIMEOUT, auto_think, guest_pacing, place, stacks_to_add
 from gvtsim.orchestration.loadstats import LoadStats, attach_recovery, explain, verdict
 from gvtsim.services.common.histo import Histogram
 from gvtsim.orchestration.report import write_report
@@ -290,6 +290,23 @@ def test_auto_think_paces_only_loads_too_big_to_run_back_to_back() -> None:
     assert auto_think(64, 2, cpus=2) == 0.0  # 128 vCPUs on 2 cores: back to back
     assert auto_think(1024, 2, cpus=2) == 102.4  # 2,048 vCPUs offering 20 workloads/s
     assert auto_think(1024, 2, cpus=4) == 51.2
+
+
+def test_chaos_and_auto_pacing_give_the_guests_a_long_hangcheck_and_every_load_nices_them() -> None:
+    import argparse
+
+    def pacing(**kw: object) -> tuple[float, float, list[str]]:
+        base: dict[str, object] = dict(vms=64, vcpus=2, think=None, hang_timeout=0.0, chaos="", guest_nice=10)
+        return guest_pacing(argparse.Namespace(**{**base, **kw}), {"--think", "--nice"}, cpus=2)
+
+    assert pacing() == (0.0, 0.0, ["--nice", "10"])  # back to back, the guest's own hangcheck
+    assert pacing(chaos="gvt:20") == (0.0, PACED_HANG_TIMEOUT, ["--hang-timeout", "30.0", "--nice", "10"])
+    assert pacing(chaos="gvt:20", hang_timeout=4.0)[1:] == (4.0, ["--hang-timeout", "4.0", "--nice", "10"])
+    think, hang, args = pacing(vms=1024)
+    assert think == 102.4 and hang == PACED_HANG_TIMEOUT and args[:2] == ["--think", "102.4"]
+    assert pacing(guest_nice=0)[2] == []
+    assert guest_pacing(argparse.Namespace(vms=64, vcpus=2, think=None, hang_timeout=0.0, chaos="", guest_nice=10),
+                        set(), cpus=2)[2] == []  # an older guest without --nice is not given it
 
 
 def test_resource_sampler_measures_this_process(tmp_path) -> None:
