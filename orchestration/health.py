@@ -24,13 +24,14 @@ from ..services.common.liveness import HeartbeatConfig
 from ..protocol.session import new_epoch
 
 
-async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None) -> m.StatusReply:
+async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None,
+                checked: bool = False) -> m.StatusReply:
     """One STATUS round trip to ``endpoint`` over a session (HELLO as role ``probe``, STATUS, BYE).
     Raises TimeoutError or RuntimeError.
 
     With CURVE on, the probe must know the server's key: ``server`` names it (vhm, gvt, pgpu), else every
     server key is tried at once and the first answer wins (a session with the wrong server key never opens)."""
-    reply = await one_call(endpoint, "probe", m.StatusRequest, timeout=timeout, server=server)
+    reply = await one_call(endpoint, "probe", m.StatusRequest, timeout=timeout, server=server, checked=checked)
     assert isinstance(reply, m.StatusReply)
     return reply
 
@@ -40,11 +41,13 @@ SERVER_KEYS = ("vhm", "gvt", "pgpu", "probe")
 
 
 async def one_call(endpoint: str, role: m.Role, cls: type[m.Message], /, timeout: float = 2.0,
-                   server: str | None = None, **fields: Any) -> m.Message:
+                   server: str | None = None, checked: bool = False, **fields: Any) -> m.Message:
     """Open a session to ``endpoint`` (the same session layer every service uses), make one call, close.
 
     With CURVE on, ``server`` names the server's key; None tries every server key at once (SERVER_KEYS),
-    the first session that opens makes the call.
+    the first session that opens makes the call. ``checked``: the endpoint is known to be well formed (a
+    run's state): the check that makes a malformed one fail at once is skipped, since the connection it
+    opens and drops costs the service a failed handshake and a warning.
 
     Raises:
         TimeoutError: no session or no answer within ``timeout`` seconds (in all).
@@ -54,14 +57,16 @@ async def one_call(endpoint: str, role: m.Role, cls: type[m.Message], /, timeout
     if server is None and curve.enabled():
         return await _any_server(endpoint, role, cls, timeout, fields)
     ctx = zmq.asyncio.Context()
-    check = ctx.socket(zmq.DEALER)  # a malformed endpoint fails here (zmq.ZMQError EINVAL), not as a timeout
-    try:
-        check.connect(endpoint)
-    except zmq.ZMQError:
-        ctx.destroy(linger=0)
-        raise
-    finally:
-        check.close(linger=0)
+    if not checked:
+        check = ctx.socket(zmq.DEALER)  # a malformed endpoint fails here (zmq.ZMQError EINVAL), not as a timeout
+        try:
+            # a connection this socket opens and drops costs the service a failed handshake (and a warning)
+            check.connect(endpoint)
+        except zmq.ZMQError:
+            ctx.destroy(linger=0)
+            raise
+        finally:
+            check.close(linger=0)
     conn = Connection(ctx, endpoint, role=role, ident=f"{role}-{os.getpid()}", epoch=new_epoch(),
                       hb=HeartbeatConfig(), log=_quiet, server_role=server or "probe")
     conn.start()

@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from .health import probe, status_dict
+from .health import SERVER_KEYS, probe, status_dict
 from .launcher import RunState, alive, default_run_dir
 from ..services.common.helptext import UserHelpFormatter
 
@@ -95,11 +95,14 @@ def confirmed(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     return {**first, "problems": [p for p in first["problems"] if p in second["problems"]]}
 
 
-async def _probe(endpoint: str | None) -> dict[str, Any] | None:
+async def _probe(endpoint: str | None, service: str | None = None) -> dict[str, Any] | None:
+    """The service's STATUS as a dict (None: no answer); ``service`` names its CURVE key (an unnamed probe
+    tries every server key, costing the service a failed handshake for each wrong one)."""
     if not endpoint:
         return None
     try:
-        return status_dict(await probe(endpoint, STATUS_TIMEOUT))
+        return status_dict(await probe(endpoint, STATUS_TIMEOUT,
+                                       server=service if service in SERVER_KEYS else None, checked=True))
     except Exception:
         return None
 
@@ -115,8 +118,8 @@ async def native_status(run_dir: str, stack: int | None = None) -> dict[str, Any
         state.stacks = [stack]
         state.procs = {n: p for n, p in state.procs.items() if p.stack == stack}
     names = list(state.procs)
-    replies = await asyncio.gather(*(_probe(state.procs[n].endpoint if alive(state.procs[n]) else None)
-                                     for n in names))
+    replies = await asyncio.gather(*(_probe(state.procs[n].endpoint if alive(state.procs[n]) else None,
+                                            state.procs[n].service) for n in names))
     by_name = dict(zip(names, replies))
     services = []
     for n in names:
@@ -131,7 +134,8 @@ async def native_status(run_dir: str, stack: int | None = None) -> dict[str, Any
     for k in [k for k, st in stacks.items() if st["problems"]]:
         await asyncio.sleep(CONFIRM_AFTER)
         vhm, gvt = (state.procs.get(f"s{k}/{svc}") for svc in ("vhm", "gvt"))
-        again = await asyncio.gather(*(_probe(p.endpoint if p is not None and alive(p) else None) for p in (vhm, gvt)))
+        again = await asyncio.gather(*(_probe(p.endpoint if p is not None and alive(p) else None, svc)
+                                       for p, svc in ((vhm, "vhm"), (gvt, "gvt"))))
         stacks[k] = confirmed(stacks[k], stack_summary(*again))
     problems = [f"{s['name']} is {s['health']}" for s in services if s["health"] not in ("healthy", "running")]
     problems += [f"stack {k}: {why}" for k, st in stacks.items() for why in st["problems"]

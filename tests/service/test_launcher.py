@@ -87,6 +87,10 @@ def test_up_status_chaos_down(run_dir: str) -> None:
 
     state = RunState.load(run_dir)
     assert state is not None
+    # every health check (up, chaos, status) named the service's own CURVE key: none cost a failed handshake
+    for p in state.procs.values():
+        with open(p.err) as f:
+            assert "curve_handshake_failed" not in f.read(), p.name
     pgids = [p.pid for p in state.procs.values()]
     r = gvtsim("down", "--run-dir", run_dir, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["left"] == []

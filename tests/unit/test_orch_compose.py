@@ -46,7 +46,7 @@ def test_the_real_compose_file() -> None:
     assert topo.services["gvt"].depends_on == {"keygen": "service_healthy",
                                                "vhm": "service_healthy", "pgpu": "service_healthy"}
     assert topo.services["vhm"].healthcheck is not None
-    assert topo.services["vhm"].healthcheck.test == ("gvtsim", "health", "tcp://127.0.0.1:5555")
+    assert topo.services["vhm"].healthcheck.test == ("gvtsim", "health", "tcp://127.0.0.1:5555", "--server", "vhm")
     assert topo.services["vhm"].healthcheck.interval == 2.0
     assert topo.services["guest"].volumes == {"machine-memory": "/mem", "keys": "/keys"}
     assert topo.ports() == [5555, 5556, 5557]
@@ -97,7 +97,7 @@ def test_native_plan_gives_each_stack_its_ports_and_memory() -> None:
     assert by["s0/vhm"].env["GVTSIM_MEM_PATH"] != by["s2/vhm"].env["GVTSIM_MEM_PATH"]
     assert by["s0/guest.1"].env["GVTSIM_NAME_PREFIX"] != by["s0/guest.2"].env["GVTSIM_NAME_PREFIX"]
     assert by["s0/vhm"].argv[:3] == (sys.executable, "-m", "gvtsim.orchestration")
-    assert by["s2/pgpu"].health is not None and by["s2/pgpu"].health[-1] == "tcp://127.0.0.1:5677"
+    assert by["s2/pgpu"].health is not None and by["s2/pgpu"].health[4:] == ("tcp://127.0.0.1:5677", "--server", "pgpu")
     assert by["s0/guest.1"].health is None
     assert [p.name for p in native_plan(topo, [1], layout, guests=False)] == ["s1/vhm", "s1/pgpu", "s1/gvt"]
     assert len(native_plan(topo, [0], layout, replicas={"guest": 4})) == 7

@@ -62,7 +62,8 @@ def test_depends_on_becomes_a_wait_for_the_dependencies_health_endpoints(doc: di
         waited = sorted(cmd[i + 1] for i, a in enumerate(cmd[:sep]) if a == "--ready")
         ports = {"vhm": 5555, "gvt": 5556, "pgpu": 5557}
         assert waited == sorted(f"tcp://{d}:{ports[d]}" for d in deps)
-    assert doc["services"]["gvt"]["healthcheck"]["test"][-1] == "tcp://127.0.0.1:5556"  # probed in place
+    probed = doc["services"]["gvt"]["healthcheck"]["test"]
+    assert probed[-3:] == ["tcp://127.0.0.1:5556", "--server", "gvt"]  # probed in place, with gvt's own key
     assert wait_prefix(load_compose(COMPOSE), "vhm") == []
 
 
