@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds the VMs wait for vhm to come back (the same vhm, restarted with its state: "
                         "their trapped accesses are sent again) before they take a GPU reset "
                         "[GVTSIM_VHM_GRACE]")
-    p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "10")),
-                   help="seconds before a trapped access is declared hung [GVTSIM_IOREQ_TIMEOUT]")
+    p.add_argument("--ioreq-timeout", type=float, default=float(env("IOREQ_TIMEOUT", "20")),
+                   help="seconds before a trapped access is declared hung (longer than vhm's --client-grace, "
+                        "for which vhm holds an access to a device model that is restarting) "
+                        "[GVTSIM_IOREQ_TIMEOUT]")
     p.add_argument("--display", action="store_true", default=env("DISPLAY_ON", "") in ("1", "true", "yes"),
                    help="give every VM a screen: modeset on the virtual monitor, animated frames drawn by the GPU "
                         "and page-flipped on vblank [GVTSIM_DISPLAY_ON]")

@@ -191,7 +191,7 @@ class Runtime:
             hangcheck on a hypervisor that never completes).
     """
 
-    ioreq_timeout: float = 10.0
+    ioreq_timeout: float = 20.0
     now: float = 0.0
     wall_offset: float = 0.0  # now + wall_offset = the wall clock (what a guest's clock display shows)
     outbox: list[m.Ioreq] = field(default_factory=list)  # ioreqs to send (the shell drains it)

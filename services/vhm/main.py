@@ -44,10 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "killed and started again on the same machine memory carries every VM on "
                         "(docs/STATE.md); default <--mem-path>.vhm.state; off: keep none (a restart then "
                         "resets every VM) [GVTSIM_VHM_STATE_DIR]")
-    p.add_argument("--client-grace", type=float, default=float(env("VHM_CLIENT_GRACE", "5")),
+    p.add_argument("--client-grace", type=float, default=float(env("VHM_CLIENT_GRACE", "15")),
                    help="seconds a device model whose connection ended keeps its state (ranges, frames, "
                         "waiting ioreqs) for a reconnect with the same epoch, and a restarted vhm waits for "
-                        "the guests of the VMs it restored; 0: lost at once "
+                        "the guests of the VMs it restored (a service restarted on a saturated host serves "
+                        "again only after seconds); 0: lost at once "
                         "[GVTSIM_VHM_CLIENT_GRACE]")
     args = p.parse_args(argv)
     if args.client_grace < 0:

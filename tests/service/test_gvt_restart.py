@@ -127,7 +127,7 @@ async def test_idle_vms_left_without_a_vgpu_are_told_and_come_back() -> None:
         await asyncio.to_thread(stack.restart, "gvt")
         t0 = time.monotonic()
         for _ in range(2):
-            e = await guest.await_event(lambda e: e.get("event") == "vm_reset" and "idle" in e.get("reason", ""), 30)
+            e = await guest.await_event(lambda e: e.get("event") == "vm_reset" and "idle" in e.get("reason", ""), 45)
             assert "no reconnect within" in e["reason"], e
         for _ in range(2):
             await guest.await_event("vm_recovered", 30)
