@@ -270,7 +270,13 @@ class VhmService(BaseService):
                                  grace_s=self.core.client_grace)
                 self._rearm_tick()  # the grace period ends at a deadline of the core
         if session.role == "guest":
-            for td in self.core.guest_lost(session):
+            assert self.server is not None
+            successor = next((s for s in self.server.sessions.values() if s is not session and s.alive
+                              and s.role == "guest" and (s.id, s.epoch) == (session.id, session.epoch)), None)
+            if successor is not None:
+                self.log.info("vms_moved_to_reconnected_guest", peer_id=session.id, reason=reason,
+                              vms=[vm.id for vm in self.core.vms.values() if vm.owner is session])
+            for td in self.core.guest_lost(session, successor):
                 self._mark(td.vm)
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")

@@ -182,6 +182,26 @@ async def test_forged_vm_id_is_rejected_and_counted(vhm, peers):
     assert await alice.ioreq(vm, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF  # alice's VM is unaffected
 
 
+async def test_a_guest_on_two_connections_keeps_its_vms_when_the_older_one_ends(vhm, peers):
+    """A guest whose socket reconnected while its old connection's HELLO was still on the way says HELLO
+    on both (the same id and epoch); the old connection then ends. Its VMs are the live connection's: they
+    are not destroyed, and the live one may use them (a forged_id here reset whole stacks after vhm
+    restarts under a 64-VM chaos load)."""
+    old = await peers("guest", "twice")
+    vm = (await old.create_vm("kept")).vm
+    new = await peers("guest", "twice")  # the same name and, in this process, the same epoch
+    await old.close()
+    st = await status(vhm)
+    for _ in range(100):
+        if st.counters.get("vms_moved_to_reconnected_guest"):
+            break
+        await asyncio.sleep(0.05)  # vhm handles the BYE in its own time: poll its STATUS
+        st = await status(vhm)
+    assert st.counters["vms_moved_to_reconnected_guest"] == 1
+    assert [v["vm"] for v in st.info["vms"]["list"]] == [vm]
+    assert await new.ioreq(vm, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF  # its own VM: no forged_id
+
+
 async def test_msi_reaches_the_right_guest_and_no_other(vhm, peers):
     a, b = await peers("guest", "guest-a"), await peers("guest", "guest-b")
     client = await peers("client", "gvt")

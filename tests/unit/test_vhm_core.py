@@ -442,3 +442,15 @@ def test_a_vm_asked_again_by_name_names_the_stale_one_of_that_connection_only(co
     assert core.stale_namesake("guestA", "other") is None
     core.destroy_vm("guestA", a.vm)
     assert core.stale_namesake("guestA", name) is None  # already going
+
+
+def test_a_lost_guest_connection_with_a_live_successor_hands_its_vms_over(core):
+    """The same guest (id and epoch) on a second connection, the first one dying after: its VMs stay and
+    are the second connection's (they are not destroyed, and the first connection owns nothing)."""
+    a, b = make_vm(core, "guestA"), make_vm(core, "guestA")
+    other = make_vm(core, "guestB")
+    assert core.guest_lost("guestA", successor="guestA-again") == []
+    assert core.vms[a.vm].owner == core.vms[b.vm].owner == "guestA-again"
+    assert core.vms[other.vm].owner == "guestB"
+    assert core.counters["vms_moved_to_reconnected_guest"] == 2
+    assert [t.vm for t in core.guest_lost("guestA-again")] == sorted([a.vm, b.vm])  # then lost for real
