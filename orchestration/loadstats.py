@@ -323,6 +323,10 @@ class LoadStats:
                 "unexplained_by_source": self.unexplained_by_source(),
                 "workloads_per_s": round(totals["workloads_verified"] / elapsed, 2),
                 "failures_by_reason": self.failures(), "unexplained_failures": self.unexplained_failures(),
+                # context_complete events no request waited for (a workload completed twice, or after its
+                # guest declared it hung), as each guest incarnation last reported them
+                "unexpected_completions": sum(int(i.last.get("unexpected_completions", 0))
+                                              for i in self.incarnations),
                 "ioreqs_by_type": self.ioreqs(), "latency_us": self.latency(), "latency_cdf": self.latency_cdf(),
                 "workload_latency_total_ms": self.workload_hist.summary(scale=1000.0),
                 "all_vms_up_s": self.all_up_seconds(), "timeline": self.timeline,
@@ -360,6 +364,10 @@ def verdict(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], bound
     if not chaos and fig["workloads_failed"]:
         problems.append(f"{fig['workloads_failed']} workloads failed without any fault injected: "
                         f"{fig['failures_by_reason']}")
+    twice = fig.get("unexpected_completions", 0)
+    failed_hung = any("hang" in reason for reason in fig.get("failures_by_reason", {}))
+    if twice and not failed_hung:  # with no hang declared, each is a workload completed twice
+        problems.append(f"{twice} workload completion(s) arrived with no request waiting: completed twice")
     if fig["unexplained_failures"]:
         problems.append(f"{fig['unexplained_failures']} failures carry no reason: {fig['unexplained_by_source']}")
     lost = fig.get("sessions_lost") or []
@@ -401,6 +409,9 @@ def explain(fig: dict[str, Any], chaos: bool, kills: list[dict[str, Any]], probl
             words.append(f"{fig['workloads_failed']} workloads failed with no fault injected: that fails the run.")
     else:
         words.append(f"All {fig['workloads_verified']} workloads that ran were verified.")
+    if "unexpected_completions" in fig:
+        words.append(f"{fig['unexpected_completions']} workload completions arrived with no request waiting "
+                     "(a workload completed twice, or after its guest declared it hung).")
     if "vms_verifying" in fig:
         words.append(f"{fig['vms_verifying']} of {fig['vms_booted']} booted VMs verified at least one workload.")
     for k in kills:

@@ -131,6 +131,7 @@ class VgpuDriver:
         self.gem: Gem | None = None
         self.msis = 0
         self.missed_irqs = 0  # interrupts the hangcheck found pending with no MSI (_hangcheck_wait)
+        self.unexpected_completions = 0  # context_complete CSB entries with no request waiting (_process_csb)
         self.irq_lock = Lock()
         self.ready = False
         self.hang_timeout = 3.0  # seconds without completion before the request is declared hung
@@ -487,5 +488,7 @@ class VgpuDriver:
                 if e.pending:
                     e.pending = False
                     e.done.fire()
+                else:  # no request waits for it: a completion delivered twice, or after a declared hang
+                    self.unexpected_completions += 1
         e.csb_head = head
         yield from self.wr(e.base + r.CSB_PTR, (0x7 << 8) << 16 | head << 8)  # masked write of the read pointer

@@ -35,6 +35,7 @@ class GuestVm(Tally):
     past_rtt: dict[str, Histogram] = field(default_factory=dict)
     past_msis: int = 0
     past_missed_irqs: int = 0
+    past_unexpected_completions: int = 0
     resets: int = 0
     display: GuestDisplay | None = None  # the VM's screen (--display)
     display_thread: Thread | None = None
@@ -64,6 +65,11 @@ class GuestVm(Tally):
         """Interrupts its driver's hangcheck found pending with no MSI, over every incarnation."""
         return self.past_missed_irqs + (self.driver.missed_irqs if self.driver is not None else 0)
 
+    def unexpected_completions(self) -> int:
+        """Completions its driver saw with no request waiting (twice, or after a hang), every incarnation."""
+        return self.past_unexpected_completions + (self.driver.unexpected_completions
+                                                   if self.driver is not None else 0)
+
     def fold(self) -> None:
         """Keep this incarnation's figures before the machine and driver are dropped."""
         if self.machine is not None:
@@ -74,6 +80,7 @@ class GuestVm(Tally):
         if self.driver is not None:
             self.past_msis += self.driver.msis
             self.past_missed_irqs += self.driver.missed_irqs
+            self.past_unexpected_completions += self.driver.unexpected_completions
 
 
 def vm_summary(vm: GuestVm) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def vm_summary(vm: GuestVm) -> dict[str, Any]:
                            "submitted": vm.submitted, "verified": vm.verified, "failed": vm.failed,
                            "by_kind": dict(vm.by_kind), "failures": vm.failures[:5], "resets": vm.resets,
                            "recoveries": vm.recoveries, "ioreqs": dict(vm.ioreqs()), "msis": vm.msis(),
-                           "missed_irqs": vm.missed_irqs(),
+                           "missed_irqs": vm.missed_irqs(), "unexpected_completions": vm.unexpected_completions(),
                            "workloads_per_s": round(vm.verified / vm.run_s, 1) if vm.run_s else 0.0}
     if vm.driver is not None:
         out["submission_traps"] = {str(k): v for k, v in sorted(vm.driver.submission_traps.items())}
@@ -123,6 +130,7 @@ def summary(vms: list[GuestVm], elapsed: float) -> dict[str, Any]:
             "workloads_verified": verified, "workloads_failed": sum(v.failed for v in vms),
             "ioreqs_by_type": dict(_ioreqs(vms)), "msis": sum(v.msis() for v in vms),
             "missed_irqs": sum(v.missed_irqs() for v in vms),
+            "unexpected_completions": sum(v.unexpected_completions() for v in vms),
             "mmio_rtt_us": {"p50": mmio.get("p50", 0.0), "p99": mmio.get("p99", 0.0),
                             "mean": mmio.get("mean", 0.0)},
             "rtt_us_by_type": {k: v.summary() for k, v in hists.items()},
@@ -147,6 +155,7 @@ def stats(vms: list[GuestVm], elapsed: float) -> dict[str, Any]:
             "submitted": sum(v.submitted for v in vms), "verified": sum(v.verified for v in vms),
             "failed": sum(v.failed for v in vms), "resets": sum(v.resets for v in vms),
             "recoveries": sum(v.recoveries for v in vms), "ioreqs_by_type": dict(_ioreqs(vms)),
+            "unexpected_completions": sum(v.unexpected_completions() for v in vms),
             "failures_by_reason": dict(sum((v.failure_reasons for v in vms), Counter())),
             "rtt_us_by_type": {k: v.summary() for k, v in hists.items()},
             "ioreq_hist": {k: v.encode() for k, v in hists.items()},

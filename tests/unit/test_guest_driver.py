@@ -87,6 +87,32 @@ def test_a_request_completes_on_the_msi_and_not_before(host: Host) -> None:
     assert isinstance(sub.outcome, Done) and e.completions == 1 and e.user_irqs == 1 and drv.msis == 1
 
 
+def test_a_completion_no_request_waits_for_is_counted_and_a_repeated_gpu_event_completes_once(host: Host) -> None:
+    """A GPU event pgpu delivers twice (a replay after a restart) completes the request once: gvt writes
+    one CSB entry, the guest counts no unexpected completion. A context_complete for a request nobody
+    waits for any more (completed already, or declared hung) is counted: the load report fails a run
+    with one and no hang (a workload completed twice)."""
+    drv, _ = _driver(host)
+    host.run(drv.init())
+    rt = host.rt
+    sub = rt.spawn(drv.submit("rcs", [cmds.MI_NOOP, cmds.MI_USER_INTERRUPT], wait_user_irq=True), 1.0, "submit", 1)
+    host.pump()
+    (w,) = host.gvt.scheduler.inflight.values()
+    for _ in range(2):
+        host.gvt.scheduler.on_gpu_event("rcs", "user_interrupt", w.id, now=1.0)
+        host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w.id, now=1.0)
+    host.run(drv.on_msi(0xFEE0_0000, 0x40))
+    e = drv.engines["rcs"]
+    assert isinstance(sub.outcome, Done) and e.completions == 1 and drv.unexpected_completions == 0
+    sub2 = rt.spawn(drv.submit("rcs", [cmds.MI_NOOP]), 2.0, "submit", 1)
+    host.pump()
+    (w2,) = host.gvt.scheduler.inflight.values()
+    e.pending = False  # as after its hangcheck gave up on it
+    host.gvt.scheduler.on_gpu_event("rcs", "ctx_complete", w2.id, now=2.0)
+    host.run(drv.on_msi(0xFEE0_0000, 0x40))
+    assert drv.unexpected_completions == 1 and sub2.outcome is None
+
+
 def test_a_lost_msi_is_found_by_the_next_hangcheck_and_the_request_completes(host: Host) -> None:
     """The completion reached IIR but its MSI was lost (a vhm killed with it on the wire): the hangcheck
     runs the handler, which finds the pending summary bits, and the request completes, not a hang."""

@@ -170,8 +170,29 @@ def test_verdict_without_chaos_demands_every_workload_verified() -> None:
                                                       [{"service": "gvt", "recovered": False, "error": ""}]))
     words = explain(s2.figures(T0 + 1), True, [], [])
     assert words[0].startswith("PASS") and any("allowed under chaos" in w for w in words)
-    slow = [{"service": "gvt", "target": "s0/gvt", "at": 3.0, "recovered": True, "serving_s": 5.43}]
-    assert any("served again only 5.43 s" in p for p in verdict(s.figures(T0 + 1), True, slow))
+    slow = [{"service": "gvt", "target": "s0/gvt", "at": 3.0, "recovered": True, "serving_s": 10.43}]
+    assert any("served again only 10.43 s" in p for p in verdict(s.figures(T0 + 1), True, slow, bound=10.0))
+    assert verdict(s.figures(T0 + 1), True, [{**slow[0], "serving_s": 9.9}], bound=10.0) == []
+
+
+def test_a_workload_completed_twice_fails_the_run_even_under_chaos() -> None:
+    s = LoadStats(T0, 1)
+    feed(s, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "vm_done", "name": "a", "submitted": 4, "verified": 4, "failed": 0},
+         {"event": "done", "workloads_submitted": 4, "workloads_verified": 4, "workloads_failed": 0,
+          "unexpected_completions": 1})
+    fig = s.figures(T0 + 1)
+    assert fig["unexpected_completions"] == 1
+    assert verdict(fig, chaos=True, kills=[]) == ["1 workload completion(s) arrived with no request waiting: "
+                                                  "completed twice"]
+    # after a declared hang a late completion is expected: the hang is the failure, with its reason
+    hung = LoadStats(T0, 1)
+    feed(hung, "g", {"event": "ready", "pid": 1}, {"event": "vm_ready", "name": "a"},
+         {"event": "vm_done", "name": "a", "submitted": 4, "verified": 3, "failed": 1,
+          "failures": ["store on rcs: DriverError: rcs: GPU hang (no context_complete in 3s)"]},
+         {"event": "done", "workloads_submitted": 4, "workloads_verified": 3, "workloads_failed": 1,
+          "unexpected_completions": 1})
+    assert verdict(hung.figures(T0 + 1), chaos=True, kills=[]) == []
 
 
 def test_a_vm_that_never_comes_back_after_a_kill_fails_the_run() -> None:
