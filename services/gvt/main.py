@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[GVTSIM_ENABLE_PVMMIO]")
     p.add_argument("--state-dir", default=env("GVT_STATE_DIR", ""),
                    help="where each vGPU's state is kept so that a restarted gvt with the same --id carries its "
-                        "vGPUs on (docs/STATE.md); default: beside --mem-path, in the machine memory; 'off' "
-                        "keeps none (a restart resets every guest's GPU) [GVTSIM_GVT_STATE_DIR]")
+                        "vGPUs on (docs/STATE.md); 'off' keeps none (a restart resets every guest's GPU) "
+                        "[GVTSIM_GVT_STATE_DIR, default: beside --mem-path, in the machine memory]")
     p.add_argument("--pgpu-grace", type=float, default=float(env("PGPU_GRACE", "10")),
                    help="seconds the workloads on the GPU wait for pgpu to come back after its connection is lost "
                         "(a restarted pgpu gets them again; a reconnected one finishes them) before their guests "

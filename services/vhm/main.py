@@ -42,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state-dir", default=env("VHM_STATE_DIR", ""),
                    help="where vhm keeps its state (VMs, memory maps, ioreq slots, clients) so that a vhm "
                         "killed and started again on the same machine memory carries every VM on "
-                        "(docs/STATE.md); default <--mem-path>.vhm.state; off: keep none (a restart then "
-                        "resets every VM) [GVTSIM_VHM_STATE_DIR]")
+                        "(docs/STATE.md); off: keep none (a restart then resets every VM) "
+                        "[GVTSIM_VHM_STATE_DIR, default: <--mem-path>.vhm.state]")
     p.add_argument("--client-grace", type=float, default=float(env("VHM_CLIENT_GRACE", "15")),
                    help="seconds a device model whose connection ended keeps its state (ranges, frames, "
                         "waiting ioreqs) for a reconnect with the same epoch, and a restarted vhm waits for "
