@@ -227,6 +227,14 @@ class VhmService(BaseService):
             back = self.core.guest_hello(session, session.id, session.epoch)
             if back:
                 self.log.info("vms_reclaimed", vms=back, peer_id=session.id)
+        if session.role == "guest":
+            # The same guest incarnation (id and epoch) on a new connection: its socket reconnected, and it
+            # sends on this one from now on (the older one dies soon). Its VMs go with it, as a restarted
+            # vhm gives them back to that identity (guest_hello).
+            assert self.server is not None
+            for old in [s for s in self.server.sessions.values() if s is not session and s.role == "guest"
+                        and (s.id, s.epoch) == (session.id, session.epoch)]:
+                self._hand_over(old, session, "said HELLO again on a new connection")
         if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
             hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
             session.data["client"] = hello.client
@@ -274,12 +282,20 @@ class VhmService(BaseService):
             successor = next((s for s in self.server.sessions.values() if s is not session and s.alive
                               and s.role == "guest" and (s.id, s.epoch) == (session.id, session.epoch)), None)
             if successor is not None:
-                self.log.info("vms_moved_to_reconnected_guest", peer_id=session.id, reason=reason,
-                              vms=[vm.id for vm in self.core.vms.values() if vm.owner is session])
-            for td in self.core.guest_lost(session, successor):
+                self._hand_over(session, successor, reason)
+                return
+            for td in self.core.guest_lost(session):
                 self._mark(td.vm)
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
+
+    def _hand_over(self, old: Session, new: Session, why: str) -> None:
+        """The VMs of a guest's older connection become its newer one's (VhmCore.guest_lost)."""
+        assert self.core is not None
+        vms = [vm.id for vm in self.core.vms.values() if vm.owner is old]
+        if vms:
+            self.core.guest_lost(old, successor=new)
+            self.log.info("vms_moved_to_reconnected_guest", peer_id=new.id, vms=vms, why=why)
 
     def owns(self, session: Session, kind: authz.Owner, vm_id: int) -> bool | None:
         """Ownership for the authorisation table: a VM belongs to the guest connection that created it and

@@ -184,12 +184,14 @@ async def test_forged_vm_id_is_rejected_and_counted(vhm, peers):
 
 async def test_a_guest_on_two_connections_keeps_its_vms_when_the_older_one_ends(vhm, peers):
     """A guest whose socket reconnected while its old connection's HELLO was still on the way says HELLO
-    on both (the same id and epoch); the old connection then ends. Its VMs are the live connection's: they
-    are not destroyed, and the live one may use them (a forged_id here reset whole stacks after vhm
-    restarts under a 64-VM chaos load)."""
+    on both (the same id and epoch) and sends on the new one; the old connection then ends. Its VMs are
+    the new connection's from its HELLO on: usable at once, and not destroyed with the old one (a
+    forged_id here reset whole stacks after vhm restarts under a 64-VM chaos load)."""
     old = await peers("guest", "twice")
     vm = (await old.create_vm("kept")).vm
     new = await peers("guest", "twice")  # the same name and, in this process, the same epoch
+    # the guest sends on its new connection at once, while the old one still lives
+    assert await new.ioreq(vm, 1, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF
     await old.close()
     st = await status(vhm)
     for _ in range(100):
