@@ -70,19 +70,19 @@ def test_browser_sees_four_live_screens(tmp_path) -> None:  # type: ignore[no-un
                     # each image's decoded pixels, drawn into a canvas and summed with their positions
                     page.evaluate(SIGNATURE_JS)
                     # four decoded, different screens (an image not decoded yet draws as transparent: "0")
-                    page.wait_for_function(
+                    # the signatures are taken from the very check that held: the images refresh live, so a
+                    # second look may catch one between its new source and its decoding ("0")
+                    first = page.wait_for_function(
                         """() => { const s = [...document.querySelectorAll('img.screen')].map(window.sig);
-                                   return s.length === 4 && !s.includes("0") && new Set(s).size === 4; }""",
-                        timeout=90_000, polling=250)
-                    first = page.evaluate("() => [...document.querySelectorAll('img.screen')].map(window.sig)")
-                    assert len(set(first)) == 4, first
-                    page.wait_for_function(
+                                   return s.length === 4 && !s.includes("0") && new Set(s).size === 4 && s; }""",
+                        timeout=90_000, polling=250).json_value()
+                    assert len(set(first)) == 4 and "0" not in first, first
+                    later = page.wait_for_function(
                         """(before) => { const imgs = [...document.querySelectorAll('img.screen')];
+                                         const s = imgs.map(window.sig);
                                          return imgs.length === 4 && imgs.every((im, i) => im.complete &&
-                                                im.naturalWidth > 0 && window.sig(im) !== "0" &&
-                                                window.sig(im) !== before[i]); }""",
-                        arg=first, timeout=90_000, polling=250)
-                    later = page.evaluate("() => [...document.querySelectorAll('img.screen')].map(window.sig)")
+                                                im.naturalWidth > 0 && s[i] !== "0" && s[i] !== before[i]) && s; }""",
+                        arg=first, timeout=90_000, polling=250).json_value()
                     assert all(a != b for a, b in zip(first, later)), (first, later)
                     text = page.locator("#wall").inner_text()
                     for label in ("engine busy", "workloads/s", "MMIO p50 / p99", "failsafe", "GVTg_V5_8"):
