@@ -40,6 +40,13 @@ async def probe(endpoint: str, timeout: float = 2.0, server: str | None = None,
 SERVER_KEYS = ("vhm", "gvt", "pgpu", "probe")
 
 
+async def probe_service(endpoint: str, service: str, timeout: float = 2.0) -> m.StatusReply:
+    """:func:`probe` of a service a run started (``service``: its name, vhm, gvt or pgpu): with its own key
+    (an unnamed probe would try every server key, each wrong one a failed handshake and a warning at the
+    service) and without the malformed-endpoint check (``checked``)."""
+    return await probe(endpoint, timeout, server=service if service in SERVER_KEYS else None, checked=True)
+
+
 async def one_call(endpoint: str, role: m.Role, cls: type[m.Message], /, timeout: float = 2.0,
                    server: str | None = None, checked: bool = False, **fields: Any) -> m.Message:
     """Open a session to ``endpoint`` (the same session layer every service uses), make one call, close.

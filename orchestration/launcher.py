@@ -29,7 +29,7 @@ from typing import Any
 from .compose import Healthcheck, NativeLayout, ProcSpec, Topology, load_topology, native_plan, port_stride
 from ..services.common.gpu_profiles import get_profile
 from ..services.common import curve
-from .health import SERVER_KEYS, probe
+from .health import probe_service
 from .procs import DEAD, children, group_members, proc_stat, signal_pid_group, start_group
 
 DEFAULT_COMPOSE = "docker-compose.yml"
@@ -230,11 +230,8 @@ async def healthy(proc: ProcState) -> bool:
     timeout = min(hc.timeout if hc else 3.0, 3.0)
     argv = proc.health
     if len(argv) >= 5 and argv[1:4] == ["-m", "gvtsim.orchestration", "health"]:
-        # the service's own key: an unnamed probe would try every server key at once, and each wrong one
-        # costs the (possibly saturated) service a failed CURVE handshake and a warning in its log
-        server = proc.service if proc.service in SERVER_KEYS else None
         try:
-            return (await probe(argv[4], timeout, server=server, checked=True)).ready
+            return (await probe_service(argv[4], proc.service, timeout)).ready
         except Exception:
             return False
     try:

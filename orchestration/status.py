@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Any
 
-from .health import SERVER_KEYS, probe, status_dict
+from .health import probe_service, status_dict
 from .launcher import RunState, alive, default_run_dir
 from ..services.common.helptext import UserHelpFormatter
 
@@ -95,14 +95,12 @@ def confirmed(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
     return {**first, "problems": [p for p in first["problems"] if p in second["problems"]]}
 
 
-async def _probe(endpoint: str | None, service: str | None = None) -> dict[str, Any] | None:
-    """The service's STATUS as a dict (None: no answer); ``service`` names its CURVE key (an unnamed probe
-    tries every server key, costing the service a failed handshake for each wrong one)."""
+async def _probe(endpoint: str | None, service: str) -> dict[str, Any] | None:
+    """The service's STATUS as a dict (None: no answer)."""
     if not endpoint:
         return None
     try:
-        return status_dict(await probe(endpoint, STATUS_TIMEOUT,
-                                       server=service if service in SERVER_KEYS else None, checked=True))
+        return status_dict(await probe_service(endpoint, service, STATUS_TIMEOUT))
     except Exception:
         return None
 

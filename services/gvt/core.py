@@ -383,11 +383,11 @@ class Gvt:
         if last is not None and last[0] == req:  # sent again after a reconnect: already emulated
             self.counters["ioreq_replayed"] += 1
             return last[1]
-        pure = (req.dir == IoreqDir.READ and req.kind == IoreqType.MMIO and not vgpu.failsafe
-                and mmio.read_is_pure(vgpu, req.addr, req.size))
+        failsafe = vgpu.failsafe
+        pure = req.dir == IoreqDir.READ and req.kind == IoreqType.MMIO and mmio.read_is_pure(vgpu, req.addr, req.size)
         value = self._emulate_ioreq(vgpu, req)
         self.last_done[key] = (req, value)
-        if not pure or vgpu.failsafe:
+        if not pure or vgpu.failsafe != failsafe:  # a read that put the vGPU in failsafe changed it
             self.touched.add(vgpu.id)
         return value
 

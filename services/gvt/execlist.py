@@ -31,7 +31,7 @@ from . import engines as eng
 from . import pvmmio
 from .errors import EmulationError, WorkloadError
 from .gtt import gma_to_gpa
-from .handlers import PURE_READS, F, Reg
+from .handlers import PURE_READS, F, Reg, always_pure
 from .interrupt import trigger_event
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def execlist_status_read(vgpu: "Vgpu", offset: int, size: int) -> int:
     return value & ((1 << (8 * size)) - 1)
 
 
-PURE_READS[elsp_read] = PURE_READS[execlist_status_read] = lambda vgpu, offset: True
+PURE_READS[elsp_read] = PURE_READS[execlist_status_read] = always_pure
 
 
 def csb_ptr_write(vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

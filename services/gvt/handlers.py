@@ -269,7 +269,8 @@ def _misc_regs() -> list[Reg]:
     return regs
 
 
-def _always(vgpu: "Vgpu", offset: int) -> bool:
+def always_pure(vgpu: "Vgpu", offset: int) -> bool:
+    """A :data:`PURE_READS` condition: the handler never changes anything."""
     return True
 
 
@@ -285,8 +286,8 @@ def _pvinfo_read_pure(vgpu: "Vgpu", offset: int) -> bool:
 #: hold more such handlers add them (execlist.py). A read that puts the vGPU in failsafe changed it
 #: whatever its handler (core.py checks).
 PURE_READS: dict[ReadFn, Callable[["Vgpu", int], bool]] = {
-    default_read: _always,
-    fence_read: _always,  # a refused fence read raises, and puts the vGPU in failsafe
+    default_read: always_pure,
+    fence_read: always_pure,  # a refused fence read raises, and puts the vGPU in failsafe
     pvinfo.pvinfo_read: _pvinfo_read_pure,
 }
 

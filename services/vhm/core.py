@@ -462,18 +462,19 @@ class VhmCore(MptServices, ClientSessions):
         return min((vm.owner.since + grace for vm in self.vms.values() if isinstance(vm.owner, AwaitingGuest)
                     and vm.state is not VmState.DYING), default=math.inf)
 
-    def guest_lost(self, peer: Peer, successor: Peer | None = None) -> list[Teardown]:
-        """A guest connection died: every VM it created is destroyed, unless the same guest (its id and
-        epoch) has another live connection, ``successor``: then they are that connection's (a guest whose
-        socket reconnected while the old connection's HELLO was still on its way says HELLO on both, and
-        the older one dies after)."""
-        mine = [vm for vm in list(self.vms.values()) if vm.owner == peer and vm.state is not VmState.DYING]
-        if successor is not None:
-            for vm in mine:
-                vm.owner = successor
-            self.counters["vms_moved_to_reconnected_guest"] += len(mine)
-            return []
-        return [self._teardown(vm, ErrorCode.PEER_LOST, "guest connection lost") for vm in mine]
+    def guest_lost(self, peer: Peer) -> list[Teardown]:
+        """A guest connection died: every VM it created is destroyed."""
+        return [self._teardown(vm, ErrorCode.PEER_LOST, "guest connection lost")
+                for vm in list(self.vms.values()) if vm.owner == peer and vm.state is not VmState.DYING]
+
+    def hand_over(self, old: Peer, new: Peer) -> list[int]:
+        """The VMs of a guest's connection ``old`` become its connection ``new``'s (the same guest, its id
+        and epoch: its socket reconnected). Returns their ids."""
+        moved = [vm for vm in self.vms.values() if vm.owner == old and vm.state is not VmState.DYING]
+        for vm in moved:
+            vm.owner = new
+        self.counters["vms_moved_to_reconnected_guest"] += len(moved)
+        return [vm.id for vm in moved]
 
     def _teardown(self, vm: Vm, code: ErrorCode, reason: str) -> Teardown:
         failed = [self._fail_slot(vm, s.vcpu, code, reason) for s in vm.busy_slots()]

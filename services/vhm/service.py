@@ -231,9 +231,7 @@ class VhmService(BaseService):
             # The same guest incarnation (id and epoch) on a new connection: its socket reconnected, and it
             # sends on this one from now on (the older one dies soon). Its VMs go with it, as a restarted
             # vhm gives them back to that identity (guest_hello).
-            assert self.server is not None
-            for old in [s for s in self.server.sessions.values() if s is not session and s.role == "guest"
-                        and (s.id, s.epoch) == (session.id, session.epoch)]:
+            for old in self._same_guest(session):
                 self._hand_over(old, session, "said HELLO again on a new connection")
         if session.role == "gvt":  # reconcile.py: the same id and epoch resumes its client
             hello = self.core.client_hello(session, session.id, session.epoch, time.monotonic())
@@ -278,10 +276,8 @@ class VhmService(BaseService):
                                  grace_s=self.core.client_grace)
                 self._rearm_tick()  # the grace period ends at a deadline of the core
         if session.role == "guest":
-            assert self.server is not None
-            successor = next((s for s in self.server.sessions.values() if s is not session and s.alive
-                              and s.role == "guest" and (s.id, s.epoch) == (session.id, session.epoch)), None)
-            if successor is not None:
+            successor = next(iter(self._same_guest(session)), None)
+            if successor is not None:  # the same guest lives on another connection: its VMs go there
                 self._hand_over(session, successor, reason)
                 return
             for td in self.core.guest_lost(session):
@@ -289,12 +285,17 @@ class VhmService(BaseService):
                 self.log.info("vm_orphaned", vm=td.vm, peer_id=session.id, reason=reason)
                 self._spawn(self._finish_destroy(td, None, 0), name=f"destroy-vm{td.vm}")
 
+    def _same_guest(self, session: Session) -> list[Session]:
+        """The other live guest connections with ``session``'s id and epoch (the same guest incarnation)."""
+        assert self.server is not None
+        return [s for s in self.server.sessions.values() if s is not session and s.alive and s.role == "guest"
+                and (s.id, s.epoch) == (session.id, session.epoch)]
+
     def _hand_over(self, old: Session, new: Session, why: str) -> None:
-        """The VMs of a guest's older connection become its newer one's (VhmCore.guest_lost)."""
+        """The VMs of one connection of a guest become another's (VhmCore.hand_over)."""
         assert self.core is not None
-        vms = [vm.id for vm in self.core.vms.values() if vm.owner is old]
+        vms = self.core.hand_over(old, new)
         if vms:
-            self.core.guest_lost(old, successor=new)
             self.log.info("vms_moved_to_reconnected_guest", peer_id=new.id, vms=vms, why=why)
 
     def owns(self, session: Session, kind: authz.Owner, vm_id: int) -> bool | None:

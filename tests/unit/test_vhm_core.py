@@ -449,7 +449,8 @@ def test_a_lost_guest_connection_with_a_live_successor_hands_its_vms_over(core):
     are the second connection's (they are not destroyed, and the first connection owns nothing)."""
     a, b = make_vm(core, "guestA"), make_vm(core, "guestA")
     other = make_vm(core, "guestB")
-    assert core.guest_lost("guestA", successor="guestA-again") == []
+    assert sorted(core.hand_over("guestA", "guestA-again")) == sorted([a.vm, b.vm])
+    assert core.guest_lost("guestA") == []  # the old connection owns nothing any more
     assert core.vms[a.vm].owner == core.vms[b.vm].owner == "guestA-again"
     assert core.vms[other.vm].owner == "guestB"
     assert core.counters["vms_moved_to_reconnected_guest"] == 2
