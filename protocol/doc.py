@@ -86,6 +86,10 @@ Small structures travel as MessagePack **arrays** inside messages: `Extent` = `[
    session (and, e.g., vhm destroys the VMs it owned); the client fails every pending call and reconnects
    with a fresh socket and a new `HELLO` (same epoch: it did not restart).
 4. `BYE` ends a session on purpose.
+   `STATUS` is answered with the service's figures as they are when the answer is built. Builds take at
+   most 5 % of a service's time: a STATUS that comes sooner after the previous build waits for the next
+   one (at most 1 s), which answers every request then waiting. Four requests of one connection may wait;
+   a fifth is answered `ERROR busy` (counted as `status_busy`).
 5. Device models reconcile on every session (docs/VHM.md, "Device models across reconnects"): right after
    `HELLO_ACK` a device model sends `VGPU_SYNC` with the vGPUs it holds for vhm's VMs. vhm answers
    `VGPU_SYNC_REPLY`: whether it kept the client's state (`resumed`: same id and epoch, back within vhm's
@@ -129,6 +133,7 @@ ERROR_MEANINGS = {
     "failsafe": "the vGPU is in failsafe mode",
     "gpu_reset": "the (virtual) GPU was reset under the request",
     "timeout": "the request could not be served in time",
+    "busy": "too many requests of this kind wait already (STATUS: four per connection); ask again after the answers",
     "internal": "a bug in the answering service: it was logged and counted, and the service stays up",
 }
 

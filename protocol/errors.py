@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     FAILSAFE = "failsafe"  # the vGPU is in failsafe mode
     GPU_RESET = "gpu_reset"  # the (virtual) GPU was reset under the request
     TIMEOUT = "timeout"
+    BUSY = "busy"  # too many requests of this kind are waiting already (STATUS under a flood): ask again later
     INTERNAL = "internal"  # a bug: logged and counted, the service stays up
 
 

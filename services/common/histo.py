@@ -39,11 +39,15 @@ class Histogram:
     when first read: callers write ``d.setdefault(key, Histogram())`` on the ioreq path, which builds a
     Histogram per call whether or not it is kept."""
 
-    __slots__ = ("_h", "_pending")
+    __slots__ = ("_h", "_pending", "_summaries", "_encoded")
 
     def __init__(self, h: HdrHistogram | None = None) -> None:
         self._h = h
         self._pending: Counter[int] = Counter()
+        # what summary() and encode() last returned, until a value is recorded or added: a STATUS of a vhm
+        # with 64 VMs reads every VM's histograms, most of them unchanged since the last one
+        self._summaries: dict[float, dict[str, Any]] = {}
+        self._encoded: str | None = None
 
     @property
     def h(self) -> HdrHistogram:
@@ -67,6 +71,9 @@ class Histogram:
         if shift > 0:  # the lowest value of its HdrHistogram bucket: the same bucket, few distinct keys
             v = (v >> shift) << shift
         self._pending[v] += 1
+        if self._encoded is not None or self._summaries:
+            self._encoded = None
+            self._summaries = {}
         if len(self._pending) > PENDING_MAX:
             self.h  # noqa: B018  (the property folds the pending values in)
 
@@ -74,6 +81,8 @@ class Histogram:
         """Merge ``other`` into this one (exact: bucket counts add). Returns self."""
         if other.count:
             self.h.add(other.h)
+            self._encoded = None
+            self._summaries = {}
         return self
 
     @property
@@ -86,19 +95,48 @@ class Histogram:
         return float(self.h.get_value_at_percentile(p)) if self.count else 0.0
 
     def summary(self, scale: float = 1.0) -> dict[str, Any]:
-        """{n, p50, p90, p99, max, mean}, values divided by ``scale`` (1000: milliseconds)."""
-        if not self.count:
+        """{n, p50, p90, p99, max, mean}, values divided by ``scale`` (1000: milliseconds).
+
+        HdrHistogram's own percentile and mean each walk every one of its ~3,300 counts in Python (about
+        1.5 ms each, 6 ms a summary); this walks them once, for all five figures, with the same definitions
+        (``get_value_at_percentile``: the highest value equivalent to the first bucket whose cumulative
+        count reaches ``int(p / 100 * n + 0.5)``; ``get_mean_value``: bucket medians weighted by count)."""
+        cached = self._summaries.get(scale)
+        if cached is not None:
+            return dict(cached)
+        n = self.count
+        if not n:
             return {"n": 0}
-        out: dict[str, Any] = {"n": self.count}
-        for name, p in PERCENTILES.items():
-            out[name] = round(self.percentile(p) / scale, 1 if scale == 1.0 else 3)
-        out["max"] = round(float(self.h.get_max_value()) / scale, 1 if scale == 1.0 else 3)
-        out["mean"] = round(float(self.h.get_mean_value()) / scale, 1 if scale == 1.0 else 3)
-        return out
+        h = self.h
+        targets = sorted((max(1, int(p * n / 100 + 0.5)), name) for name, p in PERCENTILES.items())
+        found: dict[str, float] = {}
+        total = 0
+        weighted = 0
+        t = 0
+        for index, count in enumerate(h.counts):
+            if not count:
+                continue
+            low = h.get_value_from_index(index)
+            size = h._hdr_size_of_equiv_value_range(low)
+            weighted += count * (low + (size >> 1))
+            total += count
+            while t < len(targets) and total >= targets[t][0]:
+                found[targets[t][1]] = low + size - 1
+                t += 1
+        digits = 1 if scale == 1.0 else 3
+        out: dict[str, Any] = {"n": n}
+        for name in PERCENTILES:
+            out[name] = round(found.get(name, 0.0) / scale, digits)
+        out["max"] = round(float(h.get_max_value()) / scale, digits)
+        out["mean"] = round(weighted / total / scale, digits)
+        self._summaries[scale] = out
+        return dict(out)
 
     def encode(self) -> str:
         """HdrHistogram's compressed base64 encoding (what goes into JSON events and STATUS)."""
-        return self.h.encode().decode("ascii")
+        if self._encoded is None:
+            self._encoded = self.h.encode().decode("ascii")
+        return self._encoded
 
     @classmethod
     def decode(cls, text: str | bytes) -> "Histogram":

@@ -32,6 +32,7 @@ from . import curve
 from .liveness import HeartbeatConfig
 from .reactor import Frames, Reactor
 from .sockets import make_socket, send_routed
+from .status_budget import StatusBudget
 
 __all__ = ["RouterServer", "Session", "SessionHandler"]
 
@@ -92,6 +93,7 @@ class RouterServer:
         self._garbage_answered: Counter[bytes] = Counter()
         self._after_batch = getattr(handler, "after_batch", None)
         self._deferred: list[ps.Event] = []
+        self.status_budget = StatusBudget()  # STATUS builds take a bounded share of the time (status_budget.py)
         #: The one place every decoded message from a session passes before its handler: a check returning
         #: an ERROR to send back (the message is then not handled) or None to let it through.
         self.admit: Callable[[Session, m.Message], m.Error | None] | None = \
@@ -216,11 +218,9 @@ class RouterServer:
     def _deadline(self) -> float | None:
         if self._deferred:
             return 0.0
-        core = self.core.next_deadline()
-        probe = self._probe_at[0] if self._probe_at else None
-        if core is None or (probe is not None and probe < core):
-            return probe
-        return core
+        due = [t for t in (self.core.next_deadline(), self._probe_at[0] if self._probe_at else None,
+                           self.status_budget.next_deadline()) if t is not None]
+        return min(due) if due else None
 
     async def _on_timer(self, now: float) -> None:
         if self._deferred:
@@ -229,6 +229,9 @@ class RouterServer:
         if self._probe_at and self._probe_at[0] <= now:
             self._probe_at = [t for t in self._probe_at if t > now]
             await self._probe_pipes()
+        waiting = self.status_budget.due(now)
+        if waiting:
+            self._answer_status(waiting)
         await self._handle(self.core.timers(now))
 
     async def _on_monitor(self, event: Mapping[str, Any]) -> None:
@@ -397,9 +400,17 @@ class RouterServer:
             if fut is not None and not fut.done():
                 fut.set_result(ev.msg)
         elif t is ps.StatusWanted:
-            ready, info = self.handler.status()
-            self._send_raw(ev.ident, m.StatusReply(req=ev.req, role=self.role, id=self.ident, epoch=self.epoch,
-                                                   ready=ready, counters=dict(self.counters), info=info))
+            verdict = self.status_budget.want(ev.ident, ev.req, time.monotonic())
+            if verdict == "now":
+                self._answer_status([(ev.ident, ev.req)])
+            elif verdict == "wait":
+                self.counters["status_waited"] += 1
+            else:
+                self.counters["status_busy"] += 1
+                self.counters["error_sent_busy"] += 1
+                self._send_raw(ev.ident, m.Error(code=ErrorCode.BUSY, req=ev.req, reason=(
+                    f"{len(self.status_budget.waiting)} STATUS requests are waiting for this {self.role}'s next "
+                    "answer, some of them yours: read those answers before asking again")[:1024]))
         elif t is ps.Opened:
             s = ev.session
             (self.log.debug if s.role in TRANSIENT_ROLES else self.log.info)(
@@ -420,6 +431,17 @@ class RouterServer:
             if self._log_budget[key] <= LOG_BUDGET:
                 self.log.warning("decode_error", what=err.what, msg_type=err.msg_type, field=err.field,
                                  detail=err.detail, peer_id=ev.session.id if ev.session else None)
+
+    def _answer_status(self, waiting: list[tuple[bytes, int]]) -> None:
+        """Build the STATUS info once and answer every request in ``waiting`` with it; the build's cost
+        sets when the next may start (status_budget.py)."""
+        started = time.monotonic()
+        ready, info = self.handler.status()
+        counters = dict(self.counters)
+        for ident, req in waiting:
+            self._send_raw(ident, m.StatusReply(req=req, role=self.role, id=self.ident, epoch=self.epoch,
+                                                ready=ready, counters=counters, info=info))
+        self.status_budget.built(started, time.monotonic() - started)
 
     def _answer_garbage(self, ident: bytes) -> bool:
         """Whether a frame that did not decode gets its ERROR: the first ANSWER_BUDGET of each routing id do
@@ -442,6 +464,7 @@ class RouterServer:
             "peer_lost", peer_role=session.role, peer_id=session.id, epoch=session.epoch, reason=reason)
         self._log_budget.pop(session.ident, None)
         self._garbage_answered.pop(session.ident, None)
+        self.status_budget.forget(session.ident)
         try:
             await self.handler.on_lost(session, reason)
         except Exception:
