@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, overload
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from .sockets import readable, recv_frames
 
@@ -244,8 +245,6 @@ class Reactor:
 
     def _monitor_events(self) -> bool:
         """Hand over the monitor's queued events; True if a handler suspended (the rest wait for it)."""
-        from zmq.utils.monitor import parse_monitor_message
-
         if self._monitor_queue:
             events, self._monitor_queue = self._monitor_queue, []
         elif self._monitor_ready and self.monitor is not None and self.on_monitor is not None:

@@ -86,10 +86,17 @@ def send_one(sock: zmq.Socket, payload: bytes) -> None:
 
 
 def recv_frames(sock: zmq.Socket, copy: bool = True) -> list[Any]:
-    """``recv_multipart(NOBLOCK, copy=copy)``: bytes (or zmq.Frame with ``copy=False``); raises zmq.Again."""
-    parts = [_backend_recv(sock, _NOBLOCK, copy)]
-    while _backend_get(sock, _RCVMORE):
-        parts.append(_backend_recv(sock, _NOBLOCK, copy))
+    """``recv_multipart(NOBLOCK, copy=copy)``: bytes (or zmq.Frame with ``copy=False``, whose ``more``
+    says whether a frame follows without a ``getsockopt(RCVMORE)``); raises zmq.Again."""
+    part = _backend_recv(sock, _NOBLOCK, copy)
+    parts = [part]
+    if copy:
+        while _backend_get(sock, _RCVMORE):
+            parts.append(_backend_recv(sock, _NOBLOCK, copy))
+    else:
+        while cast(zmq.Frame, part).more:
+            part = _backend_recv(sock, _NOBLOCK, copy)
+            parts.append(part)
     return parts
 
 
