@@ -99,6 +99,8 @@ class LoadStats:
         self.workload_hist = Histogram()  # every verified workload's latency, over the whole run
         self.progress: dict[str, list[float]] = {}  # VM name -> times (s into the run) it verified more
         self.vm_source: dict[str, str] = {}  # VM name -> the guest process that runs it
+        #: VM name -> when (s into the run) its run ended cleanly: vm_done with state done and no failure
+        self.vm_ended_clean: dict[str, float] = {}
         self.intervals: list[Interval] = []  # every stats event's workload histogram, with its span and stack
 
     # ------------------------------------------------------------------------------------------- input
@@ -125,6 +127,8 @@ class LoadStats:
             inc.vm_ready_at.setdefault(name, t - self.t0)
         elif kind == "vm_done":
             inc.vm_done[str(ev.get("name", ev.get("vm")))] = ev
+            if ev.get("state") == "done" and not int(ev.get("failed", 0) or 0):
+                self.vm_ended_clean[str(ev.get("name", ev.get("vm")))] = t - self.t0
         elif kind in ("stats", "done"):
             failed_before = inc.counts()["workloads_failed"]
             inc.last = ev
@@ -466,9 +470,12 @@ def attach_recovery(kills: list[dict[str, Any]], stats: LoadStats, bound: float 
             names = {(r["source"], str(r.get("name") or r.get("vm"))) for r in resets}
             down = {n for _, n in names}
             # VMs of the stack that were making progress before the kill are down too if they never do again
-            # (a VM whose vGPU the restarted gvt still lists may hang without any reset)
+            # (a VM whose vGPU the restarted gvt still lists may hang without any reset), unless the VM's run
+            # ended cleanly after the kill: a kill in the last seconds of a run can find a VM whose last
+            # workload was already verified, and it then reports done with nothing failed
             down |= {n for n, times in stats.progress.items() if _stack(stats.vm_source.get(n, "")) == stack
-                     and any(t < start for t in times) and not any(t > start for t in times)}
+                     and any(t < start for t in times) and not any(t > start for t in times)
+                     and not stats.vm_ended_clean.get(n, -1.0) >= start}
             for r in stats.recoveries:
                 name = str(r.get("name") or r.get("vm"))
                 if r["t"] >= start and _stack(r["source"]) == stack and name in down and name not in back:

@@ -375,3 +375,20 @@ def test_lost_sessions_counts_only_unplanned_losses_in_the_window(tmp_path) -> N
     assert verdict(fig, chaos=False, kills=[]) == ["1 session(s) declared lost with no fault injected: "
                                                    "s0/vhm lost g1 (silent for 9.1s)"]
     assert verdict(fig, chaos=True, kills=[]) == []
+
+
+def test_a_vm_whose_run_ended_cleanly_after_a_late_kill_is_not_counted_as_never_back() -> None:
+    s = LoadStats(T0, 2)
+    for source in ("s0/load-guest.0", "s0/load-guest.1"):
+        s.feed(source, {"event": "ready", "pid": 1, "t": T0}, T0)
+    for t, n in ((T0 + 1, 1), (T0 + 2, 2)):  # both VMs verify before the kill at 3.0 s, neither after
+        s.feed("s0/load-guest.0", {"event": "stats", "verified": n, "verified_by_vm": {"done-vm": n}, "t": t}, t)
+        s.feed("s0/load-guest.1", {"event": "stats", "verified": n, "verified_by_vm": {"hung-vm": n}, "t": t}, t)
+    # the run ends: one VM reports done with nothing failed, the other ends with a failure (its workload hung)
+    s.feed("s0/load-guest.0", {"event": "vm_done", "vm": 1, "name": "done-vm", "state": "done", "verified": 2,
+                               "failed": 0, "t": T0 + 4}, T0 + 4)
+    s.feed("s0/load-guest.1", {"event": "vm_done", "vm": 1, "name": "hung-vm", "state": "done", "verified": 2,
+                               "failed": 1, "t": T0 + 4}, T0 + 4)
+    kills = [{"service": "vhm", "target": "s0/vhm", "at": 3.0, "restart_after": 1.0}]
+    attach_recovery(kills, s)
+    assert kills[0]["vms_not_back"] == ["hung-vm"]
