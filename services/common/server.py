@@ -436,11 +436,20 @@ class RouterServer:
         """Build the STATUS info once and answer every request in ``waiting`` with it; the build's cost
         sets when the next may start (status_budget.py)."""
         started = time.monotonic()
-        ready, info = self.handler.status()
-        counters = dict(self.counters)
-        for ident, req in waiting:
-            self._send_raw(ident, m.StatusReply(req=req, role=self.role, id=self.ident, epoch=self.epoch,
-                                                ready=ready, counters=counters, info=info))
+        try:
+            ready, info = self.handler.status()
+        except Exception as err:  # a bug: every waiting request still gets its answer, an ERROR
+            self.counters["internal_errors"] += 1
+            self.log.exception("status_failed", error=f"{type(err).__name__}: {err}")
+            for ident, req in waiting:
+                self.counters["error_sent_internal"] += 1
+                self._send_raw(ident, m.Error(code=ErrorCode.INTERNAL, req=req,
+                                              reason=f"STATUS failed: {type(err).__name__}: {err}"[:1024]))
+        else:
+            counters = dict(self.counters)
+            for ident, req in waiting:
+                self._send_raw(ident, m.StatusReply(req=req, role=self.role, id=self.ident, epoch=self.epoch,
+                                                    ready=ready, counters=counters, info=info))
         self.status_budget.built(started, time.monotonic() - started)
 
     def _answer_garbage(self, ident: bytes) -> bool:
