@@ -110,6 +110,12 @@ ioreqs are keyed by `(vm, vcpu, seq)` instead: one outstanding ioreq per vCPU (A
 states FREE 3 -> PENDING 0 -> PROCESSING 2 -> COMPLETE 1 -> FREE; kinds PIO 0, MMIO 1, PCI 2, WP 3; dir READ 0,
 WRITE 1). The answer is `IOREQ_DONE` or `ERROR` with the same three keys.
 
+A guest whose vCPUs trap together may send their requests as one `IOREQ_BATCH` (as ACRN's Service OS takes
+every pending vCPU slot on one upcall). Each entry is handled exactly as an `IOREQ` sent alone: its VM must
+belong to the connection, a refusal is an `ERROR` with that entry's keys and the other entries go on. Once a
+connection has sent an `IOREQ_BATCH`, vhm answers all of its requests (batched or not) with `IOREQ_DONE_BATCH`:
+the completions one vhm batch produced for that connection, in one message. Refusals stay `ERROR`s.
+
 ## Error codes
 
 | code | meaning |
@@ -229,8 +235,8 @@ def _section(title: str, classes: Sequence[type]) -> list[str]:
 GROUPS = [
     ("Session messages (every connection)", [m.Hello, m.HelloAck, m.Heartbeat, m.Bye, m.Error, m.Ok, m.Data,
                                              m.StatusRequest, m.StatusReply]),
-    ("Guest <-> vhm", [m.VmCreate, m.VmCreated, m.VmDestroy, m.VmReset, m.Ioreq, m.IoreqDone, m.Msi, m.VgpuLost,
-                       m.EptChanged]),
+    ("Guest <-> vhm", [m.VmCreate, m.VmCreated, m.VmDestroy, m.VmReset, m.Ioreq, m.IoreqDone, m.IoreqBatch,
+                       m.IoreqDoneBatch, m.Msi, m.VgpuLost, m.EptChanged]),
     ("ioreq client / device model (gvt) <-> vhm: dispatch and MPT services",
      [m.IoreqDispatch, m.IoreqComplete, m.IoRange, m.InterceptBdf, m.GfnToMfn, m.DmaMapGuestPage,
       m.DmaUnmapGuestPage, m.MapGfnToMfn, m.PageTrack, m.ReadGpa, m.WriteGpa, m.InjectMsi, m.AllocFrames,

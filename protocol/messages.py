@@ -219,6 +219,16 @@ class IoreqDone(Message, tag="IOREQ_DONE", frozen=True):
     value: U64 = 0
 
 
+class IoreqBatch(Message, tag="IOREQ_BATCH", frozen=True):
+    """guest -> vhm: the requests of several vCPUs at once, as ACRN's Service OS takes them: one upcall and
+    every vCPU slot with a pending request is scanned (``acrn_ioreq_intr`` -> ``ioreq_dispatcher`` in the
+    VHM driver). Each entry is handled exactly as an IOREQ of its own (ownership, order, duplicates, a
+    refusal is an ERROR with that entry's keys). Once a connection has sent one, vhm answers every request
+    of that connection with IOREQ_DONE_BATCH."""
+
+    reqs: Annotated[list[Ioreq], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
 class Msi(Message, tag="MSI", frozen=True):
     """vhm -> guest: an MSI for the VM (addr[19:12] = destination APIC id, data[7:0] = vector).
     ``seq`` counts MSIs per VM so the guest can see a gap."""
@@ -259,6 +269,14 @@ class IoreqResult(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_f
     vcpu: VcpuId
     seq: U64
     value: U64
+
+
+class IoreqDoneBatch(Message, tag="IOREQ_DONE_BATCH", frozen=True):
+    """vhm -> guest: completions, each as IOREQ_DONE would carry it (``[vm, vcpu, seq, value]``). Sent instead
+    of IOREQ_DONE to a connection that has sent IOREQ_BATCH: the completions one vhm batch produced for it
+    travel together, in the order they completed."""
+
+    dones: Annotated[list[IoreqResult], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 class IoreqComplete(Message, tag="IOREQ_COMPLETE", frozen=True):
@@ -687,7 +705,8 @@ class FbRead(Message, tag="FB_READ", frozen=True):
 #: Every message type, in catalogue order (the codec's tagged union and the docs test use this).
 ALL_MESSAGES: tuple[type[Message], ...] = (
     Hello, HelloAck, Heartbeat, Bye, Error, Ok, Data, StatusRequest, StatusReply,
-    VmCreate, VmCreated, VmDestroy, VmReset, Ioreq, IoreqDone, Msi, VgpuLost, EptChanged,
+    VmCreate, VmCreated, VmDestroy, VmReset, Ioreq, IoreqDone, IoreqBatch, IoreqDoneBatch, Msi, VgpuLost,
+    EptChanged,
     IoreqDispatch, IoreqComplete, IoRange, InterceptBdf, GfnToMfn, DmaMapGuestPage, DmaUnmapGuestPage,
     MapGfnToMfn, PageTrack, ReadGpa, WriteGpa, InjectMsi, AllocFrames, FramesReply, FreeFrames,
     AttachVgpu, VgpuSync, VgpuSyncReply, Dom0Ready,

@@ -2,7 +2,7 @@
 
 No Future or task per message. The loop's reader callback on the socket's file descriptor
 (``loop.add_reader(sock.FD)``) and one timer (``loop.call_later`` at the core's ``next_deadline()``) run a
-round: drain every message that is there with ``zmq.NOBLOCK`` until EAGAIN or ``batch`` messages, hand the
+round: drain every message that is there with ``zmq.NOBLOCK`` until none is left or ``batch`` messages, hand the
 batch to its owner, run what fell due. The owner's handlers are coroutines driven in the callback itself;
 only one that really suspends gets a task, and the socket waits for it (a wake-up through a Future and a
 task cost about 10 us more per wake: 105 -> 95 us of process CPU per message arriving alone).
@@ -187,18 +187,26 @@ class Reactor:
     def _drain(self, sock: zmq.Socket, limit: int, copy: bool) -> list[Frames]: ...
 
     def _drain(self, sock: zmq.Socket, limit: int, copy: bool) -> list[Frames] | list[list[bytes]]:
-        """Up to ``limit`` messages, receiving until EAGAIN (one exception per batch, no syscall per
-        message: a receive that finds a message queued does not touch the kernel)."""
+        """Up to ``limit`` messages. The first receive is tried at once (the FD fired or ZMQ_EVENTS said a
+        message is there); after each message ZMQ_EVENTS says whether another waits, so a drain ends
+        without the ``zmq.Again`` a receive on an empty socket raises: building that exception cost more
+        than the receive itself (4.7 us against 2.2 us for ZMQ_EVENTS, measured on this machine)."""
         out: list[Frames] = []
         try:
-            while len(out) < limit:
+            while True:
                 out.append(recv_frames(sock, copy))
-        except zmq.Again:
-            if sock is self.sock:
-                self.drained_at = time.monotonic()
+                if len(out) >= limit:
+                    return out
+                if not readable(sock):
+                    break
+        except zmq.Again:  # woken with nothing there (the FD's edge is only a hint)
+            pass
         except zmq.ZMQError as err:  # closed under us or a libzmq error: report, never stop
             if self.log is not None:
                 self.log.warning("recv_error", socket=self.name, error=str(err))
+            return out
+        if sock is self.sock:
+            self.drained_at = time.monotonic()
         return out
 
     def _round(self) -> None:
@@ -226,10 +234,10 @@ class Reactor:
                     assert self._loop is not None
                     self._loop.call_soon(self._wake)
                     return
-                # The drain ended on EAGAIN, so what came since is seen by ZMQ_EVENTS, which is read before
-                # sleeping anyway (not a second drain: its EAGAIN exception costs twice the read). ZMQ_EVENTS
-                # processes libzmq's pending commands, which is what clears the FD (a receive ending on EAGAIN
-                # may skip that, being throttled), and it sees a message whose edge a send has eaten.
+                # The drain ended with nothing left; what came since (while the batch was handled) is seen by
+                # ZMQ_EVENTS, read before sleeping. ZMQ_EVENTS processes libzmq's pending commands, which is
+                # what clears the FD (a receive may skip that, being throttled), and it sees a message whose
+                # edge a send has eaten.
                 if self._readable() or (self._monitor_ready and self.monitor is not None
                                         and self.on_monitor is not None):
                     continue

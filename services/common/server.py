@@ -358,6 +358,19 @@ class RouterServer:
         return m.Error(code=refusal.code, reason=refusal.reason[:1024],
                        **{k: getattr(msg, k) for k in ("req", "vm", "vcpu", "seq") if hasattr(msg, k)})
 
+    def admit_entry(self, session: Session, entry: m.Message) -> bool:
+        """The check :attr:`admit` makes of a message, made of one entry of a batch (an IOREQ inside an
+        IOREQ_BATCH is checked as an IOREQ). A refusal is counted, logged and answered with the entry's
+        keys; False then, and the entry is not handled."""
+        if self.admit is None:
+            return True
+        refusal = self.admit(session, entry)
+        if refusal is None:
+            return True
+        if refusal is not _SILENT:
+            self.send_now(session, refusal)
+        return False
+
     def _dispatch_now(self, events: list[ps.Event]) -> None:
         """Events produced outside the reactor's own turn (a send that found the peer gone): the reactor runs
         them next, never re-entrantly inside the caller."""

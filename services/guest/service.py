@@ -16,6 +16,7 @@ from typing import Any
 
 from ...protocol import IoreqType
 from ...protocol import messages as m
+from ...protocol.constants import MAX_BATCH
 from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
@@ -123,14 +124,18 @@ class GuestService(BaseService):
         rt = self.rt
         while rt.outbox or rt.finished:
             reqs, rt.outbox = rt.outbox, []
-            for req in reqs:
+            # the vCPUs that trapped in this turn go to vhm together, as one IOREQ_BATCH (ACRN's one upcall
+            # for every pending slot); a lone trap is a plain IOREQ
+            for i in range(0, len(reqs), MAX_BATCH):
+                chunk = reqs[i:i + MAX_BATCH]
                 try:
-                    self.conn.send_now(req)
-                except PeerLost as err:  # the thread sees it as a failed access (a GPU reset)
-                    if self._vhm_away is not None:  # it waits in flight: sent when vhm is back
+                    self.conn.send_now(chunk[0] if len(chunk) == 1 else m.IoreqBatch(reqs=chunk))
+                except PeerLost as err:  # the threads see it as a failed access (a GPU reset)
+                    if self._vhm_away is not None:  # they wait in flight: sent when vhm is back
                         continue
-                    rt.ioreq_refused(req.vm, req.vcpu, req.seq, Refusal(ErrorCode.PEER_LOST, str(err)),
-                                     time.perf_counter())
+                    for req in chunk:
+                        rt.ioreq_refused(req.vm, req.vcpu, req.seq, Refusal(ErrorCode.PEER_LOST, str(err)),
+                                         time.perf_counter())
             done, rt.finished = rt.finished, []
             for th in done:
                 self._thread_done(th)
@@ -190,6 +195,13 @@ class GuestService(BaseService):
                 self._trace_ioreq(msg.vm, msg.vcpu, msg.seq, now)
             if not rt.ioreq_done(msg.vm, msg.vcpu, msg.seq, msg.value, now):
                 self.counters["stray_ioreq_done"] += 1
+        elif isinstance(msg, m.IoreqDoneBatch):
+            now = time.perf_counter()
+            for d in msg.dones:
+                if trace.on:
+                    self._trace_ioreq(d.vm, d.vcpu, d.seq, now)
+                if not rt.ioreq_done(d.vm, d.vcpu, d.seq, d.value, now):
+                    self.counters["stray_ioreq_done"] += 1
         elif isinstance(msg, m.Error) and msg.vm is not None and msg.seq is not None:
             rt.ioreq_refused(msg.vm, msg.vcpu or 0, msg.seq,
                              Refusal(ErrorCode(msg.code), msg.reason, msg.vm, msg.vcpu, msg.seq), time.perf_counter())

@@ -88,7 +88,10 @@ class VhmService(BaseService):
         # vhm's state in machine memory (state.py, docs/STATE.md): committed after each batch, before what
         # it produced leaves; the IOREQ_DONEs of a batch wait here for that commit
         self.store: VhmStore | None = None
-        self._out: list[tuple[Any, m.Message]] = []
+        self._out: list[tuple[Any, m.Message | list[m.IoreqResult]]] = []
+        # the IOREQ_DONE_BATCH being filled for each batching guest connection (routing id): a list in _out,
+        # so it leaves where its first completion would have; anything sent before it closes the batch
+        self._done_lists: dict[bytes, list[m.IoreqResult]] = {}
 
     # ------------------------------------------------------------------------------- lifecycle
     async def start(self) -> dict[str, Any]:
@@ -163,11 +166,16 @@ class VhmService(BaseService):
                 self.store.close()
                 self.store = None
         out, self._out = self._out, []
+        self._done_lists.clear()
         for peer, msg in out:
-            if isinstance(peer, Session) and peer.alive:
-                self.server.send_now(peer, msg)
-            else:
+            if not isinstance(peer, Session) or not peer.alive:
                 self.counters["send_to_dead_session"] += 1
+            elif isinstance(msg, list):  # completions for a batching guest connection
+                self.counters["done_batches"] += 1
+                for i in range(0, len(msg), MAX_BATCH):
+                    self.server.send_now(peer, m.IoreqDoneBatch(dones=msg[i:i + MAX_BATCH]))
+            else:
+                self.server.send_now(peer, msg)
 
     def _mark(self, vm: int | None = None, struct: bool = False, vhm: bool = False) -> None:
         """What a step may have changed of the recorded state: a VM's slots and small fields (``struct``:
@@ -345,9 +353,21 @@ class VhmService(BaseService):
         await self._send(session, m.refusal_error(rej, req))
 
     async def _done(self, c: Completed) -> None:
-        """IOREQ_DONE to the guest, then the slot goes COMPLETE -> FREE (the vCPU resumed)."""
+        """IOREQ_DONE to the guest (inside an IOREQ_DONE_BATCH for a connection that batches), then the slot
+        goes COMPLETE -> FREE (the vCPU resumed)."""
         assert self.core is not None
         self.core.resume(c.vm, c.vcpu, c.seq)
+        peer = c.peer
+        if isinstance(peer, Session) and peer.data.get("batched"):
+            # sent when the batch ends (after_batch), with the other completions for that connection
+            if self.store is not None:
+                self.store.mark(c.vm)
+            dones = self._done_lists.get(peer.ident)
+            if dones is None:
+                dones = self._done_lists[peer.ident] = []
+                self._out.append((peer, dones))
+            dones.append(m.IoreqResult(vm=c.vm, vcpu=c.vcpu, seq=c.seq, value=c.value))
+            return
         if self.store is not None:  # sent once the batch's state is committed (after_batch, _send)
             self.store.mark(c.vm)
             self._out.append((c.peer, c.message()))
@@ -459,6 +479,16 @@ class VhmService(BaseService):
             await self._done(out)
         else:
             await self._reject(session, out)
+
+    async def _on_ioreq_batch(self, session: Session, msg: m.IoreqBatch) -> None:
+        """Each entry as an IOREQ of its own (its ownership checked as the session layer checks an IOREQ's);
+        from now on this connection's completions go out as IOREQ_DONE_BATCH."""
+        assert self.server is not None
+        session.data["batched"] = True
+        self.counters["ioreq_batches"] += 1
+        for req in msg.reqs:
+            if self.server.admit_entry(session, req):
+                await self._on_ioreq(session, req)
 
     async def _on_vm_create(self, session: Session, msg: m.VmCreate) -> None:
         assert self.core is not None
@@ -666,6 +696,7 @@ ROLE_HANDLERS: dict[str, dict[type[m.Message], Handler]] = {
         m.VmDestroy: VhmService._on_vm_destroy,
         m.VmReset: VhmService._on_vm_reset,
         m.Ioreq: VhmService._on_ioreq,
+        m.IoreqBatch: VhmService._on_ioreq_batch,
     },
     "gvt": {
         m.IoreqComplete: VhmService._on_complete,

@@ -182,6 +182,39 @@ async def test_forged_vm_id_is_rejected_and_counted(vhm, peers):
     assert await alice.ioreq(vm, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF  # alice's VM is unaffected
 
 
+async def test_ioreq_batch_entries_are_checked_one_by_one_and_answered_together(vhm, peers):
+    """IOREQ_BATCH: each entry is an IOREQ of its own (a forged one is refused with its keys, the others go
+    through); the completions come back together in one IOREQ_DONE_BATCH, and every later answer to that
+    connection comes batched too."""
+    alice, mallory = await peers("guest", "alice"), await peers("guest", "mallory")
+    client = await peers("client", "gvt", hold=True)
+    a1, a2 = (await alice.create_vm("alice-vm1")).vm, (await alice.create_vm("alice-vm2")).vm
+    mal = (await mallory.create_vm("mallory-vm")).vm
+    for vm in (a1, a2, mal):
+        await client.claim_bar0(vm)
+    futs = await alice.start_ioreq_batch([(a1, 0, MMIO, R, BAR0), (a1, 1, MMIO, R, BAR0 + 8),
+                                          (mal, 0, MMIO, R, BAR0), (a2, 0, MMIO, R, BAR0 + 16)])
+    with pytest.raises(IoreqError) as err:
+        await asyncio.wait_for(futs[2], 5)
+    assert err.value.code == "forged_id" and (err.value.error.vm, err.value.error.vcpu) == (mal, 0)
+    await client.until(lambda: client.received == 3)
+    held = client.held
+    assert sorted((r.vm, r.vcpu) for r in held) == sorted([(a1, 0), (a1, 1), (a2, 0)])
+    await client.conn.send(m.IoreqComplete(reqs=[m.IoreqResult(vm=r.vm, vcpu=r.vcpu, seq=r.seq, value=r.addr)
+                                                 for r in held]))
+    async with asyncio.timeout(5):
+        values = await asyncio.gather(futs[0], futs[1], futs[3])
+    assert values == [BAR0, BAR0 + 8, BAR0 + 16]
+    assert alice.done_batches == [3] and not alice.stray
+    # a plain IOREQ of this connection is answered inside an IOREQ_DONE_BATCH too (the vhm fallback: no
+    # client claims that address, all ones)
+    assert await alice.ioreq(a1, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF and alice.done_batches == [3, 1]
+    assert await mallory.ioreq(mal, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF and mallory.done_batches == []
+    st = await status(vhm)
+    assert st.counters["ioreq_batches"] == 1 and st.counters["authz_refused_owner_IOREQ"] == 1
+    assert st.counters["error_sent_forged_id"] == 1 and st.counters["ioreq_dispatched"] == 3
+
+
 async def test_a_guest_on_two_connections_keeps_its_vms_when_the_older_one_ends(vhm, peers):
     """A guest whose socket reconnected while its old connection's HELLO was still on the way says HELLO
     on both (the same id and epoch) and sends on the new one; the old connection then ends. Its VMs are

@@ -45,6 +45,7 @@ class IoreqError(Exception):
         super().__init__(f"{err.code}: {err.reason}")
         self.code = err.code
         self.reason = err.reason
+        self.error = err
 
 
 def _log() -> Any:
@@ -78,6 +79,7 @@ class ScriptedGuest(Watched):
         self.changed = asyncio.Condition()
         self.ept_changed: Counter[int] = Counter()
         self.stray: list[m.Message] = []
+        self.done_batches: list[int] = []  # the size of each IOREQ_DONE_BATCH received
         self._seq = 0
 
     async def start(self, timeout: float = 5.0) -> "ScriptedGuest":
@@ -93,6 +95,15 @@ class ScriptedGuest(Watched):
         await self._notify()
 
     def _record(self, msg: m.Message) -> None:
+        if isinstance(msg, m.IoreqDoneBatch):
+            self.done_batches.append(len(msg.dones))
+            for d in msg.dones:
+                fut = self.waiters.pop((d.vm, d.vcpu, d.seq), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(d.value)
+                else:
+                    self.stray.append(m.IoreqDone(vm=d.vm, vcpu=d.vcpu, seq=d.seq, value=d.value))
+            return
         if isinstance(msg, m.IoreqDone):
             fut = self.waiters.pop((msg.vm, msg.vcpu, msg.seq), None)
             if fut is not None and not fut.done():
@@ -130,6 +141,19 @@ class ScriptedGuest(Watched):
         await self.conn.send(m.Ioreq(vm=vm, vcpu=vcpu, seq=seq, kind=kind, dir=direction, addr=addr, size=size,
                                      value=value))
         return fut
+
+    async def start_ioreq_batch(self, entries: list[tuple[int, int, int, int, int]]) -> list[asyncio.Future[int]]:
+        """Send one IOREQ_BATCH of ``(vm, vcpu, kind, direction, addr)`` reads; a future per entry."""
+        loop = asyncio.get_running_loop()
+        reqs, futs = [], []
+        for vm, vcpu, kind, direction, addr in entries:
+            seq = self.next_seq()
+            fut: asyncio.Future[int] = loop.create_future()
+            self.waiters[(vm, vcpu, seq)] = fut
+            futs.append(fut)
+            reqs.append(m.Ioreq(vm=vm, vcpu=vcpu, seq=seq, kind=kind, dir=direction, addr=addr, size=4))
+        await self.conn.send(m.IoreqBatch(reqs=reqs))
+        return futs
 
     async def ioreq(self, vm: int, vcpu: int, kind: int, direction: int, addr: int, size: int = 4,
                     value: int = 0, timeout: float = 5.0) -> int:
