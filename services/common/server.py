@@ -98,7 +98,9 @@ class RouterServer:
         #: an ERROR to send back (the message is then not handled) or None to let it through.
         self.admit: Callable[[Session, m.Message], m.Error | None] | None = \
             self._authorised if role in authz.SERVICES else None
-        self._peer_key: str | None = None  # the ZAP User-Id of the message being received (CURVE on)
+        #: the last frame of the message being received (CURVE on: a zmq.Frame, whose ZAP User-Id names the
+        #: sender's key); read only by the HELLO gate, so an established session's messages never pay for it
+        self._peer_frame: Any = None
         self.core.gate_hello = self._gate_hello
 
     @property
@@ -216,11 +218,14 @@ class RouterServer:
 
     # ------------------------------------------------------------------------------------ the reactor
     def _deadline(self) -> float | None:
+        """The earliest of the session sweep, the pipe probes and the STATUS budget (read every round)."""
         if self._deferred:
             return 0.0
-        due = [t for t in (self.core.next_deadline(), self._probe_at[0] if self._probe_at else None,
-                           self.status_budget.next_deadline()) if t is not None]
-        return min(due) if due else None
+        at = self.core.next_deadline()
+        for t in (self._probe_at[0] if self._probe_at else None, self.status_budget.next_deadline()):
+            if t is not None and (at is None or t < at):
+                at = t
+        return at
 
     async def _on_timer(self, now: float) -> None:
         if self._deferred:
@@ -280,39 +285,35 @@ class RouterServer:
 
     async def _on_batch(self, batch: list[Frames]) -> None:
         now = time.monotonic()
-        by_peer: dict[bytes, deque[tuple[bytes, bytes, str | None]]] = {}
+        if len(batch) == 1:  # the common case (one message per wake-up): no per-peer queues
+            item = self._frames(batch[0])
+            if item is not None:
+                self._peer_frame = item[2]
+                await self._handle(self.core.receive(item[0], item[1], now), item[0])
+            if self._after_batch is not None:
+                await self._after_batch()
+            return
+        by_peer: dict[bytes, deque[tuple[bytes, bytes, Any]]] = {}
         for msg_frames in batch:
-            key = None
-            # one recv_multipart gives all bytes or all zmq.Frame, so the last frame tells the whole list's type
-            if msg_frames and not isinstance(msg_frames[-1], bytes):
-                # zmq.Frame lists (CURVE on): keep the key name the ZAP handler gave the sender with its message
-                key = curve.peer_key(msg_frames[-1])
-                frames = [f.bytes for f in msg_frames]
-            else:
-                frames = cast(list[bytes], msg_frames)
-            if len(frames) != 2:
-                self.counters["bad_framing"] += 1
-                if frames:
-                    await self.reply_error(frames[0], ErrorCode.DECODE,
-                                           f"expected 1 payload frame, got {len(frames) - 1}")
+            item = self._frames(msg_frames)
+            if item is None:
                 continue
-            item = (frames[0], frames[1], key)
-            q = by_peer.get(frames[0])
+            q = by_peer.get(item[0])
             if q is None:
-                by_peer[frames[0]] = deque([item])
+                by_peer[item[0]] = deque([item])
             else:
                 q.append(item)
         if len(by_peer) == 1:
-            for ident, payload, key in by_peer.popitem()[1]:
-                self._peer_key = key
+            for ident, payload, last in by_peer.popitem()[1]:
+                self._peer_frame = last
                 await self._handle(self.core.receive(ident, payload, now), ident)
         else:
             queues = list(by_peer.values())
             first = True
             while queues:  # round-robin across peers, each peer's order kept
                 for q in queues:
-                    ident, payload, key = q.popleft()
-                    self._peer_key = key
+                    ident, payload, last = q.popleft()
+                    self._peer_frame = last
                     await self._handle(self.core.receive(ident, payload, now), ident)
                 queues = [q for q in queues if q]
                 if first and queues and self._after_batch is not None:
@@ -323,6 +324,23 @@ class RouterServer:
         if self._after_batch is not None:
             await self._after_batch()
 
+    def _frames(self, msg_frames: Frames) -> tuple[bytes, bytes, Any] | None:
+        """(routing id, payload, last frame) of one drained message, or None for bad framing (answered and
+        counted). The last frame is a zmq.Frame when CURVE is on (its ZAP User-Id is read at HELLO)."""
+        # one recv_multipart gives all bytes or all zmq.Frame, so the last frame tells the whole list's type
+        if msg_frames and not isinstance(msg_frames[-1], bytes):
+            frames = [f.bytes for f in msg_frames]
+        else:
+            frames = cast(list[bytes], msg_frames)
+        if len(frames) != 2:
+            self.counters["bad_framing"] += 1
+            if frames:
+                self.counters["error_sent_decode"] += 1
+                self._send_raw(frames[0], m.Error(code=ErrorCode.DECODE,
+                                                  reason=f"expected 1 payload frame, got {len(frames) - 1}"))
+            return None
+        return frames[0], frames[1], msg_frames[-1]
+
     # ---------------------------------------------------------------------------------- authorisation
     def _gate_hello(self, ident: bytes, hello: m.Hello) -> m.Error | None:
         """Before a session opens: may this service open one for the claimed role (protocol/authz.py), and
@@ -332,7 +350,8 @@ class RouterServer:
             self.counters["authz_refused_hello_" + hello.role] += 1
             return m.Error(code=ErrorCode.UNEXPECTED,
                            reason=f"{self.role} opens no session for role {hello.role}"[:1024])
-        key = self._peer_key
+        key = curve.peer_key(self._peer_frame) if self._peer_frame is not None and not isinstance(
+            self._peer_frame, bytes) else None
         if not curve.may_claim(key, hello.role):
             self.counters["curve_role_refused"] += 1
             self.log.warning("role_not_bound_to_key", key=key, claimed_role=hello.role, peer_id=hello.id)
