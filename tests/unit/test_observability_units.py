@@ -66,6 +66,9 @@ def test_prometheus_histogram_buckets_come_from_the_hdr_histogram() -> None:
     assert buckets["1.0"] == 7 and buckets["2.5"] == 8 and buckets["+Inf"] == 8
     count = next(s.value for s in hist.samples if s.name.endswith("_count"))
     assert count == 8
+    # the sum is the samples' total to within the histogram's bucket widths (bucket medians times counts)
+    total = next(s.value for s in hist.samples if s.name.endswith("_sum"))
+    assert abs(total - 2_012_345e-6) < 2_012_345e-6 * 5e-3, total
     assert fams["gvtsim_events"].samples[0].labels == {"role": "vhm", "counter": "ioreq_dispatched"}
     assert fams["gvtsim_vm_ioreqs"].samples[0].labels == {"vm": "1", "kind": "MMIO"}
 
