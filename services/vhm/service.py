@@ -486,8 +486,10 @@ class VhmService(BaseService):
         assert self.server is not None
         session.data["batched"] = True
         self.counters["ioreq_batches"] += 1
+        admitted: set[int] = set()  # VMs whose entries passed the check: handling an IOREQ never changes owners
         for req in msg.reqs:
-            if self.server.admit_entry(session, req):
+            if req.vm in admitted or self.server.admit_entry(session, req):
+                admitted.add(req.vm)
                 await self._on_ioreq(session, req)
 
     async def _on_vm_create(self, session: Session, msg: m.VmCreate) -> None:
