@@ -23,6 +23,10 @@ MAX_VM_ID = 0xFFFF
 #: Largest batch of ioreqs in one IOREQ_DISPATCH / IOREQ_COMPLETE (vhm <-> client pipelining).
 MAX_BATCH = 1024
 
+#: Largest IOREQ_BATCH a guest may send (four VMs of MAX_VCPUS vCPUs trapping at once). It bounds what one
+#: message can make vhm do and answer: each entry may draw its own ERROR.
+MAX_IOREQ_BATCH = 64
+
 
 class IoreqType(enum.IntEnum):
     """ACRN request types (acrn_common.h: REQ_PORTIO 0, REQ_MMIO 1, REQ_PCICFG 2, REQ_WP 3)."""

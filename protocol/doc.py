@@ -15,7 +15,7 @@ import msgspec.inspect as mi
 
 from . import authz
 from . import messages as m
-from .constants import MAX_BATCH, MAX_BLOB, MAX_MESSAGE, WIRE_VERSION
+from .constants import MAX_BATCH, MAX_BLOB, MAX_IOREQ_BATCH, MAX_MESSAGE, WIRE_VERSION
 
 # the wire names of every reply type, listed in the intro
 _REPLY_TAGS = ", ".join(f"`{c.__struct_config__.tag}`" for c in m.REPLY_TYPES)
@@ -31,7 +31,7 @@ This is the complete message catalogue. It is generated from `protocol/messages.
   clients connect a **DEALER**. One ZeroMQ message = one gvtsim message = one frame (a ROUTER additionally sees
   the peer's routing-id frame, which it strips when answering).
 * Sockets refuse frames over **{MAX_MESSAGE} bytes** (`ZMQ_MAXMSGSIZE`); byte payloads inside a message are at
-  most **{MAX_BLOB} bytes**; batches carry at most **{MAX_BATCH}** ioreqs.
+  most **{MAX_BLOB} bytes**; batches carry at most **{MAX_BATCH}** ioreqs (a guest's IOREQ_BATCH {MAX_IOREQ_BATCH}).
 * ROUTERs set `ROUTER_MANDATORY` (an unreachable peer is an error, not a silent drop); request senders set
   `IMMEDIATE` (no queueing for a peer that is not connected); every socket has `LINGER 0`.
 
@@ -112,7 +112,8 @@ WRITE 1). The answer is `IOREQ_DONE` or `ERROR` with the same three keys.
 
 A guest whose vCPUs trap together may send their requests as one `IOREQ_BATCH` (as ACRN's Service OS takes
 every pending vCPU slot on one upcall). Each entry is handled exactly as an `IOREQ` sent alone: its VM must
-belong to the connection, a refusal is an `ERROR` with that entry's keys and the other entries go on. Once a
+belong to the connection, a refusal is an `ERROR` with that entry's keys and the other entries go on; a batch
+naming one vCPU twice is refused whole (one `ERROR bad_request`). At most {MAX_IOREQ_BATCH} entries. Once a
 connection has sent an `IOREQ_BATCH`, vhm answers all of its requests (batched or not) with `IOREQ_DONE_BATCH`:
 the completions one vhm batch produced for that connection, in one message. Refusals stay `ERROR`s.
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta
 
-from .constants import MAX_BATCH, MAX_BLOB, MAX_VCPUS, MAX_VM_ID
+from .constants import MAX_BATCH, MAX_BLOB, MAX_IOREQ_BATCH, MAX_VCPUS, MAX_VM_ID
 from .errors import ErrorCode, Refusal
 
 # ---------------------------------------------------------------------------------------------- field types
@@ -222,11 +222,12 @@ class IoreqDone(Message, tag="IOREQ_DONE", frozen=True):
 class IoreqBatch(Message, tag="IOREQ_BATCH", frozen=True):
     """guest -> vhm: the requests of several vCPUs at once, as ACRN's Service OS takes them: one upcall and
     every vCPU slot with a pending request is scanned (``acrn_ioreq_intr`` -> ``ioreq_dispatcher`` in the
-    VHM driver). Each entry is handled exactly as an IOREQ of its own (ownership, order, duplicates, a
-    refusal is an ERROR with that entry's keys). Once a connection has sent one, vhm answers every request
-    of that connection with IOREQ_DONE_BATCH."""
+    VHM driver). Each entry is handled exactly as an IOREQ of its own (ownership, order, a request sent
+    again, a refusal is an ERROR with that entry's keys). A vCPU has one slot: a batch naming one vCPU twice
+    is refused whole, with one ERROR ``bad_request``. Once a connection has sent one, vhm answers every
+    request of that connection with IOREQ_DONE_BATCH."""
 
-    reqs: Annotated[list[Ioreq], Meta(min_length=1, max_length=MAX_BATCH)]
+    reqs: Annotated[list[Ioreq], Meta(min_length=1, max_length=MAX_IOREQ_BATCH)]
 
 
 class Msi(Message, tag="MSI", frozen=True):

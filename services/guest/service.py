@@ -16,7 +16,7 @@ from typing import Any
 
 from ...protocol import IoreqType
 from ...protocol import messages as m
-from ...protocol.constants import MAX_BATCH
+from ...protocol.constants import MAX_IOREQ_BATCH
 from ...protocol.errors import ErrorCode, Refusal
 from ..common import trace
 from ..common.client import Connection, PeerLost, RemoteError
@@ -126,8 +126,8 @@ class GuestService(BaseService):
             reqs, rt.outbox = rt.outbox, []
             # the vCPUs that trapped in this turn go to vhm together, as one IOREQ_BATCH (ACRN's one upcall
             # for every pending slot); a lone trap is a plain IOREQ
-            for i in range(0, len(reqs), MAX_BATCH):
-                chunk = reqs[i:i + MAX_BATCH]
+            for i in range(0, len(reqs), MAX_IOREQ_BATCH):
+                chunk = reqs[i:i + MAX_IOREQ_BATCH]
                 try:
                     self.conn.send_now(chunk[0] if len(chunk) == 1 else m.IoreqBatch(reqs=chunk))
                 except PeerLost as err:  # the threads see it as a failed access (a GPU reset)

@@ -484,6 +484,11 @@ class VhmService(BaseService):
         """Each entry as an IOREQ of its own (its ownership checked as the session layer checks an IOREQ's);
         from now on this connection's completions go out as IOREQ_DONE_BATCH."""
         assert self.server is not None
+        if len({(r.vm, r.vcpu) for r in msg.reqs}) != len(msg.reqs):
+            self.counters["ioreq_batch_refused"] += 1
+            await self._send(session, m.Error(code=ErrorCode.BAD_REQUEST, reason=(
+                "IOREQ_BATCH names one vCPU twice: a vCPU has one ioreq slot (one request in flight)")))
+            return
         session.data["batched"] = True
         self.counters["ioreq_batches"] += 1
         admitted: set[int] = set()  # VMs whose entries passed the check: handling an IOREQ never changes owners

@@ -210,8 +210,13 @@ async def test_ioreq_batch_entries_are_checked_one_by_one_and_answered_together(
     # client claims that address, all ones)
     assert await alice.ioreq(a1, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF and alice.done_batches == [3, 1]
     assert await mallory.ioreq(mal, 0, MMIO, R, 0xFED0_0000, size=2) == 0xFFFF and mallory.done_batches == []
+    # one vCPU named twice: the whole batch is refused with one ERROR, nothing of it is dispatched
+    futs = await alice.start_ioreq_batch([(a2, 1, MMIO, R, BAR0), (a2, 1, MMIO, R, BAR0 + 8)])
+    await alice.until(lambda: any(isinstance(x, m.Error) and x.code == "bad_request" for x in alice.stray))
+    assert not any(f.done() for f in futs)
     st = await status(vhm)
-    assert st.counters["ioreq_batches"] == 1 and st.counters["authz_refused_owner_IOREQ"] == 1
+    assert st.counters["ioreq_batches"] == 1 and st.counters["ioreq_batch_refused"] == 1
+    assert st.counters["authz_refused_owner_IOREQ"] == 1
     assert st.counters["error_sent_forged_id"] == 1 and st.counters["ioreq_dispatched"] == 3
 
 

@@ -115,6 +115,19 @@ def test_oversized_field_names_the_field():
     assert exc.value.field == "data" and exc.value.msg_type == "WRITE_GPA"
 
 
+def test_an_ioreq_batch_over_its_bound_names_the_field():
+    """IOREQ_BATCH carries at most MAX_IOREQ_BATCH entries: each may draw an ERROR, so one message's worth
+    of answers stays bounded (a longer one is a decode error, answered once)."""
+    from gvtsim.protocol.constants import MAX_IOREQ_BATCH
+
+    req = {"vm": 1, "vcpu": 0, "seq": 1, "kind": 1, "dir": 0, "addr": 0, "size": 4}
+    ok = decode(raw({"type": "IOREQ_BATCH", "reqs": [dict(req, seq=i + 1) for i in range(MAX_IOREQ_BATCH)]}))
+    assert isinstance(ok, m.IoreqBatch) and len(ok.reqs) == MAX_IOREQ_BATCH
+    with pytest.raises(DecodeError) as exc:
+        decode(raw({"type": "IOREQ_BATCH", "reqs": [dict(req, seq=i + 1) for i in range(MAX_IOREQ_BATCH + 1)]}))
+    assert exc.value.field == "reqs" and exc.value.msg_type == "IOREQ_BATCH"
+
+
 def test_every_tag_is_unique_and_catalogued():
     tags = [c.__struct_config__.tag for c in m.ALL_MESSAGES]
     assert len(tags) == len(set(tags))
