@@ -244,8 +244,7 @@ class Reactor:
                 self._arm()
                 return
         except Exception as err:  # never let one round stop the socket
-            if self.log is not None:
-                self.log.exception("reactor_failed", socket=self.name, error=f"{type(err).__name__}: {err}")
+            self._failed(err)
             if self._loop is not None and not self._closing:
                 self._loop.call_soon(self._wake)
         finally:
@@ -276,6 +275,11 @@ class Reactor:
                 return True
         return False
 
+    def _failed(self, err: Exception) -> None:
+        """A round or a handler raised: logged with its traceback, and the socket goes on."""
+        if self.log is not None:
+            self.log.exception("reactor_failed", socket=self.name, error=f"{type(err).__name__}: {err}")
+
     def _eager(self, coro: Coroutine[Any, Any, None]) -> bool:
         """Run a handler's coroutine now. False: it ran to its end (an exception is logged). True: it
         suspended; a task finishes it, and the socket is held until then."""
@@ -284,8 +288,7 @@ class Reactor:
         except StopIteration:
             return False
         except Exception as err:  # never let one batch stop the socket
-            if self.log is not None:
-                self.log.exception("reactor_failed", socket=self.name, error=f"{type(err).__name__}: {err}")
+            self._failed(err)
             return False
         assert self._loop is not None
         self._held = self._loop.create_task(self._finish(coro, yielded), name=f"reactor-{self.name}")
@@ -312,8 +315,7 @@ class Reactor:
                 except StopIteration:
                     return
         except Exception as err:
-            if self.log is not None:
-                self.log.exception("reactor_failed", socket=self.name, error=f"{type(err).__name__}: {err}")
+            self._failed(err)
         finally:
             self._held = None
             if not self._closing and self._loop is not None:

@@ -92,6 +92,7 @@ class RouterServer:
         self._log_budget: Counter[bytes] = Counter()
         self._garbage_answered: Counter[bytes] = Counter()
         self._after_batch = getattr(handler, "after_batch", None)
+        self._owns: Callable[[Session, authz.Owner, int], bool | None] | None = getattr(handler, "owns", None)
         self._deferred: list[ps.Event] = []
         self.status_budget = StatusBudget()  # STATUS builds take a bounded share of the time (status_budget.py)
         #: The one place every decoded message from a session passes before its handler: a check returning
@@ -362,7 +363,7 @@ class RouterServer:
     def _authorised(self, session: Session, msg: m.Message) -> m.Error | None:
         """The one authorisation check (protocol/authz.py): role and ownership; a refusal is counted, logged
         and answered (an ERROR echoing the request's keys), or dropped silently when the table says so."""
-        owns = getattr(self.handler, "owns", None)
+        owns = self._owns
         refusal = authz.check(self.role, session.role, msg,
                               (lambda kind, vm: owns(session, kind, vm)) if owns is not None else None)
         if refusal is None:
