@@ -10,7 +10,10 @@ In one run, alternating, for several rounds:
   (IOREQ_COMPLETE) -> guest (IOREQ_DONE). Every answer is checked (the magic must read right).
 
 Each is measured with 1 vCPU synchronous (p50, p99 of single round trips) and with N VMs x M vCPUs (relay:
-as many clients) each keeping one request outstanding (throughput, p50, p99). The figures are medians over
+as many clients) each keeping one request outstanding (throughput, p50, p99). In the concurrent run the
+topology's guests do what the guest service does: the vCPUs of one VM whose requests completed together send
+their next ones as one IOREQ_BATCH, and vhm answers them with IOREQ_DONE_BATCH; the relay's clients send one
+IOREQ each (its worker is the floor of one decode and one answer per request). The figures are medians over
 the rounds, with the ratios topology/relay. Then the idle CPU of each service over 10 s (psutil).
 
 The topology runs with CURVE on every socket, as it always does; ``--insecure`` measures it with CURVE off
