@@ -209,6 +209,9 @@ class RouterServer:
 
     async def reply_error(self, ident: bytes, code: ErrorCode, reason: str, **keys: Any) -> None:
         """Send an ERROR to a routing id (known session or not)."""
+        self._error_to(ident, code, reason, **keys)
+
+    def _error_to(self, ident: bytes, code: ErrorCode, reason: str, **keys: Any) -> None:
         self.counters[f"error_sent_{code.value}"] += 1
         self._send_raw(ident, m.Error(code=code, reason=reason[:1024], **keys))
 
@@ -286,29 +289,19 @@ class RouterServer:
 
     async def _on_batch(self, batch: list[Frames]) -> None:
         now = time.monotonic()
-        if len(batch) == 1:  # the common case (one message per wake-up): no per-peer queues
-            item = self._frames(batch[0])
-            if item is not None:
-                self._peer_frame = item[2]
-                await self._handle(self.core.receive(item[0], item[1], now), item[0])
-            if self._after_batch is not None:
-                await self._after_batch()
-            return
-        by_peer: dict[bytes, deque[tuple[bytes, bytes, Any]]] = {}
-        for msg_frames in batch:
-            item = self._frames(msg_frames)
-            if item is None:
-                continue
-            q = by_peer.get(item[0])
-            if q is None:
-                by_peer[item[0]] = deque([item])
-            else:
-                q.append(item)
-        if len(by_peer) == 1:
-            for ident, payload, last in by_peer.popitem()[1]:
+        items = [item for item in map(self._frames, batch) if item is not None]
+        if len({item[0] for item in items}) <= 1:  # one peer (mostly one message per wake-up): in order
+            for ident, payload, last in items:
                 self._peer_frame = last
                 await self._handle(self.core.receive(ident, payload, now), ident)
         else:
+            by_peer: dict[bytes, deque[tuple[bytes, bytes, Any]]] = {}
+            for item in items:
+                q = by_peer.get(item[0])
+                if q is None:
+                    by_peer[item[0]] = deque([item])
+                else:
+                    q.append(item)
             queues = list(by_peer.values())
             first = True
             while queues:  # round-robin across peers, each peer's order kept
@@ -336,9 +329,7 @@ class RouterServer:
         if len(frames) != 2:
             self.counters["bad_framing"] += 1
             if frames:
-                self.counters["error_sent_decode"] += 1
-                self._send_raw(frames[0], m.Error(code=ErrorCode.DECODE,
-                                                  reason=f"expected 1 payload frame, got {len(frames) - 1}"))
+                self._error_to(frames[0], ErrorCode.DECODE, f"expected 1 payload frame, got {len(frames) - 1}")
             return None
         return frames[0], frames[1], msg_frames[-1]
 
@@ -351,8 +342,7 @@ class RouterServer:
             self.counters["authz_refused_hello_" + hello.role] += 1
             return m.Error(code=ErrorCode.UNEXPECTED,
                            reason=f"{self.role} opens no session for role {hello.role}"[:1024])
-        key = curve.peer_key(self._peer_frame) if self._peer_frame is not None and not isinstance(
-            self._peer_frame, bytes) else None
+        key = curve.peer_key(self._peer_frame)  # None for a bytes frame (CURVE off)
         if not curve.may_claim(key, hello.role):
             self.counters["curve_role_refused"] += 1
             self.log.warning("role_not_bound_to_key", key=key, claimed_role=hello.role, peer_id=hello.id)

@@ -357,11 +357,11 @@ class VhmService(BaseService):
         goes COMPLETE -> FREE (the vCPU resumed)."""
         assert self.core is not None
         self.core.resume(c.vm, c.vcpu, c.seq)
+        if self.store is not None:
+            self.store.mark(c.vm)
         peer = c.peer
         if isinstance(peer, Session) and peer.data.get("batched"):
             # sent when the batch ends (after_batch), with the other completions for that connection
-            if self.store is not None:
-                self.store.mark(c.vm)
             dones = self._done_lists.get(peer.ident)
             if dones is None:
                 dones = self._done_lists[peer.ident] = []
@@ -369,7 +369,6 @@ class VhmService(BaseService):
             dones.append(m.IoreqResult(vm=c.vm, vcpu=c.vcpu, seq=c.seq, value=c.value))
             return
         if self.store is not None:  # sent once the batch's state is committed (after_batch, _send)
-            self.store.mark(c.vm)
             self._out.append((c.peer, c.message()))
             return
         await self._send(c.peer, c.message())
