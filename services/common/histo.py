@@ -62,14 +62,13 @@ class Histogram:
 
     def record_s(self, seconds: float) -> None:
         """Record one latency given in seconds (clamped into the histogram's range)."""
-        self.record_us(seconds * 1e6)
+        self._record(_bucket(seconds * 1e6))
 
     def record_us(self, us: float) -> None:
         """Record one latency given in microseconds (clamped into the histogram's range)."""
-        v = min(HIGHEST_US, max(LOWEST_US, int(us + 0.5)))
-        shift = v.bit_length() - SUB_BUCKET_BITS
-        if shift > 0:  # the lowest value of its HdrHistogram bucket: the same bucket, few distinct keys
-            v = (v >> shift) << shift
+        self._record(_bucket(us))
+
+    def _record(self, v: int) -> None:
         self._pending[v] += 1
         if self._encoded is not None or self._summaries:
             self._encoded = None
@@ -153,6 +152,21 @@ class Histogram:
         for item in self.h.get_recorded_iterator():
             out.append((float(item.value_iterated_to), int(item.count_added_in_this_iter_step)))
         return out
+
+
+def _bucket(us: float) -> int:
+    """The value a latency of ``us`` microseconds is counted as: clamped into the histogram's range, and
+    the lowest value of its HdrHistogram bucket (the same bucket, few distinct keys in the pending counter)."""
+    v = min(HIGHEST_US, max(LOWEST_US, int(us + 0.5)))
+    shift = v.bit_length() - SUB_BUCKET_BITS
+    return (v >> shift) << shift if shift > 0 else v
+
+
+def record_pair(a: Histogram, b: Histogram, seconds: float) -> None:
+    """Record one latency in two histograms (one VM's and the total over all VMs), rounded once."""
+    v = _bucket(seconds * 1e6)
+    a._record(v)
+    b._record(v)
 
 
 def merge(parts: Iterable[Histogram | str]) -> Histogram:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgspec
 
 FILE_HEADER = struct.Struct("<8sII")  # magic, version, crc32(magic + version)
 REC_HEADER = struct.Struct("<IIQ")  # payload length, crc32(seq + payload), seq
@@ -37,9 +38,13 @@ class JournalRefused(Exception):
     """A journal that cannot be trusted (bad magic, version, checksum, sequence or content)."""
 
 
+#: msgspec's encoder (C, about 5x msgpack-python's packb on a slot record); msgpack reads what it writes
+_ENCODER = msgspec.msgpack.Encoder()
+
+
 def encode_record(seq: int, payload: dict[str, Any]) -> bytes:
     """One record: header then the msgpack payload."""
-    body = msgpack.packb(payload, use_bin_type=True)
+    body = _ENCODER.encode(payload)
     crc = zlib.crc32(body, zlib.crc32(_SEQ.pack(seq)))
     return REC_HEADER.pack(len(body), crc, seq) + body
 

@@ -55,16 +55,24 @@ def _null_mpt(vm: int, ept_root: int, ram_mb: int) -> Mpt:
 def trap_kind(vgpu: Vgpu, req: m.Ioreq) -> str:
     """The kind of a trapped access, for the per-VM trap counters: pci_cfg, wp, g2v_notify, ggtt,
     mmio_read, mmio_write."""
-    if req.kind == IoreqType.PCI:
+    offset = req.addr - vgpu.cfg.bar0_base() if req.kind == _MMIO else 0
+    return _trap_kind(req.kind, req.dir == _READ, offset)
+
+
+def _trap_kind(kind: int, read: bool, offset: int) -> str:
+    if kind == _PCI:
         return "pci_cfg"
-    if req.kind == IoreqType.WP:
+    if kind == _WP:
         return "wp"
-    offset = req.addr - vgpu.cfg.bar0_base()
     if offset >= mmio.GTT_START:
         return "ggtt"
-    if req.dir == IoreqDir.READ:
+    if read:
         return "mmio_read"
     return "g2v_notify" if offset == pvinfo.G2V_NOTIFY else "mmio_write"
+
+
+#: ioreq kinds and the read direction as ints: the trap path compares them per request (no Enum __eq__)
+_PCI, _WP, _MMIO, _READ = int(IoreqType.PCI), int(IoreqType.WP), int(IoreqType.MMIO), int(IoreqDir.READ)
 
 
 class Gvt:
@@ -372,31 +380,34 @@ class Gvt:
     def handle_ioreq(self, req: m.Ioreq, now: float) -> int:
         """One ioreq as AcrnGT's emulation thread handles it (ACRN gvt/acrngt.c). Returns the value to
         complete it with (the read result, 0 for writes); always completes."""
-        self.scheduler.now = max(self.scheduler.now, now)  # the scheduling policy's clock (ELSP writes)
-        full = (1 << (8 * req.size)) - 1
+        if now > self.scheduler.now:
+            self.scheduler.now = now  # the scheduling policy's clock (ELSP writes)
         vgpu = self.by_vm.get(req.vm)
         if vgpu is None:
             self.counters["ioreq_no_vgpu"] += 1
-            return full if req.dir == IoreqDir.READ else 0
+            return (1 << (8 * req.size)) - 1 if req.dir == _READ else 0
         key = (req.vm, req.vcpu)
         last = self.last_done.get(key)
         if last is not None and last[0] == req:  # sent again after a reconnect: already emulated
             self.counters["ioreq_replayed"] += 1
             return last[1]
         failsafe = vgpu.failsafe
-        pure = req.dir == IoreqDir.READ and req.kind == IoreqType.MMIO and mmio.read_is_pure(vgpu, req.addr, req.size)
-        value = self._emulate_ioreq(vgpu, req)
+        # an MMIO access's offset into BAR0, read once (trap kind, purity and emulation all need it)
+        offset = req.addr - vgpu.cfg.bar0_base() if req.kind == _MMIO else 0
+        pure = req.dir == _READ and req.kind == _MMIO and mmio.read_is_pure_at(vgpu, offset, req.size)
+        value = self._emulate_ioreq(vgpu, req, offset)
         self.last_done[key] = (req, value)
         if not pure or vgpu.failsafe != failsafe:  # a read that put the vGPU in failsafe changed it
             self.touched.add(vgpu.id)
         return value
 
-    def _emulate_ioreq(self, vgpu: Vgpu, req: m.Ioreq) -> int:
+    def _emulate_ioreq(self, vgpu: Vgpu, req: m.Ioreq, offset: int) -> int:
         full = (1 << (8 * req.size)) - 1
         self.counters["ioreqs"] += 1
-        read = req.dir == IoreqDir.READ
-        vgpu.traps[trap_kind(vgpu, req)] += 1
-        if req.kind == IoreqType.PCI:
+        read = req.dir == _READ
+        kind = req.kind
+        vgpu.traps[_trap_kind(kind, read, offset)] += 1
+        if kind == _PCI:
             if (req.bus, req.dev, req.func) != (0, 2, 0):
                 self.counters["ioreq_foreign_bdf"] += 1
                 return full if read else 0
@@ -404,12 +415,15 @@ class Gvt:
                 return self.emulate_cfg_read(vgpu, req.reg, req.size) & full
             self.emulate_cfg_write(vgpu, req.reg, req.value & full, req.size)
             return 0
-        if req.kind in (IoreqType.MMIO, IoreqType.WP):
+        if kind == _MMIO or kind == _WP:
             t0 = time.perf_counter()  # a measurement for the figures (figures.py), not emulation input
             try:
+                if read and kind == _MMIO:
+                    return self._guard(vgpu, "mmio_read", lambda: mmio.read_at(vgpu, offset, req.size),
+                                       req.addr, req.size) & full
                 if read:
                     return self.emulate_mmio_read(vgpu, req.addr, req.size) & full
-                if not (req.kind == IoreqType.WP and
+                if not (kind == _WP and
                         self.write_protect_handler(vgpu, req.addr, req.value & full, req.size)):
                     self.emulate_mmio_write(vgpu, req.addr, req.value & full, req.size)
                 return 0

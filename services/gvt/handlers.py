@@ -307,6 +307,9 @@ class MmioTable:
     def __init__(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
         self.info: dict[int, Reg] = {}
         self.blocks: list[Block] = []
+        # offset -> the read handler serving it (block, tracked register or the plain vreg): looked up on
+        # every trapped read, and the rows change only while the table is built (extend, overlay clear it)
+        self._read_fns: dict[int, ReadFn] = {}
         self.extend(regs, blocks)
 
     def extend(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
@@ -315,6 +318,7 @@ class MmioTable:
             for off in range(r.offset, r.offset + r.size, 4):
                 self.info[off] = r
         self.blocks.extend(blocks)
+        self._read_fns.clear()
 
     def overlay(self, regs: Iterable[Reg] = (), blocks: Iterable[Block] = ()) -> None:
         """Lay rows with behaviour over the table: where a dword is already tracked (a row of the real
@@ -329,6 +333,7 @@ class MmioTable:
             for off in range(r.offset, r.offset + r.size, 4):
                 self.info[off] = r
         self.blocks.extend(blocks)
+        self._read_fns.clear()
 
     @property
     def tracked_mmio(self) -> int:
@@ -336,7 +341,23 @@ class MmioTable:
         return len(self.info)
 
     def find_block(self, offset: int) -> Block | None:
-        return next((b for b in self.blocks if offset in b), None)
+        for b in self.blocks:
+            if b.start <= offset < b.start + b.size:
+                return b
+        return None
+
+    def read_fn(self, offset: int) -> ReadFn:
+        """The handler a read of ``offset`` runs: its block's, its tracked register's, or the plain vreg."""
+        fn = self._read_fns.get(offset)
+        if fn is None:
+            block = self.find_block(offset)
+            if block is not None:
+                fn = block.read or default_read
+            else:
+                r = self.info.get(offset)
+                fn = (r.read if r else None) or default_read
+            self._read_fns[offset] = fn
+        return fn
 
     def has_flag(self, offset: int, flag: "F") -> bool:
         """Whether the tracked register holding ``offset`` has ``flag``."""
@@ -373,21 +394,11 @@ class MmioTable:
 
     def read(self, vgpu: "Vgpu", offset: int, size: int) -> int:
         """Read through the block, the tracked handler, or the plain vreg."""
-        block = self.find_block(offset)
-        if block is not None:
-            return (block.read or default_read)(vgpu, offset, size)
-        r = self.info.get(offset)
-        return ((r.read if r else None) or default_read)(vgpu, offset, size)
+        return self.read_fn(offset)(vgpu, offset, size)
 
     def read_is_pure(self, vgpu: "Vgpu", offset: int) -> bool:
         """Whether a read of ``offset`` now would change nothing of the vGPU (:data:`PURE_READS`)."""
-        block = self.find_block(offset)
-        if block is not None:
-            fn = block.read or default_read
-        else:
-            r = self.info.get(offset)
-            fn = (r.read if r else None) or default_read
-        when = PURE_READS.get(fn)
+        when = PURE_READS.get(self.read_fn(offset))
         return when is not None and when(vgpu, offset)
 
     def write(self, vgpu: "Vgpu", offset: int, data: int, size: int) -> None:

@@ -123,7 +123,11 @@ def _check_gtt_access(vgpu: "Vgpu", offset: int, size: int) -> None:
 def emulate_mmio_read(vgpu: "Vgpu", gpa: int, size: int) -> int:
     """intel_vgpu_emulate_mmio_read. Raises EmulationError for a bad access (the caller completes the
     ioreq and puts the vGPU in failsafe)."""
-    offset = gpa - vgpu.cfg.bar0_base()
+    return read_at(vgpu, gpa - vgpu.cfg.bar0_base(), size)
+
+
+def read_at(vgpu: "Vgpu", offset: int, size: int) -> int:
+    """:func:`emulate_mmio_read` of ``offset`` into BAR0 (the trap path computes it once per ioreq)."""
     if vgpu.failsafe:
         return _failsafe_read(vgpu, offset, size)
     if size < 1 or size > 8:
@@ -143,7 +147,11 @@ def emulate_mmio_read(vgpu: "Vgpu", gpa: int, size: int) -> int:
 def read_is_pure(vgpu: "Vgpu", gpa: int, size: int) -> bool:
     """Whether :func:`emulate_mmio_read` of ``gpa`` would change nothing of the vGPU (statistics aside):
     failsafe and GGTT reads, holes, and registers whose handler is listed in handlers.PURE_READS."""
-    offset = gpa - vgpu.cfg.bar0_base()
+    return read_is_pure_at(vgpu, gpa - vgpu.cfg.bar0_base(), size)
+
+
+def read_is_pure_at(vgpu: "Vgpu", offset: int, size: int) -> bool:
+    """:func:`read_is_pure` of ``offset`` into BAR0."""
     if vgpu.failsafe or _is_gtt(vgpu, offset):
         return True
     if not _is_mmio(offset):

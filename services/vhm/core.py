@@ -31,7 +31,7 @@ from ...protocol import ErrorCode, IoreqDir, IoreqState, IoreqType
 from ...protocol import messages as m
 from ...protocol.constants import MAX_VCPUS, MAX_VM_ID
 from ...protocol.errors import Refusal
-from ..common.histo import Histogram
+from ..common.histo import Histogram, record_pair
 from ..common.memory import FrameAllocator, MachineMemory, OutOfFrames
 from .guest_memory import GuestMemory
 from .mpt import MptServices
@@ -47,6 +47,7 @@ from .vm import AwaitingGuest, Vm, VmState
 _KIND = {t.value: t for t in IoreqType}
 _KIND_NAME = {t.value: t.name for t in IoreqType}
 _KIND_LOWER = {t.value: t.name.lower() for t in IoreqType}
+_PIO, _READ, _WRITE = int(IoreqType.PIO), int(IoreqDir.READ), int(IoreqDir.WRITE)  # int compares: no Enum __eq__
 
 MAX_CLIENT_ID = 1023  # VHM client ids are 1..1023 (idr_alloc_cyclic), ACRN drivers/vhm/vhm_ioreq.c
 
@@ -227,34 +228,41 @@ class VhmCore(MptServices, ClientSessions):
         return self._distribute(vm, vcpu, now)
 
     def _insert(self, peer: Peer, req: m.Ioreq) -> Vm:
-        keys = {"vm": req.vm, "vcpu": req.vcpu, "seq": req.seq}
+        # the trap path: the checks read fields directly, and the keys an ERROR echoes are built only
+        # for a refusal (a dict per request cost more than the rest of the checks)
         self.counters["ioreqs_in"] += 1
-        vm = self._guest_vm(peer, req.vm, **keys)
+        vm = self.vms.get(req.vm)
+        if vm is None or vm.owner != peer:
+            self._guest_vm(peer, req.vm, **_keys(req))  # raises no_such_vm or forged_id
+            raise AssertionError("unreachable")
         if vm.state is not VmState.RUNNING:
-            raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm.id} is {vm.state.value}", **keys)
-        if req.vcpu >= vm.vcpus:
-            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {req.vcpu}", **keys)
+            raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm.id} is {vm.state.value}", **_keys(req))
+        vcpu = req.vcpu
+        if vcpu >= vm.vcpus:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {vm.id} has {vm.vcpus} vCPUs, no vCPU {vcpu}", **_keys(req))
         try:
             GUEST_KIND_CHECKS[_KIND[req.kind]](vm, req)
         except VhmError:  # admission.py: counted by request type (a forged WP ioreq is ioreq_refused_wp)
             self.counters[f"ioreq_refused_{IoreqType(req.kind).name.lower()}"] += 1
             raise
-        slot = vm.slots[req.vcpu]
-        if req.seq == vm.last_done[req.vcpu][0] and not slot.busy:
+        slot = vm.slots[vcpu]
+        if slot.state is not IoreqState.FREE:
+            held = vm.request_of(slot)
+            if held.seq == req.seq:
+                raise _Resent(vm, vcpu, req.seq)  # already in flight (or done): see submit_ioreq
+            if vm.restored and slot.state is IoreqState.COMPLETE and held.seq < req.seq:
+                # restored COMPLETE: its IOREQ_DONE left the dead vhm (the guest sends the next one only then)
+                vm.last_done[vcpu] = (held.seq, slot.value)
+                slot.free()
+                self.counters["ioreq_done_before_restart"] += 1
+            else:  # ACRN acrn_common.h: a vCPU cannot issue a new request until its slot is FREE again
+                raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {vcpu} of VM {vm.id} already has request "
+                               f"seq {held.seq} {slot.state.name}", **_keys(req))
+        elif req.seq == vm.last_done[vcpu][0]:
             # sent again by a guest that reconnected after a vhm restart: it was answered before (the answer
             # may have been lost with the dead process); answered again, never emulated twice
-            raise _Resent(vm, req.vcpu, req.seq)
-        if slot.busy and vm.request_of(slot).seq == req.seq:
-            raise _Resent(vm, req.vcpu, req.seq)  # already in flight (or done): see submit_ioreq
-        if vm.restored and slot.state is IoreqState.COMPLETE and vm.request_of(slot).seq < req.seq:
-            # restored COMPLETE: its IOREQ_DONE left the dead vhm (the guest sends the next one only then)
-            vm.last_done[req.vcpu] = (vm.request_of(slot).seq, slot.value)
-            slot.free()
-            self.counters["ioreq_done_before_restart"] += 1
-        if slot.busy:  # ACRN acrn_common.h: a vCPU cannot issue a new request until its slot is FREE again
-            raise VhmError(ErrorCode.SLOT_BUSY, f"vCPU {req.vcpu} of VM {vm.id} already has request "
-                           f"seq {vm.request_of(slot).seq} {slot.state.name}", **keys)
-        if req.dir == IoreqDir.WRITE and req.value > all_ones(req.size):
+            raise _Resent(vm, vcpu, req.seq)
+        if req.dir == _WRITE and req.value > all_ones(req.size):
             req = _with(req, value=req.value & all_ones(req.size))
         slot.insert(req)
         return vm
@@ -262,30 +270,32 @@ class VhmCore(MptServices, ClientSessions):
     def _distribute(self, vm: Vm, vcpu: int, now: float) -> Completed | Dispatched:
         slot = vm.slots[vcpu]
         req = vm.request_of(slot)
-        cf = handle_cf8cfc(vm.pci_conf_addr, req)  # ACRN drivers/vhm/vhm_ioreq.c: CONF1 first, before client lookup
-        if cf is not None:
-            vm.pci_conf_addr = cf.latch
-            if cf.request is None:
-                self.ioreq_counts["pio"] += 1
-                self.counters["ioreq_in_vhm"] += 1
-                return self._complete_in_vhm(vm, vcpu, cf.value or 0)
-            req = cf.request
-            slot.request = req  # rewritten in place to REQ_PCICFG, as VHM does
+        if req.kind == _PIO:  # ACRN drivers/vhm/vhm_ioreq.c: CONF1 first, before client lookup
+            cf = handle_cf8cfc(vm.pci_conf_addr, req)
+            if cf is not None:
+                vm.pci_conf_addr = cf.latch
+                if cf.request is None:
+                    self.ioreq_counts["pio"] += 1
+                    self.counters["ioreq_in_vhm"] += 1
+                    return self._complete_in_vhm(vm, vcpu, cf.value or 0)
+                req = cf.request
+                slot.request = req  # rewritten in place to REQ_PCICFG, as VHM does
         self.ioreq_counts[_KIND_LOWER[req.kind]] += 1
         by_vm = self.ioreqs_by_vm.get(vm.id)
         if by_vm is None:
             by_vm = self.ioreqs_by_vm[vm.id] = Counter()
         by_vm[_KIND_NAME[req.kind]] += 1
-        client = route(vm.ranges, vm.bdfs, req)
-        if client is None or client not in self.clients:
+        cid = route(vm.ranges, vm.bdfs, req)
+        client = self.clients.get(cid) if cid is not None else None
+        if client is None:
             self.counters["ioreq_fallback"] += 1  # nobody claims it: the fallback client answers
             return self._complete_in_vhm(vm, vcpu, fallback_value(req))
-        slot.dispatch(client)
+        slot.dispatch(client.id)
         vm.dispatched_at[vcpu] = now
-        if not self.clients[client].accepting:  # detached or restarting: it waits PROCESSING (reconcile.py)
-            self.clients[client].held.add((vm.id, vcpu, req.seq))
+        if not client.accepting:  # detached or restarting: it waits PROCESSING (reconcile.py)
+            client.held.add((vm.id, vcpu, req.seq))
         self.counters["ioreq_dispatched"] += 1
-        return Dispatched(client, req)
+        return Dispatched(client.id, req)
 
     def _complete_in_vhm(self, vm: Vm, vcpu: int, value: int) -> Completed:
         slot = vm.slots[vcpu]
@@ -309,24 +319,26 @@ class VhmCore(MptServices, ClientSessions):
         return out
 
     def _complete_one(self, client: int, r: m.IoreqResult, now: float) -> Completed:
-        keys = {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
         vm = self.vms.get(r.vm)
-        if vm is None or r.vcpu >= vm.vcpus:
-            raise VhmError(ErrorCode.BAD_REQUEST, f"no VM {r.vm} vCPU {r.vcpu} (destroyed?)", **keys)
-        slot = vm.slots[r.vcpu]
-        if slot.state is not IoreqState.PROCESSING or slot.client != client or vm.request_of(slot).seq != r.seq:
-            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {r.vm} vCPU {r.vcpu} seq {r.seq} is not PROCESSING at "
-                           f"client {client} (completed, failed or timed out before)", **keys)
-        req = vm.request_of(slot)
-        value = r.value & all_ones(req.size) if req.dir == IoreqDir.READ else 0
+        vcpu = r.vcpu
+        if vm is None or vcpu >= vm.vcpus:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"no VM {r.vm} vCPU {vcpu} (destroyed?)", **_keys(r))
+        slot = vm.slots[vcpu]
+        req = slot.request
+        if slot.state is not IoreqState.PROCESSING or slot.client != client or not isinstance(req, m.Ioreq) \
+                or req.seq != r.seq:
+            raise VhmError(ErrorCode.BAD_REQUEST, f"VM {r.vm} vCPU {vcpu} seq {r.seq} is not PROCESSING at "
+                           f"client {client} (completed, failed or timed out before)", **_keys(r))
+        value = r.value & all_ones(req.size) if req.dir == _READ else 0
         slot.complete(value)
         self.counters["ioreq_completed"] += 1
-        # dispatch -> completion: the device model's service time, as the VM sees it
+        # dispatch -> completion: the device model's service time, as the VM sees it (per VM and in all)
         kind = _KIND_NAME[req.kind]
-        took = now - vm.dispatched_at[r.vcpu]
-        self._hist(self.ioreq_hist.setdefault(vm.id, {}), kind).record_s(took)
-        self._hist(self.ioreq_hist_total, kind).record_s(took)
-        return Completed(vm.owner, vm.id, r.vcpu, r.seq, value)
+        hists = self.ioreq_hist.get(vm.id)
+        if hists is None:
+            hists = self.ioreq_hist[vm.id] = {}
+        record_pair(self._hist(hists, kind), self._hist(self.ioreq_hist_total, kind), now - vm.dispatched_at[vcpu])
+        return Completed(vm.owner, vm.id, vcpu, r.seq, value)
 
     @staticmethod
     def _hist(table: dict[str, Histogram], kind: str) -> Histogram:
@@ -557,6 +569,11 @@ class _Resent(Exception):
     def __init__(self, vm: Vm, vcpu: int, seq: int) -> None:
         super().__init__(f"VM {vm.id} vCPU {vcpu} seq {seq} sent again")
         self.vm, self.vcpu, self.seq = vm, vcpu, seq
+
+
+def _keys(r: m.Ioreq | m.IoreqResult) -> dict[str, int]:
+    """What an ERROR about one request echoes (docs/PROTOCOL.md: vm, vcpu, seq)."""
+    return {"vm": r.vm, "vcpu": r.vcpu, "seq": r.seq}
 
 
 def _with(req: m.Ioreq, **changes: Any) -> m.Ioreq:

@@ -46,3 +46,13 @@ def test_a_kept_summary_and_encoding_are_dropped_by_a_new_value_or_a_merge() -> 
     assert h.summary()["n"] == 3 and h.summary() != before
     h.summary()["n"] = 99  # a caller changing its copy does not change the kept one
     assert h.summary()["n"] == 3
+
+
+def test_record_pair_counts_the_same_value_in_both() -> None:
+    from gvtsim.services.common.histo import Histogram, record_pair
+
+    a, b, ref = Histogram(), Histogram(), Histogram()
+    for s in (0.0, 1e-7, 3.3e-5, 0.0123, 7.5):
+        record_pair(a, b, s)
+        ref.record_s(s)
+    assert a.summary() == b.summary() == ref.summary() and a.count == 5

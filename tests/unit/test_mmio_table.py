@@ -100,3 +100,18 @@ def test_the_engine_switch_lists_are_those_of_mmio_context_c() -> None:
     assert cmds[:4] == [mc.MI_STORE_REGISTER_MEM_GGTT, 0x2209C, 0x1000, 0]  # save first
     saved = bytes(4) * len(mc.engine_registers("bcs"))
     assert all(v == 0 for _, v in mc.saved_values("bcs", saved))
+
+
+def test_a_read_handler_looked_up_before_a_row_is_added_is_not_kept() -> None:
+    """The table remembers which handler serves each offset; a row laid over it later is what reads run."""
+    from gvtsim.services.gvt.handlers import MmioTable, Reg, default_read
+
+    def special(vgpu: object, offset: int, size: int) -> int:
+        return 0x5A
+
+    table = MmioTable()
+    assert table.read_fn(0x2000) is default_read
+    table.extend([Reg(0x2000, 4, read=special)])
+    assert table.read_fn(0x2000) is special
+    table.overlay([Reg(0x2000, 4, read=default_read)])
+    assert table.read_fn(0x2000) is default_read

@@ -296,3 +296,27 @@ def test_a_request_sent_again_is_answered_once_whatever_crossed(mem, tmp_path) -
     nxt = core2.submit_ioreq(g3, ioreq(rig.vm, 1, seq1 + 100, MMIO, W, BAR0 + 8, 5), 102.0)
     assert isinstance(nxt, Dispatched) and vm2.last_done[1] == (seq1, 0x22)
     assert core2.counters["ioreq_done_before_restart"] == 1
+
+
+def test_a_journal_holding_requests_as_maps_is_still_read(mem, tmp_path, monkeypatch) -> None:
+    """Journals written before slot requests were recorded as field lists hold them as maps of the
+    fields: a vhm restarting on such a state restores the in-flight requests from them just the same."""
+    import msgspec
+
+    from gvtsim.services.vhm import state
+
+    def slot_as_map(vm: Any, v: int) -> list[Any]:
+        s = vm.slots[v]
+        seq, value = vm.last_done[v]
+        req = msgspec.structs.asdict(s.request) if isinstance(s.request, m.Ioreq) else None
+        return [int(s.state), s.client, s.value, req, seq, value]
+
+    monkeypatch.setattr(state, "_slot", slot_as_map)
+    rig = Rig(mem, str(tmp_path / "st"))
+    rig.pair(0, 0x11)  # vCPU 0's read left PROCESSING: its request is in the journal
+    rig.commit()
+    want = fingerprint(rig.core, rig.vm)
+    core2, got = reopen(mem, rig.dir)
+    assert got.vms == [rig.vm] and not got.refused
+    assert fingerprint(core2, rig.vm) == want
+    assert isinstance(core2.vms[rig.vm].slots[0].request, m.Ioreq)
