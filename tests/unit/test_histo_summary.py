@@ -30,6 +30,9 @@ def test_summary_is_hdrhistograms_own_figures(us: list[float], scale: float) -> 
     for v in us:
         h.record_us(v)
     assert h.summary(scale) == _reference(h, scale)
+    # a histogram from another process (only its HdrHistogram counts) summarises the same
+    decoded = Histogram.decode(h.encode())
+    assert decoded.summary(scale) == _reference(decoded, scale) == _reference(h, scale)
 
 
 def test_a_kept_summary_and_encoding_are_dropped_by_a_new_value_or_a_merge() -> None:
