@@ -159,11 +159,14 @@ class Reactor:
             return False
 
     def _arm(self) -> None:
-        """One timer at the owner's next deadline. A deadline that moved later keeps the armed timer (it
-        fires early, finds nothing due and re-arms): sends push heartbeat deadlines later all the time, and
-        re-creating a timer per message would cost more than one early wake-up per interval."""
+        """One timer at the owner's next deadline (:meth:`_arm_at`)."""
+        self._arm_at(self.deadline())
+
+    def _arm_at(self, at: float | None) -> None:
+        """One timer at ``at``, the owner's next deadline. A deadline that moved later keeps the armed timer
+        (it fires early, finds nothing due and re-arms): sends push heartbeat deadlines later all the time,
+        and re-creating a timer per message would cost more than one early wake-up per interval."""
         assert self._loop is not None
-        at = self.deadline()
         if at is not None and self._timer_at is not None and self._timer_at <= at:
             return
         if at == self._timer_at:
@@ -227,7 +230,9 @@ class Reactor:
                 if self._monitor_events():
                     return
                 at = self.deadline()
-                if at is not None and at <= time.monotonic() and self._eager(self.on_timer(time.monotonic())):
+                now = time.monotonic()
+                due = at is not None and at <= now
+                if due and self._eager(self.on_timer(now)):
                     return
                 if len(batch) >= self.batch:
                     # a full batch: let the loop's other sockets and timers have a turn, then go on
@@ -241,7 +246,9 @@ class Reactor:
                 if self._readable() or (self._monitor_ready and self.monitor is not None
                                         and self.on_monitor is not None):
                     continue
-                self._arm()
+                # the deadline read above still holds unless the timer ran (the owner reads its state once
+                # per round: a deadline is a heap or a min over sessions)
+                self._arm_at(self.deadline() if due else at)
                 return
         except Exception as err:  # never let one round stop the socket
             self._failed(err)

@@ -520,7 +520,7 @@ class GvtService(BaseService):
 
     async def _send(self, peer: str, msg: m.Message) -> None:
         try:
-            await self.conns[peer].send(msg)
+            self.conns[peer].send_now(msg)
         except PeerLost:
             self.counters[f"replies_dropped_{peer}"] += 1
 

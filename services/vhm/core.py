@@ -233,8 +233,7 @@ class VhmCore(MptServices, ClientSessions):
         self.counters["ioreqs_in"] += 1
         vm = self.vms.get(req.vm)
         if vm is None or vm.owner != peer:
-            self._guest_vm(peer, req.vm, **_keys(req))  # raises no_such_vm or forged_id
-            raise AssertionError("unreachable")
+            vm = self._guest_vm(peer, req.vm, **_keys(req))  # raises: no_such_vm or forged_id
         if vm.state is not VmState.RUNNING:
             raise VhmError(ErrorCode.NO_SUCH_VM, f"VM {vm.id} is {vm.state.value}", **_keys(req))
         vcpu = req.vcpu

@@ -345,7 +345,7 @@ class VhmService(BaseService):
         if not isinstance(peer, Session) or not peer.alive:
             self.counters["send_to_dead_session"] += 1
             return False
-        return await self.server.send(peer, msg)
+        return self.server.send_now(peer, msg)
 
     async def _reject(self, session: Session, rej: Refusal, req: int | None = None) -> None:
         self.log.warning("rejected", peer_role=session.role, peer_id=session.id, code=rej.code.value,
