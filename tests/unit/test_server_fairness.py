@@ -3,58 +3,12 @@ one admission hook every message from a session passes."""
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-import structlog
+from support.fakeserver import Frame, Recorder, hello, server
 
-from gvtsim.protocol import WIRE_VERSION, encode
+from gvtsim.protocol import encode
 from gvtsim.protocol import messages as m
-from gvtsim.services.common.liveness import HeartbeatConfig
-from gvtsim.services.common.server import RouterServer
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, int]] = []
-        self.batches = 0
-
-    async def on_hello(self, session: Any) -> None: ...
-
-    async def on_lost(self, session: Any, reason: str) -> None: ...
-
-    async def on_message(self, session: Any, msg: m.Message) -> None:
-        self.seen.append((session.id, msg.req))  # type: ignore[attr-defined]
-
-    async def after_batch(self) -> None:
-        self.batches += 1
-
-    def status(self) -> tuple[bool, dict[str, Any]]:
-        return True, {}
-
-
-def server(handler: Recorder) -> RouterServer:
-    import zmq
-
-    srv = RouterServer(zmq.Context.instance(), "inproc://unused", role="vhm", ident="v", epoch=1,
-                       hb=HeartbeatConfig(), handler=handler, log=structlog.get_logger(), counters=Counter())
-    srv.admit = None  # ordering only: the authorisation table (the default hook) is tested on its own
-    return srv
-
-
-class Frame:
-    """A received zmq.Frame as the server sees it under CURVE: its bytes and the ZAP User-Id (the gvt key)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.bytes = data
-
-    def get(self, prop: str) -> str:
-        assert prop == "User-Id"
-        return "gvt"
-
-
-def hello(name: str) -> list[Frame]:
-    return [Frame(name.encode()), Frame(encode(m.Hello(role="gvt", id=name, epoch=1, wire=WIRE_VERSION)))]
 
 
 def call(name: str, req: int) -> list[Frame]:

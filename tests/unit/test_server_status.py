@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from support.fakeserver import Frame, Recorder, server
+
 from gvtsim.protocol import ErrorCode, encode
 from gvtsim.protocol import messages as m
-from test_server_fairness import Frame, Recorder, server
 
 
 class Sent:
