@@ -147,8 +147,9 @@ class Histogram:
             return (lows, [self._counts[low] for low in lows],
                     [1 << max(0, low.bit_length() - SUB_BUCKET_BITS) for low in lows])
         h = self.h
-        lows = [h.get_value_from_index(i) for i, c in enumerate(h.counts) if c]
-        return lows, [c for c in h.counts if c], [h._hdr_size_of_equiv_value_range(low) for low in lows]
+        held = [(i, c) for i, c in enumerate(h.counts) if c]
+        lows = [h.get_value_from_index(i) for i, _ in held]
+        return lows, [c for _, c in held], [h._hdr_size_of_equiv_value_range(low) for low in lows]
 
     def encode(self) -> str:
         """HdrHistogram's compressed base64 encoding (what goes into JSON events and STATUS)."""

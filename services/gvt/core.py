@@ -52,14 +52,9 @@ def _null_mpt(vm: int, ept_root: int, ram_mb: int) -> Mpt:
     return NullMpt()
 
 
-def trap_kind(vgpu: Vgpu, req: m.Ioreq) -> str:
-    """The kind of a trapped access, for the per-VM trap counters: pci_cfg, wp, g2v_notify, ggtt,
-    mmio_read, mmio_write."""
-    offset = req.addr - vgpu.cfg.bar0_base() if req.kind == _MMIO else 0
-    return _trap_kind(req.kind, req.dir == _READ, offset)
-
-
 def _trap_kind(kind: int, read: bool, offset: int) -> str:
+    """The kind of a trapped access (``offset``: into BAR0, for MMIO), for the per-VM trap counters:
+    pci_cfg, wp, g2v_notify, ggtt, mmio_read, mmio_write."""
     if kind == _PCI:
         return "pci_cfg"
     if kind == _WP:
@@ -350,7 +345,11 @@ class Gvt:
 
     def emulate_mmio_read(self, vgpu: Vgpu, gpa: int, size: int) -> int:
         """intel_gvt_ops.emulate_mmio_read of guest-physical ``gpa`` in BAR0."""
-        return self._guard(vgpu, "mmio_read", lambda: mmio.emulate_mmio_read(vgpu, gpa, size), gpa, size)
+        return self._mmio_read_at(vgpu, gpa - vgpu.cfg.bar0_base(), gpa, size)
+
+    def _mmio_read_at(self, vgpu: Vgpu, offset: int, gpa: int, size: int) -> int:
+        """:meth:`emulate_mmio_read` with the offset into BAR0 already known (the trap path reads it once)."""
+        return self._guard(vgpu, "mmio_read", lambda: mmio.read_at(vgpu, offset, size), gpa, size)
 
     def emulate_mmio_write(self, vgpu: Vgpu, gpa: int, data: int, size: int) -> None:
         """intel_gvt_ops.emulate_mmio_write of guest-physical ``gpa`` in BAR0."""
@@ -418,10 +417,9 @@ class Gvt:
         if kind == _MMIO or kind == _WP:
             t0 = time.perf_counter()  # a measurement for the figures (figures.py), not emulation input
             try:
-                if read and kind == _MMIO:
-                    return self._guard(vgpu, "mmio_read", lambda: mmio.read_at(vgpu, offset, req.size),
-                                       req.addr, req.size) & full
                 if read:
+                    if kind == _MMIO:
+                        return self._mmio_read_at(vgpu, offset, req.addr, req.size) & full
                     return self.emulate_mmio_read(vgpu, req.addr, req.size) & full
                 if not (kind == _WP and
                         self.write_protect_handler(vgpu, req.addr, req.value & full, req.size)):

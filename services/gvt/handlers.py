@@ -301,6 +301,10 @@ def default_blocks() -> list[Block]:
     return [Block(pvinfo.VGT_PVINFO_PAGE, pvinfo.VGT_PVINFO_SIZE, pvinfo.pvinfo_read, pvinfo.pvinfo_write)]
 
 
+#: offsets whose read handler the table remembers at most (a few hundred are read in practice)
+READ_FNS_MAX = 4096
+
+
 class MmioTable:
     """The tracked-register dict (one entry per dword) plus blocks: intel_vgpu_mmio_reg_rw."""
 
@@ -308,7 +312,9 @@ class MmioTable:
         self.info: dict[int, Reg] = {}
         self.blocks: list[Block] = []
         # offset -> the read handler serving it (block, tracked register or the plain vreg): looked up on
-        # every trapped read, and the rows change only while the table is built (extend, overlay clear it)
+        # every trapped read, and the rows change only while the table is built (extend, overlay clear it).
+        # Bounded: the offsets are the guests' choice, and a guest reading every byte of its BAR0 must not
+        # grow it without end (it starts again empty past READ_FNS_MAX)
         self._read_fns: dict[int, ReadFn] = {}
         self.extend(regs, blocks)
 
@@ -342,7 +348,7 @@ class MmioTable:
 
     def find_block(self, offset: int) -> Block | None:
         for b in self.blocks:
-            if b.start <= offset < b.start + b.size:
+            if offset in b:
                 return b
         return None
 
@@ -356,6 +362,8 @@ class MmioTable:
             else:
                 r = self.info.get(offset)
                 fn = (r.read if r else None) or default_read
+            if len(self._read_fns) >= READ_FNS_MAX:
+                self._read_fns.clear()
             self._read_fns[offset] = fn
         return fn
 

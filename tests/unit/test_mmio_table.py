@@ -115,3 +115,18 @@ def test_a_read_handler_looked_up_before_a_row_is_added_is_not_kept() -> None:
     assert table.read_fn(0x2000) is special
     table.overlay([Reg(0x2000, 4, read=default_read)])
     assert table.read_fn(0x2000) is default_read
+
+
+def test_the_remembered_read_handlers_stay_bounded_whatever_offsets_a_guest_reads() -> None:
+    """The offsets are the guest's choice: reading every one of many distinct offsets does not grow the
+    table's memory past its bound, and every read still runs the right handler."""
+    from gvtsim.services.gvt.handlers import READ_FNS_MAX, MmioTable, Reg, default_read
+
+    def special(vgpu: object, offset: int, size: int) -> int:
+        return 0x5A
+
+    table = MmioTable([Reg(0x2000, 4, read=special)])
+    for off in range(0x10000, 0x10000 + 3 * READ_FNS_MAX):
+        assert table.read_fn(off) is default_read
+        assert len(table._read_fns) <= READ_FNS_MAX
+    assert table.read_fn(0x2000) is special
